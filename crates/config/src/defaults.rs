@@ -1,0 +1,64 @@
+//! Every default in one place, so the code and docs/configuration.md cannot drift apart
+//! unnoticed (a test in this crate checks the reference mentions each of them).
+
+use std::time::Duration;
+
+/// `[admin] bind`.
+pub const ADMIN_BIND: &str = "127.0.0.1:9901";
+/// `[runtime] worker_threads` (0 = one per CPU).
+pub const WORKER_THREADS: usize = 0;
+/// `[runtime] shutdown_grace`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// `[log] level`.
+pub const LOG_LEVEL: &str = "info";
+/// `[access_log] buffer_lines`.
+pub const ACCESS_LOG_BUFFER_LINES: usize = 16_384;
+
+/// `[[listener]] max_connections`.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// `[[listener]] header_read_timeout`.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[[listener]] max_header_bytes`.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// `[[listener]] keepalive_timeout`.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[[listener]] request_body_timeout`.
+pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[[listener]] max_concurrent_streams`.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// `[service.timeouts] connect`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[service.timeouts] response_header`.
+pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// `[service.timeouts] idle`.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[service.timeouts] total`.
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[service.timeouts] tunnel_idle`.
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `[service.retries] attempts`.
+pub const RETRY_ATTEMPTS: u32 = 2;
+/// `[service.retries] on_status`.
+pub const RETRY_ON_STATUS: &[u16] = &[502, 503];
+/// `[service.retries] budget_ratio`.
+pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+/// `[service.retries] budget_min_per_sec`.
+pub const RETRY_BUDGET_MIN_PER_SEC: u32 = 10;
+/// `[service.retries] buffer_bytes`.
+pub const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// `[service.outlier] consecutive_failures`.
+pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
+/// `[service.outlier] base_ejection`.
+pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(10);
+/// `[service.outlier] max_ejection`.
+pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// `[service.outlier] max_ejected_percent`.
+pub const OUTLIER_MAX_EJECTED_PERCENT: u8 = 50;
+
+/// `[service.pool] max_idle_per_instance`.
+pub const POOL_MAX_IDLE: usize = 256;
+/// `[service.pool] idle_timeout`.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,1120 @@
+//! TOML text → [`Config`], collecting every problem instead of stopping at the first.
+//!
+//! Three passes: syntax (the TOML parser recovers and reports all syntax errors), shape (each
+//! section and array element is deserialized on its own, unknown keys collected with
+//! `serde_ignored`), then meaning (addresses, durations, references between sections).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::defaults as d;
+use crate::diag::{Diagnostic, Diagnostics, Source, closest};
+use crate::model::*;
+use crate::policy::*;
+use crate::raw::*;
+
+const SECTIONS: &[&str] = &[
+    "admin",
+    "runtime",
+    "log",
+    "access_log",
+    "listener",
+    "route",
+    "service",
+    "policy",
+];
+
+/// Parses and validates one configuration file's text.
+pub(crate) fn parse(source: &Source) -> Result<Config, Diagnostics> {
+    let mut cx = Cx {
+        src: source,
+        diags: Vec::new(),
+        declared: Vec::new(),
+    };
+    let (root, syntax_errors) = DeTable::parse_recoverable(source.text());
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            cx.error(
+                e.span(),
+                format!("invalid TOML: {}", first_line(e.message())),
+            );
+        }
+        return Err(cx.finish());
+    }
+
+    let mut raw = RawFile::default();
+    for (key, value) in root.into_inner() {
+        if matches!(key.get_ref().as_ref(), "listener" | "service") {
+            cx.declared
+                .extend(declared_names(key.get_ref(), value.get_ref()));
+        }
+        let name = key.get_ref().as_ref();
+        match name {
+            "admin" => raw.admin = cx.section(name, value),
+            "runtime" => raw.runtime = cx.section(name, value),
+            "log" => raw.log = cx.section(name, value),
+            "access_log" => raw.access_log = cx.section(name, value),
+            "listener" => raw.listeners = cx.array(name, value),
+            "route" => raw.routes = cx.array(name, value),
+            "service" => raw.services = cx.array(name, value),
+            "policy" => raw.policies = cx.array(name, value),
+            other => {
+                let mut diag = Diagnostic::at(
+                    source,
+                    Some(key.span()),
+                    format!("unknown section `{other}`"),
+                );
+                if let Some(s) = closest(other.trim_end_matches('s'), SECTIONS) {
+                    diag = diag.with_hint(format!(
+                        "did you mean `{s}`? (arrays use the singular: [[{s}]])"
+                    ));
+                } else {
+                    diag = diag.with_hint(format!("known sections: {}", SECTIONS.join(", ")));
+                }
+                cx.diags.push(diag);
+            }
+        }
+    }
+
+    let config = cx.validate(raw);
+    if cx.diags.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.finish())
+    }
+}
+
+#[derive(Default)]
+struct RawFile {
+    admin: Option<RawAdmin>,
+    runtime: Option<RawRuntime>,
+    log: Option<RawLog>,
+    access_log: Option<RawAccessLog>,
+    listeners: Vec<Spanned<RawListener>>,
+    routes: Vec<Spanned<RawRoute>>,
+    services: Vec<Spanned<RawService>>,
+    policies: Vec<Spanned<RawPolicy>>,
+}
+
+struct Cx<'s> {
+    src: &'s Source,
+    diags: Vec<Diagnostic>,
+    /// `(section, name)` of every element that declares a name, even elements that failed to
+    /// deserialize: a route naming a broken listener should not get a second, misleading error.
+    declared: Vec<(String, String)>,
+}
+
+fn declared_names(section: &str, value: &DeValue<'_>) -> Vec<(String, String)> {
+    let Some(items) = value.as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| item.get_ref().get("name")?.get_ref().as_str())
+        .map(|name| (section.to_owned(), name.to_owned()))
+        .collect()
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+impl<'s> Cx<'s> {
+    fn finish(mut self) -> Diagnostics {
+        self.diags.sort_by_key(|d| (d.line, d.col));
+        self.diags.dedup();
+        Diagnostics(self.diags)
+    }
+
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::at(self.src, span, message));
+    }
+
+    fn error_hint(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::at(self.src, span, message).with_hint(hint));
+    }
+
+    /// A `[table]` section.
+    fn section<'i, T: Deserialize<'i>>(
+        &mut self,
+        section: &str,
+        value: Spanned<DeValue<'i>>,
+    ) -> Option<T> {
+        if !value.get_ref().is_table() {
+            self.error_hint(
+                Some(value.span()),
+                format!(
+                    "`{section}` must be a table, found {}",
+                    value.get_ref().type_str()
+                ),
+                format!("write it as [{section}] followed by its keys"),
+            );
+            return None;
+        }
+        self.element(section, value)
+    }
+
+    /// A `[[array]]` section: each element is checked on its own so one bad element does not
+    /// hide the errors of the others.
+    fn array<'i, T: Deserialize<'i>>(
+        &mut self,
+        section: &str,
+        value: Spanned<DeValue<'i>>,
+    ) -> Vec<Spanned<T>> {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Array(items) => items
+                .into_iter()
+                .filter_map(|item| {
+                    let span = item.span();
+                    self.element::<T>(section, item)
+                        .map(|t| Spanned::new(span, t))
+                })
+                .collect(),
+            other => {
+                self.error_hint(
+                    Some(span),
+                    format!(
+                        "`{section}` must be an array of tables, found {}",
+                        other.type_str()
+                    ),
+                    format!("write each entry as [[{section}]]"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn element<'i, T: Deserialize<'i>>(
+        &mut self,
+        section: &str,
+        value: Spanned<DeValue<'i>>,
+    ) -> Option<T> {
+        let tree = value.clone();
+        let mut ignored: Vec<Vec<Segment>> = Vec::new();
+        let result = serde_ignored::deserialize(ValueDeserializer::from(value), |path| {
+            ignored.push(segments(&path));
+        });
+        for path in ignored {
+            self.unknown_key(section, &tree, &path);
+        }
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().or(Some(tree.span()));
+                self.error(span, format!("in [{section}]: {}", first_line(e.message())));
+                None
+            }
+        }
+    }
+
+    fn unknown_key(&mut self, section: &str, tree: &Spanned<DeValue<'_>>, path: &[Segment]) {
+        let Some(Segment::Key(key)) = path.last() else {
+            return;
+        };
+        let parents: Vec<&str> = path[..path.len() - 1]
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Key(k) => Some(k.as_str()),
+                Segment::Index(_) => None,
+            })
+            .collect();
+        let span = key_span(tree, path);
+        let where_ = if parents.is_empty() {
+            format!("[{section}]")
+        } else {
+            format!("[{section}.{}]", parents.join("."))
+        };
+        let known = known_keys(section, &parents);
+        let hint = match closest(key, known) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None if known.is_empty() => "remove it".to_owned(),
+            None => format!("valid keys here: {}", known.join(", ")),
+        };
+        self.error_hint(span, format!("unknown key `{key}` in {where_}"), hint);
+    }
+
+    fn validate(&mut self, raw: RawFile) -> Config {
+        let admin = self.admin(raw.admin.unwrap_or_default());
+        let runtime = self.runtime(raw.runtime.unwrap_or_default());
+        let log = self.log(raw.log.unwrap_or_default());
+        let access_log = self.access_log(raw.access_log.unwrap_or_default());
+        let listeners = self.listeners(&raw.listeners, &admin);
+        let services = self.services(&raw.services);
+        let routes = self.routes(&raw.routes, &listeners, &services);
+        let policies = self.policies(&raw.policies);
+        Config {
+            admin,
+            runtime,
+            log,
+            access_log,
+            listeners,
+            routes,
+            services,
+            policies,
+        }
+    }
+
+    fn policies(&mut self, raw: &[Spanned<RawPolicy>]) -> Vec<PolicyConfig> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for p in raw {
+            let p = p.get_ref();
+            let name = p.name.get_ref().as_str();
+            self.check_name(&p.name, "policy");
+            if let Some(line) = seen.insert(name, self.src.line_col(p.name.span().start).0) {
+                self.error_hint(
+                    Some(p.name.span()),
+                    format!("duplicate policy name `{name}`"),
+                    format!("first defined on line {line}"),
+                );
+            }
+            let world = match p.world.get_ref().as_str() {
+                "routing" => PolicyWorld::Routing,
+                "health" => PolicyWorld::Health,
+                "authz" => PolicyWorld::Authz,
+                _ => {
+                    self.bad_choice(&p.world, "policy world", &["routing", "health", "authz"]);
+                    PolicyWorld::Health
+                }
+            };
+            let failure_mode = match &p.failure_mode {
+                None if world == PolicyWorld::Authz => FailureMode::Closed,
+                None => FailureMode::KeepLast,
+                Some(m) => match (m.get_ref().as_str(), world) {
+                    ("closed", PolicyWorld::Authz) => FailureMode::Closed,
+                    ("open", PolicyWorld::Authz) => FailureMode::Open,
+                    ("keep_last", PolicyWorld::Health | PolicyWorld::Routing) => {
+                        FailureMode::KeepLast
+                    }
+                    (_, PolicyWorld::Authz) => {
+                        self.bad_choice(m, "failure_mode for an authz policy", &["closed", "open"]);
+                        FailureMode::Closed
+                    }
+                    _ => {
+                        self.bad_choice(m, "failure_mode for this world", &["keep_last"]);
+                        FailureMode::KeepLast
+                    }
+                },
+            };
+            let config = match &p.config {
+                None => serde_json::Value::Object(serde_json::Map::new()),
+                Some(v) => crate::policy::config_json(v).unwrap_or_else(|e| {
+                    self.error(Some(v.span()), e);
+                    serde_json::Value::Null
+                }),
+            };
+            let file = p.file.get_ref();
+            if file.is_empty() {
+                self.error_hint(
+                    Some(p.file.span()),
+                    "policy `file` is empty",
+                    "give the path of a .wasm component",
+                );
+            }
+            let file = match self.src.path().parent() {
+                Some(dir) if std::path::Path::new(file).is_relative() => dir.join(file),
+                _ => file.into(),
+            };
+            out.push(PolicyConfig {
+                name: name.to_owned(),
+                file,
+                world,
+                config,
+                limits: PolicyLimits {
+                    timeout: self.duration(p.timeout.as_ref(), POLICY_TIMEOUT),
+                    max_memory_bytes: self.int_in(
+                        p.max_memory_bytes.as_ref(),
+                        1 << 16,
+                        4 << 30,
+                        POLICY_MAX_MEMORY_BYTES as i64,
+                    ) as usize,
+                },
+                failure_mode,
+            });
+        }
+        out
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> AdminConfig {
+        let bind = match &raw.bind {
+            Some(b) => self.socket_addr(b).unwrap_or_else(default_admin_bind),
+            None => default_admin_bind(),
+        };
+        AdminConfig { bind }
+    }
+
+    fn runtime(&mut self, raw: RawRuntime) -> RuntimeConfig {
+        RuntimeConfig {
+            worker_threads: self.int_in(
+                raw.worker_threads.as_ref(),
+                0,
+                1024,
+                d::WORKER_THREADS as i64,
+            ) as usize,
+            shutdown_grace: self.duration(raw.shutdown_grace.as_ref(), d::SHUTDOWN_GRACE),
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let format = match &raw.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    self.bad_choice(f, "log format", &["text", "json"]);
+                    LogFormat::Text
+                }
+            },
+        };
+        LogConfig {
+            level: raw
+                .level
+                .map_or_else(|| d::LOG_LEVEL.to_owned(), Spanned::into_inner),
+            format,
+        }
+    }
+
+    fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
+        let target = match raw.path.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("stdout") => AccessLogTarget::Stdout,
+            Some("off") => AccessLogTarget::Off,
+            Some("") => {
+                self.error_hint(
+                    raw.path.as_ref().map(Spanned::span),
+                    "access log path is empty",
+                    "use \"stdout\", \"off\" or a file path",
+                );
+                AccessLogTarget::Off
+            }
+            Some(p) => AccessLogTarget::File(p.into()),
+        };
+        let format = match &raw.format {
+            None => AccessLogFormat::Json,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => AccessLogFormat::Json,
+                "combined" => AccessLogFormat::Combined,
+                _ => {
+                    self.bad_choice(f, "access log format", &["json", "combined"]);
+                    AccessLogFormat::Json
+                }
+            },
+        };
+        AccessLogConfig {
+            target,
+            format,
+            buffer_lines: self.int_in(
+                raw.buffer_lines.as_ref(),
+                16,
+                1 << 24,
+                d::ACCESS_LOG_BUFFER_LINES as i64,
+            ) as usize,
+        }
+    }
+
+    fn listeners(
+        &mut self,
+        raw: &[Spanned<RawListener>],
+        admin: &AdminConfig,
+    ) -> Vec<ListenerConfig> {
+        let mut seen_names: HashMap<&str, usize> = HashMap::new();
+        let mut seen_binds: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for l in raw {
+            let l = l.get_ref();
+            let name = l.name.get_ref().as_str();
+            self.check_name(&l.name, "listener");
+            if let Some(line) = seen_names.insert(name, self.src.line_col(l.name.span().start).0) {
+                self.error_hint(
+                    Some(l.name.span()),
+                    format!("duplicate listener name `{name}`"),
+                    format!("first defined on line {line}"),
+                );
+            }
+            let bind = self.socket_addr(&l.bind);
+            if let Some(bind) = bind {
+                if bind == admin.bind {
+                    self.error_hint(
+                        Some(l.bind.span()),
+                        format!("listener `{name}` binds {bind}, which the admin listener uses"),
+                        "change [admin] bind or this listener's bind",
+                    );
+                }
+                if let Some(line) =
+                    seen_binds.insert(bind, self.src.line_col(l.bind.span().start).0)
+                {
+                    self.error_hint(
+                        Some(l.bind.span()),
+                        format!("address {bind} is bound by two listeners"),
+                        format!("the other one is on line {line}"),
+                    );
+                }
+            }
+            let protocol = match &l.protocol {
+                None => ListenerProtocol::Http,
+                Some(p) => match p.get_ref().as_str() {
+                    "http" => ListenerProtocol::Http,
+                    _ => {
+                        self.bad_choice(p, "listener protocol", &["http"]);
+                        ListenerProtocol::Http
+                    }
+                },
+            };
+            out.push(ListenerConfig {
+                name: name.to_owned(),
+                bind: bind.unwrap_or_else(default_admin_bind),
+                protocol,
+                max_connections: self.int_in(
+                    l.max_connections.as_ref(),
+                    1,
+                    10_000_000,
+                    d::MAX_CONNECTIONS as i64,
+                ) as usize,
+                header_read_timeout: self
+                    .duration(l.header_read_timeout.as_ref(), d::HEADER_READ_TIMEOUT),
+                max_header_bytes: self.int_in(
+                    l.max_header_bytes.as_ref(),
+                    8192,
+                    1 << 20,
+                    d::MAX_HEADER_BYTES as i64,
+                ) as usize,
+                keepalive_timeout: self
+                    .duration(l.keepalive_timeout.as_ref(), d::KEEPALIVE_TIMEOUT),
+                request_body_timeout: self
+                    .duration(l.request_body_timeout.as_ref(), d::REQUEST_BODY_TIMEOUT),
+                http2: l.http2.unwrap_or(true),
+                max_concurrent_streams: self.int_in(
+                    l.max_concurrent_streams.as_ref(),
+                    1,
+                    65_535,
+                    i64::from(d::MAX_CONCURRENT_STREAMS),
+                ) as u32,
+            });
+        }
+        out
+    }
+
+    fn services(&mut self, raw: &[Spanned<RawService>]) -> Vec<ServiceConfig> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for s in raw {
+            let s = s.get_ref();
+            let name = s.name.get_ref().as_str();
+            self.check_name(&s.name, "service");
+            if let Some(line) = seen.insert(name, self.src.line_col(s.name.span().start).0) {
+                self.error_hint(
+                    Some(s.name.span()),
+                    format!("duplicate service name `{name}`"),
+                    format!("first defined on line {line}"),
+                );
+            }
+            let balancer = self.balancer(s);
+            let instances = self.instances(s.instances.as_deref().unwrap_or_default());
+            let t = s.timeouts.as_ref();
+            let timeouts = Timeouts {
+                connect: self.duration(t.and_then(|t| t.connect.as_ref()), d::CONNECT_TIMEOUT),
+                response_header: self.duration(
+                    t.and_then(|t| t.response_header.as_ref()),
+                    d::RESPONSE_HEADER_TIMEOUT,
+                ),
+                idle: self.duration(t.and_then(|t| t.idle.as_ref()), d::IDLE_TIMEOUT),
+                total: self.duration(t.and_then(|t| t.total.as_ref()), d::TOTAL_TIMEOUT),
+                tunnel_idle: self.duration(
+                    t.and_then(|t| t.tunnel_idle.as_ref()),
+                    d::TUNNEL_IDLE_TIMEOUT,
+                ),
+            };
+            let retries = self.retries(s.retries.as_ref());
+            let outlier = self.outlier(s.outlier.as_ref());
+            let p = s.pool.as_ref();
+            let pool = PoolConfig {
+                max_idle_per_instance: self.int_in(
+                    p.and_then(|p| p.max_idle_per_instance.as_ref()),
+                    0,
+                    100_000,
+                    d::POOL_MAX_IDLE as i64,
+                ) as usize,
+                idle_timeout: self.duration(
+                    p.and_then(|p| p.idle_timeout.as_ref()),
+                    d::POOL_IDLE_TIMEOUT,
+                ),
+            };
+            out.push(ServiceConfig {
+                name: name.to_owned(),
+                balancer,
+                instances,
+                timeouts,
+                retries,
+                outlier,
+                pool,
+            });
+        }
+        out
+    }
+
+    fn balancer(&mut self, s: &RawService) -> Balancer {
+        const CHOICES: &[&str] = &["round_robin", "least_request", "p2c_ewma", "hash"];
+        let kind = s
+            .balancer
+            .as_ref()
+            .map_or("round_robin", |b| b.get_ref().as_str());
+        let balancer = match kind {
+            "round_robin" => Balancer::RoundRobin,
+            "least_request" => Balancer::LeastRequest,
+            "p2c_ewma" => Balancer::P2cEwma,
+            "hash" => Balancer::Hash(
+                s.hash_on
+                    .as_ref()
+                    .map_or(HashKey::ClientIp, |h| self.hash_key(h)),
+            ),
+            _ => {
+                if let Some(b) = &s.balancer {
+                    self.bad_choice(b, "balancer", CHOICES);
+                }
+                Balancer::RoundRobin
+            }
+        };
+        if let (Some(h), false) = (&s.hash_on, matches!(balancer, Balancer::Hash(_))) {
+            self.error_hint(
+                Some(h.span()),
+                "`hash_on` only applies to balancer = \"hash\"",
+                "set balancer = \"hash\" or remove `hash_on`",
+            );
+        }
+        balancer
+    }
+
+    fn hash_key(&mut self, h: &Spanned<String>) -> HashKey {
+        let v = h.get_ref().as_str();
+        let key = match v.split_once(':') {
+            None if v == "client_ip" => Some(HashKey::ClientIp),
+            Some(("header", name)) if is_token(name) => {
+                Some(HashKey::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if is_token(name) => Some(HashKey::Cookie(name.to_owned())),
+            _ => None,
+        };
+        key.unwrap_or_else(|| {
+            self.error_hint(
+                Some(h.span()),
+                format!("invalid hash_on `{v}`"),
+                "use \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+            );
+            HashKey::ClientIp
+        })
+    }
+
+    fn instances(&mut self, raw: &[Spanned<RawInstance>]) -> Vec<InstanceConfig> {
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for i in raw {
+            let span = i.span();
+            let inst = i.get_ref();
+            let address = if inst.address.span() == (0..0) {
+                Spanned::new(span.clone(), inst.address.get_ref().clone())
+            } else {
+                inst.address.clone()
+            };
+            let Some(addr) = self.upstream_addr(&address) else {
+                continue;
+            };
+            if let Some(line) = seen.insert(addr, self.src.line_col(address.span().start).0) {
+                self.error_hint(
+                    Some(address.span()),
+                    format!("instance {addr} is listed twice"),
+                    format!("first listed on line {line}; raise its weight instead"),
+                );
+            }
+            let weight = self.int_in(inst.weight.as_ref(), 1, 10_000, 1) as u32;
+            out.push(InstanceConfig {
+                address: addr,
+                weight,
+            });
+        }
+        out
+    }
+
+    fn retries(&mut self, r: Option<&RawRetries>) -> RetryPolicy {
+        let on_status = match r.and_then(|r| r.on_status.as_ref()) {
+            None => d::RETRY_ON_STATUS.to_vec(),
+            Some(list) => list
+                .iter()
+                .filter_map(|s| {
+                    let v = *s.get_ref();
+                    if (500..=599).contains(&v) {
+                        Some(v as u16)
+                    } else {
+                        self.error_hint(
+                            Some(s.span()),
+                            format!("cannot retry on status {v}"),
+                            "only 5xx statuses are retried",
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let budget_ratio = match r.and_then(|r| r.budget_ratio.as_ref()) {
+            None => d::RETRY_BUDGET_RATIO,
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("budget_ratio {} is out of range", v.get_ref()),
+                    "use a fraction between 0.0 and 1.0, e.g. 0.2 for 20%",
+                );
+                d::RETRY_BUDGET_RATIO
+            }
+        };
+        RetryPolicy {
+            attempts: self.int_in(
+                r.and_then(|r| r.attempts.as_ref()),
+                0,
+                10,
+                i64::from(d::RETRY_ATTEMPTS),
+            ) as u32,
+            on_status,
+            budget_ratio,
+            budget_min_per_sec: self.int_in(
+                r.and_then(|r| r.budget_min_per_sec.as_ref()),
+                0,
+                1_000_000,
+                i64::from(d::RETRY_BUDGET_MIN_PER_SEC),
+            ) as u32,
+            buffer_bytes: self.int_in(
+                r.and_then(|r| r.buffer_bytes.as_ref()),
+                0,
+                16 << 20,
+                d::RETRY_BUFFER_BYTES as i64,
+            ) as usize,
+        }
+    }
+
+    fn outlier(&mut self, o: Option<&RawOutlier>) -> OutlierConfig {
+        let base = self.duration(
+            o.and_then(|o| o.base_ejection.as_ref()),
+            d::OUTLIER_BASE_EJECTION,
+        );
+        let max_raw = o.and_then(|o| o.max_ejection.as_ref());
+        let max = self.duration(max_raw, d::OUTLIER_MAX_EJECTION);
+        if max < base {
+            self.error_hint(
+                max_raw.map(Spanned::span),
+                "max_ejection is shorter than base_ejection",
+                "ejections start at base_ejection and double up to max_ejection",
+            );
+        }
+        OutlierConfig {
+            consecutive_failures: self.int_in(
+                o.and_then(|o| o.consecutive_failures.as_ref()),
+                0,
+                1000,
+                i64::from(d::OUTLIER_CONSECUTIVE_FAILURES),
+            ) as u32,
+            base_ejection: base,
+            max_ejection: max.max(base),
+            max_ejected_percent: self.int_in(
+                o.and_then(|o| o.max_ejected_percent.as_ref()),
+                0,
+                100,
+                i64::from(d::OUTLIER_MAX_EJECTED_PERCENT),
+            ) as u8,
+        }
+    }
+
+    fn routes<'a>(
+        &mut self,
+        raw: &[Spanned<RawRoute>],
+        listeners: &'a [ListenerConfig],
+        services: &'a [ServiceConfig],
+    ) -> Vec<RouteConfig> {
+        let declared = std::mem::take(&mut self.declared);
+        let named = |section: &str, valid: Vec<&'a str>| -> Vec<String> {
+            let mut names: Vec<String> = valid.into_iter().map(str::to_owned).collect();
+            for (s, n) in &declared {
+                if s == section && !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+            names
+        };
+        let listener_names = named(
+            "listener",
+            listeners.iter().map(|l| l.name.as_str()).collect(),
+        );
+        let listener_names: Vec<&str> = listener_names.iter().map(String::as_str).collect();
+        let service_names = named(
+            "service",
+            services.iter().map(|s| s.name.as_str()).collect(),
+        );
+        let service_names: Vec<&str> = service_names.iter().map(String::as_str).collect();
+        let mut seen: HashMap<(String, HostMatch, String), usize> = HashMap::new();
+        let mut seen_names: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for r in raw {
+            let r_span = r.span();
+            let r = r.get_ref();
+            let listener = match &r.listener {
+                Some(l) => {
+                    let name = l.get_ref().as_str();
+                    if !listener_names.contains(&name) {
+                        let hint = closest(name, &listener_names).map_or_else(
+                            || format!("defined listeners: {}", listener_names.join(", ")),
+                            |c| format!("did you mean `{c}`?"),
+                        );
+                        self.error_hint(
+                            Some(l.span()),
+                            format!("route refers to unknown listener `{name}`"),
+                            hint,
+                        );
+                    }
+                    name.to_owned()
+                }
+                None if listener_names.len() == 1 => listener_names[0].to_owned(),
+                None => {
+                    self.error_hint(
+                        Some(r_span.clone()),
+                        "route has no `listener`",
+                        format!(
+                            "there are {} listeners; name one of: {}",
+                            listener_names.len(),
+                            listener_names.join(", ")
+                        ),
+                    );
+                    String::new()
+                }
+            };
+            let service = r.service.get_ref().as_str();
+            if !service_names.contains(&service) {
+                let hint = closest(service, &service_names).map_or_else(
+                    || format!("define it with [[service]] name = \"{service}\""),
+                    |c| format!("did you mean `{c}`?"),
+                );
+                self.error_hint(
+                    Some(r.service.span()),
+                    format!("route refers to unknown service `{service}`"),
+                    hint,
+                );
+            }
+            let host = r
+                .host
+                .as_ref()
+                .map_or(HostMatch::Any, |h| self.host_match(h));
+            let path = match &r.path {
+                None => "/".to_owned(),
+                Some(p) => {
+                    self.check_path(p, "path");
+                    p.get_ref().clone()
+                }
+            };
+            let strip = r.strip.as_ref().map(|s| {
+                self.check_path(s, "strip");
+                s.get_ref().clone()
+            });
+            let prepend = r.prepend.as_ref().map(|s| {
+                self.check_path(s, "prepend");
+                s.get_ref().trim_end_matches('/').to_owned()
+            });
+            let line = self.src.line_col(r_span.start).0;
+            if let Some(first) = seen.insert((listener.clone(), host.clone(), path.clone()), line) {
+                let span = r.path.as_ref().map_or(r_span.clone(), Spanned::span);
+                self.error_hint(
+                    Some(span),
+                    format!("duplicate route for host `{host}` and path `{path}`"),
+                    format!("the first one is on line {first}"),
+                );
+            }
+            let name = match &r.name {
+                Some(n) => {
+                    if let Some(first) = seen_names.insert(n.get_ref().clone(), line) {
+                        self.error_hint(
+                            Some(n.span()),
+                            format!("duplicate route name `{}`", n.get_ref()),
+                            format!("the first one is on line {first}"),
+                        );
+                    }
+                    n.get_ref().clone()
+                }
+                None => match &host {
+                    HostMatch::Any => path.clone(),
+                    h => format!("{h}{path}"),
+                },
+            };
+            out.push(RouteConfig {
+                name,
+                listener,
+                host,
+                path,
+                strip,
+                prepend,
+                service: service.to_owned(),
+            });
+        }
+        out
+    }
+
+    fn host_match(&mut self, h: &Spanned<String>) -> HostMatch {
+        let raw = h.get_ref().trim();
+        let lower = raw.to_ascii_lowercase();
+        if lower.is_empty() || lower == "*" {
+            return HostMatch::Any;
+        }
+        let (wild, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let valid = name.starts_with('[')
+            && name.ends_with(']')
+            && name[1..name.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
+            || name.split('.').all(valid_label);
+        if !valid {
+            self.error_hint(Some(h.span()), format!("invalid host `{raw}`"), "use a host name without port (`example.com`), a wildcard (`*.example.com`) or omit `host` to match any");
+            return HostMatch::Any;
+        }
+        if wild {
+            HostMatch::Wildcard(name.to_owned())
+        } else {
+            HostMatch::Exact(name.to_owned())
+        }
+    }
+
+    fn check_path(&mut self, p: &Spanned<String>, what: &str) {
+        let v = p.get_ref();
+        if !v.starts_with('/') {
+            self.error_hint(
+                Some(p.span()),
+                format!("`{what}` must start with '/', found `{v}`"),
+                format!("write \"/{}\"", v.trim_start_matches('/')),
+            );
+        } else if v
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
+        {
+            self.error_hint(
+                Some(p.span()),
+                format!("`{what}` contains characters not allowed in a path: `{v}`"),
+                "percent-encode them; queries and fragments are not part of a prefix",
+            );
+        }
+    }
+
+    fn check_name(&mut self, name: &Spanned<String>, what: &str) {
+        let v = name.get_ref();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            self.error_hint(
+                Some(name.span()),
+                format!("invalid {what} name `{v}`"),
+                "use letters, digits, '-', '_' and '.'",
+            );
+        }
+    }
+
+    fn bad_choice(&mut self, v: &Spanned<String>, what: &str, choices: &[&str]) {
+        let got = v.get_ref();
+        let hint = match closest(got, choices) {
+            Some(c) => format!("did you mean \"{c}\"?"),
+            None => format!("choose one of: {}", choices.join(", ")),
+        };
+        self.error_hint(Some(v.span()), format!("unknown {what} \"{got}\""), hint);
+    }
+
+    fn socket_addr(&mut self, v: &Spanned<String>) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("invalid bind address `{}`", v.get_ref()),
+                    "use IP:PORT, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// An upstream address: `IP:PORT`, or `NAME:PORT` resolved now (first address wins).
+    fn upstream_addr(&mut self, v: &Spanned<String>) -> Option<SocketAddr> {
+        let s = v.get_ref();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            self.error_hint(
+                Some(v.span()),
+                format!("instance address `{s}` has no port"),
+                format!("write \"{s}:PORT\""),
+            );
+            return None;
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            self.error_hint(
+                Some(v.span()),
+                format!("invalid instance address `{s}`"),
+                "use IP:PORT or NAME:PORT, e.g. \"127.0.0.1:9001\"",
+            );
+            return None;
+        }
+        match (host, port.parse::<u16>().unwrap_or(0))
+            .to_socket_addrs()
+            .map(|mut it| it.next())
+        {
+            Ok(Some(a)) => Some(a),
+            Ok(None) | Err(_) => {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("cannot resolve instance host `{host}`"),
+                    "check the name, or use an IP address",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: Option<&Spanned<String>>, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(dur) if dur.is_zero() => {
+                self.error_hint(
+                    Some(v.span()),
+                    "duration must be greater than zero",
+                    format!("the default is {}", humantime::format_duration(default)),
+                );
+                default
+            }
+            Ok(dur) => dur,
+            Err(e) => {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("invalid duration `{}`: {e}", v.get_ref()),
+                    "write a number with a unit: \"500ms\", \"2s\", \"1m\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn int_in(&mut self, v: Option<&Spanned<i64>>, min: i64, max: i64, default: i64) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if (min..=max).contains(&n) {
+            n
+        } else {
+            self.error_hint(
+                Some(v.span()),
+                format!("{n} is out of range"),
+                format!("use a value from {min} to {max}"),
+            );
+            default
+        }
+    }
+}
+
+fn default_admin_bind() -> SocketAddr {
+    d::ADMIN_BIND
+        .parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901)))
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path;
+    let mut out = Vec::new();
+    let mut cur = path;
+    loop {
+        match cur {
+            Path::Root => break,
+            Path::Map { parent, key } => {
+                out.push(Segment::Key(key.clone()));
+                cur = parent;
+            }
+            Path::Seq { parent, index } => {
+                out.push(Segment::Index(*index));
+                cur = parent;
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => cur = parent,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// The span of the key at `path` inside `tree`, falling back to the nearest enclosing value.
+fn key_span(tree: &Spanned<DeValue<'_>>, path: &[Segment]) -> Option<Range<usize>> {
+    let mut node = tree;
+    let mut span = tree.span();
+    for seg in path {
+        match (seg, node.get_ref()) {
+            (Segment::Key(k), DeValue::Table(t)) => {
+                let (key, value) = t
+                    .iter()
+                    .find(|(key, _)| key.get_ref().as_ref() == k.as_str())?;
+                span = key.span();
+                node = value;
+            }
+            (Segment::Index(i), DeValue::Array(a)) => {
+                node = a.get(*i)?;
+                span = node.span();
+            }
+            _ => break,
+        }
+    }
+    Some(span)
+}
+
+/// The keys valid in the table at `parents` inside an element of `section`.
+fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
+    match (section, parents) {
+        ("admin", []) => fields_of::<RawAdmin>(),
+        ("runtime", []) => fields_of::<RawRuntime>(),
+        ("log", []) => fields_of::<RawLog>(),
+        ("access_log", []) => fields_of::<RawAccessLog>(),
+        ("listener", []) => fields_of::<RawListener>(),
+        ("route", []) => fields_of::<RawRoute>(),
+        ("service", []) => fields_of::<RawService>(),
+        ("service", ["timeouts"]) => fields_of::<RawTimeouts>(),
+        ("service", ["retries"]) => fields_of::<RawRetries>(),
+        ("service", ["outlier"]) => fields_of::<RawOutlier>(),
+        ("service", ["pool"]) => fields_of::<RawPool>(),
+        ("service", ["instances"]) => fields_of::<RawInstanceTable>(),
+        ("policy", []) => fields_of::<RawPolicy>(),
+        _ => &[],
+    }
+}

@@ -1,0 +1,281 @@
+//! The validated configuration: what the rest of Sluice consumes. Every value here has been
+//! checked; defaults are filled in; names referenced by routes exist.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The admin/metrics listener.
+    pub admin: AdminConfig,
+    /// Process-wide runtime settings.
+    pub runtime: RuntimeConfig,
+    /// Diagnostic logging.
+    pub log: LogConfig,
+    /// Per-request access log.
+    pub access_log: AccessLogConfig,
+    /// Listeners in file order; names are unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Services in file order; names are unique.
+    pub services: Vec<ServiceConfig>,
+    /// Wasm policies in file order; names are unique.
+    pub policies: Vec<crate::policy::PolicyConfig>,
+}
+
+impl Config {
+    /// The service with this name.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The listener with this name.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// `[admin]`: where `/healthz`, `/metrics` and `/api/*` are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to bind; loopback by default because the API can reload the proxy.
+    pub bind: SocketAddr,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Worker threads for the data path; 0 means one per CPU.
+    pub worker_threads: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` env-filter directive; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Human-readable text or one JSON object per line.
+    pub format: LogFormat,
+}
+
+/// Output format of diagnostic logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Where lines go.
+    pub target: AccessLogTarget,
+    /// How each line is written.
+    pub format: AccessLogFormat,
+    /// Lines that may wait for the writer before new ones are dropped (and counted).
+    pub buffer_lines: usize,
+}
+
+/// Destination of the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// No access log.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// A file opened in append mode (created if missing).
+    File(PathBuf),
+}
+
+/// Format of access-log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx "combined" format followed by Sluice's extra fields.
+    Combined,
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    Http,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// Protocol spoken to clients.
+    pub protocol: ListenerProtocol,
+    /// Connections accepted at once; further clients wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (408 when exceeded mid-request).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes (431 when exceeded).
+    pub max_header_bytes: usize,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keepalive_timeout: Duration,
+    /// Time a client may stall while sending a request body (408 when exceeded).
+    pub request_body_timeout: Duration,
+    /// Whether HTTP/2 with prior knowledge is accepted.
+    pub http2: bool,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Any host (no `host` key).
+    Any,
+    /// Exactly this host, lower-case, without port.
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com` (stored as `example.com`).
+    Wildcard(String),
+}
+
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("*"),
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// A name for metrics and the API; defaults to `host+path`.
+    pub name: String,
+    /// Listener this route belongs to.
+    pub listener: String,
+    /// Host match.
+    pub host: HostMatch,
+    /// Path prefix (string prefix, as nginx `location` and Fabio do).
+    pub path: String,
+    /// Prefix removed from the path before forwarding, when the path starts with it.
+    pub strip: Option<String>,
+    /// Prefix added to the path before forwarding (after `strip`).
+    pub prepend: Option<String>,
+    /// Service the route sends to.
+    pub service: String,
+}
+
+/// Balancing algorithm of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancer {
+    /// Smooth weighted round-robin.
+    RoundRobin,
+    /// The instance with the fewest requests in flight (per unit of weight).
+    LeastRequest,
+    /// Power of two random choices, comparing EWMA latency times load.
+    P2cEwma,
+    /// Consistent hashing (a ring) on a request key.
+    Hash(HashKey),
+}
+
+/// What the consistent-hash balancer hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header (lower-case name); the client IP when absent.
+    Header(String),
+    /// A cookie; the client IP when absent.
+    Cookie(String),
+}
+
+/// One upstream instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// Address to connect to.
+    pub address: SocketAddr,
+    /// Relative share of traffic (1..=10000).
+    pub weight: u32,
+}
+
+/// `[service.timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to an instance.
+    pub connect: Duration,
+    /// From request sent to response head received.
+    pub response_header: Duration,
+    /// Longest pause between two reads or writes of a body.
+    pub idle: Duration,
+    /// Whole exchange, from the request's arrival to the end of the response body.
+    pub total: Duration,
+    /// Longest pause on an upgraded (WebSocket) connection.
+    pub tunnel_idle: Duration,
+}
+
+/// `[service.retries]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first (0 disables retries).
+    pub attempts: u32,
+    /// Upstream statuses that make an idempotent request retry on another instance.
+    pub on_status: Vec<u16>,
+    /// Retries allowed as a fraction of recent requests (the retry budget).
+    pub budget_ratio: f64,
+    /// Retries always allowed per second, whatever the ratio.
+    pub budget_min_per_sec: u32,
+    /// Largest request body kept in memory so the request can be replayed.
+    pub buffer_bytes: usize,
+}
+
+/// `[service.outlier]`: passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// Consecutive failures (connect errors, resets, timeouts, 5xx) that eject an instance;
+    /// 0 disables ejection.
+    pub consecutive_failures: u32,
+    /// First ejection length; doubles on each repeat ejection.
+    pub base_ejection: Duration,
+    /// Cap on the ejection length.
+    pub max_ejection: Duration,
+    /// At most this share of a service's instances is ejected at once.
+    pub max_ejected_percent: u8,
+}
+
+/// `[service.pool]`: upstream keep-alive connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle connections kept per instance.
+    pub max_idle_per_instance: usize,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+}
+
+/// `[[service]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Balancing algorithm.
+    pub balancer: Balancer,
+    /// Upstream instances; may be empty (requests then get 503).
+    pub instances: Vec<InstanceConfig>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Retry policy.
+    pub retries: RetryPolicy,
+    /// Passive health.
+    pub outlier: OutlierConfig,
+    /// Upstream connection pool.
+    pub pool: PoolConfig,
+}

@@ -1,0 +1,95 @@
+//! `[[policy]]`: Wasm policy modules the proxy loads (see docs/policy-authoring.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::raw::S;
+
+/// Which WIT world a policy implements, i.e. which decision it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyWorld {
+    /// `routing`: catalog → routes.
+    Routing,
+    /// `health`: probe result → verdict and role.
+    Health,
+    /// `authz`: connecting peer → allow or deny.
+    Authz,
+}
+
+impl PolicyWorld {
+    /// The world's name as written in WIT and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyWorld::Routing => "routing",
+            PolicyWorld::Health => "health",
+            PolicyWorld::Authz => "authz",
+        }
+    }
+}
+
+/// What a failing (trapping, timing out) policy call results in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Deny (authz). The default for authz.
+    Closed,
+    /// Allow (authz) — only for policies whose failure must not lock clients out.
+    Open,
+    /// Keep the last good result (health: previous verdict, marked stale; routing: last table).
+    KeepLast,
+}
+
+/// Per-call limits of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyLimits {
+    /// Wall-clock deadline of one call (enforced by epoch interruption).
+    pub timeout: Duration,
+    /// Linear memory a guest instance may grow to.
+    pub max_memory_bytes: usize,
+}
+
+/// One `[[policy]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// Unique name, referenced by the attachments (`health.policy = "..."`).
+    pub name: String,
+    /// The component file (`.wasm`), relative paths resolved against the config file's folder.
+    pub file: PathBuf,
+    /// The world it must implement.
+    pub world: PolicyWorld,
+    /// JSON handed to the policy's `configure` export.
+    pub config: serde_json::Value,
+    /// Limits per call.
+    pub limits: PolicyLimits,
+    /// Behaviour when a call fails.
+    pub failure_mode: FailureMode,
+}
+
+/// Default per-call deadline.
+pub const POLICY_TIMEOUT: Duration = Duration::from_millis(5);
+/// Default memory cap per guest instance.
+pub const POLICY_MAX_MEMORY_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawPolicy {
+    pub(crate) name: S<String>,
+    pub(crate) file: S<String>,
+    pub(crate) world: S<String>,
+    pub(crate) config: Option<S<toml::Value>>,
+    pub(crate) timeout: Option<S<String>>,
+    pub(crate) max_memory_bytes: Option<S<i64>>,
+    pub(crate) failure_mode: Option<S<String>>,
+}
+
+/// The policy's `config` may be a TOML table (converted to JSON) or a string of JSON text.
+pub(crate) fn config_json(v: &Spanned<toml::Value>) -> Result<serde_json::Value, String> {
+    match v.get_ref() {
+        toml::Value::String(text) => {
+            serde_json::from_str(text).map_err(|e| format!("`config` is not valid JSON: {e}"))
+        }
+        other => serde_json::to_value(other)
+            .map_err(|e| format!("`config` cannot be expressed as JSON: {e}")),
+    }
+}

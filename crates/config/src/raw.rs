@@ -1,0 +1,182 @@
+//! The file as serde sees it: every field optional or spanned, so validation can point at it.
+//!
+//! Unknown keys are not rejected by serde here (that would stop at the first one); the loader
+//! collects every ignored key with `serde_ignored` and reports each with its position.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub(crate) bind: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRuntime {
+    pub(crate) worker_threads: Option<S<i64>>,
+    pub(crate) shutdown_grace: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLog {
+    pub(crate) level: Option<S<String>>,
+    pub(crate) format: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAccessLog {
+    pub(crate) path: Option<S<String>>,
+    pub(crate) format: Option<S<String>>,
+    pub(crate) buffer_lines: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawListener {
+    pub(crate) name: S<String>,
+    pub(crate) bind: S<String>,
+    pub(crate) protocol: Option<S<String>>,
+    pub(crate) max_connections: Option<S<i64>>,
+    pub(crate) header_read_timeout: Option<S<String>>,
+    pub(crate) max_header_bytes: Option<S<i64>>,
+    pub(crate) keepalive_timeout: Option<S<String>>,
+    pub(crate) request_body_timeout: Option<S<String>>,
+    pub(crate) http2: Option<bool>,
+    pub(crate) max_concurrent_streams: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRoute {
+    pub(crate) name: Option<S<String>>,
+    pub(crate) listener: Option<S<String>>,
+    pub(crate) host: Option<S<String>>,
+    pub(crate) path: Option<S<String>>,
+    pub(crate) strip: Option<S<String>>,
+    pub(crate) prepend: Option<S<String>>,
+    pub(crate) service: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawService {
+    pub(crate) name: S<String>,
+    pub(crate) balancer: Option<S<String>>,
+    pub(crate) hash_on: Option<S<String>>,
+    pub(crate) instances: Option<Vec<S<RawInstance>>>,
+    pub(crate) timeouts: Option<RawTimeouts>,
+    pub(crate) retries: Option<RawRetries>,
+    pub(crate) outlier: Option<RawOutlier>,
+    pub(crate) pool: Option<RawPool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTimeouts {
+    pub(crate) connect: Option<S<String>>,
+    pub(crate) response_header: Option<S<String>>,
+    pub(crate) idle: Option<S<String>>,
+    pub(crate) total: Option<S<String>>,
+    pub(crate) tunnel_idle: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRetries {
+    pub(crate) attempts: Option<S<i64>>,
+    pub(crate) on_status: Option<Vec<S<i64>>>,
+    pub(crate) budget_ratio: Option<S<f64>>,
+    pub(crate) budget_min_per_sec: Option<S<i64>>,
+    pub(crate) buffer_bytes: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawOutlier {
+    pub(crate) consecutive_failures: Option<S<i64>>,
+    pub(crate) base_ejection: Option<S<String>>,
+    pub(crate) max_ejection: Option<S<String>>,
+    pub(crate) max_ejected_percent: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPool {
+    pub(crate) max_idle_per_instance: Option<S<i64>>,
+    pub(crate) idle_timeout: Option<S<String>>,
+}
+
+/// An instance is written either as `"127.0.0.1:9001"` or `{ address = "...", weight = 2 }`.
+#[derive(Debug)]
+pub(crate) struct RawInstance {
+    pub(crate) address: S<String>,
+    pub(crate) weight: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawInstanceTable {
+    pub(crate) address: S<String>,
+    pub(crate) weight: Option<S<i64>>,
+}
+
+impl<'de> Deserialize<'de> for RawInstance {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InstanceVisitor;
+
+        impl<'de> Visitor<'de> for InstanceVisitor {
+            type Value = RawInstance;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"an address string like "127.0.0.1:9001" or a table { address = "...", weight = N }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawInstance, E> {
+                // The span of a bare string is the enclosing `Spanned`'s; the loader copies it.
+                Ok(RawInstance {
+                    address: Spanned::new(0..0, v.to_owned()),
+                    weight: None,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawInstance, A::Error> {
+                let table =
+                    RawInstanceTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawInstance {
+                    address: table.address,
+                    weight: table.weight,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(InstanceVisitor)
+    }
+}
+
+/// The field names serde knows for a derived struct, for "did you mean" hints.
+pub(crate) fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldsProbe(&mut fields));
+    fields
+}
+
+struct FieldsProbe<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldsProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("field probe"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("field probe"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}

@@ -1,0 +1,195 @@
+//! The configuration loader on real files: defaults, every-error reporting, positions, hints.
+
+use std::time::Duration;
+
+use sluice_config::{Balancer, HashKey, HostMatch, parse_str};
+
+const GOOD: &str = r#"
+[admin]
+bind = "127.0.0.1:19901"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[[route]]
+host = "*.example.com"
+path = "/ap1a"
+strip = "/ap1a"
+service = "ap1a"
+
+[[route]]
+path = "/"
+prepend = "/base/"
+service = "gw"
+
+[[service]]
+name = "ap1a"
+balancer = "hash"
+hash_on = "cookie:JSESSIONID"
+instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+timeouts = { connect = "250ms" }
+
+[[service]]
+name = "gw"
+instances = []
+[service.retries]
+attempts = 1
+"#;
+
+#[test]
+fn good_file_gets_defaults_and_normalised_values() {
+    let cfg = parse_str("good.toml", GOOD).expect("valid");
+    assert_eq!(cfg.listeners[0].max_header_bytes, 32 * 1024);
+    assert_eq!(cfg.routes.len(), 2);
+    // A route without `listener` takes the only listener.
+    assert_eq!(cfg.routes[0].listener, "web");
+    assert_eq!(
+        cfg.routes[0].host,
+        HostMatch::Wildcard("example.com".into())
+    );
+    assert_eq!(cfg.routes[0].name, "*.example.com/ap1a");
+    assert_eq!(cfg.routes[1].prepend.as_deref(), Some("/base"));
+    let ap1a = cfg.service("ap1a").unwrap();
+    assert_eq!(
+        ap1a.balancer,
+        Balancer::Hash(HashKey::Cookie("JSESSIONID".into()))
+    );
+    assert_eq!(ap1a.instances[1].weight, 3);
+    assert_eq!(ap1a.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(ap1a.timeouts.response_header, Duration::from_secs(15));
+    assert_eq!(cfg.service("gw").unwrap().retries.attempts, 1);
+    assert_eq!(cfg.service("gw").unwrap().retries.on_status, vec![502, 503]);
+}
+
+#[test]
+fn every_error_is_reported_with_its_position() {
+    let text = r#"[[listener]]
+name = "web"
+bnd = "127.0.0.1:8080"
+
+[[listener]]
+name = "api"
+bind = "not-an-address"
+max_header_bytes = 10
+
+[[route]]
+listener = "wbe"
+path = "api"
+service = "missing"
+
+[[service]]
+name = "svc"
+balancer = "round-robin"
+instances = ["127.0.0.1"]
+timeouts = { conect = "1s", idle = "soon" }
+"#;
+    let errs = parse_str("bad.toml", text).unwrap_err();
+    let shown = errs.to_string();
+    let expect = [
+        "bad.toml:1:1: error: in [listener]: missing field `bind`",
+        "bad.toml:3:1: error: unknown key `bnd` in [listener]",
+        "bad.toml:7:8: error: invalid bind address `not-an-address`",
+        "bad.toml:8:20: error: 10 is out of range",
+        "bad.toml:11:12: error: route refers to unknown listener `wbe`",
+        "hint: did you mean `web`?",
+        "bad.toml:12:8: error: `path` must start with '/'",
+        "bad.toml:13:11: error: route refers to unknown service `missing`",
+        "bad.toml:17:12: error: unknown balancer \"round-robin\"",
+        "hint: did you mean \"round_robin\"?",
+        "bad.toml:18:14: error: instance address `127.0.0.1` has no port",
+        "bad.toml:19:14: error: unknown key `conect` in [service.timeouts]",
+        "hint: did you mean `connect`?",
+        "bad.toml:19:36: error: invalid duration `soon`",
+    ];
+    for e in expect {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let errs = parse_str("s.toml", "[[listener]]\nname = \"a\nbind = 1\n").unwrap_err();
+    let d = &errs.0[0];
+    assert_eq!((d.line, d.file.to_str().unwrap()), (2, "s.toml"));
+    assert!(d.message.starts_with("invalid TOML"), "{d}");
+}
+
+#[test]
+fn unknown_sections_and_duplicates_are_errors() {
+    let text = r#"
+[[listeners]]
+name = "web"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:1"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:1"
+
+[[service]]
+name = "s"
+instances = ["127.0.0.1:1", "127.0.0.1:1"]
+"#;
+    let shown = parse_str("d.toml", text).unwrap_err().to_string();
+    for e in [
+        "d.toml:2:3: error: unknown section `listeners`",
+        "did you mean `listener`?",
+        "d.toml:10:8: error: duplicate listener name `web`",
+        "first defined on line 6",
+        "d.toml:11:8: error: address 127.0.0.1:1 is bound by two listeners",
+        "d.toml:15:29: error: instance 127.0.0.1:1 is listed twice",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+}
+
+#[test]
+fn hash_and_host_validation() {
+    let text = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:1"
+
+[[route]]
+host = "exa mple.com"
+service = "s"
+
+[[route]]
+host = "Example.COM"
+path = "/x"
+service = "s"
+
+[[service]]
+name = "s"
+hash_on = "header:x-user"
+[[service]]
+name = "t"
+balancer = "hash"
+hash_on = "body"
+"#;
+    let shown = parse_str("h.toml", text).unwrap_err().to_string();
+    assert!(
+        shown.contains("h.toml:7:8: error: invalid host `exa mple.com`"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("`hash_on` only applies to balancer = \"hash\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("h.toml:21:11: error: invalid hash_on `body`"),
+        "{shown}"
+    );
+    // The upper-case host is fine: it is lower-cased.
+    assert!(!shown.contains("Example.COM"), "{shown}");
+}
+
+#[test]
+fn empty_file_is_a_valid_config_with_defaults() {
+    let cfg = parse_str("empty.toml", "").unwrap();
+    assert_eq!(cfg.admin.bind.to_string(), "127.0.0.1:9901");
+    assert!(cfg.listeners.is_empty());
+}

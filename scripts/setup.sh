@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs on a fresh Debian machine. Idempotent and quick
+# when everything is already there. Tests never install anything themselves: they fail with a
+# message naming this script.
+set -euo pipefail
+
+# Debian packages: real peers for the tests (curl, openssl, etcd) and the benchmark's
+# side-by-side contenders (nginx, haproxy, wrk, h2load).
+need=()
+for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The pinned toolchain (rust-toolchain.toml) and the target Wasm policies compile to.
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../rust-toolchain.toml")
+rustup toolchain install "$toolchain" --profile minimal --component rustfmt --component clippy >/dev/null 2>&1 || true
+rustup target add --toolchain "$toolchain" wasm32-wasip2 >/dev/null
