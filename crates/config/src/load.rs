@@ -453,9 +453,11 @@ impl<'s> Cx<'s> {
                         "change [admin] bind or this listener's bind",
                     );
                 }
-                if let Some(line) =
-                    seen_binds.insert(bind, self.src.line_col(l.bind.span().start).0)
-                {
+                // Port 0 asks the OS for a fresh port each time, so it never collides.
+                let first = (bind.port() != 0)
+                    .then(|| seen_binds.insert(bind, self.src.line_col(l.bind.span().start).0))
+                    .flatten();
+                if let Some(line) = first {
                     self.error_hint(
                         Some(l.bind.span()),
                         format!("address {bind} is bound by two listeners"),

@@ -1,5 +1,7 @@
 //! The configuration loader on real files: defaults, every-error reporting, positions, hints.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::time::Duration;
 
 use sluice_config::{Balancer, HashKey, HostMatch, parse_str};

@@ -1,1 +1,36 @@
-//! placeholder
+//! Sluice's data plane.
+//!
+//! Contract:
+//! - [`Proxy::start`] binds every listener of a validated [`sluice_config::Config`] and serves
+//!   HTTP/1.1 and HTTP/2 (prior knowledge) on them; [`Proxy::apply`] swaps in a new
+//!   configuration atomically (all of it or none of it) without dropping in-flight requests,
+//!   idle upstream connections or instance health; [`Proxy::shutdown`] drains gracefully.
+//! - Every request gets an answer: the instance's, or a JSON error with a precise status
+//!   (404 no route, 502 connect failure/reset, 503 no instance, 504 timeout, 408 slow client,
+//!   431 oversized head) within the configured timeouts — never a hang.
+//! - The request path takes no lock shared between threads: snapshots are read through
+//!   `arc-swap`, instance state is atomics, idle connections sit in lock-free queues.
+//! - Passive health never removes more than `max_ejected_percent` of a service's instances.
+
+mod access_log;
+mod balance;
+mod body;
+mod conn;
+mod error;
+mod exchange;
+mod forward;
+mod headers;
+mod listener;
+pub mod metrics;
+mod pool;
+mod proxy;
+mod routing;
+mod tunnel;
+mod upstream;
+
+pub use access_log::AccessLog;
+pub use body::DownBody;
+pub use error::{ProxyError, ProxyErrorKind};
+pub use proxy::{ApplyError, ApplySummary, InstanceView, Proxy, RouteView, ServiceView};
+pub use routing::{Route, RouteTable};
+pub use upstream::{Instance, Service};

@@ -1,1 +1,92 @@
-fn main() {}
+//! `sluice`: the load balancer's command line.
+//!
+//! `sluice run -c FILE` serves a configuration; `sluice check -c FILE` validates one and prints
+//! every error with `file:line:col` (exit status 2); `sluice --version`.
+
+mod admin;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A load balancer whose decisions are WebAssembly policies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print every problem in it.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Exit status for an invalid configuration.
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match sluice_config::load_file(&config) {
+            Err(diags) => {
+                report_invalid(&diags);
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            }
+            Ok(cfg) => match run::run(config, cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "`check` reports its verdict on stdout")]
+fn check(path: &std::path::Path) -> ExitCode {
+    match sluice_config::load_file(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} services, {} policies)",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.routes.len(),
+                cfg.services.len(),
+                cfg.policies.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            report_invalid(&diags);
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
+fn report_invalid(diags: &sluice_config::Diagnostics) {
+    eprintln!("{diags}");
+    let n = diags.0.len();
+    eprintln!(
+        "{n} error{} found; nothing was started",
+        if n == 1 { "" } else { "s" }
+    );
+}

@@ -1,5 +1,18 @@
-//! Real parts for Sluice's tests: backends bound to `127.0.0.1:0`, child processes that are
-//! killed when dropped, and polling assertions with deadlines instead of sleeps.
+//! Real parts for Sluice's tests: backends bound to `127.0.0.1:0`, a real HTTP client, child
+//! processes that are stopped when dropped, and polling assertions with deadlines instead of
+//! sleeps.
 //!
 //! Nothing here is a mock: every backend is a real server speaking real protocols on loopback.
 //! Helpers that need an external tool fail with a message naming `scripts/setup.sh`.
+
+#![allow(clippy::unwrap_used)]
+
+mod backend;
+mod client;
+mod eventually;
+mod process;
+
+pub use backend::{Backend, Blackhole, Mode};
+pub use client::{Client, Reply};
+pub use eventually::eventually;
+pub use process::{SluiceProcess, free_port, http_get, http_request, require_tool};

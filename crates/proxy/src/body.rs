@@ -1,0 +1,285 @@
+//! Bodies in both directions.
+//!
+//! - [`UpBody`] goes to the instance: empty, a small buffered body that can be replayed on a
+//!   retry, or the client's stream passed through with a stall timer.
+//! - [`DownBody`] goes to the client: a local (error) body, or the instance's stream with idle
+//!   and total-deadline timers. It carries the request's [`Exchange`] record, which is finished
+//!   — metrics, access log, pooled connection returned — when the body ends or is dropped.
+//!
+//! Timers are armed lazily: a body whose next frame is already there never touches the timer
+//! wheel, which is the common case for small responses.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ClientBodyTimedOut;
+use crate::exchange::Exchange;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's request body failed (aborted, malformed); carried through hyper's error chain so
+/// the handler can answer 400 instead of blaming the instance.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed: {0}")]
+pub(crate) struct ClientBodyFailed(#[source] pub(crate) hyper::Error);
+
+/// The request body sent to an instance.
+#[derive(Debug)]
+pub(crate) enum UpBody {
+    Empty,
+    /// A body read in full beforehand (small, idempotent requests), cloned for each attempt.
+    Full(Option<Bytes>),
+    Stream(ClientStream),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Stream(s) => s.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Empty => true,
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Stream(s) => s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream(s) => s.inner.size_hint(),
+        }
+    }
+}
+
+/// The client's body passed through, failing with [`ClientBodyTimedOut`] when the client stalls.
+#[derive(Debug)]
+pub(crate) struct ClientStream {
+    inner: Incoming,
+    stall: Duration,
+    last_progress: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl ClientStream {
+    pub(crate) fn new(inner: Incoming, stall: Duration, bytes: Arc<AtomicU64>) -> Self {
+        Self {
+            inner,
+            stall,
+            last_progress: Instant::now(),
+            timer: None,
+            bytes,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Relaxed);
+                }
+                self.last_progress = Instant::now();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed(e))))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = self.last_progress + self.stall;
+                if poll_deadline(&mut self.timer, deadline, cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyTimedOut))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Polls a lazily created timer for `deadline`.
+fn poll_deadline(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let t = match timer {
+        Some(t) => {
+            if t.deadline() != deadline {
+                t.as_mut().reset(deadline);
+            }
+            t
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    t.as_mut().poll(cx)
+}
+
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResponseBodyError {
+    #[error("upstream sent nothing for {0:?} while streaming the response body")]
+    Idle(Duration),
+    #[error("the request's total deadline passed while streaming the response body")]
+    Deadline,
+    #[error("upstream response body failed: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+#[derive(Debug)]
+enum DownInner {
+    Local(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        idle: Duration,
+        deadline: Instant,
+        last_progress: Instant,
+        timer: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+/// The response body sent to the client.
+#[derive(Debug)]
+pub struct DownBody {
+    inner: DownInner,
+    bytes_out: u64,
+    exchange: Option<Exchange>,
+}
+
+impl DownBody {
+    pub(crate) fn local(bytes: Bytes, exchange: Exchange) -> Self {
+        Self {
+            inner: DownInner::Local(Some(bytes).filter(|b| !b.is_empty())),
+            bytes_out: 0,
+            exchange: Some(exchange),
+        }
+    }
+
+    pub(crate) fn upstream(
+        inner: Incoming,
+        idle: Duration,
+        deadline: Instant,
+        exchange: Exchange,
+    ) -> Self {
+        Self {
+            inner: DownInner::Upstream {
+                inner,
+                idle,
+                deadline,
+                last_progress: Instant::now(),
+                timer: None,
+            },
+            bytes_out: 0,
+            exchange: Some(exchange),
+        }
+    }
+
+    fn finish(&mut self, completed: bool, error: Option<&dyn std::fmt::Display>) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.finish(self.bytes_out, completed, error);
+        }
+    }
+}
+
+impl Body for DownBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            DownInner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            DownInner::Upstream {
+                inner,
+                idle,
+                deadline,
+                last_progress,
+                timer,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *last_progress = Instant::now();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ResponseBodyError::Upstream(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    let idle_at = *last_progress + *idle;
+                    let (at, err) = if idle_at < *deadline {
+                        (idle_at, ResponseBodyError::Idle(*idle))
+                    } else {
+                        (*deadline, ResponseBodyError::Deadline)
+                    };
+                    match poll_deadline(timer, at, cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(err))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true, None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "response body to client aborted");
+                this.finish(false, Some(&e));
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.finish(true, None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            DownInner::Local(b) => b.is_none(),
+            DownInner::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            DownInner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            DownInner::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for DownBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or the response had no body and hyper
+        // never polled it, which `is_end_stream` tells apart).
+        let completed = self.is_end_stream();
+        self.finish(completed, None);
+    }
+}

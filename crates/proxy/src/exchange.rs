@@ -1,0 +1,163 @@
+//! The record of one request, finished exactly once — when its response body ends, is
+//! abandoned, or the request is dropped before a response existed — to release the instance,
+//! return its connection to the pool, and write metrics and the access-log line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::access_log::{AccessLog, Entry, RequestInfo, proto_str, rfc3339_now};
+use crate::conn::ConnWatch;
+use crate::error::ProxyErrorKind;
+use crate::pool::Sender;
+use crate::routing::Route;
+use crate::upstream::InFlight;
+
+/// Request body bytes: known up front, or counted while streaming.
+#[derive(Debug)]
+pub(crate) enum BytesIn {
+    Known(u64),
+    Counted(Arc<AtomicU64>),
+}
+
+/// The instance a response came from, and its connection to return when the body ends.
+#[derive(Debug)]
+pub(crate) struct UpstreamUse {
+    pub(crate) in_flight: InFlight,
+    pub(crate) sender: Option<Sender>,
+    pub(crate) max_idle: usize,
+}
+
+/// Status logged for a request whose client went away before any response (nginx's 499).
+const CLIENT_CLOSED: u16 = 499;
+
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    start: Instant,
+    conn: Arc<ConnWatch>,
+    conn_opened: tokio::time::Instant,
+    pub(crate) route: Option<Arc<Route>>,
+    pub(crate) status: u16,
+    pub(crate) upstream: Option<UpstreamUse>,
+    pub(crate) upstream_ms: Option<f64>,
+    pub(crate) retries: u32,
+    pub(crate) error: Option<ProxyErrorKind>,
+    pub(crate) bytes_in: BytesIn,
+    request_id: HeaderValue,
+    log: Option<(AccessLog, RequestInfo)>,
+    done: bool,
+}
+
+impl Exchange {
+    pub(crate) fn new(
+        start: Instant,
+        conn: Arc<ConnWatch>,
+        conn_opened: tokio::time::Instant,
+        request_id: HeaderValue,
+        log: Option<(AccessLog, RequestInfo)>,
+    ) -> Self {
+        Self {
+            start,
+            conn,
+            conn_opened,
+            route: None,
+            status: CLIENT_CLOSED,
+            upstream: None,
+            upstream_ms: None,
+            retries: 0,
+            error: None,
+            bytes_in: BytesIn::Known(0),
+            request_id,
+            log,
+            done: false,
+        }
+    }
+
+    pub(crate) fn finish(
+        mut self,
+        bytes_out: u64,
+        completed: bool,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        self.complete(bytes_out, completed, error);
+    }
+
+    fn complete(
+        &mut self,
+        bytes_out: u64,
+        completed: bool,
+        body_error: Option<&dyn std::fmt::Display>,
+    ) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let upstream_label = self
+            .upstream
+            .as_ref()
+            .map(|u| Arc::clone(&u.in_flight.instance.label));
+        // Dropping the upstream use releases the instance's in-flight count; its connection
+        // goes back to the pool only if the response was read to the end.
+        if let Some(mut u) = self.upstream.take()
+            && completed
+            && let Some(sender) = u.sender.take()
+        {
+            u.in_flight
+                .instance
+                .pool
+                .checkin(sender, sluice_health::clock::now_ms(), u.max_idle);
+        }
+        self.conn.request_finished(self.conn_opened.elapsed());
+        if let Some(route) = &self.route {
+            route.metrics.record(self.status, elapsed.as_secs_f64());
+        }
+        let Some((log, info)) = &self.log else { return };
+        let bytes_in = match &self.bytes_in {
+            BytesIn::Known(n) => *n,
+            BytesIn::Counted(c) => c.load(Relaxed),
+        };
+        let error = match (self.error, body_error) {
+            (Some(kind), _) => Some(kind.as_str().to_owned()),
+            (None, Some(e)) => Some(e.to_string()),
+            (None, None) => None,
+        };
+        let path = info.uri.path_and_query().map_or("/", |p| p.as_str());
+        log.log(&Entry {
+            time: rfc3339_now(),
+            listener: &info.listener,
+            client: info.client,
+            method: &info.method,
+            host: info.host.as_ref().and_then(|h| h.to_str().ok()),
+            path,
+            proto: proto_str(info.version),
+            status: self.status,
+            route: self.route.as_ref().map(|r| &*r.name),
+            service: self.route.as_ref().map(|r| &*r.service.name),
+            upstream: upstream_label.as_deref(),
+            bytes_in,
+            bytes_out,
+            duration_ms: round_micros(elapsed.as_secs_f64() * 1000.0),
+            upstream_ms: self.upstream_ms.map(round_micros),
+            retries: self.retries,
+            request_id: self.request_id.to_str().unwrap_or_default(),
+            error,
+            completed,
+            referer: info.referer.as_ref().and_then(|h| h.to_str().ok()),
+            user_agent: info.user_agent.as_ref().and_then(|h| h.to_str().ok()),
+        });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // Only reached without `finish` when the request future was dropped (client gone).
+        self.complete(0, false, None);
+    }
+}
+
+/// Milliseconds rounded to whole microseconds, so log lines do not carry float noise.
+fn round_micros(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,148 @@
+//! Metric names (the documented API, see docs/metrics.md) and pre-registered handles.
+//!
+//! Handles are registered once — per route and status class on first use, per service at build
+//! time — so the request path only touches atomics, never the registry's maps.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Counter, Histogram, counter, histogram};
+
+/// Requests answered, by `listener`, `route`, `service` and status `class` (`2xx`…`5xx`).
+pub const REQUESTS_TOTAL: &str = "sluice_requests_total";
+/// Time from request arrival to the end of the response body, by `listener`, `route`, `service`.
+pub const REQUEST_DURATION_SECONDS: &str = "sluice_request_duration_seconds";
+/// Requests no route matched, by `listener`.
+pub const UNROUTED_TOTAL: &str = "sluice_unrouted_requests_total";
+/// Time from sending to an instance to its response head, by `service`.
+pub const UPSTREAM_LATENCY_SECONDS: &str = "sluice_upstream_response_latency_seconds";
+/// Failed upstream attempts, by `service` and `kind` (see [`crate::ProxyErrorKind`]).
+pub const UPSTREAM_ERRORS_TOTAL: &str = "sluice_upstream_errors_total";
+/// New TCP connections opened to instances, by `service`.
+pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "sluice_upstream_connections_total";
+/// Retries sent, by `service`.
+pub const RETRIES_TOTAL: &str = "sluice_retries_total";
+/// Retries refused because the service's retry budget was spent, by `service`.
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "sluice_retry_budget_exhausted_total";
+/// Instances ejected by passive health, by `service` and `instance`.
+pub const EJECTIONS_TOTAL: &str = "sluice_ejections_total";
+/// Instances currently ejected, by `service` (set when metrics are scraped).
+pub const INSTANCES_EJECTED: &str = "sluice_instances_ejected";
+/// Requests in flight to an instance, by `service` and `instance` (set when scraped).
+pub const INSTANCE_OUTSTANDING: &str = "sluice_instance_outstanding_requests";
+/// Picks made while every instance was ejected (panic mode), by `service`.
+pub const PANIC_PICKS_TOTAL: &str = "sluice_balancer_panic_total";
+/// Client connections open now, by `listener`.
+pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
+/// Client connections accepted, by `listener`.
+pub const CONNECTIONS_TOTAL: &str = "sluice_connections_total";
+/// Client connections closed for a protocol-level reason, by `listener` and `reason`
+/// (`header_timeout`, `keepalive_timeout`).
+pub const CLIENT_CLOSES_TOTAL: &str = "sluice_client_closes_total";
+/// Access-log lines dropped because the writer fell behind.
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluice_access_log_dropped_total";
+/// Configuration reloads, by `result` (`ok`, `invalid`, `failed`).
+pub const RELOADS_TOTAL: &str = "sluice_config_reloads_total";
+
+/// Every metric name, for the documentation test.
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION_SECONDS,
+    UNROUTED_TOTAL,
+    UPSTREAM_LATENCY_SECONDS,
+    UPSTREAM_ERRORS_TOTAL,
+    UPSTREAM_CONNECTIONS_TOTAL,
+    RETRIES_TOTAL,
+    RETRY_BUDGET_EXHAUSTED_TOTAL,
+    EJECTIONS_TOTAL,
+    INSTANCES_EJECTED,
+    INSTANCE_OUTSTANDING,
+    PANIC_PICKS_TOTAL,
+    CONNECTIONS_ACTIVE,
+    CONNECTIONS_TOTAL,
+    CLIENT_CLOSES_TOTAL,
+    ACCESS_LOG_DROPPED_TOTAL,
+    RELOADS_TOTAL,
+];
+
+/// Per-route handles, registered lazily so unused status classes create no series.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    listener: Arc<str>,
+    route: Arc<str>,
+    service: Arc<str>,
+    by_class: [OnceLock<Counter>; 5],
+    duration: OnceLock<Histogram>,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(listener: Arc<str>, route: Arc<str>, service: Arc<str>) -> Self {
+        Self {
+            listener,
+            route,
+            service,
+            by_class: Default::default(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn record(&self, status: u16, seconds: f64) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let idx = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.by_class[idx]
+            .get_or_init(|| {
+                counter!(REQUESTS_TOTAL,
+                    "listener" => self.listener.to_string(),
+                    "route" => self.route.to_string(),
+                    "service" => self.service.to_string(),
+                    "class" => CLASSES[idx])
+            })
+            .increment(1);
+        self.duration
+            .get_or_init(|| {
+                histogram!(REQUEST_DURATION_SECONDS,
+                    "listener" => self.listener.to_string(),
+                    "route" => self.route.to_string(),
+                    "service" => self.service.to_string())
+            })
+            .record(seconds);
+    }
+}
+
+/// Per-service handles.
+#[derive(Debug)]
+pub(crate) struct ServiceMetrics {
+    pub(crate) upstream_latency: Histogram,
+    pub(crate) new_connections: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) budget_exhausted: Counter,
+    pub(crate) panic_picks: Counter,
+    errors: [OnceLock<Counter>; crate::error::ProxyErrorKind::COUNT],
+    service: Arc<str>,
+}
+
+impl ServiceMetrics {
+    pub(crate) fn new(service: &Arc<str>) -> Self {
+        let s = || service.to_string();
+        Self {
+            upstream_latency: histogram!(UPSTREAM_LATENCY_SECONDS, "service" => s()),
+            new_connections: counter!(UPSTREAM_CONNECTIONS_TOTAL, "service" => s()),
+            retries: counter!(RETRIES_TOTAL, "service" => s()),
+            budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => s()),
+            panic_picks: counter!(PANIC_PICKS_TOTAL, "service" => s()),
+            errors: Default::default(),
+            service: Arc::clone(service),
+        }
+    }
+
+    pub(crate) fn upstream_error(&self, kind: crate::error::ProxyErrorKind) {
+        self.errors[kind as usize]
+            .get_or_init(|| {
+                counter!(UPSTREAM_ERRORS_TOTAL, "service" => self.service.to_string(), "kind" => kind.as_str())
+            })
+            .increment(1);
+    }
+
+    pub(crate) fn ejection(&self, instance: &str) {
+        counter!(EJECTIONS_TOTAL, "service" => self.service.to_string(), "instance" => instance.to_owned()).increment(1);
+    }
+}

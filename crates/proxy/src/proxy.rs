@@ -1,0 +1,438 @@
+//! The proxy as a whole: builds runtime snapshots from a [`Config`], applies reloads atomically,
+//! shuts down gracefully, and shows its state to the admin API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sluice_config::{Balancer, Config};
+use sluice_health::clock;
+
+use crate::access_log::AccessLog;
+use crate::listener::{self, ListenerRuntime, ListenerShared, RunningListener};
+use crate::metrics::{INSTANCE_OUTSTANDING, INSTANCES_EJECTED, RouteMetrics};
+use crate::routing::{Route, RouteTable};
+use crate::upstream::Service;
+
+/// Why a configuration could not be applied. The previous configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A listener's address could not be bound.
+    #[error("cannot bind listener `{listener}` to {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The access log file could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(#[source] std::io::Error),
+}
+
+/// What a successful apply changed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// Listeners bound by this apply.
+    pub listeners_added: Vec<String>,
+    /// Listeners closed by this apply.
+    pub listeners_removed: Vec<String>,
+    /// Routes now active.
+    pub routes: usize,
+    /// Services now active.
+    pub services: usize,
+}
+
+/// The running proxy.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ArcSwap<Config>,
+    services: ArcSwap<HashMap<String, Arc<Service>>>,
+    listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
+    /// Addresses actually bound (differs from the configured one for port 0).
+    bound: Mutex<HashMap<String, SocketAddr>>,
+    access_log: Mutex<AccessLog>,
+}
+
+impl Proxy {
+    /// Binds every listener and starts serving `config`. Must run inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Self, ApplyError> {
+        let proxy = Proxy {
+            inner: Arc::new(Inner {
+                config: ArcSwap::from_pointee(config.clone()),
+                services: ArcSwap::from_pointee(HashMap::new()),
+                listeners: tokio::sync::Mutex::new(HashMap::new()),
+                bound: Mutex::new(HashMap::new()),
+                access_log: Mutex::new(AccessLog::off()),
+            }),
+        };
+        proxy.apply_inner(config, true).await?;
+        Ok(proxy)
+    }
+
+    /// The configuration being served.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.load_full()
+    }
+
+    /// Applies a new, validated configuration. Either everything changes or nothing does:
+    /// new listeners are bound before anything is swapped, and a bind failure leaves the old
+    /// configuration serving. Live instance state (pooled connections, load, ejections) is kept
+    /// for instances whose service and address are unchanged; in-flight requests finish on the
+    /// routes they started on.
+    pub async fn apply(&self, config: Config) -> Result<ApplySummary, ApplyError> {
+        self.apply_inner(config, false).await
+    }
+
+    async fn apply_inner(&self, config: Config, first: bool) -> Result<ApplySummary, ApplyError> {
+        let mut running = self.inner.listeners.lock().await;
+        let grace = config.runtime.shutdown_grace;
+
+        // Access log: keep the current writer unless its settings changed.
+        let current_log = self
+            .inner
+            .access_log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_else(|_| AccessLog::off());
+        let same_log = !first && current_log.config().cloned() == access_log_setting(&config);
+        let new_log = if same_log {
+            current_log.clone()
+        } else {
+            AccessLog::start(&config.access_log).map_err(ApplyError::AccessLog)?
+        };
+
+        // Services, reusing live instance state by (service, address).
+        let old_services = self.inner.services.load_full();
+        let services: HashMap<String, Arc<Service>> = config
+            .services
+            .iter()
+            .map(|sc| {
+                let old = old_services.get(&sc.name);
+                let svc = Service::new(sc.clone(), |addr| {
+                    old.and_then(|o| o.instances().iter().find(|i| i.addr == addr).cloned())
+                });
+                (sc.name.clone(), Arc::new(svc))
+            })
+            .collect();
+
+        // Route tables per listener.
+        let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
+        for rc in &config.routes {
+            let Some(service) = services.get(&rc.service) else {
+                continue; // validation guarantees this exists
+            };
+            let name: Arc<str> = rc.name.as_str().into();
+            tables
+                .entry(rc.listener.as_str())
+                .or_default()
+                .push(Arc::new(Route {
+                    metrics: RouteMetrics::new(
+                        rc.listener.as_str().into(),
+                        Arc::clone(&name),
+                        Arc::clone(&service.name),
+                    ),
+                    name,
+                    host: rc.host.clone(),
+                    path: rc.path.clone(),
+                    strip: rc.strip.clone(),
+                    prepend: rc.prepend.clone(),
+                    service: Arc::clone(service),
+                }));
+        }
+
+        // Bind what is new before changing anything.
+        let mut to_start = Vec::new();
+        for lc in &config.listeners {
+            let reuse = running.get(&lc.name).is_some_and(|r| r.bind == lc.bind);
+            let held_by_other = running
+                .values()
+                .any(|r| r.bind == lc.bind && *r.shared.name != *lc.name);
+            if !reuse && !held_by_other {
+                let socket = listener::bind(lc.bind).map_err(|source| ApplyError::Bind {
+                    listener: lc.name.clone(),
+                    addr: lc.bind,
+                    source,
+                })?;
+                to_start.push((lc, Some(socket)));
+            } else if !reuse {
+                to_start.push((lc, None));
+            }
+        }
+
+        // Commit. Nothing below fails except re-binding an address another (removed)
+        // listener held, which is logged.
+        let mut summary = ApplySummary {
+            routes: config.routes.len(),
+            services: services.len(),
+            ..ApplySummary::default()
+        };
+        let wanted: HashMap<&str, SocketAddr> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.bind))
+            .collect();
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(name, r)| wanted.get(name.as_str()) != Some(&r.bind))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(mut r) = running.remove(&name) {
+                r.stop().await;
+                if let Ok(mut b) = self.inner.bound.lock() {
+                    b.remove(&name);
+                }
+                tracing::info!(listener = %name, "listener closed");
+                summary.listeners_removed.push(name);
+                tokio::spawn(r.drained());
+            }
+        }
+        for lc in &config.listeners {
+            let table = RouteTable::new(tables.remove(lc.name.as_str()).unwrap_or_default());
+            let runtime = ListenerRuntime::new(lc.clone(), table, new_log.clone());
+            if let Some(r) = running.get(&lc.name) {
+                r.shared.update(runtime);
+            } else if let Some(pos) = to_start.iter().position(|(c, _)| c.name == lc.name) {
+                let (lc, socket) = to_start.swap_remove(pos);
+                let socket = match socket {
+                    Some(s) => s,
+                    None => match listener::bind(lc.bind) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(listener = %lc.name, addr = %lc.bind, error = %e, "cannot re-bind after reload");
+                            continue;
+                        }
+                    },
+                };
+                let shared = Arc::new(ListenerShared::new(&lc.name, runtime));
+                match listener::start(socket, shared, grace) {
+                    Ok(r) => {
+                        if let Ok(mut b) = self.inner.bound.lock() {
+                            b.insert(lc.name.clone(), r.local_addr);
+                        }
+                        running.insert(lc.name.clone(), r);
+                        summary.listeners_added.push(lc.name.clone());
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %lc.name, error = %e, "cannot start listener")
+                    }
+                }
+            }
+        }
+        self.inner.services.store(Arc::new(services));
+        self.inner.config.store(Arc::new(config));
+        if !same_log {
+            if let Ok(mut l) = self.inner.access_log.lock() {
+                *l = new_log;
+            }
+            // Requests still in flight log to the old writer until it is stopped.
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tokio::task::spawn_blocking(move || current_log.shutdown());
+            });
+        }
+        Ok(summary)
+    }
+
+    /// Addresses the listeners are bound to, by name (useful with port 0).
+    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.inner
+            .bound
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reopens the access-log file (log rotation).
+    pub fn reopen_access_log(&self) {
+        if let Ok(l) = self.inner.access_log.lock() {
+            l.reopen();
+        }
+    }
+
+    /// Stops accepting on every listener, waits up to `grace` for in-flight requests, then
+    /// flushes the access log.
+    pub async fn shutdown(&self, grace: Duration) {
+        let listeners: Vec<RunningListener> = self
+            .inner
+            .listeners
+            .lock()
+            .await
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
+        let mut draining = Vec::new();
+        for mut l in listeners {
+            l.stop().await;
+            draining.push(l.drained());
+        }
+        let _ = tokio::time::timeout(
+            grace + Duration::from_millis(100),
+            futures_join_all(draining),
+        )
+        .await;
+        let log = self
+            .inner
+            .access_log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_else(|_| AccessLog::off());
+        let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
+    }
+
+    /// Every route of every listener.
+    pub fn routes(&self) -> Vec<RouteView> {
+        let cfg = self.inner.config.load();
+        cfg.routes
+            .iter()
+            .map(|r| RouteView {
+                name: r.name.clone(),
+                listener: r.listener.clone(),
+                host: r.host.to_string(),
+                path: r.path.clone(),
+                strip: r.strip.clone(),
+                prepend: r.prepend.clone(),
+                service: r.service.clone(),
+            })
+            .collect()
+    }
+
+    /// Every service with its instances' live state.
+    pub fn services(&self) -> Vec<ServiceView> {
+        let now = clock::now_ms();
+        let services = self.inner.services.load();
+        let cfg = self.inner.config.load();
+        cfg.services
+            .iter()
+            .filter_map(|sc| services.get(&sc.name))
+            .map(|s| ServiceView {
+                name: s.name.to_string(),
+                balancer: match &s.config.balancer {
+                    Balancer::RoundRobin => "round_robin".into(),
+                    Balancer::LeastRequest => "least_request".into(),
+                    Balancer::P2cEwma => "p2c_ewma".into(),
+                    Balancer::Hash(_) => "hash".into(),
+                },
+                ejected: s.ejected_count(now),
+                max_ejected: s.max_ejected(),
+                instances: s
+                    .instances()
+                    .iter()
+                    .zip(s.config.instances.iter())
+                    .map(|(i, ic)| {
+                        let until = i.outlier().ejected_until(now);
+                        InstanceView {
+                            address: i.addr.to_string(),
+                            weight: ic.weight,
+                            state: if until.is_some() { "ejected" } else { "active" },
+                            ejected_for_ms: until.map(|u| u - now),
+                            outstanding: i.outstanding(),
+                            ewma_ms: (i.ewma_ms() * 1000.0).round() / 1000.0,
+                            consecutive_failures: i.outlier().consecutive_failures(),
+                            ejections: i.outlier().total_ejections(),
+                            requests: i.requests(),
+                            failures: i.failures(),
+                            idle_connections: i.idle_connections(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Sets the gauges that are computed rather than counted (call before rendering metrics).
+    pub fn refresh_gauges(&self) {
+        let now = clock::now_ms();
+        for s in self.inner.services.load().values() {
+            metrics::gauge!(INSTANCES_EJECTED, "service" => s.name.to_string())
+                .set(s.ejected_count(now) as f64);
+            for i in s.instances() {
+                metrics::gauge!(INSTANCE_OUTSTANDING, "service" => s.name.to_string(), "instance" => i.addr.to_string())
+                    .set(f64::from(i.outstanding()));
+            }
+        }
+    }
+}
+
+fn access_log_setting(config: &Config) -> Option<sluice_config::AccessLogConfig> {
+    (config.access_log.target != sluice_config::AccessLogTarget::Off)
+        .then(|| config.access_log.clone())
+}
+
+async fn futures_join_all(futs: Vec<impl std::future::Future<Output = ()>>) {
+    for f in futs {
+        f.await;
+    }
+}
+
+/// A route as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    /// Route name.
+    pub name: String,
+    /// Listener it belongs to.
+    pub listener: String,
+    /// Host match (`*` for any).
+    pub host: String,
+    /// Path prefix.
+    pub path: String,
+    /// Prefix stripped.
+    pub strip: Option<String>,
+    /// Prefix prepended.
+    pub prepend: Option<String>,
+    /// Target service.
+    pub service: String,
+}
+
+/// A service as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Balancer kind.
+    pub balancer: String,
+    /// Instances ejected now.
+    pub ejected: usize,
+    /// Most instances passive health may eject at once.
+    pub max_ejected: usize,
+    /// Instances.
+    pub instances: Vec<InstanceView>,
+}
+
+/// An instance as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// `ip:port`.
+    pub address: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// `active` or `ejected`.
+    pub state: &'static str,
+    /// Time left in the current ejection.
+    pub ejected_for_ms: Option<u64>,
+    /// Requests in flight.
+    pub outstanding: u32,
+    /// Peak-EWMA latency to the response head.
+    pub ewma_ms: f64,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Ejections so far.
+    pub ejections: u64,
+    /// Attempts sent.
+    pub requests: u64,
+    /// Attempts failed.
+    pub failures: u64,
+    /// Idle pooled connections.
+    pub idle_connections: usize,
+}

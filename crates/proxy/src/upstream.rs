@@ -1,0 +1,399 @@
+//! Services and their instances: the runtime state balancing, passive health and retries read
+//! and update on every request — all atomics, no locks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use sluice_config::ServiceConfig;
+use sluice_health::OutlierState;
+
+use crate::balance::{Balancer, Load};
+use crate::error::ProxyErrorKind;
+use crate::metrics::ServiceMetrics;
+use crate::pool::Pool;
+
+/// One upstream instance's live state. It outlives configuration reloads as long as its
+/// service keeps an instance at the same address, so pooled connections, ejections and load
+/// figures survive a reload.
+#[derive(Debug)]
+pub struct Instance {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    pub(crate) label: Arc<str>,
+    outstanding: AtomicU32,
+    ewma: Ewma,
+    pub(crate) outlier: OutlierState,
+    pub(crate) pool: Pool,
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Instance {
+    pub(crate) fn new(addr: SocketAddr, pool_capacity: usize) -> Self {
+        Self {
+            addr,
+            label: addr.to_string().into(),
+            outstanding: AtomicU32::new(0),
+            ewma: Ewma::default(),
+            outlier: OutlierState::default(),
+            pool: Pool::new(pool_capacity),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests in flight to this instance.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Relaxed)
+    }
+
+    /// Peak-EWMA latency to the response head, in milliseconds (0 before the first response).
+    pub fn ewma_ms(&self) -> f64 {
+        self.ewma.get() / 1e6
+    }
+
+    /// Attempts sent to this instance.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Attempts that failed (connect errors, resets, timeouts, 5xx).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Passive health state.
+    pub fn outlier(&self) -> &OutlierState {
+        &self.outlier
+    }
+
+    /// Idle pooled connections.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_len()
+    }
+
+    pub(crate) fn observe_latency(&self, nanos: f64, now_ms: u64) {
+        self.ewma.observe(nanos, now_ms);
+    }
+}
+
+impl Load for Arc<Instance> {
+    fn outstanding(&self) -> u32 {
+        self.outstanding.load(Relaxed)
+    }
+    fn ewma_ns(&self) -> f64 {
+        self.ewma.get()
+    }
+}
+
+/// Counts a request in flight on an instance for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) instance: Arc<Instance>,
+}
+
+impl InFlight {
+    pub(crate) fn new(instance: Arc<Instance>) -> Self {
+        instance.outstanding.fetch_add(1, Relaxed);
+        instance.requests.fetch_add(1, Relaxed);
+        Self { instance }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.instance.outstanding.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Peak-sensitive exponentially weighted moving average of latency: a slower sample replaces the
+/// average at once, faster ones pull it down with a 10 s time constant.
+#[derive(Debug, Default)]
+struct Ewma {
+    nanos_bits: AtomicU64,
+    stamp_ms: AtomicU64,
+}
+
+impl Ewma {
+    const DECAY_MS: f64 = 10_000.0;
+
+    fn get(&self) -> f64 {
+        f64::from_bits(self.nanos_bits.load(Relaxed))
+    }
+
+    fn observe(&self, sample: f64, now_ms: u64) {
+        let prev = self.get();
+        let last = self.stamp_ms.swap(now_ms, Relaxed);
+        let next = if prev == 0.0 || sample > prev {
+            sample
+        } else {
+            let w = (-(now_ms.saturating_sub(last) as f64) / Self::DECAY_MS).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        // Concurrent observers may overwrite each other: the average is a hint, not a ledger.
+        self.nanos_bits.store(next.to_bits(), Relaxed);
+    }
+}
+
+/// The retry budget: each request deposits `ratio` of a retry, each retry withdraws one, so
+/// retries stay near `ratio` of traffic however bad an outage gets; `min_per_sec` retries a
+/// second are always allowed so a quiet service can still retry.
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    deposit_milli: i64,
+    cap_milli: i64,
+    balance_milli: AtomicI64,
+    min_per_sec: u32,
+    window_sec: AtomicU64,
+    used_in_window: AtomicU32,
+}
+
+impl RetryBudget {
+    pub(crate) fn new(ratio: f64, min_per_sec: u32) -> Self {
+        let deposit_milli = (ratio * 1000.0).round() as i64;
+        Self {
+            deposit_milli,
+            // Remember about the last thousand requests' worth of deposits.
+            cap_milli: deposit_milli * 1000,
+            balance_milli: AtomicI64::new(0),
+            min_per_sec,
+            window_sec: AtomicU64::new(0),
+            used_in_window: AtomicU32::new(0),
+        }
+    }
+
+    pub(crate) fn deposit(&self) {
+        if self.deposit_milli == 0 || self.balance_milli.load(Relaxed) >= self.cap_milli {
+            return;
+        }
+        let _ = self.balance_milli.fetch_update(Relaxed, Relaxed, |b| {
+            (b < self.cap_milli).then_some((b + self.deposit_milli).min(self.cap_milli))
+        });
+    }
+
+    pub(crate) fn try_withdraw(&self, now_ms: u64) -> bool {
+        let sec = now_ms / 1000;
+        if self.window_sec.load(Relaxed) != sec {
+            self.window_sec.store(sec, Relaxed);
+            self.used_in_window.store(0, Relaxed);
+        }
+        if self
+            .used_in_window
+            .fetch_update(Relaxed, Relaxed, |u| {
+                (u < self.min_per_sec).then_some(u + 1)
+            })
+            .is_ok()
+        {
+            return true;
+        }
+        self.balance_milli
+            .fetch_update(Relaxed, Relaxed, |b| (b >= 1000).then_some(b - 1000))
+            .is_ok()
+    }
+}
+
+/// The instances one request has already tried (at most `attempts + 1`, at most 11).
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    idx: [u32; 12],
+    len: usize,
+}
+
+impl Tried {
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        self.idx[..self.len].contains(&(i as u32))
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    pub(crate) fn push(&mut self, i: usize) {
+        if self.len < self.idx.len() {
+            self.idx[self.len] = i as u32;
+            self.len += 1;
+        }
+    }
+}
+
+/// A service: its instances, how to pick one, and how to treat failures.
+#[derive(Debug)]
+pub struct Service {
+    /// Name from the configuration.
+    pub name: Arc<str>,
+    pub(crate) instances: Box<[Arc<Instance>]>,
+    pub(crate) weights: Box<[u32]>,
+    pub(crate) balancer: Balancer,
+    /// The validated configuration this service was built from.
+    pub config: ServiceConfig,
+    pub(crate) retry_budget: RetryBudget,
+    pub(crate) metrics: ServiceMetrics,
+}
+
+/// An instance chosen for one attempt.
+#[derive(Debug)]
+pub(crate) struct Picked {
+    pub(crate) index: usize,
+    pub(crate) instance: Arc<Instance>,
+}
+
+impl Service {
+    /// Builds a service, reusing live instance state from `existing` (looked up by address).
+    pub(crate) fn new(
+        config: ServiceConfig,
+        existing: impl Fn(SocketAddr) -> Option<Arc<Instance>>,
+    ) -> Self {
+        let name: Arc<str> = config.name.as_str().into();
+        let instances: Box<[Arc<Instance>]> = config
+            .instances
+            .iter()
+            .map(|i| {
+                existing(i.address)
+                    .filter(|inst| inst.pool.capacity() == config.pool.max_idle_per_instance.max(1))
+                    .unwrap_or_else(|| {
+                        Arc::new(Instance::new(i.address, config.pool.max_idle_per_instance))
+                    })
+            })
+            .collect();
+        let weights: Box<[u32]> = config.instances.iter().map(|i| i.weight).collect();
+        let identities: Vec<String> = instances.iter().map(|i| i.label.to_string()).collect();
+        let balancer = Balancer::new(&config.balancer, &weights, &identities);
+        let retry_budget = RetryBudget::new(
+            config.retries.budget_ratio,
+            config.retries.budget_min_per_sec,
+        );
+        let metrics = ServiceMetrics::new(&name);
+        Self {
+            name,
+            instances,
+            weights,
+            balancer,
+            config,
+            retry_budget,
+            metrics,
+        }
+    }
+
+    /// The instances, in configuration order.
+    pub fn instances(&self) -> &[Arc<Instance>] {
+        &self.instances
+    }
+
+    /// Picks an instance not yet tried: a healthy one if any, else (panic mode, counted) any
+    /// untried one — passive ejection never turns traffic away on its own.
+    pub(crate) fn pick(&self, hash: Option<u64>, tried: &Tried, now_ms: u64) -> Option<Picked> {
+        let healthy =
+            |i: usize| !tried.contains(i) && !self.instances[i].outlier.is_ejected(now_ms);
+        let index = match self
+            .balancer
+            .pick(&self.instances, &self.weights, hash, healthy)
+        {
+            Some(i) => i,
+            None => {
+                let i = self
+                    .balancer
+                    .pick(&self.instances, &self.weights, hash, |i| !tried.contains(i))?;
+                if tried.len() == 0 {
+                    self.metrics.panic_picks.increment(1);
+                }
+                i
+            }
+        };
+        Some(Picked {
+            index,
+            instance: Arc::clone(&self.instances[index]),
+        })
+    }
+
+    /// Instances ejected right now.
+    pub fn ejected_count(&self, now_ms: u64) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| i.outlier.is_ejected(now_ms))
+            .count()
+    }
+
+    /// The most instances passive health may eject at once: `max_ejected_percent` of them,
+    /// rounded down (so a single-instance service is never ejected).
+    pub fn max_ejected(&self) -> usize {
+        self.instances.len() * usize::from(self.config.outlier.max_ejected_percent) / 100
+    }
+
+    pub(crate) fn record_success(&self, instance: &Instance, now_ms: u64) {
+        instance
+            .outlier
+            .record_success(now_ms, &self.config.outlier);
+    }
+
+    /// Records a failed attempt; `kind` is `None` for a 5xx answer (not a transport error).
+    pub(crate) fn record_failure(
+        &self,
+        instance: &Instance,
+        kind: Option<ProxyErrorKind>,
+        now_ms: u64,
+    ) {
+        instance.failures.fetch_add(1, Relaxed);
+        if let Some(kind) = kind {
+            self.metrics.upstream_error(kind);
+        }
+        let may_eject = || self.ejected_count(now_ms) < self.max_ejected();
+        if let Some(ejection) =
+            instance
+                .outlier
+                .record_failure(now_ms, &self.config.outlier, may_eject)
+        {
+            self.metrics.ejection(&instance.label);
+            tracing::warn!(
+                service = %self.name,
+                instance = %instance.label,
+                seconds = ejection.duration.as_secs_f64(),
+                nth = ejection.nth,
+                last_error = kind.map_or("5xx", ProxyErrorKind::as_str),
+                "instance ejected after consecutive failures"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_min_per_sec_then_ratio() {
+        let b = RetryBudget::new(0.5, 2);
+        assert!(b.try_withdraw(1_000));
+        assert!(b.try_withdraw(1_000));
+        assert!(!b.try_withdraw(1_000), "floor used up, nothing deposited");
+        for _ in 0..4 {
+            b.deposit();
+        }
+        assert!(b.try_withdraw(1_000));
+        assert!(b.try_withdraw(1_000));
+        assert!(!b.try_withdraw(1_000));
+        assert!(b.try_withdraw(2_000), "a new second renews the floor");
+    }
+
+    #[test]
+    fn budget_balance_is_capped() {
+        let b = RetryBudget::new(0.1, 0);
+        for _ in 0..100_000 {
+            b.deposit();
+        }
+        let allowed = (0..1000).filter(|_| b.try_withdraw(0)).count();
+        assert_eq!(
+            allowed, 100,
+            "at most ratio × 1000 requests' worth is banked"
+        );
+    }
+
+    #[test]
+    fn ewma_takes_peaks_and_decays() {
+        let e = Ewma::default();
+        e.observe(100.0, 0);
+        e.observe(1000.0, 0);
+        assert_eq!(e.get(), 1000.0);
+        e.observe(100.0, 10_000);
+        let v = e.get();
+        assert!(v > 100.0 && v < 1000.0, "{v}");
+    }
+}

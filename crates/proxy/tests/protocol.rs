@@ -1,0 +1,253 @@
+//! Protocol handling at the client edge: HTTP/2, WebSocket, oversized heads, slow clients,
+//! keep-alive, streaming bodies, connection limits.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use sluice_test_support::{Backend, Client};
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(backend: SocketAddr, listener_extra: &str, service_extra: &str) -> String {
+    format!(
+        "[access_log]\npath = \"off\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n{listener_extra}\n\
+         [[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\n{}\n{service_extra}\n",
+        instances(&[backend])
+    )
+}
+
+/// Reads what the server sends until it closes the connection (or 5 s pass).
+fn read_all(mut s: TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_proxied_to_http1() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "", "")).await;
+    let c = Client::h2c();
+    for _ in 0..5 {
+        let r = c.get(&format!("http://{addr}/h2")).await.unwrap();
+        assert_eq!(r.status, 200);
+        let j = r.json();
+        assert_eq!(j["path"], "/h2");
+        assert_eq!(
+            j["headers"]["host"],
+            addr.to_string(),
+            ":authority becomes Host for HTTP/1.1"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "", "")).await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::Text(format!("ping {i}").into()))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_head_gets_431() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "max_header_bytes = 8192", "")).await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    let big = "a".repeat(10_000);
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").unwrap();
+    let reply = read_all(s);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_head_gets_408_at_the_header_timeout() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "header_read_timeout = \"300ms\"", "")).await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap(); // never finished
+    let reply = read_all(s);
+    let took = t.elapsed();
+    assert!(
+        reply.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{reply:?}"
+    );
+    assert!(reply.contains("request header timeout"), "{reply}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_close_quietly() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(
+        b.addr(),
+        "header_read_timeout = \"2s\"\nkeepalive_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let t = Instant::now();
+    let reply = read_all(s);
+    let took = t.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(
+        reply.matches("HTTP/1.1").count(),
+        1,
+        "no 408 after an idle keep-alive period: {reply}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_silent_connections_are_closed_at_the_header_timeout() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(
+        b.addr(),
+        "header_read_timeout = \"300ms\"\nkeepalive_timeout = \"60s\"",
+        "",
+    ))
+    .await;
+    let t = Instant::now();
+    let reply = read_all(TcpStream::connect(addr).unwrap());
+    assert_eq!(reply, "", "nothing was asked, nothing is answered");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "", "")).await;
+    let c = Client::http1();
+    let r = c.get(&format!("http://{addr}/big/5000000")).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 5_000_000));
+    let upload = vec![b'u'; 3_000_000];
+    let r = c
+        .request(
+            http::Method::POST,
+            &format!("http://{addr}/echo"),
+            &[],
+            upload.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.body.len(), upload.len());
+    // An idempotent PUT larger than the retry buffer is streamed too.
+    let r = c
+        .request(
+            http::Method::PUT,
+            &format!("http://{addr}/echo"),
+            &[],
+            upload,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.body.len(), 3_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upload_gets_408() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "request_body_timeout = \"300ms\"", "")).await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nfirst bytes")
+        .unwrap();
+    let t = Instant::now();
+    let reply = read_all(s);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("client_body_timeout"), "{reply}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_response_body_is_cut_at_the_idle_timeout() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "", "timeouts = { idle = \"300ms\" }")).await;
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /stall-body/5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let reply = read_all(s);
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "the head had already been sent: {reply}"
+    );
+    assert!(!reply.contains("late body"), "{reply}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "cut after {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_holds_extra_clients_in_the_backlog() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "max_connections = 1", "")).await;
+    let mut first = TcpStream::connect(addr).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    first.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    // The second connection is accepted by the kernel but not served while the first is open.
+    let mut second = TcpStream::connect(addr).unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        second.read(&mut buf).is_err(),
+        "second client served despite max_connections = 1"
+    );
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    second.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}

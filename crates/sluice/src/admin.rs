@@ -1,0 +1,133 @@
+//! The admin listener: health, readiness, Prometheus metrics and the JSON API.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 once listeners are bound, 503 while starting or draining |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/api/routes` | every route |
+//! | GET | `/api/services` | every service and its instances' live state |
+//! | GET | `/api/listeners` | listener name → bound address |
+//! | POST | `/api/reload` | re-reads the configuration file and applies it |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::run::{App, ReloadError};
+
+/// Binds the admin address and serves it until the returned task is aborted.
+pub(crate) async fn start(bind: SocketAddr, app: Arc<App>) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(bind).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(req, Arc::clone(&app)));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    app: Arc<App>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            let ready = app.ready.load(Ordering::SeqCst);
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(status, &json!({ "ready": ready }))
+        }
+        (&Method::GET, "/metrics") => {
+            app.proxy.refresh_gauges();
+            let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::GET, "/api/routes") => json_response(StatusCode::OK, &app.proxy.routes()),
+        (&Method::GET, "/api/services") => json_response(StatusCode::OK, &app.proxy.services()),
+        (&Method::GET, "/api/listeners") => {
+            json_response(StatusCode::OK, &app.proxy.listener_addrs())
+        }
+        (&Method::POST, "/api/reload") => match app.reload().await {
+            Ok(summary) => {
+                json_response(StatusCode::OK, &json!({"status": "ok", "applied": summary}))
+            }
+            Err(ReloadError::Invalid(diags)) => {
+                let errors: Vec<_> = diags
+                    .0
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "file": d.file, "line": d.line, "col": d.col,
+                            "message": d.message, "hint": d.hint,
+                            "text": d.to_string(),
+                        })
+                    })
+                    .collect();
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"status": "invalid", "errors": errors}),
+                )
+            }
+            Err(e @ ReloadError::Apply(_)) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"status": "failed", "error": e.to_string()}),
+            ),
+        },
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/api/routes" | "/api/services"
+            | "/api/listeners" | "/api/reload",
+        ) => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method not allowed"}),
+        ),
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    };
+    Ok(resp)
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,165 @@
+//! `sluice run`: wiring the proxy, the admin API, metrics and signals together.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sluice_config::{Config, LogConfig, LogFormat};
+use sluice_proxy::{ApplySummary, Proxy};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Histogram buckets for every `*_seconds` metric: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Everything the admin API and the signal handlers act on.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) proxy: Proxy,
+    pub(crate) config_path: PathBuf,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) ready: AtomicBool,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a reload did not happen; the running configuration is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error("invalid configuration:\n{0}")]
+    Invalid(sluice_config::Diagnostics),
+    #[error(transparent)]
+    Apply(#[from] sluice_proxy::ApplyError),
+}
+
+impl App {
+    /// Re-reads the configuration file and applies it, one reload at a time.
+    pub(crate) async fn reload(&self) -> Result<ApplySummary, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let outcome = match sluice_config::load_file(&self.config_path) {
+            Err(diags) => Err(ReloadError::Invalid(diags)),
+            Ok(cfg) => {
+                let current = self.proxy.config();
+                if cfg.admin != current.admin
+                    || cfg.runtime != current.runtime
+                    || cfg.log != current.log
+                {
+                    tracing::warn!(
+                        "[admin], [runtime] and [log] changes take effect at the next restart"
+                    );
+                }
+                self.proxy.apply(cfg).await.map_err(ReloadError::from)
+            }
+        };
+        let result = match &outcome {
+            Ok(summary) => {
+                tracing::info!(?summary, "configuration reloaded");
+                "ok"
+            }
+            Err(ReloadError::Invalid(d)) => {
+                tracing::error!("reload rejected, the previous configuration keeps serving:\n{d}");
+                "invalid"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed, the previous configuration keeps serving");
+                "failed"
+            }
+        };
+        metrics::counter!(sluice_proxy::metrics::RELOADS_TOTAL, "result" => result).increment(1);
+        outcome
+    }
+}
+
+pub(crate) fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<()> {
+    init_tracing(&cfg.log);
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .context("configuring metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime.worker_threads > 0 {
+        builder.worker_threads(cfg.runtime.worker_threads);
+    }
+    let runtime = builder
+        .enable_all()
+        .thread_name("sluice-worker")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config_path, cfg, metrics))
+}
+
+fn init_tracing(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    let admin_bind = cfg.admin.bind;
+    let grace = cfg.runtime.shutdown_grace;
+    // Signals first: a SIGHUP during start-up must not kill the process.
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+
+    let proxy = Proxy::start(cfg).await.context("starting listeners")?;
+    let app = Arc::new(App {
+        proxy,
+        config_path,
+        metrics,
+        ready: AtomicBool::new(false),
+        reload_lock: tokio::sync::Mutex::new(()),
+    });
+    let admin = crate::admin::start(admin_bind, Arc::clone(&app))
+        .await
+        .with_context(|| format!("starting the admin listener on {admin_bind}"))?;
+    app.ready.store(true, Ordering::SeqCst);
+    tracing::info!(admin = %admin_bind, version = env!("CARGO_PKG_VERSION"), "sluice is ready");
+
+    let upkeep = {
+        let handle = app.metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = app.reload().await;
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                app.proxy.reopen_access_log();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
+    app.ready.store(false, Ordering::SeqCst);
+    app.proxy.shutdown(grace).await;
+    admin.abort();
+    upkeep.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
