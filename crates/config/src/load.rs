@@ -1120,3 +1120,37 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         _ => &[],
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// docs/configuration.md documents every key the loader accepts.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let sections: &[(&str, &[&str])] = &[
+            ("admin", &[]),
+            ("runtime", &[]),
+            ("log", &[]),
+            ("access_log", &[]),
+            ("listener", &[]),
+            ("route", &[]),
+            ("service", &[]),
+            ("service", &["timeouts"]),
+            ("service", &["retries"]),
+            ("service", &["outlier"]),
+            ("service", &["pool"]),
+            ("service", &["instances"]),
+        ];
+        let mut missing = Vec::new();
+        for (section, parents) in sections {
+            for key in known_keys(section, parents) {
+                if !doc.contains(&format!("`{key}`")) {
+                    missing.push(format!("{section}{parents:?}.{key}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+    }
+}

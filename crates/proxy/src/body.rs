@@ -77,8 +77,7 @@ impl Body for UpBody {
 pub(crate) struct ClientStream {
     inner: Incoming,
     stall: Duration,
-    last_progress: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: StallTimer,
     bytes: Arc<AtomicU64>,
 }
 
@@ -87,8 +86,7 @@ impl ClientStream {
         Self {
             inner,
             stall,
-            last_progress: Instant::now(),
-            timer: None,
+            timer: StallTimer::default(),
             bytes,
         }
     }
@@ -99,14 +97,13 @@ impl ClientStream {
                 if let Some(data) = frame.data_ref() {
                     self.bytes.fetch_add(data.len() as u64, Relaxed);
                 }
-                self.last_progress = Instant::now();
+                self.timer.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let deadline = self.last_progress + self.stall;
-                if poll_deadline(&mut self.timer, deadline, cx).is_ready() {
+                if self.timer.poll_stalled(self.stall, None, cx).is_ready() {
                     return Poll::Ready(Some(Err(Box::new(ClientBodyTimedOut))));
                 }
                 Poll::Pending
@@ -115,22 +112,49 @@ impl ClientStream {
     }
 }
 
-/// Polls a lazily created timer for `deadline`.
-fn poll_deadline(
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    deadline: Instant,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    let t = match timer {
-        Some(t) => {
-            if t.deadline() != deadline {
-                t.as_mut().reset(deadline);
+/// A body's stall timer, armed only when the body actually waits: a body whose frames are
+/// ready when polled never reads the clock or touches the timer wheel.
+///
+/// The stall is measured from the first wait after the last frame, which is within
+/// microseconds of the last frame itself.
+#[derive(Debug, Default)]
+struct StallTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame went through since the timer was armed.
+    progressed: bool,
+}
+
+impl StallTimer {
+    fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Polls the stall deadline (`stall` after the first wait following progress), capped by an
+    /// absolute `deadline`. `Ready` carries whether the cap (rather than the stall) fired.
+    fn poll_stalled(
+        &mut self,
+        stall: Duration,
+        deadline: Option<Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
+        let rearm = self.sleep.is_none() || std::mem::take(&mut self.progressed);
+        if rearm {
+            let stall_at = Instant::now() + stall;
+            let at = deadline.map_or(stall_at, |d| d.min(stall_at));
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-            t
         }
-        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-    };
-    t.as_mut().poll(cx)
+        let Some(sleep) = &mut self.sleep else {
+            return Poll::Pending;
+        };
+        let at = sleep.deadline();
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(deadline.is_some_and(|d| at >= d)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Why a response body stopped early.
@@ -151,8 +175,7 @@ enum DownInner {
         inner: Incoming,
         idle: Duration,
         deadline: Instant,
-        last_progress: Instant,
-        timer: Option<Pin<Box<Sleep>>>,
+        timer: StallTimer,
     },
 }
 
@@ -161,7 +184,8 @@ enum DownInner {
 pub struct DownBody {
     inner: DownInner,
     bytes_out: u64,
-    exchange: Option<Exchange>,
+    /// Boxed: hyper moves the response several times, and this record is most of its size.
+    exchange: Option<Box<Exchange>>,
 }
 
 impl DownBody {
@@ -169,7 +193,7 @@ impl DownBody {
         Self {
             inner: DownInner::Local(Some(bytes).filter(|b| !b.is_empty())),
             bytes_out: 0,
-            exchange: Some(exchange),
+            exchange: Some(Box::new(exchange)),
         }
     }
 
@@ -184,11 +208,10 @@ impl DownBody {
                 inner,
                 idle,
                 deadline,
-                last_progress: Instant::now(),
-                timer: None,
+                timer: StallTimer::default(),
             },
             bytes_out: 0,
-            exchange: Some(exchange),
+            exchange: Some(Box::new(exchange)),
         }
     }
 
@@ -214,27 +237,19 @@ impl Body for DownBody {
                 inner,
                 idle,
                 deadline,
-                last_progress,
                 timer,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    *last_progress = Instant::now();
+                    timer.progressed();
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ResponseBodyError::Upstream(e)))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => {
-                    let idle_at = *last_progress + *idle;
-                    let (at, err) = if idle_at < *deadline {
-                        (idle_at, ResponseBodyError::Idle(*idle))
-                    } else {
-                        (*deadline, ResponseBodyError::Deadline)
-                    };
-                    match poll_deadline(timer, at, cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(err))),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
+                Poll::Pending => match timer.poll_stalled(*idle, Some(*deadline), cx) {
+                    Poll::Ready(true) => Poll::Ready(Some(Err(ResponseBodyError::Deadline))),
+                    Poll::Ready(false) => Poll::Ready(Some(Err(ResponseBodyError::Idle(*idle)))),
+                    Poll::Pending => Poll::Pending,
+                },
             },
         };
         match polled {

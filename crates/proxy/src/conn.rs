@@ -41,8 +41,9 @@ pub(crate) struct ConnWatch {
     started: AtomicU64,
     /// Requests whose response has not finished.
     in_flight: AtomicU32,
-    /// When `in_flight` last dropped to zero (tokio clock, ms since the connection's start).
-    idle_since_ms: AtomicU64,
+    /// Times `in_flight` dropped to zero; the reader notes the time when it sees a new value
+    /// (so the request path reads no clock for it).
+    went_idle: AtomicU64,
     /// The connection's reader, woken when the last response finishes so it can arm the idle
     /// timer (hyper may have polled the socket for the last time before that).
     reader: AtomicWaker,
@@ -56,12 +57,9 @@ impl ConnWatch {
     }
 
     /// The response to a request finished (or was abandoned).
-    pub(crate) fn request_finished(&self, since_open: Duration) {
+    pub(crate) fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
-            self.idle_since_ms.store(
-                u64::try_from(since_open.as_millis()).unwrap_or(u64::MAX),
-                Relaxed,
-            );
+            self.went_idle.fetch_add(1, Relaxed);
             self.reader.wake();
         }
     }
@@ -84,22 +82,52 @@ enum Mode {
     Http2,
 }
 
+/// Where the connection is in its request cycle, as far as the timers care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of a request; closed quietly at the deadline.
+    Idle { until: Instant },
+    /// Some bytes of a head arrived; the deadline is set at the first stall after them.
+    Head { until: Option<Instant> },
+}
+
 /// The client socket, with Sluice's idle and header timers.
 #[derive(Debug)]
 pub(crate) struct ClientIo {
     stream: TcpStream,
     watch: std::sync::Arc<ConnWatch>,
-    opened: Instant,
     header_timeout: Duration,
     keepalive_timeout: Duration,
     mode: Mode,
+    phase: Phase,
     /// `ConnWatch::started` as last seen; a change means the head being timed is complete.
     seen_started: u64,
-    /// First byte of a head still being received.
-    head_started: Option<Instant>,
+    /// `ConnWatch::went_idle` as last seen; a change starts a new idle period.
+    seen_idle: u64,
     timer: Option<Pin<Box<Sleep>>>,
     metrics: ClientTimerMetrics,
+    linger: Linger,
 }
+
+/// Closing a socket that still has unread client bytes makes the kernel send RST, and an RST
+/// can destroy the response the client has not read yet — the 431 for an oversized head, say.
+/// So a close first sends FIN, then, only if the client is still sending, reads and discards
+/// for a short while (nginx calls this lingering close).
+#[derive(Debug, Default)]
+enum Linger {
+    #[default]
+    Open,
+    /// FIN sent; discarding what the client still sends.
+    Draining {
+        discarded: usize,
+        until: Option<Instant>,
+    },
+}
+
+/// Longest a closing connection waits for the client to stop sending.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection discards before closing anyway.
+const LINGER_BYTES: usize = 1 << 20;
 
 impl ClientIo {
     pub(crate) fn new(
@@ -112,20 +140,19 @@ impl ClientIo {
         Self {
             stream,
             watch,
-            opened: Instant::now(),
             header_timeout,
             keepalive_timeout,
             mode: Mode::Unknown { matched: 0 },
+            // A new connection that never sends anything gets the head timeout, not keep-alive.
+            phase: Phase::Idle {
+                until: Instant::now() + header_timeout,
+            },
             seen_started: 0,
-            head_started: None,
+            seen_idle: 0,
             timer: None,
             metrics,
+            linger: Linger::Open,
         }
-    }
-
-    /// When the connection was accepted.
-    pub(crate) fn opened(&self) -> Instant {
-        self.opened
     }
 
     fn observe_bytes(&mut self, bytes: &[u8]) {
@@ -142,26 +169,19 @@ impl ClientIo {
                 }
             };
         }
-        self.sync_started();
-        if self.mode != Mode::Http2
-            && self.head_started.is_none()
-            && self.watch.in_flight.load(Relaxed) == 0
-        {
-            self.head_started = Some(Instant::now());
-        }
-    }
-
-    fn sync_started(&mut self) {
-        let started = self.watch.started.load(Relaxed);
-        if started != self.seen_started {
-            self.seen_started = started;
-            self.head_started = None;
+        if self.mode != Mode::Http2 && matches!(self.phase, Phase::Idle { .. }) {
+            self.phase = Phase::Head { until: None };
         }
     }
 
     /// The deadline that applies now, and whether it is the head timer (true) or the idle one.
     fn deadline(&mut self, cx: &mut Context<'_>) -> Option<(Instant, bool)> {
-        self.sync_started();
+        let started = self.watch.started.load(Relaxed);
+        if started != self.seen_started {
+            // The head being timed is complete; the request is being served.
+            self.seen_started = started;
+            self.phase = Phase::Head { until: None };
+        }
         if self.watch.in_flight.load(Relaxed) > 0 {
             self.watch.reader.register(cx.waker());
             // The last response may have finished between the load and the registration.
@@ -169,17 +189,21 @@ impl ClientIo {
                 return None;
             }
         }
-        if let Some(head) = self.head_started {
-            return Some((head + self.header_timeout, true));
+        let went_idle = self.watch.went_idle.load(Relaxed);
+        if went_idle != self.seen_idle {
+            self.seen_idle = went_idle;
+            self.phase = Phase::Idle {
+                until: Instant::now() + self.keepalive_timeout,
+            };
         }
-        let idle_since =
-            self.opened + Duration::from_millis(self.watch.idle_since_ms.load(Relaxed));
-        let limit = if self.seen_started == 0 {
-            self.header_timeout
-        } else {
-            self.keepalive_timeout
-        };
-        Some((idle_since + limit, false))
+        match &mut self.phase {
+            Phase::Idle { until } => Some((*until, false)),
+            Phase::Head { until } if self.mode != Mode::Http2 => {
+                let at = *until.get_or_insert_with(|| Instant::now() + self.header_timeout);
+                Some((at, true))
+            }
+            Phase::Head { .. } => None,
+        }
     }
 
     /// Polls the timer that applies now; `Ready(true)` = head timeout, `Ready(false)` = idle.
@@ -271,6 +295,47 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if let Linger::Open = this.linger {
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.linger = Linger::Draining {
+                discarded: 0,
+                until: None,
+            };
+        }
+        let Linger::Draining { discarded, until } = &mut this.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                // The client closed too, or failed: nothing left to protect.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    *discarded += buf.filled().len();
+                    if *discarded >= LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // Nothing was pending when we closed: close at once.
+                Poll::Pending if *discarded == 0 => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let at = *until.get_or_insert_with(|| Instant::now() + LINGER_TIME);
+                    let timer = match &mut this.timer {
+                        Some(t) => {
+                            if t.deadline() != at {
+                                t.as_mut().reset(at);
+                            }
+                            t
+                        }
+                        None => this.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    ready!(timer.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }

@@ -37,7 +37,6 @@ const CLIENT_CLOSED: u16 = 499;
 pub(crate) struct Exchange {
     start: Instant,
     conn: Arc<ConnWatch>,
-    conn_opened: tokio::time::Instant,
     pub(crate) route: Option<Arc<Route>>,
     pub(crate) status: u16,
     pub(crate) upstream: Option<UpstreamUse>,
@@ -54,14 +53,12 @@ impl Exchange {
     pub(crate) fn new(
         start: Instant,
         conn: Arc<ConnWatch>,
-        conn_opened: tokio::time::Instant,
         request_id: HeaderValue,
         log: Option<(AccessLog, RequestInfo)>,
     ) -> Self {
         Self {
             start,
             conn,
-            conn_opened,
             route: None,
             status: CLIENT_CLOSED,
             upstream: None,
@@ -93,7 +90,8 @@ impl Exchange {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         let upstream_label = self
             .upstream
             .as_ref()
@@ -107,9 +105,9 @@ impl Exchange {
             u.in_flight
                 .instance
                 .pool
-                .checkin(sender, sluice_health::clock::now_ms(), u.max_idle);
+                .checkin(sender, sluice_health::clock::to_ms(now), u.max_idle);
         }
-        self.conn.request_finished(self.conn_opened.elapsed());
+        self.conn.request_finished();
         if let Some(route) = &self.route {
             route.metrics.record(self.status, elapsed.as_secs_f64());
         }

@@ -45,8 +45,9 @@ use crate::upstream::{InFlight, Service, Tried};
 pub(crate) struct ConnCtx {
     pub(crate) listener: Arc<ListenerShared>,
     pub(crate) peer: SocketAddr,
+    /// `peer`'s IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub(crate) client_ip: HeaderValue,
     pub(crate) watch: Arc<ConnWatch>,
-    pub(crate) opened: tokio::time::Instant,
 }
 
 /// hyper's service entry point: never fails, every problem becomes a response.
@@ -88,13 +89,7 @@ pub(crate) async fn handle(
         )
     });
     drop(rt);
-    let mut exchange = Exchange::new(
-        start,
-        Arc::clone(&cx.watch),
-        cx.opened,
-        request_id.clone(),
-        log,
-    );
+    let mut exchange = Exchange::new(start, Arc::clone(&cx.watch), request_id.clone(), log);
 
     let Some(route) = route else {
         cx.listener.unrouted.increment(1);
@@ -226,7 +221,8 @@ async fn forward(
     let mut last_error: Option<ProxyError> = None;
     let mut template = Some(parts);
     'attempts: loop {
-        let now_ms = clock::now_ms();
+        let attempt_start = Instant::now();
+        let now_ms = clock::to_ms(attempt_start);
         let Some(picked) = service.pick(hash, &tried, now_ms) else {
             return Err(last_error.unwrap_or_else(|| {
                 ProxyError::new(
@@ -236,7 +232,7 @@ async fn forward(
             }));
         };
         tried.push(picked.index);
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(attempt_start);
         if remaining.is_zero() {
             return Err(ProxyError::new(
                 ProxyErrorKind::DeadlineExceeded,
@@ -255,7 +251,7 @@ async fn forward(
             let mut sender = match ready_sender(service, &in_flight, remaining).await {
                 Ok(s) => s,
                 Err(e) => {
-                    service.record_failure(&picked.instance, Some(e.kind), clock::now_ms());
+                    service.record_failure(&picked.instance, Some(e.kind), now_ms);
                     break e;
                 }
             };
@@ -292,8 +288,8 @@ async fn forward(
             .await;
             match result {
                 Ok(Ok(mut response)) => {
-                    let now_ms = clock::now_ms();
                     let latency = sent_at.elapsed();
+                    let now_ms = clock::to_ms(sent_at + latency);
                     picked
                         .instance
                         .observe_latency(latency.as_nanos() as f64, now_ms);
@@ -515,10 +511,8 @@ fn rewrite_head(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
-    headers::remove_hop_by_hop(h, upgrade);
-    // Sluice answered any `Expect: 100-continue` itself when it read the body.
-    h.remove(header::EXPECT);
-    headers::add_forwarded(h, cx.peer.ip(), cx.listener.scheme, host.as_ref());
+    headers::remove_hop_by_hop(h, true, upgrade);
+    headers::add_forwarded(h, &cx.client_ip, cx.listener.scheme, host.as_ref());
     if let (false, Some(host)) = (h.contains_key(header::HOST), host) {
         h.insert(header::HOST, host);
     }
@@ -527,7 +521,7 @@ fn rewrite_head(
 }
 
 fn remove_response_hop_by_hop(response: &mut Response<Incoming>) {
-    headers::remove_hop_by_hop(response.headers_mut(), false);
+    headers::remove_hop_by_hop(response.headers_mut(), false, false);
 }
 
 /// Decides how the body travels. Small bodies of requests that may be retried are read first

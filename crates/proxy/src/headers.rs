@@ -1,7 +1,6 @@
 //! Header rewriting between client and instance: hop-by-hop removal, `X-Forwarded-*`,
 //! request ids.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,8 +14,9 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one hop and never cross a proxy (RFC 9110 §7.6.1, plus the
-/// non-standard `keep-alive` and `proxy-connection`).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// non-standard `keep-alive` and `proxy-connection`). `Expect` is last: it is removed from
+/// requests only (Sluice answers `100-continue` itself when it reads the body).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -25,7 +25,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::EXPECT,
 ];
+const EXPECT_BIT: u16 = 1 << 8;
 
 /// Whether a request asks to switch protocols (WebSocket): `Connection: upgrade` plus `Upgrade`.
 pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -41,51 +43,92 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names. With
-/// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (they must reach the other side
-/// of a protocol switch).
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        // Collect first: the names point into the map we are about to change.
+/// Removes hop-by-hop headers, including those the `Connection` header names, and for requests
+/// `Expect`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (they must reach
+/// the other side of a protocol switch).
+///
+/// This runs twice per request, so it first looks for hop-by-hop names in one pass over the
+/// keys (standard names compare as enum tags, nothing is hashed) and only removes what is there.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, is_request: bool, keep_upgrade: bool) {
+    let mut present = 0u16;
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            has_upgrade = true;
+        }
+    }
+    // Bit 0 is `Connection`: the tokens it lists are hop-by-hop too. The usual ones (`close`,
+    // `keep-alive`, `upgrade`) need no work; anything else is collected and removed.
+    if present & 1 != 0 && connection_names_other_headers(headers) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .filter(|n| *n != header::UPGRADE)
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if !is_request {
+        present &= !EXPECT_BIT;
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has_upgrade {
         headers.remove(header::UPGRADE);
     }
+}
+
+fn connection_names_other_headers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"upgrade")
+        })
+}
+
+/// The client's address as a header value; made once per connection.
+pub(crate) fn client_ip_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Sets `X-Forwarded-For` (appending the client to any list already there), `-Proto` and
 /// `-Host`.
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let mut ip = String::with_capacity(48);
-    let _ = write!(ip, "{client}");
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    let appended = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|prev| !prev.trim().is_empty())
+        .and_then(|prev| {
+            let ip = client_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        });
+    headers.insert(
+        X_FORWARDED_FOR,
+        appended.unwrap_or_else(|| client_ip.clone()),
+    );
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
@@ -154,7 +197,19 @@ mod tests {
             ("upgrade", "websocket"),
             ("accept", "*/*"),
         ]);
-        remove_hop_by_hop(&mut h, false);
+        remove_hop_by_hop(&mut h, true, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn usual_connection_tokens_and_upgrade_without_keep() {
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "h2c"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h, true, false);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
     }
@@ -167,7 +222,7 @@ mod tests {
             ("host", "x"),
         ]);
         assert!(is_upgrade_request(&h));
-        remove_hop_by_hop(&mut h, true);
+        remove_hop_by_hop(&mut h, true, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
     }
@@ -175,13 +230,18 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        let ip = client_ip_value("127.0.0.1".parse().unwrap());
         add_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &ip,
             "http",
             Some(&HeaderValue::from_static("ex.com")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        let mut fresh = HeaderMap::new();
+        add_forwarded(&mut fresh, &ip, "https", None);
+        assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
+        assert!(!fresh.contains_key("x-forwarded-host"));
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "ex.com");
     }

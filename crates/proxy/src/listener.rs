@@ -266,8 +266,8 @@ async fn serve_connection(
     let cx = Arc::new(ConnCtx {
         listener: Arc::clone(&shared),
         peer,
+        client_ip: crate::headers::client_ip_value(peer.ip()),
         watch,
-        opened: io.opened(),
     });
     let service = service_fn(move |req| handle(req, Arc::clone(&cx)));
     let conn = runtime

@@ -146,3 +146,16 @@ impl ServiceMetrics {
         counter!(EJECTIONS_TOTAL, "service" => self.service.to_string(), "instance" => instance.to_owned()).increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../../docs/metrics.md");
+        let missing: Vec<_> = super::ALL
+            .iter()
+            .filter(|m| !doc.contains(&format!("`{m}`")))
+            .collect();
+        assert!(missing.is_empty(), "undocumented metrics: {missing:?}");
+    }
+}

@@ -154,6 +154,11 @@ async fn pooled_connections_and_ejections_survive_reload() {
     while proxy.services()[0].ejected == 0 {
         c.get(&format!("http://{addr}/")).await.unwrap();
     }
+    // `a` is out now, so this one goes to `b` and leaves a pooled connection behind.
+    assert_eq!(
+        c.get(&format!("http://{addr}/")).await.unwrap().backend(),
+        "b"
+    );
     let idle_before = proxy.services()[0].instances[1].idle_connections;
     assert!(idle_before >= 1);
     apply(&proxy, &cfg("/v2")).await;

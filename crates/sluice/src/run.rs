@@ -80,10 +80,17 @@ pub(crate) fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         .context("configuring metric buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.runtime.worker_threads > 0 {
-        builder.worker_threads(cfg.runtime.worker_threads);
-    }
+    // One worker: a single-threaded runtime does the same work without the cross-thread
+    // scheduling machinery (remote wakeups, work-stealing queues) — like one nginx worker.
+    let mut builder = if cfg.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.runtime.worker_threads > 0 {
+            b.worker_threads(cfg.runtime.worker_threads);
+        }
+        b
+    };
     let runtime = builder
         .enable_all()
         .thread_name("sluice-worker")
@@ -95,9 +102,11 @@ pub(crate) fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<()> {
 fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

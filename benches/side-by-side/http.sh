@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP/1.1 keep-alive benchmark: Sluice vs nginx vs haproxy, one worker each, in
+# front of the same nginx backend (64-byte body). See docs/benchmarks.md for the method.
+#
+#   benches/side-by-side/http.sh [ROUNDS] [SECONDS] [RATE]
+#   CONTENDERS="nginx sluice" benches/side-by-side/http.sh 3 5   # a subset
+#
+# Per contender and round: wrk -t1 -c50 for max throughput (req/s, proxy CPU µs per request from
+# /proc), then `loadgen` at a fixed RATE for open-loop latency (p50/p99/p99.9), then RSS.
+# Contenders run one after another, interleaved over ROUNDS rounds; medians are reported.
+# Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
+set -euo pipefail
+ROUNDS=${1:-3}
+SECS=${2:-10}
+RATE=${3:-20000}
+cd "$(dirname "$0")/../.."
+root=$PWD
+for tool in nginx haproxy wrk taskset; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
+done
+export PATH="$PATH:/usr/sbin"
+cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+BACKEND=127.0.0.1:18000 NGINX=127.0.0.1:18001 HAPROXY=127.0.0.1:18002 SLUICE=127.0.0.1:18003 SLUICE_ADMIN=127.0.0.1:18903
+body=$(printf 'x%.0s' $(seq 1 63))
+
+mkdir -p "$work/backend" "$work/nginx"
+cat > "$work/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen $BACKEND; location / { return 200 "$body\n"; } }
+}
+EOF
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server $BACKEND; keepalive 128; }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind $HAPROXY
+  default_backend be
+backend be
+  server b1 $BACKEND
+EOF
+cat > "$work/sluice.toml" <<EOF
+[admin]
+bind = "$SLUICE_ADMIN"
+[runtime]
+worker_threads = 1
+[access_log]
+path = "off"
+[log]
+level = "warn"
+[[listener]]
+name = "web"
+bind = "$SLUICE"
+[[route]]
+service = "backend"
+[[service]]
+name = "backend"
+instances = ["$BACKEND"]
+EOF
+
+taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
+taskset -c 0 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!); nginx_pid=$!
+taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
+taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
+sleep 1
+
+# CPU ticks (utime + stime) of a process and its children (nginx's worker is a child).
+ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+rss_kb() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/status" ] || continue
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
+declare -A addr=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [sluice]=$SLUICE)
+declare -A pid=([direct]="" [nginx]=$nginx_pid [haproxy]=$haproxy_pid [sluice]=$sluice_pid)
+results="$work/results.tsv"
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for who in ${CONTENDERS:-direct nginx haproxy sluice}; do
+    url="http://${addr[$who]}/"
+    curl -fsS "$url" >/dev/null || { echo "$who does not answer at $url" >&2; exit 1; }
+    taskset -c 1 wrk -t1 -c50 -d2s "$url" >/dev/null   # warm-up
+    before=0; [ -n "${pid[$who]}" ] && before=$(ticks "${pid[$who]}")
+    out=$(taskset -c 1 wrk -t1 -c50 -d"${SECS}s" "$url")
+    after=0; [ -n "${pid[$who]}" ] && after=$(ticks "${pid[$who]}")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    errors=$(awk '/Non-2xx|Socket errors/ {s=s $0 "; "} END {print s}' <<<"$out")
+    cpu_us="-"
+    if [ -n "${pid[$who]}" ] && [ "$total" -gt 0 ]; then
+      cpu_us=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
+    fi
+    lat=$(taskset -c 1 target/release/loadgen --url "$url" --rate "$RATE" --connections 50 --duration "$SECS")
+    rss="-"; [ -n "${pid[$who]}" ] && rss=$(rss_kb "${pid[$who]}")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$who" "$rps" "$cpu_us" "$lat" "$rss" "$errors" >> "$results"
+    echo "round $round $who: $rps req/s, ${cpu_us} µs CPU/req, latency $lat, rss ${rss} kB ${errors}" >&2
+  done
+done
+
+python3 - "$results" "$RATE" "$SECS" "$ROUNDS" <<'PY'
+import json, statistics, sys
+path, rate, secs, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+rows = {}
+for line in open(path):
+    rnd, who, rps, cpu, lat, rss, errs = line.rstrip("\n").split("\t")
+    j = json.loads(lat)
+    rows.setdefault(who, []).append((float(rps), None if cpu == "-" else float(cpu), j, None if rss == "-" else int(rss), errs))
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+summary = {}
+for who, rs in rows.items():
+    summary[who] = dict(
+        rps=med([r[0] for r in rs]),
+        cpu=med([r[1] for r in rs if r[1] is not None]),
+        p50=med([r[2]["p50_us"] for r in rs]), p99=med([r[2]["p99_us"] for r in rs]),
+        p999=med([r[2]["p999_us"] for r in rs]),
+        lat_err=sum(r[2]["errors"] for r in rs), rss=med([r[3] for r in rs if r[3] is not None]),
+        errs="".join(r[4] for r in rs))
+print(f"Medians of {rounds} rounds; wrk -t1 -c50 -d{secs}s for req/s and CPU; loadgen at {rate} req/s, 50 connections, {secs}s for latency.\n")
+print("| contender | req/s | vs nginx | CPU µs/req | vs nginx | p50 µs | p99 µs | p99.9 µs | RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|")
+n = summary.get("nginx")
+for who in ["direct", "nginx", "haproxy", "sluice"]:
+    s = summary.get(who)
+    if not s: continue
+    cpu = "—" if s["cpu"] != s["cpu"] else f'{s["cpu"]:.2f}'
+    rr = f'{s["rps"]/n["rps"]:.2f}×' if n else ""
+    cr = "—" if s["cpu"] != s["cpu"] else f'{s["cpu"]/n["cpu"]:.2f}×'
+    rss = "—" if s["rss"] != s["rss"] else f'{s["rss"]/1024:.1f}'
+    print(f'| {who} | {s["rps"]:.0f} | {rr} | {cpu} | {cr} | {s["p50"]:.0f} | {s["p99"]:.0f} | {s["p999"]:.0f} | {rss} |')
+bad = {w: s["errs"] + (f' loadgen errors: {s["lat_err"]}' if s["lat_err"] else "") for w, s in summary.items() if s["errs"] or s["lat_err"]}
+if bad: print("\nerrors:", bad)
+PY

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request — Sluice vs nginx vs haproxy — counted by
+# valgrind's callgrind. Unlike req/s and CPU time, instruction counts do not depend on what
+# else the machine is doing, so they compare implementations reliably on a noisy host. They
+# leave out the kernel's share (the same syscalls per request for all three: see
+# docs/benchmarks.md).
+#
+#   benches/side-by-side/instructions.sh [REQUESTS]
+#
+# Each proxy runs under callgrind in front of the same nginx backend (64-byte body) and gets
+# REQUESTS requests (plus a 1 s warm-up) from `loadgen` at 200 req/s over 20 keep-alive
+# connections; a second run with no requests measures start-up and shutdown, which is
+# subtracted.
+set -euo pipefail
+REQUESTS=${1:-2000}
+cd "$(dirname "$0")/../.."
+export PATH="$PATH:/usr/sbin"
+for tool in nginx haproxy valgrind; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
+done
+cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
+
+work=$(mktemp -d)
+backend_pid=""
+cleanup() { [ -n "$backend_pid" ] && kill "$backend_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+BACKEND=127.0.0.1:18100 PROXY=127.0.0.1:18101 ADMIN=127.0.0.1:18901
+body=$(printf 'x%.0s' $(seq 1 63))
+cat > "$work/backend.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen $BACKEND; location / { return 200 "$body\n"; } } }
+EOF
+cat > "$work/nginx.conf" <<EOF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  upstream backend { server $BACKEND; keepalive 64; }
+  server { listen $PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind $PROXY
+  default_backend be
+backend be
+  server b1 $BACKEND
+EOF
+cat > "$work/sluice.toml" <<EOF
+[admin]
+bind = "$ADMIN"
+[runtime]
+worker_threads = 1
+[access_log]
+path = "off"
+[log]
+level = "warn"
+[[listener]]
+name = "web"
+bind = "$PROXY"
+[[route]]
+service = "backend"
+[[service]]
+name = "backend"
+instances = ["$BACKEND"]
+EOF
+
+nginx -c "$work/backend.conf" -e "$work/backend.err" &
+backend_pid=$!
+sleep 0.5
+
+# run NAME REQUESTS: total instructions of one proxy run.
+run() {
+  local name=$1 n=$2 out="$work/cg.$1.$2" cmd stop
+  case $name in
+    sluice) cmd=(target/release/sluice run -c "$work/sluice.toml"); stop=INT ;;
+    nginx) cmd=(nginx -c "$work/nginx.conf" -e "$work/nginx.err"); stop=QUIT ;;
+    haproxy) cmd=(haproxy -db -q -f "$work/haproxy.cfg"); stop=USR1 ;;
+  esac
+  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$work/vg.$name.log" &
+  local vp=$!
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$PROXY/" 2>/dev/null && break; sleep 0.1; done
+  if [ "$n" -gt 0 ]; then
+    target/release/loadgen --url "http://$PROXY/" --rate 200 --connections 20 --duration $((n / 200)) >&2
+  fi
+  kill -"$stop" "$vp"; wait "$vp" 2>/dev/null || true
+  awk '/^summary:/ {print $2}' "$out"* | head -1
+}
+
+printf '| proxy | instructions per request | vs nginx |\n|---|---|---|\n'
+declare -A per
+for name in nginx haproxy sluice; do
+  base=$(run "$name" 0)
+  loaded=$(run "$name" "$REQUESTS")
+  # loadgen sends 1 s of warm-up (200 requests) on top of REQUESTS; curl's readiness probes
+  # are in both runs and cancel out.
+  per[$name]=$(( (loaded - base) / (REQUESTS + 200) ))
+done
+for name in nginx haproxy sluice; do
+  printf '| %s | %s | %s |\n' "$name" "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]}" 'BEGIN {printf "%.2f×", a / b}')"
+done
