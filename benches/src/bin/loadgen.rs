@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+#[allow(clippy::print_stdout, reason = "the result is the program's output")]
 async fn run(args: Args) -> anyhow::Result<()> {
     let uri: http::Uri = args.url.parse()?;
     let authority = uri
