@@ -3,3 +3,5 @@
 //!
 //! Nothing here is a mock: every backend is a real server speaking real protocols on loopback.
 //! Helpers that need an external tool fail with a message naming `scripts/setup.sh`.
+
+pub mod etcd;
