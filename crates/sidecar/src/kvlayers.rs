@@ -103,18 +103,19 @@ impl KvLayers {
             None => None,
             Some(registry) => {
                 let (kind, source, prefix) = match registry.kind {
-                    RegistryKindConfig::File => (
-                        RegistryKind::File,
-                        KvSource::File(
-                            config.resolve(
-                                registry
-                                    .dir
-                                    .as_deref()
-                                    .unwrap_or_else(|| std::path::Path::new(".")),
-                            ),
-                        ),
-                        String::new(),
-                    ),
+                    RegistryKindConfig::File => {
+                        let dir = config.resolve(
+                            registry
+                                .dir
+                                .as_deref()
+                                .unwrap_or_else(|| std::path::Path::new(".")),
+                        );
+                        // The shared directory may not exist yet on a fresh volume; the
+                        // registrar writes into it, and readers must not wait for it.
+                        std::fs::create_dir_all(&dir)
+                            .map_err(|e| format!("registry dir {}: {e}", dir.display()))?;
+                        (RegistryKind::File, KvSource::File(dir), String::new())
+                    }
                     RegistryKindConfig::Etcd => (
                         RegistryKind::Etcd {
                             prefix: registry.prefix.clone(),
