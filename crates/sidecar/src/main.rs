@@ -359,7 +359,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "configuration OK: {} template(s), {} process(es)",
             config.template.len(),
             launch.processes.len()

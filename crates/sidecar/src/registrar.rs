@@ -20,7 +20,7 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 enum Command {
-    Set(Option<ServiceDefinition>),
+    Set(Option<Box<ServiceDefinition>>),
     Deregister(oneshot::Sender<()>),
 }
 
@@ -69,7 +69,7 @@ impl Registrar {
 
     /// Registers `definition` (replacing any previous one), or deregisters with `None`.
     pub fn set(&self, definition: Option<ServiceDefinition>) {
-        let _ = self.commands.send(Command::Set(definition));
+        let _ = self.commands.send(Command::Set(definition.map(Box::new)));
     }
 
     /// Deregisters and waits until the registry confirmed it, at most `timeout`.
@@ -105,7 +105,7 @@ async fn run(backend: Backend, mut commands: mpsc::UnboundedReceiver<Command>, r
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Set(definition)) => {
-                    wanted = definition;
+                    wanted = definition.map(|d| *d);
                     in_sync = wanted == applied;
                 }
                 Some(Command::Deregister(done)) => {

@@ -233,10 +233,9 @@ impl Supervisor {
         tracing::info!(reason, "stopping");
         if let (Some(registrar), Some(register)) = (&self.registrar, &self.config.register)
             && self.registered.take().is_some()
+            && !registrar.deregister(register.deregister_timeout.0).await
         {
-            if !registrar.deregister(register.deregister_timeout.0).await {
-                tracing::warn!(timeout = ?register.deregister_timeout.0, "deregistration not confirmed in time; stopping anyway");
-            }
+            tracing::warn!(timeout = ?register.deregister_timeout.0, "deregistration not confirmed in time; stopping anyway");
         }
         for index in 0..self.procs.len() {
             self.procs[index].restart_at = None;

@@ -243,7 +243,7 @@ impl JinjaTemplate {
 
 #[derive(Debug)]
 enum UnitEngine {
-    Jinja(JinjaTemplate),
+    Jinja(Box<JinjaTemplate>),
     Envsubst {
         text: String,
         options: EnvsubstOptions,
@@ -299,13 +299,13 @@ impl TemplateUnit {
             (None, None) => return Err(format!("template #{} has no source", index + 1)),
         };
         let engine = match template.engine {
-            Engine::Jinja => UnitEngine::Jinja(JinjaTemplate::new(
+            Engine::Jinja => UnitEngine::Jinja(Box::new(JinjaTemplate::new(
                 &label,
                 text,
                 kv.clone(),
                 template.missing,
                 template.missing_default.clone(),
-            )?),
+            )?)),
             Engine::Envsubst => {
                 // Syntax errors surface now, not at the first render.
                 envsubst::referenced_names(&text).map_err(|e| match e {

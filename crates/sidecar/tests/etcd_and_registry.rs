@@ -135,9 +135,7 @@ fn file_registration_waits_for_the_check_follows_the_role_and_deregisters_first(
     let registry_dir = root.join("registry");
     std::fs::write(
         root.join("sidecar.toml"),
-        format!(
-            "[registry]\nkind = \"file\"\ndir = \"registry\"\n\n[register]\nname = \"mongo\"\nid = \"mongo-1\"\naddress = \"10.0.0.3\"\nport = 27017\ntags = [\"nosql\"]\n\n[register.check]\ncommand = \"test -f ready\"\ninterval = \"100ms\"\n\n[register.role]\ncommand = \"test -f primary\"\ninterval = \"100ms\"\npass = {{ name = \"mongo-primary\", tags = [\"primary\"] }}\nfail = {{ name = \"mongo-secondary\" }}\n\n[exec]\ncommand = \"trap 'ls registry > seen-at-term; exit 0' TERM; touch started; while :; do sleep 0.05; done\"\n"
-        ),
+            "[registry]\nkind = \"file\"\ndir = \"registry\"\n\n[register]\nname = \"mongo\"\nid = \"mongo-1\"\naddress = \"10.0.0.3\"\nport = 27017\ntags = [\"nosql\"]\n\n[register.check]\ncommand = \"test -f ready\"\ninterval = \"100ms\"\n\n[register.role]\ncommand = \"test -f primary\"\ninterval = \"100ms\"\npass = { name = \"mongo-primary\", tags = [\"primary\"] }\nfail = { name = \"mongo-secondary\" }\n\n[exec]\ncommand = \"trap 'ls registry > seen-at-term; exit 0' TERM; touch started; while :; do sleep 0.05; done\"\n",
     )
     .expect("config");
     let mut sidecar = Sidecar::start_in(dir, &["--config", "sidecar.toml"], &[]);
