@@ -106,7 +106,10 @@ impl Reaper {
     }
 
     /// Starts `command` and registers its pid before any exit can be collected.
+    /// The child starts with an empty signal mask (see
+    /// [`crate::signals::unblock_signals_in_child`]).
     pub fn spawn(&self, command: &mut Command) -> std::io::Result<(Child, ChildExit)> {
+        crate::signals::unblock_signals_in_child(command);
         let mut state = self.lock();
         let child = command.spawn()?;
         let pid = Pid::from_raw(child.id() as i32);

@@ -332,7 +332,35 @@ fn pump(source: impl std::io::Read + Send + 'static, prefix: String, to_stderr: 
 }
 
 /// Pids of live processes whose parent is this process (orphans re-parented to us included).
+/// Reads the kernel's per-thread child lists when it has them (cheap), else scans /proc.
 fn our_children() -> Vec<Pid> {
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        let mut children = Vec::new();
+        let mut supported = false;
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                supported = true;
+                children.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .map(Pid::from_raw),
+                );
+            }
+        }
+        if supported {
+            // The list includes zombies not reaped yet; those need no stopping.
+            children.retain(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(')')
+                            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                    })
+                    .unwrap_or(false)
+            });
+            return children;
+        }
+    }
     let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

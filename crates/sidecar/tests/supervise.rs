@@ -55,6 +55,33 @@ fn signals_are_forwarded_and_rewritten() {
 }
 
 #[test]
+fn workloads_start_with_no_blocked_or_ignored_signals() {
+    // Started the way `nohup` or a shell's `&` starts things: SIGHUP/SIGINT ignored by our
+    // parent. The sidecar blocks its signals; neither the mask nor the ignores may leak.
+    let script = format!(
+        "trap '' HUP INT; exec {} -- /usr/bin/env grep -E '^Sig(Blk|Ign)' /proc/self/status",
+        common::binary()
+    );
+    let output = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(stdout.contains("SigBlk:\t0000000000000000"), "{stdout}");
+    let ignored = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .expect("SigIgn line");
+    let ignored = u64::from_str_radix(ignored.trim(), 16).expect("hex");
+    assert_eq!(
+        ignored & ((1 << 31) - 1),
+        0,
+        "no standard signal ignored: {ignored:x}"
+    );
+}
+
+#[test]
 fn exit_codes_pass_through() {
     let mut sidecar = Sidecar::start(&["--", "/bin/sh", "-c", "exit 3"], &[]);
     assert_eq!(sidecar.wait(DEADLINE), 3);
