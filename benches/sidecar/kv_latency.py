@@ -93,11 +93,13 @@ def main():
               f"p90 {latencies[int(len(latencies) * 0.9) - 1]:.2f}, min {latencies[0]:.2f}, max {latencies[-1]:.2f}")
         print(f"sidecar memory with an etcd watch: VmRSS {rss.get('VmRSS')}, VmHWM {rss.get('VmHWM')}")
     finally:
-        if sidecar:
-            sidecar.send_signal(signal.SIGTERM)
-            sidecar.wait(timeout=10)
-        etcd.kill()
-        etcd.wait()
+        try:
+            if sidecar:
+                sidecar.send_signal(signal.SIGTERM)
+                sidecar.wait(timeout=15)
+        finally:
+            etcd.kill()
+            etcd.wait()
 
 
 if __name__ == "__main__":
