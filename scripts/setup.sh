@@ -5,9 +5,10 @@
 set -euo pipefail
 
 # Debian packages: real peers for the tests (curl, openssl, etcd) and the benchmark's
-# side-by-side contenders (nginx, haproxy, wrk, h2load).
+# side-by-side contenders (nginx, haproxy, wrk, h2load), and GNU envsubst (gettext-base), which the
+# sidecar's envsubst mode is compared against.
 need=()
-for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client; do
+for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -9,6 +9,7 @@
 
 mod backend;
 mod client;
+pub mod etcd;
 mod eventually;
 mod process;
 
