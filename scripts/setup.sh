@@ -4,11 +4,11 @@
 # message naming this script.
 set -euo pipefail
 
-# Debian packages: real peers for the tests (curl, openssl, etcd) and the benchmark's
-# side-by-side contenders (nginx, haproxy, wrk, h2load), and GNU envsubst (gettext-base), which the
-# sidecar's envsubst mode is compared against.
+# Debian packages: real peers for the tests (curl, openssl, etcd), GNU envsubst (gettext-base),
+# which the sidecar's envsubst mode is compared against, and the benchmarks' tools and
+# side-by-side contenders (nginx, haproxy, wrk, h2load, hyperfine, valgrind).
 need=()
-for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base; do
+for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

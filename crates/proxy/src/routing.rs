@@ -118,6 +118,36 @@ impl RouteTable {
         table
     }
 
+    /// Builds the table of one listener from a validated configuration, with fresh services
+    /// (no live state). The proxy builds its tables itself during `apply`; this exists for
+    /// tools and benchmarks that want a table without running a proxy.
+    pub fn from_config(config: &sluice_config::Config, listener: &str) -> Self {
+        let services: rustc_hash::FxHashMap<&str, Arc<Service>> = config
+            .services
+            .iter()
+            .map(|sc| (sc.name.as_str(), Arc::new(Service::new(sc.clone(), |_| None))))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter(|r| r.listener == listener)
+            .filter_map(|rc| {
+                let service = services.get(rc.service.as_str())?;
+                let name: Arc<str> = rc.name.as_str().into();
+                Some(Arc::new(Route {
+                    metrics: RouteMetrics::new(listener.into(), Arc::clone(&name), Arc::clone(&service.name)),
+                    name,
+                    host: rc.host.clone(),
+                    path: rc.path.clone(),
+                    strip: rc.strip.clone(),
+                    prepend: rc.prepend.clone(),
+                    service: Arc::clone(service),
+                }))
+            })
+            .collect();
+        Self::new(routes)
+    }
+
     /// Every route, in configuration order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
