@@ -5,7 +5,12 @@
 
 // Generated code: its items are documented in the WIT, and it does not implement `Debug`
 // everywhere the workspace lints would like.
-#[allow(missing_docs, missing_debug_implementations, unreachable_pub, clippy::all)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all
+)]
 mod routing_world {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -14,7 +19,12 @@ mod routing_world {
     });
 }
 
-#[allow(missing_docs, missing_debug_implementations, unreachable_pub, clippy::all)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all
+)]
 mod health_world {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -26,7 +36,12 @@ mod health_world {
     });
 }
 
-#[allow(missing_docs, missing_debug_implementations, unreachable_pub, clippy::all)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all
+)]
 mod authz_world {
     wasmtime::component::bindgen!({
         path: "../../wit",

@@ -71,8 +71,12 @@ impl CrashBudget {
         };
         if crashes >= config.max_crashes {
             let level = self.suspensions.fetch_add(1, Ordering::Relaxed).min(16);
-            let backoff = config.initial_backoff.saturating_mul(1 << level).min(config.max_backoff);
-            self.suspended_until_ms.store(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
+            let backoff = config
+                .initial_backoff
+                .saturating_mul(1 << level)
+                .min(config.max_backoff);
+            self.suspended_until_ms
+                .store(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
             self.crashes_in_window.store(0, Ordering::Relaxed);
             self.window_start_ms.store(now_ms, Ordering::Relaxed);
         }
@@ -108,21 +112,37 @@ mod tests {
         for t in [1300, 1301, 1302] {
             budget.record_crash(t, &config);
         }
-        assert_eq!(budget.admit(1302), Err(Duration::from_millis(2000)), "second suspension doubles");
+        assert_eq!(
+            budget.admit(1302),
+            Err(Duration::from_millis(2000)),
+            "second suspension doubles"
+        );
         for t in [3302, 3303, 3304] {
             budget.record_crash(t, &config);
         }
-        assert_eq!(budget.admit(3304), Err(Duration::from_millis(3000)), "capped at max_backoff");
+        assert_eq!(
+            budget.admit(3304),
+            Err(Duration::from_millis(3000)),
+            "capped at max_backoff"
+        );
         budget.record_success();
         for t in [7000, 7001, 7002] {
             budget.record_crash(t, &config);
         }
-        assert_eq!(budget.admit(7002), Err(Duration::from_millis(1000)), "success resets the backoff");
+        assert_eq!(
+            budget.admit(7002),
+            Err(Duration::from_millis(1000)),
+            "success resets the backoff"
+        );
     }
 
     #[test]
     fn crashes_spread_beyond_the_window_do_not_suspend() {
-        let config = CrashBudgetConfig { max_crashes: 2, window: Duration::from_millis(100), ..Default::default() };
+        let config = CrashBudgetConfig {
+            max_crashes: 2,
+            window: Duration::from_millis(100),
+            ..Default::default()
+        };
         let budget = CrashBudget::default();
         budget.record_crash(0, &config);
         budget.record_crash(500, &config);

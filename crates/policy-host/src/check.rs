@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_config::{FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld};
+use sluice_config::{
+    FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
+};
 
 use crate::bindings::types::{Instance, Peer, ProbeResult};
 use crate::engine::{HostConfig, hex, required_exports};
@@ -91,7 +93,13 @@ impl CheckReport {
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "module:    {} ({} bytes, sha256 {})", self.file.display(), self.size_bytes, self.sha256)?;
+        writeln!(
+            f,
+            "module:    {} ({} bytes, sha256 {})",
+            self.file.display(),
+            self.size_bytes,
+            self.sha256
+        )?;
         writeln!(f, "compiled:  in {:.1?}", self.compile_time)?;
         writeln!(
             f,
@@ -100,13 +108,20 @@ impl fmt::Display for CheckReport {
             required_exports(self.world).join(", ")
         )?;
         match &self.configure {
-            Ok(took) => writeln!(f, "configure: ok (instantiated and configured in {took:.1?})")?,
+            Ok(took) => writeln!(
+                f,
+                "configure: ok (instantiated and configured in {took:.1?})"
+            )?,
             Err(error) => writeln!(f, "configure: FAILED: {error}")?,
         }
         match (&self.call, &self.configure) {
             (Some(call), _) => {
                 let status = if call.answered { "" } else { "FAILED: " };
-                write!(f, "{}: {status}{} in {:.1?}", call.export, call.result, call.duration)
+                write!(
+                    f,
+                    "{}: {status}{} in {:.1?}",
+                    call.export, call.result, call.duration
+                )
             }
             (None, Ok(_)) => write!(f, "call:      skipped (no --input given)"),
             (None, Err(_)) => write!(f, "call:      skipped (configure failed)"),
@@ -130,23 +145,39 @@ pub fn check_module(
         Some(text) => serde_json::from_str(text).map_err(|e| CheckError::Config(e.to_string()))?,
         None => serde_json::json!({}),
     };
-    let bytes = std::fs::read(path).map_err(|source| CheckError::Read { path: path.to_owned(), source })?;
-    let host_config = HostConfig { max_instances: 8, prewarm: 1, pool_capacity: 1, ..HostConfig::default() };
+    let bytes = std::fs::read(path).map_err(|source| CheckError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let host_config = HostConfig {
+        max_instances: 8,
+        prewarm: 1,
+        pool_capacity: 1,
+        ..HostConfig::default()
+    };
     let host = PolicyHost::new(host_config, Arc::new(MemoryKv::new()))?;
     let module = host
         .engine()
         .compile(&bytes, None)
-        .map_err(|source| CheckError::Module { path: path.to_owned(), source })?;
+        .map_err(|source| CheckError::Module {
+            path: path.to_owned(),
+            source,
+        })?;
     let world = module.world;
 
-    let input = input_json.map(|text| parse_input(world, text)).transpose()?;
+    let input = input_json
+        .map(|text| parse_input(world, text))
+        .transpose()?;
 
     let policy = PolicyConfig {
         name: "check".into(),
         file: path.to_owned(),
         world,
         config,
-        limits: PolicyLimits { timeout: POLICY_TIMEOUT, max_memory_bytes: POLICY_MAX_MEMORY_BYTES },
+        limits: PolicyLimits {
+            timeout: POLICY_TIMEOUT,
+            max_memory_bytes: POLICY_MAX_MEMORY_BYTES,
+        },
         failure_mode: match world {
             PolicyWorld::Authz => FailureMode::Closed,
             PolicyWorld::Health | PolicyWorld::Routing => FailureMode::KeepLast,
@@ -155,7 +186,9 @@ pub fn check_module(
     let started = Instant::now();
     let report = host.apply_config(std::slice::from_ref(&policy));
     let configure = match report.policies.first().map(|entry| &entry.outcome) {
-        Some(ReloadOutcome::Loaded { .. } | ReloadOutcome::Unchanged { .. }) => Ok(started.elapsed()),
+        Some(ReloadOutcome::Loaded { .. } | ReloadOutcome::Unchanged { .. }) => {
+            Ok(started.elapsed())
+        }
         Some(ReloadOutcome::Rejected { error }) => Err(error.clone()),
         Some(ReloadOutcome::Removed) | None => Err("the policy was not loaded".into()),
     };
@@ -176,7 +209,10 @@ pub fn check_module(
 
 enum CheckInput {
     Authz(Peer),
-    Health { instance: Instance, probe: ProbeResult },
+    Health {
+        instance: Instance,
+        probe: ProbeResult,
+    },
     Routing(Vec<Instance>),
 }
 
@@ -187,13 +223,23 @@ struct HealthInput {
 }
 
 fn parse_input(world: PolicyWorld, text: &str) -> Result<CheckInput, CheckError> {
-    let invalid = |expected: &'static str| move |e: serde_json::Error| CheckError::Input { expected, detail: e.to_string() };
+    let invalid = |expected: &'static str| {
+        move |e: serde_json::Error| CheckError::Input {
+            expected,
+            detail: e.to_string(),
+        }
+    };
     Ok(match world {
-        PolicyWorld::Authz => CheckInput::Authz(serde_json::from_str(text).map_err(invalid("peer object"))?),
+        PolicyWorld::Authz => {
+            CheckInput::Authz(serde_json::from_str(text).map_err(invalid("peer object"))?)
+        }
         PolicyWorld::Health => {
-            let input: HealthInput =
-                serde_json::from_str(text).map_err(invalid("{\"instance\": …, \"probe\": …} object"))?;
-            CheckInput::Health { instance: input.instance, probe: input.probe }
+            let input: HealthInput = serde_json::from_str(text)
+                .map_err(invalid("{\"instance\": …, \"probe\": …} object"))?;
+            CheckInput::Health {
+                instance: input.instance,
+                probe: input.probe,
+            }
         }
         PolicyWorld::Routing => {
             CheckInput::Routing(serde_json::from_str(text).map_err(invalid("array of instances"))?)
@@ -212,27 +258,43 @@ fn call_once(host: &PolicyHost, input: CheckInput) -> CheckCall {
                 Some(AuthzOutcome::Failed { decision, error }) => (
                     "authorize",
                     false,
-                    format!("{error} (failing closed, the proxy would apply {})", json(&decision)),
+                    format!(
+                        "{error} (failing closed, the proxy would apply {})",
+                        json(&decision)
+                    ),
                 ),
                 None => ("authorize", false, "policy not loaded".into()),
             }
         }
-        CheckInput::Health { instance, probe } => match host.health("check").map(|h| h.evaluate(&instance, &probe)) {
-            Some(HealthOutcome::Verdict(verdict)) => ("evaluate", true, json(&verdict)),
-            Some(HealthOutcome::KeepPrevious { error }) => {
-                ("evaluate", false, format!("{error} (the proxy would keep the previous verdict, marked stale)"))
+        CheckInput::Health { instance, probe } => {
+            match host.health("check").map(|h| h.evaluate(&instance, &probe)) {
+                Some(HealthOutcome::Verdict(verdict)) => ("evaluate", true, json(&verdict)),
+                Some(HealthOutcome::KeepPrevious { error }) => (
+                    "evaluate",
+                    false,
+                    format!("{error} (the proxy would keep the previous verdict, marked stale)"),
+                ),
+                None => ("evaluate", false, "policy not loaded".into()),
             }
-            None => ("evaluate", false, "policy not loaded".into()),
-        },
-        CheckInput::Routing(catalog) => match host.routing("check").map(|h| h.build_routes(&catalog)) {
-            Some(RoutingOutcome::Routes(table)) => ("build-routes", true, json(&*table)),
-            Some(RoutingOutcome::KeepLast { error, .. }) => {
-                ("build-routes", false, format!("{error} (the proxy would keep its last good table)"))
+        }
+        CheckInput::Routing(catalog) => {
+            match host.routing("check").map(|h| h.build_routes(&catalog)) {
+                Some(RoutingOutcome::Routes(table)) => ("build-routes", true, json(&*table)),
+                Some(RoutingOutcome::KeepLast { error, .. }) => (
+                    "build-routes",
+                    false,
+                    format!("{error} (the proxy would keep its last good table)"),
+                ),
+                None => ("build-routes", false, "policy not loaded".into()),
             }
-            None => ("build-routes", false, "policy not loaded".into()),
-        },
+        }
     };
-    CheckCall { export, answered, result, duration: started.elapsed() }
+    CheckCall {
+        export,
+        answered,
+        result,
+        duration: started.elapsed(),
+    }
 }
 
 mod erased {

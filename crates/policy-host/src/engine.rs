@@ -114,7 +114,10 @@ impl GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -181,7 +184,8 @@ impl host_imports::Host for GuestState {
 }
 
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The typed pre-instantiated form of a module, for the world it implements.
@@ -210,7 +214,11 @@ pub(crate) fn required_exports(world: PolicyWorld) -> [&'static str; 2] {
     }
 }
 
-const WORLDS: [PolicyWorld; 3] = [PolicyWorld::Routing, PolicyWorld::Health, PolicyWorld::Authz];
+const WORLDS: [PolicyWorld; 3] = [
+    PolicyWorld::Routing,
+    PolicyWorld::Health,
+    PolicyWorld::Authz,
+];
 
 /// The engine, the linker and the compile cache. One per [`crate::PolicyHost`].
 pub(crate) struct EngineShared {
@@ -285,10 +293,17 @@ impl EngineShared {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| ModuleError::Imports(format!("{e:#}")))?;
-        let type_error = |e: wasmtime::Error| ModuleError::ExportTypes { world, detail: format!("{e:#}") };
+        let type_error = |e: wasmtime::Error| ModuleError::ExportTypes {
+            world,
+            detail: format!("{e:#}"),
+        };
         let pre = match world {
-            PolicyWorld::Routing => WorldPre::Routing(RoutingPre::new(instance_pre).map_err(type_error)?),
-            PolicyWorld::Health => WorldPre::Health(HealthPre::new(instance_pre).map_err(type_error)?),
+            PolicyWorld::Routing => {
+                WorldPre::Routing(RoutingPre::new(instance_pre).map_err(type_error)?)
+            }
+            PolicyWorld::Health => {
+                WorldPre::Health(HealthPre::new(instance_pre).map_err(type_error)?)
+            }
             PolicyWorld::Authz => WorldPre::Authz(AuthzPre::new(instance_pre).map_err(type_error)?),
         };
         let module = Arc::new(CompiledModule {
@@ -298,14 +313,20 @@ impl EngineShared {
             pre,
             compile_time,
         });
-        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.retain(|_, module| module.strong_count() > 0);
         cache.insert(sha256, Arc::downgrade(&module));
         Ok(module)
     }
 
     fn cached(&self, sha256: &[u8; 32]) -> Option<Arc<CompiledModule>> {
-        let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.get(sha256).and_then(Weak::upgrade)
     }
 
@@ -330,9 +351,16 @@ impl EngineShared {
             if missing.is_empty() {
                 return Ok(world);
             }
-            return Err(ModuleError::MissingExports { world, missing, exports });
+            return Err(ModuleError::MissingExports {
+                world,
+                missing,
+                exports,
+            });
         }
-        let complete: Vec<PolicyWorld> = WORLDS.into_iter().filter(|w| missing(*w).is_empty()).collect();
+        let complete: Vec<PolicyWorld> = WORLDS
+            .into_iter()
+            .filter(|w| missing(*w).is_empty())
+            .collect();
         match complete.as_slice() {
             [world] => Ok(*world),
             [] => Err(ModuleError::NoWorld {
@@ -359,7 +387,9 @@ fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
         });
     if let Err(e) = spawned {
         // Without the ticker deadlines never fire; a call then runs to completion. Say so loudly.
-        tracing::error!("cannot start the policy epoch ticker: {e}; policy deadlines are not enforced");
+        tracing::error!(
+            "cannot start the policy epoch ticker: {e}; policy deadlines are not enforced"
+        );
     }
 }
 
@@ -373,8 +403,10 @@ pub(crate) fn deadline_ticks(timeout: Duration, tick: Duration) -> u64 {
 /// Lower-case hex of a digest.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }

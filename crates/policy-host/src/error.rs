@@ -64,11 +64,19 @@ pub enum ModuleError {
 }
 
 fn quoted(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn listed(names: &[String]) -> String {
-    if names.is_empty() { "nothing".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Why loading (or reloading) one policy was rejected. The previous version, if any, keeps
@@ -146,6 +154,9 @@ impl CallError {
     /// Whether the failure was the guest's fault (counts against the crash budget and
     /// discards the instance).
     pub fn is_crash(&self) -> bool {
-        matches!(self, CallError::Timeout(_) | CallError::MemoryLimit(_) | CallError::Trap(_))
+        matches!(
+            self,
+            CallError::Timeout(_) | CallError::MemoryLimit(_) | CallError::Trap(_)
+        )
     }
 }

@@ -24,7 +24,9 @@ pub struct PolicyHost {
 
 impl std::fmt::Debug for PolicyHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyHost").field("policies", &self.slots.load().keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("PolicyHost")
+            .field("policies", &self.slots.load().keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -72,7 +74,10 @@ pub struct ReloadReport {
 impl ReloadReport {
     /// Whether no policy was rejected.
     pub fn is_ok(&self) -> bool {
-        !self.policies.iter().any(|e| matches!(e.outcome, ReloadOutcome::Rejected { .. }))
+        !self
+            .policies
+            .iter()
+            .any(|e| matches!(e.outcome, ReloadOutcome::Rejected { .. }))
     }
 
     /// `(name, error)` of every rejected policy.
@@ -156,11 +161,17 @@ impl PolicyHost {
                 _ => PolicySlot::new(&self.engine, config.clone()),
             };
             let outcome = load_into(&slot, config.clone());
-            report.policies.push(ReloadEntry { name: config.name.clone(), outcome });
+            report.policies.push(ReloadEntry {
+                name: config.name.clone(),
+                outcome,
+            });
             new.insert(config.name.clone(), slot);
         }
         for name in old.keys().filter(|name| !new.contains_key(*name)) {
-            report.policies.push(ReloadEntry { name: name.clone(), outcome: ReloadOutcome::Removed });
+            report.policies.push(ReloadEntry {
+                name: name.clone(),
+                outcome: ReloadOutcome::Removed,
+            });
         }
         report.policies.sort_by(|a, b| a.name.cmp(&b.name));
         self.slots.store(Arc::new(new));
@@ -170,8 +181,12 @@ impl PolicyHost {
     /// Re-reads every policy's file and reloads those whose bytes changed
     /// (`POST /api/policies/reload`, and the file watcher).
     pub fn reload(&self) -> ReloadReport {
-        let configs: Vec<PolicyConfig> =
-            self.slots.load().values().map(|slot| PolicyConfig::clone(&slot.desired.load())).collect();
+        let configs: Vec<PolicyConfig> = self
+            .slots
+            .load()
+            .values()
+            .map(|slot| PolicyConfig::clone(&slot.desired.load()))
+            .collect();
         self.apply_config(&configs)
     }
 
@@ -185,13 +200,15 @@ impl PolicyHost {
                 let current = slot.current.load();
                 let state = match (&*current, slot.budget.suspended_for(now_ms)) {
                     (None, _) => PolicyState::Failed,
-                    (Some(_), Some(remaining)) => {
-                        PolicyState::Suspended { retry_in_ms: remaining.as_millis() as u64 }
-                    }
+                    (Some(_), Some(remaining)) => PolicyState::Suspended {
+                        retry_in_ms: remaining.as_millis() as u64,
+                    },
                     (Some(_), None) => PolicyState::Active,
                 };
                 let stats = &slot.stats;
-                let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+                let read = |counter: &std::sync::atomic::AtomicU64| {
+                    counter.load(std::sync::atomic::Ordering::Relaxed)
+                };
                 PolicyStatus {
                     name: slot.name.to_string(),
                     world: slot.world.as_str(),
@@ -226,7 +243,11 @@ impl PolicyHost {
     }
 
     fn slot(&self, name: &str, world: PolicyWorld) -> Option<Arc<PolicySlot>> {
-        self.slots.load().get(name).filter(|slot| slot.world == world).cloned()
+        self.slots
+            .load()
+            .get(name)
+            .filter(|slot| slot.world == world)
+            .cloned()
     }
 
     pub(crate) fn engine_shared(&self) -> &EngineShared {
@@ -235,7 +256,11 @@ impl PolicyHost {
 
     /// The files of the configured policies (what the watcher watches).
     pub fn files(&self) -> Vec<std::path::PathBuf> {
-        self.slots.load().values().map(|slot| slot.desired.load().file.clone()).collect()
+        self.slots
+            .load()
+            .values()
+            .map(|slot| slot.desired.load().file.clone())
+            .collect()
     }
 }
 
@@ -244,15 +269,24 @@ fn load_into(slot: &PolicySlot, config: PolicyConfig) -> ReloadOutcome {
     if let Some(current) = &*slot.current.load()
         && let Ok(bytes) = std::fs::read(&config.file)
     {
-        let sha256: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
+        let sha256: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
         if current.same_as(&sha256, &config) {
             slot.desired.store(Arc::new(config));
-            return ReloadOutcome::Unchanged { sha256: hex(&sha256) };
+            return ReloadOutcome::Unchanged {
+                sha256: hex(&sha256),
+            };
         }
     }
     match slot.install(config) {
-        Ok(Some(sha256)) => ReloadOutcome::Loaded { sha256: hex(&sha256) },
-        Ok(None) => ReloadOutcome::Rejected { error: "no version loaded".into() },
-        Err(error) => ReloadOutcome::Rejected { error: error.to_string() },
+        Ok(Some(sha256)) => ReloadOutcome::Loaded {
+            sha256: hex(&sha256),
+        },
+        Ok(None) => ReloadOutcome::Rejected {
+            error: "no version loaded".into(),
+        },
+        Err(error) => ReloadOutcome::Rejected {
+            error: error.to_string(),
+        },
     }
 }

@@ -59,6 +59,8 @@ impl KvView for MemoryKv {
 
 impl fmt::Debug for MemoryKv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryKv").field("keys", &self.entries.load().len()).finish()
+        f.debug_struct("MemoryKv")
+            .field("keys", &self.entries.load().len())
+            .finish()
     }
 }

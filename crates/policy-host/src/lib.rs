@@ -37,7 +37,8 @@ pub use error::{CallError, HostError, LoadError, ModuleError};
 pub use host::{PolicyHost, PolicyState, PolicyStatus, ReloadEntry, ReloadOutcome, ReloadReport};
 pub use kv::{KvView, MemoryKv};
 pub use policy::{
-    AuthzHandle, AuthzOutcome, HealthHandle, HealthOutcome, RouteTable, RoutingHandle, RoutingOutcome,
+    AuthzHandle, AuthzOutcome, HealthHandle, HealthOutcome, RouteTable, RoutingHandle,
+    RoutingOutcome,
 };
 pub use watch::{PolicyWatcher, WatchError};
 

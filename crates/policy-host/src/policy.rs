@@ -11,7 +11,9 @@ use serde::Serialize;
 use sluice_config::{FailureMode, PolicyConfig, PolicyWorld};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
-use crate::bindings::types::{Decision, Instance, Peer, ProbeResult, Route, RouteEntry, RouteError, Verdict};
+use crate::bindings::types::{
+    Decision, Instance, Peer, ProbeResult, Route, RouteEntry, RouteError, Verdict,
+};
 use crate::bindings::{Authz, Health, Routing};
 use crate::budget::CrashBudget;
 use crate::engine::{CompiledModule, EngineShared, GuestState, WorldPre, deadline_ticks, unix_ms};
@@ -62,13 +64,21 @@ impl PolicyVersion {
     ) -> Result<Arc<PolicyVersion>, LoadError> {
         let ceiling = engine.config.max_memory_ceiling_bytes;
         if config.limits.max_memory_bytes > ceiling {
-            return Err(LoadError::MemoryCap { asked: config.limits.max_memory_bytes, ceiling });
+            return Err(LoadError::MemoryCap {
+                asked: config.limits.max_memory_bytes,
+                ceiling,
+            });
         }
-        let bytes = std::fs::read(&config.file)
-            .map_err(|source| LoadError::Read { path: config.file.clone(), source })?;
+        let bytes = std::fs::read(&config.file).map_err(|source| LoadError::Read {
+            path: config.file.clone(),
+            source,
+        })?;
         let module = engine
             .compile(&bytes, Some(config.world))
-            .map_err(|source| LoadError::Module { path: config.file.clone(), source })?;
+            .map_err(|source| LoadError::Module {
+                path: config.file.clone(),
+                source,
+            })?;
         let loaded_at = SystemTime::now();
         let config_json = match &config.config {
             serde_json::Value::Null => "{}".to_owned(),
@@ -87,7 +97,11 @@ impl PolicyVersion {
             name: Arc::clone(name),
         });
         // Every instance runs `configure` before serving; the first one proves the config.
-        for _ in 0..engine.config.prewarm.clamp(1, engine.config.pool_capacity.max(1)) {
+        for _ in 0..engine
+            .config
+            .prewarm
+            .clamp(1, engine.config.pool_capacity.max(1))
+        {
             let instance = version.new_instance(engine).map_err(|e| match e {
                 InstanceError::Configure(message) => LoadError::Configure(message),
                 InstanceError::Failed(error) => LoadError::ConfigureFailed(error),
@@ -126,7 +140,9 @@ impl PolicyVersion {
         let bindings = match bindings {
             Ok(bindings) => bindings,
             Err(e) if e.downcast_ref::<Trap>().is_none() && !store.data().memory_denied => {
-                return Err(InstanceError::Failed(CallError::Instantiate(format!("{e:#}"))));
+                return Err(InstanceError::Failed(CallError::Instantiate(format!(
+                    "{e:#}"
+                ))));
             }
             Err(e) => return Err(failed(&store, e)),
         };
@@ -144,7 +160,12 @@ impl PolicyVersion {
 }
 
 /// Turns a failed call into the reason the caller and the admin API see.
-fn classify(error: &wasmtime::Error, state: &GuestState, timeout: Duration, max_memory: usize) -> CallError {
+fn classify(
+    error: &wasmtime::Error,
+    state: &GuestState,
+    timeout: Duration,
+    max_memory: usize,
+) -> CallError {
     if state.memory_denied {
         return CallError::MemoryLimit(max_memory);
     }
@@ -198,7 +219,10 @@ struct SlotMetrics {
 
 impl SlotMetrics {
     fn new(name: &str, world: PolicyWorld) -> Self {
-        let labels = [("policy", name.to_owned()), ("world", world.as_str().to_owned())];
+        let labels = [
+            ("policy", name.to_owned()),
+            ("world", world.as_str().to_owned()),
+        ];
         SlotMetrics {
             calls: metrics::counter!(names::POLICY_CALLS, &labels),
             errors: metrics::counter!(names::POLICY_ERRORS, &labels),
@@ -256,13 +280,21 @@ impl PolicySlot {
                 self.budget.reset();
                 self.last_load_error.store(None);
                 self.metrics.reloads.increment(1);
-                tracing::info!(policy = &*self.name, world = self.world.as_str(), "policy loaded");
+                tracing::info!(
+                    policy = &*self.name,
+                    world = self.world.as_str(),
+                    "policy loaded"
+                );
                 Ok(Some(sha256))
             }
             Err(error) => {
-                self.last_load_error.store(Some(Arc::new(error.to_string())));
+                self.last_load_error
+                    .store(Some(Arc::new(error.to_string())));
                 self.metrics.reload_failures.increment(1);
-                tracing::warn!(policy = &*self.name, "policy load rejected, previous version keeps serving: {error}");
+                tracing::warn!(
+                    policy = &*self.name,
+                    "policy load rejected, previous version keeps serving: {error}"
+                );
                 Err(error)
             }
         }
@@ -285,7 +317,9 @@ impl PolicySlot {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.metrics.calls.increment(1);
         let result = self.call_on_current(started, input_size, invoke);
-        self.metrics.duration.record(started.elapsed().as_secs_f64());
+        self.metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => self.budget.record_success(),
             Err(error) => self.record_failure(error),
@@ -305,9 +339,14 @@ impl PolicySlot {
         };
         let limit = self.engine.config.max_input_bytes;
         if input_size > limit {
-            return Err(CallError::InputTooLarge { size: input_size, limit });
+            return Err(CallError::InputTooLarge {
+                size: input_size,
+                limit,
+            });
         }
-        let now_ms = started.saturating_duration_since(self.engine.started).as_millis() as u64;
+        let now_ms = started
+            .saturating_duration_since(self.engine.started)
+            .as_millis() as u64;
         self.budget.admit(now_ms).map_err(CallError::Suspended)?;
         let mut instance = match version.idle.pop() {
             Some(instance) => instance,
@@ -326,10 +365,15 @@ impl PolicySlot {
                 Ok(answer)
             }
             // The instance is dropped: whatever state the guest was left in dies with it.
-            Some(Err(error)) => {
-                Err(classify(&error, instance.store.data(), limits.timeout, limits.max_memory_bytes))
-            }
-            None => Err(CallError::Instantiate("module does not implement this world".into())),
+            Some(Err(error)) => Err(classify(
+                &error,
+                instance.store.data(),
+                limits.timeout,
+                limits.max_memory_bytes,
+            )),
+            None => Err(CallError::Instantiate(
+                "module does not implement this world".into(),
+            )),
         }
     }
 
@@ -348,9 +392,11 @@ impl PolicySlot {
             _ => {}
         }
         if error.is_crash() {
-            self.budget.record_crash(self.engine.clock_ms(), &self.engine.config.crash_budget);
+            self.budget
+                .record_crash(self.engine.clock_ms(), &self.engine.config.crash_budget);
         }
-        self.last_call_error.store(Some(Arc::new(error.to_string())));
+        self.last_call_error
+            .store(Some(Arc::new(error.to_string())));
         tracing::warn!(policy = &*self.name, "policy call failed: {error}");
     }
 }
@@ -447,10 +493,12 @@ impl AuthzHandle {
     /// Asks the policy whether `peer` may connect. Never panics; a failed call yields the
     /// failure mode's decision.
     pub fn authorize(&self, peer: &Peer) -> AuthzOutcome {
-        let result = self.0.call(peer_size(peer), |bindings, store| match bindings {
-            WorldBindings::Authz(b) => Some(b.call_authorize(store, peer)),
-            _ => None,
-        });
+        let result = self
+            .0
+            .call(peer_size(peer), |bindings, store| match bindings {
+                WorldBindings::Authz(b) => Some(b.call_authorize(store, peer)),
+                _ => None,
+            });
         match result {
             Ok(Decision::Deny(reason)) => AuthzOutcome::Decided(Decision::Deny(truncate(reason))),
             Ok(decision) => AuthzOutcome::Decided(decision),
@@ -515,7 +563,10 @@ impl RoutingHandle {
             }
             Err(error) => error,
         };
-        RoutingOutcome::KeepLast { last_good: self.0.last_good_routes.load_full(), error }
+        RoutingOutcome::KeepLast {
+            last_good: self.0.last_good_routes.load_full(),
+            error,
+        }
     }
 
     /// The policy's name.
@@ -530,7 +581,10 @@ fn route_table(entries: Vec<RouteEntry>) -> RouteTable {
     for entry in entries {
         match entry {
             RouteEntry::Route(route) => {
-                let bad_weight = route.targets.iter().find(|t| !(0.0..=1.0).contains(&t.weight));
+                let bad_weight = route
+                    .targets
+                    .iter()
+                    .find(|t| !(0.0..=1.0).contains(&t.weight));
                 match bad_weight {
                     Some(target) => table.errors.push(RouteError {
                         instance_id: target.instance_id.clone(),
@@ -552,12 +606,20 @@ fn instance_size(instance: &Instance) -> usize {
         + instance.service.len()
         + instance.address.len()
         + instance.tags.iter().map(|t| t.len() + 8).sum::<usize>()
-        + instance.metadata.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
+        + instance
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
 }
 
 fn probe_size(probe: &ProbeResult) -> usize {
     64 + probe.body_prefix.len()
-        + probe.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
+        + probe
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
         + probe.error.as_ref().map_or(0, |e| e.message.len())
 }
 
@@ -568,7 +630,11 @@ fn peer_size(peer: &Peer) -> usize {
         + peer.alpn.as_ref().map_or(0, String::len)
         + peer.client_certificate.as_ref().map_or(0, |c| {
             c.subject_cn.as_ref().map_or(0, String::len)
-                + c.dns_sans.iter().chain(&c.uri_sans).map(|s| s.len() + 8).sum::<usize>()
+                + c.dns_sans
+                    .iter()
+                    .chain(&c.uri_sans)
+                    .map(|s| s.len() + 8)
+                    .sum::<usize>()
                 + c.issuer.len()
                 + c.sha256_fingerprint.len()
         })

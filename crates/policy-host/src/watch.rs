@@ -37,7 +37,9 @@ pub struct PolicyWatcher {
 
 impl std::fmt::Debug for PolicyWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyWatcher").field("folders", &self.folders).finish()
+        f.debug_struct("PolicyWatcher")
+            .field("folders", &self.folders)
+            .finish()
     }
 }
 
@@ -45,25 +47,36 @@ impl PolicyWatcher {
     /// Starts watching `host`'s policy files.
     pub fn start(host: &Arc<PolicyHost>, debounce: Duration) -> Result<PolicyWatcher, WatchError> {
         let files: BTreeSet<PathBuf> = host.files().iter().map(|f| absolute(f)).collect();
-        let folders: BTreeSet<PathBuf> =
-            files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        let folders: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
         let (events, receiver) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(move |event| {
             // The receiving thread only stops when this sender is dropped with the watcher.
             let _ = events.send(event);
         })
-        .map_err(|source| WatchError::Notify { path: PathBuf::new(), source })?;
+        .map_err(|source| WatchError::Notify {
+            path: PathBuf::new(),
+            source,
+        })?;
         for folder in &folders {
             watcher
                 .watch(folder, RecursiveMode::NonRecursive)
-                .map_err(|source| WatchError::Notify { path: folder.clone(), source })?;
+                .map_err(|source| WatchError::Notify {
+                    path: folder.clone(),
+                    source,
+                })?;
         }
         let host: Weak<PolicyHost> = Arc::downgrade(host);
         std::thread::Builder::new()
             .name("sluice-policy-watch".into())
             .spawn(move || watch_loop(&receiver, &files, &host, debounce))
             .map_err(WatchError::Thread)?;
-        Ok(PolicyWatcher { _watcher: watcher, folders: folders.into_iter().collect() })
+        Ok(PolicyWatcher {
+            _watcher: watcher,
+            folders: folders.into_iter().collect(),
+        })
     }
 }
 
@@ -74,7 +87,9 @@ fn watch_loop(
     debounce: Duration,
 ) {
     let concerns_us = |event: &notify::Result<notify::Event>| match event {
-        Ok(event) => !event.kind.is_access() && event.paths.iter().any(|p| files.contains(&absolute(p))),
+        Ok(event) => {
+            !event.kind.is_access() && event.paths.iter().any(|p| files.contains(&absolute(p)))
+        }
         Err(_) => false,
     };
     while let Ok(event) = receiver.recv() {
@@ -99,8 +114,13 @@ fn watch_loop(
 
 /// The path with its folder resolved (symlinks, `..`), so events and config paths compare.
 fn absolute(path: &Path) -> PathBuf {
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let folder = folder.canonicalize().unwrap_or_else(|_| folder.to_path_buf());
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let folder = folder
+        .canonicalize()
+        .unwrap_or_else(|_| folder.to_path_buf());
     match path.file_name() {
         Some(name) => folder.join(name),
         None => folder,

@@ -27,16 +27,26 @@ fn authz_ecp_allow_list_allows_listed_systems_and_denies_others() {
     )]);
     assert!(report.is_ok(), "{report:?}");
     let ecp = host.authz("ecp").expect("loaded as authz");
-    assert_eq!(ecp.authorize(&peer("ecp", Some("app2"), "127.0.0.9")), AuthzOutcome::Decided(Decision::Allow));
+    assert_eq!(
+        ecp.authorize(&peer("ecp", Some("app2"), "127.0.0.9")),
+        AuthzOutcome::Decided(Decision::Allow)
+    );
     assert_eq!(
         ecp.authorize(&peer("ecp", Some("intruder"), "127.0.0.9")),
-        AuthzOutcome::Decided(Decision::Deny("client system `intruder` is not in the allow-list".into()))
+        AuthzOutcome::Decided(Decision::Deny(
+            "client system `intruder` is not in the allow-list".into()
+        ))
     );
     assert_eq!(
         ecp.authorize(&peer("ecp", Some("app1"), "192.0.2.1")),
-        AuthzOutcome::Decided(Decision::Deny("source 192.0.2.1 is outside the allowed ranges".into()))
+        AuthzOutcome::Decided(Decision::Deny(
+            "source 192.0.2.1 is outside the allowed ranges".into()
+        ))
     );
-    assert!(host.health("ecp").is_none(), "a handle of another world is refused");
+    assert!(
+        host.health("ecp").is_none(),
+        "a handle of another world is refused"
+    );
 }
 
 #[test]
@@ -62,17 +72,28 @@ fn authz_allow_list_in_kv_changes_without_reload() {
 #[test]
 fn health_mirror_primary_tells_primary_backup_and_down() {
     let host = host();
-    let report = host.apply_config(&[policy("mirror", artifacts::MIRROR_PRIMARY, PolicyWorld::Health, json!({}))]);
+    let report = host.apply_config(&[policy(
+        "mirror",
+        artifacts::MIRROR_PRIMARY,
+        PolicyWorld::Health,
+        json!({}),
+    )]);
     assert!(report.is_ok(), "{report:?}");
     let mirror = host.health("mirror").unwrap();
     let member = instance("ap1a", "ap1", &[]);
     assert_eq!(
         mirror.evaluate(&member, &http_probe(200, "SUCCESS")),
-        HealthOutcome::Verdict(Verdict::Up(Up { role: Role::Primary, weight: None }))
+        HealthOutcome::Verdict(Verdict::Up(Up {
+            role: Role::Primary,
+            weight: None
+        }))
     );
     assert_eq!(
         mirror.evaluate(&member, &http_probe(503, "FAILED")),
-        HealthOutcome::Verdict(Verdict::Up(Up { role: Role::Backup, weight: None }))
+        HealthOutcome::Verdict(Verdict::Up(Up {
+            role: Role::Backup,
+            weight: None
+        }))
     );
     let timeout = ProbeResult {
         kind: ProbeKind::Http,
@@ -80,7 +101,10 @@ fn health_mirror_primary_tells_primary_backup_and_down() {
         headers: vec![],
         body_prefix: vec![],
         latency_us: 2_000_000,
-        error: Some(ProbeError { kind: ProbeErrorKind::Timeout, message: "no answer in 2s".into() }),
+        error: Some(ProbeError {
+            kind: ProbeErrorKind::Timeout,
+            message: "no answer in 2s".into(),
+        }),
     };
     assert_eq!(
         mirror.evaluate(&member, &timeout),
@@ -91,61 +115,143 @@ fn health_mirror_primary_tells_primary_backup_and_down() {
 #[test]
 fn routing_urlprefix_builds_routes_and_reports_bad_tags_per_entry() {
     let host = host();
-    let report = host.apply_config(&[policy("tags", artifacts::URLPREFIX, PolicyWorld::Routing, json!({}))]);
+    let report = host.apply_config(&[policy(
+        "tags",
+        artifacts::URLPREFIX,
+        PolicyWorld::Routing,
+        json!({}),
+    )]);
     assert!(report.is_ok(), "{report:?}");
     let tags = host.routing("tags").unwrap();
     let catalog = [
         instance("web-1", "web", &["urlprefix-/web strip=/web"]),
         instance("web-2", "web", &["urlprefix-/web strip=/web"]),
-        instance("db-1", "db", &["urlprefix-:1972 proto=tcp", "urlprefix-/bad proto=gopher"]),
+        instance(
+            "db-1",
+            "db",
+            &["urlprefix-:1972 proto=tcp", "urlprefix-/bad proto=gopher"],
+        ),
     ];
     let RoutingOutcome::Routes(table) = tags.build_routes(&catalog) else {
         panic!("the policy must answer");
     };
     assert_eq!(table.routes.len(), 2, "{table:?}");
-    let tcp = table.routes.iter().find(|r| r.listen_port == Some(1972)).unwrap();
+    let tcp = table
+        .routes
+        .iter()
+        .find(|r| r.listen_port == Some(1972))
+        .unwrap();
     assert_eq!(tcp.protocol, Protocol::Tcp);
-    let web = table.routes.iter().find(|r| r.path_prefix == "/web").unwrap();
+    let web = table
+        .routes
+        .iter()
+        .find(|r| r.path_prefix == "/web")
+        .unwrap();
     assert_eq!(web.targets.len(), 2);
     assert_eq!(web.strip.as_deref(), Some("/web"));
     assert_eq!(table.errors.len(), 1);
     assert_eq!(table.errors[0].instance_id, "db-1");
-    assert!(table.errors[0].message.contains("gopher"), "{:?}", table.errors[0]);
+    assert!(
+        table.errors[0].message.contains("gopher"),
+        "{:?}",
+        table.errors[0]
+    );
 }
 
 #[test]
 fn configure_errors_are_surfaced_and_the_policy_does_not_serve() {
     let host = host();
     let report = host.apply_config(&[
-        policy("empty-ecp", artifacts::ECP_AUTHZ, PolicyWorld::Authz, json!({})),
-        policy("bad-mirror", artifacts::MIRROR_PRIMARY, PolicyWorld::Health, json!({"primary_statuss": 200})),
-        policy("panics", artifacts::MISBEHAVING_AUTHZ, PolicyWorld::Authz, json!({"configure": "panic"})),
-        policy("loops", artifacts::MISBEHAVING_HEALTH, PolicyWorld::Health, json!({"configure": "loop"})),
+        policy(
+            "empty-ecp",
+            artifacts::ECP_AUTHZ,
+            PolicyWorld::Authz,
+            json!({}),
+        ),
+        policy(
+            "bad-mirror",
+            artifacts::MIRROR_PRIMARY,
+            PolicyWorld::Health,
+            json!({"primary_statuss": 200}),
+        ),
+        policy(
+            "panics",
+            artifacts::MISBEHAVING_AUTHZ,
+            PolicyWorld::Authz,
+            json!({"configure": "panic"}),
+        ),
+        policy(
+            "loops",
+            artifacts::MISBEHAVING_HEALTH,
+            PolicyWorld::Health,
+            json!({"configure": "loop"}),
+        ),
     ]);
     let errors: std::collections::BTreeMap<&str, &str> = report.rejected().collect();
     assert_eq!(errors.len(), 4, "{report:?}");
-    assert!(errors["empty-ecp"].starts_with("configure rejected the config: nothing to allow"), "{}", errors["empty-ecp"]);
-    assert!(errors["bad-mirror"].contains("unknown field `primary_statuss`"), "{}", errors["bad-mirror"]);
-    assert!(errors["panics"].contains("asked to panic in configure"), "guest stderr is shown: {}", errors["panics"]);
+    assert!(
+        errors["empty-ecp"].starts_with("configure rejected the config: nothing to allow"),
+        "{}",
+        errors["empty-ecp"]
+    );
+    assert!(
+        errors["bad-mirror"].contains("unknown field `primary_statuss`"),
+        "{}",
+        errors["bad-mirror"]
+    );
+    assert!(
+        errors["panics"].contains("asked to panic in configure"),
+        "guest stderr is shown: {}",
+        errors["panics"]
+    );
     assert!(errors["loops"].contains("timed out"), "{}", errors["loops"]);
 
     // A policy that never loaded answers with its failure mode.
     let ecp = host.authz("empty-ecp").unwrap();
     let outcome = ecp.authorize(&peer("ecp", Some("app1"), "127.0.0.1"));
-    assert!(matches!(outcome, AuthzOutcome::Failed { decision: Decision::Deny(_), .. }), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            AuthzOutcome::Failed {
+                decision: Decision::Deny(_),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     let listing = host.list();
-    assert!(listing.iter().all(|p| p.state == PolicyState::Failed && p.last_load_error.is_some()));
+    assert!(
+        listing
+            .iter()
+            .all(|p| p.state == PolicyState::Failed && p.last_load_error.is_some())
+    );
 }
 
 #[test]
 fn a_module_of_the_wrong_world_is_rejected_naming_the_missing_export() {
     let host = host();
-    let report = host.apply_config(&[policy("ecp", artifacts::WRONG_WORLD, PolicyWorld::Authz, json!({}))]);
+    let report = host.apply_config(&[policy(
+        "ecp",
+        artifacts::WRONG_WORLD,
+        PolicyWorld::Authz,
+        json!({}),
+    )]);
     let (_, error) = report.rejected().next().expect("rejected");
-    assert!(error.contains("does not implement world `authz`: missing export `authorize`"), "{error}");
-    assert!(error.contains("the module exports: configure, authorise, evaluate"), "{error}");
+    assert!(
+        error.contains("does not implement world `authz`: missing export `authorize`"),
+        "{error}"
+    );
+    assert!(
+        error.contains("the module exports: configure, authorise, evaluate"),
+        "{error}"
+    );
 
-    let report = host.apply_config(&[policy("mirror", artifacts::ECP_AUTHZ, PolicyWorld::Health, json!({}))]);
+    let report = host.apply_config(&[policy(
+        "mirror",
+        artifacts::ECP_AUTHZ,
+        PolicyWorld::Health,
+        json!({}),
+    )]);
     let (_, error) = report.rejected().next().expect("rejected");
     assert!(error.contains("missing export `evaluate`"), "{error}");
 }
@@ -154,19 +260,39 @@ fn a_module_of_the_wrong_world_is_rejected_naming_the_missing_export() {
 fn a_module_with_a_mistyped_export_is_rejected_naming_the_world() {
     let host = host();
     // `evaluate: func(id: string) -> bool` instead of the contract's signature.
-    let report = host.apply_config(&[policy("mirror", artifacts::WRONG_WORLD, PolicyWorld::Health, json!({}))]);
+    let report = host.apply_config(&[policy(
+        "mirror",
+        artifacts::WRONG_WORLD,
+        PolicyWorld::Health,
+        json!({}),
+    )]);
     let (_, error) = report.rejected().next().expect("rejected");
-    assert!(error.contains("exports of world `health` do not match the contract's types"), "{error}");
+    assert!(
+        error.contains("exports of world `health` do not match the contract's types"),
+        "{error}"
+    );
 }
 
 #[test]
 fn unchanged_policies_are_not_reloaded_and_the_listing_shows_hash_and_counts() {
     let host = host();
-    let config = policy("mirror", artifacts::MIRROR_PRIMARY, PolicyWorld::Health, json!({}));
+    let config = policy(
+        "mirror",
+        artifacts::MIRROR_PRIMARY,
+        PolicyWorld::Health,
+        json!({}),
+    );
     let first = host.apply_config(std::slice::from_ref(&config));
-    let ReloadOutcome::Loaded { sha256 } = &first.policies[0].outcome else { panic!("{first:?}") };
+    let ReloadOutcome::Loaded { sha256 } = &first.policies[0].outcome else {
+        panic!("{first:?}")
+    };
     let again = host.reload();
-    assert_eq!(again.policies[0].outcome, ReloadOutcome::Unchanged { sha256: sha256.clone() });
+    assert_eq!(
+        again.policies[0].outcome,
+        ReloadOutcome::Unchanged {
+            sha256: sha256.clone()
+        }
+    );
 
     let mirror = host.health("mirror").unwrap();
     mirror.evaluate(&instance("a", "ap1", &[]), &http_probe(200, "SUCCESS"));
@@ -179,9 +305,17 @@ fn unchanged_policies_are_not_reloaded_and_the_listing_shows_hash_and_counts() {
     assert_eq!(json[0]["state"], "active");
     assert_eq!(json[0]["sha256"], sha256.as_str());
 
-    let changed = policy("mirror", artifacts::MIRROR_PRIMARY, PolicyWorld::Health, json!({"primary_body": "OK"}));
+    let changed = policy(
+        "mirror",
+        artifacts::MIRROR_PRIMARY,
+        PolicyWorld::Health,
+        json!({"primary_body": "OK"}),
+    );
     let report = host.apply_config(&[changed]);
-    assert!(matches!(report.policies[0].outcome, ReloadOutcome::Loaded { .. }), "a config change reloads");
+    assert!(
+        matches!(report.policies[0].outcome, ReloadOutcome::Loaded { .. }),
+        "a config change reloads"
+    );
     let removed = host.apply_config(&[]);
     assert_eq!(removed.policies[0].outcome, ReloadOutcome::Removed);
     assert!(host.health("mirror").is_none());

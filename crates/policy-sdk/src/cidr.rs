@@ -32,10 +32,15 @@ impl std::error::Error for CidrError {}
 impl Cidr {
     /// Parses `ADDR/LEN` or a bare `ADDR` (a range of one address).
     pub fn parse(text: &str) -> Result<Self, CidrError> {
-        let error = |reason| CidrError { input: text.to_owned(), reason };
+        let error = |reason| CidrError {
+            input: text.to_owned(),
+            reason,
+        };
         let (address, prefix_len) = match text.split_once('/') {
             Some((address, len)) => {
-                let len: u8 = len.parse().map_err(|_| error("prefix length is not a number"))?;
+                let len: u8 = len
+                    .parse()
+                    .map_err(|_| error("prefix length is not a number"))?;
                 (address, Some(len))
             }
             None => (text, None),
@@ -49,7 +54,10 @@ impl Cidr {
         if prefix_len > max_len {
             return Err(error("prefix length is longer than the address"));
         }
-        Ok(Cidr { network: mask(address, prefix_len), prefix_len })
+        Ok(Cidr {
+            network: mask(address, prefix_len),
+            prefix_len,
+        })
     }
 
     /// Whether `address` lies in the range. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`)
@@ -99,12 +107,16 @@ fn mask(address: IpAddr, prefix_len: u8) -> IpAddr {
     match address {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let keep = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+            let keep = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len))
+                .unwrap_or(0);
             IpAddr::V4((bits & keep).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let keep = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
+            let keep = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len))
+                .unwrap_or(0);
             IpAddr::V6((bits & keep).into())
         }
     }
@@ -123,7 +135,10 @@ mod tests {
         let range = Cidr::parse("10.1.0.0/16").unwrap();
         assert!(range.contains(ip("10.1.255.7")));
         assert!(!range.contains(ip("10.2.0.1")));
-        assert!(range.contains(ip("::ffff:10.1.0.9")), "IPv4-mapped IPv6 matches");
+        assert!(
+            range.contains(ip("::ffff:10.1.0.9")),
+            "IPv4-mapped IPv6 matches"
+        );
         assert!(!range.contains(ip("2001:db8::1")));
     }
 
@@ -138,7 +153,11 @@ mod tests {
 
     #[test]
     fn zero_length_prefix_matches_every_address_of_its_family() {
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("203.0.113.9")));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.9"))
+        );
         assert!(Cidr::parse("::/0").unwrap().contains(ip("2001:db8::1")));
     }
 
@@ -151,8 +170,17 @@ mod tests {
 
     #[test]
     fn bad_ranges_say_why() {
-        assert_eq!(Cidr::parse("10.0.0.0/33").unwrap_err().reason, "prefix length is longer than the address");
-        assert_eq!(Cidr::parse("10.0.0/8").unwrap_err().reason, "not an IP address");
-        assert_eq!(Cidr::parse("10.0.0.0/x").unwrap_err().reason, "prefix length is not a number");
+        assert_eq!(
+            Cidr::parse("10.0.0.0/33").unwrap_err().reason,
+            "prefix length is longer than the address"
+        );
+        assert_eq!(
+            Cidr::parse("10.0.0/8").unwrap_err().reason,
+            "not an IP address"
+        );
+        assert_eq!(
+            Cidr::parse("10.0.0.0/x").unwrap_err().reason,
+            "prefix length is not a number"
+        );
     }
 }

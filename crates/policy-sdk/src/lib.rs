@@ -95,7 +95,9 @@ macro_rules! export_routing {
             struct Export;
 
             impl Guest for Export {
-                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let policy = <$policy as $crate::RoutingPolicy>::configure(&config)?;
                     POLICY.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
                     ::std::result::Result::Ok(())
@@ -103,7 +105,10 @@ macro_rules! export_routing {
 
                 fn build_routes(
                     catalog: ::std::vec::Vec<$crate::types::Instance>,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::types::RouteEntry>, ::std::string::String> {
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::types::RouteEntry>,
+                    ::std::string::String,
+                > {
                     POLICY.with(|slot| match &*slot.borrow() {
                         ::std::option::Option::Some(policy) => {
                             $crate::RoutingPolicy::build_routes(policy, &catalog)
@@ -141,7 +146,9 @@ macro_rules! export_health {
             struct Export;
 
             impl Guest for Export {
-                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let policy = <$policy as $crate::HealthPolicy>::configure(&config)?;
                     POLICY.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
                     ::std::result::Result::Ok(())
@@ -188,7 +195,9 @@ macro_rules! export_authz {
             struct Export;
 
             impl Guest for Export {
-                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let policy = <$policy as $crate::AuthzPolicy>::configure(&config)?;
                     POLICY.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(policy));
                     ::std::result::Result::Ok(())

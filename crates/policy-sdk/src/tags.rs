@@ -18,7 +18,10 @@ pub struct Tag<'a> {
 impl<'a> Tag<'a> {
     /// The value of option `key`, if present.
     pub fn option(&self, key: &str) -> Option<&'a str> {
-        self.options.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.options
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -78,7 +81,9 @@ mod tests {
 
     #[test]
     fn splits_head_and_options_in_order() {
-        let tag = parse("urlprefix-/web strip=/web proto=https", "urlprefix-").unwrap().unwrap();
+        let tag = parse("urlprefix-/web strip=/web proto=https", "urlprefix-")
+            .unwrap()
+            .unwrap();
         assert_eq!(tag.head, "/web");
         assert_eq!(tag.options, vec![("strip", "/web"), ("proto", "https")]);
         assert_eq!(tag.option("proto"), Some("https"));
@@ -94,8 +99,14 @@ mod tests {
 
     #[test]
     fn malformed_tags_say_why() {
-        assert_eq!(parse("urlprefix-", "urlprefix-"), Some(Err(TagError::EmptyHead)));
-        assert_eq!(parse("urlprefix- strip=/a", "urlprefix-"), Some(Err(TagError::EmptyHead)));
+        assert_eq!(
+            parse("urlprefix-", "urlprefix-"),
+            Some(Err(TagError::EmptyHead))
+        );
+        assert_eq!(
+            parse("urlprefix- strip=/a", "urlprefix-"),
+            Some(Err(TagError::EmptyHead))
+        );
         assert_eq!(
             parse("urlprefix-/a =x", "urlprefix-"),
             Some(Err(TagError::EmptyKey("=x".into())))
@@ -108,7 +119,9 @@ mod tests {
 
     #[test]
     fn flags_have_empty_values() {
-        let tag = parse("urlprefix-/a tlsskipverify", "urlprefix-").unwrap().unwrap();
+        let tag = parse("urlprefix-/a tlsskipverify", "urlprefix-")
+            .unwrap()
+            .unwrap();
         assert_eq!(tag.option("tlsskipverify"), Some(""));
     }
 }

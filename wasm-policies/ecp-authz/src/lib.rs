@@ -54,7 +54,10 @@ pub struct EcpAuthz {
 
 /// Splits a `;`-separated list of client systems, ignoring blanks.
 pub fn split_client_systems(joined: &str) -> impl Iterator<Item = &str> {
-    joined.split(';').map(str::trim).filter(|name| !name.is_empty())
+    joined
+        .split(';')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
 }
 
 impl AuthzPolicy for EcpAuthz {
@@ -67,9 +70,9 @@ impl AuthzPolicy for EcpAuthz {
                 .map(|n| n.trim().to_ascii_lowercase())
                 .filter(|n| !n.is_empty())
                 .collect(),
-            ClientSystems::Joined(joined) => {
-                split_client_systems(joined).map(str::to_ascii_lowercase).collect()
-            }
+            ClientSystems::Joined(joined) => split_client_systems(joined)
+                .map(str::to_ascii_lowercase)
+                .collect(),
         };
         let source_ranges = config
             .source_cidrs
@@ -83,7 +86,8 @@ impl AuthzPolicy for EcpAuthz {
         }
         if names.is_empty() && config.client_systems_kv_key.is_none() && source_ranges.is_empty() {
             return Err(
-                "nothing to allow: set client_systems, client_systems_kv_key or source_cidrs".into()
+                "nothing to allow: set client_systems, client_systems_kv_key or source_cidrs"
+                    .into(),
             );
         }
         Ok(EcpAuthz {
@@ -97,9 +101,16 @@ impl AuthzPolicy for EcpAuthz {
     fn authorize(&self, peer: &Peer) -> Decision {
         if !self.source_ranges.is_empty() {
             let Ok(source) = peer.source_address.parse::<IpAddr>() else {
-                return Decision::Deny(format!("source `{}` is not an IP address", peer.source_address));
+                return Decision::Deny(format!(
+                    "source `{}` is not an IP address",
+                    peer.source_address
+                ));
             };
-            if !self.source_ranges.iter().any(|range| range.contains(source)) {
+            if !self
+                .source_ranges
+                .iter()
+                .any(|range| range.contains(source))
+            {
                 return Decision::Deny(format!("source {source} is outside the allowed ranges"));
             }
         }
@@ -111,15 +122,19 @@ impl AuthzPolicy for EcpAuthz {
         };
         let kv_names = self.kv_key.as_deref().and_then(host::kv_get);
         let allowed = |identity: &str| {
-            self.names.iter().any(|name| name.eq_ignore_ascii_case(identity))
-                || kv_names
-                    .as_deref()
-                    .is_some_and(|joined| split_client_systems(joined).any(|name| name.eq_ignore_ascii_case(identity)))
+            self.names
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(identity))
+                || kv_names.as_deref().is_some_and(|joined| {
+                    split_client_systems(joined).any(|name| name.eq_ignore_ascii_case(identity))
+                })
         };
         if identities(certificate).any(allowed) {
             return Decision::Allow;
         }
-        let shown = identities(certificate).next().unwrap_or("<certificate without a name>");
+        let shown = identities(certificate)
+            .next()
+            .unwrap_or("<certificate without a name>");
         if self.in_admission_window() {
             host::warn(&format!(
                 "admission window: admitting unknown client system `{shown}` from {} (fingerprint {})",
@@ -184,8 +199,14 @@ mod tests {
     #[test]
     fn listed_client_systems_are_allowed_by_cn_or_san() {
         let policy = EcpAuthz::configure(r#"{"client_systems": "app1;APP2; ;"}"#).unwrap();
-        assert_eq!(policy.authorize(&peer(Some("app1"), "10.0.0.5")), Decision::Allow);
-        assert_eq!(policy.authorize(&peer(Some("App2"), "10.0.0.6")), Decision::Allow);
+        assert_eq!(
+            policy.authorize(&peer(Some("app1"), "10.0.0.5")),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.authorize(&peer(Some("App2"), "10.0.0.6")),
+            Decision::Allow
+        );
         let mut by_san = peer(Some("unrelated"), "10.0.0.7");
         by_san.client_certificate.as_mut().unwrap().dns_sans = vec!["app1".into()];
         assert_eq!(policy.authorize(&by_san), Decision::Allow);
@@ -193,18 +214,30 @@ mod tests {
             denied(policy.authorize(&peer(Some("intruder"), "10.0.0.8"))),
             "client system `intruder` is not in the allow-list"
         );
-        assert_eq!(denied(policy.authorize(&peer(None, "10.0.0.8"))), "no verified client certificate");
+        assert_eq!(
+            denied(policy.authorize(&peer(None, "10.0.0.8"))),
+            "no verified client certificate"
+        );
     }
 
     #[test]
     fn the_allow_list_follows_the_kv_key_without_reconfiguring() {
         let policy = EcpAuthz::configure(r#"{"client_systems_kv_key": "ecp/clients"}"#).unwrap();
         testing::remove_kv("ecp/clients");
-        assert!(matches!(policy.authorize(&peer(Some("app3"), "10.0.0.5")), Decision::Deny(_)));
+        assert!(matches!(
+            policy.authorize(&peer(Some("app3"), "10.0.0.5")),
+            Decision::Deny(_)
+        ));
         testing::set_kv("ecp/clients", "app1;app3");
-        assert_eq!(policy.authorize(&peer(Some("app3"), "10.0.0.5")), Decision::Allow);
+        assert_eq!(
+            policy.authorize(&peer(Some("app3"), "10.0.0.5")),
+            Decision::Allow
+        );
         testing::set_kv("ecp/clients", "app1");
-        assert!(matches!(policy.authorize(&peer(Some("app3"), "10.0.0.5")), Decision::Deny(_)));
+        assert!(matches!(
+            policy.authorize(&peer(Some("app3"), "10.0.0.5")),
+            Decision::Deny(_)
+        ));
     }
 
     #[test]
@@ -213,31 +246,57 @@ mod tests {
             r#"{"client_systems": ["app1"], "source_cidrs": ["10.0.0.0/8", "fd00::/8"]}"#,
         )
         .unwrap();
-        assert_eq!(policy.authorize(&peer(Some("app1"), "10.9.9.9")), Decision::Allow);
-        assert_eq!(policy.authorize(&peer(Some("app1"), "fd00::1")), Decision::Allow);
+        assert_eq!(
+            policy.authorize(&peer(Some("app1"), "10.9.9.9")),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.authorize(&peer(Some("app1"), "fd00::1")),
+            Decision::Allow
+        );
         assert_eq!(
             denied(policy.authorize(&peer(Some("app1"), "192.168.1.1"))),
             "source 192.168.1.1 is outside the allowed ranges"
         );
         let only_ranges = EcpAuthz::configure(r#"{"source_cidrs": ["127.0.0.0/8"]}"#).unwrap();
-        assert_eq!(only_ranges.authorize(&peer(None, "127.0.0.1")), Decision::Allow);
+        assert_eq!(
+            only_ranges.authorize(&peer(None, "127.0.0.1")),
+            Decision::Allow
+        );
     }
 
     #[test]
     fn the_admission_window_admits_and_logs_unknown_clients_then_closes() {
-        let policy = EcpAuthz::configure(r#"{"client_systems": ["app1"], "admission_window_secs": 100}"#).unwrap();
+        let policy =
+            EcpAuthz::configure(r#"{"client_systems": ["app1"], "admission_window_secs": 100}"#)
+                .unwrap();
         testing::set_loaded_at_ms(1_000_000);
         testing::set_now_ms(Some(1_000_000 + 99_000));
         testing::take_logs();
-        assert_eq!(policy.authorize(&peer(Some("newcomer"), "10.0.0.9")), Decision::Allow);
+        assert_eq!(
+            policy.authorize(&peer(Some("newcomer"), "10.0.0.9")),
+            Decision::Allow
+        );
         let logs = testing::take_logs();
         assert_eq!(logs.len(), 1);
         assert_eq!(logs[0].0, LogLevel::Warn);
-        assert!(logs[0].1.contains("admitting unknown client system `newcomer`"), "{}", logs[0].1);
-        assert!(matches!(policy.authorize(&peer(None, "10.0.0.9")), Decision::Deny(_)), "no cert, no admission");
+        assert!(
+            logs[0]
+                .1
+                .contains("admitting unknown client system `newcomer`"),
+            "{}",
+            logs[0].1
+        );
+        assert!(
+            matches!(policy.authorize(&peer(None, "10.0.0.9")), Decision::Deny(_)),
+            "no cert, no admission"
+        );
 
         testing::set_now_ms(Some(1_000_000 + 100_000));
-        assert!(matches!(policy.authorize(&peer(Some("newcomer"), "10.0.0.9")), Decision::Deny(_)));
+        assert!(matches!(
+            policy.authorize(&peer(Some("newcomer"), "10.0.0.9")),
+            Decision::Deny(_)
+        ));
         testing::set_now_ms(None);
     }
 
@@ -245,15 +304,30 @@ mod tests {
     fn the_admission_window_is_off_by_default() {
         let policy = EcpAuthz::configure(r#"{"client_systems": ["app1"]}"#).unwrap();
         testing::take_logs();
-        assert!(matches!(policy.authorize(&peer(Some("newcomer"), "10.0.0.9")), Decision::Deny(_)));
+        assert!(matches!(
+            policy.authorize(&peer(Some("newcomer"), "10.0.0.9")),
+            Decision::Deny(_)
+        ));
         assert!(testing::take_logs().is_empty());
     }
 
     #[test]
     fn bad_configs_are_rejected_with_a_reason() {
-        assert!(EcpAuthz::configure("{}").unwrap_err().contains("nothing to allow"));
-        assert!(EcpAuthz::configure(r#"{"source_cidrs": ["10.0.0.0/40"]}"#).unwrap_err().contains("10.0.0.0/40"));
-        assert!(EcpAuthz::configure(r#"{"client_system": ["a"]}"#).unwrap_err().contains("unknown field"));
+        assert!(
+            EcpAuthz::configure("{}")
+                .unwrap_err()
+                .contains("nothing to allow")
+        );
+        assert!(
+            EcpAuthz::configure(r#"{"source_cidrs": ["10.0.0.0/40"]}"#)
+                .unwrap_err()
+                .contains("10.0.0.0/40")
+        );
+        assert!(
+            EcpAuthz::configure(r#"{"client_system": ["a"]}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
         assert!(EcpAuthz::configure(r#"{"client_systems_kv_key": " "}"#).is_err());
     }
 }

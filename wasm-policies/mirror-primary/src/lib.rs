@@ -9,7 +9,9 @@
 //! text matches any body).
 
 use serde::Deserialize;
-use sluice_policy_sdk::{HealthPolicy, Instance, ProbeErrorKind, ProbeKind, ProbeResult, Role, Up, Verdict};
+use sluice_policy_sdk::{
+    HealthPolicy, Instance, ProbeErrorKind, ProbeKind, ProbeResult, Role, Up, Verdict,
+};
 
 /// `[[policy]] config` of this policy; every field is optional.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,10 +45,16 @@ impl HealthPolicy for MirrorPrimary {
         let config: Config = if config.trim().is_empty() {
             Config::default()
         } else {
-            serde_json::from_str(config).map_err(|e| format!("invalid mirror-primary config: {e}"))?
+            serde_json::from_str(config)
+                .map_err(|e| format!("invalid mirror-primary config: {e}"))?
         };
-        if config.primary_status == config.backup_status && config.primary_body == config.backup_body {
-            return Err("primary and backup answers are identical: a member could never be told apart".into());
+        if config.primary_status == config.backup_status
+            && config.primary_body == config.backup_body
+        {
+            return Err(
+                "primary and backup answers are identical: a member could never be told apart"
+                    .into(),
+            );
         }
         Ok(MirrorPrimary { config })
     }
@@ -62,7 +70,9 @@ impl HealthPolicy for MirrorPrimary {
             return Verdict::Down(format!("{what}: {}", error.message));
         }
         if probe.kind != ProbeKind::Http {
-            return Verdict::Down("mirror-primary needs an HTTP probe of the mirror status page".into());
+            return Verdict::Down(
+                "mirror-primary needs an HTTP probe of the mirror status page".into(),
+            );
         }
         let Some(status) = probe.status else {
             return Verdict::Down("HTTP probe carried no status".into());
@@ -71,12 +81,20 @@ impl HealthPolicy for MirrorPrimary {
         let body = body.trim();
         let c = &self.config;
         if status == c.primary_status && body.starts_with(c.primary_body.as_str()) {
-            Verdict::Up(Up { role: Role::Primary, weight: None })
+            Verdict::Up(Up {
+                role: Role::Primary,
+                weight: None,
+            })
         } else if status == c.backup_status && body.starts_with(c.backup_body.as_str()) {
-            Verdict::Up(Up { role: Role::Backup, weight: None })
+            Verdict::Up(Up {
+                role: Role::Backup,
+                weight: None,
+            })
         } else {
             let shown: String = body.chars().take(64).collect();
-            Verdict::Down(format!("not a mirror member's answer: status {status}, body {shown:?}"))
+            Verdict::Down(format!(
+                "not a mirror member's answer: status {status}, body {shown:?}"
+            ))
         }
     }
 }
@@ -118,7 +136,10 @@ mod tests {
             headers: vec![],
             body_prefix: vec![],
             latency_us: 5_000_000,
-            error: Some(ProbeError { kind, message: "after 5s".into() }),
+            error: Some(ProbeError {
+                kind,
+                message: "after 5s".into(),
+            }),
         }
     }
 
@@ -131,18 +152,25 @@ mod tests {
         let policy = default_policy();
         assert_eq!(
             policy.evaluate(&member(), &http(200, "SUCCESS\r\n")),
-            Verdict::Up(Up { role: Role::Primary, weight: None })
+            Verdict::Up(Up {
+                role: Role::Primary,
+                weight: None
+            })
         );
         assert_eq!(
             policy.evaluate(&member(), &http(503, "FAILED")),
-            Verdict::Up(Up { role: Role::Backup, weight: None })
+            Verdict::Up(Up {
+                role: Role::Backup,
+                weight: None
+            })
         );
     }
 
     #[test]
     fn timeouts_and_unexpected_answers_are_down_with_a_reason() {
         let policy = default_policy();
-        let Verdict::Down(reason) = policy.evaluate(&member(), &failed(ProbeErrorKind::Timeout)) else {
+        let Verdict::Down(reason) = policy.evaluate(&member(), &failed(ProbeErrorKind::Timeout))
+        else {
             panic!("a timeout must be down");
         };
         assert_eq!(reason, "timed out: after 5s");
@@ -150,16 +178,28 @@ mod tests {
             panic!("a 500 must be down");
         };
         assert!(reason.contains("status 500"), "{reason}");
-        assert!(matches!(policy.evaluate(&member(), &http(200, "FAILED")), Verdict::Down(_)));
-        assert!(matches!(policy.evaluate(&member(), &http(503, "SUCCESS")), Verdict::Down(_)));
-        assert!(matches!(policy.evaluate(&member(), &failed(ProbeErrorKind::Refused)), Verdict::Down(_)));
+        assert!(matches!(
+            policy.evaluate(&member(), &http(200, "FAILED")),
+            Verdict::Down(_)
+        ));
+        assert!(matches!(
+            policy.evaluate(&member(), &http(503, "SUCCESS")),
+            Verdict::Down(_)
+        ));
+        assert!(matches!(
+            policy.evaluate(&member(), &failed(ProbeErrorKind::Refused)),
+            Verdict::Down(_)
+        ));
     }
 
     #[test]
     fn non_http_probes_are_down() {
         let mut probe = http(200, "SUCCESS");
         probe.kind = ProbeKind::Tcp;
-        assert!(matches!(default_policy().evaluate(&member(), &probe), Verdict::Down(_)));
+        assert!(matches!(
+            default_policy().evaluate(&member(), &probe),
+            Verdict::Down(_)
+        ));
     }
 
     #[test]
@@ -170,20 +210,37 @@ mod tests {
         .unwrap();
         assert_eq!(
             policy.evaluate(&member(), &http(200, "PRIMARY")),
-            Verdict::Up(Up { role: Role::Primary, weight: None })
+            Verdict::Up(Up {
+                role: Role::Primary,
+                weight: None
+            })
         );
         assert_eq!(
             policy.evaluate(&member(), &http(200, "BACKUP")),
-            Verdict::Up(Up { role: Role::Backup, weight: None })
+            Verdict::Up(Up {
+                role: Role::Backup,
+                weight: None
+            })
         );
-        assert!(matches!(policy.evaluate(&member(), &http(200, "SUCCESS")), Verdict::Down(_)));
+        assert!(matches!(
+            policy.evaluate(&member(), &http(200, "SUCCESS")),
+            Verdict::Down(_)
+        ));
     }
 
     #[test]
     fn bad_configs_are_rejected() {
-        assert!(MirrorPrimary::configure(r#"{"primary_statuss": 200}"#).unwrap_err().contains("unknown field"));
+        assert!(
+            MirrorPrimary::configure(r#"{"primary_statuss": 200}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
         assert!(MirrorPrimary::configure("not json").is_err());
         let same = r#"{"primary_status": 200, "primary_body": "X", "backup_status": 200, "backup_body": "X"}"#;
-        assert!(MirrorPrimary::configure(same).unwrap_err().contains("identical"));
+        assert!(
+            MirrorPrimary::configure(same)
+                .unwrap_err()
+                .contains("identical")
+        );
     }
 }

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use sluice_policy_sdk::cidr::Cidr;
 use sluice_policy_sdk::tags::{self, Tag};
 use sluice_policy_sdk::{
-    AccessAction, AccessRule, HealthStatus, Instance, Protocol, Redirect, Route, RouteEntry, RouteError,
-    RouteTarget, RoutingPolicy, TlsOptions,
+    AccessAction, AccessRule, HealthStatus, Instance, Protocol, Redirect, Route, RouteEntry,
+    RouteError, RouteTarget, RoutingPolicy, TlsOptions,
 };
 
 /// `[[policy]] config` of this policy.
@@ -36,7 +36,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { tag_prefix: "urlprefix-".into(), skip_critical: true }
+        Config {
+            tag_prefix: "urlprefix-".into(),
+            skip_critical: true,
+        }
     }
 }
 
@@ -47,7 +50,8 @@ pub struct UrlPrefix {
 }
 
 /// Options listed in error messages, in the order documented.
-const SUPPORTED_OPTIONS: &str = "strip, prepend, proto, tlsskipverify, weight, redirect, allow, deny, host";
+const SUPPORTED_OPTIONS: &str =
+    "strip, prepend, proto, tlsskipverify, weight, redirect, allow, deny, host";
 
 /// Where a route matches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,7 +115,8 @@ impl RoutingPolicy for UrlPrefix {
                     Some(Err(e)) => Err(e.to_string()),
                     Some(Ok(tag)) => parse_route_tag(&tag),
                 };
-                let result = parsed.and_then(|parsed| add_member(&mut routes, instance, tag, parsed));
+                let result =
+                    parsed.and_then(|parsed| add_member(&mut routes, instance, tag, parsed));
                 if let Err(message) = result {
                     errors.push(RouteEntry::Error(RouteError {
                         instance_id: instance.id.clone(),
@@ -121,8 +126,10 @@ impl RoutingPolicy for UrlPrefix {
                 }
             }
         }
-        let mut entries: Vec<RouteEntry> =
-            routes.into_iter().map(|(key, builder)| RouteEntry::Route(finish(key, builder))).collect();
+        let mut entries: Vec<RouteEntry> = routes
+            .into_iter()
+            .map(|(key, builder)| RouteEntry::Route(finish(key, builder)))
+            .collect();
         entries.extend(errors);
         Ok(entries)
     }
@@ -150,10 +157,9 @@ fn add_member<'a>(
         return Ok(()); // the same instance tagged twice: one target
     }
     if let Some(weight) = parsed.weight
-        && let Some(other) = builder
-            .members
-            .iter()
-            .find(|m| m.instance.service == instance.service && m.weight.is_some_and(|w| w != weight))
+        && let Some(other) = builder.members.iter().find(|m| {
+            m.instance.service == instance.service && m.weight.is_some_and(|w| w != weight)
+        })
     {
         return Err(format!(
             "weight={weight} contradicts weight={} declared by instance `{}` of the same service",
@@ -161,7 +167,10 @@ fn add_member<'a>(
             other.instance.id
         ));
     }
-    builder.members.push(Member { instance, weight: parsed.weight });
+    builder.members.push(Member {
+        instance,
+        weight: parsed.weight,
+    });
     Ok(())
 }
 
@@ -172,14 +181,18 @@ fn finish(key: RouteKey, builder: RouteBuilder<'_>) -> Route {
     let mut free = 0usize;
     for member in &builder.members {
         match member.weight {
-            Some(weight) => fixed.entry(member.instance.service.as_str()).or_insert((weight, 0)).1 += 1,
+            Some(weight) => {
+                fixed
+                    .entry(member.instance.service.as_str())
+                    .or_insert((weight, 0))
+                    .1 += 1
+            }
             None => free += 1,
         }
     }
     let fixed_sum: f64 = fixed.values().map(|(weight, _)| weight).sum();
-    let (fixed_scale, free_share) = if free == 0 {
-        (1.0 / fixed_sum, 0.0)
-    } else if fixed_sum >= 1.0 {
+    // Fixed shares fill the route when nothing else is there or when they claim all of it.
+    let (fixed_scale, free_share) = if free == 0 || fixed_sum >= 1.0 {
         (1.0 / fixed_sum, 0.0)
     } else {
         (1.0, (1.0 - fixed_sum) / free as f64)
@@ -214,7 +227,9 @@ fn finish(key: RouteKey, builder: RouteBuilder<'_>) -> Route {
         strip: options.strip,
         prepend: options.prepend,
         protocol: options.protocol,
-        tls: TlsOptions { skip_verify: options.tls_skip_verify },
+        tls: TlsOptions {
+            skip_verify: options.tls_skip_verify,
+        },
         upstream_host: options.upstream_host,
         redirect: options.redirect,
         access: options.access,
@@ -255,15 +270,23 @@ fn parse_route_tag(tag: &Tag<'_>) -> Result<ParsedTag, String> {
             }
             "weight" => weight = Some(weight_option(value)?),
             "redirect" => options.redirect = Some(redirect_option(value)?),
-            "allow" => options.access.extend(access_option(AccessAction::Allow, value)?),
-            "deny" => options.access.extend(access_option(AccessAction::Deny, value)?),
+            "allow" => options
+                .access
+                .extend(access_option(AccessAction::Allow, value)?),
+            "deny" => options
+                .access
+                .extend(access_option(AccessAction::Deny, value)?),
             "host" => {
                 if value.is_empty() {
                     return Err("host= needs a name (or `dst`)".into());
                 }
                 options.upstream_host = Some(value.to_owned());
             }
-            other => return Err(format!("unknown option `{other}` (supported: {SUPPORTED_OPTIONS})")),
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` (supported: {SUPPORTED_OPTIONS})"
+                ));
+            }
         }
     }
     let actions: Vec<AccessAction> = options.access.iter().map(|rule| rule.action).collect();
@@ -280,10 +303,17 @@ fn parse_route_tag(tag: &Tag<'_>) -> Result<ParsedTag, String> {
         if !proto_given || options.protocol != Protocol::Tcp {
             return Err(format!("`:{port}` routes need proto=tcp"));
         }
-        RouteKey { host: None, path: String::new(), listen_port: Some(port) }
+        RouteKey {
+            host: None,
+            path: String::new(),
+            listen_port: Some(port),
+        }
     } else {
         let Some(slash) = tag.head.find('/') else {
-            return Err(format!("`{}` is neither `[host]/path` nor `:PORT`", tag.head));
+            return Err(format!(
+                "`{}` is neither `[host]/path` nor `:PORT`",
+                tag.head
+            ));
         };
         if options.protocol == Protocol::Tcp {
             return Err("proto=tcp needs a `:PORT` route, not a path".into());
@@ -295,7 +325,11 @@ fn parse_route_tag(tag: &Tag<'_>) -> Result<ParsedTag, String> {
             listen_port: None,
         }
     };
-    Ok(ParsedTag { key, options, weight })
+    Ok(ParsedTag {
+        key,
+        options,
+        weight,
+    })
 }
 
 fn path_option(name: &str, value: &str) -> Result<String, String> {
@@ -317,14 +351,21 @@ fn redirect_option(value: &str) -> Result<Redirect, String> {
     let (code, url) = value
         .split_once(',')
         .ok_or_else(|| format!("redirect=`{value}` is not `CODE,URL`"))?;
-    let code: u16 = code.parse().map_err(|_| format!("redirect code `{code}` is not a number"))?;
+    let code: u16 = code
+        .parse()
+        .map_err(|_| format!("redirect code `{code}` is not a number"))?;
     if ![301, 302, 303, 307, 308].contains(&code) {
-        return Err(format!("redirect code {code} is not one of 301, 302, 303, 307, 308"));
+        return Err(format!(
+            "redirect code {code} is not one of 301, 302, 303, 307, 308"
+        ));
     }
     if url.is_empty() {
         return Err("redirect= needs a URL after the code".into());
     }
-    Ok(Redirect { code, url: url.to_owned() })
+    Ok(Redirect {
+        code,
+        url: url.to_owned(),
+    })
 }
 
 fn access_option(action: AccessAction, value: &str) -> Result<Vec<AccessRule>, String> {
@@ -335,7 +376,10 @@ fn access_option(action: AccessAction, value: &str) -> Result<Vec<AccessRule>, S
                 .strip_prefix("ip:")
                 .ok_or_else(|| format!("access rule `{item}` must be `ip:CIDR`"))?;
             let range = Cidr::parse(cidr).map_err(|e| e.to_string())?;
-            Ok(AccessRule { action, cidr: range.to_string() })
+            Ok(AccessRule {
+                action,
+                cidr: range.to_string(),
+            })
         })
         .collect()
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicyWorld};
-use sluice_policy_host::types::{ClientCertificate, HealthStatus, Instance, Peer, ProbeKind, ProbeResult};
+use sluice_policy_host::types::{
+    ClientCertificate, HealthStatus, Instance, Peer, ProbeKind, ProbeResult,
+};
 use sluice_policy_host::{CrashBudgetConfig, HostConfig, KvView, MemoryKv, PolicyHost};
 
 pub fn host_config() -> HostConfig {
@@ -16,27 +18,38 @@ pub fn host_config() -> HostConfig {
         prewarm: 1,
         pool_capacity: 4,
         // Tests provoke crashes on purpose; only the crash-budget test wants suspensions.
-        crash_budget: CrashBudgetConfig { max_crashes: 1000, ..CrashBudgetConfig::default() },
+        crash_budget: CrashBudgetConfig {
+            max_crashes: 1000,
+            ..CrashBudgetConfig::default()
+        },
         ..HostConfig::default()
     }
 }
 
 pub fn host() -> PolicyHost {
-    PolicyHost::new(host_config(), Arc::new(MemoryKv::new())).unwrap()
+    PolicyHost::new(host_config(), Arc::new(MemoryKv::new())).expect("engine starts")
 }
 
 pub fn host_with_kv(kv: Arc<dyn KvView>) -> PolicyHost {
-    PolicyHost::new(host_config(), kv).unwrap()
+    PolicyHost::new(host_config(), kv).expect("engine starts")
 }
 
-pub fn policy(name: &str, file: impl AsRef<Path>, world: PolicyWorld, config: serde_json::Value) -> PolicyConfig {
+pub fn policy(
+    name: &str,
+    file: impl AsRef<Path>,
+    world: PolicyWorld,
+    config: serde_json::Value,
+) -> PolicyConfig {
     PolicyConfig {
         name: name.into(),
         file: file.as_ref().to_owned(),
         world,
         config,
         // Generous: deadlines are wall-clock and tests share two cores; the deadline tests set theirs.
-        limits: PolicyLimits { timeout: Duration::from_millis(100), max_memory_bytes: 16 << 20 },
+        limits: PolicyLimits {
+            timeout: Duration::from_millis(100),
+            max_memory_bytes: 16 << 20,
+        },
         failure_mode: match world {
             PolicyWorld::Authz => FailureMode::Closed,
             _ => FailureMode::KeepLast,

@@ -11,7 +11,10 @@ impl HealthPolicy for Misbehaving {
 
     fn evaluate(&self, instance: &Instance, _probe: &ProbeResult) -> Verdict {
         sluice_policy_test_guests::misbehave_on(&instance.id);
-        Verdict::Up(Up { role: Role::Primary, weight: None })
+        Verdict::Up(Up {
+            role: Role::Primary,
+            weight: None,
+        })
     }
 }
 

@@ -22,7 +22,8 @@ pub fn grab_memory() -> ! {
 
 /// Misbehaves in `configure` when the config asks to (`{"configure": "fail" | "panic" | "loop"}`).
 pub fn configure(config: &str) -> Result<(), String> {
-    let config: serde_json::Value = serde_json::from_str(config).map_err(|e| format!("bad JSON: {e}"))?;
+    let config: serde_json::Value =
+        serde_json::from_str(config).map_err(|e| format!("bad JSON: {e}"))?;
     match config.get("configure").and_then(|v| v.as_str()) {
         Some("fail") => Err("asked to fail in configure".into()),
         Some("panic") => panic!("asked to panic in configure"),
