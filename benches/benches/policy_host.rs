@@ -1,0 +1,187 @@
+//! The policy host on the real shipped policies: warm calls of each world, and load time.
+//! Targets (docs/benchmarks.md): `authorize` and `evaluate` under 2 µs median, `build-routes`
+//! over 10k instances under 50 ms.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicyWorld};
+use sluice_policy_host::types::{
+    ClientCertificate, HealthStatus, Instance, Peer, ProbeKind, ProbeResult,
+};
+use sluice_policy_host::{
+    AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RoutingOutcome,
+};
+use sluice_policy_test_artifacts as artifacts;
+
+fn policy(name: &str, file: &str, world: PolicyWorld, config: serde_json::Value) -> PolicyConfig {
+    PolicyConfig {
+        name: name.into(),
+        file: file.into(),
+        world,
+        config,
+        limits: PolicyLimits {
+            timeout: Duration::from_millis(100),
+            max_memory_bytes: 64 << 20,
+        },
+        failure_mode: if world == PolicyWorld::Authz {
+            FailureMode::Closed
+        } else {
+            FailureMode::KeepLast
+        },
+    }
+}
+
+fn host(policies: &[PolicyConfig]) -> PolicyHost {
+    let config = HostConfig {
+        max_instances: 32,
+        ..HostConfig::default()
+    };
+    let host = PolicyHost::new(config, Arc::new(MemoryKv::new())).expect("engine starts");
+    let report = host.apply_config(policies);
+    assert!(report.is_ok(), "{report:?}");
+    host
+}
+
+fn bench_authorize(c: &mut Criterion) {
+    let host = host(&[policy(
+        "ecp",
+        artifacts::ECP_AUTHZ,
+        PolicyWorld::Authz,
+        json!({"client_systems": "app1;app2;app3", "source_cidrs": ["10.0.0.0/8"]}),
+    )]);
+    let ecp = host.authz("ecp").expect("authz");
+    let peer = Peer {
+        listener: "ecp".into(),
+        source_address: "10.1.2.3".into(),
+        source_port: 40000,
+        sni: Some("data".into()),
+        alpn: None,
+        client_certificate: Some(ClientCertificate {
+            subject_cn: Some("app2".into()),
+            dns_sans: vec!["app2.example".into()],
+            uri_sans: vec![],
+            issuer: "CN=Sluice CA".into(),
+            sha256_fingerprint: "ab".repeat(32),
+            not_before: 0,
+            not_after: 4_000_000_000,
+        }),
+    };
+    assert!(matches!(ecp.authorize(&peer), AuthzOutcome::Decided(_)));
+    c.bench_function("policy/authorize_warm (ecp-authz)", |b| {
+        b.iter(|| ecp.authorize(black_box(&peer)))
+    });
+}
+
+fn bench_evaluate(c: &mut Criterion) {
+    let host = host(&[policy(
+        "mirror",
+        artifacts::MIRROR_PRIMARY,
+        PolicyWorld::Health,
+        json!({}),
+    )]);
+    let mirror = host.health("mirror").expect("health");
+    let member = instance(0, &[]);
+    let probe = ProbeResult {
+        kind: ProbeKind::Http,
+        status: Some(200),
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body_prefix: b"SUCCESS".to_vec(),
+        latency_us: 850,
+        error: None,
+    };
+    assert!(matches!(
+        mirror.evaluate(&member, &probe),
+        HealthOutcome::Verdict(_)
+    ));
+    c.bench_function("policy/evaluate_warm (mirror-primary)", |b| {
+        b.iter(|| mirror.evaluate(black_box(&member), black_box(&probe)))
+    });
+}
+
+fn instance(i: usize, tags: &[String]) -> Instance {
+    Instance {
+        id: format!("svc{}-{i}", i % 1000),
+        service: format!("svc{}", i % 1000),
+        address: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        port: 8000 + (i % 1000) as u16,
+        tags: tags.to_vec(),
+        metadata: vec![("zone".into(), "a".into())],
+        health: HealthStatus::Passing,
+    }
+}
+
+fn bench_build_routes(c: &mut Criterion) {
+    let host = host(&[policy(
+        "tags",
+        artifacts::URLPREFIX,
+        PolicyWorld::Routing,
+        json!({}),
+    )]);
+    let tags = host.routing("tags").expect("routing");
+    // 10k instances of 1,000 services: 1,000 routes of 10 targets each.
+    let catalog: Vec<Instance> = (0..10_000)
+        .map(|i| {
+            instance(
+                i,
+                &[
+                    format!("urlprefix-/svc{} strip=/svc{}", i % 1000, i % 1000),
+                    "v1".into(),
+                ],
+            )
+        })
+        .collect();
+    let RoutingOutcome::Routes(table) = tags.build_routes(&catalog) else {
+        panic!("routing failed")
+    };
+    assert_eq!(table.routes.len(), 1000);
+    let mut group = c.benchmark_group("policy");
+    group.sample_size(20);
+    group.bench_function("build_routes_10k_instances (urlprefix)", |b| {
+        b.iter(|| tags.build_routes(black_box(&catalog)))
+    });
+    group.finish();
+}
+
+fn bench_load(c: &mut Criterion) {
+    let mut group = c.benchmark_group("policy");
+    group.sample_size(10);
+    for (name, file, world, config) in [
+        (
+            "mirror-primary",
+            artifacts::MIRROR_PRIMARY,
+            PolicyWorld::Health,
+            json!({}),
+        ),
+        (
+            "urlprefix",
+            artifacts::URLPREFIX,
+            PolicyWorld::Routing,
+            json!({}),
+        ),
+        (
+            "ecp-authz",
+            artifacts::ECP_AUTHZ,
+            PolicyWorld::Authz,
+            json!({"client_systems": "app1"}),
+        ),
+    ] {
+        // A new engine each time, so nothing is cached: compile + link + instantiate + configure.
+        group.bench_function(format!("load_cold ({name})"), |b| {
+            b.iter(|| host(&[policy(name, file, world, config.clone())]))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_authorize,
+    bench_evaluate,
+    bench_build_routes,
+    bench_load
+);
+criterion_main!(benches);

@@ -1,0 +1,311 @@
+//! `sluice policy check FILE.wasm [--config JSON] [--input JSON]`: everything the command does
+//! and prints, as a library call (the binary only parses arguments and prints the report).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_config::{
+    FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
+};
+
+use crate::bindings::types::{Instance, Peer, ProbeResult};
+use crate::engine::{HostConfig, hex, required_exports};
+use crate::error::{HostError, ModuleError};
+use crate::host::{PolicyHost, ReloadOutcome};
+use crate::kv::MemoryKv;
+use crate::policy::{AuthzOutcome, HealthOutcome, RoutingOutcome};
+
+/// Why a module could not be checked at all (the CLI prints it and exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The module is not a policy: which world, export or type is wrong.
+    #[error("{path}: {source}")]
+    Module {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ModuleError,
+    },
+    /// `--config` is not JSON.
+    #[error("--config is not valid JSON: {0}")]
+    Config(String),
+    /// `--input` does not fit the world's call.
+    #[error("--input is not a valid {expected}: {detail}")]
+    Input {
+        /// What the world's call takes, in words.
+        expected: &'static str,
+        /// The JSON error.
+        detail: String,
+    },
+    /// The engine could not be set up.
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// What `check` found. Its `Display` is the command's output.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// The module checked.
+    pub file: PathBuf,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its size.
+    pub size_bytes: usize,
+    /// Time to compile it to native code.
+    pub compile_time: Duration,
+    /// The world it implements.
+    pub world: PolicyWorld,
+    /// `Ok(time to instantiate and configure)` or the error `configure` reported.
+    pub configure: Result<Duration, String>,
+    /// The call made with `--input`, if any (and if `configure` succeeded).
+    pub call: Option<CheckCall>,
+}
+
+/// One call made by `check`.
+#[derive(Debug, Clone)]
+pub struct CheckCall {
+    /// The export called (`authorize`, `evaluate`, `build-routes`).
+    pub export: &'static str,
+    /// Whether the policy answered (as opposed to failing: trap, timeout, memory cap).
+    pub answered: bool,
+    /// The answer as JSON, or the failure and what the failure mode would do.
+    pub result: String,
+    /// Time the call took, instance checkout included.
+    pub duration: Duration,
+}
+
+impl CheckReport {
+    /// Whether the module configured and, if it was called, answered: the CLI's exit status.
+    pub fn passed(&self) -> bool {
+        self.configure.is_ok() && self.call.as_ref().is_none_or(|call| call.answered)
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "module:    {} ({} bytes, sha256 {})",
+            self.file.display(),
+            self.size_bytes,
+            self.sha256
+        )?;
+        writeln!(f, "compiled:  in {:.1?}", self.compile_time)?;
+        writeln!(
+            f,
+            "world:     {} (exports {})",
+            self.world.as_str(),
+            required_exports(self.world).join(", ")
+        )?;
+        match &self.configure {
+            Ok(took) => writeln!(
+                f,
+                "configure: ok (instantiated and configured in {took:.1?})"
+            )?,
+            Err(error) => writeln!(f, "configure: FAILED: {error}")?,
+        }
+        match (&self.call, &self.configure) {
+            (Some(call), _) => {
+                let status = if call.answered { "" } else { "FAILED: " };
+                write!(
+                    f,
+                    "{}: {status}{} in {:.1?}",
+                    call.export, call.result, call.duration
+                )
+            }
+            (None, Ok(_)) => write!(f, "call:      skipped (no --input given)"),
+            (None, Err(_)) => write!(f, "call:      skipped (configure failed)"),
+        }
+    }
+}
+
+/// Checks a policy module: detects its world (or names exactly which export or type does not
+/// match), runs `configure` with `config_json` (default `{}`), and — given `input_json` — makes
+/// one call with the default limits, reporting the answer and the time it took.
+///
+/// Input formats (field names as in the WIT with `_` for `-`; enum cases capitalised, e.g.
+/// `"Http"`): `authz` takes a `Peer` object; `health` takes `{"instance": …, "probe": …}`;
+/// `routing` takes an array of instances. See docs/policy-authoring.md for examples.
+pub fn check_module(
+    path: &Path,
+    config_json: Option<&str>,
+    input_json: Option<&str>,
+) -> Result<CheckReport, CheckError> {
+    let config: serde_json::Value = match config_json {
+        Some(text) => serde_json::from_str(text).map_err(|e| CheckError::Config(e.to_string()))?,
+        None => serde_json::json!({}),
+    };
+    let bytes = std::fs::read(path).map_err(|source| CheckError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let host_config = HostConfig {
+        max_instances: 8,
+        prewarm: 1,
+        pool_capacity: 1,
+        ..HostConfig::default()
+    };
+    let host = PolicyHost::new(host_config, Arc::new(MemoryKv::new()))?;
+    let module = host
+        .engine()
+        .compile(&bytes, None)
+        .map_err(|source| CheckError::Module {
+            path: path.to_owned(),
+            source,
+        })?;
+    let world = module.world;
+
+    let input = input_json
+        .map(|text| parse_input(world, text))
+        .transpose()?;
+
+    let policy = PolicyConfig {
+        name: "check".into(),
+        file: path.to_owned(),
+        world,
+        config,
+        limits: PolicyLimits {
+            timeout: POLICY_TIMEOUT,
+            max_memory_bytes: POLICY_MAX_MEMORY_BYTES,
+        },
+        failure_mode: match world {
+            PolicyWorld::Authz => FailureMode::Closed,
+            PolicyWorld::Health | PolicyWorld::Routing => FailureMode::KeepLast,
+        },
+    };
+    let started = Instant::now();
+    let report = host.apply_config(std::slice::from_ref(&policy));
+    let configure = match report.policies.first().map(|entry| &entry.outcome) {
+        Some(ReloadOutcome::Loaded { .. } | ReloadOutcome::Unchanged { .. }) => {
+            Ok(started.elapsed())
+        }
+        Some(ReloadOutcome::Rejected { error }) => Err(error.clone()),
+        Some(ReloadOutcome::Removed) | None => Err("the policy was not loaded".into()),
+    };
+    let call = match (&configure, input) {
+        (Ok(_), Some(input)) => Some(call_once(&host, input)),
+        _ => None,
+    };
+    Ok(CheckReport {
+        file: path.to_owned(),
+        sha256: hex(&module.sha256),
+        size_bytes: module.size_bytes,
+        compile_time: module.compile_time,
+        world,
+        configure,
+        call,
+    })
+}
+
+enum CheckInput {
+    Authz(Peer),
+    Health {
+        instance: Instance,
+        probe: ProbeResult,
+    },
+    Routing(Vec<Instance>),
+}
+
+#[derive(serde::Deserialize)]
+struct HealthInput {
+    instance: Instance,
+    probe: ProbeResult,
+}
+
+fn parse_input(world: PolicyWorld, text: &str) -> Result<CheckInput, CheckError> {
+    let invalid = |expected: &'static str| {
+        move |e: serde_json::Error| CheckError::Input {
+            expected,
+            detail: e.to_string(),
+        }
+    };
+    Ok(match world {
+        PolicyWorld::Authz => {
+            CheckInput::Authz(serde_json::from_str(text).map_err(invalid("peer object"))?)
+        }
+        PolicyWorld::Health => {
+            let input: HealthInput = serde_json::from_str(text)
+                .map_err(invalid("{\"instance\": …, \"probe\": …} object"))?;
+            CheckInput::Health {
+                instance: input.instance,
+                probe: input.probe,
+            }
+        }
+        PolicyWorld::Routing => {
+            CheckInput::Routing(serde_json::from_str(text).map_err(invalid("array of instances"))?)
+        }
+    })
+}
+
+fn call_once(host: &PolicyHost, input: CheckInput) -> CheckCall {
+    let json = |value: &dyn erased::Json| value.to_json();
+    let started = Instant::now();
+    let (export, answered, result) = match input {
+        CheckInput::Authz(peer) => {
+            let outcome = host.authz("check").map(|h| h.authorize(&peer));
+            match outcome {
+                Some(AuthzOutcome::Decided(decision)) => ("authorize", true, json(&decision)),
+                Some(AuthzOutcome::Failed { decision, error }) => (
+                    "authorize",
+                    false,
+                    format!(
+                        "{error} (failing closed, the proxy would apply {})",
+                        json(&decision)
+                    ),
+                ),
+                None => ("authorize", false, "policy not loaded".into()),
+            }
+        }
+        CheckInput::Health { instance, probe } => {
+            match host.health("check").map(|h| h.evaluate(&instance, &probe)) {
+                Some(HealthOutcome::Verdict(verdict)) => ("evaluate", true, json(&verdict)),
+                Some(HealthOutcome::KeepPrevious { error }) => (
+                    "evaluate",
+                    false,
+                    format!("{error} (the proxy would keep the previous verdict, marked stale)"),
+                ),
+                None => ("evaluate", false, "policy not loaded".into()),
+            }
+        }
+        CheckInput::Routing(catalog) => {
+            match host.routing("check").map(|h| h.build_routes(&catalog)) {
+                Some(RoutingOutcome::Routes(table)) => ("build-routes", true, json(&*table)),
+                Some(RoutingOutcome::KeepLast { error, .. }) => (
+                    "build-routes",
+                    false,
+                    format!("{error} (the proxy would keep its last good table)"),
+                ),
+                None => ("build-routes", false, "policy not loaded".into()),
+            }
+        }
+    };
+    CheckCall {
+        export,
+        answered,
+        result,
+        duration: started.elapsed(),
+    }
+}
+
+mod erased {
+    /// Pretty JSON of any answer type (they all derive `Serialize`).
+    pub(super) trait Json {
+        fn to_json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The read-only KV view policies see through the `kv-get` import.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+/// What `kv-get` reads. The proxy hands the host one of these; the KV crate will implement it
+/// over its sources (env, file, etcd). Called on the policy call path: implementations must be
+/// cheap and must not block on I/O (serve from a snapshot).
+pub trait KvView: Send + Sync + 'static {
+    /// The value of `key`, or `None` when absent.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// An in-memory [`KvView`]: a snapshot map swapped atomically on every change, so readers never
+/// wait for writers. Used by tests, and by the proxy until the KV crate provides a source.
+#[derive(Default)]
+pub struct MemoryKv {
+    entries: ArcSwap<HashMap<String, String>>,
+}
+
+impl MemoryKv {
+    /// An empty view.
+    pub fn new() -> Self {
+        MemoryKv::default()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&self, key: &str, value: &str) {
+        self.entries.rcu(|entries| {
+            let mut entries = HashMap::clone(entries);
+            entries.insert(key.to_owned(), value.to_owned());
+            entries
+        });
+    }
+
+    /// Removes `key`.
+    pub fn remove(&self, key: &str) {
+        self.entries.rcu(|entries| {
+            let mut entries = HashMap::clone(entries);
+            entries.remove(key);
+            entries
+        });
+    }
+
+    /// Replaces every entry at once.
+    pub fn replace_all(&self, entries: HashMap<String, String>) {
+        self.entries.store(Arc::new(entries));
+    }
+}
+
+impl KvView for MemoryKv {
+    fn get(&self, key: &str) -> Option<String> {
+        self.entries.load().get(key).cloned()
+    }
+}
+
+impl fmt::Debug for MemoryKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryKv")
+            .field("keys", &self.entries.load().len())
+            .finish()
+    }
+}

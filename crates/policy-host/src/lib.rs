@@ -1,0 +1,49 @@
+//! Runs Sluice's WebAssembly policies: the host side of the contract in `wit/policy.wit`.
+//!
+//! Contract:
+//! - [`PolicyHost::apply_config`] loads `[[policy]]` entries: each module is compiled once per
+//!   content (SHA-256), checked against its world (a mismatch names the missing export or the
+//!   mistyped one), instantiated and `configure`d — all off the data path — then swapped in
+//!   atomically. A module failing any step is rejected and the previous version keeps serving.
+//!   [`PolicyHost::reload`] (the admin API) and [`PolicyWatcher`] (file changes) do the same.
+//! - The data plane calls through typed handles — [`AuthzHandle::authorize`],
+//!   [`HealthHandle::evaluate`], [`RoutingHandle::build_routes`] — which never panic and never
+//!   block on a lock shared by all threads: instances come from a lock-free pool per version.
+//! - Each call runs under its policy's limits: an epoch deadline, a memory cap, an input size
+//!   bound. A trap or timeout discards the instance, is counted, feeds the crash budget
+//!   (repeated crashes suspend the policy with backoff), and returns the failure mode's answer
+//!   as a typed outcome: authz fails closed (or open if configured), health keeps the previous
+//!   verdict (stale), routing keeps the last good table.
+//! - Guests get no files, environment, arguments or network: only their inputs, their config,
+//!   and the `host` imports (log, clock, [`KvView`] reads).
+//! - [`check::check_module`] is `sluice policy check`; [`PolicyHost::list`] is
+//!   `GET /api/policies`. Metric names are in [`metrics`].
+
+mod bindings;
+mod budget;
+pub mod check;
+mod engine;
+mod error;
+mod host;
+mod kv;
+pub mod metrics;
+mod policy;
+mod watch;
+
+pub use bindings::types;
+pub use budget::CrashBudgetConfig;
+pub use engine::HostConfig;
+pub use error::{CallError, HostError, LoadError, ModuleError};
+pub use host::{PolicyHost, PolicyState, PolicyStatus, ReloadEntry, ReloadOutcome, ReloadReport};
+pub use kv::{KvView, MemoryKv};
+pub use policy::{
+    AuthzHandle, AuthzOutcome, HealthHandle, HealthOutcome, RouteTable, RoutingHandle,
+    RoutingOutcome,
+};
+pub use watch::{PolicyWatcher, WatchError};
+
+impl PolicyHost {
+    pub(crate) fn engine(&self) -> &engine::EngineShared {
+        self.engine_shared()
+    }
+}

@@ -1,0 +1,72 @@
+//! Native stand-ins for the host services, for unit tests of policy logic.
+//!
+//! Everything is per thread, so tests running in parallel never see each other's KV, clock or
+//! logs. In WebAssembly builds the setters exist but nothing reads them: the host answers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use crate::types::LogLevel;
+
+thread_local! {
+    static KV: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
+    static NOW_MS: Cell<Option<u64>> = const { Cell::new(None) };
+    static LOGS: RefCell<Vec<(LogLevel, String)>> = const { RefCell::new(Vec::new()) };
+    static LOADED_AT_MS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Sets what [`crate::host::loaded_at_ms`] answers on this thread.
+pub fn set_loaded_at_ms(ms: u64) {
+    LOADED_AT_MS.with(|at| at.set(Some(ms)));
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn loaded_at_ms() -> u64 {
+    LOADED_AT_MS.with(|at| match at.get() {
+        Some(ms) => ms,
+        None => {
+            let ms = now_ms();
+            at.set(Some(ms));
+            ms
+        }
+    })
+}
+
+/// Sets a KV key seen by [`crate::host::kv_get`] on this thread.
+pub fn set_kv(key: &str, value: &str) {
+    KV.with(|kv| kv.borrow_mut().insert(key.to_owned(), value.to_owned()));
+}
+
+/// Removes a KV key.
+pub fn remove_kv(key: &str) {
+    KV.with(|kv| kv.borrow_mut().remove(key));
+}
+
+/// Freezes [`crate::host::now_ms`] at `ms` on this thread (`None` returns to the system clock).
+pub fn set_now_ms(ms: Option<u64>) {
+    NOW_MS.with(|now| now.set(ms));
+}
+
+/// Takes the log lines the policy wrote on this thread so far.
+pub fn take_logs() -> Vec<(LogLevel, String)> {
+    LOGS.with(|logs| std::mem::take(&mut *logs.borrow_mut()))
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn record_log(level: LogLevel, message: &str) {
+    LOGS.with(|logs| logs.borrow_mut().push((level, message.to_owned())));
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn kv_get(key: &str) -> Option<String> {
+    KV.with(|kv| kv.borrow().get(key).cloned())
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn now_ms() -> u64 {
+    NOW_MS.with(Cell::get).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+    })
+}

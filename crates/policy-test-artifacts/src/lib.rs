@@ -1,0 +1,14 @@
+//! Paths of the real WebAssembly components the policy host is tested and benchmarked with.
+//!
+//! Contract: each constant is the absolute path of a `wasm32-wasip2` component compiled by this
+//! crate's build script from the sources in this repository — the three shipped policies and
+//! the test-only guests that misbehave on purpose (loop forever, grab memory, panic) or
+//! implement the wrong world. Building this crate fails, naming `scripts/setup.sh`, when the
+//! target is not installed; it never hands out a stale or missing file.
+//!
+//! The misbehaving guests answer normally unless asked: `authz` by the peer's listener name,
+//! `health` by the instance id, `routing` by an instance id in the catalog — `loop`, `greedy`
+//! (grab memory until the cap) or `panic`. Their `configure` fails when the config JSON has
+//! `"configure": "fail"`, panics with `"panic"` and loops with `"loop"`.
+
+include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
