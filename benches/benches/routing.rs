@@ -12,17 +12,27 @@ fn config(n: usize) -> sluice_config::Config {
     let mut s = String::from("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\n");
     let services = (n / 10).max(1);
     for i in 0..services {
-        let _ = write!(s, "[[service]]\nname = \"s{i}\"\ninstances = [\"127.0.0.1:{}\"]\n", 10_000 + i % 50_000);
+        let _ = write!(
+            s,
+            "[[service]]\nname = \"s{i}\"\ninstances = [\"127.0.0.1:{}\"]\n",
+            10_000 + i % 50_000
+        );
     }
     for i in 0..n {
         let depth = 1 + i % 4;
-        let path: String = (0..depth).map(|d| format!("/seg{}", (i + d) % 97)).collect();
+        let path: String = (0..depth)
+            .map(|d| format!("/seg{}", (i + d) % 97))
+            .collect();
         let host = match i % 3 {
             0 => format!("host = \"app{i}.example.com\"\n"),
             1 => format!("host = \"*.zone{i}.example.com\"\n"),
             _ => String::new(),
         };
-        let _ = write!(s, "[[route]]\n{host}path = \"{path}/r{i}\"\nservice = \"s{}\"\n", i % services);
+        let _ = write!(
+            s,
+            "[[route]]\n{host}path = \"{path}/r{i}\"\nservice = \"s{}\"\n",
+            i % services
+        );
     }
     sluice_config::parse_str("bench.toml", &s).expect("valid bench config")
 }
@@ -43,7 +53,11 @@ fn bench_lookup(c: &mut Criterion) {
             b.iter(|| {
                 let mut found = 0;
                 for (host, path) in probes {
-                    found += usize::from(table.lookup(std::hint::black_box(host), std::hint::black_box(path)).is_some());
+                    found += usize::from(
+                        table
+                            .lookup(std::hint::black_box(host), std::hint::black_box(path))
+                            .is_some(),
+                    );
                 }
                 found
             })

@@ -125,7 +125,12 @@ impl RouteTable {
         let services: rustc_hash::FxHashMap<&str, Arc<Service>> = config
             .services
             .iter()
-            .map(|sc| (sc.name.as_str(), Arc::new(Service::new(sc.clone(), |_| None))))
+            .map(|sc| {
+                (
+                    sc.name.as_str(),
+                    Arc::new(Service::new(sc.clone(), |_| None)),
+                )
+            })
             .collect();
         let routes = config
             .routes
@@ -135,7 +140,11 @@ impl RouteTable {
                 let service = services.get(rc.service.as_str())?;
                 let name: Arc<str> = rc.name.as_str().into();
                 Some(Arc::new(Route {
-                    metrics: RouteMetrics::new(listener.into(), Arc::clone(&name), Arc::clone(&service.name)),
+                    metrics: RouteMetrics::new(
+                        listener.into(),
+                        Arc::clone(&name),
+                        Arc::clone(&service.name),
+                    ),
                     name,
                     host: rc.host.clone(),
                     path: rc.path.clone(),

@@ -9,6 +9,8 @@
 //! | GET | `/api/services` | every service and its instances' live state |
 //! | GET | `/api/listeners` | listener name → bound address |
 //! | POST | `/api/reload` | re-reads the configuration file and applies it |
+//! | GET | `/api/policies` | loaded Wasm policies: world, file, SHA-256, state, call counts |
+//! | POST | `/api/policies/reload` | recompiles every policy from its file, swapping the good ones |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -102,15 +104,40 @@ async fn handle(
                     &json!({"status": "invalid", "errors": errors}),
                 )
             }
-            Err(e @ ReloadError::Apply(_)) => json_response(
+            Err(e @ (ReloadError::Apply(_) | ReloadError::Policies(_))) => json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &json!({"status": "failed", "error": e.to_string()}),
             ),
         },
+        (&Method::GET, "/api/policies") => json_response(StatusCode::OK, &app.policies.list()),
+        (&Method::POST, "/api/policies/reload") => {
+            let policies = Arc::clone(&app.policies);
+            match tokio::task::spawn_blocking(move || policies.reload()).await {
+                Ok(report) => {
+                    let status = if report.is_ok() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    };
+                    json_response(status, &report)
+                }
+                Err(e) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"error": e.to_string()}),
+                ),
+            }
+        }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/api/routes" | "/api/services"
-            | "/api/listeners" | "/api/reload",
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/api/routes"
+            | "/api/services"
+            | "/api/listeners"
+            | "/api/reload"
+            | "/api/policies"
+            | "/api/policies/reload",
         ) => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "method not allowed"}),

@@ -1,9 +1,11 @@
 //! `sluice`: the load balancer's command line.
 //!
 //! `sluice run -c FILE` serves a configuration; `sluice check -c FILE` validates one and prints
-//! every error with `file:line:col` (exit status 2); `sluice --version`.
+//! every error with `file:line:col` (exit status 2); `sluice policy check FILE.wasm` tells which
+//! policy world a module implements and tries it; `sluice --version`.
 
 mod admin;
+mod policies;
 mod run;
 
 use std::path::PathBuf;
@@ -36,6 +38,27 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Work with WebAssembly policy modules.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Say which world a module implements (or exactly what does not match), run its
+    /// `configure`, and make one call on an input, with the time it took.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// JSON handed to `configure` (default `{}`).
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+        /// JSON input for one call (a peer, `{"instance", "probe"}`, or a list of instances).
+        #[arg(long, value_name = "JSON")]
+        input: Option<String>,
+    },
 }
 
 // Request handling allocates many small, short-lived objects across threads (header maps,
@@ -51,6 +74,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Policy {
+            command:
+                PolicyCommand::Check {
+                    file,
+                    config,
+                    input,
+                },
+        } => policies::check(&file, config.as_deref(), input.as_deref()),
         Command::Run { config } => match sluice_config::load_file(&config) {
             Err(diags) => {
                 report_invalid(&diags);

@@ -23,6 +23,7 @@ pub(crate) struct App {
     pub(crate) config_path: PathBuf,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: AtomicBool,
+    pub(crate) policies: Arc<crate::policies::Policies>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -33,6 +34,12 @@ pub(crate) enum ReloadError {
     Invalid(sluice_config::Diagnostics),
     #[error(transparent)]
     Apply(#[from] sluice_proxy::ApplyError),
+    /// The proxy configuration was applied; some policies were not (they keep their previous
+    /// version, if they had one).
+    #[error(
+        "configuration applied, but policies were rejected and keep their previous version: {0}"
+    )]
+    Policies(String),
 }
 
 impl App {
@@ -51,7 +58,14 @@ impl App {
                         "[admin], [runtime] and [log] changes take effect at the next restart"
                     );
                 }
-                self.proxy.apply(cfg).await.map_err(ReloadError::from)
+                let policies = cfg.policies.clone();
+                match self.proxy.apply(cfg).await {
+                    Err(e) => Err(ReloadError::from(e)),
+                    Ok(summary) => match self.apply_policies(policies).await {
+                        Ok(()) => Ok(summary),
+                        Err(e) => Err(ReloadError::Policies(e)),
+                    },
+                }
             }
         };
         let result = match &outcome {
@@ -70,6 +84,21 @@ impl App {
         };
         metrics::counter!(sluice_proxy::metrics::RELOADS_TOTAL, "result" => result).increment(1);
         outcome
+    }
+
+    /// Loads the configuration's policies off the async threads (compiling takes a while).
+    async fn apply_policies(
+        &self,
+        configs: Vec<sluice_config::PolicyConfig>,
+    ) -> Result<(), String> {
+        let policies = Arc::clone(&self.policies);
+        let report = tokio::task::spawn_blocking(move || policies.apply(&configs))
+            .await
+            .map_err(|e| format!("policy loading panicked: {e}"))??;
+        match crate::policies::rejected_summary(&report) {
+            None => Ok(()),
+            Some(rejected) => Err(rejected),
+        }
     }
 }
 
@@ -122,14 +151,20 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
 
+    let policies = cfg.policies.clone();
     let proxy = Proxy::start(cfg).await.context("starting listeners")?;
     let app = Arc::new(App {
         proxy,
         config_path,
         metrics,
         ready: AtomicBool::new(false),
+        policies: Arc::new(crate::policies::Policies::default()),
         reload_lock: tokio::sync::Mutex::new(()),
     });
+    // A policy that cannot load at start-up is a configuration error: refuse to run.
+    app.apply_policies(policies)
+        .await
+        .map_err(|rejected| anyhow::anyhow!("policies could not be loaded: {rejected}"))?;
     let admin = crate::admin::start(admin_bind, Arc::clone(&app))
         .await
         .with_context(|| format!("starting the admin listener on {admin_bind}"))?;
