@@ -272,8 +272,7 @@ fn etcd_registration_with_lease_http_role_probe_and_deregistration() {
     wait_for("registered again", DEADLINE, || {
         (instances().len() == 1).then_some(())
     });
-    sidecar.signal(Signal::SIGKILL);
-    sidecar.wait(DEADLINE);
+    sidecar.kill_with_workload();
     wait_for("lease expiry removes the dead registrant", DEADLINE, || {
         instances().is_empty().then_some(())
     });

@@ -106,6 +106,17 @@ impl Sidecar {
         }
     }
 
+    /// Kills the sidecar with SIGKILL (it gets no chance to deregister or stop anything), and
+    /// its workload too so nothing outlives the test.
+    pub fn kill_with_workload(&mut self) {
+        let family = descendants(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in family {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
     /// Waits until stderr contains `needle`.
     pub fn wait_log(&self, needle: &str) {
         wait_for(&format!("log line containing {needle:?}"), DEADLINE, || {
@@ -115,12 +126,51 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    /// Stops the sidecar *and everything it started*. Killing only the sidecar would orphan its
+    /// workload to init, where it would outlive the test run.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let mut family = descendants(self.child.id());
+        // The sidecar's own stop sequence ends its workload: give it the chance first.
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        family.extend(descendants(self.child.id()));
+        for pid in family {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every live descendant of `pid`, read from /proc (children of each of its threads).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                if !found.contains(&child) {
+                    found.push(child);
+                    queue.push(child);
+                }
+            }
         }
     }
+    found
 }
 
 /// Reads a file, empty when absent.
