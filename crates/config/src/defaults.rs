@@ -62,3 +62,16 @@ pub const OUTLIER_MAX_EJECTED_PERCENT: u8 = 50;
 pub const POOL_MAX_IDLE: usize = 256;
 /// `[service.pool] idle_timeout`.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `[[listener]] idle_timeout` for `protocol = "tcp"`.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `[service.health] interval`.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// `[service.health] timeout`.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// `[service.health] rise`.
+pub const HEALTH_RISE: u32 = 2;
+/// `[service.health] fall`.
+pub const HEALTH_FALL: u32 = 3;
+/// `[service.health] body_bytes`.
+pub const HEALTH_BODY_BYTES: usize = 4096;

@@ -36,6 +36,8 @@ pub(crate) fn parse(source: &Source) -> Result<Config, Diagnostics> {
         src: source,
         diags: Vec::new(),
         declared: Vec::new(),
+        tcp_service_refs: Vec::new(),
+        health_policy_refs: Vec::new(),
     };
     let (root, syntax_errors) = DeTable::parse_recoverable(source.text());
     if !syntax_errors.is_empty() {
@@ -108,6 +110,10 @@ struct Cx<'s> {
     /// `(section, name)` of every element that declares a name, even elements that failed to
     /// deserialize: a route naming a broken listener should not get a second, misleading error.
     declared: Vec<(String, String)>,
+    /// `service` of each TCP listener, checked once services are known.
+    tcp_service_refs: Vec<Spanned<String>>,
+    /// `policy` of each health check, checked once policies are known.
+    health_policy_refs: Vec<Spanned<String>>,
 }
 
 fn declared_names(section: &str, value: &DeValue<'_>) -> Vec<(String, String)> {
@@ -255,6 +261,7 @@ impl<'s> Cx<'s> {
         let services = self.services(&raw.services);
         let routes = self.routes(&raw.routes, &listeners, &services);
         let policies = self.policies(&raw.policies);
+        self.cross_references(&services, &policies);
         Config {
             admin,
             runtime,
@@ -264,6 +271,50 @@ impl<'s> Cx<'s> {
             routes,
             services,
             policies,
+        }
+    }
+
+    /// References that can only be checked once every section is known.
+    fn cross_references(&mut self, services: &[ServiceConfig], policies: &[PolicyConfig]) {
+        let service_names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        for svc in std::mem::take(&mut self.tcp_service_refs) {
+            let name = svc.get_ref().as_str();
+            if !service_names.contains(&name) {
+                let hint = closest(name, &service_names).map_or_else(
+                    || format!("define it with [[service]] name = \"{name}\""),
+                    |c| format!("did you mean `{c}`?"),
+                );
+                self.error_hint(
+                    Some(svc.span()),
+                    format!("TCP listener refers to unknown service `{name}`"),
+                    hint,
+                );
+            }
+        }
+        let health_policies: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.world == PolicyWorld::Health)
+            .map(|p| p.name.as_str())
+            .collect();
+        for p in std::mem::take(&mut self.health_policy_refs) {
+            let name = p.get_ref().as_str();
+            if !health_policies.contains(&name) {
+                let other_world = policies
+                    .iter()
+                    .find(|q| q.name == name)
+                    .map(|q| q.world.as_str());
+                let (message, hint) = match other_world {
+                    Some(world) => (
+                        format!("policy `{name}` is a {world} policy, not a health policy"),
+                        "a health check needs a [[policy]] with world = \"health\"".to_owned(),
+                    ),
+                    None => (
+                        format!("health check refers to unknown policy `{name}`"),
+                        format!("define it with [[policy]] name = \"{name}\", world = \"health\""),
+                    ),
+                };
+                self.error_hint(Some(p.span()), message, hint);
+            }
         }
     }
 
@@ -469,12 +520,14 @@ impl<'s> Cx<'s> {
                 None => ListenerProtocol::Http,
                 Some(p) => match p.get_ref().as_str() {
                     "http" => ListenerProtocol::Http,
+                    "tcp" => ListenerProtocol::Tcp,
                     _ => {
-                        self.bad_choice(p, "listener protocol", &["http"]);
+                        self.bad_choice(p, "listener protocol", &["http", "tcp"]);
                         ListenerProtocol::Http
                     }
                 },
             };
+            let tcp = self.tcp_listener(l, protocol);
             out.push(ListenerConfig {
                 name: name.to_owned(),
                 bind: bind.unwrap_or_else(default_admin_bind),
@@ -504,9 +557,258 @@ impl<'s> Cx<'s> {
                     65_535,
                     i64::from(d::MAX_CONCURRENT_STREAMS),
                 ) as u32,
+                tcp,
             });
         }
         out
+    }
+
+    /// The TCP part of a listener: required for `protocol = "tcp"`, refused for HTTP.
+    fn tcp_listener(
+        &mut self,
+        l: &RawListener,
+        protocol: ListenerProtocol,
+    ) -> Option<TcpListenerConfig> {
+        if protocol != ListenerProtocol::Tcp {
+            for (key, span) in [
+                ("service", l.service.as_ref().map(Spanned::span)),
+                (
+                    "proxy_protocol",
+                    l.proxy_protocol.as_ref().map(Spanned::span),
+                ),
+                ("idle_timeout", l.idle_timeout.as_ref().map(Spanned::span)),
+            ] {
+                if span.is_some() {
+                    self.error_hint(
+                        span,
+                        format!("`{key}` only applies to a TCP listener"),
+                        "add protocol = \"tcp\", or route HTTP with [[route]] entries",
+                    );
+                }
+            }
+            return None;
+        }
+        let Some(service) = &l.service else {
+            self.error_hint(
+                Some(l.name.span()),
+                format!("TCP listener `{}` has no `service`", l.name.get_ref()),
+                "a TCP listener sends every connection to one service: add service = \"NAME\"",
+            );
+            return None;
+        };
+        self.tcp_service_refs.push(service.clone());
+        let proxy_protocol = match l.proxy_protocol.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("off") => ProxyProtocol::Off,
+            Some("v1") => ProxyProtocol::V1,
+            Some("v2") => ProxyProtocol::V2,
+            Some(_) => {
+                if let Some(p) = &l.proxy_protocol {
+                    self.bad_choice(p, "proxy_protocol", &["off", "v1", "v2"]);
+                }
+                ProxyProtocol::Off
+            }
+        };
+        Some(TcpListenerConfig {
+            service: service.get_ref().clone(),
+            proxy_protocol,
+            idle_timeout: self.duration(l.idle_timeout.as_ref(), d::TCP_IDLE_TIMEOUT),
+        })
+    }
+
+    fn health(&mut self, raw: &Spanned<RawHealth>) -> Option<HealthCheckConfig> {
+        let h = raw.get_ref();
+        let Some(kind_raw) = &h.kind else {
+            self.error_hint(
+                Some(raw.span()),
+                "health check has no `kind`",
+                "add kind = \"http\", \"tcp\" or \"command\"",
+            );
+            return None;
+        };
+        let misplaced = |s: &mut Self, applies: &str, fields: &[(&str, Option<Range<usize>>)]| {
+            for (key, span) in fields {
+                if span.is_some() {
+                    s.error_hint(
+                        span.clone(),
+                        format!("`{key}` only applies to kind = \"{applies}\""),
+                        "remove it, or change the check's kind",
+                    );
+                }
+            }
+        };
+        let http_fields = [
+            ("method", h.method.as_ref().map(Spanned::span)),
+            ("path", h.path.as_ref().map(Spanned::span)),
+            ("host", h.host.as_ref().map(Spanned::span)),
+            (
+                "expect_status",
+                h.expect_status
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(Spanned::span),
+            ),
+            ("expect_body", h.expect_body.as_ref().map(Spanned::span)),
+        ];
+        let tcp_fields = [
+            ("send", h.send.as_ref().map(Spanned::span)),
+            ("expect", h.expect.as_ref().map(Spanned::span)),
+        ];
+        let command_fields = [(
+            "args",
+            h.args.as_ref().and_then(|v| v.first()).map(Spanned::span),
+        )];
+        let kind = match kind_raw.get_ref().as_str() {
+            "http" => {
+                misplaced(self, "tcp", &tcp_fields);
+                misplaced(self, "command", &command_fields);
+                let path = h.path.as_ref().map_or_else(
+                    || "/".to_owned(),
+                    |p| {
+                        self.check_path(p, "path");
+                        p.get_ref().clone()
+                    },
+                );
+                let method = h.method.as_ref().map_or_else(
+                    || "GET".to_owned(),
+                    |m| {
+                        let v = m.get_ref().to_ascii_uppercase();
+                        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                            self.error_hint(
+                                Some(m.span()),
+                                format!("invalid method `{}`", m.get_ref()),
+                                "e.g. \"GET\" or \"HEAD\"",
+                            );
+                        }
+                        v
+                    },
+                );
+                let expect_status = match &h.expect_status {
+                    None => vec![(200, 399)],
+                    Some(list) => list.iter().filter_map(|v| self.status_range(v)).collect(),
+                };
+                CheckKind::Http {
+                    method,
+                    path,
+                    host: h.host.as_ref().map(|v| v.get_ref().clone()),
+                    expect_status,
+                    expect_body: h.expect_body.as_ref().map(|v| v.get_ref().clone()),
+                }
+            }
+            "tcp" => {
+                misplaced(self, "http", &http_fields);
+                misplaced(self, "command", &command_fields);
+                CheckKind::Tcp {
+                    send: h.send.as_ref().map(|v| v.get_ref().clone()),
+                    expect: h.expect.as_ref().map(|v| v.get_ref().clone()),
+                }
+            }
+            "command" => {
+                misplaced(self, "http", &http_fields);
+                misplaced(self, "tcp", &tcp_fields);
+                let args: Vec<String> = h
+                    .args
+                    .iter()
+                    .flatten()
+                    .map(|a| a.get_ref().clone())
+                    .collect();
+                if args.first().is_none_or(String::is_empty) {
+                    self.error_hint(
+                        Some(raw.span()),
+                        "a command check needs `args`",
+                        "e.g. args = [\"/usr/local/bin/is-primary\", \"{address}\", \"{port}\"]",
+                    );
+                }
+                CheckKind::Command { args }
+            }
+            _ => {
+                self.bad_choice(kind_raw, "health check kind", &["http", "tcp", "command"]);
+                return None;
+            }
+        };
+        let interval = self.duration(h.interval.as_ref(), d::HEALTH_INTERVAL);
+        let timeout = self.duration(h.timeout.as_ref(), d::HEALTH_TIMEOUT);
+        if let Some(t) = h.timeout.as_ref().filter(|_| timeout > interval) {
+            self.error_hint(
+                Some(t.span()),
+                "health check timeout is longer than its interval",
+                "probes of one instance never overlap: make timeout ≤ interval",
+            );
+        }
+        let address =
+            h.address
+                .as_ref()
+                .and_then(|a| match a.get_ref().parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        self.error_hint(
+                            Some(a.span()),
+                            format!("invalid check address `{}`", a.get_ref()),
+                            "use an IP address; omit it to probe the instance's own address",
+                        );
+                        None
+                    }
+                });
+        if let Some(p) = &h.policy {
+            self.health_policy_refs.push(p.clone());
+        }
+        Some(HealthCheckConfig {
+            kind,
+            interval,
+            timeout,
+            rise: self.int_in(h.rise.as_ref(), 1, 100, i64::from(d::HEALTH_RISE)) as u32,
+            fall: self.int_in(h.fall.as_ref(), 1, 100, i64::from(d::HEALTH_FALL)) as u32,
+            jitter: h.jitter.as_ref().map_or(interval / 10, |j| {
+                humantime::parse_duration(j.get_ref()).unwrap_or_else(|e| {
+                    self.error_hint(
+                        Some(j.span()),
+                        format!("invalid duration `{}`: {e}", j.get_ref()),
+                        "e.g. \"100ms\"; \"0s\" turns jitter off",
+                    );
+                    Duration::ZERO
+                })
+            }),
+            address,
+            port: h
+                .port
+                .as_ref()
+                .map(|p| self.int_in(Some(p), 1, 65_535, 1) as u16),
+            policy: h.policy.as_ref().map(|p| p.get_ref().clone()),
+            body_bytes: self.int_in(
+                h.body_bytes.as_ref(),
+                0,
+                1 << 20,
+                d::HEALTH_BODY_BYTES as i64,
+            ) as usize,
+        })
+    }
+
+    /// `200`, `"200"`, `"200-299"` or `"2xx"`.
+    fn status_range(&mut self, v: &Spanned<toml::Value>) -> Option<(u16, u16)> {
+        let parsed = match v.get_ref() {
+            toml::Value::Integer(n) => u16::try_from(*n).ok().map(|n| (n, n)),
+            toml::Value::String(s) => {
+                let s = s.trim();
+                if let Some(class) = s.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()) {
+                    Some((class * 100, class * 100 + 99))
+                } else if let Some((a, b)) = s.split_once('-') {
+                    a.trim().parse().ok().zip(b.trim().parse().ok())
+                } else {
+                    s.parse().ok().map(|n| (n, n))
+                }
+            }
+            _ => None,
+        };
+        match parsed {
+            Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => Some((a, b)),
+            _ => {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("invalid expected status `{}`", v.get_ref()),
+                    "use 200, \"200-299\" or \"2xx\"",
+                );
+                None
+            }
+        }
     }
 
     fn services(&mut self, raw: &[Spanned<RawService>]) -> Vec<ServiceConfig> {
@@ -554,6 +856,35 @@ impl<'s> Cx<'s> {
                     d::POOL_IDLE_TIMEOUT,
                 ),
             };
+            let serve = match s.serve.as_ref().map(|v| v.get_ref().as_str()) {
+                None | Some("any") => Serve::Any,
+                Some("primary") => Serve::Primary,
+                Some(_) => {
+                    if let Some(v) = &s.serve {
+                        self.bad_choice(v, "serve", &["any", "primary"]);
+                    }
+                    Serve::Any
+                }
+            };
+            let health = s.health.as_ref().and_then(|h| self.health(h));
+            let reports_roles = health.as_ref().is_some_and(|h| h.policy.is_some());
+            if let (Serve::Primary, false, Some(v)) = (serve, reports_roles, &s.serve) {
+                self.error_hint(
+                    Some(v.span()),
+                    "serve = \"primary\" needs a health check whose policy reports roles",
+                    "add [service.health] with policy = \"NAME\" of a health policy such as mirror-primary",
+                );
+            }
+            let on_demotion = match s.on_demotion.as_ref().map(|v| v.get_ref().as_str()) {
+                None | Some("close") => OnDemotion::Close,
+                Some("keep") => OnDemotion::Keep,
+                Some(_) => {
+                    if let Some(v) = &s.on_demotion {
+                        self.bad_choice(v, "on_demotion", &["close", "keep"]);
+                    }
+                    OnDemotion::Close
+                }
+            };
             out.push(ServiceConfig {
                 name: name.to_owned(),
                 balancer,
@@ -562,6 +893,9 @@ impl<'s> Cx<'s> {
                 retries,
                 outlier,
                 pool,
+                serve,
+                health,
+                on_demotion,
             });
         }
         out
@@ -758,6 +1092,16 @@ impl<'s> Cx<'s> {
             listeners.iter().map(|l| l.name.as_str()).collect(),
         );
         let listener_names: Vec<&str> = listener_names.iter().map(String::as_str).collect();
+        let tcp_listeners: Vec<&str> = listeners
+            .iter()
+            .filter(|l| l.protocol == ListenerProtocol::Tcp)
+            .map(|l| l.name.as_str())
+            .collect();
+        let http_listeners: Vec<&str> = listener_names
+            .iter()
+            .copied()
+            .filter(|n| !tcp_listeners.contains(n))
+            .collect();
         let service_names = named(
             "service",
             services.iter().map(|s| s.name.as_str()).collect(),
@@ -783,17 +1127,26 @@ impl<'s> Cx<'s> {
                             hint,
                         );
                     }
+                    if tcp_listeners.contains(&name) {
+                        self.error_hint(
+                            Some(l.span()),
+                            format!(
+                                "listener `{name}` is a TCP listener; routes are for HTTP listeners"
+                            ),
+                            "a TCP listener sends everything to its `service`",
+                        );
+                    }
                     name.to_owned()
                 }
-                None if listener_names.len() == 1 => listener_names[0].to_owned(),
+                None if http_listeners.len() == 1 => http_listeners[0].to_owned(),
                 None => {
                     self.error_hint(
                         Some(r_span.clone()),
                         "route has no `listener`",
                         format!(
-                            "there are {} listeners; name one of: {}",
-                            listener_names.len(),
-                            listener_names.join(", ")
+                            "there are {} HTTP listeners; name one of: {}",
+                            http_listeners.len(),
+                            http_listeners.join(", ")
                         ),
                     );
                     String::new()
@@ -1115,6 +1468,7 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("service", ["retries"]) => fields_of::<RawRetries>(),
         ("service", ["outlier"]) => fields_of::<RawOutlier>(),
         ("service", ["pool"]) => fields_of::<RawPool>(),
+        ("service", ["health"]) => fields_of::<RawHealth>(),
         ("service", ["instances"]) => fields_of::<RawInstanceTable>(),
         ("policy", []) => fields_of::<RawPolicy>(),
         _ => &[],
@@ -1141,6 +1495,7 @@ mod docs_tests {
             ("service", &["retries"]),
             ("service", &["outlier"]),
             ("service", &["pool"]),
+            ("service", &["health"]),
             ("service", &["instances"]),
         ];
         let mut missing = Vec::new();

@@ -108,6 +108,30 @@ pub enum AccessLogFormat {
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
     Http,
+    /// Raw TCP to one service (`service` on the listener).
+    Tcp,
+}
+
+/// PROXY protocol header sent to instances before a TCP connection's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header.
+    Off,
+    /// Human-readable version 1.
+    V1,
+    /// Binary version 2.
+    V2,
+}
+
+/// TCP specifics of a `protocol = "tcp"` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpListenerConfig {
+    /// The service every connection goes to.
+    pub service: String,
+    /// PROXY protocol towards instances.
+    pub proxy_protocol: ProxyProtocol,
+    /// A connection with no byte in either direction for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// `[[listener]]`.
@@ -133,6 +157,8 @@ pub struct ListenerConfig {
     pub http2: bool,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// Present for `protocol = "tcp"`.
+    pub tcp: Option<TcpListenerConfig>,
 }
 
 /// How a route matches the request's host.
@@ -278,4 +304,85 @@ pub struct ServiceConfig {
     pub outlier: OutlierConfig,
     /// Upstream connection pool.
     pub pool: PoolConfig,
+    /// Which instances may take traffic.
+    pub serve: Serve,
+    /// Active health check, if any.
+    pub health: Option<HealthCheckConfig>,
+    /// What happens to open TCP connections of an instance that loses the primary role.
+    pub on_demotion: OnDemotion,
+}
+
+/// Which instances of a service take traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// Every instance not known to be down.
+    Any,
+    /// Only the instance whose latest health verdict is up with role primary.
+    Primary,
+}
+
+/// What happens to a demoted primary's open TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDemotion {
+    /// Close them, as a moving virtual IP would.
+    Close,
+    /// Leave them open.
+    Keep,
+}
+
+/// What an active health check sends and expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// An HTTP request.
+    Http {
+        /// Request method.
+        method: String,
+        /// Path and query.
+        path: String,
+        /// `Host` header; the check address when absent.
+        host: Option<String>,
+        /// Statuses that mean up (native evaluator), as inclusive ranges.
+        expect_status: Vec<(u16, u16)>,
+        /// A substring the body prefix must contain (native evaluator).
+        expect_body: Option<String>,
+    },
+    /// A TCP connection, optionally sending bytes and expecting a reply prefix.
+    Tcp {
+        /// Bytes to send after connecting.
+        send: Option<String>,
+        /// Bytes the reply must start with.
+        expect: Option<String>,
+    },
+    /// A program: exit status 0 means up. `{address}` and `{port}` in arguments are replaced
+    /// by the check target, which is also in `SLUICE_CHECK_ADDRESS` / `SLUICE_CHECK_PORT`.
+    Command {
+        /// Program and arguments.
+        args: Vec<String>,
+    },
+}
+
+/// `[service.health]`: the active check of every instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// What to probe.
+    pub kind: CheckKind,
+    /// Time between probes of one instance.
+    pub interval: Duration,
+    /// A probe not finished after this is a failure (`timeout`).
+    pub timeout: Duration,
+    /// Consecutive up verdicts that bring a down instance back.
+    pub rise: u32,
+    /// Consecutive down verdicts that take an up instance out.
+    pub fall: u32,
+    /// Random extra delay (0..jitter) added to each interval so probes do not synchronise.
+    pub jitter: Duration,
+    /// Probe this address instead of the instance's.
+    pub address: Option<std::net::IpAddr>,
+    /// Probe this port instead of the instance's (the mirror status page on 52773 while
+    /// traffic goes to 1972).
+    pub port: Option<u16>,
+    /// A `[[policy]]` of world `health` that turns probe results into verdicts and roles.
+    pub policy: Option<String>,
+    /// Bytes of the response kept for evaluation.
+    pub body_bytes: usize,
 }

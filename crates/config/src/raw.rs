@@ -45,6 +45,9 @@ pub(crate) struct RawListener {
     pub(crate) request_body_timeout: Option<S<String>>,
     pub(crate) http2: Option<bool>,
     pub(crate) max_concurrent_streams: Option<S<i64>>,
+    pub(crate) service: Option<S<String>>,
+    pub(crate) proxy_protocol: Option<S<String>>,
+    pub(crate) idle_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,31 @@ pub(crate) struct RawService {
     pub(crate) retries: Option<RawRetries>,
     pub(crate) outlier: Option<RawOutlier>,
     pub(crate) pool: Option<RawPool>,
+    pub(crate) serve: Option<S<String>>,
+    pub(crate) health: Option<S<RawHealth>>,
+    pub(crate) on_demotion: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHealth {
+    pub(crate) kind: Option<S<String>>,
+    pub(crate) interval: Option<S<String>>,
+    pub(crate) timeout: Option<S<String>>,
+    pub(crate) rise: Option<S<i64>>,
+    pub(crate) fall: Option<S<i64>>,
+    pub(crate) jitter: Option<S<String>>,
+    pub(crate) address: Option<S<String>>,
+    pub(crate) port: Option<S<i64>>,
+    pub(crate) policy: Option<S<String>>,
+    pub(crate) body_bytes: Option<S<i64>>,
+    pub(crate) method: Option<S<String>>,
+    pub(crate) path: Option<S<String>>,
+    pub(crate) host: Option<S<String>>,
+    pub(crate) expect_status: Option<Vec<S<toml::Value>>>,
+    pub(crate) expect_body: Option<S<String>>,
+    pub(crate) send: Option<S<String>>,
+    pub(crate) expect: Option<S<String>>,
+    pub(crate) args: Option<Vec<S<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,16 +1,30 @@
 //! Instance health for Sluice.
 //!
 //! Contract:
-//! - [`OutlierState`] is the passive half: the data path reports each attempt's outcome, and
-//!   consecutive failures eject the instance for a backoff that doubles on each repeat ejection
-//!   up to a cap. All state is atomics; reporting never blocks and never allocates.
-//! - Ejection is *bounded by the caller*: [`OutlierState::record_failure`] only ejects when the
-//!   caller's `may_eject` says the service can spare the instance (Sluice's panic threshold,
-//!   `max_ejected_percent`), so passive health can never empty a service on its own.
-//! - Time is a process-local monotonic millisecond clock ([`clock::now_ms`]), so states can be
-//!   compared and shown without system-clock jumps.
+//! - **Active**: [`probe::run`] performs one HTTP, TCP or command probe of an instance, bounded
+//!   by the check's timeout and body cap, and always returns a [`ProbeResult`] (failures are
+//!   data, never errors). An [`Evaluator`] turns it into a [`Verdict`] — up with a role, or down
+//!   with a reason — natively ([`NativeEvaluator`]: the status, body and exit-code rules of the
+//!   configuration) or through a Wasm health policy supplied by the binary
+//!   ([`EvaluatorSource`]). [`InstanceHealth`] smooths up/down with rise/fall, follows the role
+//!   of the latest verdict, and is read lock-free by the data path. [`choose_primary`] picks one
+//!   primary deterministically when several claim the role (split brain).
+//! - **Passive**: [`OutlierState`] ejects an instance after consecutive failures on the data
+//!   path, for a backoff that doubles on each repeat ejection up to a cap. Ejection is bounded
+//!   by the caller (`may_eject`), so passive health can never empty a service on its own.
+//! - All state is atomics (plus one `arc-swap` for the last probe's details); nothing here
+//!   blocks the data path. Time is a process-local monotonic millisecond clock
+//!   ([`clock::now_ms`]).
 
 pub mod clock;
 mod outlier;
+pub mod probe;
+mod state;
+mod verdict;
 
 pub use outlier::{Ejection, OutlierState};
+pub use state::{Change, InstanceHealth, LastProbe, Status, choose_primary};
+pub use verdict::{
+    Evaluation, Evaluator, EvaluatorSource, NativeEvaluator, NoPolicies, ProbeError,
+    ProbeErrorKind, ProbeKind, ProbeResult, ProbedInstance, Role, Verdict,
+};

@@ -115,6 +115,13 @@ impl AccessLog {
             AccessLogFormat::Json => entry.json(),
             AccessLogFormat::Combined => entry.combined(),
         };
+        self.log_line(line);
+    }
+
+    /// Queues a line that is already formatted (TCP sessions are logged as JSON whatever the
+    /// format: the combined format has no fields for them).
+    pub(crate) fn log_line(&self, line: String) {
+        let Some(inner) = &self.inner else { return };
         match inner.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {

@@ -14,6 +14,8 @@ pub enum ProxyErrorKind {
     NoRoute,
     /// The service has no instance that can take the request (503).
     NoInstance,
+    /// `serve = "primary"` and no instance reports the primary role (503).
+    NoPrimary,
     /// The TCP connection to an instance was refused or failed (502).
     ConnectFailed,
     /// The TCP connection to an instance did not complete in time (504).
@@ -34,13 +36,13 @@ pub enum ProxyErrorKind {
 
 impl ProxyErrorKind {
     /// Number of kinds (for per-kind arrays).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// The status code the client gets.
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoInstance => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoInstance | Self::NoPrimary => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed | Self::UpstreamReset | Self::BadResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -57,6 +59,7 @@ impl ProxyErrorKind {
         match self {
             Self::NoRoute => "no_route",
             Self::NoInstance => "no_healthy_instance",
+            Self::NoPrimary => "no_primary",
             Self::ConnectFailed => "connect_failed",
             Self::ConnectTimeout => "connect_timeout",
             Self::UpstreamReset => "upstream_reset",

@@ -220,16 +220,20 @@ async fn forward(
     let mut attempt: u32 = 0;
     let mut last_error: Option<ProxyError> = None;
     let mut template = Some(parts);
+    let mut failed_generation: Option<u64> = None;
     'attempts: loop {
         let attempt_start = Instant::now();
         let now_ms = clock::to_ms(attempt_start);
         let Some(picked) = service.pick(hash, &tried, now_ms) else {
-            return Err(last_error.unwrap_or_else(|| {
-                ProxyError::new(
-                    ProxyErrorKind::NoInstance,
-                    "the service has no instance to send to",
-                )
-            }));
+            // An attempt just failed on the primary: wait (bounded) for the failover the
+            // probes are now checking. Finding no primary at all is answered at once.
+            if let Some(generation) = failed_generation.take() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if service.await_failover(generation, remaining).await {
+                    continue;
+                }
+            }
+            return Err(last_error.unwrap_or_else(|| service.nothing_to_pick()));
         };
         tried.push(picked.index);
         let remaining = deadline.saturating_duration_since(attempt_start);
@@ -239,6 +243,7 @@ async fn forward(
                 "total request deadline passed",
             ));
         }
+        let generation = service.primary_generation();
         let in_flight = InFlight::new(Arc::clone(&picked.instance));
         let addr = picked.instance.addr;
 
@@ -318,6 +323,9 @@ async fn forward(
                         // Without a retry left the instance's own answer goes to the client.
                         if may_retry(service, attempt, &e, idempotent, replayable, exchange) {
                             // The unread body makes this connection unusable: it is dropped.
+                            if service.fails_over() {
+                                failed_generation = Some(generation);
+                            }
                             attempt += 1;
                             last_error = Some(e);
                             continue 'attempts;
@@ -412,6 +420,9 @@ async fn forward(
             }
         };
         drop(in_flight);
+        if service.fails_over() {
+            failed_generation = Some(generation);
+        }
         if !may_retry(service, attempt, &err, idempotent, replayable, exchange) {
             return Err(err);
         }
@@ -601,7 +612,19 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let end = crate::tunnel::run(TokioIo::new(client), TokioIo::new(upstream), idle).await;
-        tracing::debug!(upstream = %addr, "tunnel {end}");
+        let stats = crate::tunnel::run(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            idle,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+        tracing::debug!(
+            upstream = %addr,
+            end = stats.end.as_str(),
+            to_upstream = stats.a_to_b,
+            to_client = stats.b_to_a,
+            "upgraded connection closed"
+        );
     });
 }

@@ -15,6 +15,7 @@
 mod access_log;
 mod balance;
 mod body;
+mod checks;
 mod conn;
 mod error;
 mod exchange;
@@ -24,13 +25,18 @@ mod listener;
 pub mod metrics;
 mod pool;
 mod proxy;
+mod proxy_protocol;
 mod routing;
+mod tcp;
 mod tunnel;
 mod upstream;
 
 pub use access_log::AccessLog;
 pub use body::DownBody;
 pub use error::{ProxyError, ProxyErrorKind};
-pub use proxy::{ApplyError, ApplySummary, InstanceView, Proxy, RouteView, ServiceView};
+pub use proxy::{
+    ApplyError, ApplySummary, HealthView, InstanceView, LastProbeView, Proxy, RouteView,
+    ServiceView,
+};
 pub use routing::{Route, RouteTable};
 pub use upstream::{Instance, Service};

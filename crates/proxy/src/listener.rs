@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics::{Counter, Gauge, counter, gauge};
-use sluice_config::ListenerConfig;
+use sluice_config::{ListenerConfig, ListenerProtocol};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,8 @@ use crate::conn::{ClientIo, ClientTimerMetrics, ConnWatch};
 use crate::forward::{ConnCtx, handle};
 use crate::metrics as m;
 use crate::routing::RouteTable;
+use crate::tcp::{TcpMetrics, TcpRuntime};
+use tokio_util::task::TaskTracker;
 
 /// What a listener's connections read on every request; replaced whole on reload.
 #[derive(Debug)]
@@ -30,11 +32,18 @@ pub(crate) struct ListenerRuntime {
     pub(crate) config: ListenerConfig,
     pub(crate) table: RouteTable,
     pub(crate) access_log: AccessLog,
+    /// Present on `protocol = "tcp"` listeners.
+    pub(crate) tcp: Option<TcpRuntime>,
     builder: auto::Builder<TokioExecutor>,
 }
 
 impl ListenerRuntime {
-    pub(crate) fn new(config: ListenerConfig, table: RouteTable, access_log: AccessLog) -> Self {
+    pub(crate) fn new(
+        config: ListenerConfig,
+        table: RouteTable,
+        access_log: AccessLog,
+        tcp: Option<TcpRuntime>,
+    ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -54,6 +63,7 @@ impl ListenerRuntime {
             config,
             table,
             access_log,
+            tcp,
             builder,
         }
     }
@@ -70,6 +80,7 @@ pub(crate) struct ListenerShared {
     active: Gauge,
     accepted: Counter,
     timer_metrics: ClientTimerMetrics,
+    tcp_metrics: Option<TcpMetrics>,
     limit: Arc<Semaphore>,
     limit_size: AtomicUsize,
 }
@@ -78,6 +89,7 @@ impl ListenerShared {
     pub(crate) fn new(name: &str, runtime: ListenerRuntime) -> Self {
         let l = || name.to_owned();
         let limit_size = runtime.config.max_connections;
+        let tcp_metrics = runtime.tcp.is_some().then(|| TcpMetrics::new(name));
         Self {
             name: name.into(),
             scheme: "http",
@@ -89,6 +101,7 @@ impl ListenerShared {
                 header_timeouts: counter!(m::CLIENT_CLOSES_TOTAL, "listener" => l(), "reason" => "header_timeout"),
                 keepalive_closes: counter!(m::CLIENT_CLOSES_TOTAL, "listener" => l(), "reason" => "keepalive_timeout"),
             },
+            tcp_metrics,
             limit: Arc::new(Semaphore::new(limit_size)),
             limit_size: AtomicUsize::new(limit_size),
         }
@@ -122,6 +135,7 @@ impl ListenerShared {
 pub(crate) struct RunningListener {
     pub(crate) shared: Arc<ListenerShared>,
     pub(crate) bind: SocketAddr,
+    pub(crate) protocol: ListenerProtocol,
     pub(crate) local_addr: SocketAddr,
     stop: CancellationToken,
     socket_closed: Option<oneshot::Receiver<()>>,
@@ -169,7 +183,10 @@ pub(crate) fn start(
 ) -> io::Result<RunningListener> {
     let listener = TcpListener::from_std(socket)?;
     let local_addr = listener.local_addr()?;
-    let bind = shared.runtime.load().config.bind;
+    let (bind, protocol) = {
+        let rt = shared.runtime.load();
+        (rt.config.bind, rt.config.protocol)
+    };
     let stop = CancellationToken::new();
     let (closed_tx, closed_rx) = oneshot::channel();
     let drained = tokio::spawn(accept_loop(
@@ -183,6 +200,7 @@ pub(crate) fn start(
     Ok(RunningListener {
         shared,
         bind,
+        protocol,
         local_addr,
         stop,
         socket_closed: Some(closed_rx),
@@ -198,6 +216,9 @@ async fn accept_loop(
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    // TCP sessions are not hyper connections: they drain through their own tracker.
+    let tcp_sessions = TaskTracker::new();
+    let tcp_drain = CancellationToken::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -214,13 +235,37 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    Arc::clone(&shared),
-                    graceful.watcher(),
-                    permit,
-                ));
+                let runtime = shared.runtime.load_full();
+                if runtime.tcp.is_some() {
+                    let (shared, drain) = (Arc::clone(&shared), tcp_drain.clone());
+                    tcp_sessions.spawn(async move {
+                        shared.accepted.increment(1);
+                        shared.active.increment(1.0);
+                        if let (Some(tcp), Some(metrics)) = (&runtime.tcp, &shared.tcp_metrics) {
+                            crate::tcp::serve(
+                                stream,
+                                peer,
+                                &shared.name,
+                                tcp,
+                                metrics,
+                                &runtime.access_log,
+                                drain,
+                            )
+                            .await;
+                        }
+                        shared.active.decrement(1.0);
+                        drop(permit);
+                    });
+                } else {
+                    tokio::spawn(serve_connection(
+                        stream,
+                        peer,
+                        Arc::clone(&shared),
+                        runtime,
+                        graceful.watcher(),
+                        permit,
+                    ));
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -232,15 +277,19 @@ async fn accept_loop(
     }
     drop(listener);
     let _ = closed.send(());
-    let open = graceful.count();
+    tcp_sessions.close();
+    let open = graceful.count() + tcp_sessions.len();
     if open > 0 {
         tracing::info!(listener = %shared.name, connections = open, grace_ms = grace.as_millis() as u64, "draining connections");
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        tcp_sessions.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(listener = %shared.name, "grace period over; closing the remaining connections");
+        tcp_drain.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), tcp_sessions.wait()).await;
     }
 }
 
@@ -248,13 +297,13 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<ListenerShared>,
+    runtime: Arc<ListenerRuntime>,
     watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     shared.accepted.increment(1);
     shared.active.increment(1.0);
-    let runtime = shared.runtime.load_full();
     let watch = Arc::new(ConnWatch::default());
     let io = ClientIo::new(
         stream,

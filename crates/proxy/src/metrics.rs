@@ -31,6 +31,25 @@ pub const INSTANCES_EJECTED: &str = "sluice_instances_ejected";
 pub const INSTANCE_OUTSTANDING: &str = "sluice_instance_outstanding_requests";
 /// Picks made while every instance was ejected (panic mode), by `service`.
 pub const PANIC_PICKS_TOTAL: &str = "sluice_balancer_panic_total";
+/// Times several instances claimed primary at once, by `service`.
+pub const SPLIT_BRAIN_TOTAL: &str = "sluice_split_brain_total";
+/// Health probes, by `service`, `instance` and `result` (`up`, `down`, `stale`).
+pub const HEALTH_PROBES_TOTAL: &str = "sluice_health_probes_total";
+/// Changes of an instance's active-health status or role, by `service`, `instance`, `kind`
+/// (`status`, `role`).
+pub const HEALTH_CHANGES_TOTAL: &str = "sluice_health_changes_total";
+/// Seconds since an instance's status last changed, by `service` and `instance` (set when
+/// scraped).
+pub const HEALTH_SINCE_CHANGE_SECONDS: &str = "sluice_health_seconds_since_change";
+/// 1 for the instance serving as primary, 0 for the others, by `service` and `instance`
+/// (`serve = "primary"`, set when scraped).
+pub const PRIMARY: &str = "sluice_primary";
+/// TCP connections proxied, by `listener` and `outcome` (`ok`, `no_instance`,
+/// `connect_failed`, `denied`).
+pub const TCP_CONNECTIONS_TOTAL: &str = "sluice_tcp_connections_total";
+/// Bytes relayed by TCP listeners, by `listener` and `direction` (`upstream`, `downstream`).
+pub const TCP_BYTES_TOTAL: &str = "sluice_tcp_bytes_total";
+
 /// Client connections open now, by `listener`.
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
 /// Client connections accepted, by `listener`.
@@ -57,6 +76,13 @@ pub const ALL: &[&str] = &[
     INSTANCES_EJECTED,
     INSTANCE_OUTSTANDING,
     PANIC_PICKS_TOTAL,
+    SPLIT_BRAIN_TOTAL,
+    HEALTH_PROBES_TOTAL,
+    HEALTH_CHANGES_TOTAL,
+    HEALTH_SINCE_CHANGE_SECONDS,
+    PRIMARY,
+    TCP_CONNECTIONS_TOTAL,
+    TCP_BYTES_TOTAL,
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,
     CLIENT_CLOSES_TOTAL,
@@ -116,6 +142,7 @@ pub(crate) struct ServiceMetrics {
     pub(crate) retries: Counter,
     pub(crate) budget_exhausted: Counter,
     pub(crate) panic_picks: Counter,
+    pub(crate) split_brain: Counter,
     errors: [OnceLock<Counter>; crate::error::ProxyErrorKind::COUNT],
     service: Arc<str>,
 }
@@ -129,6 +156,7 @@ impl ServiceMetrics {
             retries: counter!(RETRIES_TOTAL, "service" => s()),
             budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => s()),
             panic_picks: counter!(PANIC_PICKS_TOTAL, "service" => s()),
+            split_brain: counter!(SPLIT_BRAIN_TOTAL, "service" => s()),
             errors: Default::default(),
             service: Arc::clone(service),
         }

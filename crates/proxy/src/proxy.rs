@@ -8,14 +8,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use sluice_config::{Balancer, Config};
+use sluice_config::{Balancer, Config, ListenerProtocol, Serve};
 use sluice_health::clock;
+use sluice_health::{EvaluatorSource, NoPolicies};
 
 use crate::access_log::AccessLog;
+use crate::checks::{Checker, Services};
 use crate::listener::{self, ListenerRuntime, ListenerShared, RunningListener};
-use crate::metrics::{INSTANCE_OUTSTANDING, INSTANCES_EJECTED, RouteMetrics};
+use crate::metrics::{
+    HEALTH_SINCE_CHANGE_SECONDS, INSTANCE_OUTSTANDING, INSTANCES_EJECTED, PRIMARY, RouteMetrics,
+};
 use crate::routing::{Route, RouteTable};
-use crate::upstream::Service;
+use crate::tcp::TcpRuntime;
+use crate::upstream::{Service, ServiceShared};
 
 /// Why a configuration could not be applied. The previous configuration keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +62,10 @@ pub struct Proxy {
 #[derive(Debug)]
 struct Inner {
     config: ArcSwap<Config>,
-    services: ArcSwap<HashMap<String, Arc<Service>>>,
+    services: Services,
+    /// Per service name: what outlives a reload (probe kicks, primary generation).
+    service_shared: Mutex<HashMap<String, Arc<ServiceShared>>>,
+    checker: Mutex<Checker>,
     listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
     /// Addresses actually bound (differs from the configured one for port 0).
     bound: Mutex<HashMap<String, SocketAddr>>,
@@ -65,12 +73,25 @@ struct Inner {
 }
 
 impl Proxy {
-    /// Binds every listener and starts serving `config`. Must run inside a tokio runtime.
+    /// Binds every listener and starts serving `config`, with native health evaluation only.
+    /// Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, ApplyError> {
+        Self::start_with(config, Arc::new(NoPolicies)).await
+    }
+
+    /// Like [`Proxy::start`], with health checks that name a policy evaluated by `evaluators`
+    /// (the binary passes its Wasm policies).
+    pub async fn start_with(
+        config: Config,
+        evaluators: Arc<dyn EvaluatorSource>,
+    ) -> Result<Self, ApplyError> {
+        let services: Services = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 config: ArcSwap::from_pointee(config.clone()),
-                services: ArcSwap::from_pointee(HashMap::new()),
+                checker: Mutex::new(Checker::new(Arc::clone(&services), evaluators)),
+                services,
+                service_shared: Mutex::new(HashMap::new()),
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 bound: Mutex::new(HashMap::new()),
                 access_log: Mutex::new(AccessLog::off()),
@@ -114,12 +135,20 @@ impl Proxy {
 
         // Services, reusing live instance state by (service, address).
         let old_services = self.inner.services.load_full();
+        let shared_of = |name: &str| -> Arc<ServiceShared> {
+            let mut all = self
+                .inner
+                .service_shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(all.entry(name.to_owned()).or_default())
+        };
         let services: HashMap<String, Arc<Service>> = config
             .services
             .iter()
             .map(|sc| {
                 let old = old_services.get(&sc.name);
-                let svc = Service::new(sc.clone(), |addr| {
+                let svc = Service::new(sc.clone(), shared_of(&sc.name), |addr| {
                     old.and_then(|o| o.instances().iter().find(|i| i.addr == addr).cloned())
                 });
                 (sc.name.clone(), Arc::new(svc))
@@ -154,7 +183,9 @@ impl Proxy {
         // Bind what is new before changing anything.
         let mut to_start = Vec::new();
         for lc in &config.listeners {
-            let reuse = running.get(&lc.name).is_some_and(|r| r.bind == lc.bind);
+            let reuse = running
+                .get(&lc.name)
+                .is_some_and(|r| r.bind == lc.bind && r.protocol == lc.protocol);
             let held_by_other = running
                 .values()
                 .any(|r| r.bind == lc.bind && *r.shared.name != *lc.name);
@@ -177,14 +208,14 @@ impl Proxy {
             services: services.len(),
             ..ApplySummary::default()
         };
-        let wanted: HashMap<&str, SocketAddr> = config
+        let wanted: HashMap<&str, (SocketAddr, ListenerProtocol)> = config
             .listeners
             .iter()
-            .map(|l| (l.name.as_str(), l.bind))
+            .map(|l| (l.name.as_str(), (l.bind, l.protocol)))
             .collect();
         let stale: Vec<String> = running
             .iter()
-            .filter(|(name, r)| wanted.get(name.as_str()) != Some(&r.bind))
+            .filter(|(name, r)| wanted.get(name.as_str()) != Some(&(r.bind, r.protocol)))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -200,7 +231,13 @@ impl Proxy {
         }
         for lc in &config.listeners {
             let table = RouteTable::new(tables.remove(lc.name.as_str()).unwrap_or_default());
-            let runtime = ListenerRuntime::new(lc.clone(), table, new_log.clone());
+            let tcp = lc.tcp.as_ref().and_then(|t| {
+                services.get(&t.service).map(|svc| TcpRuntime {
+                    config: t.clone(),
+                    service: Arc::clone(svc),
+                })
+            });
+            let runtime = ListenerRuntime::new(lc.clone(), table, new_log.clone(), tcp);
             if let Some(r) = running.get(&lc.name) {
                 r.shared.update(runtime);
             } else if let Some(pos) = to_start.iter().position(|(c, _)| c.name == lc.name) {
@@ -230,8 +267,14 @@ impl Proxy {
                 }
             }
         }
+        if let Ok(mut all) = self.inner.service_shared.lock() {
+            all.retain(|name, _| services.contains_key(name));
+        }
         self.inner.services.store(Arc::new(services));
         self.inner.config.store(Arc::new(config));
+        if let Ok(mut checker) = self.inner.checker.lock() {
+            checker.sync();
+        }
         if !same_log {
             if let Ok(mut l) = self.inner.access_log.lock() {
                 *l = new_log;
@@ -264,6 +307,9 @@ impl Proxy {
     /// Stops accepting on every listener, waits up to `grace` for in-flight requests, then
     /// flushes the access log.
     pub async fn shutdown(&self, grace: Duration) {
+        if let Ok(mut checker) = self.inner.checker.lock() {
+            checker.stop_all();
+        }
         let listeners: Vec<RunningListener> = self
             .inner
             .listeners
@@ -324,6 +370,11 @@ impl Proxy {
                     Balancer::P2cEwma => "p2c_ewma".into(),
                     Balancer::Hash(_) => "hash".into(),
                 },
+                serve: match s.config.serve {
+                    Serve::Any => "any",
+                    Serve::Primary => "primary",
+                },
+                primary: s.primary().map(|i| i.addr.to_string()),
                 ejected: s.ejected_count(now),
                 max_ejected: s.max_ejected(),
                 instances: s
@@ -332,10 +383,38 @@ impl Proxy {
                     .zip(s.config.instances.iter())
                     .map(|(i, ic)| {
                         let until = i.outlier().ejected_until(now);
+                        let h = i.health();
+                        let active = s.config.health.is_some();
                         InstanceView {
                             address: i.addr.to_string(),
                             weight: ic.weight,
-                            state: if until.is_some() { "ejected" } else { "active" },
+                            state: if h.is_down() {
+                                "down"
+                            } else if until.is_some() {
+                                "ejected"
+                            } else {
+                                "active"
+                            },
+                            health: active.then(|| HealthView {
+                                status: h.status(),
+                                role: h.role(),
+                                stale: h.is_stale(),
+                                since_ms_ago: Some(h.status_since_ms())
+                                    .filter(|t| *t > 0)
+                                    .map(|t| now.saturating_sub(t)),
+                                role_since_ms_ago: Some(h.role_since_ms())
+                                    .filter(|t| *t > 0)
+                                    .map(|t| now.saturating_sub(t)),
+                                last_probe: h.last_probe().as_ref().as_ref().map(|p| {
+                                    LastProbeView {
+                                        ms_ago: now.saturating_sub(p.at_ms),
+                                        result: p.result.clone(),
+                                        latency_us: p.latency_us,
+                                        verdict: p.verdict.as_ref().map(ToString::to_string),
+                                        evaluator_error: p.evaluator_error.clone(),
+                                    }
+                                }),
+                            }),
                             ejected_for_ms: until.map(|u| u - now),
                             outstanding: i.outstanding(),
                             ewma_ms: (i.ewma_ms() * 1000.0).round() / 1000.0,
@@ -355,6 +434,27 @@ impl Proxy {
     pub fn refresh_gauges(&self) {
         let now = clock::now_ms();
         for s in self.inner.services.load().values() {
+            if s.config.health.is_some() {
+                let primary = s.primary().map(|p| p.addr);
+                for i in s.instances() {
+                    let labels = [
+                        ("service", s.name.to_string()),
+                        ("instance", i.addr.to_string()),
+                    ];
+                    let since = i.health().status_since_ms();
+                    if since > 0 {
+                        metrics::gauge!(HEALTH_SINCE_CHANGE_SECONDS, &labels)
+                            .set(now.saturating_sub(since) as f64 / 1000.0);
+                    }
+                    if s.config.serve == Serve::Primary {
+                        metrics::gauge!(PRIMARY, &labels).set(if primary == Some(i.addr) {
+                            1.0
+                        } else {
+                            0.0
+                        });
+                    }
+                }
+            }
             metrics::gauge!(INSTANCES_EJECTED, "service" => s.name.to_string())
                 .set(s.ejected_count(now) as f64);
             for i in s.instances() {
@@ -402,6 +502,10 @@ pub struct ServiceView {
     pub name: String,
     /// Balancer kind.
     pub balancer: String,
+    /// `any` or `primary`.
+    pub serve: &'static str,
+    /// The instance serving as primary (`serve = "primary"`).
+    pub primary: Option<String>,
     /// Instances ejected now.
     pub ejected: usize,
     /// Most instances passive health may eject at once.
@@ -417,8 +521,10 @@ pub struct InstanceView {
     pub address: String,
     /// Configured weight.
     pub weight: u32,
-    /// `active` or `ejected`.
+    /// `active`, `down` (active health) or `ejected` (passive health).
     pub state: &'static str,
+    /// Active health, when the service has a check.
+    pub health: Option<HealthView>,
     /// Time left in the current ejection.
     pub ejected_for_ms: Option<u64>,
     /// Requests in flight.
@@ -435,4 +541,36 @@ pub struct InstanceView {
     pub failures: u64,
     /// Idle pooled connections.
     pub idle_connections: usize,
+}
+
+/// An instance's active health as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthView {
+    /// `unknown`, `up` or `down` (smoothed by rise/fall).
+    pub status: sluice_health::Status,
+    /// Role of the latest verdict.
+    pub role: Option<sluice_health::Role>,
+    /// Whether the latest evaluation failed and the verdict is an older one.
+    pub stale: bool,
+    /// Time since the status last changed.
+    pub since_ms_ago: Option<u64>,
+    /// Time since the role last changed.
+    pub role_since_ms_ago: Option<u64>,
+    /// The last probe.
+    pub last_probe: Option<LastProbeView>,
+}
+
+/// The last probe of an instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastProbeView {
+    /// How long ago it finished.
+    pub ms_ago: u64,
+    /// One-line result (`200 SUCCESS`, `refused: …`).
+    pub result: String,
+    /// How long it took.
+    pub latency_us: u64,
+    /// The verdict it produced.
+    pub verdict: Option<String>,
+    /// The health policy's error, when it failed.
+    pub evaluator_error: Option<String>,
 }

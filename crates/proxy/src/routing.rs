@@ -128,7 +128,7 @@ impl RouteTable {
             .map(|sc| {
                 (
                     sc.name.as_str(),
-                    Arc::new(Service::new(sc.clone(), |_| None)),
+                    Arc::new(Service::new(sc.clone(), Arc::default(), |_| None)),
                 )
             })
             .collect();

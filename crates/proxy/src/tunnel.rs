@@ -1,5 +1,5 @@
-//! Byte tunnels between two connections (upgraded WebSocket connections), closed when neither
-//! side has sent anything for an idle period.
+//! Byte tunnels between two connections — TCP sessions and upgraded (WebSocket) HTTP
+//! connections — closed when neither side sends anything for an idle period, or when told to.
 
 use std::io;
 use std::pin::Pin;
@@ -9,10 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
-/// Counts bytes that cross it, so a watchdog can tell activity from silence.
+/// Counts the bytes read from it, and bumps a shared activity counter.
 struct Counted<T> {
     inner: T,
+    read: Arc<AtomicU64>,
     activity: Arc<AtomicU64>,
 }
 
@@ -24,9 +26,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+        let n = (buf.filled().len() - before) as u64;
         if n > 0 {
-            self.activity.fetch_add(n as u64, Relaxed);
+            self.read.fetch_add(n, Relaxed);
+            self.activity.fetch_add(n, Relaxed);
         }
         r
     }
@@ -49,33 +52,58 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 }
 
 /// How a tunnel ended.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TunnelEnd {
-    /// Both directions finished; bytes a→b and b→a.
-    #[error("closed after {0} bytes one way and {1} the other")]
-    Closed(u64, u64),
+    /// Both sides finished (each side's close was passed to the other).
+    Closed,
     /// Nothing crossed for the idle period.
-    #[error("closed after the idle timeout")]
     Idle,
-    #[error("failed: {0}")]
-    Error(io::Error),
+    /// Closed on purpose (demotion of the instance, shutdown).
+    Cancelled,
+    /// A socket failed.
+    Error,
 }
 
-/// Copies both ways until both sides close (half-closes are passed on), an error, or `idle`
-/// passes with no byte in either direction (checked every `idle`, so silence is detected
-/// between one and two idle periods after the last byte).
-pub(crate) async fn run<A, B>(a: A, b: B, idle: Duration) -> TunnelEnd
+impl TunnelEnd {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TunnelEnd::Closed => "closed",
+            TunnelEnd::Idle => "idle_timeout",
+            TunnelEnd::Cancelled => "cancelled",
+            TunnelEnd::Error => "error",
+        }
+    }
+}
+
+/// What went through a tunnel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TunnelStats {
+    /// Bytes from the first connection to the second.
+    pub(crate) a_to_b: u64,
+    /// Bytes from the second connection to the first.
+    pub(crate) b_to_a: u64,
+    pub(crate) end: TunnelEnd,
+}
+
+/// Copies both ways until both sides close (a half-close is passed on and the other direction
+/// keeps flowing), a socket fails, `cancel` fires, or `idle` passes with no byte either way
+/// (checked every `idle`, so silence is detected between one and two idle periods after the
+/// last byte).
+pub(crate) async fn run<A, B>(a: A, b: B, idle: Duration, cancel: CancellationToken) -> TunnelStats
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Arc::new(AtomicU64::new(0));
+    let (a_read, b_read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut a = Counted {
         inner: a,
+        read: Arc::clone(&a_read),
         activity: Arc::clone(&activity),
     };
     let mut b = Counted {
         inner: b,
+        read: Arc::clone(&b_read),
         activity: Arc::clone(&activity),
     };
     let watchdog = async {
@@ -89,11 +117,14 @@ where
             seen = now;
         }
     };
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
-            Ok((ab, ba)) => TunnelEnd::Closed(ab, ba),
-            Err(e) => TunnelEnd::Error(e),
-        },
+    let end = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => if r.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
         () = watchdog => TunnelEnd::Idle,
+        () = cancel.cancelled() => TunnelEnd::Cancelled,
+    };
+    TunnelStats {
+        a_to_b: a_read.load(Relaxed),
+        b_to_a: b_read.load(Relaxed),
+        end,
     }
 }

@@ -3,13 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 
-use sluice_config::ServiceConfig;
-use sluice_health::OutlierState;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_config::{OnDemotion, Serve, ServiceConfig};
+use sluice_health::{InstanceHealth, OutlierState};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Balancer, Load};
-use crate::error::ProxyErrorKind;
+use crate::error::{ProxyError, ProxyErrorKind};
 use crate::metrics::ServiceMetrics;
 use crate::pool::Pool;
 
@@ -24,9 +31,13 @@ pub struct Instance {
     outstanding: AtomicU32,
     ewma: Ewma,
     pub(crate) outlier: OutlierState,
+    /// Active health; written by this instance's probe task.
+    pub(crate) health: InstanceHealth,
     pub(crate) pool: Pool,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Cancelled (and replaced) to close every open TCP session to this instance.
+    sessions: ArcSwap<CancellationToken>,
 }
 
 impl Instance {
@@ -37,10 +48,29 @@ impl Instance {
             outstanding: AtomicU32::new(0),
             ewma: Ewma::default(),
             outlier: OutlierState::default(),
+            health: InstanceHealth::default(),
             pool: Pool::new(pool_capacity),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            sessions: ArcSwap::from_pointee(CancellationToken::new()),
         }
+    }
+
+    /// Active health state.
+    pub fn health(&self) -> &InstanceHealth {
+        &self.health
+    }
+
+    /// A token cancelled when this instance's TCP sessions must close (demotion).
+    pub(crate) fn session_token(&self) -> CancellationToken {
+        self.sessions.load().child_token()
+    }
+
+    /// Closes every open TCP session to this instance; later sessions are unaffected.
+    pub(crate) fn close_sessions(&self) {
+        self.sessions
+            .swap(Arc::new(CancellationToken::new()))
+            .cancel();
     }
 
     /// Requests in flight to this instance.
@@ -215,6 +245,35 @@ impl Tried {
     }
 }
 
+/// State of a service that outlives configuration reloads (kept per service name): the probe
+/// tasks' wake-up call and the primary's generation, which requests in failover wait on.
+#[derive(Debug)]
+pub(crate) struct ServiceShared {
+    /// Wakes every probe task of the service for an immediate round.
+    pub(crate) kick: Notify,
+    last_kick_ms: AtomicU64,
+    /// Bumped whenever the primary changes.
+    pub(crate) primary_generation: watch::Sender<u64>,
+    /// Set while several members claim primary.
+    split_brain: AtomicBool,
+}
+
+impl Default for ServiceShared {
+    fn default() -> Self {
+        Self {
+            kick: Notify::new(),
+            last_kick_ms: AtomicU64::new(0),
+            primary_generation: watch::Sender::new(0),
+            split_brain: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Kicks closer together than this are merged: one probe round answers them all.
+const KICK_INTERVAL_MS: u64 = 100;
+/// How much longer than a check's timeout a request waits for a failover's probe round.
+const FAILOVER_MARGIN: Duration = Duration::from_millis(250);
+
 /// A service: its instances, how to pick one, and how to treat failures.
 #[derive(Debug)]
 pub struct Service {
@@ -227,6 +286,9 @@ pub struct Service {
     pub config: ServiceConfig,
     pub(crate) retry_budget: RetryBudget,
     pub(crate) metrics: ServiceMetrics,
+    pub(crate) shared: Arc<ServiceShared>,
+    /// Index + 1 of the instance serving as primary (`serve = "primary"`); 0 = none.
+    primary: AtomicUsize,
 }
 
 /// An instance chosen for one attempt.
@@ -240,6 +302,7 @@ impl Service {
     /// Builds a service, reusing live instance state from `existing` (looked up by address).
     pub(crate) fn new(
         config: ServiceConfig,
+        shared: Arc<ServiceShared>,
         existing: impl Fn(SocketAddr) -> Option<Arc<Instance>>,
     ) -> Self {
         let name: Arc<str> = config.name.as_str().into();
@@ -262,7 +325,7 @@ impl Service {
             config.retries.budget_min_per_sec,
         );
         let metrics = ServiceMetrics::new(&name);
-        Self {
+        let service = Self {
             name,
             instances,
             weights,
@@ -270,7 +333,142 @@ impl Service {
             config,
             retry_budget,
             metrics,
+            shared,
+            primary: AtomicUsize::new(0),
+        };
+        // Reused instances bring their verdicts: know the primary before serving.
+        service.recompute_primary(sluice_health::clock::now_ms());
+        service
+    }
+
+    /// Whether instance `i` may take a request now (ignoring passive ejection when
+    /// `ignore_ejection`, as panic mode does).
+    fn usable(&self, i: usize, now_ms: u64, ignore_ejection: bool) -> bool {
+        match self.config.serve {
+            Serve::Primary => self.primary.load(Relaxed) == i + 1,
+            Serve::Any => {
+                let inst = &self.instances[i];
+                !inst.health.is_down() && (ignore_ejection || !inst.outlier.is_ejected(now_ms))
+            }
         }
+    }
+
+    /// The error for a request that finds no instance to pick: in primary mode, no primary.
+    pub(crate) fn nothing_to_pick(&self) -> ProxyError {
+        match self.config.serve {
+            Serve::Primary if !self.instances.is_empty() => ProxyError::new(
+                ProxyErrorKind::NoPrimary,
+                "no instance of the service reports the primary role",
+            ),
+            _ => ProxyError::new(
+                ProxyErrorKind::NoInstance,
+                "the service has no instance to send to",
+            ),
+        }
+    }
+
+    /// The instance serving as primary, if any (`serve = "primary"`).
+    pub fn primary(&self) -> Option<&Arc<Instance>> {
+        self.primary
+            .load(Relaxed)
+            .checked_sub(1)
+            .and_then(|i| self.instances.get(i))
+    }
+
+    /// Re-derives the primary from the instances' latest verdicts (called by probe tasks when a
+    /// verdict changes, and when the service is built). Several claimants: the one holding the
+    /// role longest wins (see [`sluice_health::choose_primary`]), loudly. A demoted primary's TCP
+    /// sessions are closed when `on_demotion = "close"`.
+    pub(crate) fn recompute_primary(&self, now_ms: u64) {
+        let claims = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, inst)| inst.health.is_primary())
+            .map(|(i, inst)| (i, inst.health.role_since_ms()));
+        let (chosen, claimants) = sluice_health::choose_primary(claims);
+        let split = claimants > 1;
+        if split != self.shared.split_brain.swap(split, Relaxed) {
+            if split {
+                self.metrics.split_brain.increment(1);
+                let who: Vec<&str> = self
+                    .instances
+                    .iter()
+                    .filter(|i| i.health.is_primary())
+                    .map(|i| &*i.label)
+                    .collect();
+                tracing::error!(
+                    service = %self.name,
+                    claimants = ?who,
+                    chosen = chosen.map(|i| &*self.instances[i].label),
+                    "split brain: several instances claim primary; sending to the one that has held the role longest"
+                );
+            } else {
+                tracing::warn!(service = %self.name, "split brain resolved");
+            }
+        }
+        let new = chosen.map_or(0, |i| i + 1);
+        let old = self.primary.swap(new, Relaxed);
+        if old == new {
+            return;
+        }
+        self.shared.primary_generation.send_modify(|g| *g += 1);
+        let label = |v: usize| {
+            v.checked_sub(1)
+                .map_or("none", |i| &*self.instances[i].label)
+        };
+        tracing::warn!(service = %self.name, from = label(old), to = label(new), at_ms = now_ms, "primary changed");
+        if let Some(demoted) = old.checked_sub(1).and_then(|i| self.instances.get(i))
+            && self.config.on_demotion == OnDemotion::Close
+        {
+            demoted.close_sessions();
+        }
+    }
+
+    /// Asks every probe task of the service for an immediate round (after a failure on the
+    /// data path). Kicks within [`KICK_INTERVAL_MS`] of the last one are merged.
+    pub(crate) fn kick(&self, now_ms: u64) {
+        if self.config.health.is_none() {
+            return;
+        }
+        let last = self.shared.last_kick_ms.load(Relaxed);
+        if now_ms.saturating_sub(last) >= KICK_INTERVAL_MS
+            && self
+                .shared
+                .last_kick_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.shared.kick.notify_waiters();
+        }
+    }
+
+    /// During failover (`serve = "primary"`, an attempt on the primary just failed): kicks the
+    /// probes and waits until the primary changes, at most `limit` or the check's timeout plus a
+    /// margin. Returns whether it changed.
+    pub(crate) async fn await_failover(&self, seen_generation: u64, limit: Duration) -> bool {
+        let Some(check) = &self.config.health else {
+            return false;
+        };
+        if self.config.serve != Serve::Primary {
+            return false;
+        }
+        self.kick(sluice_health::clock::now_ms());
+        let wait = limit.min(check.timeout + FAILOVER_MARGIN);
+        let mut generation = self.shared.primary_generation.subscribe();
+        tokio::time::timeout(wait, generation.wait_for(|g| *g != seen_generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The primary's current generation (to wait on a change from).
+    pub(crate) fn primary_generation(&self) -> u64 {
+        *self.shared.primary_generation.borrow()
+    }
+
+    /// Whether a request that failed on the primary should wait for a failover.
+    pub(crate) fn fails_over(&self) -> bool {
+        self.config.serve == Serve::Primary && self.config.health.is_some()
     }
 
     /// The instances, in configuration order.
@@ -281,17 +479,19 @@ impl Service {
     /// Picks an instance not yet tried: a healthy one if any, else (panic mode, counted) any
     /// untried one — passive ejection never turns traffic away on its own.
     pub(crate) fn pick(&self, hash: Option<u64>, tried: &Tried, now_ms: u64) -> Option<Picked> {
-        let healthy =
-            |i: usize| !tried.contains(i) && !self.instances[i].outlier.is_ejected(now_ms);
+        let healthy = |i: usize| !tried.contains(i) && self.usable(i, now_ms, false);
         let index = match self
             .balancer
             .pick(&self.instances, &self.weights, hash, healthy)
         {
             Some(i) => i,
             None => {
+                // Panic mode: passive ejections are ignored, active verdicts are not.
                 let i = self
                     .balancer
-                    .pick(&self.instances, &self.weights, hash, |i| !tried.contains(i))?;
+                    .pick(&self.instances, &self.weights, hash, |i| {
+                        !tried.contains(i) && self.usable(i, now_ms, true)
+                    })?;
                 if tried.len() == 0 {
                     self.metrics.panic_picks.increment(1);
                 }

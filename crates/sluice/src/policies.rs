@@ -37,7 +37,7 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 /// The loaded policies and the watcher of their files.
 #[derive(Debug, Default)]
 pub(crate) struct Policies {
-    host: Mutex<Option<Arc<PolicyHost>>>,
+    shared_host: Arc<Mutex<Option<Arc<PolicyHost>>>>,
     watcher: Mutex<Option<PolicyWatcher>>,
 }
 
@@ -47,7 +47,7 @@ impl Policies {
     pub(crate) fn apply(&self, configs: &[PolicyConfig]) -> Result<ReloadReport, String> {
         let host = {
             let mut slot = self
-                .host
+                .shared_host
                 .lock()
                 .map_err(|_| "policy host lock poisoned".to_owned())?;
             match (&*slot, configs.is_empty()) {
@@ -90,7 +90,7 @@ impl Policies {
     }
 
     fn current(&self) -> Option<Arc<PolicyHost>> {
-        self.host.lock().ok().and_then(|h| h.clone())
+        self.shared_host.lock().ok().and_then(|h| h.clone())
     }
 }
 
@@ -101,4 +101,96 @@ pub(crate) fn rejected_summary(report: &ReloadReport) -> Option<String> {
         .map(|(name, error)| format!("{name}: {error}"))
         .collect();
     (!rejected.is_empty()).then(|| rejected.join("; "))
+}
+
+/// Health checks that name a policy are evaluated by it, looked up by name at each probe so a
+/// check never depends on the order policies and services were (re)loaded in. A policy that is
+/// not loaded, traps or times out leaves the previous verdict in place, marked stale.
+impl sluice_health::EvaluatorSource for Policies {
+    fn evaluator(&self, policy: &str) -> Option<Arc<dyn sluice_health::Evaluator>> {
+        Some(Arc::new(WasmHealth {
+            host: self.host_slot(),
+            policy: policy.to_owned(),
+        }))
+    }
+}
+
+impl Policies {
+    fn host_slot(&self) -> HostSlot {
+        HostSlot(Arc::clone(&self.shared_host))
+    }
+}
+
+/// A handle on the (lazily created) policy host that evaluators can keep.
+#[derive(Debug, Clone)]
+struct HostSlot(Arc<Mutex<Option<Arc<PolicyHost>>>>);
+
+#[derive(Debug)]
+struct WasmHealth {
+    host: HostSlot,
+    policy: String,
+}
+
+impl sluice_health::Evaluator for WasmHealth {
+    fn evaluate(
+        &self,
+        instance: &sluice_health::ProbedInstance,
+        probe: &sluice_health::ProbeResult,
+    ) -> sluice_health::Evaluation {
+        use sluice_health::{Evaluation, Role, Verdict};
+        use sluice_policy_host::types;
+        let host = self.host.0.lock().ok().and_then(|h| h.clone());
+        let Some(handle) = host.and_then(|h| h.health(&self.policy)) else {
+            return Evaluation::KeepPrevious {
+                error: format!("health policy `{}` is not loaded", self.policy),
+            };
+        };
+        let wasm_instance = types::Instance {
+            id: instance.id.clone(),
+            service: instance.service.clone(),
+            address: instance.address.clone(),
+            port: instance.port,
+            tags: Vec::new(),
+            metadata: Vec::new(),
+            health: types::HealthStatus::Unknown,
+        };
+        let wasm_probe = types::ProbeResult {
+            kind: match probe.kind {
+                sluice_health::ProbeKind::Http => types::ProbeKind::Http,
+                sluice_health::ProbeKind::Tcp => types::ProbeKind::Tcp,
+                sluice_health::ProbeKind::Command => types::ProbeKind::Command,
+            },
+            status: probe.status,
+            headers: probe.headers.clone(),
+            body_prefix: probe.body_prefix.clone(),
+            latency_us: probe.latency_us,
+            error: probe.error.as_ref().map(|e| types::ProbeError {
+                kind: match e.kind {
+                    sluice_health::ProbeErrorKind::Timeout => types::ProbeErrorKind::Timeout,
+                    sluice_health::ProbeErrorKind::Refused => types::ProbeErrorKind::Refused,
+                    sluice_health::ProbeErrorKind::Reset => types::ProbeErrorKind::Reset,
+                    sluice_health::ProbeErrorKind::Other => types::ProbeErrorKind::Other,
+                },
+                message: e.message.clone(),
+            }),
+        };
+        match handle.evaluate(&wasm_instance, &wasm_probe) {
+            sluice_policy_host::HealthOutcome::Verdict(types::Verdict::Up(up)) => {
+                Evaluation::Verdict(Verdict::Up {
+                    role: match up.role {
+                        types::Role::Primary => Role::Primary,
+                        types::Role::Backup => Role::Backup,
+                        types::Role::Any => Role::Any,
+                    },
+                    weight: up.weight,
+                })
+            }
+            sluice_policy_host::HealthOutcome::Verdict(types::Verdict::Down(reason)) => {
+                Evaluation::Verdict(Verdict::Down { reason })
+            }
+            sluice_policy_host::HealthOutcome::KeepPrevious { error } => Evaluation::KeepPrevious {
+                error: error.to_string(),
+            },
+        }
+    }
 }

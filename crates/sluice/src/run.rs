@@ -58,13 +58,12 @@ impl App {
                         "[admin], [runtime] and [log] changes take effect at the next restart"
                     );
                 }
-                let policies = cfg.policies.clone();
-                match self.proxy.apply(cfg).await {
-                    Err(e) => Err(ReloadError::from(e)),
-                    Ok(summary) => match self.apply_policies(policies).await {
-                        Ok(()) => Ok(summary),
-                        Err(e) => Err(ReloadError::Policies(e)),
-                    },
+                // Policies first, so new health checks find the policies they name.
+                let policies = self.apply_policies(cfg.policies.clone()).await;
+                match (self.proxy.apply(cfg).await, policies) {
+                    (Err(e), _) => Err(ReloadError::from(e)),
+                    (Ok(_), Err(e)) => Err(ReloadError::Policies(e)),
+                    (Ok(summary), Ok(())) => Ok(summary),
                 }
             }
         };
@@ -151,20 +150,33 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
 
-    let policies = cfg.policies.clone();
-    let proxy = Proxy::start(cfg).await.context("starting listeners")?;
+    // Policies first: health checks that name one evaluate through it from their first probe.
+    let policies = Arc::new(crate::policies::Policies::default());
+    {
+        let (policies, configs) = (Arc::clone(&policies), cfg.policies.clone());
+        let report = tokio::task::spawn_blocking(move || policies.apply(&configs))
+            .await
+            .context("loading policies")?
+            .map_err(anyhow::Error::msg)?;
+        if let Some(rejected) = crate::policies::rejected_summary(&report) {
+            // A policy that cannot load at start-up is a configuration error: refuse to run.
+            anyhow::bail!("policies could not be loaded: {rejected}");
+        }
+    }
+    let proxy = Proxy::start_with(
+        cfg,
+        Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
+    )
+    .await
+    .context("starting listeners")?;
     let app = Arc::new(App {
         proxy,
         config_path,
         metrics,
         ready: AtomicBool::new(false),
-        policies: Arc::new(crate::policies::Policies::default()),
+        policies,
         reload_lock: tokio::sync::Mutex::new(()),
     });
-    // A policy that cannot load at start-up is a configuration error: refuse to run.
-    app.apply_policies(policies)
-        .await
-        .map_err(|rejected| anyhow::anyhow!("policies could not be loaded: {rejected}"))?;
     let admin = crate::admin::start(admin_bind, Arc::clone(&app))
         .await
         .with_context(|| format!("starting the admin listener on {admin_bind}"))?;

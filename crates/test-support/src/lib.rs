@@ -11,9 +11,11 @@ mod backend;
 mod client;
 pub mod etcd;
 mod eventually;
+mod mirror;
 mod process;
 
 pub use backend::{Backend, Blackhole, Mode};
 pub use client::{Client, Reply};
 pub use eventually::eventually;
-pub use process::{SluiceProcess, free_port, http_get, http_request, require_tool};
+pub use mirror::{MirrorMember, MirrorRole};
+pub use process::{SluiceProcess, free_port, free_port_on, http_get, http_request, require_tool};

@@ -33,6 +33,25 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A TCP port free on every one of `ips` (loopback addresses such as 127.0.0.2, 127.0.0.3:
+/// several "hosts" with the same port on one machine, as in a multi-host deployment).
+pub fn free_port_on(ips: &[&str]) -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        let all_free = ips.iter().all(|ip| {
+            std::net::TcpListener::bind((
+                ip.parse::<std::net::IpAddr>().expect("an IP address"),
+                port,
+            ))
+            .is_ok()
+        });
+        if all_free {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
 /// A running `sluice` process with its own config file and log files.
 #[derive(Debug)]
 pub struct SluiceProcess {

@@ -1,0 +1,286 @@
+//! TCP listeners: every connection goes to one service. Pick an instance (the service's
+//! balancer; "least request" counts open connections), connect within the connect timeout —
+//! falling back to the next instance on failure — optionally send a PROXY protocol header, then
+//! relay bytes both ways until both sides close, the idle timeout passes, the instance loses
+//! the primary role (`on_demotion = "close"`), or the listener drains.
+//!
+//! With `serve = "primary"`, a connect failure on the primary kicks the service's probes and
+//! waits (bounded) for a new primary, so new connections reach it within one probe round;
+//! with no primary at all the connection is closed at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics::{Counter, counter};
+use serde::Serialize;
+use sluice_config::{HashKey, TcpListenerConfig};
+use sluice_health::clock;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::access_log::{AccessLog, rfc3339_now};
+use crate::error::ProxyErrorKind;
+use crate::metrics::{TCP_BYTES_TOTAL, TCP_CONNECTIONS_TOTAL};
+use crate::upstream::{InFlight, Service, Tried};
+
+/// What a TCP listener's connections read; replaced whole on reload.
+#[derive(Debug)]
+pub(crate) struct TcpRuntime {
+    pub(crate) config: TcpListenerConfig,
+    pub(crate) service: Arc<Service>,
+}
+
+/// Per-listener TCP counters.
+#[derive(Debug, Clone)]
+pub(crate) struct TcpMetrics {
+    ok: Counter,
+    no_instance: Counter,
+    connect_failed: Counter,
+    upstream_bytes: Counter,
+    downstream_bytes: Counter,
+}
+
+impl TcpMetrics {
+    pub(crate) fn new(listener: &str) -> Self {
+        let outcome = |o: &'static str| counter!(TCP_CONNECTIONS_TOTAL, "listener" => listener.to_owned(), "outcome" => o);
+        let bytes = |d: &'static str| counter!(TCP_BYTES_TOTAL, "listener" => listener.to_owned(), "direction" => d);
+        Self {
+            ok: outcome("ok"),
+            no_instance: outcome("no_instance"),
+            connect_failed: outcome("connect_failed"),
+            upstream_bytes: bytes("upstream"),
+            downstream_bytes: bytes("downstream"),
+        }
+    }
+}
+
+/// One TCP session's access-log line.
+#[derive(Debug, Serialize)]
+struct TcpEntry<'a> {
+    time: String,
+    listener: &'a str,
+    protocol: &'static str,
+    client: SocketAddr,
+    service: &'a str,
+    upstream: Option<String>,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    connect_attempts: u32,
+    outcome: &'static str,
+    error: Option<String>,
+}
+
+/// Serves one accepted TCP connection.
+pub(crate) async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    runtime: &TcpRuntime,
+    metrics: &TcpMetrics,
+    log: &AccessLog,
+    drain: CancellationToken,
+) {
+    let started = Instant::now();
+    let service = &runtime.service;
+    let _ = client.set_nodelay(true);
+    let (upstream, in_flight, attempts) = match connect(service, peer).await {
+        Ok(connected) => connected,
+        Err((kind, detail, attempts)) => {
+            match kind {
+                ProxyErrorKind::NoInstance | ProxyErrorKind::NoPrimary => {
+                    metrics.no_instance.increment(1)
+                }
+                _ => metrics.connect_failed.increment(1),
+            }
+            tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
+            log_session(
+                log,
+                listener,
+                peer,
+                service,
+                None,
+                (0, 0),
+                started,
+                attempts,
+                kind.as_str(),
+                Some(detail),
+            );
+            // Dropping the client socket closes it: the "refusal" a TCP client sees.
+            return;
+        }
+    };
+    metrics.ok.increment(1);
+    let addr = in_flight.instance.addr;
+    let mut upstream = upstream;
+    if let Some(header) = crate::proxy_protocol::header(
+        runtime.config.proxy_protocol,
+        peer,
+        client.local_addr().unwrap_or(peer),
+    ) && let Err(e) = upstream.write_all(&header).await
+    {
+        log_session(
+            log,
+            listener,
+            peer,
+            service,
+            Some(addr),
+            (0, 0),
+            started,
+            attempts,
+            "error",
+            Some(format!("sending the PROXY header: {e}")),
+        );
+        return;
+    }
+    // Closed by demotion of the instance, or by the end of a drain.
+    let cancel = CancellationToken::new();
+    let demoted = in_flight.instance.session_token();
+    let stats = {
+        let relay = crate::tunnel::run(
+            client,
+            upstream,
+            runtime.config.idle_timeout,
+            cancel.clone(),
+        );
+        tokio::pin!(relay);
+        tokio::select! {
+            stats = &mut relay => stats,
+            () = demoted.cancelled() => { cancel.cancel(); relay.await }
+            () = drain.cancelled() => { cancel.cancel(); relay.await }
+        }
+    };
+    metrics.upstream_bytes.increment(stats.a_to_b);
+    metrics.downstream_bytes.increment(stats.b_to_a);
+    let outcome = if demoted.is_cancelled() {
+        "demoted"
+    } else {
+        stats.end.as_str()
+    };
+    log_session(
+        log,
+        listener,
+        peer,
+        service,
+        Some(addr),
+        (stats.a_to_b, stats.b_to_a),
+        started,
+        attempts,
+        outcome,
+        None,
+    );
+    drop(in_flight);
+}
+
+/// Connects to an instance of `service`, trying others on failure (and, in primary mode,
+/// waiting for a failover). Errors carry the kind, a detail and the attempts made.
+async fn connect(
+    service: &Service,
+    peer: SocketAddr,
+) -> Result<(TcpStream, InFlight, u32), (ProxyErrorKind, String, u32)> {
+    let cfg = &service.config;
+    let hash = service.balancer.hash_key().map(|key| {
+        if !matches!(key, HashKey::ClientIp) {
+            tracing::debug!(service = %service.name, "TCP has no headers or cookies: hashing on the client IP");
+        }
+        match peer.ip() {
+            std::net::IpAddr::V4(ip) => crate::balance::hash_bytes(&ip.octets()),
+            std::net::IpAddr::V6(ip) => crate::balance::hash_bytes(&ip.octets()),
+        }
+    });
+    let deadline = Instant::now() + cfg.timeouts.total;
+    let mut tried = Tried::default();
+    let mut attempts = 0u32;
+    let mut failed_generation: Option<u64> = None;
+    let mut last_error = String::from("the service has no instance to connect to");
+    loop {
+        let now_ms = clock::now_ms();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Some(picked) = service.pick(hash, &tried, now_ms) else {
+            // A connection that just failed on the primary waits for the failover; one that
+            // finds no primary at all is refused at once.
+            if let Some(generation) = failed_generation.take()
+                && service.await_failover(generation, remaining).await
+            {
+                continue;
+            }
+            if attempts == 0 {
+                let e = service.nothing_to_pick();
+                return Err((e.kind, e.detail, 0));
+            }
+            return Err((ProxyErrorKind::ConnectFailed, last_error, attempts));
+        };
+        tried.push(picked.index);
+        attempts += 1;
+        let generation = service.primary_generation();
+        let in_flight = InFlight::new(Arc::clone(&picked.instance));
+        let addr = picked.instance.addr;
+        let timeout = cfg.timeouts.connect.min(remaining);
+        let (kind, detail) = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                service.record_success(&picked.instance, now_ms);
+                return Ok((stream, in_flight, attempts));
+            }
+            Ok(Err(e)) => (
+                ProxyErrorKind::ConnectFailed,
+                format!("connect to {addr}: {e}"),
+            ),
+            Err(_) => (
+                ProxyErrorKind::ConnectTimeout,
+                format!(
+                    "connect to {addr}: no answer within {}ms",
+                    timeout.as_millis()
+                ),
+            ),
+        };
+        service.record_failure(&picked.instance, Some(kind), clock::now_ms());
+        if service.fails_over() {
+            failed_generation = Some(generation);
+        }
+        last_error = detail;
+        if attempts > cfg.retries.attempts && failed_generation.is_none() {
+            return Err((kind, last_error, attempts));
+        }
+        if remaining.is_zero() {
+            return Err((ProxyErrorKind::DeadlineExceeded, last_error, attempts));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_session(
+    log: &AccessLog,
+    listener: &str,
+    client: SocketAddr,
+    service: &Service,
+    upstream: Option<SocketAddr>,
+    (bytes_in, bytes_out): (u64, u64),
+    started: Instant,
+    connect_attempts: u32,
+    outcome: &'static str,
+    error: Option<String>,
+) {
+    if !log.enabled() {
+        return;
+    }
+    let entry = TcpEntry {
+        time: rfc3339_now(),
+        listener,
+        protocol: "tcp",
+        client,
+        service: &service.name,
+        upstream: upstream.map(|a| a.to_string()),
+        bytes_in,
+        bytes_out,
+        duration_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        connect_attempts,
+        outcome,
+        error,
+    };
+    let mut line = serde_json::to_string(&entry).unwrap_or_default();
+    line.push('\n');
+    log.log_line(line);
+}
