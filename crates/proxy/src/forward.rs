@@ -227,11 +227,12 @@ async fn forward(
         let Some(picked) = service.pick(hash, &tried, now_ms) else {
             // An attempt just failed on the primary: wait (bounded) for the failover the
             // probes are now checking. Finding no primary at all is answered at once.
-            if let Some(generation) = failed_generation.take() {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if service.await_failover(generation, remaining).await {
-                    continue;
-                }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if service
+                .wait_for_primary(&mut failed_generation, remaining)
+                .await
+            {
+                continue;
             }
             return Err(last_error.unwrap_or_else(|| service.nothing_to_pick()));
         };
@@ -286,11 +287,27 @@ async fn forward(
                 .timeouts
                 .response_header
                 .min(deadline.saturating_duration_since(sent_at));
-            let result = tokio::time::timeout(
+            let exchange_head = tokio::time::timeout(
                 wait,
                 sender.try_send_request(Request::from_parts(head, body)),
-            )
-            .await;
+            );
+            // In primary mode a member that loses the role (frozen, or demoted by its mirror)
+            // may never answer: stop waiting on it, and retry on the new primary if allowed.
+            let result = if service.fails_over() {
+                let demoted = picked.instance.session_token();
+                tokio::select! {
+                    r = exchange_head => r,
+                    () = demoted.cancelled() => {
+                        break ProxyError::new(
+                            ProxyErrorKind::UpstreamReset,
+                            format!("{addr} lost the primary role before answering"),
+                        )
+                        .sent();
+                    }
+                }
+            } else {
+                exchange_head.await
+            };
             match result {
                 Ok(Ok(mut response)) => {
                     let latency = sent_at.elapsed();
@@ -333,11 +350,18 @@ async fn forward(
                     }
                     if status == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(client_upgrade) = client_upgrade {
+                            // A tunnel to a primary ends when it is demoted (`on_demotion`).
+                            let demoted = if service.fails_over() {
+                                picked.instance.session_token()
+                            } else {
+                                tokio_util::sync::CancellationToken::new()
+                            };
                             spawn_tunnel(
                                 client_upgrade,
                                 hyper::upgrade::on(&mut response),
                                 cfg.timeouts.tunnel_idle,
                                 addr,
+                                demoted,
                             );
                         }
                         // The connection now belongs to the tunnel.
@@ -603,6 +627,7 @@ fn spawn_tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     idle: Duration,
     addr: SocketAddr,
+    demoted: tokio_util::sync::CancellationToken,
 ) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client, upstream) {
@@ -612,13 +637,8 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let stats = crate::tunnel::run(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            idle,
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .await;
+        let stats =
+            crate::tunnel::run(TokioIo::new(client), TokioIo::new(upstream), idle, demoted).await;
         tracing::debug!(
             upstream = %addr,
             end = stats.end.as_str(),

@@ -375,6 +375,7 @@ impl Proxy {
                     Serve::Primary => "primary",
                 },
                 primary: s.primary().map(|i| i.addr.to_string()),
+                split_brain: s.split_brain(),
                 ejected: s.ejected_count(now),
                 max_ejected: s.max_ejected(),
                 instances: s
@@ -506,6 +507,8 @@ pub struct ServiceView {
     pub serve: &'static str,
     /// The instance serving as primary (`serve = "primary"`).
     pub primary: Option<String>,
+    /// Whether several instances claim the primary role now.
+    pub split_brain: bool,
     /// Instances ejected now.
     pub ejected: usize,
     /// Most instances passive health may eject at once.

@@ -201,8 +201,9 @@ async fn connect(
         let Some(picked) = service.pick(hash, &tried, now_ms) else {
             // A connection that just failed on the primary waits for the failover; one that
             // finds no primary at all is refused at once.
-            if let Some(generation) = failed_generation.take()
-                && service.await_failover(generation, remaining).await
+            if service
+                .wait_for_primary(&mut failed_generation, remaining)
+                .await
             {
                 continue;
             }

@@ -256,6 +256,9 @@ pub(crate) struct ServiceShared {
     pub(crate) primary_generation: watch::Sender<u64>,
     /// Set while several members claim primary.
     split_brain: AtomicBool,
+    /// Clock reading when the service last lost its primary (or was created without one):
+    /// the start of the failover window.
+    no_primary_since_ms: AtomicU64,
 }
 
 impl Default for ServiceShared {
@@ -265,6 +268,7 @@ impl Default for ServiceShared {
             last_kick_ms: AtomicU64::new(0),
             primary_generation: watch::Sender::new(0),
             split_brain: AtomicBool::new(false),
+            no_primary_since_ms: AtomicU64::new(sluice_health::clock::now_ms()),
         }
     }
 }
@@ -273,6 +277,8 @@ impl Default for ServiceShared {
 const KICK_INTERVAL_MS: u64 = 100;
 /// How much longer than a check's timeout a request waits for a failover's probe round.
 const FAILOVER_MARGIN: Duration = Duration::from_millis(250);
+/// While requests wait for a new primary, the service's probes run at least this often.
+const FAILOVER_PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// A service: its instances, how to pick one, and how to treat failures.
 #[derive(Debug)]
@@ -412,6 +418,9 @@ impl Service {
         if old == new {
             return;
         }
+        if new == 0 {
+            self.shared.no_primary_since_ms.store(now_ms, Relaxed);
+        }
         self.shared.primary_generation.send_modify(|g| *g += 1);
         let label = |v: usize| {
             v.checked_sub(1)
@@ -443,22 +452,76 @@ impl Service {
         }
     }
 
-    /// During failover (`serve = "primary"`, an attempt on the primary just failed): kicks the
-    /// probes and waits until the primary changes, at most `limit` or the check's timeout plus a
-    /// margin. Returns whether it changed.
-    pub(crate) async fn await_failover(&self, seen_generation: u64, limit: Duration) -> bool {
-        let Some(check) = &self.config.health else {
+    /// For a request that found no instance to pick (`serve = "primary"`): whether to try
+    /// again because a primary appeared, after waiting for one — bounded by `limit`, and only
+    /// while a failover may be under way:
+    ///
+    /// - the request just failed on the primary (`failed_generation`, taken): the probes are
+    ///   kicked and have `timeout` + a margin to confirm a change; if the primary is lost,
+    /// - the service has had no primary for less than one failover window (`interval` +
+    ///   `timeout` + a margin — a promotion shows within one probe round), counted from the
+    ///   loss or from start-up. Meanwhile the probes are kicked every
+    ///   [`FAILOVER_PROBE_EVERY`] so a promoted member is seen at once.
+    ///
+    /// Outside a window (every member down or backup for a while) the answer is an immediate
+    /// "no", so clients get `503 no_primary` at once instead of waiting.
+    pub(crate) async fn wait_for_primary(
+        &self,
+        failed_generation: &mut Option<u64>,
+        limit: Duration,
+    ) -> bool {
+        let Some(check) = self
+            .config
+            .health
+            .as_ref()
+            .filter(|_| self.config.serve == Serve::Primary)
+        else {
             return false;
         };
-        if self.config.serve != Serve::Primary {
-            return false;
+        let failed_on = failed_generation.take();
+        if failed_on.is_none() && self.primary().is_some() {
+            return true; // appeared since the pick
         }
-        self.kick(sluice_health::clock::now_ms());
-        let wait = limit.min(check.timeout + FAILOVER_MARGIN);
+        let window = check.interval + check.timeout + FAILOVER_MARGIN;
+        let window_ms = window.as_millis() as u64;
+        let started = tokio::time::Instant::now();
+        let give_up = started + limit.min(window);
+        let confirm_by = started + check.timeout + FAILOVER_MARGIN;
         let mut generation = self.shared.primary_generation.subscribe();
-        tokio::time::timeout(wait, generation.wait_for(|g| *g != seen_generation))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let mut seen = failed_on.unwrap_or_else(|| *generation.borrow_and_update());
+        loop {
+            let current = *generation.borrow_and_update();
+            if current != seen {
+                if self.primary().is_some() {
+                    return true;
+                }
+                seen = current;
+            }
+            let now = tokio::time::Instant::now();
+            let now_ms = sluice_health::clock::now_ms();
+            match self.primary() {
+                // Failed on a primary the probes still confirm: not a failover after all.
+                Some(_) if now >= confirm_by => return false,
+                Some(_) => {}
+                None => {
+                    let lost_at = self.shared.no_primary_since_ms.load(Relaxed);
+                    if now_ms.saturating_sub(lost_at) >= window_ms {
+                        return false;
+                    }
+                }
+            }
+            if now >= give_up {
+                return false;
+            }
+            self.kick(now_ms);
+            let step = (give_up - now).min(FAILOVER_PROBE_EVERY);
+            let _ = tokio::time::timeout(step, generation.changed()).await;
+        }
+    }
+
+    /// Whether several instances claim the primary role now.
+    pub fn split_brain(&self) -> bool {
+        self.shared.split_brain.load(Relaxed)
     }
 
     /// The primary's current generation (to wait on a change from).
