@@ -249,7 +249,7 @@ async fn the_four_states_of_seed_001_with_failover_under_load() {
 
     // State 3: both members of AP1 stopped: an immediate 503 naming the reason, and TCP
     // connections closed at once, instead of the seed's two-minute 504.
-    let ap1b = tokio::task::spawn_blocking(move || {
+    let _ap1b = tokio::task::spawn_blocking(move || {
         ap1b.stop();
         ap1b
     })
