@@ -6,12 +6,15 @@ set -euo pipefail
 
 # Debian packages: real peers for the tests (curl, openssl, etcd), GNU envsubst (gettext-base),
 # which the sidecar's envsubst mode is compared against, and the benchmarks' tools and
-# side-by-side contenders (nginx, haproxy, wrk, h2load, hyperfine, valgrind).
+# side-by-side contenders (nginx with its stream module, haproxy, wrk, h2load, hyperfine, valgrind,
+# iperf3).
 need=()
-for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind; do
+for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind iperf3:iperf3; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# nginx's `stream` (TCP proxy) module, for the TCP relay benchmark.
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -463,8 +463,8 @@ impl Service {
     ///   loss or from start-up. Meanwhile the probes are kicked every
     ///   [`FAILOVER_PROBE_EVERY`] so a promoted member is seen at once.
     ///
-    /// Outside a window (every member down or backup for a while) the answer is an immediate
-    /// "no", so clients get `503 no_primary` at once instead of waiting.
+    /// Outside a window (members backup for a while), or with every member down (nobody to
+    /// promote), the answer is an immediate "no": clients get `503 no_primary` at once.
     pub(crate) async fn wait_for_primary(
         &self,
         failed_generation: &mut Option<u64>,
@@ -504,8 +504,11 @@ impl Service {
                 Some(_) if now >= confirm_by => return false,
                 Some(_) => {}
                 None => {
+                    // Every member down: nobody can be promoted within a window.
                     let lost_at = self.shared.no_primary_since_ms.load(Relaxed);
-                    if now_ms.saturating_sub(lost_at) >= window_ms {
+                    if now_ms.saturating_sub(lost_at) >= window_ms
+                        || self.instances.iter().all(|i| i.health.is_down())
+                    {
                         return false;
                     }
                 }

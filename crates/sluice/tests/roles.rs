@@ -69,6 +69,27 @@ fn setup(on_demotion: &str) -> Setup {
         b.tcp(),
     );
     let sluice = SluiceProcess::start(Path::new(BIN), &config, admin);
+    // Both services have seen a as primary before a test changes roles (their first probes
+    // are spread by jitter).
+    let start = Instant::now();
+    loop {
+        let (_, body) = http_get(admin, "/api/services").unwrap();
+        let services: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let primaries: Vec<_> = services
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["primary"].clone())
+            .collect();
+        if primaries == [a.web().to_string(), a.tcp().to_string()] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "no primary yet: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Setup {
         sluice,
         web,
@@ -183,11 +204,29 @@ async fn split_brain_keeps_the_established_primary_loudly() {
     assert_eq!(host(&client, s.web).await, Ok("a".into()));
     let before = metric(s.sluice.admin, "sluice_split_brain_total");
     s.b.set_role(MirrorRole::Primary);
+    // Both services (HTTP and TCP) probe b on their own schedule: wait for both to see it.
     let start = Instant::now();
-    while metric(s.sluice.admin, "sluice_split_brain_total") <= before {
-        assert!(start.elapsed() < FAILOVER_BOUND, "split brain not counted");
+    loop {
+        let (_, body) = http_get(s.sluice.admin, "/api/services").unwrap();
+        let services: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if services
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["split_brain"] == true)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < FAILOVER_BOUND,
+            "split brain not shown in the API: {body}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        metric(s.sluice.admin, "sluice_split_brain_total") >= before + 2.0,
+        "counted once per service"
+    );
     for _ in 0..20 {
         assert_eq!(
             host(&client, s.web).await,
@@ -195,21 +234,25 @@ async fn split_brain_keeps_the_established_primary_loudly() {
             "the established primary keeps the traffic"
         );
     }
-    assert_eq!(session(s.tcp).0, "a");
+    assert_eq!(session(s.tcp).0, "a", "{}", s.sluice.stderr());
     assert!(
         s.sluice.stderr().contains("split brain"),
         "logged: {}",
         s.sluice.stderr()
     );
-    let (_, body) = http_get(s.sluice.admin, "/api/services").unwrap();
-    let services: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(services[0]["split_brain"], true, "shown in the API: {body}");
 
-    // a steps down: b, the only claimant left, takes over.
+    // a steps down: b, the only claimant left, takes over at a's next probe.
     s.a.set_role(MirrorRole::Backup);
     let start = Instant::now();
-    while host(&client, s.web).await != Ok("b".into()) {
-        assert!(start.elapsed() < FAILOVER_BOUND, "b never took over");
+    loop {
+        let got = host(&client, s.web).await;
+        if got == Ok("b".into()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < FAILOVER_BOUND,
+            "b never took over; last answer {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
