@@ -132,9 +132,11 @@ printf '%s\n' "${results[@]}" | python3 -c '
 import json, sys
 print("| primary | proxy | requests | failed | non-primary answers | new primary answers after | last failure after | slowest request |")
 print("|---|---|---|---|---|---|---|---|")
+def s(v):
+    return "—" if v is None else f"{v} s"
 for line in sys.stdin:
     mode, who, js = line.split(" ", 2)
     r = json.loads(js)
-    s = lambda v: "—" if v is None else f"{v} s"
-    print(f"| {mode} | {who} | {r[\"requests\"]} | {r[\"failed\"]} | {r[\"non_primary_answers\"]} | {s(r[\"new_primary_after_s\"])} | {s(r[\"last_failure_after_s\"])} | {s(r[\"slowest_request_s\"])} |")
+    cells = [mode, who, r["requests"], r["failed"], r["non_primary_answers"], s(r["new_primary_after_s"]), s(r["last_failure_after_s"]), s(r["slowest_request_s"])]
+    print("| " + " | ".join(str(c) for c in cells) + " |")
 '

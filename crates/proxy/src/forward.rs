@@ -637,8 +637,14 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let stats =
-            crate::tunnel::run(TokioIo::new(client), TokioIo::new(upstream), idle, demoted).await;
+        let stats = crate::tunnel::run(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            idle,
+            crate::tunnel::UPGRADED_BUFFER,
+            demoted,
+        )
+        .await;
         tracing::debug!(
             upstream = %addr,
             end = stats.end.as_str(),

@@ -143,6 +143,7 @@ pub(crate) async fn serve(
             client,
             upstream,
             runtime.config.idle_timeout,
+            crate::tunnel::TCP_SESSION_BUFFER,
             cancel.clone(),
         );
         tokio::pin!(relay);

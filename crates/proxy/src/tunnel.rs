@@ -85,11 +85,25 @@ pub(crate) struct TunnelStats {
     pub(crate) end: TunnelEnd,
 }
 
+/// Copy buffer per direction for TCP listener sessions: bulk transfers (database replication,
+/// backups) need fewer read/write calls per byte than with tokio's default 8 KiB (compared in
+/// docs/benchmarks.md). That is 64 MiB for 1k sessions.
+pub(crate) const TCP_SESSION_BUFFER: usize = 32 * 1024;
+/// Copy buffer per direction for upgraded HTTP connections (WebSocket): small messages, many
+/// mostly idle connections.
+pub(crate) const UPGRADED_BUFFER: usize = 8 * 1024;
+
 /// Copies both ways until both sides close (a half-close is passed on and the other direction
 /// keeps flowing), a socket fails, `cancel` fires, or `idle` passes with no byte either way
 /// (checked every `idle`, so silence is detected between one and two idle periods after the
-/// last byte).
-pub(crate) async fn run<A, B>(a: A, b: B, idle: Duration, cancel: CancellationToken) -> TunnelStats
+/// last byte). `buffer` bytes are used per direction.
+pub(crate) async fn run<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    buffer: usize,
+    cancel: CancellationToken,
+) -> TunnelStats
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -118,7 +132,7 @@ where
         }
     };
     let end = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut a, &mut b) => if r.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
+        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buffer, buffer) => if r.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
         () = watchdog => TunnelEnd::Idle,
         () = cancel.cancelled() => TunnelEnd::Cancelled,
     };
