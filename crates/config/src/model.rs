@@ -159,6 +159,10 @@ pub struct ListenerConfig {
     pub max_concurrent_streams: u32,
     /// Present for `protocol = "tcp"`.
     pub tcp: Option<TcpListenerConfig>,
+    /// `[listener.tls]`: TLS termination.
+    pub tls: Option<crate::ListenerTlsConfig>,
+    /// `[listener.authz]`: per-connection authorization.
+    pub authz: Option<crate::ListenerAuthzConfig>,
 }
 
 /// How a route matches the request's host.
