@@ -38,6 +38,14 @@ pub enum ApplyError {
     /// The access log file could not be opened.
     #[error("cannot open the access log: {0}")]
     AccessLog(#[source] std::io::Error),
+    /// A listener's certificates or keys could not be loaded.
+    #[error("listener `{listener}`: TLS: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What is wrong, naming the file.
+        source: sluice_tls::TlsError,
+    },
 }
 
 /// What a successful apply changed.
@@ -180,6 +188,18 @@ impl Proxy {
                 }));
         }
 
+        // TLS: every certificate and key re-read; a bad one refuses the whole apply.
+        let mut tls: HashMap<&str, crate::tls::ListenerTls> = HashMap::new();
+        for lc in &config.listeners {
+            let loaded = crate::tls::ListenerTls::load(lc).map_err(|source| ApplyError::Tls {
+                listener: lc.name.clone(),
+                source,
+            })?;
+            if let Some(t) = loaded {
+                tls.insert(lc.name.as_str(), t);
+            }
+        }
+
         // Bind what is new before changing anything.
         let mut to_start = Vec::new();
         for lc in &config.listeners {
@@ -237,7 +257,13 @@ impl Proxy {
                     service: Arc::clone(svc),
                 })
             });
-            let runtime = ListenerRuntime::new(lc.clone(), table, new_log.clone(), tcp);
+            let runtime = ListenerRuntime::new(
+                lc.clone(),
+                table,
+                new_log.clone(),
+                tcp,
+                tls.remove(lc.name.as_str()),
+            );
             if let Some(r) = running.get(&lc.name) {
                 r.shared.update(runtime);
             } else if let Some(pos) = to_start.iter().position(|(c, _)| c.name == lc.name) {

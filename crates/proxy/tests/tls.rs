@@ -1,0 +1,228 @@
+#![allow(clippy::unwrap_used)]
+//! TLS termination and per-connection authorization on listeners, with rustls clients and a
+//! CA made at test time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use sluice_test_support::certs::{CertFiles, Leaf, TestCa};
+use sluice_test_support::{Backend, MirrorMember, MirrorRole};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+fn client_config(
+    ca: &TestCa,
+    client: Option<&CertFiles>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&ca.ca_path).unwrap())
+        .unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some(c) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(&c.cert).unwrap()],
+                PrivateKeyDer::from_pem_file(&c.key).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// Opens a TLS connection and reads the first line (the mirror member's greeting). `Err` when
+/// the handshake fails or the proxy closes the connection before a line.
+async fn greeting_over_tls(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("data.test").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut r = BufReader::new(tls);
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => Ok(line.trim().to_owned()),
+        other => Err(format!("no greeting: {other:?}")),
+    }
+}
+
+fn ca_setup() -> (TestCa, CertFiles, CertFiles, CertFiles) {
+    let ca = TestCa::new("Data CA");
+    let server = ca.issue(&Leaf::server("data", &["data.test"]));
+    let app1 = ca.issue(&Leaf::client("app1", "app1", &["app1.test"]));
+    let app2 = ca.issue(&Leaf::client("app2", "app2", &[]));
+    (ca, server, app1, app2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listener_with_mutual_tls_and_an_allow_list() {
+    let (ca, server, app1, app2) = ca_setup();
+    let member = MirrorMember::start("a", MirrorRole::Primary);
+    let cfg = format!(
+        "[access_log]\npath = \"off\"\n[[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nservice = \"db\"\n\
+         [listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_auth = \"required\"\nhandshake_timeout = \"1s\"\n\
+         [listener.authz]\nallow_cn = [\"app1\"]\n\
+         [[service]]\nname = \"db\"\ninstances = [\"{}\"]\n",
+        server.cert,
+        server.key,
+        ca.ca_path,
+        member.tcp()
+    );
+    let (_p, addr) = start(&cfg).await;
+
+    // The allowed client reaches the instance, and the relay works through TLS.
+    assert_eq!(
+        greeting_over_tls(addr, client_config(&ca, Some(&app1), &[]))
+            .await
+            .unwrap(),
+        "a"
+    );
+    // A valid certificate that is not on the allow-list: handshake done, then closed.
+    let denied = greeting_over_tls(addr, client_config(&ca, Some(&app2), &[])).await;
+    assert!(denied.is_err(), "app2 must be refused: {denied:?}");
+    // No certificate: the handshake fails.
+    assert!(
+        greeting_over_tls(addr, client_config(&ca, None, &[]))
+            .await
+            .is_err()
+    );
+    // Plain TCP to a TLS port: closed without a byte of the instance's greeting.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"hello, not TLS\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&buf).contains('a'), "{buf:?}");
+    // A silent client is cut at the handshake timeout (1 s).
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut [0u8; 16]))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    // The allowed client still works afterwards.
+    assert_eq!(
+        greeting_over_tls(addr, client_config(&ca, Some(&app1), &[]))
+            .await
+            .unwrap(),
+        "a"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_cidr_rules_apply_to_plain_listeners_too() {
+    let member = MirrorMember::start("a", MirrorRole::Primary);
+    let cfg = |cidr: &str| {
+        format!(
+            "[access_log]\npath = \"off\"\n[[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nservice = \"db\"\n\
+             [listener.authz]\nallow_cidr = [\"{cidr}\"]\n[[service]]\nname = \"db\"\ninstances = [\"{}\"]\n",
+            member.tcp()
+        )
+    };
+    let (p, addr) = start(&cfg("10.0.0.0/8")).await;
+    let read_line = || async move {
+        let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let mut line = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
+        line.trim().to_owned()
+    };
+    assert_eq!(read_line().await, "", "127.0.0.1 is not in 10.0.0.0/8");
+    apply(&p, &cfg("127.0.0.0/8")).await;
+    assert_eq!(read_line().await, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_negotiates_h2_and_sets_identity_headers_that_clients_cannot_forge() {
+    let (ca, server, app1, _) = ca_setup();
+    let backend = Backend::start("one");
+    let cfg = format!(
+        "[access_log]\npath = \"off\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         [listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_auth = \"optional\"\n\
+         identity_headers = {{ cn = \"x-client-cn\", san = \"x-client-san\", fingerprint = \"x-client-fp\" }}\n\
+         [[route]]\npath = \"/\"\nservice = \"s\"\n[[service]]\nname = \"s\"\ninstances = [\"{}\"]\n",
+        server.cert,
+        server.key,
+        ca.ca_path,
+        backend.addr()
+    );
+    let (_p, addr) = start(&cfg).await;
+
+    // HTTP/1.1 over TLS, with a client certificate and forged identity headers.
+    let request = |client: Option<CertFiles>| {
+        let cfg = client_config(&ca, client.as_ref(), &[b"http/1.1"]);
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(ServerName::try_from("data.test").unwrap(), tcp)
+                .await
+                .unwrap();
+            tls.write_all(b"GET /who HTTP/1.1\r\nHost: data.test\r\nx-client-cn: forged\r\nX-Client-Fp: forged\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            tls.read_to_string(&mut out).await.unwrap();
+            let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            serde_json::from_str::<serde_json::Value>(&body)
+                .unwrap_or_else(|e| panic!("{e}: {out}"))
+        }
+    };
+    let j = request(Some(app1.clone())).await;
+    let h = &j["headers"];
+    assert_eq!(h["x-client-cn"], "app1", "{j}");
+    assert_eq!(h["x-client-san"], "app1.test");
+    assert_eq!(h["x-client-fp"], sluice_tls_fingerprint(&app1.der));
+    assert_eq!(h["x-forwarded-proto"], "https");
+    // Anonymous (optional client auth): the forged copies are removed, nothing is added.
+    let j = request(None).await;
+    assert!(j["headers"].get("x-client-cn").is_none(), "{j}");
+    assert!(j["headers"].get("x-client-fp").is_none(), "{j}");
+
+    // ALPN h2: an HTTP/2 client over TLS.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_config(&ca, Some(&app1), &[b"h2"]))
+        .connect(ServerName::try_from("data.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://data.test/h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+}
+
+fn sluice_tls_fingerprint(der: &[u8]) -> String {
+    sluice_tls::ClientIdentity::from_der(der)
+        .unwrap()
+        .fingerprint_sha256
+}
