@@ -39,6 +39,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) tls: Option<Arc<ListenerTls>>,
     /// Present when `[listener.authz]` has rules.
     pub(crate) authz: Option<sluice_tls::AllowList>,
+    /// `[listener.authz] policy` and who decides it.
+    pub(crate) policy: Option<(String, Arc<dyn sluice_tls::PolicyAuthorizer>)>,
     builder: auto::Builder<TokioExecutor>,
 }
 
@@ -72,6 +74,7 @@ impl ListenerRuntime {
             access_log,
             tcp,
             tls: tls.map(Arc::new),
+            policy: None,
             builder,
         }
     }
@@ -250,14 +253,8 @@ async fn accept_loop(
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
                         let local = stream.local_addr().unwrap_or(peer);
-                        let admitted = crate::tls::admit(
-                            stream,
-                            peer,
-                            &shared.name,
-                            runtime.tls.as_ref(),
-                            runtime.authz.as_ref(),
-                        )
-                        .await;
+                        let admitted =
+                            crate::tls::admit(stream, peer, &shared.name, &runtime).await;
                         if let (Some(tcp), Some(metrics), Some((stream, tls))) =
                             (&runtime.tcp, &shared.tcp_metrics, admitted)
                         {
@@ -325,15 +322,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     shared.accepted.increment(1);
     shared.active.increment(1.0);
-    let Some((stream, tls)) = crate::tls::admit(
-        stream,
-        peer,
-        &shared.name,
-        runtime.tls.as_ref(),
-        runtime.authz.as_ref(),
-    )
-    .await
-    else {
+    let Some((stream, tls)) = crate::tls::admit(stream, peer, &shared.name, &runtime).await else {
         shared.active.decrement(1.0);
         return;
     };

@@ -78,6 +78,8 @@ struct Inner {
     /// Addresses actually bound (differs from the configured one for port 0).
     bound: Mutex<HashMap<String, SocketAddr>>,
     access_log: Mutex<AccessLog>,
+    /// Decides `[listener.authz] policy` connections.
+    authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
 }
 
 impl Proxy {
@@ -93,6 +95,16 @@ impl Proxy {
         config: Config,
         evaluators: Arc<dyn EvaluatorSource>,
     ) -> Result<Self, ApplyError> {
+        Self::start_with_policies(config, evaluators, Arc::new(sluice_tls::NoPolicyAuthorizer))
+            .await
+    }
+
+    /// Like [`Proxy::start_with`], with `[listener.authz] policy` decided by `authorizer`.
+    pub async fn start_with_policies(
+        config: Config,
+        evaluators: Arc<dyn EvaluatorSource>,
+        authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
+    ) -> Result<Self, ApplyError> {
         let services: Services = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let proxy = Proxy {
             inner: Arc::new(Inner {
@@ -103,6 +115,7 @@ impl Proxy {
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 bound: Mutex::new(HashMap::new()),
                 access_log: Mutex::new(AccessLog::off()),
+                authorizer,
             }),
         };
         proxy.apply_inner(config, true).await?;
@@ -257,13 +270,18 @@ impl Proxy {
                     service: Arc::clone(svc),
                 })
             });
-            let runtime = ListenerRuntime::new(
+            let mut runtime = ListenerRuntime::new(
                 lc.clone(),
                 table,
                 new_log.clone(),
                 tcp,
                 tls.remove(lc.name.as_str()),
             );
+            runtime.policy = lc
+                .authz
+                .as_ref()
+                .and_then(|a| a.policy.clone())
+                .map(|name| (name, Arc::clone(&self.inner.authorizer)));
             if let Some(r) = running.get(&lc.name) {
                 r.shared.update(runtime);
             } else if let Some(pos) = to_start.iter().position(|(c, _)| c.name == lc.name) {

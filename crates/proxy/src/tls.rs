@@ -14,8 +14,8 @@ use metrics::counter;
 use serde::Serialize;
 use sluice_config::{ClientAuthMode, IdentityHeaders, ListenerConfig, TlsVersion};
 use sluice_tls::{
-    AllowList, CertKeyPaths, ClientAuth, Denied, HandshakeInfo, MaybeTls, MinVersion, ServerTls,
-    ServerTlsSettings, TlsError,
+    AllowList, CertKeyPaths, ClientAuth, Denied, HandshakeInfo, MaybeTls, MinVersion, PeerFacts,
+    ServerTls, ServerTlsSettings, TlsError,
 };
 use tokio::net::TcpStream;
 
@@ -158,9 +158,9 @@ pub(crate) async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
     listener: &str,
-    tls: Option<&Arc<ListenerTls>>,
-    authz: Option<&AllowList>,
+    runtime: &crate::listener::ListenerRuntime,
 ) -> Option<(MaybeTls<TcpStream>, Option<Arc<ConnTls>>)> {
+    let (tls, authz) = (runtime.tls.as_ref(), runtime.authz.as_ref());
     let _ = stream.set_nodelay(true);
     let (stream, conn) = match tls {
         None => (MaybeTls::Plain(stream), None),
@@ -201,6 +201,32 @@ pub(crate) async fn admit(
                 cn = identity.and_then(|i| i.subject_cn.as_deref()),
                 fingerprint = identity.map(|i| i.fingerprint_sha256.as_str()),
                 detail = %denied,
+                "connection denied by [listener.authz]"
+            );
+            return None;
+        }
+    }
+    if let Some((policy, authorizer)) = &runtime.policy {
+        let info = conn.as_ref().map(|c| &c.info);
+        let identity = info.and_then(|i| i.identity.as_deref());
+        let facts = PeerFacts {
+            listener,
+            source: peer,
+            sni: info.and_then(|i| i.sni.as_deref()),
+            alpn: info.and_then(|i| i.alpn.as_deref()),
+            identity,
+        };
+        if let Err(detail) = authorizer.authorize(policy, &facts) {
+            counter!(AUTHZ_DENIED_TOTAL, "listener" => listener.to_owned(), "reason" => "policy")
+                .increment(1);
+            tracing::info!(
+                listener,
+                client = %peer,
+                reason = "policy",
+                policy = %policy,
+                cn = identity.and_then(|i| i.subject_cn.as_deref()),
+                fingerprint = identity.map(|i| i.fingerprint_sha256.as_str()),
+                %detail,
                 "connection denied by [listener.authz]"
             );
             return None;

@@ -163,9 +163,10 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
             anyhow::bail!("policies could not be loaded: {rejected}");
         }
     }
-    let proxy = Proxy::start_with(
+    let proxy = Proxy::start_with_policies(
         cfg,
         Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
+        Arc::clone(&policies) as Arc<dyn sluice_tls::PolicyAuthorizer>,
     )
     .await
     .context("starting listeners")?;

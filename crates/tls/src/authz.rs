@@ -95,6 +95,40 @@ impl AllowList {
     }
 }
 
+/// What a policy authorizer is told about a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerFacts<'a> {
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The client's address.
+    pub source: std::net::SocketAddr,
+    /// SNI, on TLS connections that sent one.
+    pub sni: Option<&'a str>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<&'a [u8]>,
+    /// The verified client certificate.
+    pub identity: Option<&'a ClientIdentity>,
+}
+
+/// Decides connections through a named policy (the binary supplies its Wasm `authz` policies).
+pub trait PolicyAuthorizer: Send + Sync + std::fmt::Debug {
+    /// `Ok` to allow; `Err(reason)` to deny. Must fail closed: a policy that cannot answer
+    /// (not loaded, trapped, timed out) denies unless configured `failure_mode = "open"`.
+    fn authorize(&self, policy: &str, peer: &PeerFacts<'_>) -> Result<(), String>;
+}
+
+/// No policies available: every policy-authorized connection is denied (fail closed).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPolicyAuthorizer;
+
+impl PolicyAuthorizer for NoPolicyAuthorizer {
+    fn authorize(&self, policy: &str, _peer: &PeerFacts<'_>) -> Result<(), String> {
+        Err(format!(
+            "authz policy `{policy}` is not available (no policy host)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +141,8 @@ mod tests {
             issuer: "CN=CA".into(),
             fingerprint_sha256: fp.to_owned(),
             not_after: String::new(),
+            not_before_unix: 0,
+            not_after_unix: 0,
         }
     }
 

@@ -23,6 +23,10 @@ pub struct ClientIdentity {
     pub fingerprint_sha256: String,
     /// End of validity, RFC 3339 UTC.
     pub not_after: String,
+    /// Start of validity, seconds since the Unix epoch.
+    pub not_before_unix: i64,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after_unix: i64,
 }
 
 impl ClientIdentity {
@@ -60,6 +64,8 @@ impl ClientIdentity {
             issuer: cert.issuer().to_string(),
             fingerprint_sha256: fingerprint(der),
             not_after,
+            not_before_unix: cert.validity().not_before.timestamp(),
+            not_after_unix: cert.validity().not_after.timestamp(),
         })
     }
 

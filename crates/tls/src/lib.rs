@@ -27,7 +27,7 @@ mod identity;
 mod server;
 mod stream;
 
-pub use authz::{AllowList, Denied};
+pub use authz::{AllowList, Denied, NoPolicyAuthorizer, PeerFacts, PolicyAuthorizer};
 pub use client::{ClientTls, ClientTlsSettings};
 pub use identity::ClientIdentity;
 pub use server::{
