@@ -906,6 +906,7 @@ impl<'s> Cx<'s> {
                 serve,
                 health,
                 on_demotion,
+                tls: s.tls.as_ref().and_then(|t| self.service_tls(t, &s.name)),
             });
         }
         out
@@ -1484,6 +1485,7 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("service", ["pool"]) => fields_of::<RawPool>(),
         ("service", ["health"]) => fields_of::<RawHealth>(),
         ("service", ["instances"]) => fields_of::<RawInstanceTable>(),
+        ("service", ["tls"]) => fields_of::<RawServiceTls>(),
         ("policy", []) => fields_of::<RawPolicy>(),
         _ => &[],
     }
@@ -1515,6 +1517,7 @@ mod docs_tests {
             ("service", &["pool"]),
             ("service", &["health"]),
             ("service", &["instances"]),
+            ("service", &["tls"]),
         ];
         let mut missing = Vec::new();
         for (section, parents) in sections {

@@ -314,6 +314,8 @@ pub struct ServiceConfig {
     pub health: Option<HealthCheckConfig>,
     /// What happens to open TCP connections of an instance that loses the primary role.
     pub on_demotion: OnDemotion,
+    /// `[service.tls]`: TLS to instances.
+    pub tls: Option<crate::ServiceTlsConfig>,
 }
 
 /// Which instances of a service take traffic.

@@ -76,6 +76,7 @@ pub(crate) struct RawService {
     pub(crate) serve: Option<S<String>>,
     pub(crate) health: Option<S<RawHealth>>,
     pub(crate) on_demotion: Option<S<String>>,
+    pub(crate) tls: Option<RawServiceTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,4 +246,13 @@ pub(crate) struct RawListenerAuthz {
     pub(crate) allow_fingerprint: Option<Vec<S<String>>>,
     pub(crate) allow_cidr: Option<Vec<S<String>>>,
     pub(crate) policy: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawServiceTls {
+    pub(crate) ca: Option<S<String>>,
+    pub(crate) cert: Option<S<String>>,
+    pub(crate) key: Option<S<String>>,
+    pub(crate) server_name: Option<S<String>>,
+    pub(crate) insecure_skip_verify: Option<bool>,
 }

@@ -96,3 +96,16 @@ pub struct ListenerAuthzConfig {
     /// A `world = "authz"` [[policy]] asked after the allow-list passes.
     pub policy: Option<String>,
 }
+
+/// `[service.tls]`: TLS towards the service's instances (HTTP services).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTlsConfig {
+    /// CA bundle the instances' certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (mutual TLS).
+    pub client: Option<CertKeyFiles>,
+    /// SNI and the name checked in the instance's certificate; default: the instance's IP.
+    pub server_name: Option<String>,
+    /// Accept any instance certificate (logged at `warn` on every load).
+    pub insecure_skip_verify: bool,
+}

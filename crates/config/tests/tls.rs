@@ -114,3 +114,31 @@ client_auth = "optional"
         "{shown}"
     );
 }
+
+#[test]
+fn service_tls_needs_a_ca_unless_verification_is_explicitly_off() {
+    let text = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+[[service]]
+name = "s"
+[service.tls]
+cert = "/nonexistent/c.pem"
+server_name = ""
+verify = false
+"#;
+    let shown = parse_str("s.toml", text).unwrap_err().to_string();
+    for e in [
+        "s.toml:5:8: error: [service.tls] of `s` has no `ca`",
+        "s.toml:7:8: error: `cert` and `key` go together",
+        "s.toml:8:15: error: `server_name` is empty",
+        "s.toml:9:1: error: unknown key `verify` in [service.tls]",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+    let ok = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n[[service]]\nname = \"s\"\ntls = { insecure_skip_verify = true, server_name = \"db.test\" }\n";
+    let cfg = parse_str("ok.toml", ok).unwrap();
+    let tls = cfg.services[0].tls.as_ref().unwrap();
+    assert!(tls.insecure_skip_verify && tls.ca.is_none());
+    assert_eq!(tls.server_name.as_deref(), Some("db.test"));
+}

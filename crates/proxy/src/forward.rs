@@ -480,7 +480,7 @@ async fn ready_sender(
             return Ok(sender);
         }
     }
-    let sender = pool::connect(instance.addr, connect_timeout).await?;
+    let sender = pool::connect(instance.addr, connect_timeout, service.tls.as_ref()).await?;
     service.metrics.new_connections.increment(1);
     Ok(sender)
 }

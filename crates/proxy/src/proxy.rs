@@ -38,6 +38,14 @@ pub enum ApplyError {
     /// The access log file could not be opened.
     #[error("cannot open the access log: {0}")]
     AccessLog(#[source] std::io::Error),
+    /// A service's upstream TLS files could not be loaded.
+    #[error("service `{service}`: upstream TLS: {source}")]
+    ServiceTls {
+        /// Service name.
+        service: String,
+        /// What is wrong, naming the file.
+        source: sluice_tls::TlsError,
+    },
     /// A listener's certificates or keys could not be loaded.
     #[error("listener `{listener}`: TLS: {source}")]
     Tls {
@@ -164,14 +172,27 @@ impl Proxy {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(all.entry(name.to_owned()).or_default())
         };
+        let mut client_tls = HashMap::new();
+        for sc in &config.services {
+            if let Some(t) = &sc.tls {
+                let loaded = crate::tls::client_tls(&sc.name, t).map_err(|source| {
+                    ApplyError::ServiceTls {
+                        service: sc.name.clone(),
+                        source,
+                    }
+                })?;
+                client_tls.insert(sc.name.as_str(), loaded);
+            }
+        }
         let services: HashMap<String, Arc<Service>> = config
             .services
             .iter()
             .map(|sc| {
                 let old = old_services.get(&sc.name);
-                let svc = Service::new(sc.clone(), shared_of(&sc.name), |addr| {
+                let mut svc = Service::new(sc.clone(), shared_of(&sc.name), |addr| {
                     old.and_then(|o| o.instances().iter().find(|i| i.addr == addr).cloned())
                 });
+                svc.tls = client_tls.remove(sc.name.as_str());
                 (sc.name.clone(), Arc::new(svc))
             })
             .collect();

@@ -234,3 +234,26 @@ pub(crate) async fn admit(
     }
     Some((stream, conn))
 }
+
+/// Loads `[service.tls]` (files re-read on every apply), warning when verification is off.
+pub(crate) fn client_tls(
+    service: &str,
+    t: &sluice_config::ServiceTlsConfig,
+) -> Result<sluice_tls::ClientTls, TlsError> {
+    if t.insecure_skip_verify {
+        tracing::warn!(
+            service,
+            "[service.tls] insecure_skip_verify = true: instance certificates are NOT verified; anyone on the path can impersonate them"
+        );
+    }
+    sluice_tls::ClientTls::load(
+        &sluice_tls::ClientTlsSettings {
+            ca: t.ca.clone(),
+            cert: t.client.as_ref().map(|c| c.cert.clone()),
+            key: t.client.as_ref().map(|c| c.key.clone()),
+            server_name: t.server_name.clone(),
+            insecure_skip_verify: t.insecure_skip_verify,
+        },
+        true,
+    )
+}

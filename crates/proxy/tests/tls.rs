@@ -226,3 +226,129 @@ fn sluice_tls_fingerprint(der: &[u8]) -> String {
         .unwrap()
         .fingerprint_sha256
 }
+
+/// An HTTPS backend requiring a client certificate; answers with the client's CN.
+async fn mtls_backend(ca: &TestCa, cert: &CertFiles) -> SocketAddr {
+    let tls = sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
+        certs: vec![sluice_tls::CertKeyPaths {
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+        }],
+        client_ca: Some(ca.ca_path.clone()),
+        client_auth: sluice_tls::ClientAuth::Required,
+        min_version: sluice_tls::MinVersion::Tls12,
+        alpn_h2: false,
+        alpn_http1: true,
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok((stream, info)) = tls.accept(tcp, Duration::from_secs(5)).await else {
+                    return;
+                };
+                let cn = info
+                    .identity
+                    .and_then(|i| i.subject_cn.clone())
+                    .unwrap_or_default();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = format!("client={cn}");
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mutual_tls_with_server_name_and_refusal_of_an_untrusted_instance() {
+    let ca = TestCa::new("Upstream CA");
+    let backend_cert = ca.issue(&Leaf::server("backend", &["backend.test"]));
+    let proxy_client = ca.issue(&Leaf::client("proxy", "sluice-proxy", &[]));
+    let backend = mtls_backend(&ca, &backend_cert).await;
+    let cfg = |tls: &str| {
+        format!(
+            "{LISTENER}[[route]]\npath = \"/\"\nservice = \"s\"\n[[service]]\nname = \"s\"\ninstances = [\"{backend}\"]\n\
+             retries = {{ attempts = 0 }}\n[service.tls]\n{tls}\n"
+        )
+    };
+    let good = format!(
+        "ca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = \"backend.test\"",
+        ca.ca_path, proxy_client.cert, proxy_client.key
+    );
+    let (p, addr) = start(&cfg(&good)).await;
+    let client = sluice_test_support::Client::http1();
+    let r = client.get(&format!("http://{addr}/x")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "client=sluice-proxy");
+    // A second request reuses the pooled TLS connection.
+    assert_eq!(
+        client
+            .get(&format!("http://{addr}/y"))
+            .await
+            .unwrap()
+            .text(),
+        "client=sluice-proxy"
+    );
+
+    drop(p);
+
+    // Each refusal on a fresh proxy (an empty pool): a CA that did not sign the instance's
+    // certificate, and a server name the certificate does not carry. Both are 502.
+    let other = TestCa::new("Other CA");
+    for (case, tls) in [
+        (
+            "untrusted CA",
+            format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = \"backend.test\"",
+                other.ca_path, proxy_client.cert, proxy_client.key
+            ),
+        ),
+        (
+            "wrong name",
+            format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = \"other.test\"",
+                ca.ca_path, proxy_client.cert, proxy_client.key
+            ),
+        ),
+        (
+            "no client certificate",
+            format!("ca = {:?}\nserver_name = \"backend.test\"", ca.ca_path),
+        ),
+    ] {
+        let (_p, addr) = start(&cfg(&tls)).await;
+        let r = client.get(&format!("http://{addr}/z")).await.unwrap();
+        assert_eq!(r.status, 502, "{case}: {}", r.text());
+        if case != "no client certificate" {
+            assert!(r.text().contains("TLS handshake"), "{case}: {}", r.text());
+        }
+    }
+    // insecure_skip_verify accepts a certificate from any CA (and is logged at warn).
+    let skip = format!(
+        "insecure_skip_verify = true\ncert = {:?}\nkey = {:?}",
+        proxy_client.cert, proxy_client.key
+    );
+    let (_p, addr) = start(&cfg(&skip)).await;
+    assert_eq!(
+        client
+            .get(&format!("http://{addr}/w"))
+            .await
+            .unwrap()
+            .text(),
+        "client=sluice-proxy"
+    );
+}

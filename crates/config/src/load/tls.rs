@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::Cx;
 use crate::defaults as d;
 use crate::policy::{PolicyConfig, PolicyWorld};
-use crate::raw::{RawListenerAuthz, RawListenerTls};
+use crate::raw::{RawListenerAuthz, RawListenerTls, RawServiceTls};
 use crate::tls::*;
 
 impl Cx<'_> {
@@ -189,6 +189,51 @@ impl Cx<'_> {
                 ),
             }
         }
+    }
+
+    pub(super) fn service_tls(
+        &mut self,
+        t: &RawServiceTls,
+        service: &Spanned<String>,
+    ) -> Option<ServiceTlsConfig> {
+        let insecure = t.insecure_skip_verify.unwrap_or(false);
+        if t.ca.is_none() && !insecure {
+            self.error_hint(
+                Some(service.span()),
+                format!("[service.tls] of `{}` has no `ca`", service.get_ref()),
+                "add ca = \"ca.pem\" (the CA instance certificates chain to); insecure_skip_verify = true only for tests",
+            );
+        }
+        let client = match (&t.cert, &t.key) {
+            (Some(c), Some(k)) => Some(CertKeyFiles {
+                cert: self.readable_file(c),
+                key: self.readable_file(k),
+            }),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                self.error_hint(
+                    Some(v.span()),
+                    "`cert` and `key` go together",
+                    "give both for mutual TLS to the instances, or neither",
+                );
+                None
+            }
+        };
+        if let Some(n) = &t.server_name
+            && n.get_ref().is_empty()
+        {
+            self.error_hint(
+                Some(n.span()),
+                "`server_name` is empty",
+                "remove it to use the instance's IP",
+            );
+        }
+        Some(ServiceTlsConfig {
+            ca: t.ca.as_ref().map(|c| self.readable_file(c)),
+            client,
+            server_name: t.server_name.as_ref().map(|n| n.get_ref().clone()),
+            insecure_skip_verify: insecure,
+        })
     }
 
     /// A path resolved against the config file's folder, which must be a readable file.
