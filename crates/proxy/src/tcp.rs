@@ -141,20 +141,41 @@ pub(crate) async fn serve(
         return;
     }
     // Closed by demotion of the instance, or by the end of a drain.
-    let cancel = CancellationToken::new();
     let demoted = in_flight.instance.session_token();
-    let stats = {
-        let relay = crate::tunnel::run(
-            client,
-            upstream,
-            runtime.config.idle_timeout,
-            cancel.clone(),
-        );
-        tokio::pin!(relay);
-        tokio::select! {
-            stats = &mut relay => stats,
-            () = demoted.cancelled() => { cancel.cancel(); relay.await }
-            () = drain.cancelled() => { cancel.cancel(); relay.await }
+    let idle = runtime.config.idle_timeout;
+    // `[service.tls]`: TLS to the instance, after the (plain) PROXY header as haproxy does.
+    let stats = match &service.tls {
+        None => relay(client, upstream, idle, &demoted, &drain).await,
+        Some(client_tls) => {
+            let handshake = tokio::time::timeout(
+                service.config.timeouts.connect,
+                client_tls.connect(addr.ip(), upstream),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(upstream)) => relay(client, upstream, idle, &demoted, &drain).await,
+                failed => {
+                    let detail = match failed {
+                        Ok(Err(e)) => format!("TLS handshake with {addr}: {e}"),
+                        _ => format!("TLS handshake with {addr}: timed out"),
+                    };
+                    tracing::info!(listener, client = %peer, service = %service.name, %detail, "TCP connection closed");
+                    log_session(
+                        log,
+                        tls,
+                        listener,
+                        peer,
+                        service,
+                        Some(addr),
+                        (0, 0),
+                        started,
+                        attempts,
+                        "upstream_tls_failed",
+                        Some(detail),
+                    );
+                    return;
+                }
+            }
         }
     };
     metrics.upstream_bytes.increment(stats.a_to_b);
@@ -178,6 +199,27 @@ pub(crate) async fn serve(
         None,
     );
     drop(in_flight);
+}
+
+/// Relays until both sides close, the idle timeout, a demotion or the end of a drain.
+async fn relay<U>(
+    client: MaybeTls<TcpStream>,
+    upstream: U,
+    idle: std::time::Duration,
+    demoted: &CancellationToken,
+    drain: &CancellationToken,
+) -> crate::tunnel::TunnelStats
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let cancel = CancellationToken::new();
+    let relay = crate::tunnel::run(client, upstream, idle, cancel.clone());
+    tokio::pin!(relay);
+    tokio::select! {
+        stats = &mut relay => stats,
+        () = demoted.cancelled() => { cancel.cancel(); relay.await }
+        () = drain.cancelled() => { cancel.cancel(); relay.await }
+    }
 }
 
 /// Connects to an instance of `service`, trying others on failure (and, in primary mode,

@@ -352,3 +352,83 @@ async fn upstream_mutual_tls_with_server_name_and_refusal_of_an_untrusted_instan
         "client=sluice-proxy"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listener_originates_mutual_tls_to_its_instances() {
+    let ca = TestCa::new("TCP upstream CA");
+    let backend_cert = ca.issue(&Leaf::server("datasrv", &["data.test"]));
+    let proxy_client = ca.issue(&Leaf::client("appsrv", "appsrv", &[]));
+    // A TLS instance requiring a client certificate: greets with the client's CN, then echoes.
+    let tls = sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
+        certs: vec![sluice_tls::CertKeyPaths {
+            cert: backend_cert.cert.clone(),
+            key: backend_cert.key.clone(),
+        }],
+        client_ca: Some(ca.ca_path.clone()),
+        client_auth: sluice_tls::ClientAuth::Required,
+        min_version: sluice_tls::MinVersion::Tls12,
+        alpn_h2: false,
+        alpn_http1: false,
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok((stream, info)) = tls.accept(tcp, Duration::from_secs(5)).await else {
+                    return;
+                };
+                let cn = info
+                    .identity
+                    .and_then(|i| i.subject_cn.clone())
+                    .unwrap_or_default();
+                let (mut r, mut w) = tokio::io::split(stream);
+                let _ = w.write_all(format!("cn={cn}\n").as_bytes()).await;
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let cfg = |tls: &str| {
+        format!(
+            "[access_log]\npath = \"off\"\n[[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nservice = \"data\"\n\
+             [[service]]\nname = \"data\"\ninstances = [\"{backend}\"]\n[service.tls]\n{tls}\n"
+        )
+    };
+    let good = format!(
+        "ca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = \"data.test\"",
+        ca.ca_path, proxy_client.cert, proxy_client.key
+    );
+    let (_p, addr) = start(&cfg(&good)).await;
+    let mut c = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "cn=appsrv\n");
+    c.get_mut().write_all(b"ping\n").await.unwrap();
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "ping\n");
+
+    // An instance certificate from another CA: the client connection is closed, no byte relayed.
+    let other = TestCa::new("Other CA");
+    let bad = format!(
+        "ca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = \"data.test\"",
+        other.ca_path, proxy_client.cert, proxy_client.key
+    );
+    let (_p2, addr) = start(&cfg(&bad)).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf.is_empty(), "{buf:?}");
+}

@@ -402,3 +402,39 @@ async fn openssl_s_client_presents_a_client_certificate() {
     let info = srv.await.unwrap().unwrap();
     assert_eq!(info.identity.unwrap().subject_cn.as_deref(), Some("app2"));
 }
+
+#[tokio::test]
+async fn sessions_resume_with_tls13_tickets_and_tls12_session_ids() {
+    let ca = TestCa::new("Resume CA");
+    let a = ca.issue(&Leaf::server("a", &["a.test"]));
+    let tls = ServerTls::load(&settings(&[&a])).unwrap();
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        // One client config = one client session cache.
+        let cfg = client_config(&ca.ca_path, None, versions, &[]);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (addr, server) = serve_one(tls.clone()).await;
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(Arc::clone(&cfg))
+                .connect(ServerName::try_from("a.test").unwrap(), tcp)
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            assert_eq!(buf, b"ok");
+            kinds.push(s.get_ref().1.handshake_kind());
+            server.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            kinds,
+            vec![
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{versions:?}"
+        );
+    }
+}
