@@ -195,6 +195,8 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         })
     };
 
+    let tls_watch = crate::tls_watch::spawn(Arc::clone(&app));
+
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -217,6 +219,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     app.proxy.shutdown(grace).await;
     admin.abort();
     upkeep.abort();
+    tls_watch.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -185,6 +185,22 @@ fn https_with_curl_sni_h2_identity_headers_failures_and_certificate_reload() {
     assert!(served_subject(web, "www.test").contains("www v2"));
     let (ok, out) = curl(web, "www.test", &ca, None, &[]);
     assert!(ok, "{out}");
+
+    // No signal at all: new files on disk are noticed and loaded (polled every 2 s).
+    let v3 = ca.issue(&Leaf {
+        cn: "www v3",
+        ..Leaf::server("www3", &["www.test"])
+    });
+    std::fs::copy(&v3.cert, &live_cert).unwrap();
+    std::fs::copy(&v3.key, &live_key).unwrap();
+    eventually_true("changed files served without a signal", || {
+        let s = served_subject(web, "www.test");
+        if s.contains("www v3") { Ok(()) } else { Err(s) }
+    });
+    assert!(
+        p.stderr()
+            .contains("a TLS certificate, key or CA file changed: reloading")
+    );
     assert!(p.terminate(Duration::from_secs(5)).success());
 }
 
