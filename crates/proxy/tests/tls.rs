@@ -74,8 +74,9 @@ fn ca_setup() -> (TestCa, CertFiles, CertFiles, CertFiles) {
 async fn tcp_listener_with_mutual_tls_and_an_allow_list() {
     let (ca, server, app1, app2) = ca_setup();
     let member = MirrorMember::start("a", MirrorRole::Primary);
+    let log_path = ca.dir().join("access.log");
     let cfg = format!(
-        "[access_log]\npath = \"off\"\n[[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nservice = \"db\"\n\
+        "[access_log]\npath = {log_path:?}\n[[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nservice = \"db\"\n\
          [listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_auth = \"required\"\nhandshake_timeout = \"1s\"\n\
          [listener.authz]\nallow_cn = [\"app1\"]\n\
          [[service]]\nname = \"db\"\ninstances = [\"{}\"]\n",
@@ -129,6 +130,30 @@ async fn tcp_listener_with_mutual_tls_and_an_allow_list() {
             .unwrap(),
         "a"
     );
+    // Sessions are logged with the client identity.
+    sluice_test_support::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let line = log
+                .lines()
+                .find(|l| l.contains("\"cn\":\"app1\""))
+                .ok_or(log.clone())?;
+            let j: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            if j["protocol"] == "tcp"
+                && j["tls"]["sni"] == "data.test"
+                && j["tls"]["fingerprint"]
+                    .as_str()
+                    .is_some_and(|f| f.len() == 64)
+            {
+                Ok(())
+            } else {
+                Err(line.to_owned())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
