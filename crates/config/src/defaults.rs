@@ -65,6 +65,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `[[listener]] idle_timeout` for `protocol = "tcp"`.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `[listener.tls] handshake_timeout`.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `[service.health] interval`.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// `[service.health] timeout`.

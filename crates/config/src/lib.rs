@@ -16,6 +16,7 @@ mod load;
 mod model;
 mod policy;
 mod raw;
+mod tls;
 
 use std::path::Path;
 
@@ -24,6 +25,7 @@ pub use model::*;
 pub use policy::{
     FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
 };
+pub use tls::*;
 
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, Diagnostics> {

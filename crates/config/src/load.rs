@@ -19,6 +19,8 @@ use crate::model::*;
 use crate::policy::*;
 use crate::raw::*;
 
+mod tls;
+
 const SECTIONS: &[&str] = &[
     "admin",
     "runtime",
@@ -38,6 +40,7 @@ pub(crate) fn parse(source: &Source) -> Result<Config, Diagnostics> {
         declared: Vec::new(),
         tcp_service_refs: Vec::new(),
         health_policy_refs: Vec::new(),
+        authz_policy_refs: Vec::new(),
     };
     let (root, syntax_errors) = DeTable::parse_recoverable(source.text());
     if !syntax_errors.is_empty() {
@@ -114,6 +117,8 @@ struct Cx<'s> {
     tcp_service_refs: Vec<Spanned<String>>,
     /// `policy` of each health check, checked once policies are known.
     health_policy_refs: Vec<Spanned<String>>,
+    /// `policy` of each `[listener.authz]`, checked once policies are known.
+    authz_policy_refs: Vec<Spanned<String>>,
 }
 
 fn declared_names(section: &str, value: &DeValue<'_>) -> Vec<(String, String)> {
@@ -262,6 +267,7 @@ impl<'s> Cx<'s> {
         let routes = self.routes(&raw.routes, &listeners, &services);
         let policies = self.policies(&raw.policies);
         self.cross_references(&services, &policies);
+        self.authz_policy_references(&policies);
         Config {
             admin,
             runtime,
@@ -528,6 +534,8 @@ impl<'s> Cx<'s> {
                 },
             };
             let tcp = self.tcp_listener(l, protocol);
+            let tls = l.tls.as_ref().and_then(|t| self.listener_tls(t, &l.name));
+            let authz = l.authz.as_ref().map(|a| self.listener_authz(a));
             out.push(ListenerConfig {
                 name: name.to_owned(),
                 bind: bind.unwrap_or_else(default_admin_bind),
@@ -558,6 +566,8 @@ impl<'s> Cx<'s> {
                     i64::from(d::MAX_CONCURRENT_STREAMS),
                 ) as u32,
                 tcp,
+                tls,
+                authz,
             });
         }
         out
@@ -896,6 +906,7 @@ impl<'s> Cx<'s> {
                 serve,
                 health,
                 on_demotion,
+                tls: s.tls.as_ref().and_then(|t| self.service_tls(t, &s.name)),
             });
         }
         out
@@ -1462,6 +1473,10 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("log", []) => fields_of::<RawLog>(),
         ("access_log", []) => fields_of::<RawAccessLog>(),
         ("listener", []) => fields_of::<RawListener>(),
+        ("listener", ["tls"]) => fields_of::<RawListenerTls>(),
+        ("listener", ["tls", "certificates"]) => fields_of::<RawCertPair>(),
+        ("listener", ["tls", "identity_headers"]) => fields_of::<RawIdentityHeaders>(),
+        ("listener", ["authz"]) => fields_of::<RawListenerAuthz>(),
         ("route", []) => fields_of::<RawRoute>(),
         ("service", []) => fields_of::<RawService>(),
         ("service", ["timeouts"]) => fields_of::<RawTimeouts>(),
@@ -1470,6 +1485,7 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("service", ["pool"]) => fields_of::<RawPool>(),
         ("service", ["health"]) => fields_of::<RawHealth>(),
         ("service", ["instances"]) => fields_of::<RawInstanceTable>(),
+        ("service", ["tls"]) => fields_of::<RawServiceTls>(),
         ("policy", []) => fields_of::<RawPolicy>(),
         _ => &[],
     }
@@ -1489,6 +1505,10 @@ mod docs_tests {
             ("log", &[]),
             ("access_log", &[]),
             ("listener", &[]),
+            ("listener", &["tls"]),
+            ("listener", &["tls", "certificates"]),
+            ("listener", &["tls", "identity_headers"]),
+            ("listener", &["authz"]),
             ("route", &[]),
             ("service", &[]),
             ("service", &["timeouts"]),
@@ -1497,6 +1517,7 @@ mod docs_tests {
             ("service", &["pool"]),
             ("service", &["health"]),
             ("service", &["instances"]),
+            ("service", &["tls"]),
         ];
         let mut missing = Vec::new();
         for (section, parents) in sections {

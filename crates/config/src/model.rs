@@ -159,6 +159,10 @@ pub struct ListenerConfig {
     pub max_concurrent_streams: u32,
     /// Present for `protocol = "tcp"`.
     pub tcp: Option<TcpListenerConfig>,
+    /// `[listener.tls]`: TLS termination.
+    pub tls: Option<crate::ListenerTlsConfig>,
+    /// `[listener.authz]`: per-connection authorization.
+    pub authz: Option<crate::ListenerAuthzConfig>,
 }
 
 /// How a route matches the request's host.
@@ -310,6 +314,8 @@ pub struct ServiceConfig {
     pub health: Option<HealthCheckConfig>,
     /// What happens to open TCP connections of an instance that loses the primary role.
     pub on_demotion: OnDemotion,
+    /// `[service.tls]`: TLS to instances.
+    pub tls: Option<crate::ServiceTlsConfig>,
 }
 
 /// Which instances of a service take traffic.

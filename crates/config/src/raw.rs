@@ -48,6 +48,8 @@ pub(crate) struct RawListener {
     pub(crate) service: Option<S<String>>,
     pub(crate) proxy_protocol: Option<S<String>>,
     pub(crate) idle_timeout: Option<S<String>>,
+    pub(crate) tls: Option<RawListenerTls>,
+    pub(crate) authz: Option<RawListenerAuthz>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +76,7 @@ pub(crate) struct RawService {
     pub(crate) serve: Option<S<String>>,
     pub(crate) health: Option<S<RawHealth>>,
     pub(crate) on_demotion: Option<S<String>>,
+    pub(crate) tls: Option<RawServiceTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,4 +210,49 @@ impl<'de> Deserializer<'de> for FieldsProbe<'_> {
         option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
         ignored_any
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCertPair {
+    pub(crate) cert: Option<S<String>>,
+    pub(crate) key: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawIdentityHeaders {
+    pub(crate) cn: Option<S<String>>,
+    pub(crate) san: Option<S<String>>,
+    pub(crate) fingerprint: Option<S<String>>,
+    pub(crate) issuer: Option<S<String>>,
+    pub(crate) not_after: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListenerTls {
+    pub(crate) cert: Option<S<String>>,
+    pub(crate) key: Option<S<String>>,
+    pub(crate) certificates: Option<Vec<S<RawCertPair>>>,
+    pub(crate) client_ca: Option<S<String>>,
+    pub(crate) client_auth: Option<S<String>>,
+    pub(crate) min_version: Option<S<String>>,
+    pub(crate) handshake_timeout: Option<S<String>>,
+    pub(crate) identity_headers: Option<RawIdentityHeaders>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListenerAuthz {
+    pub(crate) allow_cn: Option<Vec<S<String>>>,
+    pub(crate) allow_san: Option<Vec<S<String>>>,
+    pub(crate) allow_fingerprint: Option<Vec<S<String>>>,
+    pub(crate) allow_cidr: Option<Vec<S<String>>>,
+    pub(crate) policy: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawServiceTls {
+    pub(crate) ca: Option<S<String>>,
+    pub(crate) cert: Option<S<String>>,
+    pub(crate) key: Option<S<String>>,
+    pub(crate) server_name: Option<S<String>>,
+    pub(crate) insecure_skip_verify: Option<bool>,
 }

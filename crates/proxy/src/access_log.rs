@@ -200,6 +200,8 @@ pub(crate) struct RequestInfo {
     pub(crate) host: Option<HeaderValue>,
     pub(crate) referer: Option<HeaderValue>,
     pub(crate) user_agent: Option<HeaderValue>,
+    /// The connection's TLS session, on TLS listeners.
+    pub(crate) tls: Option<Arc<crate::tls::ConnTls>>,
 }
 
 /// One finished request.
@@ -225,6 +227,8 @@ pub(crate) struct Entry<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) error: Option<String>,
     pub(crate) completed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls: Option<crate::tls::TlsLog<'a>>,
     #[serde(skip)]
     pub(crate) referer: Option<&'a str>,
     #[serde(skip)]

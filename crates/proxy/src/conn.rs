@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use metrics::Counter;
+use sluice_tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -94,7 +95,7 @@ enum Phase {
 /// The client socket, with Sluice's idle and header timers.
 #[derive(Debug)]
 pub(crate) struct ClientIo {
-    stream: TcpStream,
+    stream: MaybeTls<TcpStream>,
     watch: std::sync::Arc<ConnWatch>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
@@ -131,7 +132,7 @@ const LINGER_BYTES: usize = 1 << 20;
 
 impl ClientIo {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: MaybeTls<TcpStream>,
         watch: std::sync::Arc<ConnWatch>,
         header_timeout: Duration,
         keepalive_timeout: Duration,

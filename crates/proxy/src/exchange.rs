@@ -142,6 +142,7 @@ impl Exchange {
             request_id: self.request_id.to_str().unwrap_or_default(),
             error,
             completed,
+            tls: info.tls.as_deref().map(crate::tls::ConnTls::log),
             referer: info.referer.as_ref().and_then(|h| h.to_str().ok()),
             user_agent: info.user_agent.as_ref().and_then(|h| h.to_str().ok()),
         });

@@ -48,6 +48,8 @@ pub(crate) struct ConnCtx {
     /// `peer`'s IP as a header value, made once per connection for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
     pub(crate) watch: Arc<ConnWatch>,
+    /// The TLS session, on TLS listeners.
+    pub(crate) tls: Option<Arc<crate::tls::ConnTls>>,
 }
 
 /// hyper's service entry point: never fails, every problem becomes a response.
@@ -85,6 +87,7 @@ pub(crate) async fn handle(
                 host: host.clone(),
                 referer: h.get(header::REFERER).cloned(),
                 user_agent: h.get(header::USER_AGENT).cloned(),
+                tls: cx.tls.clone(),
             },
         )
     });
@@ -501,7 +504,7 @@ async fn ready_sender(
             return Ok(sender);
         }
     }
-    let sender = pool::connect(instance.addr, connect_timeout).await?;
+    let sender = pool::connect(instance.addr, connect_timeout, service.tls.as_ref()).await?;
     service.metrics.new_connections.increment(1);
     Ok(sender)
 }
@@ -547,7 +550,14 @@ fn rewrite_head(
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     headers::remove_hop_by_hop(h, true, upgrade);
-    headers::add_forwarded(h, &cx.client_ip, cx.listener.scheme, host.as_ref());
+    let scheme = match &cx.tls {
+        Some(tls) => {
+            tls.listener.identity_headers(h, Some(tls));
+            "https"
+        }
+        None => cx.listener.scheme,
+    };
+    headers::add_forwarded(h, &cx.client_ip, scheme, host.as_ref());
     if let (false, Some(host)) = (h.contains_key(header::HOST), host) {
         h.insert(header::HOST, host);
     }

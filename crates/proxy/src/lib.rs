@@ -28,6 +28,7 @@ mod proxy;
 mod proxy_protocol;
 mod routing;
 mod tcp;
+mod tls;
 mod tunnel;
 mod upstream;
 

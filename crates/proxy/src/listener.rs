@@ -24,6 +24,7 @@ use crate::forward::{ConnCtx, handle};
 use crate::metrics as m;
 use crate::routing::RouteTable;
 use crate::tcp::{TcpMetrics, TcpRuntime};
+use crate::tls::ListenerTls;
 use tokio_util::task::TaskTracker;
 
 /// What a listener's connections read on every request; replaced whole on reload.
@@ -34,6 +35,12 @@ pub(crate) struct ListenerRuntime {
     pub(crate) access_log: AccessLog,
     /// Present on `protocol = "tcp"` listeners.
     pub(crate) tcp: Option<TcpRuntime>,
+    /// Present when the listener has `[listener.tls]`.
+    pub(crate) tls: Option<Arc<ListenerTls>>,
+    /// Present when `[listener.authz]` has rules.
+    pub(crate) authz: Option<sluice_tls::AllowList>,
+    /// `[listener.authz] policy` and who decides it.
+    pub(crate) policy: Option<(String, Arc<dyn sluice_tls::PolicyAuthorizer>)>,
     builder: auto::Builder<TokioExecutor>,
 }
 
@@ -43,6 +50,7 @@ impl ListenerRuntime {
         table: RouteTable,
         access_log: AccessLog,
         tcp: Option<TcpRuntime>,
+        tls: Option<ListenerTls>,
     ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -60,10 +68,13 @@ impl ListenerRuntime {
             builder = builder.http1_only();
         }
         Self {
+            authz: crate::tls::allow_list(&config),
             config,
             table,
             access_log,
             tcp,
+            tls: tls.map(Arc::new),
+            policy: None,
             builder,
         }
     }
@@ -241,9 +252,16 @@ async fn accept_loop(
                     tcp_sessions.spawn(async move {
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
-                        if let (Some(tcp), Some(metrics)) = (&runtime.tcp, &shared.tcp_metrics) {
+                        let local = stream.local_addr().unwrap_or(peer);
+                        let admitted =
+                            crate::tls::admit(stream, peer, &shared.name, &runtime).await;
+                        if let (Some(tcp), Some(metrics), Some((stream, tls))) =
+                            (&runtime.tcp, &shared.tcp_metrics, admitted)
+                        {
                             crate::tcp::serve(
                                 stream,
+                                local,
+                                tls.as_deref(),
                                 peer,
                                 &shared.name,
                                 tcp,
@@ -304,6 +322,10 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     shared.accepted.increment(1);
     shared.active.increment(1.0);
+    let Some((stream, tls)) = crate::tls::admit(stream, peer, &shared.name, &runtime).await else {
+        shared.active.decrement(1.0);
+        return;
+    };
     let watch = Arc::new(ConnWatch::default());
     let io = ClientIo::new(
         stream,
@@ -317,6 +339,7 @@ async fn serve_connection(
         peer,
         client_ip: crate::headers::client_ip_value(peer.ip()),
         watch,
+        tls,
     });
     let service = service_fn(move |req| handle(req, Arc::clone(&cx)));
     let conn = runtime

@@ -49,6 +49,12 @@ pub const PRIMARY: &str = "sluice_primary";
 pub const TCP_CONNECTIONS_TOTAL: &str = "sluice_tcp_connections_total";
 /// Bytes relayed by TCP listeners, by `listener` and `direction` (`upstream`, `downstream`).
 pub const TCP_BYTES_TOTAL: &str = "sluice_tcp_bytes_total";
+/// Completed TLS handshakes on listeners, by `listener` and `version`.
+pub const TLS_HANDSHAKES_TOTAL: &str = "sluice_tls_handshakes_total";
+/// Failed TLS handshakes on listeners (connection closed), by `listener` and `reason`.
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "sluice_tls_handshake_failures_total";
+/// Connections refused by `[listener.authz]`, by `listener` and `reason`.
+pub const AUTHZ_DENIED_TOTAL: &str = "sluice_authz_denied_total";
 
 /// Client connections open now, by `listener`.
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
@@ -83,6 +89,9 @@ pub const ALL: &[&str] = &[
     PRIMARY,
     TCP_CONNECTIONS_TOTAL,
     TCP_BYTES_TOTAL,
+    TLS_HANDSHAKES_TOTAL,
+    TLS_HANDSHAKE_FAILURES_TOTAL,
+    AUTHZ_DENIED_TOTAL,
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,
     CLIENT_CLOSES_TOTAL,

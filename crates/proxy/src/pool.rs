@@ -68,7 +68,11 @@ impl Pool {
 }
 
 /// Opens a new connection to `addr` within `timeout` and starts its HTTP/1.1 task.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ProxyError> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&sluice_tls::ClientTls>,
+) -> Result<Sender, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -89,8 +93,32 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sende
     };
     // Small request heads must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return handshake(addr, stream).await;
+    };
+    match tokio::time::timeout(timeout, tls.connect(addr.ip(), stream)).await {
+        Ok(Ok(s)) => handshake(addr, s).await,
+        Ok(Err(e)) => Err(ProxyError::new(
+            ProxyErrorKind::ConnectFailed,
+            format!("TLS handshake with {addr}: {e}"),
+        )),
+        Err(_) => Err(ProxyError::new(
+            ProxyErrorKind::ConnectTimeout,
+            format!(
+                "TLS handshake with {addr}: not done within {}ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// HTTP/1.1 client handshake on a connected stream; its connection task is spawned.
+async fn handshake<IO>(addr: SocketAddr, io: IO) -> Result<Sender, ProxyError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| {
             ProxyError::new(

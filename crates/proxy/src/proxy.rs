@@ -38,6 +38,22 @@ pub enum ApplyError {
     /// The access log file could not be opened.
     #[error("cannot open the access log: {0}")]
     AccessLog(#[source] std::io::Error),
+    /// A service's upstream TLS files could not be loaded.
+    #[error("service `{service}`: upstream TLS: {source}")]
+    ServiceTls {
+        /// Service name.
+        service: String,
+        /// What is wrong, naming the file.
+        source: sluice_tls::TlsError,
+    },
+    /// A listener's certificates or keys could not be loaded.
+    #[error("listener `{listener}`: TLS: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What is wrong, naming the file.
+        source: sluice_tls::TlsError,
+    },
 }
 
 /// What a successful apply changed.
@@ -70,6 +86,8 @@ struct Inner {
     /// Addresses actually bound (differs from the configured one for port 0).
     bound: Mutex<HashMap<String, SocketAddr>>,
     access_log: Mutex<AccessLog>,
+    /// Decides `[listener.authz] policy` connections.
+    authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
 }
 
 impl Proxy {
@@ -85,6 +103,16 @@ impl Proxy {
         config: Config,
         evaluators: Arc<dyn EvaluatorSource>,
     ) -> Result<Self, ApplyError> {
+        Self::start_with_policies(config, evaluators, Arc::new(sluice_tls::NoPolicyAuthorizer))
+            .await
+    }
+
+    /// Like [`Proxy::start_with`], with `[listener.authz] policy` decided by `authorizer`.
+    pub async fn start_with_policies(
+        config: Config,
+        evaluators: Arc<dyn EvaluatorSource>,
+        authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
+    ) -> Result<Self, ApplyError> {
         let services: Services = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let proxy = Proxy {
             inner: Arc::new(Inner {
@@ -95,6 +123,7 @@ impl Proxy {
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 bound: Mutex::new(HashMap::new()),
                 access_log: Mutex::new(AccessLog::off()),
+                authorizer,
             }),
         };
         proxy.apply_inner(config, true).await?;
@@ -143,14 +172,27 @@ impl Proxy {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(all.entry(name.to_owned()).or_default())
         };
+        let mut client_tls = HashMap::new();
+        for sc in &config.services {
+            if let Some(t) = &sc.tls {
+                let loaded = crate::tls::client_tls(&sc.name, t).map_err(|source| {
+                    ApplyError::ServiceTls {
+                        service: sc.name.clone(),
+                        source,
+                    }
+                })?;
+                client_tls.insert(sc.name.as_str(), loaded);
+            }
+        }
         let services: HashMap<String, Arc<Service>> = config
             .services
             .iter()
             .map(|sc| {
                 let old = old_services.get(&sc.name);
-                let svc = Service::new(sc.clone(), shared_of(&sc.name), |addr| {
+                let mut svc = Service::new(sc.clone(), shared_of(&sc.name), |addr| {
                     old.and_then(|o| o.instances().iter().find(|i| i.addr == addr).cloned())
                 });
+                svc.tls = client_tls.remove(sc.name.as_str());
                 (sc.name.clone(), Arc::new(svc))
             })
             .collect();
@@ -178,6 +220,18 @@ impl Proxy {
                     prepend: rc.prepend.clone(),
                     service: Arc::clone(service),
                 }));
+        }
+
+        // TLS: every certificate and key re-read; a bad one refuses the whole apply.
+        let mut tls: HashMap<&str, crate::tls::ListenerTls> = HashMap::new();
+        for lc in &config.listeners {
+            let loaded = crate::tls::ListenerTls::load(lc).map_err(|source| ApplyError::Tls {
+                listener: lc.name.clone(),
+                source,
+            })?;
+            if let Some(t) = loaded {
+                tls.insert(lc.name.as_str(), t);
+            }
         }
 
         // Bind what is new before changing anything.
@@ -237,7 +291,18 @@ impl Proxy {
                     service: Arc::clone(svc),
                 })
             });
-            let runtime = ListenerRuntime::new(lc.clone(), table, new_log.clone(), tcp);
+            let mut runtime = ListenerRuntime::new(
+                lc.clone(),
+                table,
+                new_log.clone(),
+                tcp,
+                tls.remove(lc.name.as_str()),
+            );
+            runtime.policy = lc
+                .authz
+                .as_ref()
+                .and_then(|a| a.policy.clone())
+                .map(|name| (name, Arc::clone(&self.inner.authorizer)));
             if let Some(r) = running.get(&lc.name) {
                 r.shared.update(runtime);
             } else if let Some(pos) = to_start.iter().position(|(c, _)| c.name == lc.name) {

@@ -16,6 +16,7 @@ use metrics::{Counter, counter};
 use serde::Serialize;
 use sluice_config::{HashKey, TcpListenerConfig};
 use sluice_health::clock;
+use sluice_tls::MaybeTls;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::{AccessLog, rfc3339_now};
 use crate::error::ProxyErrorKind;
 use crate::metrics::{TCP_BYTES_TOTAL, TCP_CONNECTIONS_TOTAL};
+use crate::tls::{ConnTls, TlsLog};
 use crate::upstream::{InFlight, Service, Tried};
 
 /// What a TCP listener's connections read; replaced whole on reload.
@@ -71,11 +73,16 @@ struct TcpEntry<'a> {
     connect_attempts: u32,
     outcome: &'static str,
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsLog<'a>>,
 }
 
 /// Serves one accepted TCP connection.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
-    client: TcpStream,
+    client: MaybeTls<TcpStream>,
+    local: SocketAddr,
+    tls: Option<&ConnTls>,
     peer: SocketAddr,
     listener: &str,
     runtime: &TcpRuntime,
@@ -85,7 +92,6 @@ pub(crate) async fn serve(
 ) {
     let started = Instant::now();
     let service = &runtime.service;
-    let _ = client.set_nodelay(true);
     let (upstream, in_flight, attempts) = match connect(service, peer).await {
         Ok(connected) => connected,
         Err((kind, detail, attempts)) => {
@@ -98,6 +104,7 @@ pub(crate) async fn serve(
             tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
             log_session(
                 log,
+                tls,
                 listener,
                 peer,
                 service,
@@ -115,14 +122,12 @@ pub(crate) async fn serve(
     metrics.ok.increment(1);
     let addr = in_flight.instance.addr;
     let mut upstream = upstream;
-    if let Some(header) = crate::proxy_protocol::header(
-        runtime.config.proxy_protocol,
-        peer,
-        client.local_addr().unwrap_or(peer),
-    ) && let Err(e) = upstream.write_all(&header).await
+    if let Some(header) = crate::proxy_protocol::header(runtime.config.proxy_protocol, peer, local)
+        && let Err(e) = upstream.write_all(&header).await
     {
         log_session(
             log,
+            tls,
             listener,
             peer,
             service,
@@ -136,21 +141,41 @@ pub(crate) async fn serve(
         return;
     }
     // Closed by demotion of the instance, or by the end of a drain.
-    let cancel = CancellationToken::new();
     let demoted = in_flight.instance.session_token();
-    let stats = {
-        let relay = crate::tunnel::run(
-            client,
-            upstream,
-            runtime.config.idle_timeout,
-            crate::tunnel::TCP_SESSION_BUFFER,
-            cancel.clone(),
-        );
-        tokio::pin!(relay);
-        tokio::select! {
-            stats = &mut relay => stats,
-            () = demoted.cancelled() => { cancel.cancel(); relay.await }
-            () = drain.cancelled() => { cancel.cancel(); relay.await }
+    let idle = runtime.config.idle_timeout;
+    // `[service.tls]`: TLS to the instance, after the (plain) PROXY header as haproxy does.
+    let stats = match &service.tls {
+        None => relay(client, upstream, idle, &demoted, &drain).await,
+        Some(client_tls) => {
+            let handshake = tokio::time::timeout(
+                service.config.timeouts.connect,
+                client_tls.connect(addr.ip(), upstream),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(upstream)) => relay(client, upstream, idle, &demoted, &drain).await,
+                failed => {
+                    let detail = match failed {
+                        Ok(Err(e)) => format!("TLS handshake with {addr}: {e}"),
+                        _ => format!("TLS handshake with {addr}: timed out"),
+                    };
+                    tracing::info!(listener, client = %peer, service = %service.name, %detail, "TCP connection closed");
+                    log_session(
+                        log,
+                        tls,
+                        listener,
+                        peer,
+                        service,
+                        Some(addr),
+                        (0, 0),
+                        started,
+                        attempts,
+                        "upstream_tls_failed",
+                        Some(detail),
+                    );
+                    return;
+                }
+            }
         }
     };
     metrics.upstream_bytes.increment(stats.a_to_b);
@@ -162,6 +187,7 @@ pub(crate) async fn serve(
     };
     log_session(
         log,
+        tls,
         listener,
         peer,
         service,
@@ -173,6 +199,33 @@ pub(crate) async fn serve(
         None,
     );
     drop(in_flight);
+}
+
+/// Relays until both sides close, the idle timeout, a demotion or the end of a drain.
+async fn relay<U>(
+    client: MaybeTls<TcpStream>,
+    upstream: U,
+    idle: std::time::Duration,
+    demoted: &CancellationToken,
+    drain: &CancellationToken,
+) -> crate::tunnel::TunnelStats
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let cancel = CancellationToken::new();
+    let relay = crate::tunnel::run(
+        client,
+        upstream,
+        idle,
+        crate::tunnel::TCP_SESSION_BUFFER,
+        cancel.clone(),
+    );
+    tokio::pin!(relay);
+    tokio::select! {
+        stats = &mut relay => stats,
+        () = demoted.cancelled() => { cancel.cancel(); relay.await }
+        () = drain.cancelled() => { cancel.cancel(); relay.await }
+    }
 }
 
 /// Connects to an instance of `service`, trying others on failure (and, in primary mode,
@@ -255,6 +308,7 @@ async fn connect(
 #[allow(clippy::too_many_arguments)]
 fn log_session(
     log: &AccessLog,
+    tls: Option<&ConnTls>,
     listener: &str,
     client: SocketAddr,
     service: &Service,
@@ -281,6 +335,7 @@ fn log_session(
         connect_attempts,
         outcome,
         error,
+        tls: tls.map(ConnTls::log),
     };
     let mut line = serde_json::to_string(&entry).unwrap_or_default();
     line.push('\n');

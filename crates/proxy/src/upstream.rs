@@ -295,6 +295,8 @@ pub struct Service {
     pub(crate) shared: Arc<ServiceShared>,
     /// Index + 1 of the instance serving as primary (`serve = "primary"`); 0 = none.
     primary: AtomicUsize,
+    /// `[service.tls]`, loaded (set by the proxy after construction).
+    pub(crate) tls: Option<sluice_tls::ClientTls>,
 }
 
 /// An instance chosen for one attempt.
@@ -341,6 +343,7 @@ impl Service {
             metrics,
             shared,
             primary: AtomicUsize::new(0),
+            tls: None,
         };
         // Reused instances bring their verdicts: know the primary before serving.
         service.recompute_primary(sluice_health::clock::now_ms());

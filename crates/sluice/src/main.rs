@@ -7,6 +7,7 @@
 mod admin;
 mod policies;
 mod run;
+mod tls_watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -194,3 +194,41 @@ impl sluice_health::Evaluator for WasmHealth {
         }
     }
 }
+
+impl sluice_tls::PolicyAuthorizer for Policies {
+    /// `[listener.authz] policy`: asks the Wasm `authz` policy; fails closed when it is not
+    /// loaded, and applies the policy's failure mode when its call fails.
+    fn authorize(&self, policy: &str, peer: &sluice_tls::PeerFacts<'_>) -> Result<(), String> {
+        use sluice_policy_host::types;
+        let host = self.shared_host.lock().ok().and_then(|h| h.clone());
+        let Some(handle) = host.and_then(|h| h.authz(policy)) else {
+            return Err(format!(
+                "authz policy `{policy}` is not loaded (failing closed)"
+            ));
+        };
+        let wasm_peer = types::Peer {
+            listener: peer.listener.to_owned(),
+            source_address: peer.source.ip().to_canonical().to_string(),
+            source_port: peer.source.port(),
+            sni: peer.sni.map(str::to_owned),
+            alpn: peer.alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+            client_certificate: peer.identity.map(|id| types::ClientCertificate {
+                subject_cn: id.subject_cn.clone(),
+                dns_sans: id.dns_sans.clone(),
+                uri_sans: id.uri_sans.clone(),
+                issuer: id.issuer.clone(),
+                sha256_fingerprint: id.fingerprint_sha256.clone(),
+                not_before: id.not_before_unix,
+                not_after: id.not_after_unix,
+            }),
+        };
+        let outcome = handle.authorize(&wasm_peer);
+        if let sluice_policy_host::AuthzOutcome::Failed { error, .. } = &outcome {
+            tracing::warn!(policy, %error, "authz policy call failed; applying its failure mode");
+        }
+        match outcome.decision() {
+            types::Decision::Allow => Ok(()),
+            types::Decision::Deny(reason) => Err(format!("policy `{policy}`: {reason}")),
+        }
+    }
+}

@@ -163,9 +163,10 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
             anyhow::bail!("policies could not be loaded: {rejected}");
         }
     }
-    let proxy = Proxy::start_with(
+    let proxy = Proxy::start_with_policies(
         cfg,
         Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
+        Arc::clone(&policies) as Arc<dyn sluice_tls::PolicyAuthorizer>,
     )
     .await
     .context("starting listeners")?;
@@ -194,6 +195,8 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         })
     };
 
+    let tls_watch = crate::tls_watch::spawn(Arc::clone(&app));
+
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -216,6 +219,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     app.proxy.shutdown(grace).await;
     admin.abort();
     upkeep.abort();
+    tls_watch.abort();
     tracing::info!("stopped");
     Ok(())
 }

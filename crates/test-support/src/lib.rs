@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod backend;
+pub mod certs;
 mod client;
 pub mod etcd;
 mod eventually;
