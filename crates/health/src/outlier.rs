@@ -11,6 +11,7 @@
 //!     ▼ and may_eject()                    │
 //!   EJECTED until now + min(base·2^(n-1), max), n = ejections so far
 //! ```
+//! A passing active health check ends an ejection early (`uneject`).
 //! An instance returning from ejection is on probation: one more run of `threshold` failures
 //! ejects it again for twice as long. A success observed after a quiet period of `max_ejection`
 //! resets `n`, so an instance that recovered for good starts from `base` again.
@@ -76,6 +77,21 @@ impl OutlierState {
                 self.ejections.store(0, Relaxed);
             }
         }
+    }
+
+    /// Ends an ejection early because an active health check passed (Envoy does the same by
+    /// default): the probe saw the instance answer, so it need not sit out the backoff. The
+    /// backoff count is kept, so a relapse still ejects it for longer. Returns whether it was
+    /// ejected.
+    pub fn uneject(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        // The ejection ends now (not at 0), so the quiet period that resets the backoff is
+        // counted from here.
+        until > now_ms
+            && self
+                .ejected_until_ms
+                .compare_exchange(until, now_ms, Relaxed, Relaxed)
+                .is_ok()
     }
 
     /// Records a failed attempt (connect error, reset, timeout or 5xx). Ejects the instance when
@@ -182,6 +198,29 @@ mod tests {
             s.record_failure(50_000, &c, || true);
         }
         assert_eq!(s.record_failure(50_000, &c, || true).unwrap().nth, 1);
+    }
+
+    #[test]
+    fn a_passing_check_ends_an_ejection_but_keeps_the_backoff() {
+        let s = OutlierState::default();
+        let c = cfg();
+        for _ in 0..3 {
+            s.record_failure(1000, &c, || true);
+        }
+        assert!(s.is_ejected(2000));
+        assert!(s.uneject(2000));
+        assert!(!s.is_ejected(2000));
+        assert!(!s.uneject(2000), "nothing left to end");
+        s.record_success(2001, &c);
+        for _ in 0..2 {
+            s.record_failure(3000, &c, || true);
+        }
+        let again = s.record_failure(3000, &c, || true).unwrap();
+        assert_eq!(
+            (again.nth, again.duration),
+            (2, Duration::from_secs(20)),
+            "a relapse backs off further"
+        );
     }
 
     #[test]

@@ -179,6 +179,10 @@ impl ProbeTask {
             match self.evaluator.evaluate(&self.probed, &result) {
                 Evaluation::Verdict(verdict) => {
                     if verdict.is_up() { &up } else { &down }.increment(1);
+                    // A passing check ends a passive ejection (as Envoy does by default).
+                    if verdict.is_up() && self.instance.outlier.uneject(now) {
+                        tracing::info!(service = %service, instance = %instance, "active check passed: passive ejection ended");
+                    }
                     let change = self.instance.health.record(
                         &verdict,
                         &result,

@@ -257,3 +257,67 @@ async fn everything_down_is_an_immediate_503_and_state_survives_reload() {
         503
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_takes_an_instance_out_at_once_and_a_passing_check_brings_it_back() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    // Ejection for a minute on the first failure; checks every 100 ms, slow to mark down.
+    let toml = format!(
+        "{LISTENER}\n[[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\n{}\nretries = {{ attempts = 0 }}\n\
+         outlier = {{ consecutive_failures = 1, base_ejection = \"60s\" }}\n\
+         [service.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 100\njitter = \"0s\"\n",
+        instances(&[a.addr(), b.addr()])
+    );
+    let (proxy, addr) = start(&toml).await;
+    let c = Client::http1();
+    let url = format!("http://{addr}/");
+    eventually(
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || async {
+            let up = proxy.services()[0]
+                .instances
+                .iter()
+                .filter(|i| i.health.as_ref().unwrap().status == sluice_health::Status::Up)
+                .count();
+            if up == 2 {
+                Ok(())
+            } else {
+                Err(format!("{up} up"))
+            }
+        },
+    )
+    .await;
+    b.set_mode(Mode::Status(500));
+    // One failed request ejects b: every later request goes to a.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(c.get(&url).await.unwrap().status.as_u16());
+    }
+    assert!(statuses.contains(&500), "b answered once: {statuses:?}");
+    assert_eq!(proxy.services()[0].instances[1].state, "ejected");
+    for _ in 0..10 {
+        assert_eq!(c.get(&url).await.unwrap().backend(), "a");
+    }
+    // b recovers: its next passing probe ends the ejection, long before the minute is up.
+    b.set_mode(Mode::Normal);
+    eventually(
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || async {
+            match proxy.services()[0].instances[1].state {
+                "active" => Ok(()),
+                other => Err(format!("b is {other}")),
+            }
+        },
+    )
+    .await;
+    let mut backends = Vec::new();
+    for _ in 0..4 {
+        backends.push(c.get(&url).await.unwrap().backend());
+    }
+    assert!(
+        backends.iter().any(|n| n == "b"),
+        "b is back in rotation: {backends:?}"
+    );
+}
