@@ -252,6 +252,8 @@ impl EngineShared {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        crate::nonblocking_io::shadow_blocking_io(&mut linker)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         host_imports::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
 

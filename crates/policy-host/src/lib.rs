@@ -27,6 +27,7 @@ mod error;
 mod host;
 mod kv;
 pub mod metrics;
+mod nonblocking_io;
 mod policy;
 mod watch;
 

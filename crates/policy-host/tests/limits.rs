@@ -193,6 +193,48 @@ fn a_trap_applies_each_worlds_failure_mode() {
     assert_eq!(last_good, table);
 }
 
+/// The proxy calls policies on its runtime's worker threads. A guest that panics writes its
+/// message to stderr; wasmtime-wasi would run that write through `Handle::block_on`, which
+/// panics on such a thread. The host's non-blocking `wasi:io` makes it an ordinary trap.
+#[test]
+fn a_guest_that_panics_on_a_runtime_thread_traps_without_panicking_the_host() {
+    let host = Arc::new(host());
+    let report = host.apply_config(&[policy(
+        "authz",
+        artifacts::MISBEHAVING_AUTHZ,
+        PolicyWorld::Authz,
+        json!({}),
+    )]);
+    assert!(report.is_ok(), "{report:?}");
+    let current_thread = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let multi_thread = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    for runtime in [&current_thread, &multi_thread] {
+        let host = Arc::clone(&host);
+        let outcome = runtime.block_on(async move {
+            tokio::spawn(async move {
+                host.authz("authz")
+                    .unwrap()
+                    .authorize(&peer("panic", None, "127.0.0.1"))
+            })
+            .await
+            .expect("the call must not panic the task")
+        });
+        let AuthzOutcome::Failed {
+            decision: Decision::Deny(_),
+            error: CallError::Trap(detail),
+        } = &outcome
+        else {
+            panic!("authz fails closed: {outcome:?}");
+        };
+        assert!(detail.contains("asked to panic"), "{detail}");
+    }
+}
+
 #[test]
 fn a_policy_that_keeps_crashing_is_suspended_with_backoff() {
     let config = HostConfig {

@@ -7,8 +7,8 @@
 //! target is not installed; it never hands out a stale or missing file.
 //!
 //! The misbehaving guests answer normally unless asked: `authz` by the peer's listener name,
-//! `health` by the instance id, `routing` by an instance id in the catalog — `loop`, `greedy`
-//! (grab memory until the cap) or `panic`. Their `configure` fails when the config JSON has
-//! `"configure": "fail"`, panics with `"panic"` and loops with `"loop"`.
+//! `health` by the instance id or the text its probe read, `routing` by an instance id in the
+//! catalog — `loop`, `greedy` (grab memory until the cap) or `panic`. Their `configure` fails
+//! when the config JSON has `"configure": "fail"`, panics with `"panic"` and loops with `"loop"`.
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));

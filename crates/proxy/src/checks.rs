@@ -176,7 +176,21 @@ impl ProbeTask {
                 }
             };
             let now = sluice_health::clock::now_ms();
-            match self.evaluator.evaluate(&self.probed, &result) {
+            // Evaluators run on a blocking thread: a Wasm policy may spend up to its deadline,
+            // and a probe round must not hold a data-path worker thread for that long.
+            let evaluation = {
+                let (evaluator, probed, probe) = (
+                    Arc::clone(&self.evaluator),
+                    self.probed.clone(),
+                    result.clone(),
+                );
+                tokio::task::spawn_blocking(move || evaluator.evaluate(&probed, &probe))
+                    .await
+                    .unwrap_or_else(|e| Evaluation::KeepPrevious {
+                        error: format!("the evaluator failed: {e}"),
+                    })
+            };
+            match evaluation {
                 Evaluation::Verdict(verdict) => {
                     if verdict.is_up() { &up } else { &down }.increment(1);
                     // A passing check ends a passive ejection (as Envoy does by default).
