@@ -115,7 +115,7 @@ fn sni_passthrough_with_openssl_clients_metrics_and_logs() {
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
         "[admin]\nbind = \"{admin}\"\n[runtime]\nworker_threads = 2\nshutdown_grace = \"1s\"\n[access_log]\npath = \"stdout\"\n\
-         [[listener]]\nname = \"tls\"\nbind = \"{web}\"\nprotocol = \"tcp\"\n\
+         [[listener]]\nname = \"tls\"\nbind = \"{web}\"\nprotocol = \"tcp\"\nsni_timeout = \"300ms\"\nsni_max_bytes = 2048\n\
          [[listener.sni]]\nhost = \"a.test\"\nservice = \"a\"\n\
          [[listener.sni]]\nhost = \"*.b.test\"\nservice = \"b\"\n\
          [[service]]\nname = \"a\"\ninstances = [\"{a_addr}\"]\n\
@@ -141,11 +141,22 @@ fn sni_passthrough_with_openssl_clients_metrics_and_logs() {
         b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
     ));
     assert!(closed_silently(web, b"SSH-2.0-OpenSSH_9.6\r\n"));
+    // A ServerHello where a ClientHello belongs; a hello announcing 16 KiB (over the 2 KiB
+    // limit); a client that stops after two bytes (closed at sni_timeout).
+    assert!(closed_silently(web, &[0x16, 3, 1, 0, 4, 2, 0, 0, 0]));
+    assert!(closed_silently(
+        web,
+        &[0x16, 3, 1, 0x40, 0, 1, 0, 0x3f, 0xfc]
+    ));
+    assert!(closed_silently(web, &[0x16, 3]));
     eventually_true("rejections counted by reason", || {
         let m = http_get(admin, "/metrics").map_err(|e| e.to_string())?.1;
         let want = [
             r#"sluice_sni_rejected_total{listener="tls",reason="not_tls"} 2"#,
             r#"sluice_sni_rejected_total{listener="tls",reason="no_route"} 1"#,
+            r#"sluice_sni_rejected_total{listener="tls",reason="malformed"} 1"#,
+            r#"sluice_sni_rejected_total{listener="tls",reason="too_large"} 1"#,
+            r#"sluice_sni_rejected_total{listener="tls",reason="timeout"} 1"#,
             r#"sluice_sni_routed_total{listener="tls",service="a",match="sni"} 1"#,
             r#"sluice_sni_routed_total{listener="tls",service="b",match="sni"} 1"#,
         ];
