@@ -164,3 +164,43 @@ impl sluice_policy_host::KvView for KvLayers {
             .map(|e| e.value_str().into_owned())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sluice_policy_host::KvView;
+
+    fn file(path: &std::path::Path) -> KvConfig {
+        KvConfig {
+            source: KvSourceConfig::File(path.to_owned()),
+            prefix: String::new(),
+            request_timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn first_source_holding_a_key_wins_and_changes_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.json"));
+        std::fs::write(&a, "[ecp]\nCLIENT_SYSTEMS = \"app1\"\n").unwrap();
+        std::fs::write(&b, r#"{"ecp": {"CLIENT_SYSTEMS": "other", "ONLY_B": "b"}}"#).unwrap();
+        let kv = KvLayers::default();
+        kv.apply(&[file(&a), file(&b)]).await.unwrap();
+        assert_eq!(kv.get("ecp/CLIENT_SYSTEMS").as_deref(), Some("app1"));
+        assert_eq!(kv.get("ecp/ONLY_B").as_deref(), Some("b"));
+        assert_eq!(kv.get("missing"), None);
+        std::fs::write(&a, "[ecp]\nCLIENT_SYSTEMS = \"app1;app3\"\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while kv.get("ecp/CLIENT_SYSTEMS").as_deref() != Some("app1;app3") {
+            assert!(std::time::Instant::now() < deadline, "change not seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The same sources again: kept (no restart of the watches); none: every key gone.
+        kv.apply(&[file(&a), file(&b)]).await.unwrap();
+        assert_eq!(kv.get("ecp/ONLY_B").as_deref(), Some("b"));
+        kv.apply(&[]).await.unwrap();
+        assert_eq!(kv.get("ecp/CLIENT_SYSTEMS"), None);
+    }
+}
