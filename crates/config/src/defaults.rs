@@ -77,3 +77,13 @@ pub const HEALTH_RISE: u32 = 2;
 pub const HEALTH_FALL: u32 = 3;
 /// `[service.health] body_bytes`.
 pub const HEALTH_BODY_BYTES: usize = 4096;
+/// `[[listener]] sni_timeout`: a ClientHello fits in one or two segments; a client that has
+/// not sent it by then is slow or not speaking TLS.
+pub const SNI_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[[listener]] sni_max_bytes`: a ClientHello with large post-quantum key shares and many
+/// extensions stays well under 16 KiB.
+pub const SNI_MAX_BYTES: usize = 16 * 1024;
+/// `[[kv]] request_timeout` (etcd).
+pub const KV_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[[kv]] poll` (file).
+pub const KV_POLL: Duration = Duration::from_secs(1);

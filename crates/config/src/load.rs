@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "route",
     "service",
     "policy",
+    "kv",
 ];
 
 /// Parses and validates one configuration file's text.
@@ -69,6 +70,7 @@ pub(crate) fn parse(source: &Source) -> Result<Config, Diagnostics> {
             "route" => raw.routes = cx.array(name, value),
             "service" => raw.services = cx.array(name, value),
             "policy" => raw.policies = cx.array(name, value),
+            "kv" => raw.kv = cx.array(name, value),
             other => {
                 let mut diag = Diagnostic::at(
                     source,
@@ -105,6 +107,7 @@ struct RawFile {
     routes: Vec<Spanned<RawRoute>>,
     services: Vec<Spanned<RawService>>,
     policies: Vec<Spanned<RawPolicy>>,
+    kv: Vec<Spanned<RawKv>>,
 }
 
 struct Cx<'s> {
@@ -266,6 +269,7 @@ impl<'s> Cx<'s> {
         let services = self.services(&raw.services);
         let routes = self.routes(&raw.routes, &listeners, &services);
         let policies = self.policies(&raw.policies);
+        let kv = self.kv(&raw.kv);
         self.cross_references(&services, &policies);
         self.authz_policy_references(&policies);
         Config {
@@ -277,6 +281,7 @@ impl<'s> Cx<'s> {
             routes,
             services,
             policies,
+            kv,
         }
     }
 
@@ -400,6 +405,122 @@ impl<'s> Cx<'s> {
                     ) as usize,
                 },
                 failure_mode,
+            });
+        }
+        out
+    }
+
+    /// `[[kv]]`: each source's keys, checked for the fields its kind needs.
+    fn kv(&mut self, raw: &[Spanned<RawKv>]) -> Vec<KvConfig> {
+        let mut out = Vec::new();
+        for k in raw {
+            let span = k.span();
+            let k = k.get_ref();
+            let misplaced = |s: &mut Self, kind: &str, fields: &[(&str, Option<Range<usize>>)]| {
+                for (key, span) in fields {
+                    if span.is_some() {
+                        s.error_hint(
+                            span.clone(),
+                            format!("`{key}` does not apply to source = \"{kind}\""),
+                            "remove it, or change the source",
+                        );
+                    }
+                }
+            };
+            let path_span = k.path.as_ref().map(Spanned::span);
+            let endpoints_span = k
+                .endpoints
+                .as_ref()
+                .map(|e| e.first().map_or(span.clone(), Spanned::span));
+            let timeout_span = k.request_timeout.as_ref().map(Spanned::span);
+            let poll_span = k.poll.as_ref().map(Spanned::span);
+            let source = match k.source.get_ref().as_str() {
+                "env" => {
+                    misplaced(
+                        self,
+                        "env",
+                        &[
+                            ("path", path_span),
+                            ("endpoints", endpoints_span),
+                            ("request_timeout", timeout_span),
+                            ("poll", poll_span),
+                        ],
+                    );
+                    KvSourceConfig::Env
+                }
+                "file" => {
+                    misplaced(
+                        self,
+                        "file",
+                        &[
+                            ("endpoints", endpoints_span),
+                            ("request_timeout", timeout_span),
+                        ],
+                    );
+                    let Some(path) = &k.path else {
+                        self.error_hint(
+                            Some(k.source.span()),
+                            "a file KV source needs a `path`",
+                            "a directory (one file per key) or a .toml/.json document",
+                        );
+                        continue;
+                    };
+                    if path.get_ref().is_empty() {
+                        self.error_hint(
+                            Some(path.span()),
+                            "`path` is empty",
+                            "a directory or a .toml/.json document",
+                        );
+                    }
+                    let file = path.get_ref();
+                    KvSourceConfig::File(match self.src.path().parent() {
+                        Some(dir) if std::path::Path::new(file).is_relative() => dir.join(file),
+                        _ => file.into(),
+                    })
+                }
+                "etcd" => {
+                    misplaced(self, "etcd", &[("path", path_span), ("poll", poll_span)]);
+                    let endpoints: Vec<String> = k
+                        .endpoints
+                        .iter()
+                        .flatten()
+                        .filter_map(|e| {
+                            let v = e.get_ref();
+                            if v.starts_with("http://") && v.len() > "http://".len() {
+                                Some(v.clone())
+                            } else {
+                                self.error_hint(
+                                    Some(e.span()),
+                                    format!("invalid etcd endpoint `{v}`"),
+                                    "write http://HOST:PORT (etcd's gateway over plain HTTP; TLS to etcd is not supported yet)",
+                                );
+                                None
+                            }
+                        })
+                        .collect();
+                    if k.endpoints.as_ref().is_none_or(Vec::is_empty) {
+                        self.error_hint(
+                            Some(k.source.span()),
+                            "an etcd KV source needs `endpoints`",
+                            "endpoints = [\"http://127.0.0.1:2379\"]",
+                        );
+                    }
+                    KvSourceConfig::Etcd { endpoints }
+                }
+                _ => {
+                    self.bad_choice(&k.source, "KV source", &["env", "file", "etcd"]);
+                    continue;
+                }
+            };
+            out.push(KvConfig {
+                source,
+                prefix: k
+                    .prefix
+                    .as_ref()
+                    .map(|p| p.get_ref().clone())
+                    .unwrap_or_default(),
+                request_timeout: self.duration(k.request_timeout.as_ref(), d::KV_REQUEST_TIMEOUT),
+                poll: self.duration(k.poll.as_ref(), d::KV_POLL),
             });
         }
         out
@@ -587,6 +708,14 @@ impl<'s> Cx<'s> {
                     l.proxy_protocol.as_ref().map(Spanned::span),
                 ),
                 ("idle_timeout", l.idle_timeout.as_ref().map(Spanned::span)),
+                (
+                    "sni",
+                    l.sni
+                        .as_ref()
+                        .map(|v| v.first().map_or(l.name.span(), Spanned::span)),
+                ),
+                ("sni_timeout", l.sni_timeout.as_ref().map(Spanned::span)),
+                ("sni_max_bytes", l.sni_max_bytes.as_ref().map(Spanned::span)),
             ] {
                 if span.is_some() {
                     self.error_hint(
@@ -598,15 +727,18 @@ impl<'s> Cx<'s> {
             }
             return None;
         }
-        let Some(service) = &l.service else {
+        let sni = self.sni(l);
+        if l.service.is_none() && sni.is_none() {
             self.error_hint(
                 Some(l.name.span()),
                 format!("TCP listener `{}` has no `service`", l.name.get_ref()),
                 "a TCP listener sends every connection to one service: add service = \"NAME\"",
             );
             return None;
-        };
-        self.tcp_service_refs.push(service.clone());
+        }
+        if let Some(service) = &l.service {
+            self.tcp_service_refs.push(service.clone());
+        }
         let proxy_protocol = match l.proxy_protocol.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("off") => ProxyProtocol::Off,
             Some("v1") => ProxyProtocol::V1,
@@ -619,9 +751,87 @@ impl<'s> Cx<'s> {
             }
         };
         Some(TcpListenerConfig {
-            service: service.get_ref().clone(),
+            service: l.service.as_ref().map(|s| s.get_ref().clone()),
+            sni,
             proxy_protocol,
             idle_timeout: self.duration(l.idle_timeout.as_ref(), d::TCP_IDLE_TIMEOUT),
+        })
+    }
+
+    /// `[[listener.sni]]` of a TCP listener: TLS passthrough, so no `[listener.tls]` (that
+    /// would terminate TLS) and no `[listener.authz]` (there is no verified identity to check).
+    fn sni(&mut self, l: &RawListener) -> Option<SniConfig> {
+        let Some(entries) = &l.sni else {
+            for (key, span) in [
+                ("sni_timeout", l.sni_timeout.as_ref().map(Spanned::span)),
+                ("sni_max_bytes", l.sni_max_bytes.as_ref().map(Spanned::span)),
+            ] {
+                if span.is_some() {
+                    self.error_hint(
+                        span,
+                        format!("`{key}` only applies to a listener with [[listener.sni]] entries"),
+                        "add [[listener.sni]] host = \"...\", service = \"...\" or remove it",
+                    );
+                }
+            }
+            return None;
+        };
+        if l.tls.is_some() {
+            self.error_hint(
+                Some(l.name.span()),
+                format!(
+                    "listener `{}` has both [listener.tls] and [[listener.sni]]",
+                    l.name.get_ref()
+                ),
+                "[[listener.sni]] passes TLS through untouched; [listener.tls] terminates it: choose one",
+            );
+        }
+        if l.authz.is_some() {
+            self.error_hint(
+                Some(l.name.span()),
+                format!(
+                    "listener `{}` has [listener.authz] with [[listener.sni]]",
+                    l.name.get_ref()
+                ),
+                "a passthrough listener never sees a client certificate; authorize at the backend, or terminate TLS with [listener.tls]",
+            );
+        }
+        let mut seen: HashMap<HostMatch, usize> = HashMap::new();
+        let mut routes = Vec::new();
+        for e in entries {
+            let e = e.get_ref();
+            let host = self.host_match(&e.host);
+            if host == HostMatch::Any {
+                self.error_hint(
+                    Some(e.host.span()),
+                    "an SNI entry needs a server name",
+                    "use `name.example.com` or `*.example.com`; the listener's `service` takes connections without a match",
+                );
+                continue;
+            }
+            let line = self.src.line_col(e.host.span().start).0;
+            if let Some(first) = seen.insert(host.clone(), line) {
+                self.error_hint(
+                    Some(e.host.span()),
+                    format!("duplicate SNI entry for `{host}`"),
+                    format!("the first one is on line {first}"),
+                );
+            }
+            self.tcp_service_refs.push(e.service.clone());
+            routes.push(SniRoute {
+                host,
+                service: e.service.get_ref().clone(),
+            });
+        }
+        Some(SniConfig {
+            routes,
+            timeout: self.duration(l.sni_timeout.as_ref(), d::SNI_TIMEOUT),
+            max_bytes: self.int_in(
+                l.sni_max_bytes.as_ref(),
+                512,
+                1 << 20,
+                d::SNI_MAX_BYTES as i64,
+            ) as usize,
         })
     }
 
@@ -1477,6 +1687,8 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("listener", ["tls", "certificates"]) => fields_of::<RawCertPair>(),
         ("listener", ["tls", "identity_headers"]) => fields_of::<RawIdentityHeaders>(),
         ("listener", ["authz"]) => fields_of::<RawListenerAuthz>(),
+        ("listener", ["sni"]) => fields_of::<RawSniRoute>(),
+        ("kv", []) => fields_of::<RawKv>(),
         ("route", []) => fields_of::<RawRoute>(),
         ("service", []) => fields_of::<RawService>(),
         ("service", ["timeouts"]) => fields_of::<RawTimeouts>(),
@@ -1509,6 +1721,8 @@ mod docs_tests {
             ("listener", &["tls", "certificates"]),
             ("listener", &["tls", "identity_headers"]),
             ("listener", &["authz"]),
+            ("listener", &["sni"]),
+            ("kv", &[]),
             ("route", &[]),
             ("service", &[]),
             ("service", &["timeouts"]),

@@ -24,6 +24,36 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Wasm policies in file order; names are unique.
     pub policies: Vec<crate::policy::PolicyConfig>,
+    /// `[[kv]]` sources the policies' `kv-get` reads, in lookup order (the first source
+    /// holding a key wins).
+    pub kv: Vec<KvConfig>,
+}
+
+/// Where one `[[kv]]` source reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvSourceConfig {
+    /// The process environment (read once at start).
+    Env,
+    /// A directory (one file per key) or one `.toml` / `.json` document, polled.
+    File(PathBuf),
+    /// An etcd v3 cluster (its JSON gateway), watched.
+    Etcd {
+        /// `http://host:port` of each member.
+        endpoints: Vec<String>,
+    },
+}
+
+/// `[[kv]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvConfig {
+    /// The source.
+    pub source: KvSourceConfig,
+    /// Only keys under this prefix are read and watched (empty: every key).
+    pub prefix: String,
+    /// Each etcd request must answer within this.
+    pub request_timeout: Duration,
+    /// How often a file source is re-read.
+    pub poll: Duration,
 }
 
 impl Config {
@@ -126,12 +156,36 @@ pub enum ProxyProtocol {
 /// TCP specifics of a `protocol = "tcp"` listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpListenerConfig {
-    /// The service every connection goes to.
-    pub service: String,
+    /// The service every connection goes to; with `sni`, the service of connections whose
+    /// server name is absent or matches no entry (`None`: those connections are closed).
+    pub service: Option<String>,
+    /// `[[listener.sni]]`: TLS passthrough, routed by the ClientHello's server name.
+    pub sni: Option<SniConfig>,
     /// PROXY protocol towards instances.
     pub proxy_protocol: ProxyProtocol,
     /// A connection with no byte in either direction for this long is closed.
     pub idle_timeout: Duration,
+}
+
+/// TLS passthrough on a TCP listener: the ClientHello is read (not answered), its server name
+/// picks the service, and every byte is relayed untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniConfig {
+    /// Server name → service, in file order; exact names win over wildcards.
+    pub routes: Vec<SniRoute>,
+    /// The whole ClientHello must arrive within this.
+    pub timeout: Duration,
+    /// Largest ClientHello read before giving up, in bytes.
+    pub max_bytes: usize,
+}
+
+/// One `[[listener.sni]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// `Exact` or `Wildcard` (never `Any`: the default is the listener's `service`).
+    pub host: HostMatch,
+    /// Where matching connections go.
+    pub service: String,
 }
 
 /// `[[listener]]`.

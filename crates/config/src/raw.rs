@@ -50,6 +50,27 @@ pub(crate) struct RawListener {
     pub(crate) idle_timeout: Option<S<String>>,
     pub(crate) tls: Option<RawListenerTls>,
     pub(crate) authz: Option<RawListenerAuthz>,
+    pub(crate) sni: Option<Vec<S<RawSniRoute>>>,
+    pub(crate) sni_timeout: Option<S<String>>,
+    pub(crate) sni_max_bytes: Option<S<i64>>,
+}
+
+/// `[[listener.sni]]`: TLS passthrough routing by server name on a TCP listener.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawSniRoute {
+    pub(crate) host: S<String>,
+    pub(crate) service: S<String>,
+}
+
+/// `[[kv]]`: a KV source the policies' `kv-get` reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawKv {
+    pub(crate) source: S<String>,
+    pub(crate) path: Option<S<String>>,
+    pub(crate) endpoints: Option<Vec<S<String>>>,
+    pub(crate) prefix: Option<S<String>>,
+    pub(crate) request_timeout: Option<S<String>>,
+    pub(crate) poll: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

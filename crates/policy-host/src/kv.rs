@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-/// What `kv-get` reads. The proxy hands the host one of these; the KV crate will implement it
-/// over its sources (env, file, etcd). Called on the policy call path: implementations must be
+/// What `kv-get` reads. The `sluice` binary hands the host one over its `[[kv]]` sources
+/// (`crates/sluice/src/kv.rs`: env, file, etcd, mirrored in memory). Called on the policy call path: implementations must be
 /// cheap and must not block on I/O (serve from a snapshot).
 pub trait KvView: Send + Sync + 'static {
     /// The value of `key`, or `None` when absent.
@@ -15,7 +15,7 @@ pub trait KvView: Send + Sync + 'static {
 }
 
 /// An in-memory [`KvView`]: a snapshot map swapped atomically on every change, so readers never
-/// wait for writers. Used by tests, and by the proxy until the KV crate provides a source.
+/// wait for writers. Used by tests and `sluice policy check`.
 #[derive(Default)]
 pub struct MemoryKv {
     entries: ArcSwap<HashMap<String, String>>,

@@ -27,6 +27,7 @@ mod pool;
 mod proxy;
 mod proxy_protocol;
 mod routing;
+mod sni;
 mod tcp;
 mod tls;
 mod tunnel;

@@ -253,23 +253,40 @@ async fn accept_loop(
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
                         let local = stream.local_addr().unwrap_or(peer);
-                        let admitted =
-                            crate::tls::admit(stream, peer, &shared.name, &runtime).await;
-                        if let (Some(tcp), Some(metrics), Some((stream, tls))) =
-                            (&runtime.tcp, &shared.tcp_metrics, admitted)
-                        {
-                            crate::tcp::serve(
-                                stream,
-                                local,
-                                tls.as_deref(),
-                                peer,
-                                &shared.name,
-                                tcp,
-                                metrics,
-                                &runtime.access_log,
-                                drain,
-                            )
-                            .await;
+                        if let (Some(tcp), Some(metrics)) = (&runtime.tcp, &shared.tcp_metrics) {
+                            if tcp.config.sni.is_some() {
+                                // Passthrough: no TLS termination or authz (refused by the
+                                // config loader), the ClientHello picks the service.
+                                let _ = stream.set_nodelay(true);
+                                crate::tcp::serve_passthrough(
+                                    stream,
+                                    local,
+                                    peer,
+                                    &shared.name,
+                                    tcp,
+                                    metrics,
+                                    &runtime.access_log,
+                                    drain,
+                                )
+                                .await;
+                            } else if let (Some(service), Some((stream, tls))) = (
+                                &tcp.service,
+                                crate::tls::admit(stream, peer, &shared.name, &runtime).await,
+                            ) {
+                                crate::tcp::serve(
+                                    stream,
+                                    local,
+                                    tls.as_deref(),
+                                    peer,
+                                    &shared.name,
+                                    (tcp, service),
+                                    None,
+                                    metrics,
+                                    &runtime.access_log,
+                                    drain,
+                                )
+                                .await;
+                            }
                         }
                         shared.active.decrement(1.0);
                         drop(permit);

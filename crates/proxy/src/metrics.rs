@@ -56,6 +56,17 @@ pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "sluice_tls_handshake_failures_to
 /// Connections refused by `[listener.authz]`, by `listener` and `reason`.
 pub const AUTHZ_DENIED_TOTAL: &str = "sluice_authz_denied_total";
 
+/// Passthrough connections closed before routing, by `listener` and `reason` (`not_tls`,
+/// `malformed`, `too_large`, `timeout`, `closed`, `io`, `no_route`).
+pub const SNI_REJECTED_TOTAL: &str = "sluice_sni_rejected_total";
+/// Passthrough connections routed, by `listener`, `service` and `match` (`sni`, `default`).
+pub const SNI_ROUTED_TOTAL: &str = "sluice_sni_routed_total";
+/// Whether each `[[kv]]` source answers (1) or is unreachable and its last values are in use
+/// (0), by `source` (its description, e.g. `etcd http://127.0.0.1:2379`).
+pub const KV_SOURCE_UP: &str = "sluice_kv_source_up";
+/// Changes (keys created, changed or deleted) received from `[[kv]]` sources, by `source`.
+pub const KV_CHANGES_TOTAL: &str = "sluice_kv_changes_total";
+
 /// Client connections open now, by `listener`.
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
 /// Client connections accepted, by `listener`.
@@ -92,6 +103,10 @@ pub const ALL: &[&str] = &[
     TLS_HANDSHAKES_TOTAL,
     TLS_HANDSHAKE_FAILURES_TOTAL,
     AUTHZ_DENIED_TOTAL,
+    SNI_REJECTED_TOTAL,
+    SNI_ROUTED_TOTAL,
+    KV_SOURCE_UP,
+    KV_CHANGES_TOTAL,
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,
     CLIENT_CLOSES_TOTAL,

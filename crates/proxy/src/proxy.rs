@@ -285,11 +285,15 @@ impl Proxy {
         }
         for lc in &config.listeners {
             let table = RouteTable::new(tables.remove(lc.name.as_str()).unwrap_or_default());
-            let tcp = lc.tcp.as_ref().and_then(|t| {
-                services.get(&t.service).map(|svc| TcpRuntime {
-                    config: t.clone(),
-                    service: Arc::clone(svc),
-                })
+            let tcp = lc.tcp.as_ref().map(|t| TcpRuntime {
+                config: t.clone(),
+                service: t.service.as_ref().and_then(|s| services.get(s)).cloned(),
+                sni: t
+                    .sni
+                    .iter()
+                    .flat_map(|sni| &sni.routes)
+                    .filter_map(|r| Some((r.host.clone(), Arc::clone(services.get(&r.service)?))))
+                    .collect(),
             });
             let mut runtime = ListenerRuntime::new(
                 lc.clone(),

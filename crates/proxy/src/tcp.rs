@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{AccessLog, rfc3339_now};
 use crate::error::ProxyErrorKind;
-use crate::metrics::{TCP_BYTES_TOTAL, TCP_CONNECTIONS_TOTAL};
+use crate::metrics::{
+    SNI_REJECTED_TOTAL, SNI_ROUTED_TOTAL, TCP_BYTES_TOTAL, TCP_CONNECTIONS_TOTAL,
+};
 use crate::tls::{ConnTls, TlsLog};
 use crate::upstream::{InFlight, Service, Tried};
 
@@ -31,7 +33,16 @@ use crate::upstream::{InFlight, Service, Tried};
 #[derive(Debug)]
 pub(crate) struct TcpRuntime {
     pub(crate) config: TcpListenerConfig,
-    pub(crate) service: Arc<Service>,
+    /// Every connection's service; with SNI routes, the default (`None`: close unmatched).
+    pub(crate) service: Option<Arc<Service>>,
+    /// `[[listener.sni]]` entries with their services (empty: no passthrough routing).
+    pub(crate) sni: Vec<(sluice_config::HostMatch, Arc<Service>)>,
+}
+
+/// The ClientHello a passthrough listener read before choosing the service.
+#[derive(Debug)]
+pub(crate) struct Passthrough {
+    pub(crate) hello: crate::sni::Hello,
 }
 
 /// Per-listener TCP counters.
@@ -75,6 +86,9 @@ struct TcpEntry<'a> {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<TlsLog<'a>>,
+    /// The server name a passthrough listener routed on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sni: Option<&'a str>,
 }
 
 /// Serves one accepted TCP connection.
@@ -85,13 +99,25 @@ pub(crate) async fn serve(
     tls: Option<&ConnTls>,
     peer: SocketAddr,
     listener: &str,
-    runtime: &TcpRuntime,
+    (runtime, service): (&TcpRuntime, &Arc<Service>),
+    passthrough: Option<&Passthrough>,
     metrics: &TcpMetrics,
     log: &AccessLog,
     drain: CancellationToken,
 ) {
     let started = Instant::now();
-    let service = &runtime.service;
+    let sni = passthrough.and_then(|p| p.hello.sni.as_deref());
+    let hello: &[u8] = passthrough.map_or(&[], |p| &p.hello.bytes);
+    let log_session = |upstream: Option<SocketAddr>,
+                       bytes: (u64, u64),
+                       attempts: u32,
+                       outcome: &'static str,
+                       error: Option<String>| {
+        log_session(
+            log, tls, sni, listener, peer, service, upstream, bytes, started, attempts, outcome,
+            error,
+        );
+    };
     let (upstream, in_flight, attempts) = match connect(service, peer).await {
         Ok(connected) => connected,
         Err((kind, detail, attempts)) => {
@@ -102,19 +128,7 @@ pub(crate) async fn serve(
                 _ => metrics.connect_failed.increment(1),
             }
             tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
-            log_session(
-                log,
-                tls,
-                listener,
-                peer,
-                service,
-                None,
-                (0, 0),
-                started,
-                attempts,
-                kind.as_str(),
-                Some(detail),
-            );
+            log_session(None, (0, 0), attempts, kind.as_str(), Some(detail));
             // Dropping the client socket closes it: the "refusal" a TCP client sees.
             return;
         }
@@ -126,14 +140,8 @@ pub(crate) async fn serve(
         && let Err(e) = upstream.write_all(&header).await
     {
         log_session(
-            log,
-            tls,
-            listener,
-            peer,
-            service,
             Some(addr),
             (0, 0),
-            started,
             attempts,
             "error",
             Some(format!("sending the PROXY header: {e}")),
@@ -145,7 +153,7 @@ pub(crate) async fn serve(
     let idle = runtime.config.idle_timeout;
     // `[service.tls]`: TLS to the instance, after the (plain) PROXY header as haproxy does.
     let stats = match &service.tls {
-        None => relay(client, upstream, idle, &demoted, &drain).await,
+        None => relay(client, upstream, hello, idle, &demoted, &drain).await,
         Some(client_tls) => {
             let handshake = tokio::time::timeout(
                 service.config.timeouts.connect,
@@ -153,7 +161,7 @@ pub(crate) async fn serve(
             )
             .await;
             match handshake {
-                Ok(Ok(upstream)) => relay(client, upstream, idle, &demoted, &drain).await,
+                Ok(Ok(upstream)) => relay(client, upstream, hello, idle, &demoted, &drain).await,
                 failed => {
                     let detail = match failed {
                         Ok(Err(e)) => format!("TLS handshake with {addr}: {e}"),
@@ -161,14 +169,8 @@ pub(crate) async fn serve(
                     };
                     tracing::info!(listener, client = %peer, service = %service.name, %detail, "TCP connection closed");
                     log_session(
-                        log,
-                        tls,
-                        listener,
-                        peer,
-                        service,
                         Some(addr),
                         (0, 0),
-                        started,
                         attempts,
                         "upstream_tls_failed",
                         Some(detail),
@@ -186,14 +188,8 @@ pub(crate) async fn serve(
         stats.end.as_str()
     };
     log_session(
-        log,
-        tls,
-        listener,
-        peer,
-        service,
         Some(addr),
         (stats.a_to_b, stats.b_to_a),
-        started,
         attempts,
         outcome,
         None,
@@ -201,10 +197,74 @@ pub(crate) async fn serve(
     drop(in_flight);
 }
 
+/// Serves one connection of a passthrough (`[[listener.sni]]`) listener: reads the
+/// ClientHello, picks the service by its server name (the listener's `service` when there is no
+/// name or no match), then serves it as any TCP connection with the hello sent first. Input
+/// that is not a usable ClientHello is closed, logged with the reason and counted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_passthrough(
+    mut client: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    listener: &str,
+    runtime: &TcpRuntime,
+    metrics: &TcpMetrics,
+    log: &AccessLog,
+    drain: CancellationToken,
+) {
+    let Some(sni) = &runtime.config.sni else {
+        return;
+    };
+    let rejected = |reason: &'static str| {
+        counter!(SNI_REJECTED_TOTAL, "listener" => listener.to_owned(), "reason" => reason)
+            .increment(1);
+    };
+    let hello = match crate::sni::read_hello(&mut client, sni.max_bytes, sni.timeout).await {
+        Ok(hello) => hello,
+        Err(e) => {
+            rejected(e.reason());
+            tracing::info!(listener, client = %peer, reason = e.reason(), detail = %e, "TLS passthrough: no usable ClientHello; connection closed");
+            return;
+        }
+    };
+    let routed = hello
+        .sni
+        .as_deref()
+        .and_then(|name| crate::sni::lookup(&runtime.sni, name));
+    let Some(service) = routed.or(runtime.service.as_ref()) else {
+        rejected("no_route");
+        tracing::info!(
+            listener,
+            client = %peer,
+            reason = "no_route",
+            sni = hello.sni.as_deref().unwrap_or("<none>"),
+            "TLS passthrough: no [[listener.sni]] entry matches and the listener has no default `service`; connection closed"
+        );
+        return;
+    };
+    counter!(SNI_ROUTED_TOTAL, "listener" => listener.to_owned(), "service" => service.name.to_string(), "match" => if routed.is_some() { "sni" } else { "default" })
+        .increment(1);
+    serve(
+        MaybeTls::Plain(client),
+        local,
+        None,
+        peer,
+        listener,
+        (runtime, service),
+        Some(&Passthrough { hello }),
+        metrics,
+        log,
+        drain,
+    )
+    .await;
+}
+
 /// Relays until both sides close, the idle timeout, a demotion or the end of a drain.
+/// `hello`: bytes already read from the client (a passthrough ClientHello), sent first.
 async fn relay<U>(
     client: MaybeTls<TcpStream>,
-    upstream: U,
+    mut upstream: U,
+    hello: &[u8],
     idle: std::time::Duration,
     demoted: &CancellationToken,
     drain: &CancellationToken,
@@ -212,6 +272,16 @@ async fn relay<U>(
 where
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    if !hello.is_empty()
+        && let Err(e) = upstream.write_all(hello).await
+    {
+        tracing::debug!(error = %e, "sending the ClientHello to the instance failed");
+        return crate::tunnel::TunnelStats {
+            a_to_b: 0,
+            b_to_a: 0,
+            end: crate::tunnel::TunnelEnd::Error,
+        };
+    }
     let cancel = CancellationToken::new();
     let relay = crate::tunnel::run(
         client,
@@ -221,11 +291,13 @@ where
         cancel.clone(),
     );
     tokio::pin!(relay);
-    tokio::select! {
+    let mut stats = tokio::select! {
         stats = &mut relay => stats,
         () = demoted.cancelled() => { cancel.cancel(); relay.await }
         () = drain.cancelled() => { cancel.cancel(); relay.await }
-    }
+    };
+    stats.a_to_b += hello.len() as u64;
+    stats
 }
 
 /// Connects to an instance of `service`, trying others on failure (and, in primary mode,
@@ -309,6 +381,7 @@ async fn connect(
 fn log_session(
     log: &AccessLog,
     tls: Option<&ConnTls>,
+    sni: Option<&str>,
     listener: &str,
     client: SocketAddr,
     service: &Service,
@@ -336,6 +409,7 @@ fn log_session(
         outcome,
         error,
         tls: tls.map(ConnTls::log),
+        sni,
     };
     let mut line = serde_json::to_string(&entry).unwrap_or_default();
     line.push('\n');

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_config::PolicyConfig;
-use sluice_policy_host::{
-    HostConfig, MemoryKv, PolicyHost, PolicyStatus, PolicyWatcher, ReloadReport,
-};
+use sluice_policy_host::{HostConfig, PolicyHost, PolicyStatus, PolicyWatcher, ReloadReport};
 
 /// `sluice policy check`: exit 0 when the module loaded, configured and answered.
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]
@@ -37,6 +35,8 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 /// The loaded policies and the watcher of their files.
 #[derive(Debug, Default)]
 pub(crate) struct Policies {
+    /// `[[kv]]`: what the policies' `kv-get` reads, live.
+    pub(crate) kv: Arc<crate::kv::KvLayers>,
     shared_host: Arc<Mutex<Option<Arc<PolicyHost>>>>,
     watcher: Mutex<Option<PolicyWatcher>>,
 }
@@ -54,7 +54,8 @@ impl Policies {
                 (None, true) => return Ok(ReloadReport::default()),
                 (Some(h), _) => Arc::clone(h),
                 (None, false) => {
-                    let host = PolicyHost::new(HostConfig::default(), Arc::new(MemoryKv::new()))
+                    let kv = Arc::clone(&self.kv) as Arc<dyn sluice_policy_host::KvView>;
+                    let host = PolicyHost::new(HostConfig::default(), kv)
                         .map_err(|e| format!("cannot start the policy host: {e}"))?;
                     Arc::clone(slot.insert(Arc::new(host)))
                 }

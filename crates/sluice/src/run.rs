@@ -58,6 +58,10 @@ impl App {
                         "[admin], [runtime] and [log] changes take effect at the next restart"
                     );
                 }
+                // KV before policies, so a policy configured to read a new source finds it.
+                if let Err(e) = self.policies.kv.apply(&cfg.kv).await {
+                    tracing::error!(error = %e, "[[kv]] not applied; the previous sources stay in use");
+                }
                 // Policies first, so new health checks find the policies they name.
                 let policies = self.apply_policies(cfg.policies.clone()).await;
                 match (self.proxy.apply(cfg).await, policies) {
@@ -152,6 +156,12 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
 
     // Policies first: health checks that name one evaluate through it from their first probe.
     let policies = Arc::new(crate::policies::Policies::default());
+    policies
+        .kv
+        .apply(&cfg.kv)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("starting [[kv]] sources")?;
     {
         let (policies, configs) = (Arc::clone(&policies), cfg.policies.clone());
         let report = tokio::task::spawn_blocking(move || policies.apply(&configs))

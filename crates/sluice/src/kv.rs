@@ -1,0 +1,206 @@
+//! `[[kv]]`: the KV sources the Wasm policies' `kv-get` reads (an allow-list of client
+//! systems in etcd, for instance), so a policy's answer can change at run time without a reload.
+//!
+//! Each source is mirrored in memory by a watch task ([`sluice_kv::KvMirror`]): `kv-get` runs on
+//! the connection path and must never wait on the network. Sources are layers looked up in file
+//! order (the first holding a key wins), as in the sidecar. A source that becomes unreachable
+//! keeps serving the last values it delivered; that is logged once per outage and visible in
+//! `sluice_kv_source_up`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_config::{KvConfig, KvSourceConfig};
+use sluice_kv::{
+    EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvMirror, KvSource, WatchEvent, WatchOptions,
+};
+use sluice_proxy::metrics::{KV_CHANGES_TOTAL, KV_SOURCE_UP};
+
+/// How long start-up and a reload that changes `[[kv]]` wait for new sources' first snapshot,
+/// at most, so the first connections see real values; a source still silent by then is logged
+/// and filled in as soon as it answers.
+const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
+
+/// One mirrored source; dropping it stops its watch.
+#[derive(Debug)]
+struct Layer {
+    describe: String,
+    mirror: KvMirror,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Layer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Current {
+    configs: Vec<KvConfig>,
+    layers: Vec<Layer>,
+}
+
+/// The configured sources, swapped whole when a reload changes `[[kv]]`.
+#[derive(Debug, Default)]
+pub(crate) struct KvLayers {
+    current: ArcSwap<Current>,
+    /// Serialises `apply` (reloads are already one at a time; this keeps it true here too).
+    applying: tokio::sync::Mutex<()>,
+}
+
+fn source(config: &KvConfig) -> Result<KvSource, String> {
+    Ok(match &config.source {
+        KvSourceConfig::Env => KvSource::Env(EnvSource::from_process()),
+        KvSourceConfig::File(path) => KvSource::File(path.clone()),
+        KvSourceConfig::Etcd { endpoints } => KvSource::Etcd(EtcdSource {
+            client: Arc::new(
+                EtcdClient::new(
+                    endpoints,
+                    EtcdOptions {
+                        request_timeout: config.request_timeout,
+                    },
+                )
+                .map_err(|e| format!("[[kv]] etcd {}: {e}", endpoints.join(",")))?,
+            ),
+        }),
+    })
+}
+
+/// Starts the watch of one source on the current runtime.
+fn start_layer(config: &KvConfig) -> Result<Layer, String> {
+    let source = source(config)?;
+    let describe = source.describe();
+    let mirror = KvMirror::new();
+    let mut watch = source.watch(
+        &config.prefix,
+        WatchOptions {
+            poll_interval: config.poll,
+            ..WatchOptions::default()
+        },
+    );
+    let task = {
+        let (mirror, describe) = (mirror.clone(), describe.clone());
+        let up = metrics::gauge!(KV_SOURCE_UP, "source" => describe.clone());
+        let changes = metrics::counter!(KV_CHANGES_TOTAL, "source" => describe.clone());
+        tokio::spawn(async move {
+            while let Some(event) = watch.next().await {
+                let changed = mirror.apply(&event);
+                match &event {
+                    WatchEvent::Unavailable { error } => {
+                        up.set(0.0);
+                        tracing::warn!(source = %describe, %error, "KV source unreachable; policies keep reading its last values until it answers again");
+                    }
+                    WatchEvent::Restored => {
+                        up.set(1.0);
+                        tracing::info!(source = %describe, "KV source reachable again");
+                    }
+                    WatchEvent::Snapshot { entries, .. } => {
+                        up.set(1.0);
+                        tracing::info!(source = %describe, keys = entries.len(), "KV source read");
+                    }
+                    WatchEvent::Put(_) | WatchEvent::Delete { .. } => {}
+                }
+                if !changed.is_empty() {
+                    changes.increment(changed.len() as u64);
+                    tracing::info!(source = %describe, keys = ?changed, "KV keys changed");
+                }
+            }
+        })
+    };
+    Ok(Layer {
+        describe,
+        mirror,
+        task,
+    })
+}
+
+impl KvLayers {
+    /// Starts the sources of `configs`, unless they are the ones already running. Waits (a
+    /// bounded time) for their first snapshot before they replace the previous ones, so a reload
+    /// never shows policies an empty store.
+    pub(crate) async fn apply(&self, configs: &[KvConfig]) -> Result<(), String> {
+        let _one = self.applying.lock().await;
+        if self.current.load().configs == configs {
+            return Ok(());
+        }
+        let layers = configs
+            .iter()
+            .map(start_layer)
+            .collect::<Result<Vec<_>, _>>()?;
+        let synced = async {
+            while !layers.iter().all(|l| l.mirror.is_synced()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(FIRST_SYNC_WAIT, synced).await.is_err() {
+            for l in layers.iter().filter(|l| !l.mirror.is_synced()) {
+                let why = l
+                    .mirror
+                    .unavailable()
+                    .map_or_else(|| "no answer yet".to_owned(), |e| e.to_string());
+                tracing::warn!(source = %l.describe, reason = %why, "KV source not read yet; its keys are absent for policies until it answers");
+            }
+        }
+        for l in &layers {
+            tracing::info!(source = %l.describe, "KV source in use");
+        }
+        self.current.store(Arc::new(Current {
+            configs: configs.to_vec(),
+            layers,
+        }));
+        Ok(())
+    }
+}
+
+impl sluice_policy_host::KvView for KvLayers {
+    fn get(&self, key: &str) -> Option<String> {
+        self.current
+            .load()
+            .layers
+            .iter()
+            .find_map(|l| l.mirror.get(key))
+            .map(|e| e.value_str().into_owned())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sluice_policy_host::KvView;
+
+    fn file(path: &std::path::Path) -> KvConfig {
+        KvConfig {
+            source: KvSourceConfig::File(path.to_owned()),
+            prefix: String::new(),
+            request_timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn first_source_holding_a_key_wins_and_changes_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.json"));
+        std::fs::write(&a, "[ecp]\nCLIENT_SYSTEMS = \"app1\"\n").unwrap();
+        std::fs::write(&b, r#"{"ecp": {"CLIENT_SYSTEMS": "other", "ONLY_B": "b"}}"#).unwrap();
+        let kv = KvLayers::default();
+        kv.apply(&[file(&a), file(&b)]).await.unwrap();
+        assert_eq!(kv.get("ecp/CLIENT_SYSTEMS").as_deref(), Some("app1"));
+        assert_eq!(kv.get("ecp/ONLY_B").as_deref(), Some("b"));
+        assert_eq!(kv.get("missing"), None);
+        std::fs::write(&a, "[ecp]\nCLIENT_SYSTEMS = \"app1;app3\"\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while kv.get("ecp/CLIENT_SYSTEMS").as_deref() != Some("app1;app3") {
+            assert!(std::time::Instant::now() < deadline, "change not seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The same sources again: kept (no restart of the watches); none: every key gone.
+        kv.apply(&[file(&a), file(&b)]).await.unwrap();
+        assert_eq!(kv.get("ecp/ONLY_B").as_deref(), Some("b"));
+        kv.apply(&[]).await.unwrap();
+        assert_eq!(kv.get("ecp/CLIENT_SYSTEMS"), None);
+    }
+}
