@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sluice_config::PolicyConfig;
@@ -37,7 +37,9 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 pub(crate) struct Policies {
     /// `[[kv]]`: what the policies' `kv-get` reads, live.
     pub(crate) kv: Arc<crate::kv::KvLayers>,
-    shared_host: Arc<Mutex<Option<Arc<PolicyHost>>>>,
+    /// Created with the first policy and kept for the process's life; a `OnceLock` so the
+    /// per-connection authz path and every probe read it without taking a lock.
+    shared_host: Arc<OnceLock<Arc<PolicyHost>>>,
     watcher: Mutex<Option<PolicyWatcher>>,
 }
 
@@ -45,20 +47,16 @@ impl Policies {
     /// Loads, reloads or removes policies to match `configs` (blocking: compiles modules).
     /// Rejected policies keep their previous version, if any; the report says which.
     pub(crate) fn apply(&self, configs: &[PolicyConfig]) -> Result<ReloadReport, String> {
-        let host = {
-            let mut slot = self
-                .shared_host
-                .lock()
-                .map_err(|_| "policy host lock poisoned".to_owned())?;
-            match (&*slot, configs.is_empty()) {
-                (None, true) => return Ok(ReloadReport::default()),
-                (Some(h), _) => Arc::clone(h),
-                (None, false) => {
-                    let kv = Arc::clone(&self.kv) as Arc<dyn sluice_policy_host::KvView>;
-                    let host = PolicyHost::new(HostConfig::default(), kv)
-                        .map_err(|e| format!("cannot start the policy host: {e}"))?;
-                    Arc::clone(slot.insert(Arc::new(host)))
-                }
+        let host = match (self.shared_host.get(), configs.is_empty()) {
+            (None, true) => return Ok(ReloadReport::default()),
+            (Some(h), _) => Arc::clone(h),
+            (None, false) => {
+                let kv = Arc::clone(&self.kv) as Arc<dyn sluice_policy_host::KvView>;
+                let host = PolicyHost::new(HostConfig::default(), kv)
+                    .map_err(|e| format!("cannot start the policy host: {e}"))?;
+                // Should two applies race here, the spare host is dropped and both use the
+                // stored one.
+                Arc::clone(self.shared_host.get_or_init(|| Arc::new(host)))
             }
         };
         let report = host.apply_config(configs);
@@ -91,7 +89,7 @@ impl Policies {
     }
 
     fn current(&self) -> Option<Arc<PolicyHost>> {
-        self.shared_host.lock().ok().and_then(|h| h.clone())
+        self.shared_host.get().cloned()
     }
 }
 
@@ -124,7 +122,7 @@ impl Policies {
 
 /// A handle on the (lazily created) policy host that evaluators can keep.
 #[derive(Debug, Clone)]
-struct HostSlot(Arc<Mutex<Option<Arc<PolicyHost>>>>);
+struct HostSlot(Arc<OnceLock<Arc<PolicyHost>>>);
 
 #[derive(Debug)]
 struct WasmHealth {
@@ -140,7 +138,7 @@ impl sluice_health::Evaluator for WasmHealth {
     ) -> sluice_health::Evaluation {
         use sluice_health::{Evaluation, Role, Verdict};
         use sluice_policy_host::types;
-        let host = self.host.0.lock().ok().and_then(|h| h.clone());
+        let host = self.host.0.get().cloned();
         let Some(handle) = host.and_then(|h| h.health(&self.policy)) else {
             return Evaluation::KeepPrevious {
                 error: format!("health policy `{}` is not loaded", self.policy),
@@ -201,7 +199,7 @@ impl sluice_tls::PolicyAuthorizer for Policies {
     /// loaded, and applies the policy's failure mode when its call fails.
     fn authorize(&self, policy: &str, peer: &sluice_tls::PeerFacts<'_>) -> Result<(), String> {
         use sluice_policy_host::types;
-        let host = self.shared_host.lock().ok().and_then(|h| h.clone());
+        let host = self.shared_host.get().cloned();
         let Some(handle) = host.and_then(|h| h.authz(policy)) else {
             return Err(format!(
                 "authz policy `{policy}` is not loaded (failing closed)"
