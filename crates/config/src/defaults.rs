@@ -77,3 +77,12 @@ pub const HEALTH_RISE: u32 = 2;
 pub const HEALTH_FALL: u32 = 3;
 /// `[service.health] body_bytes`.
 pub const HEALTH_BODY_BYTES: usize = 4096;
+
+/// `[[discovery]] poll_interval` for `kind = "file"`.
+pub const DISCOVERY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// `[[discovery]] request_timeout` for `kind = "etcd"`.
+pub const DISCOVERY_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[[discovery]] prefix` for `kind = "etcd"` (the registry's default, docs/registry-format.md).
+pub const DISCOVERY_ETCD_PREFIX: &str = "/sluice/services/";
+/// `[routing] debounce`.
+pub const ROUTING_DEBOUNCE: Duration = Duration::from_millis(100);

@@ -12,6 +12,7 @@
 
 pub mod defaults;
 mod diag;
+mod discovery;
 mod load;
 mod model;
 mod policy;
@@ -21,6 +22,10 @@ mod tls;
 use std::path::Path;
 
 pub use diag::{Diagnostic, Diagnostics, Source};
+pub use discovery::{
+    DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, DiscoveryConfig,
+    DiscoverySource, ROUTING_DEBOUNCE, RoutingConfig, StaticInstance,
+};
 pub use model::*;
 pub use policy::{
     FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,

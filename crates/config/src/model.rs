@@ -24,6 +24,10 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Wasm policies in file order; names are unique.
     pub policies: Vec<crate::policy::PolicyConfig>,
+    /// `[[discovery]]` catalog sources in file order; names are unique.
+    pub discovery: Vec<crate::discovery::DiscoveryConfig>,
+    /// `[routing]`: how the catalog becomes routes.
+    pub routing: crate::discovery::RoutingConfig,
 }
 
 impl Config {

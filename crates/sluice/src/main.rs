@@ -5,6 +5,7 @@
 //! policy world a module implements and tries it; `sluice --version`.
 
 mod admin;
+mod discovery;
 mod policies;
 mod run;
 mod tls_watch;

@@ -1,0 +1,606 @@
+//! Discovery in the binary: the `[[discovery]]` sources feed a catalog (`sluice-discovery`);
+//! every new catalog runs the routing policy (the embedded `urlprefix` unless `[routing] policy`
+//! names one), whose routes become services and routes merged with the configuration file's.
+//! The merged configuration is applied through `Proxy::apply`, which builds every table off the
+//! data path and swaps it atomically — the same path a reload takes.
+//!
+//! Failure rules: a bad tag is logged (and counted) and skipped, never blocking the table; a
+//! route the proxy cannot serve yet (TCP, https, redirect, access rules, mixed services) is
+//! logged and skipped; a failing policy or a failed apply keeps the last good table.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_config::{
+    Config, DiscoverySource, FailureMode, HostMatch, InstanceConfig, PolicyConfig, PolicyLimits,
+    PolicyWorld, RouteConfig, ServiceConfig,
+};
+use sluice_discovery::{Catalog, Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
+use sluice_kv::registry::ServiceDefinition;
+use sluice_kv::{EtcdOptions, WatchOptions};
+use sluice_policy_host::types;
+
+/// The `urlprefix` routing policy, compiled to `wasm32-wasip2` by `build.rs`.
+const URLPREFIX_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlprefix.wasm"));
+/// The name the embedded policy is loaded under (shown in `/api/policies`).
+pub(crate) const BUILTIN_ROUTING_POLICY: &str = "builtin-urlprefix";
+/// Deadline of one embedded-policy call: a catalog of 10k instances takes milliseconds, far
+/// above the per-call default meant for per-connection policies.
+const BUILTIN_POLICY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Memory cap of the embedded policy (large catalogs are copied into the guest).
+const BUILTIN_POLICY_MEMORY: usize = 128 << 20;
+/// Deadline for resolving one instance host name.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Metric names (docs/metrics.md).
+pub(crate) mod metric {
+    pub(crate) const CATALOG_INSTANCES: &str = "sluice_discovery_instances";
+    pub(crate) const CATALOG_STALE: &str = "sluice_discovery_stale";
+    pub(crate) const CATALOG_STALE_AGE: &str = "sluice_discovery_stale_age_seconds";
+    pub(crate) const INVALID_DOCUMENTS: &str = "sluice_discovery_invalid_documents";
+    pub(crate) const ROUTE_REBUILDS: &str = "sluice_route_rebuilds_total";
+    pub(crate) const ROUTE_REBUILD_DURATION: &str = "sluice_route_rebuild_duration_seconds";
+    pub(crate) const ROUTE_ERRORS: &str = "sluice_discovery_route_errors_total";
+    #[cfg(test)]
+    pub(crate) const ALL: &[&str] = &[
+        CATALOG_INSTANCES,
+        CATALOG_STALE,
+        CATALOG_STALE_AGE,
+        INVALID_DOCUMENTS,
+        ROUTE_REBUILDS,
+        ROUTE_REBUILD_DURATION,
+        ROUTE_ERRORS,
+    ];
+}
+
+/// Services and routes found by discovery, ready to merge with the file's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Discovered {
+    pub(crate) services: Vec<ServiceConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
+}
+
+/// The outcome of the latest rebuild, for `/api/catalog`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RebuildReport {
+    pub(crate) catalog_version: u64,
+    pub(crate) result: &'static str,
+    pub(crate) routes: usize,
+    pub(crate) skipped: Vec<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) duration_ms: f64,
+}
+
+/// The running discovery of one process.
+#[derive(Debug)]
+pub(crate) struct DiscoveryState {
+    pub(crate) discovery: Discovery,
+    /// What the embedded policy file was written as (removed at shutdown).
+    builtin_dir: Option<PathBuf>,
+    pub(crate) discovered: std::sync::Mutex<Arc<Discovered>>,
+    pub(crate) last_rebuild: std::sync::Mutex<Option<RebuildReport>>,
+    /// The `[[discovery]]` entries it was started with (changes need a restart).
+    pub(crate) started_with: Vec<sluice_config::DiscoveryConfig>,
+    /// A reload asks for a rebuild against the new file (its routes and services may differ).
+    pub(crate) rebuild_now: tokio::sync::Notify,
+}
+
+impl DiscoveryState {
+    /// Starts the sources of `cfg`; `None` when it has none.
+    pub(crate) fn start(cfg: &Config) -> anyhow::Result<Option<Arc<DiscoveryState>>> {
+        if cfg.discovery.is_empty() {
+            return Ok(None);
+        }
+        let sources = cfg.discovery.iter().map(source_config).collect();
+        let options = DiscoveryOptions {
+            debounce: cfg.routing.debounce,
+            ..DiscoveryOptions::default()
+        };
+        let discovery = Discovery::start(sources, options)?;
+        let builtin_dir = std::env::temp_dir().join(format!("sluice-{}", std::process::id()));
+        std::fs::create_dir_all(&builtin_dir)?;
+        std::fs::write(builtin_dir.join("urlprefix.wasm"), URLPREFIX_WASM)?;
+        Ok(Some(Arc::new(DiscoveryState {
+            discovery,
+            builtin_dir: Some(builtin_dir),
+            discovered: std::sync::Mutex::new(Arc::new(Discovered::default())),
+            last_rebuild: std::sync::Mutex::new(None),
+            started_with: cfg.discovery.clone(),
+            rebuild_now: tokio::sync::Notify::new(),
+        })))
+    }
+
+    /// The embedded policy's `[[policy]]` entry.
+    fn builtin_policy(&self) -> Option<PolicyConfig> {
+        Some(PolicyConfig {
+            name: BUILTIN_ROUTING_POLICY.to_owned(),
+            file: self.builtin_dir.as_ref()?.join("urlprefix.wasm"),
+            world: PolicyWorld::Routing,
+            config: json!({}),
+            limits: PolicyLimits {
+                timeout: BUILTIN_POLICY_TIMEOUT,
+                max_memory_bytes: BUILTIN_POLICY_MEMORY,
+            },
+            failure_mode: FailureMode::KeepLast,
+        })
+    }
+
+    pub(crate) fn discovered(&self) -> Arc<Discovered> {
+        self.discovered
+            .lock()
+            .map(|d| Arc::clone(&d))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn cleanup(&self) {
+        if let Some(dir) = &self.builtin_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// `GET /api/catalog`.
+    pub(crate) fn catalog_json(&self) -> serde_json::Value {
+        let catalog = self.discovery.current();
+        let now = Instant::now();
+        let age = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let sources: Vec<_> = catalog
+            .sources()
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "kind": s.kind.as_str(),
+                    "synced": s.synced,
+                    "stale": s.stale(),
+                    "age_seconds": age(s.stale_age(now)),
+                    "last_error": s.last_error,
+                    "instances": s.instances,
+                    "invalid": s.invalid.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "shadowed": s.shadowed,
+                })
+            })
+            .collect();
+        let instances: Vec<_> = catalog
+            .instances()
+            .map(|i| {
+                let source = catalog.sources().iter().find(|s| s.name == i.source);
+                json!({
+                    "id": i.id,
+                    "service": i.service,
+                    "address": i.address,
+                    "port": i.port,
+                    "tags": i.tags,
+                    "meta": i.meta,
+                    "checks": i.checks,
+                    "source": i.source,
+                    "origin": i.origin,
+                    "stale": source.is_some_and(|s| s.stale()),
+                    "age_seconds": age(source.and_then(|s| s.stale_age(now))),
+                })
+            })
+            .collect();
+        let last_rebuild = self.last_rebuild.lock().ok().and_then(|r| r.clone());
+        json!({
+            "version": catalog.version(),
+            "stale": catalog.stale(),
+            "age_seconds": age(catalog.stale_age(now)),
+            "sources": sources,
+            "instances": instances,
+            "last_rebuild": last_rebuild,
+        })
+    }
+
+    /// Sets the catalog gauges (on every change and at scrape time: ages grow by themselves).
+    pub(crate) fn refresh_gauges(&self) {
+        let catalog = self.discovery.current();
+        let now = Instant::now();
+        for source in catalog.sources() {
+            let name = source.name.clone();
+            metrics::gauge!(metric::CATALOG_INSTANCES, "source" => name.clone())
+                .set(source.instances as f64);
+            metrics::gauge!(metric::CATALOG_STALE, "source" => name.clone())
+                .set(if source.stale() { 1.0 } else { 0.0 });
+            metrics::gauge!(metric::CATALOG_STALE_AGE, "source" => name.clone())
+                .set(source.stale_age(now).map_or(0.0, |d| d.as_secs_f64()));
+            metrics::gauge!(metric::INVALID_DOCUMENTS, "source" => name)
+                .set(source.invalid.len() as f64);
+        }
+    }
+}
+
+/// Rebuilds the routes on every new catalog (and when a reload asks), until the process ends.
+pub(crate) fn spawn_rebuilds(
+    app: Arc<crate::run::App>,
+    state: Arc<DiscoveryState>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut catalogs = state.discovery.subscribe();
+        loop {
+            let catalog = Arc::clone(&catalogs.borrow_and_update());
+            state.refresh_gauges();
+            rebuild(&app, &state, catalog).await;
+            tokio::select! {
+                changed = catalogs.changed() => if changed.is_err() { return },
+                () = state.rebuild_now.notified() => {}
+            }
+        }
+    })
+}
+
+async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Catalog>) {
+    let started = Instant::now();
+    let base = app.base_config();
+    let policy = routing_policy_name(&base).to_owned();
+    let mut report = RebuildReport {
+        catalog_version: catalog.version(),
+        result: "ok",
+        routes: 0,
+        skipped: Vec::new(),
+        error: None,
+        duration_ms: 0.0,
+    };
+    match app.policies.routing(&policy) {
+        None => {
+            report.result = "policy_failed";
+            report.error = Some(format!("routing policy `{policy}` is not loaded"));
+        }
+        Some(handle) => {
+            let input = policy_input(&catalog);
+            let outcome = tokio::task::spawn_blocking(move || handle.build_routes(&input)).await;
+            match outcome {
+                Err(e) => {
+                    report.result = "policy_failed";
+                    report.error = Some(format!("routing policy task failed: {e}"));
+                }
+                Ok(sluice_policy_host::RoutingOutcome::KeepLast { error, .. }) => {
+                    report.result = "policy_failed";
+                    report.error = Some(format!("routing policy `{policy}` failed: {error}"));
+                }
+                Ok(sluice_policy_host::RoutingOutcome::Routes(table)) => {
+                    for error in &table.errors {
+                        tracing::warn!(
+                            instance = %error.instance_id,
+                            tag = %error.input,
+                            reason = %error.message,
+                            "discovery: tag skipped"
+                        );
+                        metrics::counter!(metric::ROUTE_ERRORS, "kind" => "tag").increment(1);
+                        report.skipped.push(format!(
+                            "instance `{}` tag `{}`: {}",
+                            error.instance_id, error.input, error.message
+                        ));
+                    }
+                    let listener = base.routing.listener.clone().unwrap_or_default();
+                    let (discovered, skipped) = translate(&table.routes, &listener, &base).await;
+                    for reason in &skipped {
+                        tracing::warn!(%reason, "discovery: route skipped");
+                        metrics::counter!(metric::ROUTE_ERRORS, "kind" => "route").increment(1);
+                    }
+                    report.skipped.extend(skipped);
+                    report.routes = discovered.routes.len();
+                    if let Err(e) = app.apply_discovered(state, discovered).await {
+                        report.result = "apply_failed";
+                        report.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    report.duration_ms = elapsed.as_secs_f64() * 1000.0;
+    metrics::counter!(metric::ROUTE_REBUILDS, "result" => report.result).increment(1);
+    metrics::histogram!(metric::ROUTE_REBUILD_DURATION).record(elapsed.as_secs_f64());
+    match &report.error {
+        None => tracing::info!(
+            catalog_version = report.catalog_version,
+            instances = catalog.len(),
+            routes = report.routes,
+            skipped = report.skipped.len(),
+            duration_ms = report.duration_ms,
+            "discovery: routes rebuilt"
+        ),
+        Some(error) => tracing::error!(
+            catalog_version = report.catalog_version,
+            %error,
+            "discovery: route rebuild failed; the last good table keeps serving"
+        ),
+    }
+    if let Ok(mut last) = state.last_rebuild.lock() {
+        *last = Some(report);
+    }
+}
+
+/// The policies to load: the file's, plus the embedded routing policy when discovery runs.
+pub(crate) fn effective_policies(
+    cfg: &Config,
+    discovery: Option<&DiscoveryState>,
+) -> Vec<PolicyConfig> {
+    let mut policies = cfg.policies.clone();
+    if let Some(builtin) = discovery.and_then(DiscoveryState::builtin_policy) {
+        policies.push(builtin);
+    }
+    policies
+}
+
+/// The routing policy `cfg` asks for.
+pub(crate) fn routing_policy_name(cfg: &Config) -> &str {
+    cfg.routing
+        .policy
+        .as_deref()
+        .unwrap_or(BUILTIN_ROUTING_POLICY)
+}
+
+fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfig {
+    let spec = match &cfg.source {
+        DiscoverySource::Static { instances } => SourceSpec::Static(
+            instances
+                .iter()
+                .map(|i| ServiceDefinition {
+                    name: i.name.clone(),
+                    id: i.id.clone(),
+                    address: i.address.clone(),
+                    port: i.port,
+                    tags: i.tags.clone(),
+                    meta: i.meta.clone(),
+                    check: None,
+                    checks: Vec::new(),
+                    extra: BTreeMap::new(),
+                })
+                .collect(),
+        ),
+        DiscoverySource::File { dir, poll_interval } => SourceSpec::File {
+            dir: dir.clone(),
+            watch: WatchOptions {
+                poll_interval: *poll_interval,
+                ..WatchOptions::default()
+            },
+        },
+        DiscoverySource::Etcd {
+            endpoints,
+            prefix,
+            request_timeout,
+        } => SourceSpec::Etcd {
+            endpoints: endpoints.clone(),
+            prefix: prefix.clone(),
+            client: EtcdOptions {
+                request_timeout: *request_timeout,
+            },
+            watch: WatchOptions::default(),
+        },
+    };
+    SourceConfig {
+        name: cfg.name.clone(),
+        spec,
+    }
+}
+
+/// The catalog as the routing world sees it.
+pub(crate) fn policy_input(catalog: &Catalog) -> Vec<types::Instance> {
+    catalog
+        .instances()
+        .map(|i| types::Instance {
+            id: i.id.clone(),
+            service: i.service.clone(),
+            address: i.address.clone(),
+            port: i.port,
+            tags: i.tags.clone(),
+            metadata: i.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            // The catalog carries no check results yet: presence means registered healthy
+            // (docs/registry-format.md), so nothing is `critical`.
+            health: types::HealthStatus::Unknown,
+        })
+        .collect()
+}
+
+/// Turns the policy's routes into services and routes on `listener`; returns what it skipped.
+pub(crate) async fn translate(
+    routes: &[types::Route],
+    listener: &str,
+    base: &Config,
+) -> (Discovered, Vec<String>) {
+    let mut skipped = Vec::new();
+    let mut services: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
+    let mut out_routes = Vec::new();
+    let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
+    for route in routes {
+        let label = format!(
+            "{}{}",
+            route.host.as_deref().unwrap_or(""),
+            if route.path_prefix.is_empty() {
+                route
+                    .listen_port
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
+            } else {
+                route.path_prefix.clone()
+            }
+        );
+        let unsupported = match route.protocol {
+            types::Protocol::Tcp => Some("TCP routes (`:PORT proto=tcp`) are not served yet"),
+            types::Protocol::Https => Some("proto=https (TLS to instances) is not served yet"),
+            types::Protocol::Http if route.redirect.is_some() => {
+                Some("redirect= is not served yet")
+            }
+            // Serving the route without its access rules would open it to everyone.
+            types::Protocol::Http if !route.access.is_empty() => {
+                Some("allow=/deny= rules are not enforced yet, so the route is not served")
+            }
+            types::Protocol::Http if route.upstream_host.is_some() => {
+                Some("host= is not served yet")
+            }
+            types::Protocol::Http if !route.path_prefix.starts_with('/') => {
+                Some("the path does not start with '/'")
+            }
+            types::Protocol::Http if route.targets.iter().any(|t| t.service != route.service) => {
+                Some("routes whose targets mix services are not served yet")
+            }
+            types::Protocol::Http => None,
+        };
+        if let Some(reason) = unsupported {
+            skipped.push(format!(
+                "route `{label}` of service `{}`: {reason}",
+                route.service
+            ));
+            continue;
+        }
+        let host = match route.host.as_deref() {
+            None => HostMatch::Any,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(rest) => HostMatch::Wildcard(rest.to_ascii_lowercase()),
+                None => HostMatch::Exact(h.to_ascii_lowercase()),
+            },
+        };
+        let duplicate_of_file = base
+            .routes
+            .iter()
+            .any(|r| r.listener == listener && r.host == host && r.path == route.path_prefix);
+        if duplicate_of_file {
+            skipped.push(format!(
+                "route `{label}` of service `{}`: the configuration file defines this route; the file wins",
+                route.service
+            ));
+            continue;
+        }
+        let instances = services.entry(route.service.clone()).or_default();
+        for target in &route.targets {
+            if target.weight <= 0.0 {
+                continue;
+            }
+            let key = (target.address.clone(), target.port);
+            let address = match resolved.get(&key) {
+                Some(found) => *found,
+                None => {
+                    let found = resolve(&target.address, target.port).await;
+                    if found.is_none() {
+                        skipped.push(format!(
+                            "instance `{}` of service `{}`: cannot resolve `{}`",
+                            target.instance_id, target.service, target.address
+                        ));
+                    }
+                    resolved.insert(key, found);
+                    found
+                }
+            };
+            let Some(address) = address else { continue };
+            if instances.iter().any(|i| i.address == address) {
+                continue;
+            }
+            instances.push(InstanceConfig {
+                address,
+                // Shares in [0, 1] onto the proxy's integer weights (1..=10000).
+                weight: ((target.weight * 10_000.0).round() as u32).clamp(1, 10_000),
+            });
+        }
+        out_routes.push(RouteConfig {
+            name: format!("discovered:{label}"),
+            listener: listener.to_owned(),
+            host,
+            path: route.path_prefix.clone(),
+            strip: route.strip.clone(),
+            prepend: route
+                .prepend
+                .as_ref()
+                .map(|p| p.trim_end_matches('/').to_owned()),
+            service: route.service.clone(),
+        });
+    }
+    let mut out_services = Vec::with_capacity(services.len());
+    for (name, instances) in services {
+        let template = base
+            .service(&name)
+            .cloned()
+            .or_else(|| default_service(&name));
+        match template {
+            Some(template) => out_services.push(ServiceConfig {
+                instances,
+                ..template
+            }),
+            None => {
+                // Only if sluice-config's own defaults stopped validating.
+                skipped.push(format!("service `{name}`: no default service settings"));
+                out_routes.retain(|r| r.service != name);
+            }
+        }
+    }
+    (
+        Discovered {
+            services: out_services,
+            routes: out_routes,
+        },
+        skipped,
+    )
+}
+
+/// The file's configuration plus what discovery found. A discovered service named like a file
+/// service takes the file's settings and adds its instances to the file's.
+pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
+    let mut merged = base.clone();
+    for service in &discovered.services {
+        match merged.services.iter_mut().find(|s| s.name == service.name) {
+            Some(existing) => {
+                for instance in &service.instances {
+                    if !existing
+                        .instances
+                        .iter()
+                        .any(|i| i.address == instance.address)
+                    {
+                        existing.instances.push(instance.clone());
+                    }
+                }
+            }
+            None => merged.services.push(service.clone()),
+        }
+    }
+    merged.routes.extend(discovered.routes.iter().cloned());
+    merged
+}
+
+/// A service with every default, as `[[service]] name = "..."` alone would give. Parsed from
+/// the smallest valid file so the defaults stay exactly those of sluice-config.
+fn default_service(name: &str) -> Option<ServiceConfig> {
+    static TEMPLATE: std::sync::OnceLock<Option<ServiceConfig>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        sluice_config::parse_str(
+            Path::new("<discovery defaults>"),
+            "[[service]]\nname = \"template\"\n",
+        )
+        .ok()
+        .and_then(|cfg| cfg.services.into_iter().next())
+    });
+    let mut service = template.clone()?;
+    service.name = name.to_owned();
+    Some(service)
+}
+
+async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    if address.is_empty() {
+        return None;
+    }
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((address, port))).await {
+        Ok(Ok(mut found)) => found.next(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../../docs/metrics.md");
+        for name in metric::ALL {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Discovery through the real binary: Consul-format definition files (and etcd keys) with
+//! `urlprefix-` tags become routes served by the embedded urlprefix policy; removing a
+//! registration removes its instance; a malformed document or a bad tag is logged and skipped.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_test_support::etcd::Etcd;
+use sluice_test_support::{Backend, Client, SluiceProcess, eventually, free_port, http_get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const WITHIN: Duration = Duration::from_secs(20);
+const EVERY: Duration = Duration::from_millis(100);
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn definition(id: &str, backend: &Backend, tags: &[&str]) -> String {
+    serde_json::json!({"service": {
+        "name": "web", "id": id, "address": "127.0.0.1", "port": backend.addr().port(),
+        "tags": tags,
+        "check": {"tcp": backend.addr().to_string(), "interval": "10s", "timeout": "1s"}
+    }})
+    .to_string()
+}
+
+fn write_atomically(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn config(admin: SocketAddr, web: SocketAddr, discovery: &str) -> String {
+    format!(
+        "[admin]\nbind = \"{admin}\"\n[access_log]\npath = \"off\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
+         [routing]\ndebounce = \"20ms\"\n{discovery}"
+    )
+}
+
+/// The backends that answered 20 requests to `path`.
+async fn backends_seen(
+    client: &Client,
+    web: SocketAddr,
+    path: &str,
+) -> Result<BTreeSet<String>, String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        let reply = client.get(&format!("http://{web}{path}")).await?;
+        if reply.status != 200 {
+            return Err(format!("status {}: {}", reply.status, reply.text()));
+        }
+        seen.insert(reply.backend());
+    }
+    Ok(seen)
+}
+
+async fn until_backends(client: &Client, web: SocketAddr, path: &str, want: &[&str]) {
+    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    eventually(WITHIN, EVERY, || {
+        let want = want.clone();
+        async move {
+            let seen = backends_seen(client, web, path).await?;
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("saw {seen:?}, want {want:?}"))
+            }
+        }
+    })
+    .await;
+}
+
+fn catalog(admin: SocketAddr) -> serde_json::Value {
+    let (status, body) = http_get(admin, "/api/catalog").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn until_log(process: &SluiceProcess, needle: &str) {
+    eventually(WITHIN, EVERY, || async {
+        let log = process.stderr();
+        if log.contains(needle) {
+            Ok(())
+        } else {
+            Err(format!("`{needle}` not in the log:\n{log}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_registry_routes_by_urlprefix_tags() {
+    let b1 = Backend::start("b1");
+    let b2 = Backend::start("b2");
+    let registry = tempfile::tempdir().unwrap();
+    let dir = registry.path();
+    write_atomically(
+        dir,
+        "web-1.json",
+        &definition("web-1", &b1, &["urlprefix-/web"]),
+    );
+    write_atomically(
+        dir,
+        "web-2.json",
+        &definition("web-2", &b2, &["urlprefix-/web"]),
+    );
+    let (admin, web) = (addr(), addr());
+    let discovery = format!(
+        "[[discovery]]\nkind = \"file\"\ndir = \"{}\"\npoll_interval = \"100ms\"\n",
+        dir.display()
+    );
+    let process = SluiceProcess::start(Path::new(BIN), &config(admin, web, &discovery), admin);
+    let client = Client::http1();
+
+    until_backends(&client, web, "/web/page", &["b1", "b2"]).await;
+    let listing = catalog(admin);
+    assert_eq!(
+        listing["instances"].as_array().unwrap().len(),
+        2,
+        "{listing}"
+    );
+    assert_eq!(listing["instances"][0]["source"], "file");
+    assert_eq!(listing["instances"][0]["stale"], false);
+    assert_eq!(listing["stale"], false);
+    assert_eq!(listing["last_rebuild"]["result"], "ok", "{listing}");
+    let unrouted = client.get(&format!("http://{web}/other")).await.unwrap();
+    assert_eq!(unrouted.status, 404, "only tagged prefixes are routed");
+
+    // Deregistration: the file goes, so does the instance.
+    std::fs::remove_file(dir.join("web-2.json")).unwrap();
+    until_backends(&client, web, "/web/page", &["b1"]).await;
+
+    // A malformed file is skipped with path:line:col; the rest keeps serving.
+    std::fs::write(
+        dir.join("broken.json"),
+        "{\n  \"service\": {\"name\": \"web\",,}\n}",
+    )
+    .unwrap();
+    let expected = format!("{}:2:", dir.join("broken.json").display());
+    until_log(&process, &expected).await;
+    let listing = catalog(admin);
+    let invalid = listing["sources"][0]["invalid"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(invalid.starts_with(&expected), "{listing}");
+    assert_eq!(
+        backends_seen(&client, web, "/web/page")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A bad tag is logged and skipped; the instance's good tag still routes.
+    write_atomically(
+        dir,
+        "web-2.json",
+        &definition("web-2", &b2, &["urlprefix-/web", "urlprefix-/api bogus=1"]),
+    );
+    until_backends(&client, web, "/web/page", &["b1", "b2"]).await;
+    until_log(&process, "unknown option `bogus`").await;
+
+    let (status, metrics) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "sluice_discovery_instances{source=\"file\"} 2",
+        "sluice_discovery_stale{source=\"file\"} 0",
+        "sluice_discovery_invalid_documents{source=\"file\"} 1",
+        "sluice_route_rebuilds_total{result=\"ok\"}",
+        "sluice_route_rebuild_duration_seconds_count",
+        "sluice_discovery_route_errors_total{kind=\"tag\"}",
+    ] {
+        assert!(metrics.contains(name), "`{name}` missing from:\n{metrics}");
+    }
+    drop(process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_registry_routes_and_follows_deletes() {
+    let etcd = Etcd::start();
+    let b1 = Backend::start("e1");
+    let b2 = Backend::start("e2");
+    let key = |id: &str| format!("/sluice/services/web/{id}");
+    let value = |id: &str, backend: &Backend| {
+        serde_json::json!({"name": "web", "id": id, "address": "127.0.0.1",
+                           "port": backend.addr().port(), "tags": ["urlprefix-/web strip=/web"]})
+        .to_string()
+    };
+    etcd.put(&key("web-1"), &value("web-1", &b1));
+    etcd.put(&key("web-2"), &value("web-2", &b2));
+    let (admin, web) = (addr(), addr());
+    let discovery = format!(
+        "[[discovery]]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n",
+        etcd.endpoint()
+    );
+    let process = SluiceProcess::start(Path::new(BIN), &config(admin, web, &discovery), admin);
+    let client = Client::http1();
+    until_backends(&client, web, "/web/x", &["e1", "e2"]).await;
+    assert_eq!(catalog(admin)["sources"][0]["kind"], "etcd");
+
+    etcd.delete(&key("web-2"));
+    until_backends(&client, web, "/web/x", &["e1"]).await;
+
+    etcd.put(&key("broken"), "{\"name\": \"web\", \"port\": }");
+    until_log(&process, &format!("{}:1:", key("broken"))).await;
+    assert_eq!(
+        backends_seen(&client, web, "/web/x").await.unwrap().len(),
+        1
+    );
+    drop(process);
+}
