@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_config::{
-    Config, DiscoverySource, FailureMode, HostMatch, InstanceConfig, PolicyConfig, PolicyLimits,
-    PolicyWorld, RouteConfig, ServiceConfig,
+    Config, DiscoverySource, FailureMode, HealthCheckConfig, HostMatch, InstanceConfig,
+    PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, ServiceConfig,
 };
+use sluice_discovery::CheckDefinition;
 use sluice_discovery::{Catalog, Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
 use sluice_kv::registry::ServiceDefinition;
 use sluice_kv::{EtcdOptions, WatchOptions};
@@ -275,7 +276,8 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                         ));
                     }
                     let listener = base.routing.listener.clone().unwrap_or_default();
-                    let (discovered, skipped) = translate(&table.routes, &listener, &base).await;
+                    let (discovered, skipped) =
+                        translate(&table.routes, &listener, &base, &catalog).await;
                     for reason in &skipped {
                         tracing::warn!(%reason, "discovery: route skipped");
                         metrics::counter!(metric::ROUTE_ERRORS, "kind" => "route").increment(1);
@@ -401,6 +403,7 @@ pub(crate) async fn translate(
     routes: &[types::Route],
     listener: &str,
     base: &Config,
+    catalog: &Catalog,
 ) -> (Discovered, Vec<String>) {
     let mut skipped = Vec::new();
     let mut services: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
@@ -515,10 +518,22 @@ pub(crate) async fn translate(
             .cloned()
             .or_else(|| default_service(&name));
         match template {
-            Some(template) => out_services.push(ServiceConfig {
-                instances,
-                ..template
-            }),
+            Some(mut template) => {
+                // The file's [service.health] wins; otherwise the registrations' own check.
+                if template.health.is_none() {
+                    match declared_check(catalog, &name) {
+                        Some(Ok(health)) => template.health = Some(health),
+                        Some(Err(reason)) => skipped.push(format!(
+                            "health check of service `{name}`: {reason}; the service runs without one"
+                        )),
+                        None => {}
+                    }
+                }
+                out_services.push(ServiceConfig {
+                    instances,
+                    ..template
+                });
+            }
             None => {
                 // Only if sluice-config's own defaults stopped validating.
                 skipped.push(format!("service `{name}`: no default service settings"));
@@ -559,6 +574,80 @@ pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
     merged
 }
 
+/// The active check for service `name`: the first check declared by its first instance (by
+/// id) that declares one. `None` when none does.
+///
+/// The proxy runs one check per service against every instance, so a check's own host is not
+/// used: Consul's `"tcp": "localhost:8000"` is written from inside the registrant, where
+/// `localhost` is the instance itself. A port different from the instance's becomes the check
+/// port (a separate status port). The translation goes through `sluice-config` so the check
+/// gets exactly the defaults and validation of a `[service.health]` table.
+fn declared_check(catalog: &Catalog, name: &str) -> Option<Result<HealthCheckConfig, String>> {
+    let (instance, check) = catalog
+        .instances()
+        .filter(|i| i.service == name)
+        .find_map(|i| i.checks.first().map(|c| (i, c)))?;
+    Some(health_from_check(check, instance.port))
+}
+
+fn health_from_check(
+    check: &CheckDefinition,
+    instance_port: u16,
+) -> Result<HealthCheckConfig, String> {
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    let mut table = String::from("[[service]]\nname = \"check\"\n[service.health]\n");
+    let port_of = |authority: &str| {
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    let port = if let Some(url) = &check.http {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{url}`: only http:// checks are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, "/"),
+        };
+        table.push_str(&format!("kind = \"http\"\npath = {}\n", quote(path)));
+        port_of(authority).or(Some(80))
+    } else if let Some(target) = &check.tcp {
+        table.push_str("kind = \"tcp\"\n");
+        port_of(target)
+    } else if !check.args.is_empty() {
+        let args: Vec<String> = check.args.iter().map(|a| quote(a)).collect();
+        table.push_str(&format!(
+            "kind = \"command\"\nargs = [{}]\n",
+            args.join(", ")
+        ));
+        None
+    } else {
+        return Err("the check has none of http, tcp, args".into());
+    };
+    if let Some(port) = port.filter(|p| *p != instance_port) {
+        table.push_str(&format!("port = {port}\n"));
+    }
+    // Consul's durations are Go's ("10s", "1500ms"): the same text humantime reads.
+    if let Some(interval) = &check.interval {
+        table.push_str(&format!("interval = {}\n", quote(interval)));
+    }
+    if let Some(timeout) = &check.timeout {
+        table.push_str(&format!("timeout = {}\n", quote(timeout)));
+    }
+    let origin = if check.id.is_empty() {
+        "check"
+    } else {
+        check.id.as_str()
+    };
+    sluice_config::parse_str(Path::new(origin), &table)
+        .map_err(|diags| diags.to_string().replace('\n', " "))?
+        .services
+        .into_iter()
+        .next()
+        .and_then(|s| s.health)
+        .ok_or_else(|| "no check".to_owned())
+}
+
 /// A service with every default, as `[[service]] name = "..."` alone would give. Parsed from
 /// the smallest valid file so the defaults stay exactly those of sluice-config.
 fn default_service(name: &str) -> Option<ServiceConfig> {
@@ -592,6 +681,58 @@ async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(json: &str) -> CheckDefinition {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn consul_checks_become_health_checks() {
+        let tcp = health_from_check(
+            &check(r#"{"tcp": "localhost:8000", "interval": "30s", "timeout": "20s"}"#),
+            8000,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(tcp.kind, sluice_config::CheckKind::Tcp { .. }),
+            "{tcp:?}"
+        );
+        assert_eq!(
+            (tcp.interval, tcp.timeout),
+            (Duration::from_secs(30), Duration::from_secs(20))
+        );
+        assert_eq!(tcp.port, None, "same port as the instance");
+
+        let http = health_from_check(
+            &check(r#"{"http": "http://127.0.0.1:9000/status/health", "interval": "5s"}"#),
+            8000,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        match &http.kind {
+            sluice_config::CheckKind::Http { path, .. } => assert_eq!(path, "/status/health"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(http.port, Some(9000), "a separate status port");
+
+        let args = health_from_check(
+            &check(r#"{"args": ["/bin/sh", "-c", "test -f \"ready\""], "interval": "10s", "timeout": "2000ms"}"#),
+            27017,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        match &args.kind {
+            sluice_config::CheckKind::Command { args } => {
+                assert_eq!(args, &["/bin/sh", "-c", "test -f \"ready\""])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(args.timeout, Duration::from_secs(2));
+
+        let bad = health_from_check(&check(r#"{"tcp": "x:1", "interval": "soon"}"#), 1)
+            .expect_err("bad duration");
+        assert!(bad.contains("invalid duration"), "{bad}");
+        let none = health_from_check(&check("{}"), 1).expect_err("nothing to probe");
+        assert!(none.contains("none of"), "{none}");
+    }
 
     #[test]
     fn every_metric_is_documented() {

@@ -128,7 +128,16 @@ async fn file_registry_routes_by_urlprefix_tags() {
     assert_eq!(listing["instances"][0]["source"], "file");
     assert_eq!(listing["instances"][0]["stale"], false);
     assert_eq!(listing["stale"], false);
-    assert_eq!(listing["last_rebuild"]["result"], "ok", "{listing}");
+    // The rebuild report is stored just after the new table is swapped in.
+    eventually(WITHIN, EVERY, || async {
+        let listing = catalog(admin);
+        if listing["last_rebuild"]["result"] == "ok" {
+            Ok(())
+        } else {
+            Err(format!("{listing}"))
+        }
+    })
+    .await;
     let unrouted = client.get(&format!("http://{web}/other")).await.unwrap();
     assert_eq!(unrouted.status, 404, "only tagged prefixes are routed");
 
@@ -144,12 +153,20 @@ async fn file_registry_routes_by_urlprefix_tags() {
     .unwrap();
     let expected = format!("{}:2:", dir.join("broken.json").display());
     until_log(&process, &expected).await;
-    let listing = catalog(admin);
-    let invalid = listing["sources"][0]["invalid"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(invalid.starts_with(&expected), "{listing}");
+    // The log line is written when the file is read; the catalog follows after the debounce.
+    eventually(WITHIN, EVERY, || async {
+        let listing = catalog(admin);
+        let invalid = listing["sources"][0]["invalid"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if invalid.starts_with(&expected) {
+            Ok(())
+        } else {
+            Err(format!("{listing}"))
+        }
+    })
+    .await;
     assert_eq!(
         backends_seen(&client, web, "/web/page")
             .await
@@ -215,4 +232,67 @@ async fn etcd_registry_routes_and_follows_deletes() {
         1
     );
     drop(process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_checks_feed_the_active_checker() {
+    let b1 = Backend::start("h1");
+    let b2 = Backend::start("h2");
+    let registry = tempfile::tempdir().unwrap();
+    let dir = registry.path();
+    let with_check = |id: &str, backend: &Backend| {
+        serde_json::json!({"service": {
+            "name": "web", "id": id, "address": "127.0.0.1", "port": backend.addr().port(),
+            "tags": ["urlprefix-/web"],
+            "check": {"http": format!("http://localhost:{}/health", backend.addr().port()),
+                      "interval": "200ms", "timeout": "100ms"}
+        }})
+        .to_string()
+    };
+    write_atomically(dir, "h1.json", &with_check("h1", &b1));
+    write_atomically(dir, "h2.json", &with_check("h2", &b2));
+    let (admin, web) = (addr(), addr());
+    let discovery = format!(
+        "[[discovery]]\nkind = \"file\"\ndir = \"{}\"\npoll_interval = \"100ms\"\n",
+        dir.display()
+    );
+    let _process = SluiceProcess::start(Path::new(BIN), &config(admin, web, &discovery), admin);
+    let client = Client::http1();
+    until_backends(&client, web, "/web/", &["h1", "h2"]).await;
+
+    // h2's check starts failing: the checker marks it down and traffic leaves it.
+    b2.set_mode(sluice_test_support::Mode::Status(503));
+    let down = b2.addr().to_string();
+    eventually(WITHIN, EVERY, || async {
+        let (_, body) = http_get(admin, "/api/services").map_err(|e| e.to_string())?;
+        let services: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let states: Vec<(String, String)> = services[0]["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["address"].as_str().unwrap_or_default().to_owned(),
+                    i["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let expected = states
+            .iter()
+            .all(|(address, state)| (state == "down") == (*address == down));
+        if states.len() == 2 && expected {
+            Ok(())
+        } else {
+            Err(format!("{states:?}"))
+        }
+    })
+    .await;
+    let hits = b2.hits();
+    until_backends(&client, web, "/web/", &["h1"]).await;
+    // Only probes (5 per second) reach h2 now, no client request is tried on it first.
+    assert!(
+        b2.hits() - hits < 20,
+        "{} requests reached h2",
+        b2.hits() - hits
+    );
 }
