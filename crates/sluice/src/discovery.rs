@@ -406,7 +406,8 @@ pub(crate) async fn translate(
     catalog: &Catalog,
 ) -> (Discovered, Vec<String>) {
     let mut skipped = Vec::new();
-    let mut services: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
+    // (service, route label, targets) of each route in `out_routes`.
+    let mut per_route: Vec<(String, String, Vec<InstanceConfig>)> = Vec::new();
     let mut out_routes = Vec::new();
     let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
     for route in routes {
@@ -468,7 +469,7 @@ pub(crate) async fn translate(
             ));
             continue;
         }
-        let instances = services.entry(route.service.clone()).or_default();
+        let mut instances: Vec<InstanceConfig> = Vec::new();
         for target in &route.targets {
             if target.weight <= 0.0 {
                 continue;
@@ -510,18 +511,51 @@ pub(crate) async fn translate(
                 .map(|p| p.trim_end_matches('/').to_owned()),
             service: route.service.clone(),
         });
+        instances.sort_by_key(|i| i.address);
+        per_route.push((route.service.clone(), label, instances));
+    }
+    // Routes of one service usually target all its instances: one proxy service. When tags
+    // give its routes different target sets (instance a: `/a`, instance b: `/b`), each set
+    // is its own proxy service, `<service>@<route>`, so a route reaches only its targets.
+    let mut sets: BTreeMap<&str, Vec<&Vec<InstanceConfig>>> = BTreeMap::new();
+    for (service, _, instances) in &per_route {
+        let known = sets.entry(service.as_str()).or_default();
+        if !known.contains(&instances) {
+            known.push(instances);
+        }
+    }
+    let mut services: BTreeMap<String, (String, Vec<InstanceConfig>)> = BTreeMap::new();
+    for (route, (service, label, instances)) in out_routes.iter_mut().zip(&per_route) {
+        let name = if sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
+            format!("{service}@{label}")
+        } else {
+            service.clone()
+        };
+        route.service = name.clone();
+        services
+            .entry(name)
+            .or_insert_with(|| (service.clone(), instances.clone()));
     }
     let mut out_services = Vec::with_capacity(services.len());
-    for (name, instances) in services {
-        let template = base
-            .service(&name)
-            .cloned()
-            .or_else(|| default_service(&name));
+    for (name, (service, mut instances)) in services {
+        // A [[service]] of the same name in the file gives the settings and keeps its own
+        // instances; discovered ones are added.
+        let template = base.service(&service).cloned().inspect(|file| {
+            for own in file.instances.iter().rev() {
+                if !instances.iter().any(|i| i.address == own.address) {
+                    instances.insert(0, own.clone());
+                }
+            }
+        });
+        let template = template.or_else(|| default_service(&service)).map(|mut t| {
+            t.name = name.clone();
+            t
+        });
         match template {
             Some(mut template) => {
                 // The file's [service.health] wins; otherwise the registrations' own check.
                 if template.health.is_none() {
-                    match declared_check(catalog, &name) {
+                    match declared_check(catalog, &service) {
                         Some(Ok(health)) => template.health = Some(health),
                         Some(Err(reason)) => skipped.push(format!(
                             "health check of service `{name}`: {reason}; the service runs without one"
@@ -732,6 +766,105 @@ mod tests {
         assert!(bad.contains("invalid duration"), "{bad}");
         let none = health_from_check(&check("{}"), 1).expect_err("nothing to probe");
         assert!(none.contains("none of"), "{none}");
+    }
+
+    fn route(path: &str, service: &str, ports: &[u16]) -> types::Route {
+        types::Route {
+            host: None,
+            path_prefix: path.into(),
+            listen_port: None,
+            service: service.into(),
+            targets: ports
+                .iter()
+                .map(|port| types::RouteTarget {
+                    instance_id: format!("{service}-{port}"),
+                    service: service.into(),
+                    address: "127.0.0.1".into(),
+                    port: *port,
+                    weight: 1.0 / ports.len() as f64,
+                })
+                .collect(),
+            strip: None,
+            prepend: None,
+            protocol: types::Protocol::Http,
+            tls: types::TlsOptions { skip_verify: false },
+            upstream_host: None,
+            redirect: None,
+            access: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_become_services_split_by_target_set_and_the_file_wins() {
+        let base = sluice_config::parse_str(
+            "t.toml",
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n\
+             [[route]]\npath = \"/file\"\nservice = \"api\"\n\
+             [[service]]\nname = \"api\"\ninstances = [\"127.0.0.1:9\"]\ntimeouts = { connect = \"250ms\" }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut tcp = route("", "db", &[5432]);
+        tcp.protocol = types::Protocol::Tcp;
+        tcp.listen_port = Some(5432);
+        let mut guarded = route("/admin", "web", &[1, 2]);
+        guarded.access = vec![types::AccessRule {
+            action: types::AccessAction::Allow,
+            cidr: "10.0.0.0/8".into(),
+        }];
+        let routes = [
+            route("/a", "web", &[1]),
+            route("/b", "web", &[2]),
+            route("/api", "api", &[3, 4]),
+            route("/file", "api", &[3, 4]),
+            tcp,
+            guarded,
+        ];
+        let (found, skipped) = translate(&routes, "web", &base, &Catalog::empty()).await;
+        let services: Vec<(&str, Vec<u16>)> = found
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.instances.iter().map(|i| i.address.port()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            services,
+            [
+                ("api", vec![9, 3, 4]),
+                ("web@/a", vec![1]),
+                ("web@/b", vec![2])
+            ],
+            "one service per distinct target set; the file's api keeps its instance"
+        );
+        let api = found
+            .services
+            .iter()
+            .find(|s| s.name == "api")
+            .unwrap_or_else(|| panic!("api"));
+        assert_eq!(
+            api.timeouts.connect,
+            Duration::from_millis(250),
+            "the file's settings"
+        );
+        let routes: Vec<(&str, &str)> = found
+            .routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.service.as_str()))
+            .collect();
+        assert_eq!(
+            routes,
+            [("/a", "web@/a"), ("/b", "web@/b"), ("/api", "api")]
+        );
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].contains("the file wins"), "{skipped:?}");
+        assert!(skipped[1].contains("TCP routes"), "{skipped:?}");
+        assert!(skipped[2].contains("not enforced yet"), "{skipped:?}");
+        let merged = merge(&base, &found);
+        assert_eq!(merged.routes.len(), 4);
+        assert_eq!(merged.services.len(), 3);
     }
 
     #[test]

@@ -296,3 +296,50 @@ async fn declared_checks_feed_the_active_checker() {
         b2.hits() - hits
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_routing_policy_that_fails_keeps_the_last_good_table() {
+    let b1 = Backend::start("p1");
+    let b2 = Backend::start("p2");
+    let registry = tempfile::tempdir().unwrap();
+    let dir = registry.path();
+    // The misbehaving test guest routes `/<id>` to each instance, and panics on an id `panic`.
+    write_atomically(dir, "w1.json", &definition("w1", &b1, &[]));
+    let (admin, web) = (addr(), addr());
+    let discovery = format!(
+        "[[discovery]]\nkind = \"file\"\ndir = \"{}\"\npoll_interval = \"100ms\"\n\
+         [[policy]]\nname = \"per-id\"\nfile = \"{}\"\nworld = \"routing\"\ntimeout = \"1s\"\n",
+        dir.display(),
+        sluice_policy_test_artifacts::MISBEHAVING_ROUTING
+    );
+    let text =
+        config(admin, web, &discovery).replace("[routing]\n", "[routing]\npolicy = \"per-id\"\n");
+    let process = SluiceProcess::start(Path::new(BIN), &text, admin);
+    let client = Client::http1();
+    until_backends(&client, web, "/w1", &["p1"]).await;
+
+    write_atomically(dir, "panic.json", &definition("panic", &b2, &[]));
+    eventually(WITHIN, EVERY, || async {
+        let listing = catalog(admin);
+        if listing["last_rebuild"]["result"] == "policy_failed" {
+            Ok(())
+        } else {
+            Err(format!("{listing}"))
+        }
+    })
+    .await;
+    until_log(&process, "the last good table keeps serving").await;
+    // The table from before the failure still serves; the failing catalog added nothing.
+    assert_eq!(backends_seen(&client, web, "/w1").await.unwrap().len(), 1);
+    let reply = client.get(&format!("http://{web}/panic")).await.unwrap();
+    assert_eq!(reply.status, 404);
+
+    std::fs::remove_file(dir.join("panic.json")).unwrap();
+    write_atomically(dir, "w2.json", &definition("w2", &b2, &[]));
+    until_backends(&client, web, "/w2", &["p2"]).await;
+    let (_, metrics) = http_get(admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("sluice_route_rebuilds_total{result=\"policy_failed\"}"),
+        "{metrics}"
+    );
+}
