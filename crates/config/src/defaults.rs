@@ -86,3 +86,6 @@ pub const DISCOVERY_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DISCOVERY_ETCD_PREFIX: &str = "/sluice/services/";
 /// `[routing] debounce`.
 pub const ROUTING_DEBOUNCE: Duration = Duration::from_millis(100);
+/// `[routing] tcp_bind`: all interfaces, as Fabio's `:PORT` listeners.
+pub const ROUTING_TCP_BIND: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);

@@ -10,6 +10,7 @@ use crate::raw::S;
 
 pub use crate::defaults::{
     DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, ROUTING_DEBOUNCE,
+    ROUTING_TCP_BIND,
 };
 
 /// One `[[discovery]]` source.
@@ -61,6 +62,8 @@ pub struct RoutingConfig {
     pub policy: Option<String>,
     /// Quiet time before a burst of catalog changes becomes one rebuild.
     pub debounce: Duration,
+    /// The address TCP routes (`urlprefix-:PORT proto=tcp`) listen on, with their port.
+    pub tcp_bind: std::net::IpAddr,
 }
 
 impl Default for RoutingConfig {
@@ -69,6 +72,7 @@ impl Default for RoutingConfig {
             listener: None,
             policy: None,
             debounce: ROUTING_DEBOUNCE,
+            tcp_bind: ROUTING_TCP_BIND,
         }
     }
 }
@@ -100,4 +104,5 @@ pub(crate) struct RawRouting {
     pub(crate) listener: Option<S<String>>,
     pub(crate) policy: Option<S<String>>,
     pub(crate) debounce: Option<S<String>>,
+    pub(crate) tcp_bind: Option<S<String>>,
 }

@@ -24,7 +24,7 @@ use std::path::Path;
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use discovery::{
     DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, DiscoveryConfig,
-    DiscoverySource, ROUTING_DEBOUNCE, RoutingConfig, StaticInstance,
+    DiscoverySource, ROUTING_DEBOUNCE, ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
 };
 pub use model::*;
 pub use policy::{

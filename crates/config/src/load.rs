@@ -676,10 +676,22 @@ impl<'s> Cx<'s> {
             }
             p.get_ref().clone()
         });
+        let tcp_bind = match &raw.tcp_bind {
+            None => ROUTING_TCP_BIND,
+            Some(ip) => ip.get_ref().parse().unwrap_or_else(|_| {
+                self.error_hint(
+                    Some(ip.span()),
+                    format!("invalid tcp_bind address `{}`", ip.get_ref()),
+                    "an IP address without port, e.g. \"0.0.0.0\" or \"127.0.0.1\"",
+                );
+                ROUTING_TCP_BIND
+            }),
+        };
         RoutingConfig {
             listener,
             policy,
             debounce: self.duration(raw.debounce.as_ref(), ROUTING_DEBOUNCE),
+            tcp_bind,
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_config::{
     Config, DiscoverySource, FailureMode, HealthCheckConfig, HostMatch, InstanceConfig,
-    PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, ServiceConfig,
+    ListenerConfig, PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, ServiceConfig,
 };
 use sluice_discovery::CheckDefinition;
 use sluice_discovery::{Catalog, Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
@@ -63,6 +63,8 @@ pub(crate) mod metric {
 pub(crate) struct Discovered {
     pub(crate) services: Vec<ServiceConfig>,
     pub(crate) routes: Vec<RouteConfig>,
+    /// Listeners for TCP routes (`urlprefix-:PORT proto=tcp`).
+    pub(crate) listeners: Vec<ListenerConfig>,
 }
 
 /// The outcome of the latest rebuild, for `/api/catalog`.
@@ -276,8 +278,14 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                         ));
                     }
                     let listener = base.routing.listener.clone().unwrap_or_default();
+                    let held: Vec<u16> = state
+                        .discovered()
+                        .listeners
+                        .iter()
+                        .map(|l| l.bind.port())
+                        .collect();
                     let (discovered, skipped) =
-                        translate(&table.routes, &listener, &base, &catalog).await;
+                        translate(&table.routes, &listener, &base, &catalog, &held).await;
                     for reason in &skipped {
                         tracing::warn!(%reason, "discovery: route skipped");
                         metrics::counter!(metric::ROUTE_ERRORS, "kind" => "route").increment(1);
@@ -404,10 +412,11 @@ pub(crate) async fn translate(
     listener: &str,
     base: &Config,
     catalog: &Catalog,
+    held_ports: &[u16],
 ) -> (Discovered, Vec<String>) {
     let mut skipped = Vec::new();
-    // (service, route label, targets) of each route in `out_routes`.
-    let mut per_route: Vec<(String, String, Vec<InstanceConfig>)> = Vec::new();
+    // (service, route label, targets, TCP port) of each route in `out_routes`.
+    let mut per_route: Vec<(String, String, Vec<InstanceConfig>, Option<u16>)> = Vec::new();
     let mut out_routes = Vec::new();
     let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
     for route in routes {
@@ -423,8 +432,15 @@ pub(crate) async fn translate(
                 route.path_prefix.clone()
             }
         );
+        let mixed = route.targets.iter().any(|t| t.service != route.service);
         let unsupported = match route.protocol {
-            types::Protocol::Tcp => Some("TCP routes (`:PORT proto=tcp`) are not served yet"),
+            types::Protocol::Tcp if route.listen_port.is_none() => {
+                Some("a TCP route needs a `:PORT`")
+            }
+            types::Protocol::Tcp if mixed => {
+                Some("routes whose targets mix services are not served yet")
+            }
+            types::Protocol::Tcp => tcp_port_problem(route.listen_port, base, held_ports),
             types::Protocol::Https => Some("proto=https (TLS to instances) is not served yet"),
             types::Protocol::Http if route.redirect.is_some() => {
                 Some("redirect= is not served yet")
@@ -439,7 +455,7 @@ pub(crate) async fn translate(
             types::Protocol::Http if !route.path_prefix.starts_with('/') => {
                 Some("the path does not start with '/'")
             }
-            types::Protocol::Http if route.targets.iter().any(|t| t.service != route.service) => {
+            types::Protocol::Http if mixed => {
                 Some("routes whose targets mix services are not served yet")
             }
             types::Protocol::Http => None,
@@ -458,10 +474,14 @@ pub(crate) async fn translate(
                 None => HostMatch::Exact(h.to_ascii_lowercase()),
             },
         };
-        let duplicate_of_file = base
-            .routes
-            .iter()
-            .any(|r| r.listener == listener && r.host == host && r.path == route.path_prefix);
+        let tcp_port = route
+            .listen_port
+            .filter(|_| route.protocol == types::Protocol::Tcp);
+        let duplicate_of_file = tcp_port.is_none()
+            && base
+                .routes
+                .iter()
+                .any(|r| r.listener == listener && r.host == host && r.path == route.path_prefix);
         if duplicate_of_file {
             skipped.push(format!(
                 "route `{label}` of service `{}`: the configuration file defines this route; the file wins",
@@ -512,20 +532,20 @@ pub(crate) async fn translate(
             service: route.service.clone(),
         });
         instances.sort_by_key(|i| i.address);
-        per_route.push((route.service.clone(), label, instances));
+        per_route.push((route.service.clone(), label, instances, tcp_port));
     }
     // Routes of one service usually target all its instances: one proxy service. When tags
     // give its routes different target sets (instance a: `/a`, instance b: `/b`), each set
     // is its own proxy service, `<service>@<route>`, so a route reaches only its targets.
     let mut sets: BTreeMap<&str, Vec<&Vec<InstanceConfig>>> = BTreeMap::new();
-    for (service, _, instances) in &per_route {
+    for (service, _, instances, _) in &per_route {
         let known = sets.entry(service.as_str()).or_default();
         if !known.contains(&instances) {
             known.push(instances);
         }
     }
     let mut services: BTreeMap<String, (String, Vec<InstanceConfig>)> = BTreeMap::new();
-    for (route, (service, label, instances)) in out_routes.iter_mut().zip(&per_route) {
+    for (route, (service, label, instances, _)) in out_routes.iter_mut().zip(&per_route) {
         let name = if sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
             format!("{service}@{label}")
         } else {
@@ -536,6 +556,19 @@ pub(crate) async fn translate(
             .entry(name)
             .or_insert_with(|| (service.clone(), instances.clone()));
     }
+    // TCP routes become listeners of their own (`urlprefix-:PORT proto=tcp`).
+    let mut listeners = Vec::new();
+    let mut http_routes = Vec::with_capacity(out_routes.len());
+    for (route, (_, _, _, tcp_port)) in out_routes.into_iter().zip(&per_route) {
+        match tcp_port {
+            None => http_routes.push(route),
+            Some(port) => match tcp_listener(base, *port, &route.service) {
+                Some(listener) => listeners.push(listener),
+                None => skipped.push(format!("route `:{port}`: no default TCP listener settings")),
+            },
+        }
+    }
+    let mut out_routes = http_routes;
     let mut out_services = Vec::with_capacity(services.len());
     for (name, (service, mut instances)) in services {
         // A [[service]] of the same name in the file gives the settings and keeps its own
@@ -572,6 +605,7 @@ pub(crate) async fn translate(
                 // Only if sluice-config's own defaults stopped validating.
                 skipped.push(format!("service `{name}`: no default service settings"));
                 out_routes.retain(|r| r.service != name);
+                listeners.retain(|l| l.tcp.as_ref().is_none_or(|t| t.service != name));
             }
         }
     }
@@ -579,6 +613,7 @@ pub(crate) async fn translate(
         Discovered {
             services: out_services,
             routes: out_routes,
+            listeners,
         },
         skipped,
     )
@@ -605,6 +640,9 @@ pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
         }
     }
     merged.routes.extend(discovered.routes.iter().cloned());
+    merged
+        .listeners
+        .extend(discovered.listeners.iter().cloned());
     merged
 }
 
@@ -680,6 +718,41 @@ fn health_from_check(
         .next()
         .and_then(|s| s.health)
         .ok_or_else(|| "no check".to_owned())
+}
+
+/// Why `port` cannot take a discovered TCP listener, if it cannot. A port the file's listeners
+/// or the admin API use is refused; so is one another process holds, checked by binding it
+/// now — an apply that fails to bind would keep the whole previous table, so one bad tag must
+/// not get that far. Ports the last discovered table already holds are ours and skip the test.
+fn tcp_port_problem(port: Option<u16>, base: &Config, held: &[u16]) -> Option<&'static str> {
+    let port = port?;
+    let ip = base.routing.tcp_bind;
+    if base.admin.bind.port() == port || base.listeners.iter().any(|l| l.bind.port() == port) {
+        return Some("the port is used by a listener of the configuration file (or the admin API)");
+    }
+    if !held.contains(&port) && std::net::TcpListener::bind((ip, port)).is_err() {
+        return Some("the port cannot be bound (in use by another process, or not permitted)");
+    }
+    None
+}
+
+/// A TCP listener with every default on `[routing] tcp_bind`:`port`, relaying to `service`.
+fn tcp_listener(base: &Config, port: u16, service: &str) -> Option<ListenerConfig> {
+    static TEMPLATE: std::sync::OnceLock<Option<ListenerConfig>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        sluice_config::parse_str(
+            Path::new("<discovery defaults>"),
+            "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nservice = \"s\"\n\
+             [[service]]\nname = \"s\"\n",
+        )
+        .ok()
+        .and_then(|cfg| cfg.listeners.into_iter().next())
+    });
+    let mut listener = template.clone()?;
+    listener.name = format!("discovered-tcp-{port}");
+    listener.bind = SocketAddr::new(base.routing.tcp_bind, port);
+    listener.tcp.as_mut()?.service = service.to_owned();
+    Some(listener)
 }
 
 /// A service with every default, as `[[service]] name = "..."` alone would give. Parsed from
@@ -803,9 +876,18 @@ mod tests {
              [[service]]\nname = \"api\"\ninstances = [\"127.0.0.1:9\"]\ntimeouts = { connect = \"250ms\" }\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let mut tcp = route("", "db", &[5432]);
-        tcp.protocol = types::Protocol::Tcp;
-        tcp.listen_port = Some(5432);
+        let tcp_route = |port: u16| {
+            let mut tcp = route("", "db", &[5432]);
+            tcp.protocol = types::Protocol::Tcp;
+            tcp.listen_port = Some(port);
+            tcp
+        };
+        let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap_or_else(|e| panic!("{e}"));
+        let busy_port = busy.local_addr().map(|a| a.port()).unwrap_or_default();
+        let free_port = std::net::TcpListener::bind("0.0.0.0:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_default();
         let mut guarded = route("/admin", "web", &[1, 2]);
         guarded.access = vec![types::AccessRule {
             action: types::AccessAction::Allow,
@@ -816,10 +898,11 @@ mod tests {
             route("/b", "web", &[2]),
             route("/api", "api", &[3, 4]),
             route("/file", "api", &[3, 4]),
-            tcp,
+            tcp_route(busy_port),
+            tcp_route(free_port),
             guarded,
         ];
-        let (found, skipped) = translate(&routes, "web", &base, &Catalog::empty()).await;
+        let (found, skipped) = translate(&routes, "web", &base, &Catalog::empty(), &[]).await;
         let services: Vec<(&str, Vec<u16>)> = found
             .services
             .iter()
@@ -834,6 +917,7 @@ mod tests {
             services,
             [
                 ("api", vec![9, 3, 4]),
+                ("db", vec![5432]),
                 ("web@/a", vec![1]),
                 ("web@/b", vec![2])
             ],
@@ -860,11 +944,19 @@ mod tests {
         );
         assert_eq!(skipped.len(), 3, "{skipped:?}");
         assert!(skipped[0].contains("the file wins"), "{skipped:?}");
-        assert!(skipped[1].contains("TCP routes"), "{skipped:?}");
+        assert!(skipped[1].contains("cannot be bound"), "{skipped:?}");
+        assert_eq!(found.listeners.len(), 1);
+        assert_eq!(found.listeners[0].bind.port(), free_port);
+        assert_eq!(
+            found.listeners[0].tcp.as_ref().map(|t| t.service.as_str()),
+            Some("db")
+        );
         assert!(skipped[2].contains("not enforced yet"), "{skipped:?}");
         let merged = merge(&base, &found);
         assert_eq!(merged.routes.len(), 4);
-        assert_eq!(merged.services.len(), 3);
+        assert_eq!(merged.services.len(), 4);
+        assert_eq!(merged.listeners.len(), 2);
+        drop(busy);
     }
 
     #[test]

@@ -343,3 +343,44 @@ async fn a_configured_routing_policy_that_fails_keeps_the_last_good_table() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_open_and_close_their_own_listeners() {
+    let b1 = Backend::start("t1");
+    let registry = tempfile::tempdir().unwrap();
+    let dir = registry.path();
+    let port = free_port();
+    let (admin, web) = (addr(), addr());
+    let tag = format!("urlprefix-:{port} proto=tcp");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_tag = format!("urlprefix-:{} proto=tcp", busy.local_addr().unwrap().port());
+    write_atomically(dir, "t1.json", &definition("t1", &b1, &[&tag, &busy_tag]));
+    let discovery = format!(
+        "[[discovery]]\nkind = \"file\"\ndir = \"{}\"\npoll_interval = \"100ms\"\n",
+        dir.display()
+    );
+    let text = config(admin, web, &discovery)
+        .replace("[routing]\n", "[routing]\ntcp_bind = \"127.0.0.1\"\n");
+    let process = SluiceProcess::start(Path::new(BIN), &text, admin);
+    let client = Client::http1();
+    // HTTP spoken through the TCP relay reaches the instance.
+    let tcp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    until_backends(&client, tcp, "/", &["t1"]).await;
+    until_log(&process, "the port cannot be bound").await;
+    let (_, listeners) = http_get(admin, "/api/listeners").unwrap();
+    assert!(
+        listeners.contains(&format!("discovered-tcp-{port}")),
+        "{listeners}"
+    );
+
+    // Deregistered: the listener closes.
+    std::fs::remove_file(dir.join("t1.json")).unwrap();
+    eventually(WITHIN, EVERY, || async {
+        match std::net::TcpStream::connect(tcp) {
+            Err(_) => Ok(()),
+            Ok(_) => Err(format!("{tcp} still accepts")),
+        }
+    })
+    .await;
+    drop(busy);
+}
