@@ -64,6 +64,8 @@ pub struct RoutingConfig {
     pub debounce: Duration,
     /// The address TCP routes (`urlprefix-:PORT proto=tcp`) listen on, with their port.
     pub tcp_bind: std::net::IpAddr,
+    /// Fabio-style manual commands applied, in order, to the policy's routes.
+    pub overrides: Vec<crate::overrides::RouteOverride>,
 }
 
 impl Default for RoutingConfig {
@@ -73,6 +75,7 @@ impl Default for RoutingConfig {
             policy: None,
             debounce: ROUTING_DEBOUNCE,
             tcp_bind: ROUTING_TCP_BIND,
+            overrides: Vec::new(),
         }
     }
 }
@@ -105,4 +108,5 @@ pub(crate) struct RawRouting {
     pub(crate) policy: Option<S<String>>,
     pub(crate) debounce: Option<S<String>>,
     pub(crate) tcp_bind: Option<S<String>>,
+    pub(crate) overrides: Option<S<String>>,
 }

@@ -15,6 +15,7 @@ mod diag;
 mod discovery;
 mod load;
 mod model;
+mod overrides;
 mod policy;
 mod raw;
 mod tls;
@@ -27,6 +28,7 @@ pub use discovery::{
     DiscoverySource, ROUTING_DEBOUNCE, ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
 };
 pub use model::*;
+pub use overrides::{RouteKey, RouteOverride};
 pub use policy::{
     FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
 };

@@ -687,11 +687,47 @@ impl<'s> Cx<'s> {
                 ROUTING_TCP_BIND
             }),
         };
+        let overrides = match &raw.overrides {
+            None => Vec::new(),
+            Some(text) => {
+                let (commands, errors) = crate::overrides::parse(text.get_ref());
+                for error in errors {
+                    let offset = self.offset_in_string(text, error.offset);
+                    self.error_hint(
+                        Some(offset..offset + 1),
+                        format!("in [routing] overrides: {}", error.message),
+                        "route add <service> <[host]/path> http://IP:PORT [weight W] | route del <service> [<[host]/path> [http://IP:PORT]] | route weight <service> <[host]/path> weight W",
+                    );
+                }
+                commands
+            }
+        };
         RoutingConfig {
             listener,
             policy,
             debounce: self.duration(raw.debounce.as_ref(), ROUTING_DEBOUNCE),
             tcp_bind,
+            overrides,
+        }
+    }
+
+    /// The file offset of byte `offset` of a string value's content. The value is the parsed
+    /// string (escapes resolved), so its line is looked up in the literal's source text; when
+    /// it cannot be found (escapes on that line), the literal's start is used.
+    fn offset_in_string(&self, value: &Spanned<String>, offset: usize) -> usize {
+        let text = value.get_ref();
+        let span = value.span();
+        let line_start = text[..offset.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i);
+        let line = &text[line_start..line_end];
+        let source = &self.src.text()[span.clone()];
+        match source.find(line) {
+            Some(found) if !line.is_empty() => span.start + found + (offset - line_start),
+            _ => span.start,
         }
     }
 

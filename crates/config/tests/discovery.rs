@@ -116,3 +116,33 @@ policy = "nope"
         assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
     }
 }
+
+#[test]
+fn override_errors_point_into_the_string() {
+    let text = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[routing]
+overrides = """
+route add web /web http://127.0.0.1:8001/ weight 0.2
+route add web /web http://db.local:1
+route del web /web tags "a"
+"""
+"#;
+    let shown = parse_str("bad.toml", text).unwrap_err().to_string();
+    for e in [
+        "bad.toml:8:20: error: in [routing] overrides: `http://db.local:1` is not `http://IP:PORT`",
+        "bad.toml:9:20: error: in [routing] overrides: `tags` is not supported in overrides",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+    let good = parse_str(
+        "good.toml",
+        &text
+            .replace("http://db.local:1", "http://127.0.0.1:1")
+            .replace(" tags \"a\"", ""),
+    )
+    .expect("valid");
+    assert_eq!(good.routing.overrides.len(), 3);
+}

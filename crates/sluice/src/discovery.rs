@@ -5,7 +5,7 @@
 //! data path and swaps it atomically — the same path a reload takes.
 //!
 //! Failure rules: a bad tag is logged (and counted) and skipped, never blocking the table; a
-//! route the proxy cannot serve yet (TCP, https, redirect, access rules, mixed services) is
+//! route the proxy cannot serve yet (https, redirect, access rules, host=) is
 //! logged and skipped; a failing policy or a failed apply keeps the last good table.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_config::{
     Config, DiscoverySource, FailureMode, HealthCheckConfig, HostMatch, InstanceConfig,
-    ListenerConfig, PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, ServiceConfig,
+    ListenerConfig, PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, RouteKey, RouteOverride,
+    ServiceConfig,
 };
 use sluice_discovery::CheckDefinition;
 use sluice_discovery::{Catalog, Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
@@ -284,8 +285,10 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                         .iter()
                         .map(|l| l.bind.port())
                         .collect();
+                    let mut routes = table.routes.clone();
+                    apply_overrides(&mut routes, &base.routing.overrides);
                     let (discovered, skipped) =
-                        translate(&table.routes, &listener, &base, &catalog, &held).await;
+                        translate(&routes, &listener, &base, &catalog, &held).await;
                     for reason in &skipped {
                         tracing::warn!(%reason, "discovery: route skipped");
                         metrics::counter!(metric::ROUTE_ERRORS, "kind" => "route").increment(1);
@@ -416,7 +419,7 @@ pub(crate) async fn translate(
 ) -> (Discovered, Vec<String>) {
     let mut skipped = Vec::new();
     // (service, route label, targets, TCP port) of each route in `out_routes`.
-    let mut per_route: Vec<(String, String, Vec<InstanceConfig>, Option<u16>)> = Vec::new();
+    let mut per_route: Vec<PendingRoute> = Vec::new();
     let mut out_routes = Vec::new();
     let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
     for route in routes {
@@ -437,9 +440,6 @@ pub(crate) async fn translate(
             types::Protocol::Tcp if route.listen_port.is_none() => {
                 Some("a TCP route needs a `:PORT`")
             }
-            types::Protocol::Tcp if mixed => {
-                Some("routes whose targets mix services are not served yet")
-            }
             types::Protocol::Tcp => tcp_port_problem(route.listen_port, base, held_ports),
             types::Protocol::Https => Some("proto=https (TLS to instances) is not served yet"),
             types::Protocol::Http if route.redirect.is_some() => {
@@ -454,9 +454,6 @@ pub(crate) async fn translate(
             }
             types::Protocol::Http if !route.path_prefix.starts_with('/') => {
                 Some("the path does not start with '/'")
-            }
-            types::Protocol::Http if mixed => {
-                Some("routes whose targets mix services are not served yet")
             }
             types::Protocol::Http => None,
         };
@@ -532,21 +529,22 @@ pub(crate) async fn translate(
             service: route.service.clone(),
         });
         instances.sort_by_key(|i| i.address);
-        per_route.push((route.service.clone(), label, instances, tcp_port));
+        per_route.push((route.service.clone(), label, instances, tcp_port, mixed));
     }
     // Routes of one service usually target all its instances: one proxy service. When tags
     // give its routes different target sets (instance a: `/a`, instance b: `/b`), each set
     // is its own proxy service, `<service>@<route>`, so a route reaches only its targets.
     let mut sets: BTreeMap<&str, Vec<&Vec<InstanceConfig>>> = BTreeMap::new();
-    for (service, _, instances, _) in &per_route {
+    for (service, _, instances, _, _) in &per_route {
         let known = sets.entry(service.as_str()).or_default();
         if !known.contains(&instances) {
             known.push(instances);
         }
     }
     let mut services: BTreeMap<String, (String, Vec<InstanceConfig>)> = BTreeMap::new();
-    for (route, (service, label, instances, _)) in out_routes.iter_mut().zip(&per_route) {
-        let name = if sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
+    for (route, (service, label, instances, _, mixed)) in out_routes.iter_mut().zip(&per_route) {
+        // A route mixing services is always its own proxy service: it is not `service`.
+        let name = if *mixed || sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
             format!("{service}@{label}")
         } else {
             service.clone()
@@ -559,7 +557,7 @@ pub(crate) async fn translate(
     // TCP routes become listeners of their own (`urlprefix-:PORT proto=tcp`).
     let mut listeners = Vec::new();
     let mut http_routes = Vec::with_capacity(out_routes.len());
-    for (route, (_, _, _, tcp_port)) in out_routes.into_iter().zip(&per_route) {
+    for (route, (_, _, _, tcp_port, _)) in out_routes.into_iter().zip(&per_route) {
         match tcp_port {
             None => http_routes.push(route),
             Some(port) => match tcp_listener(base, *port, &route.service) {
@@ -618,6 +616,10 @@ pub(crate) async fn translate(
         skipped,
     )
 }
+
+/// (service, route label, targets, TCP port, mixed) of a route being translated; `mixed`: the
+/// targets belong to several services (a weighted canary).
+type PendingRoute = (String, String, Vec<InstanceConfig>, Option<u16>, bool);
 
 /// The file's configuration plus what discovery found. A discovered service named like a file
 /// service takes the file's settings and adds its instances to the file's.
@@ -718,6 +720,133 @@ fn health_from_check(
         .next()
         .and_then(|s| s.health)
         .ok_or_else(|| "no check".to_owned())
+}
+
+/// Applies `[routing] overrides` (Fabio's `route add|del|weight`) in order to the policy's
+/// routes. Shares are kept summing to 1: a fixed `weight` gives the service that share of the
+/// route, split evenly among its targets, and the other targets share the rest in their
+/// previous proportions; removing targets rescales the remaining ones.
+pub(crate) fn apply_overrides(routes: &mut Vec<types::Route>, overrides: &[RouteOverride]) {
+    let matches = |route: &types::Route, key: &RouteKey| {
+        route.protocol != types::Protocol::Tcp
+            && route.host.as_deref() == key.host.as_deref()
+            && route.path_prefix == key.path
+    };
+    for command in overrides {
+        match command {
+            RouteOverride::Add {
+                service,
+                route: key,
+                target,
+                weight,
+            } => {
+                let index = match routes.iter().position(|r| matches(r, key)) {
+                    Some(index) => index,
+                    None => {
+                        routes.push(types::Route {
+                            host: key.host.clone(),
+                            path_prefix: key.path.clone(),
+                            listen_port: None,
+                            service: service.clone(),
+                            targets: Vec::new(),
+                            strip: None,
+                            prepend: None,
+                            protocol: types::Protocol::Http,
+                            tls: types::TlsOptions { skip_verify: false },
+                            upstream_host: None,
+                            redirect: None,
+                            access: Vec::new(),
+                        });
+                        routes.len() - 1
+                    }
+                };
+                let route = &mut routes[index];
+                let already = route.targets.iter().any(|t| {
+                    t.service == *service
+                        && t.port == target.port()
+                        && t.address == target.ip().to_string()
+                });
+                if !already {
+                    let count = route.targets.len() as f64;
+                    route.targets.push(types::RouteTarget {
+                        instance_id: format!("override:{target}"),
+                        service: service.clone(),
+                        address: target.ip().to_string(),
+                        port: target.port(),
+                        // An equal share until a weight says otherwise.
+                        weight: 1.0 / (count + 1.0),
+                    });
+                }
+                match weight {
+                    Some(weight) => set_share(route, service, *weight),
+                    None => normalise(route),
+                }
+            }
+            RouteOverride::Del {
+                service,
+                route: key,
+                target,
+            } => {
+                for route in routes.iter_mut() {
+                    if key.as_ref().is_some_and(|k| !matches(route, k)) {
+                        continue;
+                    }
+                    route.targets.retain(|t| {
+                        t.service != *service
+                            || target.is_some_and(|a| {
+                                t.port != a.port() || t.address != a.ip().to_string()
+                            })
+                    });
+                    normalise(route);
+                }
+                routes.retain(|r| !r.targets.is_empty());
+            }
+            RouteOverride::Weight {
+                service,
+                route: key,
+                weight,
+            } => {
+                for route in routes.iter_mut().filter(|r| matches(r, key)) {
+                    set_share(route, service, *weight);
+                }
+            }
+        }
+    }
+}
+
+/// Scales a route's shares to sum to 1 (equal shares when they sum to 0).
+fn normalise(route: &mut types::Route) {
+    let sum: f64 = route.targets.iter().map(|t| t.weight).sum();
+    let count = route.targets.len() as f64;
+    for target in &mut route.targets {
+        target.weight = if sum > 0.0 {
+            target.weight / sum
+        } else {
+            1.0 / count
+        };
+    }
+}
+
+/// Gives `service`'s targets `share` of the route in total; the others share `1 - share`.
+fn set_share(route: &mut types::Route, service: &str, share: f64) {
+    let (mine, others): (Vec<usize>, Vec<usize>) =
+        (0..route.targets.len()).partition(|&i| route.targets[i].service == service);
+    if mine.is_empty() {
+        return;
+    }
+    let others_sum: f64 = others.iter().map(|&i| route.targets[i].weight).sum();
+    let share = if others.is_empty() { 1.0 } else { share };
+    for &i in &mine {
+        route.targets[i].weight = share / mine.len() as f64;
+    }
+    for &i in &others {
+        let previous = route.targets[i].weight;
+        route.targets[i].weight = if others_sum > 0.0 {
+            (1.0 - share) * previous / others_sum
+        } else {
+            (1.0 - share) / others.len() as f64
+        };
+    }
 }
 
 /// Why `port` cannot take a discovered TCP listener, if it cannot. A port the file's listeners
@@ -957,6 +1086,56 @@ mod tests {
         assert_eq!(merged.services.len(), 4);
         assert_eq!(merged.listeners.len(), 2);
         drop(busy);
+    }
+
+    #[test]
+    fn overrides_add_delete_and_reweight() {
+        let parse = |text: &str| {
+            sluice_config::parse_str(
+                "o.toml",
+                &format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n[routing]\noverrides = \"\"\"\n{text}\"\"\"\n"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+            .routing
+            .overrides
+        };
+        let mut routes = vec![route("/web", "web", &[1, 2]), route("/old", "old", &[3])];
+        apply_overrides(
+            &mut routes,
+            &parse(
+                "route add canary /web http://127.0.0.1:9/ weight 0.1\n\
+                 route del old\n\
+                 route add api /api http://127.0.0.1:7\n\
+                 route del web /web http://127.0.0.1:2\n",
+            ),
+        );
+        let shares: Vec<(&str, Vec<(u16, f64)>)> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.path_prefix.as_str(),
+                    r.targets
+                        .iter()
+                        .map(|t| (t.port, (t.weight * 1000.0).round() / 1000.0))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("/web", vec![(1, 0.818), (9, 0.182)]),
+                ("/api", vec![(7, 1.0)])
+            ],
+            "the canary had 0.1 next to two web targets (0.45 each); deleting one rescales the rest in proportion"
+        );
+        apply_overrides(&mut routes, &parse("route weight canary /web weight 0.2\n"));
+        let web: Vec<f64> = routes[0]
+            .targets
+            .iter()
+            .map(|t| (t.weight * 1000.0).round() / 1000.0)
+            .collect();
+        assert_eq!(web, [0.8, 0.2]);
     }
 
     #[test]

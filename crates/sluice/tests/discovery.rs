@@ -384,3 +384,30 @@ async fn tcp_routes_open_and_close_their_own_listeners() {
     .await;
     drop(busy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_overrides_add_a_canary_and_a_route() {
+    let b1 = Backend::start("o1");
+    let b2 = Backend::start("o2");
+    let (admin, web) = (addr(), addr());
+    let discovery = format!(
+        "[[discovery]]\nkind = \"static\"\n[[discovery.instances]]\nname = \"web\"\nid = \"web-1\"\n\
+         address = \"127.0.0.1\"\nport = {}\ntags = [\"urlprefix-/web\"]\n",
+        b1.addr().port()
+    );
+    let overrides = format!(
+        "overrides = \"\"\"\nroute add canary /web http://{b2}/ weight 0.5\nroute add manual /manual http://{b2}\n\"\"\"\n",
+        b2 = b2.addr()
+    );
+    let text =
+        config(admin, web, &discovery).replace("[routing]\n", &format!("[routing]\n{overrides}"));
+    let _process = SluiceProcess::start(Path::new(BIN), &text, admin);
+    let client = Client::http1();
+    until_backends(&client, web, "/web", &["o1", "o2"]).await;
+    until_backends(&client, web, "/manual", &["o2"]).await;
+    let (_, routes) = http_get(admin, "/api/routes").unwrap();
+    assert!(
+        routes.contains("web@/web"),
+        "a canary route is its own service: {routes}"
+    );
+}
