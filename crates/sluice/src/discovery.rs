@@ -76,7 +76,12 @@ pub(crate) struct RebuildReport {
     pub(crate) routes: usize,
     pub(crate) skipped: Vec<String>,
     pub(crate) error: Option<String>,
+    /// The whole rebuild, and its parts: the policy call, translation (with name resolution),
+    /// and the proxy's apply (building and swapping every table).
     pub(crate) duration_ms: f64,
+    pub(crate) policy_ms: f64,
+    pub(crate) translate_ms: f64,
+    pub(crate) apply_ms: f64,
 }
 
 /// The running discovery of one process.
@@ -246,7 +251,11 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
         skipped: Vec::new(),
         error: None,
         duration_ms: 0.0,
+        policy_ms: 0.0,
+        translate_ms: 0.0,
+        apply_ms: 0.0,
     };
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
     match app.policies.routing(&policy) {
         None => {
             report.result = "policy_failed";
@@ -254,7 +263,9 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
         }
         Some(handle) => {
             let input = policy_input(&catalog);
+            let policy_started = Instant::now();
             let outcome = tokio::task::spawn_blocking(move || handle.build_routes(&input)).await;
+            report.policy_ms = ms(policy_started);
             match outcome {
                 Err(e) => {
                     report.result = "policy_failed";
@@ -285,6 +296,7 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                         .iter()
                         .map(|l| l.bind.port())
                         .collect();
+                    let translate_started = Instant::now();
                     let mut routes = table.routes.clone();
                     apply_overrides(&mut routes, &base.routing.overrides);
                     let (discovered, skipped) =
@@ -295,7 +307,11 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                     }
                     report.skipped.extend(skipped);
                     report.routes = discovered.routes.len();
-                    if let Err(e) = app.apply_discovered(state, discovered).await {
+                    report.translate_ms = ms(translate_started);
+                    let apply_started = Instant::now();
+                    let applied = app.apply_discovered(state, discovered).await;
+                    report.apply_ms = ms(apply_started);
+                    if let Err(e) = applied {
                         report.result = "apply_failed";
                         report.error = Some(e.to_string());
                     }
