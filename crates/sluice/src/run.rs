@@ -62,9 +62,8 @@ impl App {
                         "[admin], [runtime] and [log] changes take effect at the next restart"
                     );
                 }
-                if let Some(discovery) = &self.discovery
-                    && cfg.discovery != discovery.started_with
-                {
+                let started_with = self.discovery.as_ref().map(|d| d.started_with.as_slice());
+                if cfg.discovery.as_slice() != started_with.unwrap_or_default() {
                     tracing::warn!("[[discovery]] changes take effect at the next restart");
                 }
                 // Policies first, so new health checks find the policies they name.
