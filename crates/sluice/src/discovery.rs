@@ -309,7 +309,14 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                     report.routes = discovered.routes.len();
                     report.translate_ms = ms(translate_started);
                     let apply_started = Instant::now();
-                    let applied = app.apply_discovered(state, discovered).await;
+                    // A catalog change that moves no route (meta, a check's text) applies
+                    // nothing: the running tables are already these.
+                    let applied = if *state.discovered() == discovered {
+                        report.result = "unchanged";
+                        Ok(())
+                    } else {
+                        app.apply_discovered(state, discovered).await.map(|_| ())
+                    };
                     report.apply_ms = ms(apply_started);
                     if let Err(e) = applied {
                         report.result = "apply_failed";
