@@ -590,6 +590,7 @@ pub(crate) async fn translate(
         }
     }
     let mut out_routes = http_routes;
+    let checks = declared_checks(catalog);
     let mut out_services = Vec::with_capacity(services.len());
     for (name, (service, mut instances)) in services {
         // A [[service]] of the same name in the file gives the settings and keeps its own
@@ -609,7 +610,7 @@ pub(crate) async fn translate(
             Some(mut template) => {
                 // The file's [service.health] wins; otherwise the registrations' own check.
                 if template.health.is_none() {
-                    match declared_check(catalog, &service) {
+                    match declared_check(&checks, &service) {
                         Some(Ok(health)) => template.health = Some(health),
                         Some(Err(reason)) => skipped.push(format!(
                             "health check of service `{name}`: {reason}; the service runs without one"
@@ -679,12 +680,54 @@ pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
 /// `localhost` is the instance itself. A port different from the instance's becomes the check
 /// port (a separate status port). The translation goes through `sluice-config` so the check
 /// gets exactly the defaults and validation of a `[service.health]` table.
-fn declared_check(catalog: &Catalog, name: &str) -> Option<Result<HealthCheckConfig, String>> {
-    let (instance, check) = catalog
-        .instances()
-        .filter(|i| i.service == name)
-        .find_map(|i| i.checks.first().map(|c| (i, c)))?;
-    Some(health_from_check(check, instance.port))
+fn declared_check(
+    checks: &BTreeMap<&str, (&CheckDefinition, u16)>,
+    name: &str,
+) -> Option<Result<HealthCheckConfig, String>> {
+    let (check, port) = checks.get(name)?;
+    Some(cached_health_from_check(check, *port))
+}
+
+/// Each service's first declared check with its instance's port (instances come ordered by
+/// id), indexed once per rebuild instead of scanning the catalog per service.
+fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, (&CheckDefinition, u16)> {
+    let mut checks = BTreeMap::new();
+    for instance in catalog.instances() {
+        if let Some(check) = instance.checks.first() {
+            checks
+                .entry(instance.service.as_str())
+                .or_insert((check, instance.port));
+        }
+    }
+    checks
+}
+
+/// [`health_from_check`], remembered: a rebuild re-translates every service's check, and
+/// parsing one through sluice-config costs far more than looking it up. Bounded: cleared when
+/// it holds more entries than a large catalog has services.
+fn cached_health_from_check(
+    check: &CheckDefinition,
+    instance_port: u16,
+) -> Result<HealthCheckConfig, String> {
+    type Cache = std::sync::Mutex<BTreeMap<(String, u16), Result<HealthCheckConfig, String>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    const MAX_ENTRIES: usize = 100_000;
+    let key = (
+        serde_json::to_string(check).unwrap_or_default(),
+        instance_port,
+    );
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return found;
+    }
+    let result = health_from_check(check, instance_port);
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, result.clone());
+    }
+    result
 }
 
 fn health_from_check(
