@@ -411,3 +411,38 @@ async fn manual_overrides_add_a_canary_and_a_route() {
         "a canary route is its own service: {routes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_discovered_routes_and_merges_the_new_file() {
+    let b1 = Backend::start("r1");
+    let b2 = Backend::start("r2");
+    let registry = tempfile::tempdir().unwrap();
+    let dir = registry.path();
+    write_atomically(dir, "r1.json", &definition("r1", &b1, &["urlprefix-/web"]));
+    let (admin, web) = (addr(), addr());
+    let discovery = format!(
+        "[[discovery]]\nkind = \"file\"\ndir = \"{}\"\npoll_interval = \"100ms\"\n",
+        dir.display()
+    );
+    let process = SluiceProcess::start(Path::new(BIN), &config(admin, web, &discovery), admin);
+    let client = Client::http1();
+    until_backends(&client, web, "/web", &["r1"]).await;
+
+    // The file gains a static route; the discovered one must survive the reload.
+    let file_route = format!(
+        "[[route]]\npath = \"/static\"\nservice = \"pinned\"\n[[service]]\nname = \"pinned\"\ninstances = [\"{}\"]\n",
+        b2.addr()
+    );
+    std::fs::write(
+        process.config_path(),
+        format!("{}{file_route}", config(admin, web, &discovery)),
+    )
+    .unwrap();
+    let (status, body) = sluice_test_support::http_request(admin, "POST", "/api/reload").unwrap();
+    assert_eq!(status, 200, "{body}");
+    until_backends(&client, web, "/static", &["r2"]).await;
+    until_backends(&client, web, "/web", &["r1"]).await;
+    // And discovery keeps working after the reload.
+    write_atomically(dir, "r2.json", &definition("r2", &b2, &["urlprefix-/web"]));
+    until_backends(&client, web, "/web", &["r1", "r2"]).await;
+}
