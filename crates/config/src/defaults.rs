@@ -87,3 +87,15 @@ pub const SNI_MAX_BYTES: usize = 16 * 1024;
 pub const KV_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// `[[kv]] poll` (file).
 pub const KV_POLL: Duration = Duration::from_secs(1);
+
+/// `[[discovery]] poll_interval` for `kind = "file"`.
+pub const DISCOVERY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// `[[discovery]] request_timeout` for `kind = "etcd"`.
+pub const DISCOVERY_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[[discovery]] prefix` for `kind = "etcd"` (the registry's default, docs/registry-format.md).
+pub const DISCOVERY_ETCD_PREFIX: &str = "/sluice/services/";
+/// `[routing] debounce`.
+pub const ROUTING_DEBOUNCE: Duration = Duration::from_millis(100);
+/// `[routing] tcp_bind`: all interfaces, as Fabio's `:PORT` listeners.
+pub const ROUTING_TCP_BIND: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);

@@ -12,8 +12,10 @@
 
 pub mod defaults;
 mod diag;
+mod discovery;
 mod load;
 mod model;
+mod overrides;
 mod policy;
 mod raw;
 mod tls;
@@ -21,7 +23,12 @@ mod tls;
 use std::path::Path;
 
 pub use diag::{Diagnostic, Diagnostics, Source};
+pub use discovery::{
+    DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, DiscoveryConfig,
+    DiscoverySource, ROUTING_DEBOUNCE, ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
+};
 pub use model::*;
+pub use overrides::{RouteKey, RouteOverride};
 pub use policy::{
     FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
 };

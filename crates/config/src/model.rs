@@ -27,6 +27,10 @@ pub struct Config {
     /// `[[kv]]` sources the policies' `kv-get` reads, in lookup order (the first source
     /// holding a key wins).
     pub kv: Vec<KvConfig>,
+    /// `[[discovery]]` catalog sources in file order; names are unique.
+    pub discovery: Vec<crate::discovery::DiscoveryConfig>,
+    /// `[routing]`: how the catalog becomes routes.
+    pub routing: crate::discovery::RoutingConfig,
 }
 
 /// Where one `[[kv]]` source reads from.

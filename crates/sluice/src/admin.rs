@@ -9,6 +9,7 @@
 //! | GET | `/api/services` | every service and its instances' live state |
 //! | GET | `/api/listeners` | listener name → bound address |
 //! | POST | `/api/reload` | re-reads the configuration file and applies it |
+//! | GET | `/api/catalog` | the discovery catalog: instances, their source, stale flag and age, each source's state and skipped documents, the last route rebuild |
 //! | GET | `/api/policies` | loaded Wasm policies: world, file, SHA-256, state, call counts |
 //! | POST | `/api/policies/reload` | recompiles every policy from its file, swapping the good ones |
 
@@ -71,6 +72,9 @@ async fn handle(
         }
         (&Method::GET, "/metrics") => {
             app.proxy.refresh_gauges();
+            if let Some(discovery) = &app.discovery {
+                discovery.refresh_gauges();
+            }
             let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -110,6 +114,13 @@ async fn handle(
             ),
         },
         (&Method::GET, "/api/policies") => json_response(StatusCode::OK, &app.policies.list()),
+        (&Method::GET, "/api/catalog") => match &app.discovery {
+            Some(discovery) => json_response(StatusCode::OK, &discovery.catalog_json()),
+            None => json_response(
+                StatusCode::OK,
+                &json!({"version": 0, "stale": false, "age_seconds": null, "sources": [], "instances": []}),
+            ),
+        },
         (&Method::POST, "/api/policies/reload") => {
             let policies = Arc::clone(&app.policies);
             match tokio::task::spawn_blocking(move || policies.reload()).await {
@@ -137,6 +148,7 @@ async fn handle(
             | "/api/listeners"
             | "/api/reload"
             | "/api/policies"
+            | "/api/catalog"
             | "/api/policies/reload",
         ) => json_response(
             StatusCode::METHOD_NOT_ALLOWED,

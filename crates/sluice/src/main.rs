@@ -6,6 +6,7 @@
 
 mod admin;
 mod kv;
+mod discovery;
 mod policies;
 mod run;
 mod tls_watch;

@@ -88,6 +88,11 @@ impl Policies {
         self.current().map(|h| h.list()).unwrap_or_default()
     }
 
+    /// The loaded routing policy called `name`.
+    pub(crate) fn routing(&self, name: &str) -> Option<sluice_policy_host::RoutingHandle> {
+        self.current().and_then(|h| h.routing(name))
+    }
+
     fn current(&self) -> Option<Arc<PolicyHost>> {
         self.shared_host.get().cloned()
     }

@@ -24,6 +24,10 @@ pub(crate) struct App {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: AtomicBool,
     pub(crate) policies: Arc<crate::policies::Policies>,
+    /// `[[discovery]]` running since start-up, if configured.
+    pub(crate) discovery: Option<Arc<crate::discovery::DiscoveryState>>,
+    /// The configuration file as last loaded, before discovered routes are merged in.
+    base: std::sync::Mutex<Arc<Config>>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -62,9 +66,30 @@ impl App {
                 if let Err(e) = self.policies.kv.apply(&cfg.kv).await {
                     tracing::error!(error = %e, "[[kv]] not applied; the previous sources stay in use");
                 }
+                let started_with = self.discovery.as_ref().map(|d| d.started_with.as_slice());
+                if cfg.discovery.as_slice() != started_with.unwrap_or_default() {
+                    tracing::warn!("[[discovery]] changes take effect at the next restart");
+                }
                 // Policies first, so new health checks find the policies they name.
-                let policies = self.apply_policies(cfg.policies.clone()).await;
-                match (self.proxy.apply(cfg).await, policies) {
+                let policies = self
+                    .apply_policies(crate::discovery::effective_policies(
+                        &cfg,
+                        self.discovery.as_deref(),
+                    ))
+                    .await;
+                let merged = match &self.discovery {
+                    Some(discovery) => crate::discovery::merge(&cfg, &discovery.discovered()),
+                    None => cfg.clone(),
+                };
+                let applied = self.proxy.apply(merged).await;
+                if applied.is_ok() {
+                    self.set_base(cfg);
+                    if let Some(discovery) = &self.discovery {
+                        // The file's routes, services or routing policy may differ now.
+                        discovery.rebuild_now.notify_one();
+                    }
+                }
+                match (applied, policies) {
                     (Err(e), _) => Err(ReloadError::from(e)),
                     (Ok(_), Err(e)) => Err(ReloadError::Policies(e)),
                     (Ok(summary), Ok(())) => Ok(summary),
@@ -87,6 +112,35 @@ impl App {
         };
         metrics::counter!(sluice_proxy::metrics::RELOADS_TOTAL, "result" => result).increment(1);
         outcome
+    }
+
+    /// The configuration file as last applied, without discovered routes.
+    pub(crate) fn base_config(&self) -> Arc<Config> {
+        self.base
+            .lock()
+            .map(|b| Arc::clone(&b))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    fn set_base(&self, cfg: Config) {
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        *base = Arc::new(cfg);
+    }
+
+    /// Applies the file's configuration merged with `discovered` (one apply at a time, with
+    /// reloads); on success `discovered` becomes the set later reloads merge in.
+    pub(crate) async fn apply_discovered(
+        &self,
+        state: &crate::discovery::DiscoveryState,
+        discovered: crate::discovery::Discovered,
+    ) -> Result<ApplySummary, sluice_proxy::ApplyError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let merged = crate::discovery::merge(&self.base_config(), &discovered);
+        let summary = self.proxy.apply(merged).await?;
+        if let Ok(mut current) = state.discovered.lock() {
+            *current = Arc::new(discovered);
+        }
+        Ok(summary)
     }
 
     /// Loads the configuration's policies off the async threads (compiling takes a while).
@@ -154,6 +208,9 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
 
+    // Discovery first: its sources start connecting while policies compile; the embedded
+    // routing policy is loaded with the others.
+    let discovery = crate::discovery::DiscoveryState::start(&cfg).context("starting discovery")?;
     // Policies first: health checks that name one evaluate through it from their first probe.
     let policies = Arc::new(crate::policies::Policies::default());
     policies
@@ -163,7 +220,10 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         .map_err(anyhow::Error::msg)
         .context("starting [[kv]] sources")?;
     {
-        let (policies, configs) = (Arc::clone(&policies), cfg.policies.clone());
+        let (policies, configs) = (
+            Arc::clone(&policies),
+            crate::discovery::effective_policies(&cfg, discovery.as_deref()),
+        );
         let report = tokio::task::spawn_blocking(move || policies.apply(&configs))
             .await
             .context("loading policies")?
@@ -173,6 +233,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
             anyhow::bail!("policies could not be loaded: {rejected}");
         }
     }
+    let base = std::sync::Mutex::new(Arc::new(cfg.clone()));
     let proxy = Proxy::start_with_policies(
         cfg,
         Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
@@ -186,8 +247,13 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         metrics,
         ready: AtomicBool::new(false),
         policies,
+        discovery: discovery.clone(),
+        base,
         reload_lock: tokio::sync::Mutex::new(()),
     });
+    let rebuilds = discovery
+        .clone()
+        .map(|state| crate::discovery::spawn_rebuilds(Arc::clone(&app), state));
     let admin = crate::admin::start(admin_bind, Arc::clone(&app))
         .await
         .with_context(|| format!("starting the admin listener on {admin_bind}"))?;
@@ -230,6 +296,12 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     admin.abort();
     upkeep.abort();
     tls_watch.abort();
+    if let Some(task) = rebuilds {
+        task.abort();
+    }
+    if let Some(discovery) = &discovery {
+        discovery.cleanup();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,112 @@
+//! `[[discovery]]` (catalog sources) and `[routing]` (how the catalog becomes routes).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::raw::S;
+
+pub use crate::defaults::{
+    DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, ROUTING_DEBOUNCE,
+    ROUTING_TCP_BIND,
+};
+
+/// One `[[discovery]]` source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    /// Unique name (default: the kind).
+    pub name: String,
+    pub source: DiscoverySource,
+}
+
+/// What a discovery source reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoverySource {
+    /// `kind = "static"`: `[[discovery.instances]]` in this file.
+    Static { instances: Vec<StaticInstance> },
+    /// `kind = "file"`: a directory of Consul-format definitions.
+    File {
+        /// Relative paths are resolved against the config file's folder.
+        dir: PathBuf,
+        poll_interval: Duration,
+    },
+    /// `kind = "etcd"`: definitions under a prefix.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+        request_timeout: Duration,
+    },
+}
+
+/// `[[discovery.instances]]`: one instance in Consul's field names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticInstance {
+    pub name: String,
+    /// Defaults to `name`.
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// `[routing]`: turning the catalog into routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// The HTTP listener discovered routes are attached to. `None` only when there is no
+    /// `[[discovery]]`; otherwise validation fills in the first HTTP listener.
+    pub listener: Option<String>,
+    /// A `[[policy]]` with `world = "routing"`; `None`: the embedded `urlprefix` policy.
+    pub policy: Option<String>,
+    /// Quiet time before a burst of catalog changes becomes one rebuild.
+    pub debounce: Duration,
+    /// The address TCP routes (`urlprefix-:PORT proto=tcp`) listen on, with their port.
+    pub tcp_bind: std::net::IpAddr,
+    /// Fabio-style manual commands applied, in order, to the policy's routes.
+    pub overrides: Vec<crate::overrides::RouteOverride>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            listener: None,
+            policy: None,
+            debounce: ROUTING_DEBOUNCE,
+            tcp_bind: ROUTING_TCP_BIND,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawDiscovery {
+    pub(crate) name: Option<S<String>>,
+    pub(crate) kind: S<String>,
+    pub(crate) dir: Option<S<String>>,
+    pub(crate) poll_interval: Option<S<String>>,
+    pub(crate) endpoints: Option<S<Vec<S<String>>>>,
+    pub(crate) prefix: Option<S<String>>,
+    pub(crate) request_timeout: Option<S<String>>,
+    pub(crate) instances: Option<S<Vec<S<RawStaticInstance>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawStaticInstance {
+    pub(crate) name: S<String>,
+    pub(crate) id: Option<S<String>>,
+    pub(crate) address: Option<S<String>>,
+    pub(crate) port: Option<S<i64>>,
+    pub(crate) tags: Option<Vec<String>>,
+    pub(crate) meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRouting {
+    pub(crate) listener: Option<S<String>>,
+    pub(crate) policy: Option<S<String>>,
+    pub(crate) debounce: Option<S<String>>,
+    pub(crate) tcp_bind: Option<S<String>>,
+    pub(crate) overrides: Option<S<String>>,
+}

@@ -1,0 +1,148 @@
+//! `[[discovery]]` and `[routing]`: defaults, kinds, and errors with their positions.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use sluice_config::{DiscoverySource, parse_str};
+
+#[test]
+fn sources_get_defaults_and_routing_takes_the_first_http_listener() {
+    let text = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[[discovery]]
+kind = "file"
+dir = "registry"
+
+[[discovery]]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:2379"]
+
+[[discovery]]
+name = "pinned"
+kind = "static"
+[[discovery.instances]]
+name = "web"
+address = "10.0.0.9"
+port = 8000
+tags = ["urlprefix-/legacy"]
+"#;
+    let cfg = parse_str("/etc/sluice/sluice.toml", text).expect("valid");
+    assert_eq!(cfg.discovery.len(), 3);
+    assert_eq!(cfg.discovery[0].name, "file");
+    assert_eq!(
+        cfg.discovery[0].source,
+        DiscoverySource::File {
+            dir: "/etc/sluice/registry".into(),
+            poll_interval: Duration::from_secs(1),
+        }
+    );
+    match &cfg.discovery[1].source {
+        DiscoverySource::Etcd {
+            prefix,
+            request_timeout,
+            ..
+        } => {
+            assert_eq!(prefix, "/sluice/services/");
+            assert_eq!(*request_timeout, Duration::from_secs(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &cfg.discovery[2].source {
+        DiscoverySource::Static { instances } => {
+            assert_eq!(instances[0].id, "web", "the id defaults to the name");
+            assert_eq!(instances[0].port, 8000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cfg.routing.listener.as_deref(), Some("web"));
+    assert_eq!(cfg.routing.policy, None);
+    assert_eq!(cfg.routing.debounce, Duration::from_millis(100));
+}
+
+#[test]
+fn discovery_errors_say_where() {
+    let text = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[[discovery]]
+kind = "fiel"
+
+[[discovery]]
+kind = "file"
+endpoints = ["http://x:1"]
+
+[[discovery]]
+kind = "etcd"
+endpoints = ["127.0.0.1:2379"]
+prefix = "/no-slash"
+
+[[discovery]]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:2379"]
+
+[[discovery]]
+kind = "static"
+[[discovery.instances]]
+name = "a/b"
+prot = 1
+
+[routing]
+listener = "wbe"
+policy = "nope"
+"#;
+    let shown = parse_str("bad.toml", text).unwrap_err().to_string();
+    let expect = [
+        "bad.toml:6:8: error: unknown discovery kind \"fiel\"",
+        "hint: did you mean \"file\"?",
+        "bad.toml:10:13: error: `endpoints` is only valid with kind = \"etcd\"",
+        "bad.toml:9:8: error: a file discovery source needs `dir`",
+        "bad.toml:14:14: error: invalid etcd endpoint `127.0.0.1:2379`",
+        "bad.toml:15:10: error: etcd prefix `/no-slash` must end with '/'",
+        "bad.toml:18:8: error: duplicate discovery source name `etcd`",
+        "bad.toml:24:8: error: invalid instance name `a/b`",
+        "bad.toml:25:1: error: unknown key `prot` in [discovery.instances]",
+        "hint: did you mean `port`?",
+        "bad.toml:23:1: error: static instance has no `port`",
+        "bad.toml:28:12: error: [routing] listener `wbe` is not an HTTP listener",
+        "hint: did you mean `web`?",
+        "bad.toml:29:10: error: [routing] refers to unknown policy `nope`",
+    ];
+    for e in expect {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+}
+
+#[test]
+fn override_errors_point_into_the_string() {
+    let text = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[routing]
+overrides = """
+route add web /web http://127.0.0.1:8001/ weight 0.2
+route add web /web http://db.local:1
+route del web /web tags "a"
+"""
+"#;
+    let shown = parse_str("bad.toml", text).unwrap_err().to_string();
+    for e in [
+        "bad.toml:8:20: error: in [routing] overrides: `http://db.local:1` is not `http://IP:PORT`",
+        "bad.toml:9:20: error: in [routing] overrides: `tags` is not supported in overrides",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+    let good = parse_str(
+        "good.toml",
+        &text
+            .replace("http://db.local:1", "http://127.0.0.1:1")
+            .replace(" tags \"a\"", ""),
+    )
+    .expect("valid");
+    assert_eq!(good.routing.overrides.len(), 3);
+}

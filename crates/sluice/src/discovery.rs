@@ -1,0 +1,1217 @@
+//! Discovery in the binary: the `[[discovery]]` sources feed a catalog (`sluice-discovery`);
+//! every new catalog runs the routing policy (the embedded `urlprefix` unless `[routing] policy`
+//! names one), whose routes become services and routes merged with the configuration file's.
+//! The merged configuration is applied through `Proxy::apply`, which builds every table off the
+//! data path and swaps it atomically — the same path a reload takes.
+//!
+//! Failure rules: a bad tag is logged (and counted) and skipped, never blocking the table; a
+//! route the proxy cannot serve yet (https, redirect, access rules, host=) is
+//! logged and skipped; a failing policy or a failed apply keeps the last good table.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_config::{
+    Config, DiscoverySource, FailureMode, HealthCheckConfig, HostMatch, InstanceConfig,
+    ListenerConfig, PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, RouteKey, RouteOverride,
+    ServiceConfig,
+};
+use sluice_discovery::CheckDefinition;
+use sluice_discovery::{Catalog, Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
+use sluice_kv::registry::ServiceDefinition;
+use sluice_kv::{EtcdOptions, WatchOptions};
+use sluice_policy_host::types;
+
+/// The `urlprefix` routing policy, compiled to `wasm32-wasip2` by `build.rs`.
+const URLPREFIX_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlprefix.wasm"));
+/// The name the embedded policy is loaded under (shown in `/api/policies`).
+pub(crate) const BUILTIN_ROUTING_POLICY: &str = "builtin-urlprefix";
+/// Deadline of one embedded-policy call: a catalog of 10k instances takes milliseconds, far
+/// above the per-call default meant for per-connection policies.
+const BUILTIN_POLICY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Memory cap of the embedded policy (large catalogs are copied into the guest).
+const BUILTIN_POLICY_MEMORY: usize = 128 << 20;
+/// Deadline for resolving one instance host name.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Metric names (docs/metrics.md).
+pub(crate) mod metric {
+    pub(crate) const CATALOG_INSTANCES: &str = "sluice_discovery_instances";
+    pub(crate) const CATALOG_STALE: &str = "sluice_discovery_stale";
+    pub(crate) const CATALOG_STALE_AGE: &str = "sluice_discovery_stale_age_seconds";
+    pub(crate) const INVALID_DOCUMENTS: &str = "sluice_discovery_invalid_documents";
+    pub(crate) const ROUTE_REBUILDS: &str = "sluice_route_rebuilds_total";
+    pub(crate) const ROUTE_REBUILD_DURATION: &str = "sluice_route_rebuild_duration_seconds";
+    pub(crate) const ROUTE_ERRORS: &str = "sluice_discovery_route_errors_total";
+    #[cfg(test)]
+    pub(crate) const ALL: &[&str] = &[
+        CATALOG_INSTANCES,
+        CATALOG_STALE,
+        CATALOG_STALE_AGE,
+        INVALID_DOCUMENTS,
+        ROUTE_REBUILDS,
+        ROUTE_REBUILD_DURATION,
+        ROUTE_ERRORS,
+    ];
+}
+
+/// Services and routes found by discovery, ready to merge with the file's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Discovered {
+    pub(crate) services: Vec<ServiceConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
+    /// Listeners for TCP routes (`urlprefix-:PORT proto=tcp`).
+    pub(crate) listeners: Vec<ListenerConfig>,
+}
+
+/// The outcome of the latest rebuild, for `/api/catalog`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RebuildReport {
+    pub(crate) catalog_version: u64,
+    pub(crate) result: &'static str,
+    pub(crate) routes: usize,
+    pub(crate) skipped: Vec<String>,
+    pub(crate) error: Option<String>,
+    /// The whole rebuild, and its parts: the policy call, translation (with name resolution),
+    /// and the proxy's apply (building and swapping every table).
+    pub(crate) duration_ms: f64,
+    pub(crate) policy_ms: f64,
+    pub(crate) translate_ms: f64,
+    pub(crate) apply_ms: f64,
+}
+
+/// The running discovery of one process.
+#[derive(Debug)]
+pub(crate) struct DiscoveryState {
+    pub(crate) discovery: Discovery,
+    /// What the embedded policy file was written as (removed at shutdown).
+    builtin_dir: Option<PathBuf>,
+    pub(crate) discovered: std::sync::Mutex<Arc<Discovered>>,
+    pub(crate) last_rebuild: std::sync::Mutex<Option<RebuildReport>>,
+    /// The `[[discovery]]` entries it was started with (changes need a restart).
+    pub(crate) started_with: Vec<sluice_config::DiscoveryConfig>,
+    /// A reload asks for a rebuild against the new file (its routes and services may differ).
+    pub(crate) rebuild_now: tokio::sync::Notify,
+}
+
+impl DiscoveryState {
+    /// Starts the sources of `cfg`; `None` when it has none.
+    pub(crate) fn start(cfg: &Config) -> anyhow::Result<Option<Arc<DiscoveryState>>> {
+        if cfg.discovery.is_empty() {
+            return Ok(None);
+        }
+        let sources = cfg.discovery.iter().map(source_config).collect();
+        let options = DiscoveryOptions {
+            debounce: cfg.routing.debounce,
+            ..DiscoveryOptions::default()
+        };
+        let discovery = Discovery::start(sources, options)?;
+        let builtin_dir = std::env::temp_dir().join(format!("sluice-{}", std::process::id()));
+        std::fs::create_dir_all(&builtin_dir)?;
+        std::fs::write(builtin_dir.join("urlprefix.wasm"), URLPREFIX_WASM)?;
+        Ok(Some(Arc::new(DiscoveryState {
+            discovery,
+            builtin_dir: Some(builtin_dir),
+            discovered: std::sync::Mutex::new(Arc::new(Discovered::default())),
+            last_rebuild: std::sync::Mutex::new(None),
+            started_with: cfg.discovery.clone(),
+            rebuild_now: tokio::sync::Notify::new(),
+        })))
+    }
+
+    /// The embedded policy's `[[policy]]` entry.
+    fn builtin_policy(&self) -> Option<PolicyConfig> {
+        Some(PolicyConfig {
+            name: BUILTIN_ROUTING_POLICY.to_owned(),
+            file: self.builtin_dir.as_ref()?.join("urlprefix.wasm"),
+            world: PolicyWorld::Routing,
+            config: json!({}),
+            limits: PolicyLimits {
+                timeout: BUILTIN_POLICY_TIMEOUT,
+                max_memory_bytes: BUILTIN_POLICY_MEMORY,
+            },
+            failure_mode: FailureMode::KeepLast,
+        })
+    }
+
+    pub(crate) fn discovered(&self) -> Arc<Discovered> {
+        self.discovered
+            .lock()
+            .map(|d| Arc::clone(&d))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn cleanup(&self) {
+        if let Some(dir) = &self.builtin_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// `GET /api/catalog`.
+    pub(crate) fn catalog_json(&self) -> serde_json::Value {
+        let catalog = self.discovery.current();
+        let now = Instant::now();
+        let age = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let sources: Vec<_> = catalog
+            .sources()
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "kind": s.kind.as_str(),
+                    "synced": s.synced,
+                    "stale": s.stale(),
+                    "age_seconds": age(s.stale_age(now)),
+                    "last_error": s.last_error,
+                    "instances": s.instances,
+                    "invalid": s.invalid.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "shadowed": s.shadowed,
+                })
+            })
+            .collect();
+        let instances: Vec<_> = catalog
+            .instances()
+            .map(|i| {
+                let source = catalog.sources().iter().find(|s| s.name == i.source);
+                json!({
+                    "id": i.id,
+                    "service": i.service,
+                    "address": i.address,
+                    "port": i.port,
+                    "tags": i.tags,
+                    "meta": i.meta,
+                    "checks": i.checks,
+                    "source": i.source,
+                    "origin": i.origin,
+                    "stale": source.is_some_and(|s| s.stale()),
+                    "age_seconds": age(source.and_then(|s| s.stale_age(now))),
+                })
+            })
+            .collect();
+        let last_rebuild = self.last_rebuild.lock().ok().and_then(|r| r.clone());
+        json!({
+            "version": catalog.version(),
+            "stale": catalog.stale(),
+            "age_seconds": age(catalog.stale_age(now)),
+            "sources": sources,
+            "instances": instances,
+            "last_rebuild": last_rebuild,
+        })
+    }
+
+    /// Sets the catalog gauges (on every change and at scrape time: ages grow by themselves).
+    pub(crate) fn refresh_gauges(&self) {
+        let catalog = self.discovery.current();
+        let now = Instant::now();
+        for source in catalog.sources() {
+            let name = source.name.clone();
+            metrics::gauge!(metric::CATALOG_INSTANCES, "source" => name.clone())
+                .set(source.instances as f64);
+            metrics::gauge!(metric::CATALOG_STALE, "source" => name.clone())
+                .set(if source.stale() { 1.0 } else { 0.0 });
+            metrics::gauge!(metric::CATALOG_STALE_AGE, "source" => name.clone())
+                .set(source.stale_age(now).map_or(0.0, |d| d.as_secs_f64()));
+            metrics::gauge!(metric::INVALID_DOCUMENTS, "source" => name)
+                .set(source.invalid.len() as f64);
+        }
+    }
+}
+
+/// Rebuilds the routes on every new catalog (and when a reload asks), until the process ends.
+pub(crate) fn spawn_rebuilds(
+    app: Arc<crate::run::App>,
+    state: Arc<DiscoveryState>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut catalogs = state.discovery.subscribe();
+        loop {
+            let catalog = Arc::clone(&catalogs.borrow_and_update());
+            state.refresh_gauges();
+            rebuild(&app, &state, catalog).await;
+            tokio::select! {
+                changed = catalogs.changed() => if changed.is_err() { return },
+                () = state.rebuild_now.notified() => {}
+            }
+        }
+    })
+}
+
+async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Catalog>) {
+    let started = Instant::now();
+    let base = app.base_config();
+    let policy = routing_policy_name(&base).to_owned();
+    let mut report = RebuildReport {
+        catalog_version: catalog.version(),
+        result: "ok",
+        routes: 0,
+        skipped: Vec::new(),
+        error: None,
+        duration_ms: 0.0,
+        policy_ms: 0.0,
+        translate_ms: 0.0,
+        apply_ms: 0.0,
+    };
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
+    match app.policies.routing(&policy) {
+        None => {
+            report.result = "policy_failed";
+            report.error = Some(format!("routing policy `{policy}` is not loaded"));
+        }
+        Some(handle) => {
+            let input = policy_input(&catalog);
+            let policy_started = Instant::now();
+            let outcome = tokio::task::spawn_blocking(move || handle.build_routes(&input)).await;
+            report.policy_ms = ms(policy_started);
+            match outcome {
+                Err(e) => {
+                    report.result = "policy_failed";
+                    report.error = Some(format!("routing policy task failed: {e}"));
+                }
+                Ok(sluice_policy_host::RoutingOutcome::KeepLast { error, .. }) => {
+                    report.result = "policy_failed";
+                    report.error = Some(format!("routing policy `{policy}` failed: {error}"));
+                }
+                Ok(sluice_policy_host::RoutingOutcome::Routes(table)) => {
+                    for error in &table.errors {
+                        tracing::warn!(
+                            instance = %error.instance_id,
+                            tag = %error.input,
+                            reason = %error.message,
+                            "discovery: tag skipped"
+                        );
+                        metrics::counter!(metric::ROUTE_ERRORS, "kind" => "tag").increment(1);
+                        report.skipped.push(format!(
+                            "instance `{}` tag `{}`: {}",
+                            error.instance_id, error.input, error.message
+                        ));
+                    }
+                    let listener = base.routing.listener.clone().unwrap_or_default();
+                    let held: Vec<u16> = state
+                        .discovered()
+                        .listeners
+                        .iter()
+                        .map(|l| l.bind.port())
+                        .collect();
+                    let translate_started = Instant::now();
+                    let mut routes = table.routes.clone();
+                    apply_overrides(&mut routes, &base.routing.overrides);
+                    let (discovered, skipped) =
+                        translate(&routes, &listener, &base, &catalog, &held).await;
+                    for reason in &skipped {
+                        tracing::warn!(%reason, "discovery: route skipped");
+                        metrics::counter!(metric::ROUTE_ERRORS, "kind" => "route").increment(1);
+                    }
+                    report.skipped.extend(skipped);
+                    report.routes = discovered.routes.len();
+                    report.translate_ms = ms(translate_started);
+                    let apply_started = Instant::now();
+                    // A catalog change that moves no route (meta, a check's text) applies
+                    // nothing: the running tables are already these.
+                    let applied = if *state.discovered() == discovered {
+                        report.result = "unchanged";
+                        Ok(())
+                    } else {
+                        app.apply_discovered(state, discovered).await.map(|_| ())
+                    };
+                    report.apply_ms = ms(apply_started);
+                    if let Err(e) = applied {
+                        report.result = "apply_failed";
+                        report.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    report.duration_ms = elapsed.as_secs_f64() * 1000.0;
+    metrics::counter!(metric::ROUTE_REBUILDS, "result" => report.result).increment(1);
+    metrics::histogram!(metric::ROUTE_REBUILD_DURATION).record(elapsed.as_secs_f64());
+    match &report.error {
+        None => tracing::info!(
+            catalog_version = report.catalog_version,
+            instances = catalog.len(),
+            routes = report.routes,
+            skipped = report.skipped.len(),
+            duration_ms = report.duration_ms,
+            "discovery: routes rebuilt"
+        ),
+        Some(error) => tracing::error!(
+            catalog_version = report.catalog_version,
+            %error,
+            "discovery: route rebuild failed; the last good table keeps serving"
+        ),
+    }
+    if let Ok(mut last) = state.last_rebuild.lock() {
+        *last = Some(report);
+    }
+}
+
+/// The policies to load: the file's, plus the embedded routing policy when discovery runs.
+pub(crate) fn effective_policies(
+    cfg: &Config,
+    discovery: Option<&DiscoveryState>,
+) -> Vec<PolicyConfig> {
+    let mut policies = cfg.policies.clone();
+    if let Some(builtin) = discovery.and_then(DiscoveryState::builtin_policy) {
+        policies.push(builtin);
+    }
+    policies
+}
+
+/// The routing policy `cfg` asks for.
+pub(crate) fn routing_policy_name(cfg: &Config) -> &str {
+    cfg.routing
+        .policy
+        .as_deref()
+        .unwrap_or(BUILTIN_ROUTING_POLICY)
+}
+
+fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfig {
+    let spec = match &cfg.source {
+        DiscoverySource::Static { instances } => SourceSpec::Static(
+            instances
+                .iter()
+                .map(|i| ServiceDefinition {
+                    name: i.name.clone(),
+                    id: i.id.clone(),
+                    address: i.address.clone(),
+                    port: i.port,
+                    tags: i.tags.clone(),
+                    meta: i.meta.clone(),
+                    check: None,
+                    checks: Vec::new(),
+                    extra: BTreeMap::new(),
+                })
+                .collect(),
+        ),
+        DiscoverySource::File { dir, poll_interval } => SourceSpec::File {
+            dir: dir.clone(),
+            watch: WatchOptions {
+                poll_interval: *poll_interval,
+                ..WatchOptions::default()
+            },
+        },
+        DiscoverySource::Etcd {
+            endpoints,
+            prefix,
+            request_timeout,
+        } => SourceSpec::Etcd {
+            endpoints: endpoints.clone(),
+            prefix: prefix.clone(),
+            client: EtcdOptions {
+                request_timeout: *request_timeout,
+            },
+            watch: WatchOptions::default(),
+        },
+    };
+    SourceConfig {
+        name: cfg.name.clone(),
+        spec,
+    }
+}
+
+/// The catalog as the routing world sees it.
+pub(crate) fn policy_input(catalog: &Catalog) -> Vec<types::Instance> {
+    catalog
+        .instances()
+        .map(|i| types::Instance {
+            id: i.id.clone(),
+            service: i.service.clone(),
+            address: i.address.clone(),
+            port: i.port,
+            tags: i.tags.clone(),
+            metadata: i.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            // The catalog carries no check results yet: presence means registered healthy
+            // (docs/registry-format.md), so nothing is `critical`.
+            health: types::HealthStatus::Unknown,
+        })
+        .collect()
+}
+
+/// Turns the policy's routes into services and routes on `listener`; returns what it skipped.
+pub(crate) async fn translate(
+    routes: &[types::Route],
+    listener: &str,
+    base: &Config,
+    catalog: &Catalog,
+    held_ports: &[u16],
+) -> (Discovered, Vec<String>) {
+    let mut skipped = Vec::new();
+    // (service, route label, targets, TCP port) of each route in `out_routes`.
+    let mut per_route: Vec<PendingRoute> = Vec::new();
+    let mut out_routes = Vec::new();
+    let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
+    for route in routes {
+        let label = format!(
+            "{}{}",
+            route.host.as_deref().unwrap_or(""),
+            if route.path_prefix.is_empty() {
+                route
+                    .listen_port
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
+            } else {
+                route.path_prefix.clone()
+            }
+        );
+        let mixed = route.targets.iter().any(|t| t.service != route.service);
+        let unsupported = match route.protocol {
+            types::Protocol::Tcp if route.listen_port.is_none() => {
+                Some("a TCP route needs a `:PORT`")
+            }
+            types::Protocol::Tcp => tcp_port_problem(route.listen_port, base, held_ports),
+            types::Protocol::Https => Some("proto=https (TLS to instances) is not served yet"),
+            types::Protocol::Http if route.redirect.is_some() => {
+                Some("redirect= is not served yet")
+            }
+            // Serving the route without its access rules would open it to everyone.
+            types::Protocol::Http if !route.access.is_empty() => {
+                Some("allow=/deny= rules are not enforced yet, so the route is not served")
+            }
+            types::Protocol::Http if route.upstream_host.is_some() => {
+                Some("host= is not served yet")
+            }
+            types::Protocol::Http if !route.path_prefix.starts_with('/') => {
+                Some("the path does not start with '/'")
+            }
+            types::Protocol::Http => None,
+        };
+        if let Some(reason) = unsupported {
+            skipped.push(format!(
+                "route `{label}` of service `{}`: {reason}",
+                route.service
+            ));
+            continue;
+        }
+        let host = match route.host.as_deref() {
+            None => HostMatch::Any,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(rest) => HostMatch::Wildcard(rest.to_ascii_lowercase()),
+                None => HostMatch::Exact(h.to_ascii_lowercase()),
+            },
+        };
+        let tcp_port = route
+            .listen_port
+            .filter(|_| route.protocol == types::Protocol::Tcp);
+        let duplicate_of_file = tcp_port.is_none()
+            && base
+                .routes
+                .iter()
+                .any(|r| r.listener == listener && r.host == host && r.path == route.path_prefix);
+        if duplicate_of_file {
+            skipped.push(format!(
+                "route `{label}` of service `{}`: the configuration file defines this route; the file wins",
+                route.service
+            ));
+            continue;
+        }
+        let mut instances: Vec<InstanceConfig> = Vec::new();
+        for target in &route.targets {
+            if target.weight <= 0.0 {
+                continue;
+            }
+            let key = (target.address.clone(), target.port);
+            let address = match resolved.get(&key) {
+                Some(found) => *found,
+                None => {
+                    let found = resolve(&target.address, target.port).await;
+                    if found.is_none() {
+                        skipped.push(format!(
+                            "instance `{}` of service `{}`: cannot resolve `{}`",
+                            target.instance_id, target.service, target.address
+                        ));
+                    }
+                    resolved.insert(key, found);
+                    found
+                }
+            };
+            let Some(address) = address else { continue };
+            if instances.iter().any(|i| i.address == address) {
+                continue;
+            }
+            instances.push(InstanceConfig {
+                address,
+                // Shares in [0, 1] onto the proxy's integer weights (1..=10000).
+                weight: ((target.weight * 10_000.0).round() as u32).clamp(1, 10_000),
+            });
+        }
+        out_routes.push(RouteConfig {
+            name: format!("discovered:{label}"),
+            listener: listener.to_owned(),
+            host,
+            path: route.path_prefix.clone(),
+            strip: route.strip.clone(),
+            prepend: route
+                .prepend
+                .as_ref()
+                .map(|p| p.trim_end_matches('/').to_owned()),
+            service: route.service.clone(),
+        });
+        instances.sort_by_key(|i| i.address);
+        per_route.push((route.service.clone(), label, instances, tcp_port, mixed));
+    }
+    // Routes of one service usually target all its instances: one proxy service. When tags
+    // give its routes different target sets (instance a: `/a`, instance b: `/b`), each set
+    // is its own proxy service, `<service>@<route>`, so a route reaches only its targets.
+    let mut sets: BTreeMap<&str, Vec<&Vec<InstanceConfig>>> = BTreeMap::new();
+    for (service, _, instances, _, _) in &per_route {
+        let known = sets.entry(service.as_str()).or_default();
+        if !known.contains(&instances) {
+            known.push(instances);
+        }
+    }
+    let mut services: BTreeMap<String, (String, Vec<InstanceConfig>)> = BTreeMap::new();
+    for (route, (service, label, instances, _, mixed)) in out_routes.iter_mut().zip(&per_route) {
+        // A route mixing services is always its own proxy service: it is not `service`.
+        let name = if *mixed || sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
+            format!("{service}@{label}")
+        } else {
+            service.clone()
+        };
+        route.service = name.clone();
+        services
+            .entry(name)
+            .or_insert_with(|| (service.clone(), instances.clone()));
+    }
+    // TCP routes become listeners of their own (`urlprefix-:PORT proto=tcp`).
+    let mut listeners = Vec::new();
+    let mut http_routes = Vec::with_capacity(out_routes.len());
+    for (route, (_, _, _, tcp_port, _)) in out_routes.into_iter().zip(&per_route) {
+        match tcp_port {
+            None => http_routes.push(route),
+            Some(port) => match tcp_listener(base, *port, &route.service) {
+                Some(listener) => listeners.push(listener),
+                None => skipped.push(format!("route `:{port}`: no default TCP listener settings")),
+            },
+        }
+    }
+    let mut out_routes = http_routes;
+    let checks = declared_checks(catalog);
+    let mut out_services = Vec::with_capacity(services.len());
+    for (name, (service, mut instances)) in services {
+        // A [[service]] of the same name in the file gives the settings and keeps its own
+        // instances; discovered ones are added.
+        let template = base.service(&service).cloned().inspect(|file| {
+            for own in file.instances.iter().rev() {
+                if !instances.iter().any(|i| i.address == own.address) {
+                    instances.insert(0, own.clone());
+                }
+            }
+        });
+        let template = template.or_else(|| default_service(&service)).map(|mut t| {
+            t.name = name.clone();
+            t
+        });
+        match template {
+            Some(mut template) => {
+                // The file's [service.health] wins; otherwise the registrations' own check.
+                if template.health.is_none() {
+                    match declared_check(&checks, &service) {
+                        Some(Ok(health)) => template.health = Some(health),
+                        Some(Err(reason)) => skipped.push(format!(
+                            "health check of service `{name}`: {reason}; the service runs without one"
+                        )),
+                        None => {}
+                    }
+                }
+                out_services.push(ServiceConfig {
+                    instances,
+                    ..template
+                });
+            }
+            None => {
+                // Only if sluice-config's own defaults stopped validating.
+                skipped.push(format!("service `{name}`: no default service settings"));
+                out_routes.retain(|r| r.service != name);
+                listeners.retain(|l| l.tcp.as_ref().is_none_or(|t| t.service != name));
+            }
+        }
+    }
+    (
+        Discovered {
+            services: out_services,
+            routes: out_routes,
+            listeners,
+        },
+        skipped,
+    )
+}
+
+/// (service, route label, targets, TCP port, mixed) of a route being translated; `mixed`: the
+/// targets belong to several services (a weighted canary).
+type PendingRoute = (String, String, Vec<InstanceConfig>, Option<u16>, bool);
+
+/// The file's configuration plus what discovery found. A discovered service named like a file
+/// service takes the file's settings and adds its instances to the file's.
+pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
+    let mut merged = base.clone();
+    for service in &discovered.services {
+        match merged.services.iter_mut().find(|s| s.name == service.name) {
+            Some(existing) => {
+                for instance in &service.instances {
+                    if !existing
+                        .instances
+                        .iter()
+                        .any(|i| i.address == instance.address)
+                    {
+                        existing.instances.push(instance.clone());
+                    }
+                }
+            }
+            None => merged.services.push(service.clone()),
+        }
+    }
+    merged.routes.extend(discovered.routes.iter().cloned());
+    merged
+        .listeners
+        .extend(discovered.listeners.iter().cloned());
+    merged
+}
+
+/// The active check for service `name`: the first check declared by its first instance (by
+/// id) that declares one. `None` when none does.
+///
+/// The proxy runs one check per service against every instance, so a check's own host is not
+/// used: Consul's `"tcp": "localhost:8000"` is written from inside the registrant, where
+/// `localhost` is the instance itself. A port different from the instance's becomes the check
+/// port (a separate status port). The translation goes through `sluice-config` so the check
+/// gets exactly the defaults and validation of a `[service.health]` table.
+fn declared_check(
+    checks: &BTreeMap<&str, (&CheckDefinition, u16)>,
+    name: &str,
+) -> Option<Result<HealthCheckConfig, String>> {
+    let (check, port) = checks.get(name)?;
+    Some(cached_health_from_check(check, *port))
+}
+
+/// Each service's first declared check with its instance's port (instances come ordered by
+/// id), indexed once per rebuild instead of scanning the catalog per service.
+fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, (&CheckDefinition, u16)> {
+    let mut checks = BTreeMap::new();
+    for instance in catalog.instances() {
+        if let Some(check) = instance.checks.first() {
+            checks
+                .entry(instance.service.as_str())
+                .or_insert((check, instance.port));
+        }
+    }
+    checks
+}
+
+/// [`health_from_check`], remembered: a rebuild re-translates every service's check, and
+/// parsing one through sluice-config costs far more than looking it up. Bounded: cleared when
+/// it holds more entries than a large catalog has services.
+fn cached_health_from_check(
+    check: &CheckDefinition,
+    instance_port: u16,
+) -> Result<HealthCheckConfig, String> {
+    type Cache = std::sync::Mutex<BTreeMap<(String, u16), Result<HealthCheckConfig, String>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    const MAX_ENTRIES: usize = 100_000;
+    let key = (
+        serde_json::to_string(check).unwrap_or_default(),
+        instance_port,
+    );
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return found;
+    }
+    let result = health_from_check(check, instance_port);
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, result.clone());
+    }
+    result
+}
+
+fn health_from_check(
+    check: &CheckDefinition,
+    instance_port: u16,
+) -> Result<HealthCheckConfig, String> {
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    let mut table = String::from("[[service]]\nname = \"check\"\n[service.health]\n");
+    let port_of = |authority: &str| {
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    let port = if let Some(url) = &check.http {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{url}`: only http:// checks are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, "/"),
+        };
+        table.push_str(&format!("kind = \"http\"\npath = {}\n", quote(path)));
+        port_of(authority).or(Some(80))
+    } else if let Some(target) = &check.tcp {
+        table.push_str("kind = \"tcp\"\n");
+        port_of(target)
+    } else if !check.args.is_empty() {
+        let args: Vec<String> = check.args.iter().map(|a| quote(a)).collect();
+        table.push_str(&format!(
+            "kind = \"command\"\nargs = [{}]\n",
+            args.join(", ")
+        ));
+        None
+    } else {
+        return Err("the check has none of http, tcp, args".into());
+    };
+    if let Some(port) = port.filter(|p| *p != instance_port) {
+        table.push_str(&format!("port = {port}\n"));
+    }
+    // Consul's durations are Go's ("10s", "1500ms"): the same text humantime reads.
+    if let Some(interval) = &check.interval {
+        table.push_str(&format!("interval = {}\n", quote(interval)));
+    }
+    if let Some(timeout) = &check.timeout {
+        table.push_str(&format!("timeout = {}\n", quote(timeout)));
+    }
+    let origin = if check.id.is_empty() {
+        "check"
+    } else {
+        check.id.as_str()
+    };
+    sluice_config::parse_str(Path::new(origin), &table)
+        .map_err(|diags| diags.to_string().replace('\n', " "))?
+        .services
+        .into_iter()
+        .next()
+        .and_then(|s| s.health)
+        .ok_or_else(|| "no check".to_owned())
+}
+
+/// Applies `[routing] overrides` (Fabio's `route add|del|weight`) in order to the policy's
+/// routes. Shares are kept summing to 1: a fixed `weight` gives the service that share of the
+/// route, split evenly among its targets, and the other targets share the rest in their
+/// previous proportions; removing targets rescales the remaining ones.
+pub(crate) fn apply_overrides(routes: &mut Vec<types::Route>, overrides: &[RouteOverride]) {
+    let matches = |route: &types::Route, key: &RouteKey| {
+        route.protocol != types::Protocol::Tcp
+            && route.host.as_deref() == key.host.as_deref()
+            && route.path_prefix == key.path
+    };
+    for command in overrides {
+        match command {
+            RouteOverride::Add {
+                service,
+                route: key,
+                target,
+                weight,
+            } => {
+                let index = match routes.iter().position(|r| matches(r, key)) {
+                    Some(index) => index,
+                    None => {
+                        routes.push(types::Route {
+                            host: key.host.clone(),
+                            path_prefix: key.path.clone(),
+                            listen_port: None,
+                            service: service.clone(),
+                            targets: Vec::new(),
+                            strip: None,
+                            prepend: None,
+                            protocol: types::Protocol::Http,
+                            tls: types::TlsOptions { skip_verify: false },
+                            upstream_host: None,
+                            redirect: None,
+                            access: Vec::new(),
+                        });
+                        routes.len() - 1
+                    }
+                };
+                let route = &mut routes[index];
+                let already = route.targets.iter().any(|t| {
+                    t.service == *service
+                        && t.port == target.port()
+                        && t.address == target.ip().to_string()
+                });
+                if !already {
+                    let count = route.targets.len() as f64;
+                    route.targets.push(types::RouteTarget {
+                        instance_id: format!("override:{target}"),
+                        service: service.clone(),
+                        address: target.ip().to_string(),
+                        port: target.port(),
+                        // An equal share until a weight says otherwise.
+                        weight: 1.0 / (count + 1.0),
+                    });
+                }
+                match weight {
+                    Some(weight) => set_share(route, service, *weight),
+                    None => normalise(route),
+                }
+            }
+            RouteOverride::Del {
+                service,
+                route: key,
+                target,
+            } => {
+                for route in routes.iter_mut() {
+                    if key.as_ref().is_some_and(|k| !matches(route, k)) {
+                        continue;
+                    }
+                    route.targets.retain(|t| {
+                        t.service != *service
+                            || target.is_some_and(|a| {
+                                t.port != a.port() || t.address != a.ip().to_string()
+                            })
+                    });
+                    normalise(route);
+                }
+                routes.retain(|r| !r.targets.is_empty());
+            }
+            RouteOverride::Weight {
+                service,
+                route: key,
+                weight,
+            } => {
+                for route in routes.iter_mut().filter(|r| matches(r, key)) {
+                    set_share(route, service, *weight);
+                }
+            }
+        }
+    }
+}
+
+/// Scales a route's shares to sum to 1 (equal shares when they sum to 0).
+fn normalise(route: &mut types::Route) {
+    let sum: f64 = route.targets.iter().map(|t| t.weight).sum();
+    let count = route.targets.len() as f64;
+    for target in &mut route.targets {
+        target.weight = if sum > 0.0 {
+            target.weight / sum
+        } else {
+            1.0 / count
+        };
+    }
+}
+
+/// Gives `service`'s targets `share` of the route in total; the others share `1 - share`.
+fn set_share(route: &mut types::Route, service: &str, share: f64) {
+    let (mine, others): (Vec<usize>, Vec<usize>) =
+        (0..route.targets.len()).partition(|&i| route.targets[i].service == service);
+    if mine.is_empty() {
+        return;
+    }
+    let others_sum: f64 = others.iter().map(|&i| route.targets[i].weight).sum();
+    let share = if others.is_empty() { 1.0 } else { share };
+    for &i in &mine {
+        route.targets[i].weight = share / mine.len() as f64;
+    }
+    for &i in &others {
+        let previous = route.targets[i].weight;
+        route.targets[i].weight = if others_sum > 0.0 {
+            (1.0 - share) * previous / others_sum
+        } else {
+            (1.0 - share) / others.len() as f64
+        };
+    }
+}
+
+/// Why `port` cannot take a discovered TCP listener, if it cannot. A port the file's listeners
+/// or the admin API use is refused; so is one another process holds, checked by binding it
+/// now — an apply that fails to bind would keep the whole previous table, so one bad tag must
+/// not get that far. Ports the last discovered table already holds are ours and skip the test.
+fn tcp_port_problem(port: Option<u16>, base: &Config, held: &[u16]) -> Option<&'static str> {
+    let port = port?;
+    let ip = base.routing.tcp_bind;
+    if base.admin.bind.port() == port || base.listeners.iter().any(|l| l.bind.port() == port) {
+        return Some("the port is used by a listener of the configuration file (or the admin API)");
+    }
+    if !held.contains(&port) && std::net::TcpListener::bind((ip, port)).is_err() {
+        return Some("the port cannot be bound (in use by another process, or not permitted)");
+    }
+    None
+}
+
+/// A TCP listener with every default on `[routing] tcp_bind`:`port`, relaying to `service`.
+fn tcp_listener(base: &Config, port: u16, service: &str) -> Option<ListenerConfig> {
+    static TEMPLATE: std::sync::OnceLock<Option<ListenerConfig>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        sluice_config::parse_str(
+            Path::new("<discovery defaults>"),
+            "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nservice = \"s\"\n\
+             [[service]]\nname = \"s\"\n",
+        )
+        .ok()
+        .and_then(|cfg| cfg.listeners.into_iter().next())
+    });
+    let mut listener = template.clone()?;
+    listener.name = format!("discovered-tcp-{port}");
+    listener.bind = SocketAddr::new(base.routing.tcp_bind, port);
+    listener.tcp.as_mut()?.service = service.to_owned();
+    Some(listener)
+}
+
+/// A service with every default, as `[[service]] name = "..."` alone would give. Parsed from
+/// the smallest valid file so the defaults stay exactly those of sluice-config.
+fn default_service(name: &str) -> Option<ServiceConfig> {
+    static TEMPLATE: std::sync::OnceLock<Option<ServiceConfig>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        sluice_config::parse_str(
+            Path::new("<discovery defaults>"),
+            "[[service]]\nname = \"template\"\n",
+        )
+        .ok()
+        .and_then(|cfg| cfg.services.into_iter().next())
+    });
+    let mut service = template.clone()?;
+    service.name = name.to_owned();
+    Some(service)
+}
+
+async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    if address.is_empty() {
+        return None;
+    }
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((address, port))).await {
+        Ok(Ok(mut found)) => found.next(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(json: &str) -> CheckDefinition {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn consul_checks_become_health_checks() {
+        let tcp = health_from_check(
+            &check(r#"{"tcp": "localhost:8000", "interval": "30s", "timeout": "20s"}"#),
+            8000,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(tcp.kind, sluice_config::CheckKind::Tcp { .. }),
+            "{tcp:?}"
+        );
+        assert_eq!(
+            (tcp.interval, tcp.timeout),
+            (Duration::from_secs(30), Duration::from_secs(20))
+        );
+        assert_eq!(tcp.port, None, "same port as the instance");
+
+        let http = health_from_check(
+            &check(r#"{"http": "http://127.0.0.1:9000/status/health", "interval": "5s"}"#),
+            8000,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        match &http.kind {
+            sluice_config::CheckKind::Http { path, .. } => assert_eq!(path, "/status/health"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(http.port, Some(9000), "a separate status port");
+
+        let args = health_from_check(
+            &check(r#"{"args": ["/bin/sh", "-c", "test -f \"ready\""], "interval": "10s", "timeout": "2000ms"}"#),
+            27017,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        match &args.kind {
+            sluice_config::CheckKind::Command { args } => {
+                assert_eq!(args, &["/bin/sh", "-c", "test -f \"ready\""])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(args.timeout, Duration::from_secs(2));
+
+        let bad = health_from_check(&check(r#"{"tcp": "x:1", "interval": "soon"}"#), 1)
+            .expect_err("bad duration");
+        assert!(bad.contains("invalid duration"), "{bad}");
+        let none = health_from_check(&check("{}"), 1).expect_err("nothing to probe");
+        assert!(none.contains("none of"), "{none}");
+    }
+
+    fn route(path: &str, service: &str, ports: &[u16]) -> types::Route {
+        types::Route {
+            host: None,
+            path_prefix: path.into(),
+            listen_port: None,
+            service: service.into(),
+            targets: ports
+                .iter()
+                .map(|port| types::RouteTarget {
+                    instance_id: format!("{service}-{port}"),
+                    service: service.into(),
+                    address: "127.0.0.1".into(),
+                    port: *port,
+                    weight: 1.0 / ports.len() as f64,
+                })
+                .collect(),
+            strip: None,
+            prepend: None,
+            protocol: types::Protocol::Http,
+            tls: types::TlsOptions { skip_verify: false },
+            upstream_host: None,
+            redirect: None,
+            access: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_become_services_split_by_target_set_and_the_file_wins() {
+        let base = sluice_config::parse_str(
+            "t.toml",
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n\
+             [[route]]\npath = \"/file\"\nservice = \"api\"\n\
+             [[service]]\nname = \"api\"\ninstances = [\"127.0.0.1:9\"]\ntimeouts = { connect = \"250ms\" }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tcp_route = |port: u16| {
+            let mut tcp = route("", "db", &[5432]);
+            tcp.protocol = types::Protocol::Tcp;
+            tcp.listen_port = Some(port);
+            tcp
+        };
+        let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap_or_else(|e| panic!("{e}"));
+        let busy_port = busy.local_addr().map(|a| a.port()).unwrap_or_default();
+        let free_port = std::net::TcpListener::bind("0.0.0.0:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_default();
+        let mut guarded = route("/admin", "web", &[1, 2]);
+        guarded.access = vec![types::AccessRule {
+            action: types::AccessAction::Allow,
+            cidr: "10.0.0.0/8".into(),
+        }];
+        let routes = [
+            route("/a", "web", &[1]),
+            route("/b", "web", &[2]),
+            route("/api", "api", &[3, 4]),
+            route("/file", "api", &[3, 4]),
+            tcp_route(busy_port),
+            tcp_route(free_port),
+            guarded,
+        ];
+        let (found, skipped) = translate(&routes, "web", &base, &Catalog::empty(), &[]).await;
+        let services: Vec<(&str, Vec<u16>)> = found
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.instances.iter().map(|i| i.address.port()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            services,
+            [
+                ("api", vec![9, 3, 4]),
+                ("db", vec![5432]),
+                ("web@/a", vec![1]),
+                ("web@/b", vec![2])
+            ],
+            "one service per distinct target set; the file's api keeps its instance"
+        );
+        let api = found
+            .services
+            .iter()
+            .find(|s| s.name == "api")
+            .unwrap_or_else(|| panic!("api"));
+        assert_eq!(
+            api.timeouts.connect,
+            Duration::from_millis(250),
+            "the file's settings"
+        );
+        let routes: Vec<(&str, &str)> = found
+            .routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.service.as_str()))
+            .collect();
+        assert_eq!(
+            routes,
+            [("/a", "web@/a"), ("/b", "web@/b"), ("/api", "api")]
+        );
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].contains("the file wins"), "{skipped:?}");
+        assert!(skipped[1].contains("cannot be bound"), "{skipped:?}");
+        assert_eq!(found.listeners.len(), 1);
+        assert_eq!(found.listeners[0].bind.port(), free_port);
+        assert_eq!(
+            found.listeners[0].tcp.as_ref().map(|t| t.service.as_str()),
+            Some("db")
+        );
+        assert!(skipped[2].contains("not enforced yet"), "{skipped:?}");
+        let merged = merge(&base, &found);
+        assert_eq!(merged.routes.len(), 4);
+        assert_eq!(merged.services.len(), 4);
+        assert_eq!(merged.listeners.len(), 2);
+        drop(busy);
+    }
+
+    #[test]
+    fn overrides_add_delete_and_reweight() {
+        let parse = |text: &str| {
+            sluice_config::parse_str(
+                "o.toml",
+                &format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n[routing]\noverrides = \"\"\"\n{text}\"\"\"\n"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+            .routing
+            .overrides
+        };
+        let mut routes = vec![route("/web", "web", &[1, 2]), route("/old", "old", &[3])];
+        apply_overrides(
+            &mut routes,
+            &parse(
+                "route add canary /web http://127.0.0.1:9/ weight 0.1\n\
+                 route del old\n\
+                 route add api /api http://127.0.0.1:7\n\
+                 route del web /web http://127.0.0.1:2\n",
+            ),
+        );
+        let shares: Vec<(&str, Vec<(u16, f64)>)> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.path_prefix.as_str(),
+                    r.targets
+                        .iter()
+                        .map(|t| (t.port, (t.weight * 1000.0).round() / 1000.0))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("/web", vec![(1, 0.818), (9, 0.182)]),
+                ("/api", vec![(7, 1.0)])
+            ],
+            "the canary had 0.1 next to two web targets (0.45 each); deleting one rescales the rest in proportion"
+        );
+        apply_overrides(&mut routes, &parse("route weight canary /web weight 0.2\n"));
+        let web: Vec<f64> = routes[0]
+            .targets
+            .iter()
+            .map(|t| (t.weight * 1000.0).round() / 1000.0)
+            .collect();
+        assert_eq!(web, [0.8, 0.2]);
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../../docs/metrics.md");
+        for name in metric::ALL {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+    }
+}
