@@ -96,11 +96,13 @@ start_proxies() {
   mkdir -p "$work/nginx"
   cat > "$work/nginx/nginx.conf" <<EOF
 worker_processes 1;
-worker_rlimit_nofile $((conns * 2));
+worker_rlimit_nofile $((IDLE * 2 + 1024));
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;
-events { worker_connections $conns; }
+# nginx starts closing idle connections when fewer than 1/16 of worker_connections are free:
+# twice the idle count keeps it from doing that during the idle test.
+events { worker_connections $((IDLE * 2)); }
 http {
   access_log off;
   keepalive_requests 1000000;

@@ -627,7 +627,11 @@ pub(crate) async fn translate(
                 // Only if sluice-config's own defaults stopped validating.
                 skipped.push(format!("service `{name}`: no default service settings"));
                 out_routes.retain(|r| r.service != name);
-                listeners.retain(|l| l.tcp.as_ref().is_none_or(|t| t.service != name));
+                listeners.retain(|l| {
+                    l.tcp
+                        .as_ref()
+                        .is_none_or(|t| t.service.as_deref() != Some(name.as_str()))
+                });
             }
         }
     }
@@ -946,7 +950,7 @@ fn tcp_listener(base: &Config, port: u16, service: &str) -> Option<ListenerConfi
     let mut listener = template.clone()?;
     listener.name = format!("discovered-tcp-{port}");
     listener.bind = SocketAddr::new(base.routing.tcp_bind, port);
-    listener.tcp.as_mut()?.service = service.to_owned();
+    listener.tcp.as_mut()?.service = Some(service.to_owned());
     Some(listener)
 }
 
@@ -1143,7 +1147,10 @@ mod tests {
         assert_eq!(found.listeners.len(), 1);
         assert_eq!(found.listeners[0].bind.port(), free_port);
         assert_eq!(
-            found.listeners[0].tcp.as_ref().map(|t| t.service.as_str()),
+            found.listeners[0]
+                .tcp
+                .as_ref()
+                .and_then(|t| t.service.as_deref()),
             Some("db")
         );
         assert!(skipped[2].contains("not enforced yet"), "{skipped:?}");

@@ -5,8 +5,8 @@
 //! policy world a module implements and tries it; `sluice --version`.
 
 mod admin;
-mod kv;
 mod discovery;
+mod kv;
 mod policies;
 mod run;
 mod tls_watch;
