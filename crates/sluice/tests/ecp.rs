@@ -11,13 +11,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use sluice_policy_test_artifacts::ECP_AUTHZ;
-use sluice_test_support::{
-    MirrorMember, MirrorRole, SluiceProcess, eventually, http_get, require_tool,
-};
+use sluice_test_support::{MirrorMember, MirrorRole, SluiceProcess, http_get, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const EXAMPLE: &str = include_str!("../../../examples/ecp/sluice.toml");
@@ -49,44 +47,17 @@ fn example_config(dir: &Path) -> String {
 /// the data server's greeting, or "" when Sluice closed the connection.
 fn app_connects(dir: &Path, app: &str) -> String {
     let certs = dir.join("certs");
-    let out = Command::new(require_tool("timeout"))
-        .args([
-            "3",
-            "openssl",
-            "s_client",
-            "-quiet",
-            "-connect",
-            "127.0.0.20:1972",
-        ])
-        .args(["-servername", "datasrv", "-verify_return_error", "-CAfile"])
-        .arg(certs.join("ca.pem"))
-        .arg("-cert")
-        .arg(certs.join(format!("{app}.pem")))
-        .arg("-key")
-        .arg(certs.join(format!("{app}.key")))
-        .arg("-ign_eof")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    sluice_test_support::s_client_first_line(
+        "127.0.0.20:1972".parse().unwrap(),
+        "datasrv",
+        &certs.join("ca.pem"),
+        &certs.join(format!("{app}.pem")),
+        &certs.join(format!("{app}.key")),
+    )
 }
 
-fn eventually_true(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let what = what.to_owned();
-    rt.block_on(eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || {
-            let r = check().map_err(|e| format!("{what}: {e}"));
-            async move { r }
-        },
-    ));
+fn eventually_true(what: &str, check: impl FnMut() -> Result<(), String>) {
+    sluice_test_support::eventually_blocking(what, Duration::from_secs(10), check);
 }
 
 #[test]

@@ -5,60 +5,27 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use sluice_test_support::certs::{Leaf, TestCa};
 use sluice_test_support::etcd::Etcd;
-use sluice_test_support::{
-    MirrorMember, MirrorRole, SluiceProcess, eventually, free_port, http_get, require_tool,
-};
+use sluice_test_support::{MirrorMember, MirrorRole, SluiceProcess, free_port, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// The first line a TLS client reads from `addr` (empty when the proxy closed the connection).
 fn s_client_first_line(addr: SocketAddr, ca: &TestCa, client: &str) -> String {
-    require_tool("openssl");
-    let out = Command::new(require_tool("timeout"))
-        .args([
-            "3",
-            "openssl",
-            "s_client",
-            "-quiet",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "data.test",
-            "-CAfile",
-        ])
-        .arg(&ca.ca_path)
-        .arg("-cert")
-        .arg(ca.dir().join(format!("{client}.pem")))
-        .arg("-key")
-        .arg(ca.dir().join(format!("{client}.key")))
-        .arg("-ign_eof")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    sluice_test_support::s_client_first_line(
+        addr,
+        "data.test",
+        &ca.ca_path,
+        &ca.dir().join(format!("{client}.pem")),
+        &ca.dir().join(format!("{client}.key")),
+    )
 }
 
-fn eventually_true(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let what = what.to_owned();
-    rt.block_on(eventually(
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        || {
-            let r = check().map_err(|e| format!("{what}: {e}"));
-            async move { r }
-        },
-    ));
+fn eventually_true(what: &str, check: impl FnMut() -> Result<(), String>) {
+    sluice_test_support::eventually_blocking(what, Duration::from_secs(15), check);
 }
 
 fn metrics(admin: SocketAddr) -> String {

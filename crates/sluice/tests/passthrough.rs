@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sluice_test_support::certs::{CertFiles, Leaf, TestCa};
-use sluice_test_support::{SluiceProcess, eventually, free_port, http_get, require_tool};
+use sluice_test_support::{SluiceProcess, free_port, http_get, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -79,17 +79,8 @@ fn s_client(addr: SocketAddr, sni: &str, ca: &TestCa) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn eventually_true(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let what = what.to_owned();
-    rt.block_on(eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let r = check().map_err(|e| format!("{what}: {e}"));
-            async move { r }
-        },
-    ));
+fn eventually_true(what: &str, check: impl FnMut() -> Result<(), String>) {
+    sluice_test_support::eventually_blocking(what, Duration::from_secs(10), check);
 }
 
 /// Sends `bytes`; true when the proxy closed without answering.

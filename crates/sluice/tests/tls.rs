@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use sluice_test_support::certs::{Leaf, TestCa};
-use sluice_test_support::{Backend, SluiceProcess, eventually, free_port, http_get, require_tool};
+use sluice_test_support::{Backend, SluiceProcess, free_port, http_get, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -58,17 +58,8 @@ fn served_subject(web: SocketAddr, sni: &str) -> String {
         .to_owned()
 }
 
-fn eventually_true(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let what = what.to_owned();
-    rt.block_on(eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let r = check().map_err(|e| format!("{what}: {e}"));
-            async move { r }
-        },
-    ));
+fn eventually_true(what: &str, check: impl FnMut() -> Result<(), String>) {
+    sluice_test_support::eventually_blocking(what, Duration::from_secs(10), check);
 }
 
 #[test]
@@ -206,33 +197,13 @@ fn https_with_curl_sni_h2_identity_headers_failures_and_certificate_reload() {
 
 /// The first line a TLS client reads from `addr` (empty when the proxy closed the connection).
 fn s_client_first_line(addr: SocketAddr, ca: &TestCa, client: &str) -> String {
-    let out = Command::new(require_tool("timeout"))
-        .args([
-            "3",
-            "openssl",
-            "s_client",
-            "-quiet",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "data.test",
-            "-CAfile",
-        ])
-        .arg(&ca.ca_path)
-        .arg("-cert")
-        .arg(ca.dir().join(format!("{client}.pem")))
-        .arg("-key")
-        .arg(ca.dir().join(format!("{client}.key")))
-        .arg("-ign_eof")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    sluice_test_support::s_client_first_line(
+        addr,
+        "data.test",
+        &ca.ca_path,
+        &ca.dir().join(format!("{client}.pem")),
+        &ca.dir().join(format!("{client}.key")),
+    )
 }
 
 #[test]

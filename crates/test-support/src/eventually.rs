@@ -21,3 +21,22 @@ where
         }
     }
 }
+
+/// [`eventually`] for tests without a runtime: polls `check` every 100 ms until it returns `Ok`;
+/// panics with `what` and the last error once `within` has passed.
+pub fn eventually_blocking(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: condition not met within {within:?}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}

@@ -13,10 +13,12 @@ mod client;
 pub mod etcd;
 mod eventually;
 mod mirror;
+mod openssl;
 mod process;
 
 pub use backend::{Backend, Blackhole, Mode};
 pub use client::{Client, Reply};
-pub use eventually::eventually;
+pub use eventually::{eventually, eventually_blocking};
 pub use mirror::{MirrorMember, MirrorRole};
+pub use openssl::s_client_first_line;
 pub use process::{SluiceProcess, free_port, free_port_on, http_get, http_request, require_tool};
