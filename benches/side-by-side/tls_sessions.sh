@@ -195,8 +195,10 @@ declare -A pid=()
 results="$work/results.tsv"
 : > "$results"
 for k in $KEYS; do
-  start_proxies "$k"
   for round in $(seq 1 "$ROUNDS"); do
+    # Fresh processes every round: memory a proxy kept from the last round's 8000 connections
+    # would make the next round's idle connections look free.
+    start_proxies "$k"
     for who in ${CONTENDERS:-nginx haproxy sluice}; do
       url="https://${addr[$who]}/"
       curl -fsSk "$url" >/dev/null || { echo "$who does not answer at $url" >&2; exit 1; }
@@ -223,8 +225,8 @@ for k in $KEYS; do
         "$resumed_rate" "$resumed_cpu" "$rps" "$req_cpu" "$per_conn" >> "$results"
       echo "$k round $round $who: resumed $resumed_rate/s ${resumed_cpu}µs, https $rps req/s ${req_cpu}µs, idle ${per_conn} KiB/conn" >&2
     done
+    stop_all
   done
-  stop_all
 done
 kill "$backend_pid" 2>/dev/null || true
 

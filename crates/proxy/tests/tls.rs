@@ -25,7 +25,7 @@ fn client_config(
         .add(CertificateDer::from_pem_file(&ca.ca_path).unwrap())
         .unwrap();
     let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -65,9 +65,15 @@ pub enum TlsError {
     Settings(String),
 }
 
-/// The crypto provider every configuration uses (ring: pure Rust + C, no cmake).
+/// The crypto provider every configuration uses: aws-lc-rs, whose RSA and P-256 signing are
+/// assembly-optimised like OpenSSL's (with ring, an RSA-2048 handshake cost 1.1× nginx's CPU;
+/// see docs/benchmarks.md). It builds with the C compiler alone, no cmake.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    std::sync::Arc::clone(
+        PROVIDER.get_or_init(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())),
+    )
 }
 
 pub(crate) fn file_error(path: &std::path::Path, detail: impl std::fmt::Display) -> TlsError {

@@ -169,10 +169,11 @@ impl ServerTls {
             config.alpn_protocols.push(b"http/1.1".to_vec());
         }
         // Resumption: the default in-memory session-ID cache, plus stateless tickets.
-        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls {
-            context: "session tickets".into(),
-            source: e,
-        })?;
+        config.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Rustls {
+                context: "session tickets".into(),
+                source: e,
+            })?;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             names: Arc::new(names),
