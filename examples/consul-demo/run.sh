@@ -21,8 +21,8 @@ bin=$repo/target/debug
 state=$(mktemp -d /tmp/consul-demo.XXXXXX)
 pids=()
 cleanup() {
-    # Stop the sidecars first so they deregister, then the rest.
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Newest first: the workloads and sidecars (which deregister), then Sluice, then etcd.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
@@ -85,6 +85,13 @@ for n in 1 2; do
 done
 wait_http http://127.0.0.1:9911/readyz
 wait_http http://127.0.0.1:9912/readyz
+wait_http http://127.0.0.1:8001/
+wait_http http://127.0.0.1:8002/
+# The apps are the sidecars' children; remember them too, so a sidecar killed with SIGKILL
+# does not leave its app behind when this script ends.
+for n in 1 2; do
+    for child in $(pgrep -P "$(cat "$state/sidecar-web-$n.pid")"); do pids+=("$child"); done
+done
 cat <<MSG
 
 state directory: $state   (etcd.log, sluice-1.log, sluice-2.log, web-1.log, web-2.log)
