@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_test_support::etcd::Etcd;
-use sluice_test_support::{Backend, Client, SluiceProcess, eventually, free_port, http_get};
+use sluice_test_support::{
+    Backend, Client, SluiceProcess, eventually, eventually_blocking, free_port, http_get,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const FILE_CONFIG: &str = include_str!("../../../examples/consul-demo/sluice.toml");
@@ -379,30 +381,29 @@ fn view(admin: SocketAddr) -> Result<(serde_json::Value, BTreeSet<String>), Stri
 /// how long that took.
 fn until_same_view(admins: [SocketAddr; 2], ids: &[&str], within: Duration) -> Duration {
     let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < within {
-        match (view(admins[0]), view(admins[1])) {
-            (Ok(a), Ok(b)) => {
-                let have: Vec<String> =
-                    a.1.iter()
-                        .map(|i| {
-                            i.split(' ')
-                                .nth(1)
-                                .unwrap_or("")
-                                .trim_matches('"')
-                                .to_owned()
-                        })
-                        .collect();
-                if a == b && have == ids {
-                    return start.elapsed();
-                }
-                last = format!("first: {a:?}\nsecond: {b:?}");
+    eventually_blocking(
+        &format!("both Sluice processes serve {ids:?}"),
+        within,
+        || {
+            let (a, b) = (view(admins[0])?, view(admins[1])?);
+            let have: Vec<String> =
+                a.1.iter()
+                    .map(|i| {
+                        i.split(' ')
+                            .nth(1)
+                            .unwrap_or("")
+                            .trim_matches('"')
+                            .to_owned()
+                    })
+                    .collect();
+            if a == b && have == ids {
+                Ok(())
+            } else {
+                Err(format!("first: {a:?}\nsecond: {b:?}"))
             }
-            (a, b) => last = format!("{a:?} {b:?}"),
-        }
-        std::thread::sleep(EVERY);
-    }
-    panic!("the two Sluice processes did not converge on {ids:?} within {within:?}:\n{last}");
+        },
+    );
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,7 +482,7 @@ async fn two_sluices_watching_one_etcd_serve_the_same_routes() {
     let lease_3 = etcd.grant_lease(ttl.as_secs());
     etcd.put_with_lease(&key("web-2"), &value(WEB_2, "web-2", &web_2), lease_3);
     until_same_view(admins, &["web-1", "web-2"], ttl);
-    // etcd checks leases every 500 ms; a margin of 2 s for a busy machine.
+    // etcd checks leases every 500 ms; a margin of 3 s for a busy machine.
     until_same_view(admins, &["web-1"], ttl + Duration::from_secs(3));
     let expired_after = granted.elapsed();
     assert!(
