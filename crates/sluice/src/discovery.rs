@@ -656,6 +656,11 @@ pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
     for service in &discovered.services {
         match merged.services.iter_mut().find(|s| s.name == service.name) {
             Some(existing) => {
+                // The registrations' check, when the file's [[service]] declares none (the
+                // discovered service was built from it, so its health is the file's if any).
+                if existing.health.is_none() {
+                    existing.health.clone_from(&service.health);
+                }
                 for instance in &service.instances {
                     if !existing
                         .instances
@@ -1159,6 +1164,42 @@ mod tests {
         assert_eq!(merged.services.len(), 4);
         assert_eq!(merged.listeners.len(), 2);
         drop(busy);
+    }
+
+    #[test]
+    fn a_file_service_without_health_gets_the_registrations_check() {
+        let base = sluice_config::parse_str(
+            Path::new("sluice.toml"),
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+             [[service]]\nname = \"web\"\ntimeouts = { connect = \"500ms\" }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut service = base.services[0].clone();
+        service.health = Some(
+            health_from_check(
+                &check(r#"{"tcp": "127.0.0.1:8001", "interval": "1s"}"#),
+                8001,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let found = Discovered {
+            services: vec![service],
+            ..Discovered::default()
+        };
+        let merged = merge(&base, &found);
+        assert_eq!(merged.services.len(), 1);
+        let web = &merged.services[0];
+        assert_eq!(
+            web.timeouts.connect,
+            Duration::from_millis(500),
+            "the file's"
+        );
+        let health = web.health.as_ref().unwrap_or_else(|| panic!("no check"));
+        assert_eq!(
+            health.interval,
+            Duration::from_secs(1),
+            "the registration's"
+        );
     }
 
     #[test]

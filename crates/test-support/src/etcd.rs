@@ -192,6 +192,35 @@ impl Etcd {
         revision_of(&answer)
     }
 
+    /// Grants a lease of `ttl_seconds` (never kept alive by this helper: it expires, as a dead
+    /// registrant's does); returns its id.
+    pub fn grant_lease(&self, ttl_seconds: u64) -> i64 {
+        let answer = self.call("/v3/lease/grant", &format!(r#"{{"TTL":"{ttl_seconds}"}}"#));
+        let value: serde_json::Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|e| panic!("etcd answered non-JSON {answer:?}: {e}"));
+        value["ID"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no lease ID in {answer}"))
+    }
+
+    /// Writes `key` attached to `lease`; returns the new revision.
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) -> i64 {
+        let body = format!(
+            r#"{{"key":"{}","value":"{}","lease":"{lease}"}}"#,
+            BASE64.encode(key),
+            BASE64.encode(value)
+        );
+        let answer = self.call("/v3/kv/put", &body);
+        revision_of(&answer)
+    }
+
+    /// Revokes `lease`, deleting every key attached to it (what a registrant does when it
+    /// deregisters).
+    pub fn revoke_lease(&self, lease: i64) {
+        self.call("/v3/lease/revoke", &format!(r#"{{"ID":"{lease}"}}"#));
+    }
+
     /// Reads `key`; `None` when absent.
     pub fn get(&self, key: &str) -> Option<String> {
         let answer = self.call(
