@@ -38,7 +38,13 @@ ulimit -n "$hard"
 
 work=$(mktemp -d)
 pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+# Waits for the proxies only: a bare `wait` would also wait for the backend, which runs on.
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
 backend_pid=""
 trap 'stop_all; [ -z "$backend_pid" ] || kill "$backend_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
