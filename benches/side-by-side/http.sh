@@ -104,24 +104,7 @@ taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
 taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
 sleep 1
 
-# CPU ticks (utime + stime) of a process and its children (nginx's worker is a child).
-ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
-rss_kb() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/status" ] || continue
-    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
-  done
-  echo "$total"
-}
-hz=$(getconf CLK_TCK)
+. benches/side-by-side/lib.sh   # ticks, rss_kb, hz
 
 declare -A addr=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [sluice]=$SLUICE)
 declare -A pid=([direct]="" [nginx]=$nginx_pid [haproxy]=$haproxy_pid [sluice]=$sluice_pid)

@@ -78,24 +78,7 @@ EOF
 taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" &
 backend_pid=$!
 
-# CPU ticks (utime + stime) of a process and its children (nginx's worker is a child).
-ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
-rss_kb() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/status" ] || continue
-    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
-  done
-  echo "$total"
-}
-hz=$(getconf CLK_TCK)
+. benches/side-by-side/lib.sh   # ticks, rss_kb, hz
 
 start_proxies() {
   local k=$1 conns=$((IDLE + 256))

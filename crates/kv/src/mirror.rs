@@ -1,16 +1,30 @@
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
 
 use crate::{KvEntry, KvError, WatchEvent};
 
 /// An in-memory copy of a watched prefix, for readers that cannot wait on the network
 /// (template rendering, a Wasm host call). Cloning shares the same copy.
+///
+/// Readers never lock: the copy is an immutable snapshot behind `arc-swap`, replaced whole by
+/// [`KvMirror::apply`] (copy on write). Reads happen per policy call, on every proxy thread;
+/// changes are rare, and a writer copying a KV prefix is cheap next to the network event that
+/// caused it.
 #[derive(Debug, Clone, Default)]
 pub struct KvMirror {
-    state: Arc<RwLock<MirrorState>>,
+    shared: Arc<Shared>,
 }
 
 #[derive(Debug, Default)]
+struct Shared {
+    current: ArcSwap<MirrorState>,
+    /// Serialises writers, so two events applied at once cannot lose one another's change.
+    writer: Mutex<()>,
+}
+
+#[derive(Debug, Default, Clone)]
 struct MirrorState {
     entries: BTreeMap<String, KvEntry>,
     revision: i64,
@@ -23,21 +37,17 @@ impl KvMirror {
         Self::default()
     }
 
-    // The lock only guards plain data updated without panicking code, so a poisoned lock still
-    // holds a consistent map.
-    fn read(&self) -> RwLockReadGuard<'_, MirrorState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, MirrorState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> Guard<Arc<MirrorState>> {
+        self.shared.current.load()
     }
 
     /// Applies one watch event and returns the keys whose value changed (created, modified or
     /// deleted); empty for status events and for snapshots identical to what was held.
     pub fn apply(&self, event: &WatchEvent) -> Vec<String> {
-        let mut state = self.write();
-        match event {
+        // The guarded data is `()`: a poisoned lock protects nothing inconsistent.
+        let _writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = MirrorState::clone(&self.read());
+        let changed = match event {
             WatchEvent::Snapshot { entries, revision } => {
                 let new: BTreeMap<String, KvEntry> =
                     entries.iter().map(|e| (e.key.clone(), e.clone())).collect();
@@ -85,7 +95,9 @@ impl KvMirror {
                 state.unavailable = None;
                 Vec::new()
             }
-        }
+        };
+        self.shared.current.store(Arc::new(state));
+        changed
     }
 
     pub fn get(&self, key: &str) -> Option<KvEntry> {
