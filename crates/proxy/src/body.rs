@@ -22,11 +22,12 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ClientBodyTimedOut;
 use crate::exchange::Exchange;
+use crate::h1::UpstreamBody;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client's request body failed (aborted, malformed); carried through hyper's error chain so
-/// the handler can answer 400 instead of blaming the instance.
+/// The client's request body failed (aborted, malformed); carried as the body's error so the
+/// handler can answer 400 instead of blaming the instance.
 #[derive(Debug, thiserror::Error)]
 #[error("client request body failed: {0}")]
 pub(crate) struct ClientBodyFailed(#[source] pub(crate) hyper::Error);
@@ -165,14 +166,14 @@ pub(crate) enum ResponseBodyError {
     #[error("the request's total deadline passed while streaming the response body")]
     Deadline,
     #[error("upstream response body failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] crate::h1::BodyError),
 }
 
 #[derive(Debug)]
 enum DownInner {
     Local(Option<Bytes>),
     Upstream {
-        inner: Incoming,
+        inner: UpstreamBody,
         idle: Duration,
         deadline: Instant,
         timer: StallTimer,
@@ -198,7 +199,7 @@ impl DownBody {
     }
 
     pub(crate) fn upstream(
-        inner: Incoming,
+        inner: UpstreamBody,
         idle: Duration,
         deadline: Instant,
         exchange: Exchange,
@@ -216,7 +217,13 @@ impl DownBody {
     }
 
     fn finish(&mut self, completed: bool, error: Option<&dyn std::fmt::Display>) {
-        if let Some(exchange) = self.exchange.take() {
+        if let Some(mut exchange) = self.exchange.take() {
+            if completed
+                && let DownInner::Upstream { inner, .. } = &mut self.inner
+                && let Some(upstream) = exchange.upstream.as_mut()
+            {
+                upstream.conn = inner.take_reusable();
+            }
             exchange.finish(self.bytes_out, completed, error);
         }
     }

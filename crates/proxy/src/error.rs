@@ -144,22 +144,8 @@ impl ProxyError {
     }
 }
 
-/// The client stalled while sending its request body; carried through hyper's error chain so
-/// the handler can tell it from an upstream failure.
+/// The client stalled while sending its request body; carried as the body's error so the
+/// handler can tell it from an upstream failure.
 #[derive(Debug, thiserror::Error)]
 #[error("client request body timed out")]
 pub(crate) struct ClientBodyTimedOut;
-
-/// Finds an error of type `E` in an error's source chain.
-pub(crate) fn find_source<'a, E: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a E> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found);
-        }
-        cur = e.source();
-    }
-    None
-}

@@ -11,7 +11,7 @@ use http::HeaderValue;
 use crate::access_log::{AccessLog, Entry, RequestInfo, proto_str, rfc3339_now};
 use crate::conn::ConnWatch;
 use crate::error::ProxyErrorKind;
-use crate::pool::Sender;
+use crate::h1::UpConn;
 use crate::routing::Route;
 use crate::upstream::InFlight;
 
@@ -26,7 +26,8 @@ pub(crate) enum BytesIn {
 #[derive(Debug)]
 pub(crate) struct UpstreamUse {
     pub(crate) in_flight: InFlight,
-    pub(crate) sender: Option<Sender>,
+    /// Set when the response body ended cleanly and the connection can carry another request.
+    pub(crate) conn: Option<UpConn>,
     pub(crate) max_idle: usize,
 }
 
@@ -100,12 +101,12 @@ impl Exchange {
         // goes back to the pool only if the response was read to the end.
         if let Some(mut u) = self.upstream.take()
             && completed
-            && let Some(sender) = u.sender.take()
+            && let Some(conn) = u.conn.take()
         {
             u.in_flight
                 .instance
                 .pool
-                .checkin(sender, sluice_health::clock::to_ms(now), u.max_idle);
+                .checkin(conn, sluice_health::clock::to_ms(now), u.max_idle);
         }
         self.conn.request_finished();
         if let Some(route) = &self.route {

@@ -30,13 +30,14 @@ use sluice_config::{HashKey, ServiceConfig};
 use sluice_health::clock;
 
 use crate::access_log::RequestInfo;
-use crate::body::{ClientBodyFailed, ClientStream, DownBody, UpBody};
+use crate::body::{ClientStream, DownBody, UpBody};
 use crate::conn::ConnWatch;
-use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind, find_source};
+use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::listener::ListenerShared;
-use crate::pool::{self, Sender};
+use crate::h1::{SendError, UpConn, UpstreamBody};
+use crate::pool;
 use crate::routing::Route;
 use crate::upstream::{InFlight, Service, Tried};
 
@@ -152,7 +153,7 @@ fn local_error(
 }
 
 struct Forwarded {
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     upstream: UpstreamUse,
 }
 
@@ -222,7 +223,7 @@ async fn forward(
     let mut tried = Tried::default();
     let mut attempt: u32 = 0;
     let mut last_error: Option<ProxyError> = None;
-    let mut template = Some(parts);
+    let head = parts;
     let mut failed_generation: Option<u64> = None;
     'attempts: loop {
         let attempt_start = Instant::now();
@@ -257,8 +258,8 @@ async fn forward(
         let err = loop {
             // A connection: from the pool, or new. Failures here never reached the instance's
             // application, so any method may go elsewhere.
-            let mut sender = match ready_sender(service, &in_flight, remaining).await {
-                Ok(s) => s,
+            let conn = match ready_conn(service, &in_flight, remaining).await {
+                Ok(c) => c,
                 Err(e) => {
                     service.record_failure(&picked.instance, Some(e.kind), now_ms);
                     break e;
@@ -272,28 +273,12 @@ async fn forward(
                     )
                 }));
             };
-            let more_attempts_possible = attempt < cfg.retries.attempts && idempotent && replayable;
-            let Some(head) = (if more_attempts_possible {
-                template.clone()
-            } else {
-                template.take()
-            }) else {
-                return Err(last_error.unwrap_or_else(|| {
-                    ProxyError::new(
-                        ProxyErrorKind::UpstreamReset,
-                        "request head already consumed",
-                    )
-                }));
-            };
             let sent_at = Instant::now();
             let wait = cfg
                 .timeouts
                 .response_header
                 .min(deadline.saturating_duration_since(sent_at));
-            let exchange_head = tokio::time::timeout(
-                wait,
-                sender.try_send_request(Request::from_parts(head, body)),
-            );
+            let exchange_head = tokio::time::timeout(wait, conn.exchange(&head, body));
             // In primary mode a member that loses the role (frozen, or demoted by its mirror)
             // may never answer: stop waiting on it, and retry on the new primary if allowed.
             let result = if service.fails_over() {
@@ -352,7 +337,9 @@ async fn forward(
                         }
                     }
                     if status == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client_upgrade) = client_upgrade {
+                        if let (Some(client_upgrade), Some(conn)) =
+                            (client_upgrade, response.body_mut().take_switched())
+                        {
                             // A tunnel to a primary ends when it is demoted (`on_demotion`).
                             let demoted = if service.fails_over() {
                                 picked.instance.session_token()
@@ -361,7 +348,7 @@ async fn forward(
                             };
                             spawn_tunnel(
                                 client_upgrade,
-                                hyper::upgrade::on(&mut response),
+                                conn,
                                 cfg.timeouts.tunnel_idle,
                                 addr,
                                 demoted,
@@ -372,39 +359,46 @@ async fn forward(
                             response,
                             upstream: UpstreamUse {
                                 in_flight,
-                                sender: None,
+                                conn: None,
                                 max_idle: 0,
                             },
                         });
                     }
-                    remove_response_hop_by_hop(&mut response);
+                    headers::remove_hop_by_hop(response.headers_mut(), false, false);
                     return Ok(Forwarded {
                         response,
                         upstream: UpstreamUse {
                             in_flight,
-                            sender: Some(sender),
+                            conn: None,
                             max_idle: cfg.pool.max_idle_per_instance,
                         },
                     });
                 }
-                Ok(Err(mut e)) => {
-                    if let Some(unsent) = e.take_message() {
-                        let (head, body) = unsent.into_parts();
-                        template.get_or_insert(head);
+                Ok(Err(SendError::Unsent { reused, body })) => {
+                    // Nothing was written when the body comes back; otherwise the instance
+                    // closed the connection before answering, which only an idempotent,
+                    // replayable request may survive (RFC 9110 §9.2.2).
+                    let never_written = body.is_some();
+                    if let Some(body) = body {
                         plan.give_back(body);
-                        stale_rounds += 1;
-                        if stale_rounds < 3 {
-                            continue;
-                        }
-                        break ProxyError::new(
-                            ProxyErrorKind::UpstreamReset,
-                            format!(
-                                "connections to {addr} keep closing before the request is sent"
-                            ),
-                        );
                     }
-                    let e = e.into_error();
-                    if find_source::<ClientBodyTimedOut>(&e).is_some() {
+                    // A pooled connection the instance had closed: nobody's fault, try a new one.
+                    if reused && stale_rounds < 3 && (never_written || (idempotent && replayable)) {
+                        stale_rounds += 1;
+                        continue;
+                    }
+                    let e = ProxyError::new(
+                        ProxyErrorKind::UpstreamReset,
+                        format!("{addr}: connection closed before the request was sent"),
+                    );
+                    if reused {
+                        break e.sent();
+                    }
+                    service.record_failure(&picked.instance, Some(e.kind), clock::now_ms());
+                    break e;
+                }
+                Ok(Err(SendError::ClientBody(e))) => {
+                    if e.is::<ClientBodyTimedOut>() {
                         return Err(ProxyError::new(
                             ProxyErrorKind::ClientBodyTimeout,
                             format!(
@@ -413,13 +407,13 @@ async fn forward(
                             ),
                         ));
                     }
-                    if let Some(failed) = find_source::<ClientBodyFailed>(&e) {
-                        return Err(ProxyError::new(
-                            ProxyErrorKind::ClientBodyError,
-                            failed.to_string(),
-                        ));
-                    }
-                    let kind = if e.is_parse() {
+                    return Err(ProxyError::new(
+                        ProxyErrorKind::ClientBodyError,
+                        e.to_string(),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    let kind = if matches!(e, SendError::BadResponse(_)) {
                         ProxyErrorKind::BadResponse
                     } else {
                         ProxyErrorKind::UpstreamReset
@@ -484,29 +478,23 @@ fn may_retry(
 }
 
 /// A connection ready for a request: a pooled one that is still good, else a new one.
-async fn ready_sender(
+async fn ready_conn(
     service: &Service,
     in_flight: &InFlight,
     remaining: Duration,
-) -> Result<Sender, ProxyError> {
+) -> Result<UpConn, ProxyError> {
     let instance = &in_flight.instance;
     let cfg = &service.config;
-    let connect_timeout = cfg.timeouts.connect.min(remaining);
-    while let Some(mut sender) = instance
+    if let Some(conn) = instance
         .pool
         .checkout(clock::now_ms(), cfg.pool.idle_timeout)
     {
-        if sender.is_ready() {
-            return Ok(sender);
-        }
-        // Just returned to the pool: its task is finishing the previous response.
-        if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
-            return Ok(sender);
-        }
+        return Ok(conn);
     }
-    let sender = pool::connect(instance.addr, connect_timeout, service.tls.as_ref()).await?;
+    let connect_timeout = cfg.timeouts.connect.min(remaining);
+    let conn = pool::connect(instance.addr, connect_timeout, service.tls.as_ref()).await?;
     service.metrics.new_connections.increment(1);
-    Ok(sender)
+    Ok(conn)
 }
 
 /// Rewrites the request head for the instance: origin-form URI with the route's path rewrite,
@@ -563,10 +551,6 @@ fn rewrite_head(
     }
     h.insert(X_REQUEST_ID, request_id.clone());
     Ok(())
-}
-
-fn remove_response_hop_by_hop(response: &mut Response<Incoming>) {
-    headers::remove_hop_by_hop(response.headers_mut(), false, false);
 }
 
 /// Decides how the body travels. Small bodies of requests that may be retried are read first
@@ -634,22 +618,32 @@ fn request_hash(key: &HashKey, req: &Request<Incoming>, peer: SocketAddr) -> u64
 
 fn spawn_tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: UpConn,
     idle: Duration,
     addr: SocketAddr,
     demoted: tokio_util::sync::CancellationToken,
 ) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => {
+        let client = match client.await {
+            Ok(c) => c,
+            Err(e) => {
                 tracing::debug!(upstream = %addr, error = %e, "protocol switch failed");
                 return;
             }
         };
+        let mut client = TokioIo::new(client);
+        // Bytes the instance sent right behind its `101` head belong to the new protocol.
+        let (upstream, early) = upstream.into_parts();
+        if !early.is_empty() {
+            use tokio::io::AsyncWriteExt as _;
+            if let Err(e) = client.write_all(&early).await {
+                tracing::debug!(upstream = %addr, error = %e, "protocol switch failed");
+                return;
+            }
+        }
         let stats = crate::tunnel::run(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
+            client,
+            upstream,
             idle,
             crate::tunnel::UPGRADED_BUFFER,
             demoted,

@@ -20,6 +20,7 @@ mod conn;
 mod error;
 mod exchange;
 mod forward;
+mod h1;
 mod headers;
 mod listener;
 pub mod metrics;

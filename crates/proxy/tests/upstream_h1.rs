@@ -1,0 +1,418 @@
+//! The upstream half of HTTP/1.1 against instances that answer byte by byte what each test
+//! scripts: response framings (chunked with trailers, read to the close, interim responses,
+//! HTTP/1.0), malformed responses, connections the instance closes (the keep-alive race), and
+//! answers that arrive before the request body is complete.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// One request as the scripted instance read it.
+#[derive(Debug, Clone)]
+struct Seen {
+    head: String,
+    body: Vec<u8>,
+    /// Index of the connection it came on (0 = first accepted).
+    conn: usize,
+}
+
+/// What the instance does with a request.
+enum Act {
+    /// Write these bytes and keep reading requests on the connection.
+    Reply(Vec<u8>),
+    /// Write these bytes, then close the connection.
+    ReplyClose(Vec<u8>),
+    /// Close without answering.
+    Close,
+    /// Answer without reading the body, then close.
+    ReplyUnread(Vec<u8>),
+}
+
+type Script = dyn Fn(&Seen, usize) -> Act + Send + Sync;
+
+/// An instance on 127.0.0.1:0 that runs `script(request, index_of_request)` for each request.
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    conns: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    fn start(script: impl Fn(&Seen, usize) -> Act + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let (seen2, conns2) = (Arc::clone(&seen), Arc::clone(&conns));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let conn = conns2.fetch_add(1, Ordering::SeqCst);
+                let (seen, script) = (Arc::clone(&seen2), Arc::clone(&script));
+                std::thread::spawn(move || serve(stream, conn, &seen, &*script));
+            }
+        });
+        Self { addr, seen, conns }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(stream: TcpStream, conn: usize, seen: &Mutex<Vec<Seen>>, script: &Script) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let lower = head.to_ascii_lowercase();
+        let request = Seen {
+            head: head.clone(),
+            body: Vec::new(),
+            conn,
+        };
+        let index = seen.lock().unwrap().len();
+        // Decide before reading the body, so an instance can answer an upload early.
+        let act = script(&request, index);
+        if let Act::ReplyUnread(bytes) = &act {
+            seen.lock().unwrap().push(request);
+            let _ = writer.write_all(bytes);
+            let _ = writer.shutdown(Shutdown::Write);
+            // Keep the socket open for reading a moment, as servers that reject an upload do.
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
+        let mut body = Vec::new();
+        if let Some(len) = header_value(&lower, "content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            reader.read_exact(&mut body).unwrap();
+        } else if header_value(&lower, "transfer-encoding").is_some_and(|v| v == "chunked") {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                reader.read_exact(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        seen.lock().unwrap().push(Seen { body, ..request });
+        match act {
+            Act::Reply(bytes) => {
+                if writer.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+            Act::ReplyClose(bytes) => {
+                let _ = writer.write_all(&bytes);
+                return;
+            }
+            Act::Close | Act::ReplyUnread(_) => return,
+        }
+    }
+}
+
+fn header_value<'a>(lower_head: &'a str, name: &str) -> Option<&'a str> {
+    lower_head
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+async fn proxy_for(instance: &Scripted, service_extra: &str) -> (sluice_proxy::Proxy, SocketAddr) {
+    start(&format!(
+        "{LISTENER}[[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\n{}\n{service_extra}\n",
+        instances(&[instance.addr])
+    ))
+    .await
+}
+
+/// Sends raw request bytes on a new connection and reads the reply until the proxy closes it
+/// (requests here carry `Connection: close`).
+fn exchange_raw(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(proxy: SocketAddr, path: &str) -> String {
+    exchange_raw(
+        proxy,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The body of a reply the proxy sent with `Content-Length` or chunked framing.
+fn body_of(reply: &str) -> String {
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_are_decoded_and_the_connection_reused() {
+    let instance = Scripted::start(|_, _| {
+        Act::Reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-digest: abc\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    for _ in 0..3 {
+        let reply = get(addr, "/c");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert_eq!(body_of(&reply), "hello, world", "{reply}");
+    }
+    assert_eq!(instance.seen().len(), 3);
+    assert_eq!(
+        instance.connections(),
+        1,
+        "a chunked body read to its end leaves the connection reusable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_delimited_by_the_close_is_complete_and_the_connection_not_reused() {
+    let instance = Scripted::start(|_, i| {
+        Act::ReplyClose(format!("HTTP/1.1 200 OK\r\n\r\nuntil close {i}").into_bytes())
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    assert_eq!(body_of(&get(addr, "/a")), "until close 0");
+    assert_eq!(body_of(&get(addr, "/b")), "until close 1");
+    assert_eq!(instance.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_are_skipped() {
+    let instance = Scripted::start(|_, _| {
+        let mut bytes = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n".to_vec();
+        bytes.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        bytes.extend_from_slice(&ok("final"));
+        Act::Reply(bytes)
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let reply = get(addr, "/");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(body_of(&reply), "final");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_instances_without_keep_alive_get_a_connection_per_request() {
+    let instance = Scripted::start(|_, _| {
+        Act::Reply(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold".to_vec())
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    assert_eq!(body_of(&get(addr, "/")), "old");
+    assert_eq!(body_of(&get(addr, "/")), "old");
+    assert_eq!(instance.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_without_a_body_by_status_or_method_leave_the_connection_reusable() {
+    let instance = Scripted::start(|seen, _| {
+        if seen.head.starts_with("HEAD") {
+            // A HEAD answer announces the length of a body it does not send.
+            Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec())
+        } else {
+            Act::Reply(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n".to_vec())
+        }
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let head = exchange_raw(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-length: 1000"), "{head}");
+    let not_modified = get(addr, "/");
+    assert!(not_modified.starts_with("HTTP/1.1 304"), "{not_modified}");
+    let head = exchange_raw(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(instance.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_responses_get_502_bad_response() {
+    let instance = Scripted::start(|seen, _| {
+        if seen.head.starts_with("GET /conflict") {
+            Act::Reply(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            )
+        } else if seen.head.starts_with("GET /huge") {
+            let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..80 {
+                bytes.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(1000)).as_bytes());
+            }
+            bytes.extend_from_slice(b"\r\n");
+            Act::Reply(bytes)
+        } else {
+            Act::Reply(b"HTTP/1.1 2OO OK\r\n\r\n".to_vec())
+        }
+    });
+    // No retries: a malformed answer is the instance's fault, and there is no other instance.
+    let (_p, addr) = proxy_for(&instance, "retries = { attempts = 0 }").await;
+    for path in ["/conflict", "/huge", "/garbage"] {
+        let reply = get(addr, path);
+        assert!(reply.starts_with("HTTP/1.1 502"), "{path}: {reply}");
+        assert!(reply.contains("\"bad_upstream_response\""), "{path}: {reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_body_aborts_the_client_response() {
+    let instance = Scripted::start(|_, _| {
+        Act::ReplyClose(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec())
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let reply = get(addr, "/");
+    // The head may or may not have been flushed when the body failed; either way the client
+    // must see the connection end before the announced 100 bytes.
+    if let Some((head, body)) = reply.split_once("\r\n\r\n") {
+        assert!(head.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(body.len() < 100, "{reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_instance_closed_is_replaced_without_errors() {
+    // Every connection answers one request with keep-alive, then the instance closes it: the
+    // pooled connection is dead by the next request.
+    let instance = Scripted::start(|_, i| Act::ReplyClose(ok(&format!("r{i}"))));
+    let (_p, addr) = proxy_for(&instance, "").await;
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(body_of(&get(addr, "/")), format!("r{i}"));
+    }
+    assert_eq!(instance.connections(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_under_a_request_is_retried_only_when_idempotent() {
+    // The second request on each connection is met by a close: the keep-alive race, where the
+    // instance closes an idle connection just as a request is sent on it.
+    let closer = Scripted::start({
+        let counts = Arc::new(Mutex::new(std::collections::HashMap::<usize, usize>::new()));
+        move |seen, _| {
+            let mut counts = counts.lock().unwrap();
+            let n = counts.entry(seen.conn).or_insert(0);
+            *n += 1;
+            if *n == 1 { Act::Reply(ok("first")) } else { Act::Close }
+        }
+    });
+    let (_p, addr) = proxy_for(&closer, "retries = { attempts = 0 }").await;
+    assert_eq!(body_of(&get(addr, "/")), "first");
+    // GET: the request never got an answer on a reused connection; sent again on a new one.
+    assert_eq!(body_of(&get(addr, "/")), "first");
+    assert_eq!(closer.connections(), 2);
+    // POST: it may have been processed, so it is not sent twice.
+    let reply = exchange_raw(
+        addr,
+        b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    let posts = closer
+        .seen()
+        .iter()
+        .filter(|s| s.head.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    let instance = Scripted::start(|_, _| {
+        Act::ReplyUnread(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n"
+                .to_vec(),
+        )
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 50000000\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    // Keep uploading in the background until the proxy stops reading.
+    let mut writer = s.try_clone().unwrap();
+    let upload = std::thread::spawn(move || {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..(50_000_000 / chunk.len()) {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let reply = String::from_utf8_lossy(&out);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.ends_with("too big\n"), "{reply}");
+    drop(s);
+    upload.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_are_sent_chunked() {
+    let instance = Scripted::start(|_, _| Act::Reply(ok("got it")));
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let reply = exchange_raw(
+        addr,
+        b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = instance.seen();
+    assert_eq!(String::from_utf8_lossy(&seen[0].body), "hello world");
+    let head = seen[0].head.to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+}
