@@ -122,7 +122,9 @@ pub(crate) enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Unsent { .. } => f.write_str("connection closed before the request was sent"),
+            SendError::Unsent { .. } => {
+                f.write_str("connection closed before the request was sent")
+            }
             SendError::Io(e) => write!(f, "connection error: {e}"),
             SendError::Closed => f.write_str("connection closed before a complete response head"),
             SendError::BadResponse(why) => write!(f, "malformed response: {why}"),
@@ -150,11 +152,10 @@ impl UpConn {
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
-            Poll::Pending => true,
-            // End of stream, unasked bytes, or an error.
-            Poll::Ready(_) => false,
-        }
+        // Ready means end of stream, unasked bytes, or an error.
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
     }
 
     /// The socket and any bytes already read past the response head (a protocol switch).
@@ -202,7 +203,9 @@ impl UpConn {
                     if chunked {
                         frame.extend_from_slice(b"0\r\n\r\n");
                     }
-                    write_all(&mut self.io, &frame).await.map_err(SendError::Io)?;
+                    write_all(&mut self.io, &frame)
+                        .await
+                        .map_err(SendError::Io)?;
                 }
             }
             UpBody::Stream(_) => {
@@ -240,7 +243,12 @@ impl UpConn {
         w.clear();
         w.extend_from_slice(head.method.as_str().as_bytes());
         w.extend_from_slice(b" ");
-        w.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        w.extend_from_slice(
+            head.uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        );
         w.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &head.headers {
             w.extend_from_slice(name.as_str().as_bytes());
@@ -248,8 +256,7 @@ impl UpConn {
             w.extend_from_slice(value.as_bytes());
             w.extend_from_slice(b"\r\n");
         }
-        let chunked =
-            !body.is_end_stream() && !head.headers.contains_key(header::CONTENT_LENGTH);
+        let chunked = !body.is_end_stream() && !head.headers.contains_key(header::CONTENT_LENGTH);
         if chunked {
             w.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -268,7 +275,9 @@ impl UpConn {
                 while !pending.is_empty() {
                     match Pin::new(&mut self.io).poll_write(cx, &pending) {
                         Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
+                            return Poll::Ready(Err(SendError::Io(
+                                io::ErrorKind::WriteZero.into(),
+                            )));
                         }
                         Poll::Ready(Ok(n)) => pending.advance(n),
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
@@ -301,8 +310,11 @@ impl UpConn {
                 }
                 // Waiting on the client or on the socket: has the instance answered already?
                 self.read.reserve(READ_CHUNK);
-                return match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
-                {
+                return match tokio_util::io::poll_read_buf(
+                    Pin::new(&mut self.io),
+                    cx,
+                    &mut self.read,
+                ) {
                     Poll::Ready(Ok(0)) => Poll::Ready(Err(SendError::Closed)),
                     Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
                     Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Io(e))),
@@ -448,7 +460,11 @@ fn keep_alive(version: u8, headers: &HeaderMap) -> bool {
 
 /// How the response body is delimited (RFC 9112 §6.3). Removes a `Content-Length` that a
 /// `Transfer-Encoding` overrides, so the client is not told a length that is not sent.
-fn framing(status: StatusCode, is_head: bool, headers: &mut HeaderMap) -> Result<Framing, SendError> {
+fn framing(
+    status: StatusCode,
+    is_head: bool,
+    headers: &mut HeaderMap,
+) -> Result<Framing, SendError> {
     if is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -468,8 +484,7 @@ fn framing(status: StatusCode, is_head: bool, headers: &mut HeaderMap) -> Result
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .last();
+            .rfind(|t| !t.is_empty());
         return Ok(match last {
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
             _ => Framing::UntilClose,
@@ -484,7 +499,9 @@ fn framing(status: StatusCode, is_head: bool, headers: &mut HeaderMap) -> Result
                 .flatten()
                 .ok_or_else(|| SendError::BadResponse(format!("content-length `{part}`")))?;
             if length.is_some_and(|l| l != n) {
-                return Err(SendError::BadResponse("conflicting content-length values".into()));
+                return Err(SendError::BadResponse(
+                    "conflicting content-length values".into(),
+                ));
             }
             length = Some(n);
         }
@@ -509,7 +526,10 @@ pub(crate) enum Framing {
 impl Framing {
     /// Whether the end of this body leaves the connection at a message boundary.
     fn delimited(&self) -> bool {
-        matches!(self, Framing::Length(_) | Framing::Chunked(_) | Framing::Done)
+        matches!(
+            self,
+            Framing::Length(_) | Framing::Chunked(_) | Framing::Done
+        )
     }
 }
 
@@ -815,7 +835,10 @@ mod tests {
     use super::*;
 
     /// Decodes `input` fed `step` bytes at a time; returns the data and trailers.
-    fn decode_in_pieces(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
+    fn decode_in_pieces(
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
         let mut state = Chunked::Size;
         let mut read = BytesMut::new();
         let mut data = Vec::new();
@@ -886,20 +909,34 @@ mod tests {
     #[test]
     fn framing_follows_rfc9112() {
         let ok = StatusCode::OK;
-        let f = |status, is_head, pairs: &[(&str, &str)]| framing(status, is_head, &mut headers(pairs));
-        assert!(matches!(f(ok, false, &[("content-length", "12")]), Ok(Framing::Length(12))));
+        let f =
+            |status, is_head, pairs: &[(&str, &str)]| framing(status, is_head, &mut headers(pairs));
+        assert!(matches!(
+            f(ok, false, &[("content-length", "12")]),
+            Ok(Framing::Length(12))
+        ));
         assert!(matches!(
             f(ok, false, &[("content-length", "5, 5")]),
             Ok(Framing::Length(5))
         ));
-        assert!(matches!(f(ok, true, &[("content-length", "12")]), Ok(Framing::Length(0))));
+        assert!(matches!(
+            f(ok, true, &[("content-length", "12")]),
+            Ok(Framing::Length(0))
+        ));
         assert!(matches!(
             f(StatusCode::NO_CONTENT, false, &[("content-length", "9")]),
             Ok(Framing::Length(0))
         ));
         assert!(matches!(f(ok, false, &[]), Ok(Framing::UntilClose)));
         assert!(matches!(
-            f(ok, false, &[("transfer-encoding", "gzip, chunked"), ("content-length", "3")]),
+            f(
+                ok,
+                false,
+                &[
+                    ("transfer-encoding", "gzip, chunked"),
+                    ("content-length", "3")
+                ]
+            ),
             Ok(Framing::Chunked(_))
         ));
         assert!(matches!(
@@ -912,7 +949,10 @@ mod tests {
         ));
         for bad in ["-1", "1 2", "", "0x10", "5, 6"] {
             assert!(
-                matches!(f(ok, false, &[("content-length", bad)]), Err(SendError::BadResponse(_))),
+                matches!(
+                    f(ok, false, &[("content-length", bad)]),
+                    Err(SendError::BadResponse(_))
+                ),
                 "{bad}"
             );
         }

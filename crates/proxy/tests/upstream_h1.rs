@@ -183,7 +183,10 @@ fn ok(body: &str) -> Vec<u8> {
 /// The body of a reply the proxy sent with `Content-Length` or chunked framing.
 fn body_of(reply: &str) -> String {
     let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body.to_owned();
     }
     let mut out = String::new();
@@ -269,12 +272,21 @@ async fn responses_without_a_body_by_status_or_method_leave_the_connection_reusa
         }
     });
     let (_p, addr) = proxy_for(&instance, "").await;
-    let head = exchange_raw(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let head = exchange_raw(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-length: 1000"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 1000"),
+        "{head}"
+    );
     let not_modified = get(addr, "/");
     assert!(not_modified.starts_with("HTTP/1.1 304"), "{not_modified}");
-    let head = exchange_raw(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let head = exchange_raw(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(instance.connections(), 1);
 }
@@ -289,7 +301,9 @@ async fn malformed_responses_get_502_bad_response() {
         } else if seen.head.starts_with("GET /huge") {
             let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
             for i in 0..80 {
-                bytes.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(1000)).as_bytes());
+                bytes.extend_from_slice(
+                    format!("x-filler-{i}: {}\r\n", "y".repeat(1000)).as_bytes(),
+                );
             }
             bytes.extend_from_slice(b"\r\n");
             Act::Reply(bytes)
@@ -302,7 +316,10 @@ async fn malformed_responses_get_502_bad_response() {
     for path in ["/conflict", "/huge", "/garbage"] {
         let reply = get(addr, path);
         assert!(reply.starts_with("HTTP/1.1 502"), "{path}: {reply}");
-        assert!(reply.contains("\"bad_upstream_response\""), "{path}: {reply}");
+        assert!(
+            reply.contains("\"bad_upstream_response\""),
+            "{path}: {reply}"
+        );
     }
 }
 
@@ -344,7 +361,11 @@ async fn a_reused_connection_closed_under_a_request_is_retried_only_when_idempot
             let mut counts = counts.lock().unwrap();
             let n = counts.entry(seen.conn).or_insert(0);
             *n += 1;
-            if *n == 1 { Act::Reply(ok("first")) } else { Act::Close }
+            if *n == 1 {
+                Act::Reply(ok("first"))
+            } else {
+                Act::Close
+            }
         }
     });
     let (_p, addr) = proxy_for(&closer, "retries = { attempts = 0 }").await;
