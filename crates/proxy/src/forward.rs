@@ -103,6 +103,14 @@ pub(crate) async fn handle(
         return Ok(local_error(&err, None, &request_id, exchange));
     };
     exchange.route = Some(Arc::clone(&route));
+    if let Some(answer) = crate::route_rules::local_answer(&route, cx.peer.ip(), req.uri()) {
+        return Ok(crate::route_rules::respond(
+            answer,
+            &route,
+            &request_id,
+            exchange,
+        ));
+    }
     let service = Arc::clone(&route.service);
     let deadline = start + service.config.timeouts.total;
     match forward(
@@ -138,7 +146,7 @@ pub(crate) async fn handle(
     }
 }
 
-fn local_error(
+pub(crate) fn local_error(
     err: &ProxyError,
     service: Option<&str>,
     request_id: &HeaderValue,
@@ -273,7 +281,7 @@ async fn forward(
                 }));
             };
             let more_attempts_possible = attempt < cfg.retries.attempts && idempotent && replayable;
-            let Some(head) = (if more_attempts_possible {
+            let Some(mut head) = (if more_attempts_possible {
                 template.clone()
             } else {
                 template.take()
@@ -285,6 +293,10 @@ async fn forward(
                     )
                 }));
             };
+            if route.rules.host_is_dst() {
+                head.headers
+                    .insert(header::HOST, picked.instance.host_header.clone());
+            }
             let sent_at = Instant::now();
             let wait = cfg
                 .timeouts
@@ -561,6 +573,7 @@ fn rewrite_head(
     if let (false, Some(host)) = (h.contains_key(header::HOST), host) {
         h.insert(header::HOST, host);
     }
+    route.rules.set_fixed_host(h);
     h.insert(X_REQUEST_ID, request_id.clone());
     Ok(())
 }
