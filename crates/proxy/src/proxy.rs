@@ -199,16 +199,14 @@ impl Proxy {
 
         // Route tables per listener.
         let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
-        // A redirect route without a service never forwards; it still needs a service value
-        // for its metric labels and log lines: an empty one, made only when needed.
+        // Made once, and only when a redirect route names no service.
         let mut no_service: Option<Arc<Service>> = None;
         for rc in &config.routes {
             let service = match services.get(&rc.service) {
                 Some(service) => service,
-                None if rc.redirect.is_some() => no_service.get_or_insert_with(|| {
-                    let empty = sluice_config::ServiceConfig::with_defaults("");
-                    Arc::new(Service::new(empty, Arc::default(), |_| None))
-                }),
+                None if rc.redirect.is_some() => {
+                    no_service.get_or_insert_with(crate::routing::no_service)
+                }
                 None => continue, // validation guarantees this exists
             };
             tables

@@ -159,8 +159,12 @@ impl RouteTable {
             .iter()
             .filter(|r| r.listener == listener)
             .filter_map(|rc| {
-                let service = services.get(rc.service.as_str())?;
-                Some(Arc::new(Route::new(rc, service)))
+                let service = match services.get(rc.service.as_str()) {
+                    Some(service) => Arc::clone(service),
+                    None if rc.redirect.is_some() => no_service(),
+                    None => return None,
+                };
+                Some(Arc::new(Route::new(rc, &service)))
             })
             .collect();
         Self::new(routes)
@@ -190,6 +194,13 @@ impl RouteTable {
         }
         self.any.lookup(path)
     }
+}
+
+/// The service of a redirect route that names none: it never forwards, but routes carry a
+/// service for their metric labels and log lines. Empty name, no instances.
+pub(crate) fn no_service() -> Arc<Service> {
+    let empty = sluice_config::ServiceConfig::with_defaults("");
+    Arc::new(Service::new(empty, Arc::default(), |_| None))
 }
 
 /// Lower-cases a host and removes its port; borrows when nothing changes (the common case).

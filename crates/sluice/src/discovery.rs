@@ -1400,11 +1400,45 @@ mod tests {
                 cidr: "10.1.0.0/16".into(),
             },
         ];
-        let routes = [moved, secure, bad_url, mixed];
+        let free_port = || {
+            std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_default()
+        };
+        let tcp = |port: u16, action: types::AccessAction| {
+            let mut tcp = route("", "db", &[5432]);
+            tcp.protocol = types::Protocol::Tcp;
+            tcp.listen_port = Some(port);
+            tcp.access = vec![types::AccessRule {
+                action,
+                cidr: "10.0.0.0/8".into(),
+            }];
+            tcp
+        };
+        let routes = [
+            moved,
+            secure,
+            bad_url,
+            mixed,
+            tcp(free_port(), types::AccessAction::Allow),
+            tcp(free_port(), types::AccessAction::Deny),
+        ];
         let (found, skipped) = translate(&routes, "web", &base, &Catalog::empty(), &[]).await;
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
         assert!(skipped[0].contains("ftp://x"), "{skipped:?}");
         assert!(skipped[1].contains("cannot be combined"), "{skipped:?}");
+        assert!(skipped[2].contains("deny= is not supported"), "{skipped:?}");
+        let allow: Vec<String> = found.listeners[0]
+            .authz
+            .iter()
+            .flat_map(|a| a.allow_cidr.iter().map(ToString::to_string))
+            .collect();
+        assert_eq!(
+            allow,
+            ["10.0.0.0/8"],
+            "allow= on a TCP route: the listener's allow-list"
+        );
         let old = &found.routes[0];
         assert_eq!(
             old.redirect.as_ref().map(|r| (r.code, r.url.as_str())),
@@ -1422,7 +1456,14 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(tls, [("web@/old", None), ("web@/secure", Some(true))]);
+        assert_eq!(
+            tls,
+            [
+                ("db", None),
+                ("web@/old", None),
+                ("web@/secure", Some(true))
+            ]
+        );
     }
 
     #[test]
