@@ -20,6 +20,7 @@ use crate::model::*;
 use crate::policy::*;
 use crate::raw::*;
 
+mod route_rules;
 mod tls;
 
 const SECTIONS: &[&str] = &[
@@ -1699,18 +1700,34 @@ impl<'s> Cx<'s> {
                     String::new()
                 }
             };
-            let service = r.service.get_ref().as_str();
-            if !service_names.contains(&service) {
-                let hint = closest(service, &service_names).map_or_else(
-                    || format!("define it with [[service]] name = \"{service}\""),
-                    |c| format!("did you mean `{c}`?"),
-                );
-                self.error_hint(
-                    Some(r.service.span()),
-                    format!("route refers to unknown service `{service}`"),
-                    hint,
-                );
-            }
+            let service = match &r.service {
+                Some(s) => {
+                    let service = s.get_ref().as_str();
+                    if !service_names.contains(&service) {
+                        let hint = closest(service, &service_names).map_or_else(
+                            || format!("define it with [[service]] name = \"{service}\""),
+                            |c| format!("did you mean `{c}`?"),
+                        );
+                        self.error_hint(
+                            Some(s.span()),
+                            format!("route refers to unknown service `{service}`"),
+                            hint,
+                        );
+                    }
+                    service
+                }
+                // A redirect is answered by Sluice itself and needs no service.
+                None if r.redirect.is_some() => "",
+                None => {
+                    self.error_hint(
+                        Some(r_span.clone()),
+                        "route has no `service`",
+                        "add service = \"NAME\" (or redirect = { code = 301, url = \"...\" })",
+                    );
+                    ""
+                }
+            };
+            let (redirect, access, upstream_host) = self.route_rules(r);
             let host = r
                 .host
                 .as_ref()
@@ -1763,6 +1780,9 @@ impl<'s> Cx<'s> {
                 strip,
                 prepend,
                 service: service.to_owned(),
+                redirect,
+                access,
+                upstream_host,
             });
         }
         out
@@ -2019,6 +2039,7 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("listener", ["sni"]) => fields_of::<RawSniRoute>(),
         ("kv", []) => fields_of::<RawKv>(),
         ("route", []) => fields_of::<RawRoute>(),
+        ("route", ["redirect"]) => fields_of::<RawRedirect>(),
         ("service", []) => fields_of::<RawService>(),
         ("service", ["timeouts"]) => fields_of::<RawTimeouts>(),
         ("service", ["retries"]) => fields_of::<RawRetries>(),
@@ -2056,6 +2077,7 @@ mod docs_tests {
             ("listener", &["sni"]),
             ("kv", &[]),
             ("route", &[]),
+            ("route", &["redirect"]),
             ("service", &[]),
             ("service", &["timeouts"]),
             ("service", &["retries"]),

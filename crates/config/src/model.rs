@@ -259,8 +259,130 @@ pub struct RouteConfig {
     pub strip: Option<String>,
     /// Prefix added to the path before forwarding (after `strip`).
     pub prepend: Option<String>,
-    /// Service the route sends to.
+    /// Service the route sends to. Empty only on a `redirect` route that names none (it never
+    /// reaches a service).
     pub service: String,
+    /// `redirect`: the route answers with this status and `Location` itself.
+    pub redirect: Option<RedirectConfig>,
+    /// `allow` / `deny`: which client addresses may use the route (`None`: everyone).
+    pub access: Option<AccessRules>,
+    /// `upstream_host`: the `Host` header sent to instances (`None`: the client's).
+    pub upstream_host: Option<UpstreamHost>,
+}
+
+/// `redirect = { code, url }` on a route (nginx `return 301 URL`, Fabio `redirect=CODE,URL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+    /// An absolute `http(s)://` URL or a path; every `$path` is replaced by the request path
+    /// (after the route's `strip`/`prepend`).
+    pub url: String,
+}
+
+impl RedirectConfig {
+    /// Why `url` cannot be a redirect target, if it cannot: it must be a path (`$path` alone
+    /// counts) or an `http(s)://` URL with a host, and hold nothing a `Location` header cannot.
+    pub fn url_problem(url: &str) -> Option<&'static str> {
+        if url
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
+        {
+            return Some(
+                "it contains spaces, control or non-ASCII characters (percent-encode them)",
+            );
+        }
+        if url.starts_with("//") {
+            return Some("a scheme-relative URL is ambiguous; write the scheme");
+        }
+        if url.starts_with('/') || url.starts_with("$path") {
+            return None;
+        }
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        match rest {
+            None => Some("it is neither a path nor an http:// or https:// URL"),
+            Some(rest) if rest.is_empty() || rest.starts_with(['/', '?', '#', '$']) => {
+                Some("the URL has no host")
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Whether `code` is a status a redirect may answer with (one that carries `Location`).
+    pub fn valid_code(code: i64) -> bool {
+        [301, 302, 303, 307, 308].contains(&code)
+    }
+}
+
+/// Whether a route's networks are the only ones let in, or the ones kept out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessAction {
+    /// Only clients in the networks may use the route.
+    Allow,
+    /// Clients in the networks may not.
+    Deny,
+}
+
+/// A route's client-address rules: one action for a list of networks (Fabio allows one of
+/// `allow=`/`deny=` per route, and so does the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRules {
+    /// What a match means.
+    pub action: AccessAction,
+    /// Client networks (a bare address is a /32 or /128).
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl AccessRules {
+    /// An address or CIDR (`10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`), normalised to its
+    /// network; a bare address is a single-host network.
+    pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .ok()
+            .map(|n| n.trunc())
+    }
+
+    /// Whether a client at `ip` may use the route.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; rules are written
+        // in IPv4, so compare the plain address.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let listed = self.networks.iter().any(|n| n.contains(&ip));
+        match self.action {
+            AccessAction::Allow => listed,
+            AccessAction::Deny => !listed,
+        }
+    }
+}
+
+/// `upstream_host`: what the `Host` header sent to instances is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamHost {
+    /// `"dst"`: the instance's own `IP:PORT` (Fabio's `host=dst`).
+    Dst,
+    /// A fixed name (`"api.internal"`, nginx `proxy_set_header Host`).
+    Name(String),
+}
+
+impl UpstreamHost {
+    /// `"dst"`, or a host name or address with an optional port (what a `Host` header holds).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text == "dst" {
+            return Some(UpstreamHost::Dst);
+        }
+        let valid = !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+        valid.then(|| UpstreamHost::Name(text.to_owned()))
+    }
 }
 
 /// Balancing algorithm of a service.
@@ -374,6 +496,47 @@ pub struct ServiceConfig {
     pub on_demotion: OnDemotion,
     /// `[service.tls]`: TLS to instances.
     pub tls: Option<crate::ServiceTlsConfig>,
+}
+
+impl ServiceConfig {
+    /// A service with every default and no instances, as `[[service]] name = "..."` alone
+    /// gives (a test in the loader keeps the two equal).
+    pub fn with_defaults(name: &str) -> Self {
+        use crate::defaults as d;
+        ServiceConfig {
+            name: name.to_owned(),
+            balancer: Balancer::RoundRobin,
+            instances: Vec::new(),
+            timeouts: Timeouts {
+                connect: d::CONNECT_TIMEOUT,
+                response_header: d::RESPONSE_HEADER_TIMEOUT,
+                idle: d::IDLE_TIMEOUT,
+                total: d::TOTAL_TIMEOUT,
+                tunnel_idle: d::TUNNEL_IDLE_TIMEOUT,
+            },
+            retries: RetryPolicy {
+                attempts: d::RETRY_ATTEMPTS,
+                on_status: d::RETRY_ON_STATUS.to_vec(),
+                budget_ratio: d::RETRY_BUDGET_RATIO,
+                budget_min_per_sec: d::RETRY_BUDGET_MIN_PER_SEC,
+                buffer_bytes: d::RETRY_BUFFER_BYTES,
+            },
+            outlier: OutlierConfig {
+                consecutive_failures: d::OUTLIER_CONSECUTIVE_FAILURES,
+                base_ejection: d::OUTLIER_BASE_EJECTION,
+                max_ejection: d::OUTLIER_MAX_EJECTION,
+                max_ejected_percent: d::OUTLIER_MAX_EJECTED_PERCENT,
+            },
+            pool: PoolConfig {
+                max_idle_per_instance: d::POOL_MAX_IDLE,
+                idle_timeout: d::POOL_IDLE_TIMEOUT,
+            },
+            serve: Serve::Any,
+            health: None,
+            on_demotion: OnDemotion::Close,
+            tls: None,
+        }
+    }
 }
 
 /// Which instances of a service take traffic.

@@ -81,7 +81,19 @@ pub(crate) struct RawRoute {
     pub(crate) path: Option<S<String>>,
     pub(crate) strip: Option<S<String>>,
     pub(crate) prepend: Option<S<String>>,
-    pub(crate) service: S<String>,
+    /// Required unless `redirect` is given.
+    pub(crate) service: Option<S<String>>,
+    pub(crate) redirect: Option<S<RawRedirect>>,
+    pub(crate) allow: Option<S<Vec<S<String>>>>,
+    pub(crate) deny: Option<S<Vec<S<String>>>>,
+    pub(crate) upstream_host: Option<S<String>>,
+}
+
+/// `redirect = { code = 301, url = "..." }` on a route.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRedirect {
+    pub(crate) code: S<i64>,
+    pub(crate) url: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ use metrics::counter;
 use sluice_config::HealthCheckConfig;
 use sluice_health::probe::{self, ProbeTarget};
 use sluice_health::{Evaluation, Evaluator, EvaluatorSource, NativeEvaluator, ProbedInstance};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{HEALTH_CHANGES_TOTAL, HEALTH_PROBES_TOTAL};
@@ -47,6 +47,8 @@ pub(crate) struct Checker {
     evaluators: Arc<dyn EvaluatorSource>,
     limit: Arc<Semaphore>,
     tasks: HashMap<TaskKey, Task>,
+    /// Bumped whenever an instance's status (up/down) changes, for `Proxy::health_changes`.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Checker {
@@ -56,7 +58,13 @@ impl Checker {
             evaluators,
             limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
             tasks: HashMap::new(),
+            changes: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// A receiver that sees a new value after every status change of any instance.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Starts, keeps or stops probe tasks to match the current services.
@@ -122,6 +130,7 @@ impl Checker {
                 services: Arc::clone(&self.services),
                 limit: Arc::clone(&self.limit),
                 stop: stop.clone(),
+                changes: Arc::clone(&self.changes),
             };
             tokio::spawn(probe.run());
             self.tasks.insert(key, Task { check, stop });
@@ -147,6 +156,7 @@ struct ProbeTask {
     services: Services,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl ProbeTask {
@@ -206,6 +216,7 @@ impl ProbeTask {
                     );
                     if let Some((from, to)) = change.status {
                         status_changes.increment(1);
+                        self.changes.send_modify(|n| *n = n.wrapping_add(1));
                         tracing::info!(service = %service, instance = %instance, ?from, ?to, probe = %result.summary(), "health status changed");
                     }
                     if let Some((from, to)) = change.role {

@@ -32,11 +32,13 @@ pub enum ProxyErrorKind {
     ClientBodyTimeout,
     /// The client's request body was malformed or aborted (400).
     ClientBodyError,
+    /// The route's `allow`/`deny` rules refuse the client's address (403).
+    AccessDenied,
 }
 
 impl ProxyErrorKind {
     /// Number of kinds (for per-kind arrays).
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// The status code the client gets.
     pub fn status(self) -> StatusCode {
@@ -51,6 +53,7 @@ impl ProxyErrorKind {
             }
             Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ClientBodyError => StatusCode::BAD_REQUEST,
+            Self::AccessDenied => StatusCode::FORBIDDEN,
         }
     }
 
@@ -68,6 +71,7 @@ impl ProxyErrorKind {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::ClientBodyTimeout => "client_body_timeout",
             Self::ClientBodyError => "client_body_error",
+            Self::AccessDenied => "access_denied",
         }
     }
 

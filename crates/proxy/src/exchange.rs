@@ -133,7 +133,12 @@ impl Exchange {
             proto: proto_str(info.version),
             status: self.status,
             route: self.route.as_ref().map(|r| &*r.name),
-            service: self.route.as_ref().map(|r| &*r.service.name),
+            // Empty for a redirect route without a service.
+            service: self
+                .route
+                .as_ref()
+                .map(|r| &*r.service.name)
+                .filter(|s| !s.is_empty()),
             upstream: upstream_label.as_deref(),
             bytes_in,
             bytes_out,

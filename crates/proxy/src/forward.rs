@@ -104,6 +104,14 @@ pub(crate) async fn handle(
         return Ok(local_error(&err, None, &request_id, exchange));
     };
     exchange.route = Some(Arc::clone(&route));
+    if let Some(answer) = crate::route_rules::local_answer(&route, cx.peer.ip(), req.uri()) {
+        return Ok(crate::route_rules::respond(
+            answer,
+            &route,
+            &request_id,
+            exchange,
+        ));
+    }
     let service = Arc::clone(&route.service);
     let deadline = start + service.config.timeouts.total;
     match forward(
@@ -139,7 +147,7 @@ pub(crate) async fn handle(
     }
 }
 
-fn local_error(
+pub(crate) fn local_error(
     err: &ProxyError,
     service: Option<&str>,
     request_id: &HeaderValue,
@@ -223,7 +231,7 @@ async fn forward(
     let mut tried = Tried::default();
     let mut attempt: u32 = 0;
     let mut last_error: Option<ProxyError> = None;
-    let head = parts;
+    let mut head = parts;
     let mut failed_generation: Option<u64> = None;
     'attempts: loop {
         let attempt_start = Instant::now();
@@ -273,6 +281,10 @@ async fn forward(
                     )
                 }));
             };
+            if route.rules.host_is_dst() {
+                head.headers
+                    .insert(header::HOST, picked.instance.host_header.clone());
+            }
             let sent_at = Instant::now();
             let wait = cfg
                 .timeouts
@@ -549,6 +561,7 @@ fn rewrite_head(
     if let (false, Some(host)) = (h.contains_key(header::HOST), host) {
         h.insert(header::HOST, host);
     }
+    route.rules.set_fixed_host(h);
     h.insert(X_REQUEST_ID, request_id.clone());
     Ok(())
 }

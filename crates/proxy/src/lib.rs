@@ -27,6 +27,7 @@ pub mod metrics;
 mod pool;
 mod proxy;
 mod proxy_protocol;
+mod route_rules;
 mod routing;
 mod sni;
 mod tcp;
@@ -38,8 +39,8 @@ pub use access_log::AccessLog;
 pub use body::DownBody;
 pub use error::{ProxyError, ProxyErrorKind};
 pub use proxy::{
-    ApplyError, ApplySummary, HealthView, InstanceView, LastProbeView, Proxy, RouteView,
-    ServiceView,
+    ApplyError, ApplySummary, HealthView, InstanceView, LastProbeView, Proxy, RedirectView,
+    RouteView, ServiceView,
 };
 pub use routing::{Route, RouteTable};
 pub use upstream::{Instance, Service};

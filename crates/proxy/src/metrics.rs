@@ -76,6 +76,10 @@ pub const CONNECTIONS_TOTAL: &str = "sluice_connections_total";
 pub const CLIENT_CLOSES_TOTAL: &str = "sluice_client_closes_total";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluice_access_log_dropped_total";
+/// Requests refused by a route's `allow`/`deny` rules (403), per route.
+pub const ROUTE_DENIED_TOTAL: &str = "sluice_route_denied_total";
+/// Requests a `redirect` route answered itself, per route.
+pub const ROUTE_REDIRECTS_TOTAL: &str = "sluice_route_redirects_total";
 /// Configuration reloads, by `result` (`ok`, `invalid`, `failed`).
 pub const RELOADS_TOTAL: &str = "sluice_config_reloads_total";
 
@@ -112,6 +116,8 @@ pub const ALL: &[&str] = &[
     CLIENT_CLOSES_TOTAL,
     ACCESS_LOG_DROPPED_TOTAL,
     RELOADS_TOTAL,
+    ROUTE_DENIED_TOTAL,
+    ROUTE_REDIRECTS_TOTAL,
 ];
 
 /// Per-route handles, registered lazily so unused status classes create no series.

@@ -16,7 +16,7 @@ use crate::access_log::AccessLog;
 use crate::checks::{Checker, Services};
 use crate::listener::{self, ListenerRuntime, ListenerShared, RunningListener};
 use crate::metrics::{
-    HEALTH_SINCE_CHANGE_SECONDS, INSTANCE_OUTSTANDING, INSTANCES_EJECTED, PRIMARY, RouteMetrics,
+    HEALTH_SINCE_CHANGE_SECONDS, INSTANCE_OUTSTANDING, INSTANCES_EJECTED, PRIMARY,
 };
 use crate::routing::{Route, RouteTable};
 use crate::tcp::TcpRuntime;
@@ -199,27 +199,20 @@ impl Proxy {
 
         // Route tables per listener.
         let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
+        // Made once, and only when a redirect route names no service.
+        let mut no_service: Option<Arc<Service>> = None;
         for rc in &config.routes {
-            let Some(service) = services.get(&rc.service) else {
-                continue; // validation guarantees this exists
+            let service = match services.get(&rc.service) {
+                Some(service) => service,
+                None if rc.redirect.is_some() => {
+                    no_service.get_or_insert_with(crate::routing::no_service)
+                }
+                None => continue, // validation guarantees this exists
             };
-            let name: Arc<str> = rc.name.as_str().into();
             tables
                 .entry(rc.listener.as_str())
                 .or_default()
-                .push(Arc::new(Route {
-                    metrics: RouteMetrics::new(
-                        rc.listener.as_str().into(),
-                        Arc::clone(&name),
-                        Arc::clone(&service.name),
-                    ),
-                    name,
-                    host: rc.host.clone(),
-                    path: rc.path.clone(),
-                    strip: rc.strip.clone(),
-                    prepend: rc.prepend.clone(),
-                    service: Arc::clone(service),
-                }));
+                .push(Arc::new(Route::new(rc, service)));
         }
 
         // TLS: every certificate and key re-read; a bad one refuses the whole apply.
@@ -418,7 +411,40 @@ impl Proxy {
                 path: r.path.clone(),
                 strip: r.strip.clone(),
                 prepend: r.prepend.clone(),
-                service: r.service.clone(),
+                service: Some(r.service.clone()).filter(|s| !s.is_empty()),
+                redirect: r.redirect.as_ref().map(|d| RedirectView {
+                    code: d.code,
+                    url: d.url.clone(),
+                }),
+                allow: access_view(r, sluice_config::AccessAction::Allow),
+                deny: access_view(r, sluice_config::AccessAction::Deny),
+                upstream_host: r.upstream_host.as_ref().map(|h| match h {
+                    sluice_config::UpstreamHost::Dst => "dst".to_owned(),
+                    sluice_config::UpstreamHost::Name(name) => name.clone(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Sees a new value after any instance's active-health status changes (not per probe),
+    /// so a caller can react to health without polling.
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self.inner.checker.lock() {
+            Ok(checker) => checker.subscribe(),
+            Err(poisoned) => poisoned.into_inner().subscribe(),
+        }
+    }
+
+    /// The active-health status of every instance: (service, address, status). Cheaper than
+    /// [`Proxy::services`] for callers that only need the status.
+    pub fn health_statuses(&self) -> Vec<(Arc<str>, SocketAddr, sluice_health::Status)> {
+        let services = self.inner.services.load();
+        services
+            .values()
+            .flat_map(|s| {
+                s.instances()
+                    .iter()
+                    .map(|i| (Arc::clone(&s.name), i.addr, i.health.status()))
             })
             .collect()
     }
@@ -561,8 +587,42 @@ pub struct RouteView {
     pub strip: Option<String>,
     /// Prefix prepended.
     pub prepend: Option<String>,
-    /// Target service.
-    pub service: String,
+    /// Target service (`None` on a redirect route without one).
+    pub service: Option<String>,
+    /// The redirect the route answers with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectView>,
+    /// Client networks allowed (everyone else is refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Client networks refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// The `Host` sent upstream (`dst` or a name); absent: the client's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+}
+
+/// A route's redirect, as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedirectView {
+    /// Status code.
+    pub code: u16,
+    /// Target URL (`$path` unexpanded).
+    pub url: String,
+}
+
+/// The networks of `route`'s access rules with `action`.
+fn access_view(
+    route: &sluice_config::RouteConfig,
+    action: sluice_config::AccessAction,
+) -> Vec<String> {
+    route
+        .access
+        .iter()
+        .filter(|a| a.action == action)
+        .flat_map(|a| a.networks.iter().map(ToString::to_string))
+        .collect()
 }
 
 /// A service as the admin API shows it.

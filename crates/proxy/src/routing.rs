@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 use sluice_config::HostMatch;
 
 use crate::metrics::RouteMetrics;
+use crate::route_rules::RouteRules;
 use crate::upstream::Service;
 
 /// One route, shared by the table and the requests it serves.
@@ -34,9 +35,30 @@ pub struct Route {
     /// Where requests go.
     pub service: Arc<Service>,
     pub(crate) metrics: RouteMetrics,
+    /// Access rules, redirect and upstream `Host` (route_rules.rs).
+    pub(crate) rules: RouteRules,
 }
 
 impl Route {
+    /// The route `rc` describes, sending to `service`.
+    pub(crate) fn new(rc: &sluice_config::RouteConfig, service: &Arc<Service>) -> Self {
+        let name: Arc<str> = rc.name.as_str().into();
+        Route {
+            metrics: RouteMetrics::new(
+                rc.listener.as_str().into(),
+                Arc::clone(&name),
+                Arc::clone(&service.name),
+            ),
+            name,
+            host: rc.host.clone(),
+            path: rc.path.clone(),
+            strip: rc.strip.clone(),
+            prepend: rc.prepend.clone(),
+            service: Arc::clone(service),
+            rules: RouteRules::new(rc),
+        }
+    }
+
     /// The path the upstream sees: `strip` removed when the path starts with it (the remainder
     /// always starts with '/'), then `prepend` added. `/ap1a/csp/x` with strip `/ap1a` is
     /// `/csp/x`; `/ap1a` alone becomes `/`.
@@ -137,21 +159,12 @@ impl RouteTable {
             .iter()
             .filter(|r| r.listener == listener)
             .filter_map(|rc| {
-                let service = services.get(rc.service.as_str())?;
-                let name: Arc<str> = rc.name.as_str().into();
-                Some(Arc::new(Route {
-                    metrics: RouteMetrics::new(
-                        listener.into(),
-                        Arc::clone(&name),
-                        Arc::clone(&service.name),
-                    ),
-                    name,
-                    host: rc.host.clone(),
-                    path: rc.path.clone(),
-                    strip: rc.strip.clone(),
-                    prepend: rc.prepend.clone(),
-                    service: Arc::clone(service),
-                }))
+                let service = match services.get(rc.service.as_str()) {
+                    Some(service) => Arc::clone(service),
+                    None if rc.redirect.is_some() => no_service(),
+                    None => return None,
+                };
+                Some(Arc::new(Route::new(rc, &service)))
             })
             .collect();
         Self::new(routes)
@@ -181,6 +194,13 @@ impl RouteTable {
         }
         self.any.lookup(path)
     }
+}
+
+/// The service of a redirect route that names none: it never forwards, but routes carry a
+/// service for their metric labels and log lines. Empty name, no instances.
+pub(crate) fn no_service() -> Arc<Service> {
+    let empty = sluice_config::ServiceConfig::with_defaults("");
+    Arc::new(Service::new(empty, Arc::default(), |_| None))
 }
 
 /// Lower-cases a host and removes its port; borrows when nothing changes (the common case).

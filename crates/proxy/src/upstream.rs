@@ -28,6 +28,8 @@ pub struct Instance {
     /// Where it listens.
     pub addr: SocketAddr,
     pub(crate) label: Arc<str>,
+    /// `IP:PORT` as a `Host` value, made once for routes with `upstream_host = "dst"`.
+    pub(crate) host_header: http::HeaderValue,
     outstanding: AtomicU32,
     ewma: Ewma,
     pub(crate) outlier: OutlierState,
@@ -45,6 +47,8 @@ impl Instance {
         Self {
             addr,
             label: addr.to_string().into(),
+            host_header: http::HeaderValue::from_str(&addr.to_string())
+                .unwrap_or(http::HeaderValue::from_static("localhost")),
             outstanding: AtomicU32::new(0),
             ewma: Ewma::default(),
             outlier: OutlierState::default(),

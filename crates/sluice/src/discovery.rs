@@ -4,9 +4,13 @@
 //! The merged configuration is applied through `Proxy::apply`, which builds every table off the
 //! data path and swaps it atomically — the same path a reload takes.
 //!
-//! Failure rules: a bad tag is logged (and counted) and skipped, never blocking the table; a
-//! route the proxy cannot serve yet (https, redirect, access rules, host=) is
-//! logged and skipped; a failing policy or a failed apply keeps the last good table.
+//! Failure rules: a bad tag is logged (and counted) and skipped, never blocking the table; so
+//! is a route whose options cannot be served (a redirect URL, a network or a `host=` the file's
+//! rules refuse, `proto=https` with no CA to verify against); a failing policy or a failed
+//! apply keeps the last good table.
+//!
+//! The policy sees each instance's health from the active checker (discovery_health.rs), and
+//! the routes are rebuilt (debounced) when an instance goes up or down.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -96,6 +100,8 @@ pub(crate) struct DiscoveryState {
     pub(crate) started_with: Vec<sluice_config::DiscoveryConfig>,
     /// A reload asks for a rebuild against the new file (its routes and services may differ).
     pub(crate) rebuild_now: tokio::sync::Notify,
+    /// Instance health for the routing policy.
+    pub(crate) health: crate::discovery_health::HealthFeed,
 }
 
 impl DiscoveryState {
@@ -120,6 +126,7 @@ impl DiscoveryState {
             last_rebuild: std::sync::Mutex::new(None),
             started_with: cfg.discovery.clone(),
             rebuild_now: tokio::sync::Notify::new(),
+            health: crate::discovery_health::HealthFeed::default(),
         })))
     }
 
@@ -228,6 +235,8 @@ pub(crate) fn spawn_rebuilds(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut catalogs = state.discovery.subscribe();
+        let mut proxy_health = app.proxy.health_changes();
+        let mut recoveries = state.health.subscribe();
         loop {
             let catalog = Arc::clone(&catalogs.borrow_and_update());
             state.refresh_gauges();
@@ -235,7 +244,17 @@ pub(crate) fn spawn_rebuilds(
             tokio::select! {
                 changed = catalogs.changed() => if changed.is_err() { return },
                 () = state.rebuild_now.notified() => {}
+                // An instance went up or down (not every probe: only status changes), or a
+                // parked one recovered. Waiting out the debounce folds a burst into one rebuild.
+                Ok(()) = proxy_health.changed() => {
+                    tokio::time::sleep(app.base_config().routing.debounce).await;
+                }
+                Ok(()) = recoveries.changed() => {
+                    tokio::time::sleep(app.base_config().routing.debounce).await;
+                }
             }
+            proxy_health.borrow_and_update();
+            recoveries.borrow_and_update();
         }
     })
 }
@@ -262,7 +281,8 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
             report.error = Some(format!("routing policy `{policy}` is not loaded"));
         }
         Some(handle) => {
-            let input = policy_input(&catalog);
+            let health = state.health.statuses(&app.proxy, &catalog).await;
+            let input = policy_input(&catalog, &health);
             let policy_started = Instant::now();
             let outcome = tokio::task::spawn_blocking(move || handle.build_routes(&input)).await;
             report.policy_ms = ms(policy_started);
@@ -415,7 +435,10 @@ fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfig {
 }
 
 /// The catalog as the routing world sees it.
-pub(crate) fn policy_input(catalog: &Catalog) -> Vec<types::Instance> {
+pub(crate) fn policy_input(
+    catalog: &Catalog,
+    health: &std::collections::HashMap<String, types::HealthStatus>,
+) -> Vec<types::Instance> {
     catalog
         .instances()
         .map(|i| types::Instance {
@@ -425,9 +448,12 @@ pub(crate) fn policy_input(catalog: &Catalog) -> Vec<types::Instance> {
             port: i.port,
             tags: i.tags.clone(),
             metadata: i.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            // The catalog carries no check results yet: presence means registered healthy
-            // (docs/registry-format.md), so nothing is `critical`.
-            health: types::HealthStatus::Unknown,
+            // The active checker's status (discovery_health.rs); `unknown` before its first
+            // probe and for instances without a check.
+            health: health
+                .get(&i.id)
+                .copied()
+                .unwrap_or(types::HealthStatus::Unknown),
         })
         .collect()
 }
@@ -441,7 +467,7 @@ pub(crate) async fn translate(
     held_ports: &[u16],
 ) -> (Discovered, Vec<String>) {
     let mut skipped = Vec::new();
-    // (service, route label, targets, TCP port) of each route in `out_routes`.
+    // What decides the proxy service of each route in `out_routes`.
     let mut per_route: Vec<PendingRoute> = Vec::new();
     let mut out_routes = Vec::new();
     let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
@@ -461,32 +487,32 @@ pub(crate) async fn translate(
         let mixed = route.targets.iter().any(|t| t.service != route.service);
         let unsupported = match route.protocol {
             types::Protocol::Tcp if route.listen_port.is_none() => {
-                Some("a TCP route needs a `:PORT`")
+                Some("a TCP route needs a `:PORT`".to_owned())
             }
-            types::Protocol::Tcp => tcp_port_problem(route.listen_port, base, held_ports),
-            types::Protocol::Https => Some("proto=https (TLS to instances) is not served yet"),
-            types::Protocol::Http if route.redirect.is_some() => {
-                Some("redirect= is not served yet")
+            types::Protocol::Tcp => {
+                tcp_port_problem(route.listen_port, base, held_ports).map(str::to_owned)
             }
-            // Serving the route without its access rules would open it to everyone.
-            types::Protocol::Http if !route.access.is_empty() => {
-                Some("allow=/deny= rules are not enforced yet, so the route is not served")
+            types::Protocol::Http | types::Protocol::Https
+                if !route.path_prefix.starts_with('/') =>
+            {
+                Some("the path does not start with '/'".to_owned())
             }
-            types::Protocol::Http if route.upstream_host.is_some() => {
-                Some("host= is not served yet")
-            }
-            types::Protocol::Http if !route.path_prefix.starts_with('/') => {
-                Some("the path does not start with '/'")
-            }
-            types::Protocol::Http => None,
+            types::Protocol::Http | types::Protocol::Https => None,
         };
-        if let Some(reason) = unsupported {
-            skipped.push(format!(
-                "route `{label}` of service `{}`: {reason}",
-                route.service
-            ));
-            continue;
-        }
+        let rules = match unsupported {
+            Some(reason) => Err(reason),
+            None => route_rules(route, base),
+        };
+        let (rules, tls) = match rules {
+            Ok(found) => found,
+            Err(reason) => {
+                skipped.push(format!(
+                    "route `{label}` of service `{}`: {reason}",
+                    route.service
+                ));
+                continue;
+            }
+        };
         let host = match route.host.as_deref() {
             None => HostMatch::Any,
             Some(h) => match h.strip_prefix("*.") {
@@ -550,41 +576,77 @@ pub(crate) async fn translate(
                 .as_ref()
                 .map(|p| p.trim_end_matches('/').to_owned()),
             service: route.service.clone(),
+            redirect: rules.redirect,
+            access: rules.access,
+            upstream_host: rules.upstream_host,
         });
         instances.sort_by_key(|i| i.address);
-        per_route.push((route.service.clone(), label, instances, tcp_port, mixed));
+        per_route.push(PendingRoute {
+            service: route.service.clone(),
+            label,
+            instances,
+            tls,
+            tcp_port,
+            mixed,
+        });
     }
     // Routes of one service usually target all its instances: one proxy service. When tags
     // give its routes different target sets (instance a: `/a`, instance b: `/b`), each set
     // is its own proxy service, `<service>@<route>`, so a route reaches only its targets.
-    let mut sets: BTreeMap<&str, Vec<&Vec<InstanceConfig>>> = BTreeMap::new();
-    for (service, _, instances, _, _) in &per_route {
-        let known = sets.entry(service.as_str()).or_default();
-        if !known.contains(&instances) {
-            known.push(instances);
+    // Routes speaking TLS to their targets (`proto=https`) and routes that do not cannot
+    // share a proxy service either, so the TLS settings are part of a set.
+    type TargetSet<'a> = (
+        &'a Vec<InstanceConfig>,
+        &'a Option<sluice_config::ServiceTlsConfig>,
+    );
+    let mut sets: BTreeMap<&str, Vec<TargetSet<'_>>> = BTreeMap::new();
+    for pending in &per_route {
+        let known = sets.entry(pending.service.as_str()).or_default();
+        let set = (&pending.instances, &pending.tls);
+        if !known.contains(&set) {
+            known.push(set);
         }
     }
-    let mut services: BTreeMap<String, (String, Vec<InstanceConfig>)> = BTreeMap::new();
-    for (route, (service, label, instances, _, mixed)) in out_routes.iter_mut().zip(&per_route) {
+    type ServiceParts = (
+        String,
+        Vec<InstanceConfig>,
+        Option<sluice_config::ServiceTlsConfig>,
+    );
+    let mut services: BTreeMap<String, ServiceParts> = BTreeMap::new();
+    for (route, pending) in out_routes.iter_mut().zip(&per_route) {
+        let service = &pending.service;
         // A route mixing services is always its own proxy service: it is not `service`.
-        let name = if *mixed || sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
-            format!("{service}@{label}")
+        let name = if pending.mixed || sets.get(service.as_str()).map_or(0, Vec::len) > 1 {
+            format!("{service}@{}", pending.label)
         } else {
             service.clone()
         };
         route.service = name.clone();
-        services
-            .entry(name)
-            .or_insert_with(|| (service.clone(), instances.clone()));
+        services.entry(name).or_insert_with(|| {
+            (
+                service.clone(),
+                pending.instances.clone(),
+                pending.tls.clone(),
+            )
+        });
     }
     // TCP routes become listeners of their own (`urlprefix-:PORT proto=tcp`).
     let mut listeners = Vec::new();
     let mut http_routes = Vec::with_capacity(out_routes.len());
-    for (route, (_, _, _, tcp_port, _)) in out_routes.into_iter().zip(&per_route) {
-        match tcp_port {
+    for (route, pending) in out_routes.into_iter().zip(&per_route) {
+        match &pending.tcp_port {
             None => http_routes.push(route),
             Some(port) => match tcp_listener(base, *port, &route.service) {
-                Some(listener) => listeners.push(listener),
+                Some(mut listener) => {
+                    // `allow=` on a TCP route: the listener's source allow-list.
+                    if let Some(access) = &route.access {
+                        listener.authz = Some(sluice_config::ListenerAuthzConfig {
+                            allow_cidr: access.networks.clone(),
+                            ..Default::default()
+                        });
+                    }
+                    listeners.push(listener);
+                }
                 None => skipped.push(format!("route `:{port}`: no default TCP listener settings")),
             },
         }
@@ -592,7 +654,7 @@ pub(crate) async fn translate(
     let mut out_routes = http_routes;
     let checks = declared_checks(catalog);
     let mut out_services = Vec::with_capacity(services.len());
-    for (name, (service, mut instances)) in services {
+    for (name, (service, mut instances, tls)) in services {
         // A [[service]] of the same name in the file gives the settings and keeps its own
         // instances; discovered ones are added.
         let template = base.service(&service).cloned().inspect(|file| {
@@ -617,6 +679,10 @@ pub(crate) async fn translate(
                         )),
                         None => {}
                     }
+                }
+                // `proto=https`: the route's TLS settings (built from the file's, if any).
+                if tls.is_some() {
+                    template.tls = tls;
                 }
                 out_services.push(ServiceConfig {
                     instances,
@@ -645,9 +711,141 @@ pub(crate) async fn translate(
     )
 }
 
-/// (service, route label, targets, TCP port, mixed) of a route being translated; `mixed`: the
-/// targets belong to several services (a weighted canary).
-type PendingRoute = (String, String, Vec<InstanceConfig>, Option<u16>, bool);
+/// A route being translated, with what decides its proxy service.
+struct PendingRoute {
+    service: String,
+    label: String,
+    instances: Vec<InstanceConfig>,
+    /// `proto=https`: TLS to the targets.
+    tls: Option<sluice_config::ServiceTlsConfig>,
+    tcp_port: Option<u16>,
+    /// The targets belong to several services (a weighted canary).
+    mixed: bool,
+}
+
+/// A route's own rules, in the file's model (what `[[route]]` keys would give).
+#[derive(Debug, Default)]
+struct Rules {
+    redirect: Option<sluice_config::RedirectConfig>,
+    access: Option<sluice_config::AccessRules>,
+    upstream_host: Option<sluice_config::UpstreamHost>,
+}
+
+/// Where the system's CA bundle usually is (Debian/Ubuntu, Fedora/RHEL, Alpine/macOS-style).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The policy's `redirect=`, `allow=`/`deny=` and `host=` as the file's route model, and the
+/// TLS of a `proto=https` route; why the route cannot be served, if it cannot. The policy's
+/// values are checked again here with the file's rules: any routing policy may produce them.
+fn route_rules(
+    route: &types::Route,
+    base: &Config,
+) -> Result<(Rules, Option<sluice_config::ServiceTlsConfig>), String> {
+    let mut rules = Rules::default();
+    if let Some(redirect) = &route.redirect {
+        if !sluice_config::RedirectConfig::valid_code(i64::from(redirect.code)) {
+            return Err(format!(
+                "redirect code {} is not one of 301, 302, 303, 307, 308",
+                redirect.code
+            ));
+        }
+        if let Some(problem) = sluice_config::RedirectConfig::url_problem(&redirect.url) {
+            return Err(format!("redirect URL `{}`: {problem}", redirect.url));
+        }
+        rules.redirect = Some(sluice_config::RedirectConfig {
+            code: redirect.code,
+            url: redirect.url.clone(),
+        });
+    }
+    if let Some(first) = route.access.first() {
+        let action = match first.action {
+            types::AccessAction::Allow => sluice_config::AccessAction::Allow,
+            types::AccessAction::Deny => sluice_config::AccessAction::Deny,
+        };
+        // Serving the route with some of its rules dropped could open it to everyone.
+        if route.access.iter().any(|r| r.action != first.action) {
+            return Err("allow= and deny= cannot be combined on one route".into());
+        }
+        let networks = route
+            .access
+            .iter()
+            .map(|r| {
+                sluice_config::AccessRules::parse_network(&r.cidr)
+                    .ok_or_else(|| format!("`{}` is not an address or CIDR", r.cidr))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.access = Some(sluice_config::AccessRules { action, networks });
+    }
+    if let Some(host) = &route.upstream_host {
+        rules.upstream_host = Some(
+            sluice_config::UpstreamHost::parse(host)
+                .ok_or_else(|| format!("host=`{host}` is not a host name (or `dst`)"))?,
+        );
+    }
+    if route.protocol == types::Protocol::Tcp {
+        if rules.redirect.is_some() || rules.upstream_host.is_some() {
+            return Err("redirect= and host= have no meaning on a TCP route".into());
+        }
+        // A TCP listener has a source allow-list but no deny list; serving the route without
+        // its rule would open it.
+        if rules
+            .access
+            .as_ref()
+            .is_some_and(|a| a.action == sluice_config::AccessAction::Deny)
+        {
+            return Err("deny= is not supported on TCP routes (use allow=)".into());
+        }
+    }
+    let tls = match route.protocol {
+        types::Protocol::Https => Some(https_settings(route, base)?),
+        _ => None,
+    };
+    Ok((rules, tls))
+}
+
+/// `proto=https`: the `[service.tls]` of the file's `[[service]]` of that name when it has one
+/// (its CA, client certificate, server name), else the system CA bundle; `tlsskipverify=true`
+/// turns verification off. The certificate is checked against the instance's address: its
+/// registered host name when every target registered the same one, else each instance's IP.
+fn https_settings(
+    route: &types::Route,
+    base: &Config,
+) -> Result<sluice_config::ServiceTlsConfig, String> {
+    let mut tls = base
+        .service(&route.service)
+        .and_then(|s| s.tls.clone())
+        .unwrap_or_default();
+    if route.tls.skip_verify {
+        tls.insecure_skip_verify = true;
+    }
+    if tls.ca.is_none() && !tls.insecure_skip_verify {
+        tls.ca = SYSTEM_CA_BUNDLES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        if tls.ca.is_none() {
+            return Err(format!(
+                "proto=https needs CA certificates: none of {} exists; give [[service]] name = \"{}\" a [service.tls] ca, or add tlsskipverify=true",
+                SYSTEM_CA_BUNDLES.join(", "),
+                route.service
+            ));
+        }
+    }
+    if tls.server_name.is_none() {
+        let mut names = route.targets.iter().map(|t| t.address.as_str());
+        if let Some(first) = names.next()
+            && first.parse::<IpAddr>().is_err()
+            && names.all(|n| n == first)
+        {
+            tls.server_name = Some(first.to_owned());
+        }
+    }
+    Ok(tls)
+}
 
 /// The file's configuration plus what discovery found. A discovered service named like a file
 /// service takes the file's settings and adds its instances to the file's.
@@ -959,24 +1157,12 @@ fn tcp_listener(base: &Config, port: u16, service: &str) -> Option<ListenerConfi
     Some(listener)
 }
 
-/// A service with every default, as `[[service]] name = "..."` alone would give. Parsed from
-/// the smallest valid file so the defaults stay exactly those of sluice-config.
+/// A service with every default, as `[[service]] name = "..."` alone would give.
 fn default_service(name: &str) -> Option<ServiceConfig> {
-    static TEMPLATE: std::sync::OnceLock<Option<ServiceConfig>> = std::sync::OnceLock::new();
-    let template = TEMPLATE.get_or_init(|| {
-        sluice_config::parse_str(
-            Path::new("<discovery defaults>"),
-            "[[service]]\nname = \"template\"\n",
-        )
-        .ok()
-        .and_then(|cfg| cfg.services.into_iter().next())
-    });
-    let mut service = template.clone()?;
-    service.name = name.to_owned();
-    Some(service)
+    Some(ServiceConfig::with_defaults(name))
 }
 
-async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
+pub(crate) async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(ip) = address.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }
@@ -1123,6 +1309,7 @@ mod tests {
                 ("api", vec![9, 3, 4]),
                 ("db", vec![5432]),
                 ("web@/a", vec![1]),
+                ("web@/admin", vec![1, 2]),
                 ("web@/b", vec![2])
             ],
             "one service per distinct target set; the file's api keeps its instance"
@@ -1144,9 +1331,25 @@ mod tests {
             .collect();
         assert_eq!(
             routes,
-            [("/a", "web@/a"), ("/b", "web@/b"), ("/api", "api")]
+            [
+                ("/a", "web@/a"),
+                ("/b", "web@/b"),
+                ("/api", "api"),
+                ("/admin", "web@/admin")
+            ]
         );
-        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        let admin = &found.routes[3];
+        assert_eq!(
+            admin.access,
+            Some(sluice_config::AccessRules {
+                action: sluice_config::AccessAction::Allow,
+                networks: sluice_config::AccessRules::parse_network("10.0.0.0/8")
+                    .into_iter()
+                    .collect(),
+            }),
+            "allow= becomes the route's access rules"
+        );
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].contains("the file wins"), "{skipped:?}");
         assert!(skipped[1].contains("cannot be bound"), "{skipped:?}");
         assert_eq!(found.listeners.len(), 1);
@@ -1158,12 +1361,109 @@ mod tests {
                 .and_then(|t| t.service.as_deref()),
             Some("db")
         );
-        assert!(skipped[2].contains("not enforced yet"), "{skipped:?}");
         let merged = merge(&base, &found);
-        assert_eq!(merged.routes.len(), 4);
-        assert_eq!(merged.services.len(), 4);
+        assert_eq!(merged.routes.len(), 5);
+        assert_eq!(merged.services.len(), 5);
         assert_eq!(merged.listeners.len(), 2);
         drop(busy);
+    }
+
+    #[tokio::test]
+    async fn route_options_become_route_fields_and_bad_ones_skip_the_route() {
+        let base = sluice_config::parse_str(
+            "t.toml",
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut moved = route("/old", "web", &[1]);
+        moved.redirect = Some(types::Redirect {
+            code: 308,
+            url: "https://new.example.com$path".into(),
+        });
+        moved.upstream_host = Some("dst".into());
+        let mut secure = route("/secure", "web", &[1]);
+        secure.protocol = types::Protocol::Https;
+        secure.tls.skip_verify = true;
+        let mut bad_url = route("/bad", "web", &[1]);
+        bad_url.redirect = Some(types::Redirect {
+            code: 301,
+            url: "ftp://x".into(),
+        });
+        let mut mixed = route("/mixed", "web", &[1]);
+        mixed.access = vec![
+            types::AccessRule {
+                action: types::AccessAction::Allow,
+                cidr: "10.0.0.0/8".into(),
+            },
+            types::AccessRule {
+                action: types::AccessAction::Deny,
+                cidr: "10.1.0.0/16".into(),
+            },
+        ];
+        let free_port = || {
+            std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_default()
+        };
+        let tcp = |port: u16, action: types::AccessAction| {
+            let mut tcp = route("", "db", &[5432]);
+            tcp.protocol = types::Protocol::Tcp;
+            tcp.listen_port = Some(port);
+            tcp.access = vec![types::AccessRule {
+                action,
+                cidr: "10.0.0.0/8".into(),
+            }];
+            tcp
+        };
+        let routes = [
+            moved,
+            secure,
+            bad_url,
+            mixed,
+            tcp(free_port(), types::AccessAction::Allow),
+            tcp(free_port(), types::AccessAction::Deny),
+        ];
+        let (found, skipped) = translate(&routes, "web", &base, &Catalog::empty(), &[]).await;
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].contains("ftp://x"), "{skipped:?}");
+        assert!(skipped[1].contains("cannot be combined"), "{skipped:?}");
+        assert!(skipped[2].contains("deny= is not supported"), "{skipped:?}");
+        let allow: Vec<String> = found.listeners[0]
+            .authz
+            .iter()
+            .flat_map(|a| a.allow_cidr.iter().map(ToString::to_string))
+            .collect();
+        assert_eq!(
+            allow,
+            ["10.0.0.0/8"],
+            "allow= on a TCP route: the listener's allow-list"
+        );
+        let old = &found.routes[0];
+        assert_eq!(
+            old.redirect.as_ref().map(|r| (r.code, r.url.as_str())),
+            Some((308, "https://new.example.com$path"))
+        );
+        assert_eq!(old.upstream_host, Some(sluice_config::UpstreamHost::Dst));
+        // Same targets, different TLS: two proxy services.
+        let tls: Vec<(&str, Option<bool>)> = found
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.tls.as_ref().map(|t| t.insecure_skip_verify),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tls,
+            [
+                ("db", None),
+                ("web@/old", None),
+                ("web@/secure", Some(true))
+            ]
+        );
     }
 
     #[test]

@@ -144,17 +144,8 @@ impl Cx<'_> {
         }
         let mut allow_cidr = Vec::new();
         for c in a.allow_cidr.as_deref().unwrap_or_default() {
-            let text = c.get_ref();
-            let parsed = text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(n) => allow_cidr.push(n),
-                Err(_) => self.error_hint(
-                    Some(c.span()),
-                    format!("invalid network `{text}`"),
-                    "write an address or CIDR, e.g. \"10.0.0.0/8\" or \"192.0.2.7\"",
-                ),
+            if let Some(n) = self.network(c) {
+                allow_cidr.push(n);
             }
         }
         if let Some(p) = &a.policy {
