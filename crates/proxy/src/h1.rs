@@ -198,14 +198,15 @@ impl UpConn {
             UpBody::Empty => {}
             UpBody::Full(rest) => {
                 if let Some(b) = rest.take() {
-                    let mut frame = BytesMut::new();
-                    encode_data(&mut frame, b, chunked);
                     if chunked {
+                        let mut frame = BytesMut::new();
+                        encode_data(&mut frame, b, true);
                         frame.extend_from_slice(b"0\r\n\r\n");
+                        write_all(&mut self.io, &frame).await
+                    } else {
+                        write_all(&mut self.io, &b).await
                     }
-                    write_all(&mut self.io, &frame)
-                        .await
-                        .map_err(SendError::Io)?;
+                    .map_err(SendError::Io)?;
                 }
             }
             UpBody::Stream(_) => {
@@ -316,7 +317,12 @@ impl UpConn {
                     &mut self.read,
                 ) {
                     Poll::Ready(Ok(0)) => Poll::Ready(Err(SendError::Closed)),
-                    Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
+                    Poll::Ready(Ok(_)) => match only_interim(&mut self.read) {
+                        // An unasked `100 Continue` (servers may send one): keep uploading.
+                        Ok(true) => continue,
+                        Ok(false) => Poll::Ready(Ok(true)),
+                        Err(e) => Poll::Ready(Err(e)),
+                    },
                     Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Io(e))),
                     Poll::Pending => Poll::Pending,
                 };
@@ -407,6 +413,29 @@ impl UpConn {
             return Ok(Some((parts, framing, keep_alive)));
         }
     }
+}
+
+/// Consumes complete interim (`1xx` except `101`) heads at the start of `read`; whether no final
+/// response has arrived (an incomplete head is waited for: it may still be an interim one).
+fn only_interim(read: &mut BytesMut) -> Result<bool, SendError> {
+    while !read.is_empty() {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        match response.parse(read) {
+            Ok(httparse::Status::Complete(len))
+                if response
+                    .code
+                    .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
+            {
+                read.advance(len);
+            }
+            // Not complete yet: more bytes will tell.
+            Ok(httparse::Status::Partial) => return Ok(true),
+            Ok(httparse::Status::Complete(_)) => return Ok(false),
+            Err(e) => return Err(SendError::BadResponse(e.to_string())),
+        }
+    }
+    Ok(true)
 }
 
 /// Appends one data frame, chunk-encoded when asked.

@@ -34,6 +34,9 @@ enum Act {
     Close,
     /// Answer without reading the body, then close.
     ReplyUnread(Vec<u8>),
+    /// Send an unasked `100 Continue` before reading the body, then answer with the body's
+    /// length.
+    ContinueThenCount,
 }
 
 type Script = dyn Fn(&Seen, usize) -> Act + Send + Sync;
@@ -106,6 +109,9 @@ fn serve(stream: TcpStream, conn: usize, seen: &Mutex<Vec<Seen>>, script: &Scrip
             std::thread::sleep(Duration::from_millis(300));
             return;
         }
+        if matches!(act, Act::ContinueThenCount) {
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+        }
         let mut body = Vec::new();
         if let Some(len) = header_value(&lower, "content-length") {
             body.resize(len.parse().unwrap(), 0);
@@ -123,6 +129,7 @@ fn serve(stream: TcpStream, conn: usize, seen: &Mutex<Vec<Seen>>, script: &Scrip
                 body.extend_from_slice(&chunk[..n]);
             }
         }
+        let body_len = body.len();
         seen.lock().unwrap().push(Seen { body, ..request });
         match act {
             Act::Reply(bytes) => {
@@ -133,6 +140,11 @@ fn serve(stream: TcpStream, conn: usize, seen: &Mutex<Vec<Seen>>, script: &Scrip
             Act::ReplyClose(bytes) => {
                 let _ = writer.write_all(&bytes);
                 return;
+            }
+            Act::ContinueThenCount => {
+                if writer.write_all(&ok(&body_len.to_string())).is_err() {
+                    return;
+                }
             }
             Act::Close | Act::ReplyUnread(_) => return,
         }
@@ -436,4 +448,23 @@ async fn chunked_uploads_are_sent_chunked() {
     let head = seen[0].head.to_ascii_lowercase();
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_100_continue_does_not_stop_the_upload() {
+    let instance = Scripted::start(|_, _| Act::ContinueThenCount);
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let c = sluice_test_support::Client::http1();
+    let upload = vec![b'u'; 2_000_000];
+    let r = c
+        .request(
+            http::Method::POST,
+            &format!("http://{addr}/up"),
+            &[],
+            upload,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "2000000");
 }
