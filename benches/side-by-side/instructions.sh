@@ -22,7 +22,7 @@ cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin lo
 
 work=$(mktemp -d)
 backend_pid=""
-cleanup() { [ -n "$backend_pid" ] && kill "$backend_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { [ -n "$backend_pid" ] && kill "$backend_pid" 2>/dev/null; wait 2>/dev/null || true; [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work"/cg.sluice.* "$KEEP_CALLGRIND"/ 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
 BACKEND=127.0.0.1:18100 PROXY=127.0.0.1:18101 ADMIN=127.0.0.1:18901

@@ -212,9 +212,12 @@ impl ClientIo {
         let Some((deadline, is_head)) = self.deadline(cx) else {
             return Poll::Pending;
         };
+        // The deadline moves later with every request on a keep-alive connection. Moving the
+        // armed timer each time costs more than letting it fire at the earlier deadline and
+        // re-arming then, so it is only moved earlier here.
         let timer = match &mut self.timer {
             Some(t) => {
-                if t.deadline() != deadline {
+                if deadline < t.deadline() {
                     t.as_mut().reset(deadline);
                 }
                 t
@@ -224,6 +227,10 @@ impl ClientIo {
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         ready!(timer.as_mut().poll(cx));
+        if timer.deadline() < deadline {
+            timer.as_mut().reset(deadline);
+            ready!(timer.as_mut().poll(cx));
+        }
         Poll::Ready(is_head)
     }
 }

@@ -35,7 +35,7 @@ use crate::conn::ConnWatch;
 use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
 use crate::h1::{SendError, UpConn, UpstreamBody};
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, UpstreamFields, X_REQUEST_ID};
 use crate::listener::ListenerShared;
 use crate::pool;
 use crate::routing::Route;
@@ -224,7 +224,7 @@ async fn forward(
         .map(|k| request_hash(k, &req, cx.peer));
 
     let (mut parts, body) = req.into_parts();
-    rewrite_head(&mut parts, route, cx, host, request_id, upgrade)?;
+    let fields = rewrite_head(&mut parts, route, cx, host, request_id, upgrade)?;
     let mut plan = plan_body(body, cfg, idempotent, body_timeout, exchange).await?;
     let replayable = plan.replayable();
 
@@ -290,7 +290,7 @@ async fn forward(
                 .timeouts
                 .response_header
                 .min(deadline.saturating_duration_since(sent_at));
-            let exchange_head = tokio::time::timeout(wait, conn.exchange(&head, body));
+            let exchange_head = tokio::time::timeout(wait, conn.exchange(&head, &fields, body));
             // In primary mode a member that loses the role (frozen, or demoted by its mirror)
             // may never answer: stop waiting on it, and retry on the new primary if allowed.
             let result = if service.fails_over() {
@@ -510,7 +510,8 @@ async fn ready_conn(
 }
 
 /// Rewrites the request head for the instance: origin-form URI with the route's path rewrite,
-/// hop-by-hop headers removed, `X-Forwarded-*` and `x-request-id` set, HTTP/1.1.
+/// HTTP/1.1, the route's Host rule; returns the fields added on the wire (`X-Forwarded-*`,
+/// `x-request-id`, ...), which also decide which client fields are left out (hop-by-hop).
 fn rewrite_head(
     parts: &mut Parts,
     route: &Route,
@@ -518,7 +519,7 @@ fn rewrite_head(
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
     upgrade: bool,
-) -> Result<(), ProxyError> {
+) -> Result<UpstreamFields, ProxyError> {
     let path = parts.uri.path();
     let new_path = route.rewrite_path(path);
     let unchanged = matches!(new_path, std::borrow::Cow::Borrowed(p) if p.len() == path.len());
@@ -549,7 +550,6 @@ fn rewrite_head(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
-    headers::remove_hop_by_hop(h, true, upgrade);
     let scheme = match &cx.tls {
         Some(tls) => {
             tls.listener.identity_headers(h, Some(tls));
@@ -557,13 +557,14 @@ fn rewrite_head(
         }
         None => cx.listener.scheme,
     };
-    headers::add_forwarded(h, &cx.client_ip, scheme, host.as_ref());
-    if let (false, Some(host)) = (h.contains_key(header::HOST), host) {
-        h.insert(header::HOST, host);
-    }
     route.rules.set_fixed_host(h);
-    h.insert(X_REQUEST_ID, request_id.clone());
-    Ok(())
+    let mut fields =
+        UpstreamFields::new(h, &cx.client_ip, scheme, host, request_id.clone(), upgrade);
+    if route.rules.host_is_dst() {
+        // Each attempt sets Host to its instance.
+        fields.host = None;
+    }
+    Ok(fields)
 }
 
 /// Decides how the body travels. Small bodies of requests that may be retried are read first

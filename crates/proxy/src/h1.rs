@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, UpBody};
+use crate::headers::UpstreamFields;
 
 /// Largest response head accepted (status line and fields).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -168,10 +169,11 @@ impl UpConn {
     pub(crate) async fn exchange(
         mut self,
         head: &http::request::Parts,
+        fields: &UpstreamFields,
         mut body: UpBody,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         let reused = std::mem::replace(&mut self.reused, true);
-        let chunked = self.encode_head(head, &body);
+        let chunked = self.encode_head(head, fields, &body);
         let mut early_response = false;
         match &mut body {
             UpBody::Empty => {}
@@ -237,9 +239,15 @@ impl UpConn {
         ))
     }
 
-    /// Writes the request line and fields into the write buffer; returns whether the body is
-    /// sent chunked (a body of unknown length with no `Content-Length`).
-    fn encode_head(&mut self, head: &http::request::Parts, body: &UpBody) -> bool {
+    /// Writes the request line, the client's fields that go upstream and the proxy's own into
+    /// the write buffer; returns whether the body is sent chunked (a body of unknown length
+    /// with no `Content-Length`).
+    fn encode_head(
+        &mut self,
+        head: &http::request::Parts,
+        fields: &UpstreamFields,
+        body: &UpBody,
+    ) -> bool {
         let w = &mut self.write;
         w.clear();
         w.extend_from_slice(head.method.as_str().as_bytes());
@@ -251,8 +259,9 @@ impl UpConn {
                 .as_bytes(),
         );
         w.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &head.headers {
-            w.extend_from_slice(name.as_str().as_bytes());
+        let client = head.headers.iter().filter(|(name, _)| fields.keeps(name));
+        for (name, value) in client.map(|(n, v)| (n.as_str(), v)).chain(fields.added()) {
+            w.extend_from_slice(name.as_bytes());
             w.extend_from_slice(b": ");
             w.extend_from_slice(value.as_bytes());
             w.extend_from_slice(b"\r\n");
@@ -366,9 +375,16 @@ impl UpConn {
         is_head: bool,
     ) -> Result<Option<(http::response::Parts, Framing, bool)>, SendError> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut fields);
-            let len = match response.parse(&self.read) {
+            // Uninitialised slots: a head has a handful of fields, not a hundred to clear.
+            let mut fields =
+                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                &self.read,
+                &mut fields,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(SendError::BadResponse(e.to_string())),
@@ -387,16 +403,19 @@ impl UpConn {
             // Offsets of each field in the head, so the head can be frozen and the values shared
             // with it instead of copied.
             let base = self.read.as_ptr() as usize;
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-            let count = response.headers.len();
-            for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-                let name = field.name.as_ptr() as usize - base;
-                let value = field.value.as_ptr() as usize - base;
-                *span = (name, field.name.len(), value, field.value.len());
-            }
+            let spans: Vec<(usize, usize, usize, usize)> = response
+                .headers
+                .iter()
+                .map(|f| {
+                    let name = f.name.as_ptr() as usize - base;
+                    let value = f.value.as_ptr() as usize - base;
+                    (name, f.name.len(), value, f.value.len())
+                })
+                .collect();
+            let count = spans.len();
             let head = self.read.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
-            for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+            for &(name_at, name_len, value_at, value_len) in &spans {
                 let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                     .map_err(|_| SendError::BadResponse("invalid header name".into()))?;
                 let value =

@@ -109,29 +109,124 @@ pub(crate) fn client_ip_value(client: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Sets `X-Forwarded-For` (appending the client to any list already there), `-Proto` and
-/// `-Host`.
-pub(crate) fn add_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    let appended = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|prev| !prev.trim().is_empty())
-        .and_then(|prev| {
-            let ip = client_ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
-        });
-    headers.insert(
-        X_FORWARDED_FOR,
-        appended.unwrap_or_else(|| client_ip.clone()),
-    );
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+/// What an instance receives besides the client's own fields that pass [`Self::keeps`]:
+/// `X-Forwarded-For` (the client appended to any list already there), `-Proto`, `-Host`,
+/// `x-request-id`, `Host` when the client sent none (HTTP/2's `:authority`), and
+/// `Connection: upgrade` for a protocol switch. The upstream head is written from the client's
+/// head plus these, so the client's header map is never rewritten on the way.
+#[derive(Debug)]
+pub(crate) struct UpstreamFields {
+    pub(crate) forwarded_for: HeaderValue,
+    pub(crate) forwarded_proto: HeaderValue,
+    pub(crate) forwarded_host: Option<HeaderValue>,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) upgrade: bool,
+    /// Fields the client's `Connection` header names besides the usual tokens (rarely any).
+    connection_named: Vec<HeaderName>,
+}
+
+impl UpstreamFields {
+    pub(crate) fn new(
+        client: &HeaderMap,
+        client_ip: &HeaderValue,
+        proto: &'static str,
+        host: Option<HeaderValue>,
+        request_id: HeaderValue,
+        upgrade: bool,
+    ) -> Self {
+        let forwarded_for = client
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|prev| !prev.trim().is_empty())
+            .and_then(|prev| {
+                let ip = client_ip.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+            })
+            .unwrap_or_else(|| client_ip.clone());
+        let connection_named = if connection_names_other_headers(client) {
+            client
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| *n != header::UPGRADE)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            forwarded_for,
+            forwarded_proto: HeaderValue::from_static(proto),
+            host: host
+                .as_ref()
+                .filter(|_| !client.contains_key(header::HOST))
+                .cloned(),
+            forwarded_host: host,
+            request_id,
+            upgrade,
+            connection_named,
+        }
+    }
+
+    /// Whether a client field goes to the instance: not hop-by-hop (nor named by
+    /// `Connection`), not one of the fields replaced here. `Upgrade` passes for a protocol
+    /// switch only.
+    pub(crate) fn keeps(&self, name: &HeaderName) -> bool {
+        if HOP_BY_HOP.contains(name) {
+            return false;
+        }
+        if name == header::UPGRADE {
+            return self.upgrade;
+        }
+        if name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_REQUEST_ID {
+            return false;
+        }
+        if name == X_FORWARDED_HOST && self.forwarded_host.is_some() {
+            return false;
+        }
+        !self.connection_named.contains(name)
+    }
+
+    /// The fields added, in the order they are written.
+    pub(crate) fn added(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
+        static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+        let upgrade: Option<&HeaderValue> = self.upgrade.then_some(&UPGRADE);
+        self.host
+            .as_ref()
+            .map(|v| ("host", v))
+            .into_iter()
+            .chain(std::iter::once(("x-forwarded-for", &self.forwarded_for)))
+            .chain(std::iter::once((
+                "x-forwarded-proto",
+                &self.forwarded_proto,
+            )))
+            .chain(
+                self.forwarded_host
+                    .as_ref()
+                    .map(|v| ("x-forwarded-host", v)),
+            )
+            .chain(std::iter::once(("x-request-id", &self.request_id)))
+            .chain(upgrade.map(|v| ("connection", v)))
+    }
+
+    /// The whole upstream header map (for tests: the wire form is written by `h1`).
+    #[cfg(test)]
+    pub(crate) fn apply(&self, client: &HeaderMap) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        for (name, value) in client {
+            if self.keeps(name) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in self.added() {
+            out.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.clone(),
+            );
+        }
+        out
     }
 }
 
@@ -187,63 +282,107 @@ mod tests {
         h
     }
 
+    fn upstream(h: &HeaderMap, upgrade: bool, host: Option<&'static str>) -> HeaderMap {
+        let ip = client_ip_value("127.0.0.1".parse().unwrap());
+        UpstreamFields::new(
+            h,
+            &ip,
+            "http",
+            host.map(HeaderValue::from_static),
+            HeaderValue::from_static("id-1"),
+            upgrade,
+        )
+        .apply(h)
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(|k| k.as_str()).collect()
+    }
+
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = map(&[
+        let h = map(&[
             ("connection", "keep-alive, x-secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("te", "trailers"),
             ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("transfer-encoding", "chunked"),
             ("accept", "*/*"),
         ]);
-        remove_hop_by_hop(&mut h, true, false);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["accept"]);
+        assert_eq!(
+            names(&upstream(&h, false, None)),
+            [
+                "accept",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-request-id"
+            ]
+        );
+        // Responses keep `Expect`-free rules: only hop-by-hop fields go.
+        let mut response = h.clone();
+        remove_hop_by_hop(&mut response, false, false);
+        assert_eq!(names(&response), ["expect", "accept"]);
     }
 
     #[test]
     fn usual_connection_tokens_and_upgrade_without_keep() {
-        let mut h = map(&[
+        let h = map(&[
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "h2c"),
             ("accept", "*/*"),
         ]);
-        remove_hop_by_hop(&mut h, true, false);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["accept"]);
+        let up = upstream(&h, false, None);
+        assert!(!up.contains_key("upgrade") && !up.contains_key("connection"));
+        assert_eq!(up["accept"], "*/*");
     }
 
     #[test]
     fn upgrade_survives_when_kept() {
-        let mut h = map(&[
+        let h = map(&[
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
             ("host", "x"),
         ]);
         assert!(is_upgrade_request(&h));
-        remove_hop_by_hop(&mut h, true, true);
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["connection"], "upgrade");
+        let up = upstream(&h, true, Some("x"));
+        assert_eq!(up["upgrade"], "websocket");
+        assert_eq!(up["connection"], "upgrade");
+        assert_eq!(
+            up.get_all("host").iter().count(),
+            1,
+            "the client's Host is kept"
+        );
     }
 
     #[test]
-    fn forwarded_for_appends() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        let ip = client_ip_value("127.0.0.1".parse().unwrap());
-        add_forwarded(
-            &mut h,
-            &ip,
-            "http",
-            Some(&HeaderValue::from_static("ex.com")),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, &ip, "https", None);
+    fn forwarded_fields_replace_the_clients() {
+        let h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "client-id"),
+        ]);
+        let up = upstream(&h, false, Some("ex.com"));
+        assert_eq!(up["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(up["x-forwarded-proto"], "http");
+        assert_eq!(up["x-forwarded-host"], "ex.com");
+        assert_eq!(up["x-request-id"], "id-1");
+        assert_eq!(up["host"], "ex.com", "Host added when the client sent none");
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-request-id",
+            "host",
+        ] {
+            assert_eq!(up.get_all(name).iter().count(), 1, "{name}");
+        }
+        let fresh = upstream(&HeaderMap::new(), false, None);
         assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
-        assert!(!fresh.contains_key("x-forwarded-host"));
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "ex.com");
+        assert!(!fresh.contains_key("x-forwarded-host") && !fresh.contains_key("host"));
+        // Without a host to report, a client's X-Forwarded-Host passes through.
+        let kept = upstream(&map(&[("x-forwarded-host", "a")]), false, None);
+        assert_eq!(kept["x-forwarded-host"], "a");
     }
 
     #[test]
