@@ -280,7 +280,13 @@ impl<'s> Cx<'s> {
         self.cross_references(&services, &policies);
         self.authz_policy_references(&policies);
         let discovery = self.discovery(&raw.discovery);
-        let routing = self.routing(raw.routing, &discovery, &listeners, &policies, !kv.is_empty());
+        let routing = self.routing(
+            raw.routing,
+            &discovery,
+            &listeners,
+            &policies,
+            !kv.is_empty(),
+        );
         Config {
             admin,
             runtime,

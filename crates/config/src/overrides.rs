@@ -286,11 +286,16 @@ mod tests {
 
         let errors = parse_overrides(text).expect_err("two bad lines");
         assert_eq!(
-            errors.iter().map(|e| (e.line, e.column)).collect::<Vec<_>>(),
+            errors
+                .iter()
+                .map(|e| (e.line, e.column))
+                .collect::<Vec<_>>(),
             [(6, 20), (7, 7)]
         );
         assert!(
-            errors[1].to_string().starts_with("line 7, column 7: unknown command"),
+            errors[1]
+                .to_string()
+                .starts_with("line 7, column 7: unknown command"),
             "{}",
             errors[1]
         );

@@ -178,7 +178,10 @@ overrides_key = "sluice/overrides"
             fallback_poll_interval: Duration::from_secs(30),
         }
     );
-    assert_eq!(cfg.routing.overrides_key.as_deref(), Some("sluice/overrides"));
+    assert_eq!(
+        cfg.routing.overrides_key.as_deref(),
+        Some("sluice/overrides")
+    );
 
     let without_kv = text.replace("[[kv]]\nsource = \"file\"\npath = \"kv.toml\"\n", "");
     let shown = parse_str("bad.toml", &without_kv).unwrap_err().to_string();
@@ -190,7 +193,9 @@ overrides_key = "sluice/overrides"
         "kind = \"file\"\ndir = \"/registry\"",
         "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]",
     );
-    let shown = parse_str("bad.toml", &etcd_with_notify).unwrap_err().to_string();
+    let shown = parse_str("bad.toml", &etcd_with_notify)
+        .unwrap_err()
+        .to_string();
     assert!(
         shown.contains("`notify` is only valid with kind = \"file\""),
         "{shown}"

@@ -46,7 +46,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use catalog::{Catalog, CatalogDiff, Instance, SourceKind, SourceStatus};
-pub use dir_watch::{EVENT_DEBOUNCE as FILE_EVENT_DEBOUNCE, EVENT_MAX_DELAY as FILE_EVENT_MAX_DELAY};
+pub use dir_watch::{
+    EVENT_DEBOUNCE as FILE_EVENT_DEBOUNCE, EVENT_MAX_DELAY as FILE_EVENT_MAX_DELAY,
+};
 pub use sluice_kv::registry::{CheckDefinition, DEFAULT_ETCD_PREFIX, RegistryError};
 
 use merge::{Parser, SourceState};

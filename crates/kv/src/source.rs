@@ -208,9 +208,7 @@ impl KvSource {
                     sender.closed().await;
                 }
             }),
-            KvSource::File(path) => {
-                tokio::spawn(watch_file(path, prefix, options, wake, sender))
-            }
+            KvSource::File(path) => tokio::spawn(watch_file(path, prefix, options, wake, sender)),
             KvSource::Etcd(source) => {
                 tokio::spawn(watch_etcd(source.client, prefix, after, options, sender))
             }
