@@ -6,6 +6,7 @@
 
 mod admin;
 mod discovery;
+mod discovery_ops;
 mod kv;
 mod policies;
 mod run;
