@@ -206,19 +206,3 @@ impl DiscoveryReload {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_is_documented() {
-        let doc = include_str!("../../../docs/metrics.md");
-        for name in metric::ALL {
-            assert!(
-                doc.contains(&format!("`{name}`")),
-                "{name} is not in docs/metrics.md"
-            );
-        }
-    }
-}

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use common::{
     BIN, EVERY, WITHIN, addr, backends_seen, catalog, config, definition, until_backends,
-    until_log, write_atomically,
+    until_log, until_status, write_atomically,
 };
 use sluice_test_support::etcd::Etcd;
 use sluice_test_support::{Backend, Client, SluiceProcess, eventually, http_get, http_request};
@@ -240,15 +240,7 @@ async fn a_reload_adds_changes_and_removes_discovery_sources() {
     write_config("");
     let (status, body) = reload(admin);
     assert_eq!(status, 200, "{body}");
-    eventually(WITHIN, EVERY, || async {
-        let reply = client.get(&format!("http://{web}/web")).await?;
-        if reply.status == 404 {
-            Ok(())
-        } else {
-            Err(format!("status {}", reply.status))
-        }
-    })
-    .await;
+    until_status(&client, web, "/web", 404).await;
     assert_eq!(catalog(admin)["sources"], serde_json::json!([]));
 }
 
@@ -278,15 +270,7 @@ async fn the_file_registry_is_watched_with_inotify() {
     .unwrap();
     until_backends(&client, web, "/web", &["n2"]).await;
     std::fs::remove_file(dir.join("n2.json")).unwrap();
-    eventually(WITHIN, EVERY, || async {
-        let reply = client.get(&format!("http://{web}/web")).await?;
-        if reply.status == 404 {
-            Ok(())
-        } else {
-            Err(format!("status {}", reply.status))
-        }
-    })
-    .await;
+    until_status(&client, web, "/web", 404).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,3 +92,16 @@ pub(crate) async fn until_log(process: &SluiceProcess, needle: &str) {
     })
     .await;
 }
+
+/// Waits until `GET {web}{path}` answers `status`.
+pub(crate) async fn until_status(client: &Client, web: SocketAddr, path: &str, status: u16) {
+    eventually(WITHIN, EVERY, || async {
+        let reply = client.get(&format!("http://{web}{path}")).await?;
+        if reply.status == status {
+            Ok(())
+        } else {
+            Err(format!("{path}: status {}, want {status}", reply.status))
+        }
+    })
+    .await;
+}
