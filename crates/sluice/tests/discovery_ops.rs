@@ -294,7 +294,7 @@ async fn an_etcd_outage_keeps_routes_marks_them_stale_and_the_watch_resumes() {
     let client = Client::http1();
     until_backends(&client, web, "/web", &["s1"]).await;
     assert_eq!(
-        metric_line(admin, "sluice_discovery_stale{").as_deref(),
+        metric_line(admin, "sluice_discovery_stale{source=\"registry\"}").as_deref(),
         Some("sluice_discovery_stale{source=\"registry\"} 0")
     );
 
@@ -311,10 +311,14 @@ async fn an_etcd_outage_keeps_routes_marks_them_stale_and_the_watch_resumes() {
     until_backends(&client, web, "/web", &["s1"]).await;
     until_catalog(admin, "a growing age", |c| age(c) > first + 0.5).await;
     assert_eq!(
-        metric_line(admin, "sluice_discovery_stale{").as_deref(),
+        metric_line(admin, "sluice_discovery_stale{source=\"registry\"}").as_deref(),
         Some("sluice_discovery_stale{source=\"registry\"} 1")
     );
-    let stale_age = metric_line(admin, "sluice_discovery_stale_age_seconds{").unwrap();
+    let stale_age = metric_line(
+        admin,
+        "sluice_discovery_stale_age_seconds{source=\"registry\"}",
+    )
+    .unwrap();
     let seconds: f64 = stale_age
         .rsplit(' ')
         .next()
@@ -344,7 +348,7 @@ async fn an_etcd_outage_keeps_routes_marks_them_stale_and_the_watch_resumes() {
     })
     .await;
     assert_eq!(
-        metric_line(admin, "sluice_discovery_stale{").as_deref(),
+        metric_line(admin, "sluice_discovery_stale{source=\"registry\"}").as_deref(),
         Some("sluice_discovery_stale{source=\"registry\"} 0")
     );
     etcd.delete(&key("s1"));
