@@ -90,6 +90,9 @@ pub const KV_POLL: Duration = Duration::from_secs(1);
 
 /// `[[discovery]] poll_interval` for `kind = "file"`.
 pub const DISCOVERY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// `[[discovery]] fallback_poll_interval` for `kind = "file"`: the safety-net re-read while
+/// inotify reports changes (it misses some: NFS, some bind mounts, a full event queue).
+pub const DISCOVERY_FALLBACK_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// `[[discovery]] request_timeout` for `kind = "etcd"`.
 pub const DISCOVERY_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// `[[discovery]] prefix` for `kind = "etcd"` (the registry's default, docs/registry-format.md).

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::raw::S;
 
 pub use crate::defaults::{
-    DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, ROUTING_DEBOUNCE,
-    ROUTING_TCP_BIND,
+    DISCOVERY_ETCD_PREFIX, DISCOVERY_FALLBACK_POLL_INTERVAL, DISCOVERY_POLL_INTERVAL,
+    DISCOVERY_REQUEST_TIMEOUT, ROUTING_DEBOUNCE, ROUTING_TCP_BIND,
 };
 
 /// One `[[discovery]]` source.
@@ -30,7 +30,12 @@ pub enum DiscoverySource {
     File {
         /// Relative paths are resolved against the config file's folder.
         dir: PathBuf,
+        /// Polling period when inotify is off (`notify = false`) or cannot watch the directory.
         poll_interval: Duration,
+        /// Re-read the directory when inotify reports a change (default true).
+        notify: bool,
+        /// With `notify`: the safety-net re-read for changes inotify does not report.
+        fallback_poll_interval: Duration,
     },
     /// `kind = "etcd"`: definitions under a prefix.
     Etcd {
@@ -66,6 +71,9 @@ pub struct RoutingConfig {
     pub tcp_bind: std::net::IpAddr,
     /// Fabio-style manual commands applied, in order, to the policy's routes.
     pub overrides: Vec<crate::overrides::RouteOverride>,
+    /// A `[[kv]]` key holding more commands (same language), watched and applied after
+    /// `overrides`.
+    pub overrides_key: Option<String>,
 }
 
 impl Default for RoutingConfig {
@@ -76,6 +84,7 @@ impl Default for RoutingConfig {
             debounce: ROUTING_DEBOUNCE,
             tcp_bind: ROUTING_TCP_BIND,
             overrides: Vec::new(),
+            overrides_key: None,
         }
     }
 }
@@ -86,6 +95,8 @@ pub(crate) struct RawDiscovery {
     pub(crate) kind: S<String>,
     pub(crate) dir: Option<S<String>>,
     pub(crate) poll_interval: Option<S<String>>,
+    pub(crate) notify: Option<S<bool>>,
+    pub(crate) fallback_poll_interval: Option<S<String>>,
     pub(crate) endpoints: Option<S<Vec<S<String>>>>,
     pub(crate) prefix: Option<S<String>>,
     pub(crate) request_timeout: Option<S<String>>,
@@ -109,4 +120,5 @@ pub(crate) struct RawRouting {
     pub(crate) debounce: Option<S<String>>,
     pub(crate) tcp_bind: Option<S<String>>,
     pub(crate) overrides: Option<S<String>>,
+    pub(crate) overrides_key: Option<S<String>>,
 }

@@ -24,11 +24,12 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use discovery::{
-    DISCOVERY_ETCD_PREFIX, DISCOVERY_POLL_INTERVAL, DISCOVERY_REQUEST_TIMEOUT, DiscoveryConfig,
-    DiscoverySource, ROUTING_DEBOUNCE, ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
+    DISCOVERY_ETCD_PREFIX, DISCOVERY_FALLBACK_POLL_INTERVAL, DISCOVERY_POLL_INTERVAL,
+    DISCOVERY_REQUEST_TIMEOUT, DiscoveryConfig, DiscoverySource, ROUTING_DEBOUNCE,
+    ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
 };
 pub use model::*;
-pub use overrides::{RouteKey, RouteOverride};
+pub use overrides::{OverrideLineError, RouteKey, RouteOverride, parse_overrides};
 pub use policy::{
     FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
 };

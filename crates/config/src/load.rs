@@ -281,7 +281,13 @@ impl<'s> Cx<'s> {
         self.cross_references(&services, &policies);
         self.authz_policy_references(&policies);
         let discovery = self.discovery(&raw.discovery);
-        let routing = self.routing(raw.routing, &discovery, &listeners, &policies);
+        let routing = self.routing(
+            raw.routing,
+            &discovery,
+            &listeners,
+            &policies,
+            !kv.is_empty(),
+        );
         Config {
             admin,
             runtime,
@@ -580,6 +586,12 @@ impl<'s> Cx<'s> {
                 "poll_interval",
                 "file",
             );
+            only_for(d.notify.as_ref().map(Spanned::span), "notify", "file");
+            only_for(
+                d.fallback_poll_interval.as_ref().map(Spanned::span),
+                "fallback_poll_interval",
+                "file",
+            );
             only_for(d.endpoints.as_ref().map(Spanned::span), "endpoints", "etcd");
             only_for(d.prefix.as_ref().map(Spanned::span), "prefix", "etcd");
             only_for(
@@ -632,6 +644,11 @@ impl<'s> Cx<'s> {
                         dir,
                         poll_interval: self
                             .duration(d.poll_interval.as_ref(), DISCOVERY_POLL_INTERVAL),
+                        notify: d.notify.as_ref().is_none_or(|n| *n.get_ref()),
+                        fallback_poll_interval: self.duration(
+                            d.fallback_poll_interval.as_ref(),
+                            DISCOVERY_FALLBACK_POLL_INTERVAL,
+                        ),
                     }
                 }
                 "etcd" => {
@@ -748,6 +765,7 @@ impl<'s> Cx<'s> {
         discovery: &[DiscoveryConfig],
         listeners: &[ListenerConfig],
         policies: &[PolicyConfig],
+        has_kv: bool,
     ) -> RoutingConfig {
         let raw = raw.unwrap_or_default();
         let http: Vec<&str> = listeners
@@ -824,12 +842,35 @@ impl<'s> Cx<'s> {
                 commands
             }
         };
+        let overrides_key = raw.overrides_key.as_ref().map(|key| {
+            if key.get_ref().is_empty() {
+                self.error_hint(
+                    Some(key.span()),
+                    "[routing] overrides_key is empty",
+                    "name the [[kv]] key holding the commands, e.g. \"sluice/overrides\"",
+                );
+            } else if !has_kv {
+                self.error_hint(
+                    Some(key.span()),
+                    format!("[routing] overrides_key `{}` needs a [[kv]] source to read it from", key.get_ref()),
+                    "add a [[kv]] source (file or etcd) holding the key",
+                );
+            } else if discovery.is_empty() {
+                self.error_hint(
+                    Some(key.span()),
+                    "[routing] overrides_key applies to discovered routes, and there is no [[discovery]] source",
+                    "add a [[discovery]] source, or remove overrides_key",
+                );
+            }
+            key.get_ref().clone()
+        });
         RoutingConfig {
             listener,
             policy,
             debounce: self.duration(raw.debounce.as_ref(), ROUTING_DEBOUNCE),
             tcp_bind,
             overrides,
+            overrides_key,
         }
     }
 

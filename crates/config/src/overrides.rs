@@ -52,6 +52,39 @@ pub(crate) struct OverrideError {
     pub(crate) message: String,
 }
 
+/// A command of an overrides text (e.g. read from a KV key) that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
+pub struct OverrideLineError {
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub message: String,
+}
+
+/// Parses an overrides text that does not come from the configuration file (a KV value): every
+/// command, or every error with its line and column. Any error rejects the whole text, so a
+/// half-valid set is never applied.
+pub fn parse_overrides(text: &str) -> Result<Vec<RouteOverride>, Vec<OverrideLineError>> {
+    let (commands, errors) = parse(text);
+    if errors.is_empty() {
+        return Ok(commands);
+    }
+    Err(errors
+        .into_iter()
+        .map(|error| {
+            let before = &text[..error.offset.min(text.len())];
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            OverrideLineError {
+                line: before.matches('\n').count() + 1,
+                column: before[line_start..].chars().count() + 1,
+                message: error.message,
+            }
+        })
+        .collect())
+}
+
 /// Parses every line of `text`, collecting every error.
 pub(crate) fn parse(text: &str) -> (Vec<RouteOverride>, Vec<OverrideError>) {
     let mut out = Vec::new();
@@ -250,5 +283,22 @@ mod tests {
         );
         assert!(errors[1].message.contains("route move"));
         assert_eq!(&text[errors[1].offset..errors[1].offset + 4], "move");
+
+        let errors = parse_overrides(text).expect_err("two bad lines");
+        assert_eq!(
+            errors
+                .iter()
+                .map(|e| (e.line, e.column))
+                .collect::<Vec<_>>(),
+            [(6, 20), (7, 7)]
+        );
+        assert!(
+            errors[1]
+                .to_string()
+                .starts_with("line 7, column 7: unknown command"),
+            "{}",
+            errors[1]
+        );
+        assert_eq!(parse_overrides("# nothing\n\n").map(|c| c.len()), Ok(0));
     }
 }

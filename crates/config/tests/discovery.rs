@@ -38,6 +38,8 @@ tags = ["urlprefix-/legacy"]
         DiscoverySource::File {
             dir: "/etc/sluice/registry".into(),
             poll_interval: Duration::from_secs(1),
+            notify: true,
+            fallback_poll_interval: Duration::from_secs(10),
         }
     );
     match &cfg.discovery[1].source {
@@ -145,4 +147,61 @@ route del web /web tags "a"
     )
     .expect("valid");
     assert_eq!(good.routing.overrides.len(), 3);
+}
+
+#[test]
+fn file_watch_settings_and_the_overrides_key() {
+    let text = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[[kv]]
+source = "file"
+path = "kv.toml"
+
+[[discovery]]
+kind = "file"
+dir = "/registry"
+notify = false
+fallback_poll_interval = "30s"
+
+[routing]
+overrides_key = "sluice/overrides"
+"#;
+    let cfg = parse_str("/etc/sluice/sluice.toml", text).expect("valid");
+    assert_eq!(
+        cfg.discovery[0].source,
+        DiscoverySource::File {
+            dir: "/registry".into(),
+            poll_interval: Duration::from_secs(1),
+            notify: false,
+            fallback_poll_interval: Duration::from_secs(30),
+        }
+    );
+    assert_eq!(
+        cfg.routing.overrides_key.as_deref(),
+        Some("sluice/overrides")
+    );
+
+    let without_kv = text.replace("[[kv]]\nsource = \"file\"\npath = \"kv.toml\"\n", "");
+    let shown = parse_str("bad.toml", &without_kv).unwrap_err().to_string();
+    assert!(
+        shown.contains("bad.toml:13:17: error: [routing] overrides_key `sluice/overrides` needs a [[kv]] source"),
+        "{shown}"
+    );
+    let etcd_with_notify = text.replace(
+        "kind = \"file\"\ndir = \"/registry\"",
+        "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]",
+    );
+    let shown = parse_str("bad.toml", &etcd_with_notify)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.contains("`notify` is only valid with kind = \"file\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("`fallback_poll_interval` is only valid with kind = \"file\""),
+        "{shown}"
+    );
 }

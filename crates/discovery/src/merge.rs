@@ -174,7 +174,7 @@ fn display(path: &Path) -> String {
 /// anything changed). Collisions: the first source in configuration order wins; inside a
 /// source, the document whose key sorts first.
 pub(crate) fn merge(
-    sources: &[SourceState],
+    sources: &[&SourceState],
 ) -> (BTreeMap<String, Arc<Instance>>, Vec<SourceStatus>) {
     let mut instances: BTreeMap<String, Arc<Instance>> = BTreeMap::new();
     let mut statuses = Vec::with_capacity(sources.len());
@@ -204,7 +204,7 @@ pub(crate) fn merge(
 }
 
 /// Builds the next catalog from `sources`, or `None` when it would equal `current`.
-pub(crate) fn next_catalog(current: &Catalog, sources: &[SourceState]) -> Option<Catalog> {
+pub(crate) fn next_catalog(current: &Catalog, sources: &[&SourceState]) -> Option<Catalog> {
     let (instances, statuses) = merge(sources);
     let mut candidate = Catalog::new(current.version(), instances, statuses);
     if candidate == *current {
@@ -249,10 +249,11 @@ mod tests {
 
     #[test]
     fn first_source_wins_a_collision() {
-        let sources = [
+        let (a, b) = (
             static_source("a", &[("x", 1), ("y", 2)]),
             static_source("b", &[("y", 3), ("z", 4)]),
-        ];
+        );
+        let sources = [&a, &b];
         let catalog = next_catalog(&Catalog::empty(), &sources).expect("changed");
         assert_eq!(catalog.version(), 1);
         assert_eq!(catalog.get("y").map(|i| i.port), Some(2));
@@ -284,7 +285,7 @@ mod tests {
             "{\n  \"service\": {",
             2,
         )));
-        let (instances, statuses) = merge(std::slice::from_ref(&source));
+        let (instances, statuses) = merge(&[&source]);
         assert_eq!(instances.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(statuses[0].invalid.len(), 1);
         assert!(

@@ -31,6 +31,7 @@ fn file_source(dir: &Path) -> SourceConfig {
         spec: SourceSpec::File {
             dir: dir.to_owned(),
             watch: fast_watch(),
+            safety_poll: None,
         },
     }
 }
@@ -277,4 +278,117 @@ async fn bad_static_definitions_and_duplicate_names_are_refused() {
     )
     .expect_err("duplicate");
     assert!(error.to_string().contains("used twice"), "{error}");
+}
+
+/// A file source driven by inotify: polls an hour apart, so only the directory watch can
+/// deliver these changes in time.
+fn notified_source(dir: &Path) -> SourceConfig {
+    SourceConfig {
+        name: "notified".into(),
+        spec: SourceSpec::File {
+            dir: dir.to_owned(),
+            watch: WatchOptions {
+                poll_interval: Duration::from_secs(3600),
+                ..WatchOptions::default()
+            },
+            safety_poll: Some(Duration::from_secs(3600)),
+        },
+    }
+}
+
+#[tokio::test]
+async fn inotify_brings_file_changes_without_waiting_for_the_poll() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, id: &str| {
+        std::fs::write(
+            dir.path().join(name),
+            format!(r#"{{"service": {{"name": "web", "id": "{id}", "port": 1}}}}"#),
+        )
+        .expect("write")
+    };
+    write("a.json", "a");
+    let discovery = Discovery::start(vec![notified_source(dir.path())], fast()).expect("start");
+    wait_for(&discovery, "the first read", |c| ids(c) == ["a"]).await;
+    write("b.json", "b");
+    wait_for(&discovery, "b added", |c| ids(c) == ["a", "b"]).await;
+    std::fs::remove_file(dir.path().join("a.json")).expect("remove");
+    wait_for(&discovery, "a removed", |c| ids(c) == ["b"]).await;
+}
+
+#[tokio::test]
+async fn a_directory_created_later_is_watched_once_it_exists() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("registry");
+    let mut source = notified_source(&dir);
+    // Not watchable yet: polled every 50 ms until inotify can take over.
+    if let SourceSpec::File { watch, .. } = &mut source.spec {
+        watch.poll_interval = Duration::from_millis(50);
+    }
+    let discovery = Discovery::start(vec![source], fast()).expect("start");
+    std::fs::create_dir(&dir).expect("mkdir");
+    wait_for(&discovery, "the directory read", |c| c.sources()[0].synced).await;
+    std::fs::write(
+        dir.join("a.json"),
+        r#"{"service": {"name": "web", "id": "a", "port": 1}}"#,
+    )
+    .expect("write");
+    wait_for(&discovery, "a added", |c| ids(c) == ["a"]).await;
+}
+
+#[tokio::test]
+async fn applying_new_sources_keeps_unchanged_ones_and_restarts_changed_ones() {
+    let (one, two) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    std::fs::write(
+        one.path().join("a.json"),
+        r#"{"service": {"name": "web", "id": "a", "port": 1}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        two.path().join("b.json"),
+        r#"{"service": {"name": "web", "id": "b", "port": 2}}"#,
+    )
+    .expect("write");
+    let pinned = |port: u16| SourceConfig {
+        name: "pinned".into(),
+        spec: SourceSpec::Static(vec![
+            serde_json::from_str(&format!(
+                r#"{{"name": "api", "id": "p", "address": "127.0.0.1", "port": {port}}}"#
+            ))
+            .expect("definition"),
+        ]),
+    };
+    let discovery = Discovery::start(vec![file_source(one.path())], fast()).expect("start");
+    wait_for(&discovery, "a", |c| ids(c) == ["a"]).await;
+
+    let plan = Discovery::prepare(vec![file_source(one.path()), pinned(1)]).expect("valid");
+    let summary = discovery.apply(plan, fast()).await.expect("applied");
+    assert_eq!(
+        (summary.kept, summary.started, summary.stopped),
+        (vec!["files".to_owned()], vec!["pinned".to_owned()], vec![])
+    );
+    // Published at once; the kept file source still holds its instance.
+    assert_eq!(ids(&discovery.current()), ["a", "p"]);
+
+    // A changed static source and a file source on another directory: both restart.
+    let mut moved = file_source(two.path());
+    moved.name = "files".into();
+    let plan = Discovery::prepare(vec![moved, pinned(2)]).expect("valid");
+    let summary = discovery.apply(plan, fast()).await.expect("applied");
+    assert_eq!(summary.started, ["files", "pinned"]);
+    assert_eq!(summary.stopped, ["files", "pinned"]);
+    let catalog = wait_for(&discovery, "b and the new p", |c| ids(c) == ["b", "p"]).await;
+    assert_eq!(catalog.get("p").map(|p| p.port), Some(2));
+
+    // An invalid set is refused before anything changes.
+    let error = Discovery::prepare(vec![pinned(1), pinned(2)]).expect_err("duplicate");
+    assert!(error.to_string().contains("used twice"), "{error}");
+    assert_eq!(ids(&discovery.current()), ["b", "p"]);
+
+    // None at all: an empty catalog.
+    let plan = Discovery::prepare(Vec::new()).expect("valid");
+    discovery.apply(plan, fast()).await.expect("applied");
+    assert!(discovery.current().is_empty());
 }

@@ -24,7 +24,7 @@ use crate::{KvEntry, KvError};
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client settings; every field has a default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EtcdOptions {
     /// Per-call deadline for unary calls and for the head of a watch response.
     pub request_timeout: Duration,

@@ -16,7 +16,7 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Jittered exponential backoff between retries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
@@ -44,7 +44,7 @@ impl Backoff {
 }
 
 /// Watch settings; every field has a default.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WatchOptions {
     /// How often a `file` source is polled.
     pub poll_interval: Duration,
@@ -167,6 +167,30 @@ impl KvSource {
     /// etcd revision `after`: the watch starts with the changes after it instead of a snapshot
     /// (a snapshot still comes if that history was compacted). Other sources ignore `after`.
     pub fn watch_from(&self, prefix: &str, after: Option<i64>, options: WatchOptions) -> KvWatch {
+        self.start_watch(prefix, after, options, None)
+    }
+
+    /// Like [`KvSource::watch`], but a `file` source also re-reads as soon as `wake` is
+    /// notified, instead of only every `poll_interval`. The caller owns the change detection
+    /// (e.g. inotify); the poll stays as the safety net for events that detection misses. A
+    /// notification that arrives while a read is running is kept (`Notify` stores one
+    /// permit), so a change made during a read is not lost. Other sources ignore `wake`.
+    pub fn watch_woken(
+        &self,
+        prefix: &str,
+        options: WatchOptions,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> KvWatch {
+        self.start_watch(prefix, None, options, Some(wake))
+    }
+
+    fn start_watch(
+        &self,
+        prefix: &str,
+        after: Option<i64>,
+        options: WatchOptions,
+        wake: Option<Arc<tokio::sync::Notify>>,
+    ) -> KvWatch {
         let (sender, receiver) = mpsc::channel(1024);
         let prefix = prefix.to_owned();
         let task = match self.clone() {
@@ -184,7 +208,7 @@ impl KvSource {
                     sender.closed().await;
                 }
             }),
-            KvSource::File(path) => tokio::spawn(watch_file(path, prefix, options, sender)),
+            KvSource::File(path) => tokio::spawn(watch_file(path, prefix, options, wake, sender)),
             KvSource::Etcd(source) => {
                 tokio::spawn(watch_etcd(source.client, prefix, after, options, sender))
             }
@@ -248,6 +272,7 @@ async fn watch_file(
     path: PathBuf,
     prefix: String,
     options: WatchOptions,
+    wake: Option<Arc<tokio::sync::Notify>>,
     sender: mpsc::Sender<WatchEvent>,
 ) {
     let mut source = FileSource::new(path);
@@ -284,8 +309,15 @@ async fn watch_file(
                 }
             }
         }
+        let woken = async {
+            match &wake {
+                Some(wake) => wake.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(options.poll_interval) => {}
+            () = woken => {}
             _ = sender.closed() => return,
         }
     }

@@ -72,7 +72,7 @@ async fn handle(
         }
         (&Method::GET, "/metrics") => {
             app.proxy.refresh_gauges();
-            if let Some(discovery) = &app.discovery {
+            if let Some(discovery) = app.discovery.get() {
                 discovery.refresh_gauges();
             }
             let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
@@ -108,13 +108,17 @@ async fn handle(
                     &json!({"status": "invalid", "errors": errors}),
                 )
             }
+            Err(e @ ReloadError::Discovery(_)) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"status": "invalid", "error": e.to_string()}),
+            ),
             Err(e @ (ReloadError::Apply(_) | ReloadError::Policies(_))) => json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &json!({"status": "failed", "error": e.to_string()}),
             ),
         },
         (&Method::GET, "/api/policies") => json_response(StatusCode::OK, &app.policies.list()),
-        (&Method::GET, "/api/catalog") => match &app.discovery {
+        (&Method::GET, "/api/catalog") => match app.discovery.get() {
             Some(discovery) => json_response(StatusCode::OK, &discovery.catalog_json()),
             None => json_response(
                 StatusCode::OK,

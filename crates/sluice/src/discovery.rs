@@ -96,12 +96,12 @@ pub(crate) struct DiscoveryState {
     builtin_dir: Option<PathBuf>,
     pub(crate) discovered: std::sync::Mutex<Arc<Discovered>>,
     pub(crate) last_rebuild: std::sync::Mutex<Option<RebuildReport>>,
-    /// The `[[discovery]]` entries it was started with (changes need a restart).
-    pub(crate) started_with: Vec<sluice_config::DiscoveryConfig>,
     /// A reload asks for a rebuild against the new file (its routes and services may differ).
     pub(crate) rebuild_now: tokio::sync::Notify,
     /// Instance health for the routing policy.
     pub(crate) health: crate::discovery_health::HealthFeed,
+    /// `[routing] overrides_key`: the last good commands read from KV (discovery_ops.rs).
+    pub(crate) kv_overrides: std::sync::Mutex<crate::discovery_ops::KvOverrides>,
 }
 
 impl DiscoveryState {
@@ -124,9 +124,9 @@ impl DiscoveryState {
             builtin_dir: Some(builtin_dir),
             discovered: std::sync::Mutex::new(Arc::new(Discovered::default())),
             last_rebuild: std::sync::Mutex::new(None),
-            started_with: cfg.discovery.clone(),
             rebuild_now: tokio::sync::Notify::new(),
             health: crate::discovery_health::HealthFeed::default(),
+            kv_overrides: std::sync::Mutex::default(),
         })))
     }
 
@@ -207,6 +207,7 @@ impl DiscoveryState {
             "sources": sources,
             "instances": instances,
             "last_rebuild": last_rebuild,
+            "overrides": self.kv_overrides_json(),
         })
     }
 
@@ -237,20 +238,35 @@ pub(crate) fn spawn_rebuilds(
         let mut catalogs = state.discovery.subscribe();
         let mut proxy_health = app.proxy.health_changes();
         let mut recoveries = state.health.subscribe();
+        let mut kv_changes = app.policies.kv.subscribe();
         loop {
             let catalog = Arc::clone(&catalogs.borrow_and_update());
             state.refresh_gauges();
             rebuild(&app, &state, catalog).await;
-            tokio::select! {
-                changed = catalogs.changed() => if changed.is_err() { return },
-                () = state.rebuild_now.notified() => {}
-                // An instance went up or down (not every probe: only status changes), or a
-                // parked one recovered. Waiting out the debounce folds a burst into one rebuild.
-                Ok(()) = proxy_health.changed() => {
-                    tokio::time::sleep(app.base_config().routing.debounce).await;
-                }
-                Ok(()) = recoveries.changed() => {
-                    tokio::time::sleep(app.base_config().routing.debounce).await;
+            loop {
+                tokio::select! {
+                    changed = catalogs.changed() => if changed.is_err() { return } else { break },
+                    () = state.rebuild_now.notified() => break,
+                    // An instance went up or down (not every probe: only status changes), or a
+                    // parked one recovered. Waiting out the debounce folds a burst into one
+                    // rebuild.
+                    Ok(()) = proxy_health.changed() => {
+                        tokio::time::sleep(app.base_config().routing.debounce).await;
+                        break;
+                    }
+                    Ok(()) = recoveries.changed() => {
+                        tokio::time::sleep(app.base_config().routing.debounce).await;
+                        break;
+                    }
+                    // Any KV key moved: rebuild only if it is `[routing] overrides_key`'s.
+                    changed = kv_changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if state.kv_overrides_changed(&app.base_config(), &app.policies.kv) {
+                            break;
+                        }
+                    }
                 }
             }
             proxy_health.borrow_and_update();
@@ -319,6 +335,7 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
                     let translate_started = Instant::now();
                     let mut routes = table.routes.clone();
                     apply_overrides(&mut routes, &base.routing.overrides);
+                    apply_overrides(&mut routes, &state.kv_overrides(&base, &app.policies.kv));
                     let (discovered, skipped) =
                         translate(&routes, &listener, &base, &catalog, &held).await;
                     for reason in &skipped {
@@ -390,7 +407,7 @@ pub(crate) fn routing_policy_name(cfg: &Config) -> &str {
         .unwrap_or(BUILTIN_ROUTING_POLICY)
 }
 
-fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfig {
+pub(crate) fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfig {
     let spec = match &cfg.source {
         DiscoverySource::Static { instances } => SourceSpec::Static(
             instances
@@ -408,12 +425,18 @@ fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfig {
                 })
                 .collect(),
         ),
-        DiscoverySource::File { dir, poll_interval } => SourceSpec::File {
+        DiscoverySource::File {
+            dir,
+            poll_interval,
+            notify,
+            fallback_poll_interval,
+        } => SourceSpec::File {
             dir: dir.clone(),
             watch: WatchOptions {
                 poll_interval: *poll_interval,
                 ..WatchOptions::default()
             },
+            safety_poll: notify.then_some(*fallback_poll_interval),
         },
         DiscoverySource::Etcd {
             endpoints,
@@ -1555,7 +1578,7 @@ mod tests {
     #[test]
     fn every_metric_is_documented() {
         let doc = include_str!("../../../docs/metrics.md");
-        for name in metric::ALL {
+        for name in metric::ALL.iter().chain(crate::discovery_ops::metric::ALL) {
             assert!(
                 doc.contains(&format!("`{name}`")),
                 "{name} is not in docs/metrics.md"

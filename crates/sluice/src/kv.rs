@@ -43,11 +43,24 @@ struct Current {
 }
 
 /// The configured sources, swapped whole when a reload changes `[[kv]]`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct KvLayers {
     current: ArcSwap<Current>,
     /// Serialises `apply` (reloads are already one at a time; this keeps it true here too).
     applying: tokio::sync::Mutex<()>,
+    /// Bumped whenever a key may have changed (a source reported changed keys, or the sources
+    /// were swapped), so readers outside the policy host (`[routing] overrides_key`) re-read.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for KvLayers {
+    fn default() -> Self {
+        KvLayers {
+            current: ArcSwap::default(),
+            applying: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 fn source(config: &KvConfig) -> Result<KvSource, String> {
@@ -69,7 +82,10 @@ fn source(config: &KvConfig) -> Result<KvSource, String> {
 }
 
 /// Starts the watch of one source on the current runtime.
-fn start_layer(config: &KvConfig) -> Result<Layer, String> {
+fn start_layer(
+    config: &KvConfig,
+    notify: &tokio::sync::watch::Sender<u64>,
+) -> Result<Layer, String> {
     let source = source(config)?;
     let describe = source.describe();
     let mirror = KvMirror::new();
@@ -81,7 +97,7 @@ fn start_layer(config: &KvConfig) -> Result<Layer, String> {
         },
     );
     let task = {
-        let (mirror, describe) = (mirror.clone(), describe.clone());
+        let (mirror, describe, notify) = (mirror.clone(), describe.clone(), notify.clone());
         let up = metrics::gauge!(KV_SOURCE_UP, "source" => describe.clone());
         let changes = metrics::counter!(KV_CHANGES_TOTAL, "source" => describe.clone());
         tokio::spawn(async move {
@@ -104,6 +120,7 @@ fn start_layer(config: &KvConfig) -> Result<Layer, String> {
                 }
                 if !changed.is_empty() {
                     changes.increment(changed.len() as u64);
+                    notify.send_modify(|n| *n = n.wrapping_add(1));
                     tracing::info!(source = %describe, keys = ?changed, "KV keys changed");
                 }
             }
@@ -127,7 +144,7 @@ impl KvLayers {
         }
         let layers = configs
             .iter()
-            .map(start_layer)
+            .map(|c| start_layer(c, &self.changed))
             .collect::<Result<Vec<_>, _>>()?;
         let synced = async {
             while !layers.iter().all(|l| l.mirror.is_synced()) {
@@ -150,7 +167,13 @@ impl KvLayers {
             configs: configs.to_vec(),
             layers,
         }));
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// Notified whenever a key may have changed (see `changed`).
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 

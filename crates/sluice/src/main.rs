@@ -7,6 +7,7 @@
 mod admin;
 mod discovery;
 mod discovery_health;
+mod discovery_ops;
 mod kv;
 mod policies;
 mod run;

@@ -24,8 +24,9 @@ pub(crate) struct App {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: AtomicBool,
     pub(crate) policies: Arc<crate::policies::Policies>,
-    /// `[[discovery]]` running since start-up, if configured.
-    pub(crate) discovery: Option<Arc<crate::discovery::DiscoveryState>>,
+    /// `[[discovery]]`, once configured (at start-up or by a reload; it stays once started,
+    /// with no sources if a reload removes them all).
+    pub(crate) discovery: std::sync::OnceLock<Arc<crate::discovery::DiscoveryState>>,
     /// The configuration file as last loaded, before discovered routes are merged in.
     base: std::sync::Mutex<Arc<Config>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -38,6 +39,9 @@ pub(crate) enum ReloadError {
     Invalid(sluice_config::Diagnostics),
     #[error(transparent)]
     Apply(#[from] sluice_proxy::ApplyError),
+    /// The `[[discovery]]` set cannot start; the running sources keep serving.
+    #[error("[[discovery]] not applied: {0}")]
+    Discovery(String),
     /// The proxy configuration was applied; some policies were not (they keep their previous
     /// version, if they had one).
     #[error(
@@ -48,11 +52,19 @@ pub(crate) enum ReloadError {
 
 impl App {
     /// Re-reads the configuration file and applies it, one reload at a time.
-    pub(crate) async fn reload(&self) -> Result<ApplySummary, ReloadError> {
+    pub(crate) async fn reload(self: &Arc<Self>) -> Result<ApplySummary, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let outcome = match sluice_config::load_file(&self.config_path) {
-            Err(diags) => Err(ReloadError::Invalid(diags)),
-            Ok(cfg) => {
+        let loaded = sluice_config::load_file(&self.config_path)
+            .map_err(ReloadError::Invalid)
+            .and_then(|cfg| {
+                // Validated before anything changes: a set that cannot start changes nothing.
+                let discovery = crate::discovery_ops::DiscoveryReload::prepare(self, &cfg)
+                    .map_err(ReloadError::Discovery)?;
+                Ok((cfg, discovery))
+            });
+        let outcome = match loaded {
+            Err(e) => Err(e),
+            Ok((cfg, discovery)) => {
                 let current = self.proxy.config();
                 if cfg.admin != current.admin
                     || cfg.runtime != current.runtime
@@ -66,28 +78,24 @@ impl App {
                 if let Err(e) = self.policies.kv.apply(&cfg.kv).await {
                     tracing::error!(error = %e, "[[kv]] not applied; the previous sources stay in use");
                 }
-                let started_with = self.discovery.as_ref().map(|d| d.started_with.as_slice());
-                if cfg.discovery.as_slice() != started_with.unwrap_or_default() {
-                    tracing::warn!("[[discovery]] changes take effect at the next restart");
-                }
                 // Policies first, so new health checks find the policies they name.
                 let policies = self
                     .apply_policies(crate::discovery::effective_policies(
                         &cfg,
-                        self.discovery.as_deref(),
+                        discovery.state(),
                     ))
                     .await;
-                let merged = match &self.discovery {
-                    Some(discovery) => crate::discovery::merge(&cfg, &discovery.discovered()),
+                let merged = match discovery.state() {
+                    Some(state) => crate::discovery::merge(&cfg, &state.discovered()),
                     None => cfg.clone(),
                 };
                 let applied = self.proxy.apply(merged).await;
                 if applied.is_ok() {
-                    self.set_base(cfg);
-                    if let Some(discovery) = &self.discovery {
-                        // The file's routes, services or routing policy may differ now.
-                        discovery.rebuild_now.notify_one();
-                    }
+                    self.set_base(cfg.clone());
+                    // Sources switch, then the routes are rebuilt against the new file.
+                    discovery.commit(self, &cfg).await;
+                } else {
+                    discovery.abandon();
                 }
                 match (applied, policies) {
                     (Err(e), _) => Err(ReloadError::from(e)),
@@ -103,6 +111,10 @@ impl App {
             }
             Err(ReloadError::Invalid(d)) => {
                 tracing::error!("reload rejected, the previous configuration keeps serving:\n{d}");
+                "invalid"
+            }
+            Err(e @ ReloadError::Discovery(_)) => {
+                tracing::error!(error = %e, "reload rejected, the previous configuration keeps serving");
                 "invalid"
             }
             Err(e) => {
@@ -247,13 +259,14 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         metrics,
         ready: AtomicBool::new(false),
         policies,
-        discovery: discovery.clone(),
+        discovery: discovery
+            .clone()
+            .map(std::sync::OnceLock::from)
+            .unwrap_or_default(),
         base,
         reload_lock: tokio::sync::Mutex::new(()),
     });
-    let rebuilds = discovery
-        .clone()
-        .map(|state| crate::discovery::spawn_rebuilds(Arc::clone(&app), state));
+    let rebuilds = discovery.map(|state| crate::discovery::spawn_rebuilds(Arc::clone(&app), state));
     let admin = crate::admin::start(admin_bind, Arc::clone(&app))
         .await
         .with_context(|| format!("starting the admin listener on {admin_bind}"))?;
@@ -299,7 +312,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     if let Some(task) = rebuilds {
         task.abort();
     }
-    if let Some(discovery) = &discovery {
+    if let Some(discovery) = app.discovery.get() {
         discovery.cleanup();
     }
     tracing::info!("stopped");

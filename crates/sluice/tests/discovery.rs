@@ -4,95 +4,17 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
+use common::{
+    BIN, EVERY, WITHIN, addr, backends_seen, catalog, config, definition, until_backends,
+    until_log, write_atomically,
+};
 use sluice_test_support::etcd::Etcd;
 use sluice_test_support::{Backend, Client, SluiceProcess, eventually, free_port, http_get};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-const WITHIN: Duration = Duration::from_secs(20);
-const EVERY: Duration = Duration::from_millis(100);
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
-fn definition(id: &str, backend: &Backend, tags: &[&str]) -> String {
-    serde_json::json!({"service": {
-        "name": "web", "id": id, "address": "127.0.0.1", "port": backend.addr().port(),
-        "tags": tags,
-        "check": {"tcp": backend.addr().to_string(), "interval": "10s", "timeout": "1s"}
-    }})
-    .to_string()
-}
-
-fn write_atomically(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-fn config(admin: SocketAddr, web: SocketAddr, discovery: &str) -> String {
-    format!(
-        "[admin]\nbind = \"{admin}\"\n[access_log]\npath = \"off\"\n\
-         [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
-         [routing]\ndebounce = \"20ms\"\n{discovery}"
-    )
-}
-
-/// The backends that answered 20 requests to `path`.
-async fn backends_seen(
-    client: &Client,
-    web: SocketAddr,
-    path: &str,
-) -> Result<BTreeSet<String>, String> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..20 {
-        let reply = client.get(&format!("http://{web}{path}")).await?;
-        if reply.status != 200 {
-            return Err(format!("status {}: {}", reply.status, reply.text()));
-        }
-        seen.insert(reply.backend());
-    }
-    Ok(seen)
-}
-
-async fn until_backends(client: &Client, web: SocketAddr, path: &str, want: &[&str]) {
-    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
-    eventually(WITHIN, EVERY, || {
-        let want = want.clone();
-        async move {
-            let seen = backends_seen(client, web, path).await?;
-            if seen == want {
-                Ok(())
-            } else {
-                Err(format!("saw {seen:?}, want {want:?}"))
-            }
-        }
-    })
-    .await;
-}
-
-fn catalog(admin: SocketAddr) -> serde_json::Value {
-    let (status, body) = http_get(admin, "/api/catalog").unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn until_log(process: &SluiceProcess, needle: &str) {
-    eventually(WITHIN, EVERY, || async {
-        let log = process.stderr();
-        if log.contains(needle) {
-            Ok(())
-        } else {
-            Err(format!("`{needle}` not in the log:\n{log}"))
-        }
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_registry_routes_by_urlprefix_tags() {
