@@ -415,16 +415,22 @@ impl UpConn {
             let count = spans.len();
             let head = self.read.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
+            let mut present = Present::default();
             for &(name_at, name_len, value_at, value_len) in &spans {
                 let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                     .map_err(|_| SendError::BadResponse("invalid header name".into()))?;
+                present.note(&name);
                 let value =
                     HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
                         .map_err(|_| SendError::BadResponse(format!("invalid value of {name}")))?;
                 headers.append(name, value);
             }
-            let framing = framing(status, is_head, &mut headers)?;
-            let keep_alive = keep_alive(version, &headers);
+            let framing = framing(status, is_head, &mut headers, present)?;
+            let keep_alive = if present.connection {
+                keep_alive(version, &headers)
+            } else {
+                version != 0
+            };
             let mut parts = http::Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = Version::HTTP_11;
@@ -506,12 +512,34 @@ fn keep_alive(version: u8, headers: &HeaderMap) -> bool {
     if version == 0 { keep && !close } else { !close }
 }
 
+/// Which of the fields that decide framing and persistence a response head has, noted while
+/// its fields are read (so no lookups are needed when, as usual, some are absent).
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    connection: bool,
+    transfer_encoding: bool,
+    content_length: bool,
+}
+
+impl Present {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        }
+    }
+}
+
 /// How the response body is delimited (RFC 9112 §6.3). Removes a `Content-Length` that a
 /// `Transfer-Encoding` overrides, so the client is not told a length that is not sent.
 fn framing(
     status: StatusCode,
     is_head: bool,
     headers: &mut HeaderMap,
+    present: Present,
 ) -> Result<Framing, SendError> {
     if is_head
         || status.is_informational()
@@ -524,7 +552,7 @@ fn framing(
             Framing::Length(0)
         });
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if present.transfer_encoding {
         headers.remove(header::CONTENT_LENGTH);
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
@@ -537,6 +565,9 @@ fn framing(
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
             _ => Framing::UntilClose,
         });
+    }
+    if !present.content_length {
+        return Ok(Framing::UntilClose);
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -954,11 +985,20 @@ mod tests {
             .collect()
     }
 
+    fn present_in(h: &HeaderMap) -> Present {
+        let mut present = Present::default();
+        h.keys().for_each(|n| present.note(n));
+        present
+    }
+
     #[test]
     fn framing_follows_rfc9112() {
         let ok = StatusCode::OK;
-        let f =
-            |status, is_head, pairs: &[(&str, &str)]| framing(status, is_head, &mut headers(pairs));
+        let f = |status, is_head, pairs: &[(&str, &str)]| {
+            let mut h = headers(pairs);
+            let present = present_in(&h);
+            framing(status, is_head, &mut h, present)
+        };
         assert!(matches!(
             f(ok, false, &[("content-length", "12")]),
             Ok(Framing::Length(12))
@@ -1006,7 +1046,8 @@ mod tests {
         }
         // A Transfer-Encoding overrides (and removes) Content-Length.
         let mut h = headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
-        framing(ok, false, &mut h).unwrap();
+        let present = present_in(&h);
+        framing(ok, false, &mut h, present).unwrap();
         assert!(!h.contains_key(header::CONTENT_LENGTH));
     }
 
