@@ -10,7 +10,8 @@
 # Each proxy runs under callgrind in front of the same nginx backend (64-byte body) and gets
 # REQUESTS requests (plus a 1 s warm-up) from `loadgen` at 200 req/s over 20 keep-alive
 # connections; a second run with no requests measures start-up and shutdown, which is
-# subtracted.
+# subtracted. With KEEP_CALLGRIND=DIR, Sluice's callgrind profiles are copied to DIR (read
+# them with callgrind_annotate).
 set -euo pipefail
 REQUESTS=${1:-2000}
 cd "$(dirname "$0")/../.."
