@@ -78,9 +78,20 @@ for n in 1 2; do
         > "$state/access-$n.log" 2> "$state/sluice-$n.log" &
     pids+=($!)
 done
+# The app settings of seed 004's Consul KV; each sidecar renders them into its app's
+# settings file (web-N.settings.json in the state directory) and keeps it current.
+etcd_put() { # KEY VALUE, through etcd's JSON gateway
+    curl -sf -o /dev/null http://127.0.0.1:2379/v3/kv/put \
+        -d "{\"key\":\"$(printf %s "$1" | base64)\",\"value\":\"$(printf %s "$2" | base64)\"}"
+}
+etcd_put web/debug false
+etcd_put web/allowed_hosts example.com
 for n in 1 2; do
-    "$bin/sluice-sidecar" --config "$example/sidecar/web-$n.toml" -- \
-        "$bin/sluice-testbackend" "web-$n" "127.0.0.1:800$n" 2> "$state/web-$n.log" &
+    # A relative destination is relative to the sidecar's config: copied here, it writes here.
+    cp "$example/sidecar/web-$n.toml" "$state/"
+    "$bin/sluice-sidecar" --config "$state/web-$n.toml" -- \
+        "$bin/sluice-testbackend" "web-$n" "127.0.0.1:800$n" --settings "$state/web-$n.settings.json" \
+        2> "$state/web-$n.log" &
     pids+=($!); echo $! > "$state/sidecar-web-$n.pid"
 done
 wait_http http://127.0.0.1:9911/readyz
@@ -97,6 +108,8 @@ cat <<MSG
 state directory: $state   (etcd.log, sluice-1.log, sluice-2.log, web-1.log, web-2.log)
   curl -s 127.0.0.1:8081/web/hello; curl -s 127.0.0.1:8082/web/hello   # both Sluices, both instances
   diff <(curl -s 127.0.0.1:9911/api/routes) <(curl -s 127.0.0.1:9912/api/routes) && echo same
+  curl -s 127.0.0.1:8081/web/hello              # "settings": the app's, rendered from KV by its sidecar
+  curl -s -XPOST 127.0.0.1:2379/v3/kv/put -d '{"key":"d2ViL2RlYnVn","value":"dHJ1ZQ=="}'   # web/debug = true
   kill \$(cat $state/sidecar-web-2.pid)          # web-2 deregisters (lease revoked), then stops
   kill -KILL \$(cat $state/sidecar-web-1.pid)    # web-1's sidecar dies: its lease expires in 3 s
 Ctrl-C stops everything.

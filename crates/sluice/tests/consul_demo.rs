@@ -508,3 +508,116 @@ async fn two_sluices_watching_one_etcd_serve_the_same_routes() {
         );
     }
 }
+
+/// A child process sent SIGTERM (and waited for) when the test ends, also by a panic: the
+/// sidecar then stops its app too.
+struct StopOnDrop(std::process::Child);
+
+impl StopOnDrop {
+    fn stop(&mut self) -> std::process::ExitStatus {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return status;
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A workspace binary built next to `sluice`: `cargo test --workspace` (the README's test
+/// command) builds every binary before any test runs.
+fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let path = Path::new(BIN).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p sluice-sidecar -p sluice-test-support \
+         --bins`, or run the workspace's tests (`cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_settings_come_from_kv_through_its_sidecar_and_follow_a_change() {
+    // Seed 004's app settings in KV, as `consul kv put` left them.
+    let etcd = Etcd::start();
+    etcd.put("web/debug", "false");
+    etcd.put("web/allowed_hosts", "example.com");
+
+    // web-1 under the example's own sidecar configuration: it renders the settings from KV,
+    // starts the app, registers it once its check passes, and keeps the settings current.
+    let dir = tempfile::tempdir().unwrap();
+    let app = loopback();
+    assert_eq!(
+        SIDECAR_1.matches("http://127.0.0.1:2379").count(),
+        2,
+        "sidecar/web-1.toml: registry and KV on the demo's etcd"
+    );
+    let config = SIDECAR_1.replace("http://127.0.0.1:2379", &etcd.endpoint());
+    let config = replace_once(&config, "port = 8001", &format!("port = {}", app.port()));
+    let config = replace_once(
+        &config,
+        "tcp = \"127.0.0.1:8001\"",
+        &format!("tcp = \"{app}\""),
+    );
+    std::fs::write(dir.path().join("web-1.toml"), config).unwrap();
+    let log = std::fs::File::create(dir.path().join("sidecar.log")).unwrap();
+    let mut sidecar = StopOnDrop(
+        std::process::Command::new(sibling_binary("sluice-sidecar"))
+            .current_dir(dir.path())
+            .args(["--config", "web-1.toml", "--"])
+            .arg(sibling_binary("sluice-testbackend"))
+            .args([
+                "web-1",
+                &app.to_string(),
+                "--settings",
+                "web-1.settings.json",
+            ])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    let (admin, web) = (loopback(), loopback());
+    let config = replace_bind(ETCD_CONFIG_1, "127.0.0.1:9911", admin);
+    let config = replace_bind(&config, "127.0.0.1:8081", web);
+    let config = replace_once(&config, "http://127.0.0.1:2379", &etcd.endpoint());
+    let _sluice = SluiceProcess::start(Path::new(BIN), &config, admin);
+
+    let client = Client::http1();
+    let sidecar_log = dir.path().join("sidecar.log");
+    let settings = |want_debug: bool| {
+        let (client, sidecar_log) = (&client, &sidecar_log);
+        async move {
+            let r = client.get(&format!("http://{web}/web/settings")).await?;
+            let j = r.json();
+            if r.status == 200
+                && j["backend"] == "web-1"
+                && j["settings"]["debug"] == want_debug
+                && j["settings"]["allowed_hosts"] == "example.com"
+            {
+                Ok(())
+            } else {
+                let log = std::fs::read_to_string(sidecar_log).unwrap_or_default();
+                Err(format!("{} {}\nsidecar log:\n{log}", r.status, r.text()))
+            }
+        }
+    };
+    eventually(WITHIN, EVERY, || settings(false)).await;
+    // A changed key reaches the running app: the sidecar re-renders its settings.
+    etcd.put("web/debug", "true");
+    eventually(WITHIN, EVERY, || settings(true)).await;
+
+    // The sidecar deregisters and stops its app on SIGTERM, exiting as the app did: the test
+    // backend has no SIGTERM handler, so 128 + 15 (docs/sidecar.md, exit codes).
+    let status = sidecar.stop();
+    let log = std::fs::read_to_string(&sidecar_log).unwrap_or_default();
+    assert_eq!(status.code(), Some(143), "sidecar: {status}\n{log}");
+    assert!(log.contains("received SIGTERM"), "{log}");
+}

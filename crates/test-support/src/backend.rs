@@ -53,6 +53,9 @@ struct Shared {
     status: AtomicU64,
     /// Request-ids seen, in order, so tests can follow one request.
     seen: Mutex<Vec<String>>,
+    /// A JSON settings file the backend reads on every request and reports as `settings`
+    /// (how an app would read what a sidecar rendered for it).
+    settings: Option<std::path::PathBuf>,
 }
 
 /// A running backend; stopped when dropped.
@@ -72,6 +75,16 @@ impl Backend {
 
     /// Starts a backend on a chosen address (e.g. to bring one back on the same port).
     pub fn start_on(name: &str, addr: SocketAddr) -> Self {
+        Self::start_with_settings(name, addr, None)
+    }
+
+    /// Starts a backend that also reports, in every normal answer, the JSON found in
+    /// `settings` at that moment (`"settings": null` while the file is absent or not JSON).
+    pub fn start_with_settings(
+        name: &str,
+        addr: SocketAddr,
+        settings: Option<std::path::PathBuf>,
+    ) -> Self {
         let std_listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("backend {name}: bind {addr}: {e}"));
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -82,6 +95,7 @@ impl Backend {
             mode: AtomicU8::new(0),
             status: AtomicU64::new(200),
             seen: Mutex::new(Vec::new()),
+            settings,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let s = Arc::clone(&shared);
@@ -300,6 +314,13 @@ async fn handle(
         "headers": headers,
         "body_len": body.len(),
     });
+    let mut json = json;
+    if let Some(path) = &shared.settings {
+        json["settings"] = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(serde_json::Value::Null);
+    }
     let mut resp = full(
         StatusCode::OK,
         serde_json::to_vec(&json).unwrap_or_default(),

@@ -1,6 +1,7 @@
-//! `sluice-testbackend NAME ADDR`: the test backend as a program, for the quickstart and the
-//! examples. Answers every request with a JSON description of it, including its own name, so
-//! balancing is visible with curl.
+//! `sluice-testbackend NAME ADDR [--settings FILE]`: the test backend as a program, for the
+//! quickstart and the examples. Answers every request with a JSON description of it, including
+//! its own name, so balancing is visible with curl. With `--settings`, the answer also carries
+//! the JSON in FILE, read per request (an app reading the settings its sidecar renders).
 
 use std::net::SocketAddr;
 
@@ -12,7 +13,12 @@ fn main() -> anyhow::Result<()> {
         );
     };
     let addr: SocketAddr = addr.parse()?;
-    let backend = sluice_test_support::Backend::start_on(&name, addr);
+    let settings = match (args.next().as_deref(), args.next()) {
+        (None, _) => None,
+        (Some("--settings"), Some(file)) => Some(std::path::PathBuf::from(file)),
+        _ => anyhow::bail!("usage: sluice-testbackend NAME ADDR [--settings FILE]"),
+    };
+    let backend = sluice_test_support::Backend::start_with_settings(&name, addr, settings);
     eprintln!("backend {name} listening on {}", backend.addr());
     loop {
         std::thread::park();
