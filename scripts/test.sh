@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Programs the end-to-end tests run next to `sluice` (the sidecar and the test backend):
+# `cargo test` builds only the binaries of packages that have integration tests.
+cargo build --locked -p sluice-sidecar -p sluice-test-support --bins
 exec cargo test --workspace --locked "$@"

@@ -530,14 +530,14 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A workspace binary built next to `sluice`: `cargo test --workspace` (the README's test
-/// command) builds every binary before any test runs.
+/// A workspace binary built next to `sluice`: the README's test command (`scripts/test.sh`)
+/// builds them before running the tests.
 fn sibling_binary(name: &str) -> std::path::PathBuf {
     let path = Path::new(BIN).with_file_name(name);
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo build -p sluice-sidecar -p sluice-test-support \
-         --bins`, or run the workspace's tests (`cargo test --workspace`)",
+         --bins`, or run the tests with scripts/test.sh",
         path.display()
     );
     path
