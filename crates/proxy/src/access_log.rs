@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use http::{HeaderValue, Method, Uri, Version};
+use http::{Method, Version};
 use metrics::{Counter, counter};
 use serde::Serialize;
 use sluice_config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
@@ -189,19 +189,37 @@ fn write_loop(rx: Receiver<Msg>, sink: Sink) {
     let _ = out.flush();
 }
 
-/// What the request path knows when the request arrives.
+/// What the request path knows when the request arrives (collected only when logging).
 #[derive(Debug)]
 pub(crate) struct RequestInfo {
     pub(crate) client: SocketAddr,
     pub(crate) listener: Arc<str>,
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    /// Path and query as received.
+    pub(crate) target: String,
     pub(crate) version: Version,
-    pub(crate) host: Option<HeaderValue>,
-    pub(crate) referer: Option<HeaderValue>,
-    pub(crate) user_agent: Option<HeaderValue>,
+    pub(crate) host: Option<String>,
+    pub(crate) referer: Option<String>,
+    pub(crate) user_agent: Option<String>,
     /// The connection's TLS session, on TLS listeners.
     pub(crate) tls: Option<Arc<crate::tls::ConnTls>>,
+}
+
+impl RequestInfo {
+    pub(crate) fn new(head: &crate::request::RequestHead, cx: &crate::forward::ConnCtx) -> Self {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Self {
+            client: cx.peer,
+            listener: Arc::clone(&cx.listener.name),
+            method: head.method.clone(),
+            target: head.target().to_owned(),
+            version: head.version,
+            host: head.host().map(text),
+            referer: head.referer().map(text),
+            user_agent: head.user_agent().map(text),
+            tls: cx.tls.clone(),
+        }
+    }
 }
 
 /// One finished request.

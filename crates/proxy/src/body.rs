@@ -1,5 +1,7 @@
 //! Bodies in both directions.
 //!
+//! - [`RequestBody`] is the client's: read from the HTTP/1.x connection itself
+//!   ([`crate::server_h1::H1Body`]) or from hyper's HTTP/2 stream.
 //! - [`UpBody`] goes to the instance: empty, a small buffered body that can be replayed on a
 //!   retry, or the client's stream passed through with a stall timer.
 //! - [`DownBody`] goes to the client: a local (error) body, or the instance's stream with idle
@@ -30,18 +32,55 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// handler can answer 400 instead of blaming the instance.
 #[derive(Debug, thiserror::Error)]
 #[error("client request body failed: {0}")]
-pub(crate) struct ClientBodyFailed(#[source] pub(crate) hyper::Error);
+pub(crate) struct ClientBodyFailed(#[source] pub(crate) BoxError);
+
+/// The client's request body, as its connection delivers it.
+#[derive(Debug)]
+pub(crate) enum RequestBody<'a> {
+    /// Read from the HTTP/1.x connection by the request's own task.
+    H1(crate::server_h1::H1Body<'a>),
+    H2(Incoming),
+}
+
+impl Body for RequestBody<'_> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::H1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::H1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// The request body sent to an instance.
 #[derive(Debug)]
-pub(crate) enum UpBody {
+pub(crate) enum UpBody<'a> {
     Empty,
     /// A body read in full beforehand (small, idempotent requests), cloned for each attempt.
     Full(Option<Bytes>),
-    Stream(ClientStream),
+    Stream(ClientStream<'a>),
 }
 
-impl Body for UpBody {
+impl Body for UpBody<'_> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -75,15 +114,15 @@ impl Body for UpBody {
 
 /// The client's body passed through, failing with [`ClientBodyTimedOut`] when the client stalls.
 #[derive(Debug)]
-pub(crate) struct ClientStream {
-    inner: Incoming,
+pub(crate) struct ClientStream<'a> {
+    inner: RequestBody<'a>,
     stall: Duration,
     timer: StallTimer,
     bytes: Arc<AtomicU64>,
 }
 
-impl ClientStream {
-    pub(crate) fn new(inner: Incoming, stall: Duration, bytes: Arc<AtomicU64>) -> Self {
+impl<'a> ClientStream<'a> {
+    pub(crate) fn new(inner: RequestBody<'a>, stall: Duration, bytes: Arc<AtomicU64>) -> Self {
         Self {
             inner,
             stall,
@@ -185,8 +224,7 @@ enum DownInner {
 pub struct DownBody {
     inner: DownInner,
     bytes_out: u64,
-    /// Boxed: hyper moves the response several times, and this record is most of its size.
-    exchange: Option<Box<Exchange>>,
+    exchange: Option<Exchange>,
 }
 
 impl DownBody {
@@ -194,7 +232,16 @@ impl DownBody {
         Self {
             inner: DownInner::Local(Some(bytes).filter(|b| !b.is_empty())),
             bytes_out: 0,
-            exchange: Some(Box::new(exchange)),
+            exchange: Some(exchange),
+        }
+    }
+
+    /// A body that belongs to no request record (a request refused before it had one).
+    pub(crate) fn bare(bytes: Bytes) -> Self {
+        Self {
+            inner: DownInner::Local(Some(bytes).filter(|b| !b.is_empty())),
+            bytes_out: 0,
+            exchange: None,
         }
     }
 
@@ -212,7 +259,7 @@ impl DownBody {
                 timer: StallTimer::default(),
             },
             bytes_out: 0,
-            exchange: Some(Box::new(exchange)),
+            exchange: Some(exchange),
         }
     }
 

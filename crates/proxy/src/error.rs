@@ -3,7 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 /// The kinds of failure on the request path. Each maps to one status code and one
 /// `kind` label in metrics and logs.
@@ -121,12 +121,14 @@ impl ProxyError {
         self
     }
 
-    /// The JSON response the client receives: `{"error", "detail", "service", "request_id"}`.
-    pub fn to_response<B: From<Bytes>>(
+    /// The fields and JSON body the client receives: `{"error", "detail", "service",
+    /// "request_id"}` (the status is the kind's; `x-request-id` is added when the head is
+    /// written).
+    pub(crate) fn to_response(
         &self,
         service: Option<&str>,
         request_id: &HeaderValue,
-    ) -> Response<B> {
+    ) -> (HeaderMap, Bytes) {
         let body = serde_json::json!({
             "error": self.kind.as_str(),
             "detail": self.detail,
@@ -135,16 +137,13 @@ impl ProxyError {
         });
         let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
         bytes.push(b'\n');
-        let mut resp = Response::new(B::from(Bytes::from(bytes)));
-        *resp.status_mut() = self.kind.status();
-        let headers = resp.headers_mut();
+        let mut headers = HeaderMap::with_capacity(2);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(crate::headers::X_REQUEST_ID, request_id.clone());
-        resp
+        (headers, Bytes::from(bytes))
     }
 }
 

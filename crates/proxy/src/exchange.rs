@@ -27,7 +27,7 @@ pub(crate) enum BytesIn {
 pub(crate) struct UpstreamUse {
     pub(crate) in_flight: InFlight,
     /// Set when the response body ended cleanly and the connection can carry another request.
-    pub(crate) conn: Option<UpConn>,
+    pub(crate) conn: Option<Box<UpConn>>,
     pub(crate) max_idle: usize,
 }
 
@@ -37,7 +37,8 @@ const CLIENT_CLOSED: u16 = 499;
 #[derive(Debug)]
 pub(crate) struct Exchange {
     start: Instant,
-    conn: Arc<ConnWatch>,
+    /// HTTP/2 connections: told when the response finished.
+    conn: Option<Arc<ConnWatch>>,
     pub(crate) route: Option<Arc<Route>>,
     pub(crate) status: u16,
     pub(crate) upstream: Option<UpstreamUse>,
@@ -46,16 +47,17 @@ pub(crate) struct Exchange {
     pub(crate) error: Option<ProxyErrorKind>,
     pub(crate) bytes_in: BytesIn,
     request_id: HeaderValue,
-    log: Option<(AccessLog, RequestInfo)>,
+    /// Boxed: only when the access log is on (it is most of this record's size otherwise).
+    log: Option<Box<(AccessLog, RequestInfo)>>,
     done: bool,
 }
 
 impl Exchange {
     pub(crate) fn new(
         start: Instant,
-        conn: Arc<ConnWatch>,
+        conn: Option<Arc<ConnWatch>>,
         request_id: HeaderValue,
-        log: Option<(AccessLog, RequestInfo)>,
+        log: Option<Box<(AccessLog, RequestInfo)>>,
     ) -> Self {
         Self {
             start,
@@ -108,11 +110,15 @@ impl Exchange {
                 .pool
                 .checkin(conn, sluice_health::clock::to_ms(now), u.max_idle);
         }
-        self.conn.request_finished();
+        if let Some(conn) = &self.conn {
+            conn.request_finished();
+        }
         if let Some(route) = &self.route {
             route.metrics.record(self.status, elapsed.as_secs_f64());
         }
-        let Some((log, info)) = &self.log else { return };
+        let Some((log, info)) = self.log.as_deref() else {
+            return;
+        };
         let bytes_in = match &self.bytes_in {
             BytesIn::Known(n) => *n,
             BytesIn::Counted(c) => c.load(Relaxed),
@@ -122,14 +128,13 @@ impl Exchange {
             (None, Some(e)) => Some(e.to_string()),
             (None, None) => None,
         };
-        let path = info.uri.path_and_query().map_or("/", |p| p.as_str());
         log.log(&Entry {
             time: rfc3339_now(),
             listener: &info.listener,
             client: info.client,
             method: &info.method,
-            host: info.host.as_ref().and_then(|h| h.to_str().ok()),
-            path,
+            host: info.host.as_deref(),
+            path: &info.target,
             proto: proto_str(info.version),
             status: self.status,
             route: self.route.as_ref().map(|r| &*r.name),
@@ -149,8 +154,8 @@ impl Exchange {
             error,
             completed,
             tls: info.tls.as_deref().map(crate::tls::ConnTls::log),
-            referer: info.referer.as_ref().and_then(|h| h.to_str().ok()),
-            user_agent: info.user_agent.as_ref().and_then(|h| h.to_str().ok()),
+            referer: info.referer.as_deref(),
+            user_agent: info.user_agent.as_deref(),
         });
     }
 }

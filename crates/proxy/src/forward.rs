@@ -13,31 +13,33 @@
 //! were sent draw on the service's retry budget; retries of requests that never reached an
 //! instance do not (they add no load anywhere).
 
-use std::convert::Infallible;
+use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::HeaderValue;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use sluice_config::{HashKey, ServiceConfig};
 use sluice_health::clock;
 
 use crate::access_log::RequestInfo;
-use crate::body::{ClientStream, DownBody, UpBody};
-use crate::conn::ConnWatch;
+use crate::body::{ClientStream, DownBody, RequestBody, UpBody};
+use crate::conn::{ConnTimer, ConnWatch};
 use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
-use crate::h1::{SendError, UpConn, UpstreamBody};
-use crate::headers::{self, UpstreamFields, X_REQUEST_ID};
+use crate::h1::{OutgoingRequest, SendError, UpConn, UpResponse};
+use crate::headers::{self, UpstreamFields};
 use crate::listener::ListenerShared;
 use crate::pool;
+use crate::request::RequestHead;
+use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
 use crate::routing::Route;
 use crate::upstream::{InFlight, Service, Tried};
 
@@ -48,52 +50,35 @@ pub(crate) struct ConnCtx {
     pub(crate) peer: SocketAddr,
     /// `peer`'s IP as a header value, made once per connection for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
-    pub(crate) watch: Arc<ConnWatch>,
+    /// HTTP/2 connections: tells the connection's idle timer when streams are open.
+    pub(crate) watch: Option<Arc<ConnWatch>>,
     /// The TLS session, on TLS listeners.
     pub(crate) tls: Option<Arc<crate::tls::ConnTls>>,
 }
 
-/// hyper's service entry point: never fails, every problem becomes a response.
+/// Serves one request: every problem becomes a response. `body` is `None` when the request
+/// has none.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
-    cx: Arc<ConnCtx>,
-) -> Result<Response<DownBody>, Infallible> {
+    head: &RequestHead,
+    body: Option<RequestBody<'_>>,
+    cx: &ConnCtx,
+    timer: &mut ConnTimer,
+) -> ProxyResponse {
     let start = Instant::now();
-    cx.watch.request_started();
-    let request_id = headers::request_id(req.headers());
+    if let Some(watch) = &cx.watch {
+        watch.request_started();
+    }
+    let request_id = headers::request_id(head.request_id());
     let rt = cx.listener.runtime.load();
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let route = rt
-        .table
-        .lookup(
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            req.uri().path(),
-        )
-        .cloned();
+    let host = head.host().and_then(|h| std::str::from_utf8(h).ok());
+    let route = rt.table.lookup(host, head.path()).cloned();
     let body_timeout = rt.config.request_body_timeout;
-    let log = rt.access_log.enabled().then(|| {
-        let h = req.headers();
-        (
-            rt.access_log.clone(),
-            RequestInfo {
-                client: cx.peer,
-                listener: Arc::clone(&cx.listener.name),
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-                host: host.clone(),
-                referer: h.get(header::REFERER).cloned(),
-                user_agent: h.get(header::USER_AGENT).cloned(),
-                tls: cx.tls.clone(),
-            },
-        )
-    });
+    let log = rt
+        .access_log
+        .enabled()
+        .then(|| Box::new((rt.access_log.clone(), RequestInfo::new(head, cx))));
     drop(rt);
-    let mut exchange = Exchange::new(start, Arc::clone(&cx.watch), request_id.clone(), log);
+    let mut exchange = Exchange::new(start, cx.watch.clone(), request_id.clone(), log);
 
     let Some(route) = route else {
         cx.listener.unrouted.increment(1);
@@ -101,84 +86,97 @@ pub(crate) async fn handle(
             ProxyErrorKind::NoRoute,
             "no route matches this host and path",
         );
-        return Ok(local_error(&err, None, &request_id, exchange));
+        return local_error(&err, None, request_id, exchange);
     };
     exchange.route = Some(Arc::clone(&route));
-    if let Some(answer) = crate::route_rules::local_answer(&route, cx.peer.ip(), req.uri()) {
-        return Ok(crate::route_rules::respond(
-            answer,
-            &route,
-            &request_id,
-            exchange,
-        ));
+    if let Some(answer) =
+        crate::route_rules::local_answer(&route, cx.peer.ip(), head.path(), head.query())
+    {
+        return crate::route_rules::respond(answer, &route, request_id, exchange);
     }
     let service = Arc::clone(&route.service);
     let deadline = start + service.config.timeouts.total;
     match forward(
-        req,
+        head,
+        body,
         &route,
-        &cx,
-        host,
+        cx,
         &request_id,
         body_timeout,
-        deadline,
+        (start, deadline),
         &mut exchange,
+        timer,
     )
     .await
     {
-        Ok(Forwarded { response, upstream }) => {
-            let (mut parts, body) = response.into_parts();
-            parts.headers.insert(X_REQUEST_ID, request_id);
-            exchange.status = parts.status.as_u16();
+        Ok(Forwarded {
+            response,
+            upstream,
+            switched,
+        }) => {
+            exchange.status = response.status.as_u16();
             exchange.upstream = Some(upstream);
             let t = &service.config.timeouts;
-            let body = DownBody::upstream(body, t.idle, deadline.into(), exchange);
-            Ok(Response::from_parts(parts, body))
+            let body = DownBody::upstream(response.body, t.idle, deadline.into(), exchange);
+            ProxyResponse {
+                head: ResponseHead {
+                    status: response.status,
+                    fields: ResponseFields::Upstream(response.head),
+                },
+                request_id,
+                body,
+                switched,
+            }
         }
         Err(err) => {
             tracing::debug!(service = %service.name, error = %err, "request failed");
-            Ok(local_error(
-                &err,
-                Some(&service.name),
-                &request_id,
-                exchange,
-            ))
+            local_error(&err, Some(&service.name), request_id, exchange)
         }
     }
 }
 
+/// Sluice's own answer for `err`: its status and JSON body.
 pub(crate) fn local_error(
     err: &ProxyError,
     service: Option<&str>,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
     mut exchange: Exchange,
-) -> Response<DownBody> {
-    let resp: Response<Bytes> = err.to_response(service, request_id);
-    exchange.status = resp.status().as_u16();
+) -> ProxyResponse {
+    let (headers, bytes) = err.to_response(service, &request_id);
+    exchange.status = err.kind.status().as_u16();
     exchange.error = Some(err.kind);
-    let (parts, bytes) = resp.into_parts();
-    Response::from_parts(parts, DownBody::local(bytes, exchange))
+    ProxyResponse {
+        head: ResponseHead {
+            status: err.kind.status(),
+            fields: ResponseFields::Local(headers),
+        },
+        request_id,
+        body: DownBody::local(bytes, exchange),
+        switched: None,
+    }
 }
 
 struct Forwarded {
-    response: Response<UpstreamBody>,
+    response: UpResponse,
     upstream: UpstreamUse,
+    /// The instance switched protocols (`101`): its connection, for the tunnel.
+    switched: Option<Box<Switched>>,
 }
 
 /// How the request body is sent, and whether it can be sent again.
-enum BodyPlan {
+enum BodyPlan<'a> {
     Empty,
     Buffered(Bytes),
     /// Streamed once; `None` after it was handed to an attempt.
-    Stream(Option<ClientStream>),
+    Stream(Option<ClientStream<'a>>),
 }
 
-impl BodyPlan {
+impl<'a> BodyPlan<'a> {
     fn replayable(&self) -> bool {
         !matches!(self, BodyPlan::Stream(_))
     }
 
-    fn for_attempt(&mut self) -> Option<UpBody> {
+    fn for_attempt(&mut self) -> Option<UpBody<'a>> {
         match self {
             BodyPlan::Empty => Some(UpBody::Empty),
             BodyPlan::Buffered(b) => Some(UpBody::Full(Some(b.clone()))),
@@ -186,7 +184,7 @@ impl BodyPlan {
         }
     }
 
-    fn give_back(&mut self, body: UpBody) {
+    fn give_back(&mut self, body: UpBody<'a>) {
         if let (BodyPlan::Stream(slot), UpBody::Stream(s)) = (self, body) {
             *slot = Some(s);
         }
@@ -201,56 +199,68 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(
-    mut req: Request<Incoming>,
+async fn forward<'a>(
+    head: &RequestHead,
+    body: Option<RequestBody<'a>>,
     route: &Route,
     cx: &ConnCtx,
-    host: Option<HeaderValue>,
     request_id: &HeaderValue,
     body_timeout: Duration,
-    deadline: Instant,
+    (start, deadline): (Instant, Instant),
     exchange: &mut Exchange,
+    timer: &mut ConnTimer,
 ) -> Result<Forwarded, ProxyError> {
     let service = &*route.service;
     let cfg = &service.config;
     service.retry_budget.deposit();
 
-    let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let idempotent = is_idempotent(req.method());
+    let upgrade = head.is_upgrade();
+    let idempotent = is_idempotent(&head.method);
     let hash = service
         .balancer
         .hash_key()
-        .map(|k| request_hash(k, &req, cx.peer));
+        .map(|k| request_hash(k, head, cx.peer));
 
-    let (mut parts, body) = req.into_parts();
-    let fields = rewrite_head(&mut parts, route, cx, host, request_id, upgrade)?;
+    let target = upstream_target(head, route);
+    let scheme = if cx.tls.is_some() {
+        "https"
+    } else {
+        cx.listener.scheme
+    };
+    let fields = UpstreamFields::new(head, &cx.client_ip, scheme, request_id, cx.tls.as_deref());
+    // The Host sent upstream when Sluice sets it: the route's fixed name, or the host of an
+    // absolute-form target or `:authority` (the client's `Host` field stays otherwise).
+    // `upstream_host = "dst"` sets it per attempt.
+    let route_host: Option<&[u8]> = match route.rules.fixed_host() {
+        Some(name) => Some(name.as_bytes()),
+        None if head.host_from_target() || !head.has_host_field() => head.host(),
+        None => None,
+    };
     let mut plan = plan_body(body, cfg, idempotent, body_timeout, exchange).await?;
     let replayable = plan.replayable();
 
     let mut tried = Tried::default();
     let mut attempt: u32 = 0;
     let mut last_error: Option<ProxyError> = None;
-    let mut head = parts;
     let mut failed_generation: Option<u64> = None;
+    // A request without a body goes out right after it arrived: its arrival time serves as
+    // the first attempt's start (one clock read less per request).
+    let mut arrival = matches!(plan, BodyPlan::Empty).then_some(start);
     'attempts: loop {
-        let attempt_start = Instant::now();
+        let attempt_start = arrival.take().unwrap_or_else(Instant::now);
         let now_ms = clock::to_ms(attempt_start);
         let Some(picked) = service.pick(hash, &tried, now_ms) else {
             // An attempt just failed on the primary: wait (bounded) for the failover the
             // probes are now checking. Finding no primary at all is answered at once.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if service
-                .wait_for_primary(&mut failed_generation, remaining)
-                .await
-            {
+            // Boxed: rare, and its future would otherwise make every request's bigger.
+            if Box::pin(service.wait_for_primary(&mut failed_generation, remaining)).await {
                 continue;
             }
             return Err(last_error.unwrap_or_else(|| service.nothing_to_pick()));
         };
         tried.push(picked.index);
-        let remaining = deadline.saturating_duration_since(attempt_start);
-        if remaining.is_zero() {
+        if attempt_start >= deadline {
             return Err(ProxyError::new(
                 ProxyErrorKind::DeadlineExceeded,
                 "total request deadline passed",
@@ -266,12 +276,17 @@ async fn forward(
         let err = loop {
             // A connection: from the pool, or new. Failures here never reached the instance's
             // application, so any method may go elsewhere.
-            let conn = match ready_conn(service, &in_flight, remaining).await {
-                Ok(c) => c,
-                Err(e) => {
-                    service.record_failure(&picked.instance, Some(e.kind), now_ms);
-                    break e;
-                }
+            let conn = match pooled_conn(service, &in_flight, now_ms) {
+                Some(c) => c,
+                // No idle connection: a new one. Boxed, as the connect (and TLS handshake)
+                // future is large and most requests never need it.
+                None => match Box::pin(new_conn(service, &in_flight, deadline)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        service.record_failure(&picked.instance, Some(e.kind), now_ms);
+                        break e;
+                    }
+                },
             };
             let Some(body) = plan.for_attempt() else {
                 return Err(last_error.unwrap_or_else(|| {
@@ -281,16 +296,25 @@ async fn forward(
                     )
                 }));
             };
-            if route.rules.host_is_dst() {
-                head.headers
-                    .insert(header::HOST, picked.instance.host_header.clone());
-            }
-            let sent_at = Instant::now();
-            let wait = cfg
-                .timeouts
-                .response_header
-                .min(deadline.saturating_duration_since(sent_at));
-            let exchange_head = tokio::time::timeout(wait, conn.exchange(&head, &fields, body));
+            let outgoing = OutgoingRequest {
+                head,
+                target: &target,
+                fields: &fields,
+                host: if route.rules.host_is_dst() {
+                    Some(picked.instance.host_header.as_bytes())
+                } else {
+                    route_host
+                },
+            };
+            // A pooled connection was ready at once: the attempt's start is when the request
+            // went out (no second clock read).
+            let sent_at = if conn.is_fresh() {
+                Instant::now()
+            } else {
+                attempt_start
+            };
+            let head_deadline = (sent_at + cfg.timeouts.response_header).min(deadline);
+            let exchange_head = Within::new(timer, head_deadline, conn.exchange(&outgoing, body));
             // In primary mode a member that loses the role (frozen, or demoted by its mirror)
             // may never answer: stop waiting on it, and retry on the new primary if allowed.
             let result = if service.fails_over() {
@@ -309,7 +333,7 @@ async fn forward(
                 exchange_head.await
             };
             match result {
-                Ok(Ok(mut response)) => {
+                Some(Ok(mut response)) => {
                     let latency = sent_at.elapsed();
                     let now_ms = clock::to_ms(sent_at + latency);
                     picked
@@ -320,7 +344,7 @@ async fn forward(
                         .upstream_latency
                         .record(latency.as_secs_f64());
                     exchange.upstream_ms = Some(latency.as_secs_f64() * 1000.0);
-                    let status = response.status();
+                    let status = response.status;
                     if status.is_server_error() {
                         service.record_failure(&picked.instance, None, now_ms);
                     } else {
@@ -349,24 +373,26 @@ async fn forward(
                         }
                     }
                     if status == StatusCode::SWITCHING_PROTOCOLS {
-                        if let (Some(client_upgrade), Some(conn)) =
-                            (client_upgrade, response.body_mut().take_switched())
-                        {
-                            // A tunnel to a primary ends when it is demoted (`on_demotion`).
-                            let demoted = if service.fails_over() {
-                                picked.instance.session_token()
-                            } else {
-                                tokio_util::sync::CancellationToken::new()
-                            };
-                            spawn_tunnel(
-                                client_upgrade,
-                                conn,
-                                cfg.timeouts.tunnel_idle,
-                                addr,
-                                demoted,
-                            );
-                        }
-                        // The connection now belongs to the tunnel.
+                        // The connection now belongs to the tunnel, when the client asked for
+                        // the switch (an unasked `101` is answered and the connection dropped).
+                        let switched =
+                            response
+                                .body
+                                .take_switched()
+                                .filter(|_| upgrade)
+                                .map(|conn| {
+                                    Box::new(Switched {
+                                        conn,
+                                        idle: cfg.timeouts.tunnel_idle,
+                                        addr,
+                                        // A tunnel to a primary ends when it is demoted (`on_demotion`).
+                                        demoted: if service.fails_over() {
+                                            picked.instance.session_token()
+                                        } else {
+                                            tokio_util::sync::CancellationToken::new()
+                                        },
+                                    })
+                                });
                         return Ok(Forwarded {
                             response,
                             upstream: UpstreamUse {
@@ -374,9 +400,9 @@ async fn forward(
                                 conn: None,
                                 max_idle: 0,
                             },
+                            switched,
                         });
                     }
-                    headers::remove_hop_by_hop(response.headers_mut(), false, false);
                     return Ok(Forwarded {
                         response,
                         upstream: UpstreamUse {
@@ -384,9 +410,10 @@ async fn forward(
                             conn: None,
                             max_idle: cfg.pool.max_idle_per_instance,
                         },
+                        switched: None,
                     });
                 }
-                Ok(Err(SendError::Unsent { reused, body })) => {
+                Some(Err(SendError::Unsent { reused, body })) => {
                     // Nothing was written when the body comes back; otherwise the instance
                     // closed the connection before answering, which only an idempotent,
                     // replayable request may survive (RFC 9110 §9.2.2).
@@ -409,7 +436,7 @@ async fn forward(
                     service.record_failure(&picked.instance, Some(e.kind), clock::now_ms());
                     break e;
                 }
-                Ok(Err(SendError::ClientBody(e))) => {
+                Some(Err(SendError::ClientBody(e))) => {
                     if e.is::<ClientBodyTimedOut>() {
                         return Err(ProxyError::new(
                             ProxyErrorKind::ClientBodyTimeout,
@@ -424,7 +451,7 @@ async fn forward(
                         e.to_string(),
                     ));
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     let kind = if matches!(e, SendError::BadResponse(_)) {
                         ProxyErrorKind::BadResponse
                     } else {
@@ -433,7 +460,7 @@ async fn forward(
                     service.record_failure(&picked.instance, Some(kind), clock::now_ms());
                     break ProxyError::new(kind, format!("{addr}: {e}")).sent();
                 }
-                Err(_elapsed) => {
+                None => {
                     let kind = if Instant::now() >= deadline {
                         ProxyErrorKind::DeadlineExceeded
                     } else {
@@ -442,7 +469,10 @@ async fn forward(
                     service.record_failure(&picked.instance, Some(kind), clock::now_ms());
                     let err = ProxyError::new(
                         kind,
-                        format!("{addr} sent no response head within {}ms", wait.as_millis()),
+                        format!(
+                            "{addr} sent no response head within {}ms",
+                            head_deadline.saturating_duration_since(sent_at).as_millis()
+                        ),
                     )
                     .sent();
                     if kind == ProxyErrorKind::DeadlineExceeded {
@@ -489,101 +519,105 @@ fn may_retry(
     true
 }
 
-/// A connection ready for a request: a pooled one that is still good, else a new one.
-async fn ready_conn(
+/// A pooled connection that is still good, if there is one.
+fn pooled_conn(service: &Service, in_flight: &InFlight, now_ms: u64) -> Option<Box<UpConn>> {
+    in_flight
+        .instance
+        .pool
+        .checkout(now_ms, service.config.pool.idle_timeout)
+}
+
+/// A new connection to the instance, under the connect timeout.
+async fn new_conn(
     service: &Service,
     in_flight: &InFlight,
-    remaining: Duration,
-) -> Result<UpConn, ProxyError> {
-    let instance = &in_flight.instance;
-    let cfg = &service.config;
-    if let Some(conn) = instance
-        .pool
-        .checkout(clock::now_ms(), cfg.pool.idle_timeout)
-    {
-        return Ok(conn);
-    }
-    let connect_timeout = cfg.timeouts.connect.min(remaining);
-    let conn = pool::connect(instance.addr, connect_timeout, service.tls.as_ref()).await?;
+    deadline: Instant,
+) -> Result<Box<UpConn>, ProxyError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let connect_timeout = service.config.timeouts.connect.min(remaining);
+    let conn = pool::connect(
+        in_flight.instance.addr,
+        connect_timeout,
+        service.tls.as_ref(),
+    )
+    .await?;
     service.metrics.new_connections.increment(1);
     Ok(conn)
 }
 
-/// Rewrites the request head for the instance: origin-form URI with the route's path rewrite,
-/// HTTP/1.1, the route's Host rule; returns the fields added on the wire (`X-Forwarded-*`,
-/// `x-request-id`, ...), which also decide which client fields are left out (hop-by-hop).
-fn rewrite_head(
-    parts: &mut Parts,
-    route: &Route,
-    cx: &ConnCtx,
-    host: Option<HeaderValue>,
-    request_id: &HeaderValue,
-    upgrade: bool,
-) -> Result<UpstreamFields, ProxyError> {
-    let path = parts.uri.path();
+pin_project_lite::pin_project! {
+    /// `fut`'s output, or `None` if `deadline` passes first. The deadline is kept on the
+    /// connection's timer, which is re-armed only when it must fire earlier than it is set to
+    /// (see [`ConnTimer`]): a request on a keep-alive connection does not touch the timer
+    /// wheel.
+    struct Within<'t, F> {
+        #[pin]
+        fut: F,
+        timer: &'t mut ConnTimer,
+        deadline: tokio::time::Instant,
+    }
+}
+
+impl<'t, F: Future> Within<'t, F> {
+    fn new(timer: &'t mut ConnTimer, deadline: Instant, fut: F) -> Self {
+        Self {
+            fut,
+            timer,
+            deadline: tokio::time::Instant::from_std(deadline),
+        }
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        this.timer.poll_until(*this.deadline, cx).map(|()| None)
+    }
+}
+
+/// The path and query the instance sees: the client's with the route's `strip`/`prepend`
+/// applied (borrowed when nothing changes, the usual case).
+fn upstream_target<'h>(head: &'h RequestHead, route: &Route) -> Cow<'h, str> {
+    let path = head.path();
     let new_path = route.rewrite_path(path);
-    let unchanged = matches!(new_path, std::borrow::Cow::Borrowed(p) if p.len() == path.len());
-    let uri = match parts.uri.path_and_query() {
-        // Origin-form with the original bytes: no allocation.
-        Some(pq) if unchanged => {
-            let mut u = http::uri::Parts::default();
-            u.path_and_query = Some(pq.clone());
-            Uri::from_parts(u).map_err(|e| e.to_string())
-        }
-        _ => {
-            let query = parts.uri.query();
-            let mut s = String::with_capacity(new_path.len() + query.map_or(0, |q| q.len() + 1));
-            s.push_str(&new_path);
-            if let Some(q) = query {
-                s.push('?');
-                s.push_str(q);
-            }
-            Uri::try_from(s).map_err(|e| e.to_string())
-        }
+    if let Cow::Borrowed(p) = &new_path
+        && p.len() == path.len()
+    {
+        return Cow::Borrowed(head.target());
     }
-    .map_err(|e| {
-        ProxyError::new(
-            ProxyErrorKind::ClientBodyError,
-            format!("cannot rewrite the path: {e}"),
-        )
-    })?;
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    let h = &mut parts.headers;
-    let scheme = match &cx.tls {
-        Some(tls) => {
-            tls.listener.identity_headers(h, Some(tls));
-            "https"
-        }
-        None => cx.listener.scheme,
-    };
-    route.rules.set_fixed_host(h);
-    let mut fields =
-        UpstreamFields::new(h, &cx.client_ip, scheme, host, request_id.clone(), upgrade);
-    if route.rules.host_is_dst() {
-        // Each attempt sets Host to its instance.
-        fields.host = None;
+    let query = head.query();
+    let mut s = String::with_capacity(new_path.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(&new_path);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
     }
-    Ok(fields)
+    Cow::Owned(s)
 }
 
 /// Decides how the body travels. Small bodies of requests that may be retried are read first
 /// (bounded by `retries.buffer_bytes` and the client stall timeout) so they can be replayed.
-async fn plan_body(
-    body: Incoming,
+async fn plan_body<'a>(
+    body: Option<RequestBody<'a>>,
     cfg: &ServiceConfig,
     idempotent: bool,
     body_timeout: Duration,
     exchange: &mut Exchange,
-) -> Result<BodyPlan, ProxyError> {
+) -> Result<BodyPlan<'a>, ProxyError> {
     use http_body::Body as _;
-    if body.is_end_stream() {
+    let Some(body) = body.filter(|b| !b.is_end_stream()) else {
         return Ok(BodyPlan::Empty);
-    }
+    };
     let exact = body.size_hint().exact();
     let small = exact.is_some_and(|n| n <= cfg.retries.buffer_bytes as u64);
     if idempotent && cfg.retries.attempts > 0 && small {
-        let bytes = match tokio::time::timeout(body_timeout, body.collect()).await {
+        // Boxed: only requests with a small replayable body take this path.
+        let bytes = match Box::pin(tokio::time::timeout(body_timeout, body.collect())).await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) => {
                 return Err(ProxyError::new(
@@ -613,62 +647,18 @@ async fn plan_body(
     ))))
 }
 
-fn request_hash(key: &HashKey, req: &Request<Incoming>, peer: SocketAddr) -> u64 {
+fn request_hash(key: &HashKey, head: &RequestHead, peer: SocketAddr) -> u64 {
     let by_ip = || match peer.ip() {
         std::net::IpAddr::V4(ip) => crate::balance::hash_bytes(&ip.octets()),
         std::net::IpAddr::V6(ip) => crate::balance::hash_bytes(&ip.octets()),
     };
     match key {
         HashKey::ClientIp => by_ip(),
-        HashKey::Header(name) => req
-            .headers()
-            .get(name.as_str())
-            .map_or_else(by_ip, |v| crate::balance::hash_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => {
-            headers::cookie(req.headers(), name).map_or_else(by_ip, crate::balance::hash_bytes)
-        }
+        HashKey::Header(name) => head
+            .get(name)
+            .map_or_else(by_ip, crate::balance::hash_bytes),
+        HashKey::Cookie(name) => head
+            .cookie(name)
+            .map_or_else(by_ip, crate::balance::hash_bytes),
     }
-}
-
-fn spawn_tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: UpConn,
-    idle: Duration,
-    addr: SocketAddr,
-    demoted: tokio_util::sync::CancellationToken,
-) {
-    tokio::spawn(async move {
-        let client = match client.await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(upstream = %addr, error = %e, "protocol switch failed");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        // Bytes the instance sent right behind its `101` head belong to the new protocol.
-        let (upstream, early) = upstream.into_parts();
-        if !early.is_empty() {
-            use tokio::io::AsyncWriteExt as _;
-            if let Err(e) = client.write_all(&early).await {
-                tracing::debug!(upstream = %addr, error = %e, "protocol switch failed");
-                return;
-            }
-        }
-        let stats = crate::tunnel::run(
-            client,
-            upstream,
-            idle,
-            crate::tunnel::UPGRADED_BUFFER,
-            demoted,
-        )
-        .await;
-        tracing::debug!(
-            upstream = %addr,
-            end = stats.end.as_str(),
-            to_upstream = stats.a_to_b,
-            to_client = stats.b_to_a,
-            "upgraded connection closed"
-        );
-    });
 }

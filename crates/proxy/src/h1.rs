@@ -7,37 +7,41 @@
 //! the response body handed to the client connection reads straight from the socket. When the
 //! body ends cleanly the connection goes back to the instance's pool.
 //!
+//! The response head is kept as the bytes the instance sent ([`UpstreamHead`]: spans of its
+//! fields, each tagged with its kind): nothing is copied into a header map on the way to an
+//! HTTP/1.x client.
+//!
 //! Framing follows RFC 9112: responses to `HEAD` and `1xx`/`204`/`304` have no body;
 //! `Transfer-Encoding` ending in `chunked` is decoded (trailers are passed on), any other
 //! transfer coding is read to the close; otherwise `Content-Length` (all values equal) or, without
 //! one, to the close. Interim `1xx` responses other than `101` are skipped. A response that
 //! arrives while the request body is still being sent ends the upload and the connection is not
-//! reused. Limits: a response head of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields,
-//! chunk-size lines of at most [`MAX_CHUNK_LINE`] bytes; beyond them the response is malformed.
+//! reused. Limits: a response head of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields, and
+//! the chunked limits of [`crate::chunked`]; beyond them the response is malformed.
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, UpBody};
+use crate::chunked::{self, Chunked, Step, encode_data};
+use crate::fields::{self, ConnectionTokens, Field, Kind, Span};
 use crate::headers::UpstreamFields;
+use crate::request::{BodyLength, RequestHead};
+use crate::response::UpstreamHead;
 
 /// Largest response head accepted (status line and fields).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields accepted in a response head (hyper's default, too).
 pub(crate) const MAX_HEADERS: usize = 100;
-/// Longest chunk-size line (size, extensions, CRLF) accepted.
-pub(crate) const MAX_CHUNK_LINE: usize = 1024;
-/// Largest trailer section accepted.
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Request bodies up to this size are copied behind the head and sent in one write.
@@ -103,13 +107,34 @@ pub(crate) struct UpConn {
     reused: bool,
 }
 
+/// The request as it goes to an instance: the client's head, the path the instance sees, the
+/// proxy's fields, and the `Host` the proxy sets in place of the client's (if any).
+#[derive(Debug)]
+pub(crate) struct OutgoingRequest<'a> {
+    pub(crate) head: &'a RequestHead,
+    pub(crate) target: &'a str,
+    pub(crate) fields: &'a UpstreamFields<'a>,
+    pub(crate) host: Option<&'a [u8]>,
+}
+
+/// A response head read from an instance, and its body (which reads the connection).
+#[derive(Debug)]
+pub(crate) struct UpResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) head: UpstreamHead,
+    pub(crate) body: UpstreamBody,
+}
+
 /// Why an exchange failed.
 #[derive(Debug)]
-pub(crate) enum SendError {
+pub(crate) enum SendError<'b> {
     /// Nothing reached the instance's application: writing the head failed, or a reused
     /// connection closed before any response byte. The body comes back for another attempt
     /// when it was not consumed.
-    Unsent { reused: bool, body: Option<UpBody> },
+    Unsent {
+        reused: bool,
+        body: Option<UpBody<'b>>,
+    },
     /// The connection failed after the request (or part of it) went out.
     Io(io::Error),
     /// The instance closed the connection before a complete response head.
@@ -120,7 +145,7 @@ pub(crate) enum SendError {
     ClientBody(BoxError),
 }
 
-impl std::fmt::Display for SendError {
+impl std::fmt::Display for SendError<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Unsent { .. } => {
@@ -135,13 +160,15 @@ impl std::fmt::Display for SendError {
 }
 
 impl UpConn {
-    pub(crate) fn new(io: UpIo) -> Self {
-        Self {
+    /// A connection over `io`, boxed: it moves between the pool, requests and response
+    /// bodies, and a pointer moves for less than the buffers.
+    pub(crate) fn new(io: UpIo) -> Box<Self> {
+        Box::new(Self {
             io,
             read: BytesMut::new(),
             write: BytesMut::new(),
             reused: false,
-        }
+        })
     }
 
     /// For the pool: whether an idle connection can carry a request. The peer closing it, or
@@ -159,6 +186,11 @@ impl UpConn {
             .is_pending()
     }
 
+    /// Whether this connection has carried no request yet (it was just opened).
+    pub(crate) fn is_fresh(&self) -> bool {
+        !self.reused
+    }
+
     /// The socket and any bytes already read past the response head (a protocol switch).
     pub(crate) fn into_parts(self) -> (UpIo, Bytes) {
         (self.io, self.read.freeze())
@@ -166,26 +198,21 @@ impl UpConn {
 
     /// Sends one request and reads its response head. The response body reads from this
     /// connection; it hands the connection back when the body ended cleanly.
-    pub(crate) async fn exchange(
-        mut self,
-        head: &http::request::Parts,
-        fields: &UpstreamFields,
-        mut body: UpBody,
-    ) -> Result<http::Response<UpstreamBody>, SendError> {
+    pub(crate) async fn exchange<'b>(
+        mut self: Box<Self>,
+        req: &OutgoingRequest<'_>,
+        mut body: UpBody<'b>,
+    ) -> Result<UpResponse, SendError<'b>> {
         let reused = std::mem::replace(&mut self.reused, true);
-        let chunked = self.encode_head(head, fields, &body);
+        let chunked = self.encode_head(req, &body);
         let mut early_response = false;
-        match &mut body {
-            UpBody::Empty => {}
-            UpBody::Full(bytes) => {
-                if let Some(b) = bytes.take_if(|b| b.len() <= COALESCE_BODY) {
-                    encode_data(&mut self.write, b, chunked);
-                    if chunked {
-                        self.write.extend_from_slice(b"0\r\n\r\n");
-                    }
-                }
+        if let UpBody::Full(bytes) = &mut body
+            && let Some(b) = bytes.take_if(|b| b.len() <= COALESCE_BODY)
+        {
+            encode_data(&mut self.write, b, chunked);
+            if chunked {
+                self.write.extend_from_slice(b"0\r\n\r\n");
             }
-            UpBody::Stream(_) => {}
         }
         // The head (with a small body) in one write. A failure here means nothing was taken
         // by the instance: on a reused connection it is the keep-alive race.
@@ -215,11 +242,12 @@ impl UpConn {
                 early_response = self.stream_body(&mut body, chunked).await?;
             }
         }
+        drop(body);
         poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx))
             .await
             .map_err(SendError::Io)?;
-        let is_head = head.method == Method::HEAD;
-        let (parts, framing, keep_alive) = match self.read_head(is_head).await {
+        let is_head = req.head.method == Method::HEAD;
+        let parsed = match self.read_head(is_head).await {
             Ok(h) => h,
             // A reused connection closed with nothing read: the instance closed it while the
             // request was on its way, and did not process it.
@@ -228,45 +256,39 @@ impl UpConn {
             }
             Err(e) => return Err(e),
         };
-        let reusable = keep_alive && !early_response && framing.delimited();
-        Ok(http::Response::from_parts(
-            parts,
-            UpstreamBody {
+        let reusable = parsed.keep_alive && !early_response && parsed.framing.delimited();
+        Ok(UpResponse {
+            status: parsed.status,
+            head: parsed.head,
+            body: UpstreamBody {
                 conn: Some(self),
-                framing,
+                framing: parsed.framing,
                 reusable,
             },
-        ))
+        })
     }
 
     /// Writes the request line, the client's fields that go upstream and the proxy's own into
     /// the write buffer; returns whether the body is sent chunked (a body of unknown length
     /// with no `Content-Length`).
-    fn encode_head(
-        &mut self,
-        head: &http::request::Parts,
-        fields: &UpstreamFields,
-        body: &UpBody,
-    ) -> bool {
+    fn encode_head(&mut self, req: &OutgoingRequest<'_>, body: &UpBody<'_>) -> bool {
         let w = &mut self.write;
         w.clear();
-        w.extend_from_slice(head.method.as_str().as_bytes());
+        w.extend_from_slice(req.head.method.as_str().as_bytes());
         w.extend_from_slice(b" ");
-        w.extend_from_slice(
-            head.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-        );
+        w.extend_from_slice(req.target.as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
-        let client = head.headers.iter().filter(|(name, _)| fields.keeps(name));
-        for (name, value) in client.map(|(n, v)| (n.as_str(), v)).chain(fields.added()) {
-            w.extend_from_slice(name.as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
-        let chunked = !body.is_end_stream() && !head.headers.contains_key(header::CONTENT_LENGTH);
+        let replace_host = req.host.is_some();
+        let buf = req.head.buffer();
+        let kept = req
+            .head
+            .field_list()
+            .iter()
+            .filter(|f| req.fields.keeps(req.head, f, f.name.get(buf), replace_host));
+        fields::write_lines(w, buf, kept);
+        req.fields.write(w, req.host);
+        let has_length = matches!(req.head.facts.body, BodyLength::Length(_));
+        let chunked = !body.is_end_stream() && !has_length;
         if chunked {
             w.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -276,7 +298,11 @@ impl UpConn {
 
     /// Streams the client's body to the instance while watching for an early response.
     /// Returns whether the instance answered before the body was complete.
-    async fn stream_body(&mut self, body: &mut UpBody, chunked: bool) -> Result<bool, SendError> {
+    async fn stream_body<'b>(
+        &mut self,
+        body: &mut UpBody<'b>,
+        chunked: bool,
+    ) -> Result<bool, SendError<'b>> {
         let mut pending = BytesMut::new();
         let mut finished = false;
         poll_fn(|cx| {
@@ -330,7 +356,7 @@ impl UpConn {
                         // An unasked `100 Continue` (servers may send one): keep uploading.
                         Ok(true) => continue,
                         Ok(false) => Poll::Ready(Ok(true)),
-                        Err(e) => Poll::Ready(Err(e)),
+                        Err(e) => Poll::Ready(Err(SendError::BadResponse(e))),
                     },
                     Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Io(e))),
                     Poll::Pending => Poll::Pending,
@@ -341,13 +367,11 @@ impl UpConn {
     }
 
     /// Reads until a complete final response head (interim `1xx` other than `101` skipped).
-    async fn read_head(
-        &mut self,
-        is_head: bool,
-    ) -> Result<(http::response::Parts, Framing, bool), SendError> {
+    async fn read_head(&mut self, is_head: bool) -> Result<Parsed, SendError<'static>> {
         loop {
             if !self.read.is_empty()
-                && let Some(parsed) = self.parse_head(is_head)?
+                && let Some(parsed) =
+                    parse_response(&mut self.read, is_head).map_err(SendError::BadResponse)?
             {
                 return Ok(parsed);
             }
@@ -367,82 +391,124 @@ impl UpConn {
             }
         }
     }
+}
 
-    /// Parses a response head at the start of the read buffer; `None` when incomplete (or an
-    /// interim response was consumed and the final one is not there yet).
-    fn parse_head(
-        &mut self,
-        is_head: bool,
-    ) -> Result<Option<(http::response::Parts, Framing, bool)>, SendError> {
-        loop {
-            // Uninitialised slots: a head has a handful of fields, not a hundred to clear.
-            let mut fields =
-                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut response,
-                &self.read,
-                &mut fields,
-            );
-            let len = match parsed {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(SendError::BadResponse(e.to_string())),
-            };
-            let code = response.code.unwrap_or_default();
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| SendError::BadResponse(format!("status {code}")))?;
-            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-                self.read.advance(len);
-                if self.read.is_empty() {
-                    return Ok(None);
+/// A final response head, parsed.
+#[derive(Debug)]
+struct Parsed {
+    status: StatusCode,
+    head: UpstreamHead,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// What the framing and persistence fields of a response say, noted while its fields are
+/// read (so nothing is looked up afterwards).
+#[derive(Debug, Default)]
+struct Noted {
+    connection: ConnectionTokens,
+    /// Some `Transfer-Encoding` was sent; whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    /// `Content-Length`: absent, a length, or malformed/conflicting (`Err` with the value).
+    content_length: Option<Result<u64, String>>,
+    date: bool,
+}
+
+impl Noted {
+    fn note(&mut self, kind: Kind, value: &[u8]) {
+        match kind {
+            Kind::Connection => self.connection.note(value),
+            Kind::TransferEncoding => {
+                if let Some(last) = fields::ends_chunked(value) {
+                    self.transfer_encoding = Some(last);
+                } else {
+                    self.transfer_encoding.get_or_insert(false);
                 }
-                continue;
             }
-            let version = response.version.unwrap_or(1);
-            // Offsets of each field in the head, so the head can be frozen and the values shared
-            // with it instead of copied.
-            let base = self.read.as_ptr() as usize;
-            let spans: Vec<(usize, usize, usize, usize)> = response
-                .headers
-                .iter()
-                .map(|f| {
-                    let name = f.name.as_ptr() as usize - base;
-                    let value = f.value.as_ptr() as usize - base;
-                    (name, f.name.len(), value, f.value.len())
-                })
-                .collect();
-            let count = spans.len();
-            let head = self.read.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(count);
-            let mut present = Present::default();
-            for &(name_at, name_len, value_at, value_len) in &spans {
-                let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-                    .map_err(|_| SendError::BadResponse("invalid header name".into()))?;
-                present.note(&name);
-                let value =
-                    HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-                        .map_err(|_| SendError::BadResponse(format!("invalid value of {name}")))?;
-                headers.append(name, value);
+            Kind::ContentLength => {
+                let previous = match &self.content_length {
+                    Some(Err(_)) => return,
+                    Some(Ok(n)) => Some(*n),
+                    None => None,
+                };
+                self.content_length =
+                    Some(fields::content_length(value, previous).ok_or_else(|| {
+                        format!("content-length `{}`", String::from_utf8_lossy(value))
+                    }));
             }
-            let framing = framing(status, is_head, &mut headers, present)?;
-            let keep_alive = if present.connection {
-                keep_alive(version, &headers)
-            } else {
-                version != 0
-            };
-            let mut parts = http::Response::new(()).into_parts().0;
-            parts.status = status;
-            parts.version = Version::HTTP_11;
-            parts.headers = headers;
-            return Ok(Some((parts, framing, keep_alive)));
+            Kind::Date => self.date = true,
+            _ => {}
         }
+    }
+}
+
+/// Parses a response head at the start of `read`: `None` when incomplete (or an interim
+/// response was consumed and the final one is not there yet). The head's bytes are split off
+/// `read`; the body's first bytes stay.
+fn parse_response(read: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, String> {
+    loop {
+        // Uninitialised slots: a head has a handful of fields, not a hundred to clear.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut slots,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let code = response.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(|_| format!("status {code}"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            read.advance(len);
+            if read.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let base: &[u8] = read;
+        let mut noted = Noted::default();
+        let mut fields = Vec::with_capacity(response.headers.len());
+        for h in response.headers.iter() {
+            let field = Field::parsed(base, h.name.as_bytes(), h.value);
+            noted.note(field.kind, h.value);
+            fields.push(field);
+        }
+        let reason = response
+            .reason
+            .map_or_else(Span::default, |r| Span::of(base, r.as_bytes()));
+        let version = response.version.unwrap_or(1);
+        let framing = framing(status, is_head, &noted)?;
+        let c = &noted.connection;
+        let keep_alive = if version == 0 {
+            c.keep_alive && !c.close
+        } else {
+            !c.close
+        };
+        let head = UpstreamHead {
+            buf: read.split_to(len).freeze(),
+            reason,
+            fields,
+            connection: noted.connection,
+            transfer_encoding: noted.transfer_encoding.is_some(),
+            content_length: noted.content_length.is_some(),
+            date: noted.date,
+        };
+        return Ok(Some(Parsed {
+            status,
+            head,
+            framing,
+            keep_alive,
+        }));
     }
 }
 
 /// Consumes complete interim (`1xx` except `101`) heads at the start of `read`; whether no final
 /// response has arrived (an incomplete head is waited for: it may still be an interim one).
-fn only_interim(read: &mut BytesMut) -> Result<bool, SendError> {
+fn only_interim(read: &mut BytesMut) -> Result<bool, String> {
     while !read.is_empty() {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut fields);
@@ -457,34 +523,10 @@ fn only_interim(read: &mut BytesMut) -> Result<bool, SendError> {
             // Not complete yet: more bytes will tell.
             Ok(httparse::Status::Partial) => return Ok(true),
             Ok(httparse::Status::Complete(_)) => return Ok(false),
-            Err(e) => return Err(SendError::BadResponse(e.to_string())),
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(true)
-}
-
-/// Appends one data frame, chunk-encoded when asked.
-fn encode_data(out: &mut BytesMut, data: Bytes, chunked: bool) {
-    if data.is_empty() {
-        return;
-    }
-    if chunked {
-        use std::fmt::Write as _;
-        let _ = write!(ChunkHeader(out), "{:x}\r\n", data.len());
-        out.extend_from_slice(&data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(&data);
-    }
-}
-
-struct ChunkHeader<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for ChunkHeader<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 async fn write_all(io: &mut UpIo, mut bytes: &[u8]) -> io::Result<()> {
@@ -498,49 +540,9 @@ async fn write_all(io: &mut UpIo, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the connection may carry another request after this response.
-fn keep_alive(version: u8, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or("close").split(',') {
-            let token = token.trim();
-            close |= token.eq_ignore_ascii_case("close");
-            keep |= token.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    if version == 0 { keep && !close } else { !close }
-}
-
-/// Which of the fields that decide framing and persistence a response head has, noted while
-/// its fields are read (so no lookups are needed when, as usual, some are absent).
-#[derive(Debug, Default, Clone, Copy)]
-struct Present {
-    connection: bool,
-    transfer_encoding: bool,
-    content_length: bool,
-}
-
-impl Present {
-    fn note(&mut self, name: &HeaderName) {
-        if name == header::CONNECTION {
-            self.connection = true;
-        } else if name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-        } else if name == header::CONTENT_LENGTH {
-            self.content_length = true;
-        }
-    }
-}
-
-/// How the response body is delimited (RFC 9112 §6.3). Removes a `Content-Length` that a
-/// `Transfer-Encoding` overrides, so the client is not told a length that is not sent.
-fn framing(
-    status: StatusCode,
-    is_head: bool,
-    headers: &mut HeaderMap,
-    present: Present,
-) -> Result<Framing, SendError> {
+/// How the response body is delimited (RFC 9112 §6.3). A `Transfer-Encoding` overrides
+/// `Content-Length` (which is then not passed on, see [`UpstreamHead`]).
+fn framing(status: StatusCode, is_head: bool, noted: &Noted) -> Result<Framing, String> {
     if is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -552,40 +554,12 @@ fn framing(
             Framing::Length(0)
         });
     }
-    if present.transfer_encoding {
-        headers.remove(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
-            _ => Framing::UntilClose,
-        });
+    match (noted.transfer_encoding, &noted.content_length) {
+        (Some(true), _) => Ok(Framing::Chunked(Chunked::Size)),
+        (Some(false), _) | (None, None) => Ok(Framing::UntilClose),
+        (None, Some(Ok(n))) => Ok(Framing::Length(*n)),
+        (None, Some(Err(why))) => Err(why.clone()),
     }
-    if !present.content_length {
-        return Ok(Framing::UntilClose);
-    }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            let n = (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| part.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| SendError::BadResponse(format!("content-length `{part}`")))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(SendError::BadResponse(
-                    "conflicting content-length values".into(),
-                ));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// How a response body ends.
@@ -612,33 +586,10 @@ impl Framing {
     }
 }
 
-/// Position in a chunked body.
-#[derive(Debug)]
-pub(crate) enum Chunked {
-    /// Expecting a chunk-size line.
-    Size,
-    /// In a chunk's data, this many bytes left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields until an empty line.
-    Trailers,
-    /// The body, and its trailers, ended.
-    End,
-}
-
-/// What a decoding step found.
-enum Step {
-    Frame(Frame<Bytes>),
-    /// More bytes are needed.
-    NeedMore,
-    End,
-}
-
 /// The response body, read from the connection by whoever polls it.
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    conn: Option<UpConn>,
+    conn: Option<Box<UpConn>>,
     framing: Framing,
     reusable: bool,
 }
@@ -659,7 +610,7 @@ pub(crate) enum BodyError {
 impl UpstreamBody {
     /// The connection, if the body ended at a message boundary and it may carry another
     /// request.
-    pub(crate) fn take_reusable(&mut self) -> Option<UpConn> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Box<UpConn>> {
         let ended = matches!(self.framing, Framing::Done | Framing::Length(0));
         if ended && self.reusable {
             self.conn.take().filter(|c| c.read.is_empty())
@@ -669,7 +620,7 @@ impl UpstreamBody {
     }
 
     /// The connection after `101 Switching Protocols`.
-    pub(crate) fn take_switched(&mut self) -> Option<UpConn> {
+    pub(crate) fn take_switched(&mut self) -> Option<Box<UpConn>> {
         matches!(self.framing, Framing::Switched)
             .then(|| self.conn.take())
             .flatten()
@@ -696,7 +647,7 @@ impl UpstreamBody {
                 }
                 Ok(Step::Frame(Frame::data(read.split().freeze())))
             }
-            Framing::Chunked(state) => decode_chunk(state, read),
+            Framing::Chunked(state) => chunked::decode(state, read).map_err(BodyError::BadChunk),
         }
     }
 
@@ -792,270 +743,94 @@ impl Body for UpstreamBody {
     }
 }
 
-/// One step of chunked decoding over the bytes read so far.
-fn decode_chunk(state: &mut Chunked, read: &mut BytesMut) -> Result<Step, BodyError> {
-    loop {
-        match state {
-            Chunked::End => return Ok(Step::End),
-            Chunked::Size => {
-                let Some(eol) = read.iter().position(|&b| b == b'\n') else {
-                    if read.len() > MAX_CHUNK_LINE {
-                        return Err(BodyError::BadChunk("chunk-size line too long"));
-                    }
-                    return Ok(Step::NeedMore);
-                };
-                if eol > MAX_CHUNK_LINE {
-                    return Err(BodyError::BadChunk("chunk-size line too long"));
-                }
-                let line = &read[..eol];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let digits = line
-                    .iter()
-                    .position(|&b| b == b';' || b == b' ' || b == b'\t')
-                    .map_or(line, |end| &line[..end]);
-                if digits.is_empty() || digits.len() > 15 {
-                    return Err(BodyError::BadChunk("invalid chunk size"));
-                }
-                let mut size: u64 = 0;
-                for &d in digits {
-                    let v = (d as char)
-                        .to_digit(16)
-                        .ok_or(BodyError::BadChunk("invalid chunk size"))?;
-                    size = size * 16 + u64::from(v);
-                }
-                read.advance(eol + 1);
-                *state = if size == 0 {
-                    Chunked::Trailers
-                } else {
-                    Chunked::Data(size)
-                };
-            }
-            Chunked::Data(left) => {
-                if read.is_empty() {
-                    return Ok(Step::NeedMore);
-                }
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(read.len());
-                *left -= n as u64;
-                let data = read.split_to(n).freeze();
-                if *left == 0 {
-                    *state = Chunked::DataEnd;
-                }
-                return Ok(Step::Frame(Frame::data(data)));
-            }
-            Chunked::DataEnd => {
-                if read.len() < 2 {
-                    if read.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
-                        return Err(BodyError::BadChunk("chunk data not followed by CRLF"));
-                    }
-                    if read.first() == Some(&b'\n') {
-                        read.advance(1);
-                        *state = Chunked::Size;
-                        continue;
-                    }
-                    return Ok(Step::NeedMore);
-                }
-                match &read[..2] {
-                    b"\r\n" => read.advance(2),
-                    [b'\n', _] => read.advance(1),
-                    _ => return Err(BodyError::BadChunk("chunk data not followed by CRLF")),
-                }
-                *state = Chunked::Size;
-            }
-            Chunked::Trailers => {
-                // The trailer section ends with an empty line; with no fields that is the
-                // first line.
-                if read.starts_with(b"\r\n") {
-                    read.advance(2);
-                    *state = Chunked::End;
-                    return Ok(Step::End);
-                }
-                if read.starts_with(b"\n") {
-                    read.advance(1);
-                    *state = Chunked::End;
-                    return Ok(Step::End);
-                }
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(read, &mut fields) {
-                    Ok(httparse::Status::Complete((len, parsed))) => {
-                        let mut trailers = HeaderMap::with_capacity(parsed.len());
-                        for f in parsed {
-                            if let (Ok(name), Ok(value)) = (
-                                HeaderName::from_bytes(f.name.as_bytes()),
-                                HeaderValue::from_bytes(f.value),
-                            ) {
-                                trailers.append(name, value);
-                            }
-                        }
-                        read.advance(len);
-                        *state = Chunked::End;
-                        return Ok(if trailers.is_empty() {
-                            Step::End
-                        } else {
-                            Step::Frame(Frame::trailers(trailers))
-                        });
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if read.len() > MAX_TRAILER_BYTES {
-                            return Err(BodyError::BadChunk("trailer section too large"));
-                        }
-                        return Ok(Step::NeedMore);
-                    }
-                    Err(_) => return Err(BodyError::BadChunk("malformed trailer field")),
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
 
-    /// Decodes `input` fed `step` bytes at a time; returns the data and trailers.
-    fn decode_in_pieces(
-        input: &[u8],
-        step: usize,
-    ) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
-        let mut state = Chunked::Size;
-        let mut read = BytesMut::new();
-        let mut data = Vec::new();
-        let mut trailers = None;
-        let mut fed = 0;
-        loop {
-            match decode_chunk(&mut state, &mut read)? {
-                Step::Frame(frame) => match frame.into_data() {
-                    Ok(d) => data.extend_from_slice(&d),
-                    Err(frame) => trailers = frame.into_trailers().ok(),
-                },
-                Step::End => return Ok((data, trailers)),
-                Step::NeedMore => {
-                    assert!(fed < input.len(), "decoder wants more than the input");
-                    let end = (fed + step).min(input.len());
-                    read.extend_from_slice(&input[fed..end]);
-                    fed = end;
-                }
-            }
-        }
+    fn parse(text: &str, is_head: bool) -> Result<Parsed, String> {
+        let mut read = BytesMut::from(text.as_bytes());
+        parse_response(&mut read, is_head).map(|p| p.unwrap())
     }
 
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        let input = b"4;name=value\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nx-check: 1\r\n\r\n";
-        for step in [1, 2, 3, 7, input.len()] {
-            let (data, trailers) = decode_in_pieces(input, step).unwrap();
-            assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.", "step {step}");
-            assert_eq!(trailers.unwrap()["x-check"], "1", "step {step}");
-        }
-        let (data, trailers) = decode_in_pieces(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
-        assert_eq!((data.as_slice(), trailers), (&b"abc"[..], None));
-    }
-
-    #[test]
-    fn malformed_chunks_are_errors() {
-        for bad in [
-            &b"zz\r\nabc\r\n0\r\n\r\n"[..],
-            b"3\r\nabcX\r\n0\r\n\r\n",
-            b"\r\n",
-            b"ffffffffffffffff\r\n",
-        ] {
-            assert!(
-                matches!(decode_in_pieces(bad, 1), Err(BodyError::BadChunk(_))),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let long_line = vec![b'1'; MAX_CHUNK_LINE + 10];
-        assert!(matches!(
-            decode_in_pieces(&long_line, 64),
-            Err(BodyError::BadChunk(_))
-        ));
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    fn present_in(h: &HeaderMap) -> Present {
-        let mut present = Present::default();
-        h.keys().for_each(|n| present.note(n));
-        present
+    fn framing_of(text: &str) -> Result<Framing, String> {
+        parse(text, false).map(|p| p.framing)
     }
 
     #[test]
     fn framing_follows_rfc9112() {
-        let ok = StatusCode::OK;
-        let f = |status, is_head, pairs: &[(&str, &str)]| {
-            let mut h = headers(pairs);
-            let present = present_in(&h);
-            framing(status, is_head, &mut h, present)
-        };
+        let ok = |fields: &str| framing_of(&format!("HTTP/1.1 200 OK\r\n{fields}\r\n"));
         assert!(matches!(
-            f(ok, false, &[("content-length", "12")]),
+            ok("Content-Length: 12\r\n"),
             Ok(Framing::Length(12))
         ));
         assert!(matches!(
-            f(ok, false, &[("content-length", "5, 5")]),
+            ok("Content-Length: 5, 5\r\n"),
             Ok(Framing::Length(5))
         ));
         assert!(matches!(
-            f(ok, true, &[("content-length", "12")]),
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", true).map(|p| p.framing),
             Ok(Framing::Length(0))
         ));
         assert!(matches!(
-            f(StatusCode::NO_CONTENT, false, &[("content-length", "9")]),
+            framing_of("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
             Ok(Framing::Length(0))
         ));
-        assert!(matches!(f(ok, false, &[]), Ok(Framing::UntilClose)));
+        assert!(matches!(ok(""), Ok(Framing::UntilClose)));
         assert!(matches!(
-            f(
-                ok,
-                false,
-                &[
-                    ("transfer-encoding", "gzip, chunked"),
-                    ("content-length", "3")
-                ]
-            ),
+            ok("Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n"),
             Ok(Framing::Chunked(_))
         ));
         assert!(matches!(
-            f(ok, false, &[("transfer-encoding", "gzip")]),
+            ok("Transfer-Encoding: gzip\r\n"),
             Ok(Framing::UntilClose)
         ));
         assert!(matches!(
-            f(StatusCode::SWITCHING_PROTOCOLS, false, &[]),
+            framing_of("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"),
             Ok(Framing::Switched)
         ));
         for bad in ["-1", "1 2", "", "0x10", "5, 6"] {
-            assert!(
-                matches!(
-                    f(ok, false, &[("content-length", bad)]),
-                    Err(SendError::BadResponse(_))
-                ),
-                "{bad}"
-            );
+            assert!(ok(&format!("Content-Length: {bad}\r\n")).is_err(), "{bad}");
         }
-        // A Transfer-Encoding overrides (and removes) Content-Length.
-        let mut h = headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
-        let present = present_in(&h);
-        framing(ok, false, &mut h, present).unwrap();
-        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        assert!(ok("Content-Length: 5\r\nContent-Length: 6\r\n").is_err());
+    }
+
+    #[test]
+    fn a_transfer_encoding_hides_the_content_length() {
+        let p = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-A: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        let names: Vec<&[u8]> = p
+            .head
+            .forwarded(p.status)
+            .map(|f| f.name.get(&p.head.buf))
+            .collect();
+        assert_eq!(names, [&b"X-A"[..]]);
+    }
+
+    #[test]
+    fn interim_heads_are_skipped() {
+        let mut read = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+        );
+        let p = parse_response(&mut read, false).unwrap().unwrap();
+        assert_eq!(p.status, 200);
+        assert_eq!(&read[..], b"ok");
     }
 
     #[test]
     fn keep_alive_by_version_and_connection_tokens() {
-        assert!(keep_alive(1, &headers(&[])));
-        assert!(!keep_alive(1, &headers(&[("connection", "Close")])));
-        assert!(!keep_alive(0, &headers(&[])));
-        assert!(keep_alive(0, &headers(&[("connection", "keep-alive")])));
+        let keep = |text: &str| parse(text, false).unwrap().keep_alive;
+        assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep(
+            "HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(keep(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
     }
 }

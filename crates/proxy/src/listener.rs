@@ -1,26 +1,27 @@
-//! Listeners: bind, accept under a connection limit, serve each connection with hyper, and
-//! drain gracefully when stopped.
+//! Listeners: bind, accept under a connection limit, serve each connection (HTTP/1.x by
+//! `server_h1`, HTTP/2 by `server_h2`, TCP by `tcp`), and drain gracefully when stopped.
 
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper::server::conn::http2;
+use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Gauge, counter, gauge};
 use sluice_config::{ListenerConfig, ListenerProtocol};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
-use crate::conn::{ClientIo, ClientTimerMetrics, ConnWatch};
-use crate::forward::{ConnCtx, handle};
+use crate::conn::{ClientTimerMetrics, ConnWatch, H2Io, Signal};
+use crate::forward::ConnCtx;
 use crate::metrics as m;
 use crate::routing::RouteTable;
 use crate::tcp::{TcpMetrics, TcpRuntime};
@@ -41,7 +42,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) authz: Option<sluice_tls::AllowList>,
     /// `[listener.authz] policy` and who decides it.
     pub(crate) policy: Option<(String, Arc<dyn sluice_tls::PolicyAuthorizer>)>,
-    builder: auto::Builder<TokioExecutor>,
+    /// hyper's HTTP/2 server, configured for this listener.
+    h2: http2::Builder<TokioExecutor>,
 }
 
 impl ListenerRuntime {
@@ -52,21 +54,9 @@ impl ListenerRuntime {
         tcp: Option<TcpRuntime>,
         tls: Option<ListenerTls>,
     ) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .keep_alive(true)
-            .half_close(false)
-            // Sluice's own header timer (see `conn`) replaces hyper's.
-            .header_read_timeout(None)
-            .max_buf_size(config.max_header_bytes);
-        builder
-            .http2()
-            .max_concurrent_streams(config.max_concurrent_streams)
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_concurrent_streams(config.max_concurrent_streams)
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-        if !config.http2 {
-            builder = builder.http1_only();
-        }
         Self {
             authz: crate::tls::allow_list(&config),
             config,
@@ -75,9 +65,17 @@ impl ListenerRuntime {
             tcp,
             tls: tls.map(Arc::new),
             policy: None,
-            builder,
+            h2,
         }
     }
+}
+
+/// What a listener tells its HTTP connections when it stops: finish and close (`drain`), and
+/// when the grace period is over, close now (`cut`).
+#[derive(Debug, Default)]
+struct ConnSignals {
+    drain: Signal,
+    cut: Signal,
 }
 
 /// State shared by a listener's accept loop, its connections and the control plane.
@@ -108,10 +106,7 @@ impl ListenerShared {
             unrouted: counter!(m::UNROUTED_TOTAL, "listener" => l()),
             active: gauge!(m::CONNECTIONS_ACTIVE, "listener" => l()),
             accepted: counter!(m::CONNECTIONS_TOTAL, "listener" => l()),
-            timer_metrics: ClientTimerMetrics {
-                header_timeouts: counter!(m::CLIENT_CLOSES_TOTAL, "listener" => l(), "reason" => "header_timeout"),
-                keepalive_closes: counter!(m::CLIENT_CLOSES_TOTAL, "listener" => l(), "reason" => "keepalive_timeout"),
-            },
+            timer_metrics: ClientTimerMetrics::new(name),
             tcp_metrics,
             limit: Arc::new(Semaphore::new(limit_size)),
             limit_size: AtomicUsize::new(limit_size),
@@ -226,10 +221,11 @@ async fn accept_loop(
     closed: oneshot::Sender<()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    // TCP sessions are not hyper connections: they drain through their own tracker.
-    let tcp_sessions = TaskTracker::new();
-    let tcp_drain = CancellationToken::new();
+    // Every connection, HTTP or TCP: counted and waited for when draining.
+    let connections = TaskTracker::new();
+    let signals = Arc::new(ConnSignals::default());
+    // TCP sessions' form of `signals.cut`.
+    let cut = CancellationToken::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -247,59 +243,39 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let runtime = shared.runtime.load_full();
+                let shared = Arc::clone(&shared);
                 if runtime.tcp.is_some() {
-                    let (shared, drain) = (Arc::clone(&shared), tcp_drain.clone());
-                    tcp_sessions.spawn(async move {
+                    let cut = cut.clone();
+                    connections.spawn(async move {
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
-                        let local = stream.local_addr().unwrap_or(peer);
-                        if let (Some(tcp), Some(metrics)) = (&runtime.tcp, &shared.tcp_metrics) {
-                            if tcp.config.sni.is_some() {
-                                // Passthrough: no TLS termination or authz (refused by the
-                                // config loader), the ClientHello picks the service.
-                                let _ = stream.set_nodelay(true);
-                                crate::tcp::serve_passthrough(
-                                    stream,
-                                    local,
-                                    peer,
-                                    &shared.name,
-                                    tcp,
-                                    metrics,
-                                    &runtime.access_log,
-                                    drain,
-                                )
-                                .await;
-                            } else if let (Some(service), Some((stream, tls))) = (
-                                &tcp.service,
-                                crate::tls::admit(stream, peer, &shared.name, &runtime).await,
-                            ) {
-                                crate::tcp::serve(
-                                    stream,
-                                    local,
-                                    tls.as_deref(),
-                                    peer,
-                                    &shared.name,
-                                    (tcp, service),
-                                    None,
-                                    metrics,
-                                    &runtime.access_log,
-                                    drain,
-                                )
-                                .await;
-                            }
-                        }
+                        serve_tcp(stream, peer, &shared, &runtime, cut).await;
                         shared.active.decrement(1.0);
                         drop(permit);
                     });
                 } else {
-                    tokio::spawn(serve_connection(
-                        stream,
-                        peer,
-                        Arc::clone(&shared),
-                        runtime,
-                        graceful.watcher(),
-                        permit,
-                    ));
+                    let signals = Arc::clone(&signals);
+                    connections.spawn(async move {
+                        shared.accepted.increment(1);
+                        shared.active.increment(1.0);
+                        let mut cut = signals.cut.watch();
+                        let mut serving = pin!(serve_connection(
+                            stream,
+                            peer,
+                            &shared,
+                            runtime,
+                            &signals.drain
+                        ));
+                        poll_fn(|cx| {
+                            if cut.poll_fired(cx).is_ready() {
+                                return Poll::Ready(());
+                            }
+                            serving.as_mut().poll(cx)
+                        })
+                        .await;
+                        shared.active.decrement(1.0);
+                        drop(permit);
+                    });
                 }
             }
             Err(e) => {
@@ -312,58 +288,116 @@ async fn accept_loop(
     }
     drop(listener);
     let _ = closed.send(());
-    tcp_sessions.close();
-    let open = graceful.count() + tcp_sessions.len();
+    signals.drain.fire();
+    connections.close();
+    let open = connections.len();
     if open > 0 {
         tracing::info!(listener = %shared.name, connections = open, grace_ms = grace.as_millis() as u64, "draining connections");
     }
-    let drained = async {
-        graceful.shutdown().await;
-        tcp_sessions.wait().await;
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %shared.name, "grace period over; closing the remaining connections");
-        tcp_drain.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), tcp_sessions.wait()).await;
+        signals.cut.fire();
+        cut.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     }
 }
 
+/// One TCP listener session (`protocol = "tcp"`); `cut` ends it when draining is over.
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &ListenerShared,
+    runtime: &ListenerRuntime,
+    cut: CancellationToken,
+) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let (Some(tcp), Some(metrics)) = (&runtime.tcp, &shared.tcp_metrics) else {
+        return;
+    };
+    if tcp.config.sni.is_some() {
+        // Passthrough: no TLS termination or authz (refused by the config loader), the
+        // ClientHello picks the service.
+        let _ = stream.set_nodelay(true);
+        crate::tcp::serve_passthrough(
+            stream,
+            local,
+            peer,
+            &shared.name,
+            tcp,
+            metrics,
+            &runtime.access_log,
+            cut,
+        )
+        .await;
+    } else if let (Some(service), Some((stream, tls))) = (
+        &tcp.service,
+        crate::tls::admit(stream, peer, &shared.name, runtime).await,
+    ) {
+        crate::tcp::serve(
+            stream,
+            local,
+            tls.as_deref(),
+            peer,
+            &shared.name,
+            (tcp, service),
+            None,
+            metrics,
+            &runtime.access_log,
+            cut,
+        )
+        .await;
+    }
+}
+
+/// One HTTP connection: TLS and authorization, then HTTP/1.x — or HTTP/2 when ALPN chose it
+/// or the client opens with its preface. `drain` asks it to finish what it is doing and close.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<ListenerShared>,
+    shared: &Arc<ListenerShared>,
     runtime: Arc<ListenerRuntime>,
-    watcher: Watcher,
-    _permit: OwnedSemaphorePermit,
+    drain: &Signal,
 ) {
-    let _ = stream.set_nodelay(true);
-    shared.accepted.increment(1);
-    shared.active.increment(1.0);
     let Some((stream, tls)) = crate::tls::admit(stream, peer, &shared.name, &runtime).await else {
-        shared.active.decrement(1.0);
         return;
     };
-    let watch = Arc::new(ConnWatch::default());
-    let io = ClientIo::new(
-        stream,
-        Arc::clone(&watch),
-        runtime.config.header_read_timeout,
-        runtime.config.keepalive_timeout,
-        shared.timer_metrics.clone(),
-    );
-    let cx = Arc::new(ConnCtx {
-        listener: Arc::clone(&shared),
+    let config = &runtime.config;
+    let alpn_h2 = tls
+        .as_ref()
+        .is_some_and(|t| t.info.alpn.as_deref() == Some(b"h2".as_slice()));
+    let mut cx = ConnCtx {
+        listener: Arc::clone(shared),
         peer,
         client_ip: crate::headers::client_ip_value(peer.ip()),
-        watch,
+        watch: None,
         tls,
-    });
-    let service = service_fn(move |req| handle(req, Arc::clone(&cx)));
-    let conn = runtime
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(listener = %shared.name, %peer, error = %e, "client connection ended with an error");
-    }
-    shared.active.decrement(1.0);
+    };
+    let (stream, replay) = if alpn_h2 && config.http2 {
+        (stream, bytes::BytesMut::new())
+    } else {
+        let limits = crate::server_h1::Limits {
+            header_timeout: config.header_read_timeout,
+            keepalive_timeout: config.keepalive_timeout,
+            max_header_bytes: config.max_header_bytes,
+            http2: config.http2,
+        };
+        match crate::server_h1::serve(stream, &cx, limits, &shared.timer_metrics, drain).await {
+            crate::server_h1::Ended::Closed => return,
+            crate::server_h1::Ended::Http2(stream, replay) => (stream, replay),
+        }
+    };
+    let watch = Arc::new(ConnWatch::default());
+    cx.watch = Some(Arc::clone(&watch));
+    let io = H2Io::new(
+        stream,
+        replay,
+        watch,
+        config.header_read_timeout,
+        config.keepalive_timeout,
+        shared.timer_metrics.clone(),
+    );
+    crate::server_h2::serve(io, Arc::new(cx), &runtime.h2, drain).await;
 }

@@ -12,7 +12,7 @@ use crate::h1::{UpConn, UpIo};
 
 #[derive(Debug)]
 struct Idle {
-    conn: UpConn,
+    conn: Box<UpConn>,
     since_ms: u64,
 }
 
@@ -40,7 +40,7 @@ impl Pool {
 
     /// An idle connection that is still open and younger than `idle_timeout`, if any.
     /// Connections found closed (or unusable) are dropped, which closes their sockets.
-    pub(crate) fn checkout(&self, now_ms: u64, idle_timeout: Duration) -> Option<UpConn> {
+    pub(crate) fn checkout(&self, now_ms: u64, idle_timeout: Duration) -> Option<Box<UpConn>> {
         let max_age = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
         while let Some(mut idle) = self.idle.pop() {
             if now_ms.saturating_sub(idle.since_ms) < max_age && idle.conn.usable_when_idle() {
@@ -51,7 +51,7 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read completely.
-    pub(crate) fn checkin(&self, conn: UpConn, now_ms: u64, max_idle: usize) {
+    pub(crate) fn checkin(&self, conn: Box<UpConn>, now_ms: u64, max_idle: usize) {
         if self.idle.len() >= max_idle {
             return;
         }
@@ -67,7 +67,7 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&sluice_tls::ClientTls>,
-) -> Result<UpConn, ProxyError> {
+) -> Result<Box<UpConn>, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -11,8 +11,8 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Response, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 use metrics::{Counter, counter};
 use sluice_config::{AccessRules, RouteConfig, UpstreamHost};
 
@@ -20,43 +20,54 @@ use crate::body::DownBody;
 use crate::error::{ProxyError, ProxyErrorKind};
 use crate::exchange::Exchange;
 use crate::metrics::{ROUTE_DENIED_TOTAL, ROUTE_REDIRECTS_TOTAL};
+use crate::response::{ProxyResponse, ResponseFields, ResponseHead};
 use crate::routing::Route;
 
 /// Sluice's own answer to a request on `route`, if it gives one (checked before anything is
 /// sent upstream). `$path` of a redirect is the path the upstream would have seen, after the
 /// route's `strip`/`prepend`.
-pub(crate) fn local_answer(route: &Route, client: IpAddr, uri: &Uri) -> Option<LocalAnswer> {
+pub(crate) fn local_answer(
+    route: &Route,
+    client: IpAddr,
+    path: &str,
+    query: Option<&str>,
+) -> Option<LocalAnswer> {
     let rules = &route.rules;
     if rules.access.is_none() && rules.redirect.is_none() {
         return None;
     }
     let path = if rules.redirect.is_some() {
-        route.rewrite_path(uri.path())
+        route.rewrite_path(path)
     } else {
         Cow::Borrowed("")
     };
-    rules.answer(client, &path, uri.query())
+    rules.answer(client, &path, query)
 }
 
 /// The response for a local answer, logged and counted like every answer.
 pub(crate) fn respond(
     answer: LocalAnswer,
     route: &Route,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
     mut exchange: Exchange,
-) -> Response<DownBody> {
+) -> ProxyResponse {
     match answer {
         LocalAnswer::Denied(err) => {
             let service = Some(&*route.service.name).filter(|s| !s.is_empty());
             crate::forward::local_error(&err, service, request_id, exchange)
         }
         LocalAnswer::Redirect(response) => {
-            let (mut parts, bytes) = response.into_parts();
-            parts
-                .headers
-                .insert(crate::headers::X_REQUEST_ID, request_id.clone());
+            let (parts, bytes) = response.into_parts();
             exchange.status = parts.status.as_u16();
-            Response::from_parts(parts, DownBody::local(bytes, exchange))
+            ProxyResponse {
+                head: ResponseHead {
+                    status: parts.status,
+                    fields: ResponseFields::Local(parts.headers),
+                },
+                request_id,
+                body: DownBody::local(bytes, exchange),
+                switched: None,
+            }
         }
     }
 }
@@ -177,10 +188,11 @@ impl RouteRules {
         Some(LocalAnswer::Redirect(response))
     }
 
-    /// Sets a fixed upstream `Host` (`upstream_host = "NAME"`); the client's stays otherwise.
-    pub(crate) fn set_fixed_host(&self, headers: &mut HeaderMap) {
-        if let Some(Host::Name(name)) = &self.host {
-            headers.insert(header::HOST, name.clone());
+    /// The fixed upstream `Host` (`upstream_host = "NAME"`); the client's stays otherwise.
+    pub(crate) fn fixed_host(&self) -> Option<&HeaderValue> {
+        match &self.host {
+            Some(Host::Name(name)) => Some(name),
+            _ => None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use metrics::counter;
 use serde::Serialize;
 use sluice_config::{ClientAuthMode, IdentityHeaders, ListenerConfig, TlsVersion};
@@ -70,19 +70,17 @@ impl ListenerTls {
         }))
     }
 
-    /// Removes client-sent identity headers, then adds the verified identity's.
-    pub(crate) fn identity_headers(&self, h: &mut HeaderMap, conn: Option<&ConnTls>) {
-        for name in &self.strip {
-            h.remove(name);
-        }
-        let Some(id) = conn.and_then(|c| c.info.identity.as_deref()) else {
-            return;
+    /// The identity fields sent upstream for a verified client identity (none without one).
+    fn identity_fields(&self, info: &HandshakeInfo) -> Vec<(HeaderName, HeaderValue)> {
+        let Some(id) = info.identity.as_deref() else {
+            return Vec::new();
         };
+        let mut fields = Vec::new();
         let mut put = |name: &Option<String>, value: &str| {
             if let (Some(name), Ok(v)) = (name, HeaderValue::from_str(value))
                 && let Ok(name) = HeaderName::try_from(name.as_str())
             {
-                h.insert(name, v);
+                fields.push((name, v));
             }
         };
         if let Some(cn) = &id.subject_cn {
@@ -95,6 +93,7 @@ impl ListenerTls {
         put(&self.headers.fingerprint, &id.fingerprint_sha256);
         put(&self.headers.issuer, &id.issuer);
         put(&self.headers.not_after, &id.not_after);
+        fields
     }
 }
 
@@ -104,6 +103,8 @@ pub(crate) struct ConnTls {
     pub(crate) info: HandshakeInfo,
     /// The listener TLS that accepted it (identity header settings).
     pub(crate) listener: Arc<ListenerTls>,
+    /// The identity fields for upstream requests, made once per connection.
+    identity: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// The access log's `tls` object.
@@ -120,6 +121,28 @@ pub(crate) struct TlsLog<'a> {
 }
 
 impl ConnTls {
+    pub(crate) fn new(info: HandshakeInfo, listener: Arc<ListenerTls>) -> Self {
+        Self {
+            identity: listener.identity_fields(&info),
+            info,
+            listener,
+        }
+    }
+
+    /// The verified identity's fields, added to every request of the connection.
+    pub(crate) fn identity_fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.identity
+    }
+
+    /// Whether a client field called `name` is one of the configured identity fields, which
+    /// only Sluice may set.
+    pub(crate) fn strips(&self, name: &[u8]) -> bool {
+        self.listener
+            .strip
+            .iter()
+            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
     pub(crate) fn log(&self) -> TlsLog<'_> {
         let id = self.info.identity.as_deref();
         TlsLog {
@@ -170,10 +193,7 @@ pub(crate) async fn admit(
                         .increment(1);
                 (
                     MaybeTls::Tls(Box::new(s)),
-                    Some(Arc::new(ConnTls {
-                        info,
-                        listener: Arc::clone(tls),
-                    })),
+                    Some(Arc::new(ConnTls::new(info, Arc::clone(tls)))),
                 )
             }
             Err(e) => {

@@ -1,0 +1,586 @@
+//! The client's request head as it arrived: the head's bytes, spans of its target and fields,
+//! and the facts forwarding needs (noted once, while parsing).
+//!
+//! HTTP/1.x heads are parsed here from the connection's read buffer ([`parse_h1`]), with the
+//! checks RFC 9112 asks of a server: one `Host` (required in HTTP/1.1), a body length that can
+//! be determined (`Content-Length` digits, or `Transfer-Encoding: chunked` alone — both at once
+//! is refused, as it is the shape of request smuggling), and an origin-form or absolute-form
+//! target. HTTP/2 requests (parsed by hyper) are brought to the same shape by [`RequestHead::from_h2`],
+//! so forwarding has one code path.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::uri::PathAndQuery;
+use http::{Method, StatusCode, Version};
+
+use crate::fields::{self, ConnectionTokens, Field, Kind, Span};
+
+/// Most header fields accepted in a request head (hyper's default as well).
+pub(crate) const MAX_FIELDS: usize = 100;
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyLength {
+    /// No body.
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What forwarding needs to know of a request head, noted while its fields are read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts {
+    host: Option<u16>,
+    request_id: Option<u16>,
+    forwarded_for: Option<u16>,
+    referer: Option<u16>,
+    user_agent: Option<u16>,
+    pub(crate) connection: ConnectionTokens,
+    /// An `Upgrade` field is present.
+    pub(crate) upgrade: bool,
+    /// `Expect: 100-continue` (HTTP/1.1 only).
+    pub(crate) expect_continue: bool,
+    /// `TE` lists `trailers`: the client takes trailer fields.
+    pub(crate) te_trailers: bool,
+    /// A `Cookie` field is present.
+    pub(crate) cookie: bool,
+    pub(crate) body: BodyLength,
+}
+
+impl Facts {
+    fn new() -> Self {
+        Self {
+            host: None,
+            request_id: None,
+            forwarded_for: None,
+            referer: None,
+            user_agent: None,
+            connection: ConnectionTokens::default(),
+            upgrade: false,
+            expect_continue: false,
+            te_trailers: false,
+            cookie: false,
+            body: BodyLength::None,
+        }
+    }
+}
+
+/// A request head: method, target, version and fields, with its bytes.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) method: Method,
+    pub(crate) version: Version,
+    buf: Bytes,
+    /// Path and query as received (validated once, then read without checks); `/` stands
+    /// for the empty path of an absolute-form target.
+    target: PathAndQuery,
+    /// The host of an absolute-form target, or HTTP/2's `:authority`.
+    authority: Option<Span>,
+    fields: Vec<Field>,
+    pub(crate) facts: Facts,
+}
+
+/// Why a request head is refused; answered on the connection, which is then closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeadError {
+    pub(crate) status: StatusCode,
+    /// Stable snake_case name (the JSON body's `error`, the metric's `reason`).
+    pub(crate) kind: &'static str,
+    pub(crate) detail: &'static str,
+}
+
+impl HeadError {
+    const fn bad(detail: &'static str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_request",
+            detail,
+        }
+    }
+
+    pub(crate) const TOO_LARGE: HeadError = HeadError {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        kind: "request_head_too_large",
+        detail: "the request head exceeds max_header_bytes or has more than 100 fields",
+    };
+}
+
+impl RequestHead {
+    /// The request path (without the query).
+    pub(crate) fn path(&self) -> &str {
+        self.target.path()
+    }
+
+    /// The query, without its `?`.
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.target.query()
+    }
+
+    /// Path and query.
+    pub(crate) fn target(&self) -> &str {
+        self.target.as_str()
+    }
+
+    /// The host the request names: an absolute-form target's or `:authority`, else `Host`.
+    pub(crate) fn host(&self) -> Option<&[u8]> {
+        match self.authority {
+            Some(a) => Some(a.get(&self.buf)),
+            None => self.field_at(self.facts.host),
+        }
+    }
+
+    /// Whether the host came from the target (or `:authority`) rather than a `Host` field.
+    pub(crate) fn host_from_target(&self) -> bool {
+        self.authority.is_some()
+    }
+
+    /// Whether the client sent a `Host` field.
+    pub(crate) fn has_host_field(&self) -> bool {
+        self.facts.host.is_some()
+    }
+
+    pub(crate) fn request_id(&self) -> Option<&[u8]> {
+        self.field_at(self.facts.request_id)
+    }
+
+    /// The first `X-Forwarded-For` value.
+    pub(crate) fn forwarded_for(&self) -> Option<&[u8]> {
+        self.field_at(self.facts.forwarded_for)
+    }
+
+    pub(crate) fn referer(&self) -> Option<&[u8]> {
+        self.field_at(self.facts.referer)
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<&[u8]> {
+        self.field_at(self.facts.user_agent)
+    }
+
+    fn field_at(&self, i: Option<u16>) -> Option<&[u8]> {
+        i.map(|i| self.fields[usize::from(i)].value.get(&self.buf))
+    }
+
+    /// The first value of the field called `name` (any case).
+    pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.name.get(&self.buf).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| f.value.get(&self.buf))
+    }
+
+    /// The value of cookie `name` in the `Cookie` fields.
+    pub(crate) fn cookie(&self, name: &str) -> Option<&[u8]> {
+        if !self.facts.cookie {
+            return None;
+        }
+        self.fields
+            .iter()
+            .filter(|f| f.kind == Kind::Cookie)
+            .flat_map(|f| f.value.get(&self.buf).split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+            })
+    }
+
+    /// The fields, in order (spans of [`Self::buffer`]).
+    pub(crate) fn field_list(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// Whether the `Connection` fields name `name` (besides the usual tokens).
+    pub(crate) fn named_by_connection(&self, name: &[u8]) -> bool {
+        self.facts.connection.names_others
+            && fields::named_by_connection(&self.buf, &self.fields, name)
+    }
+
+    /// Whether the client asks to switch protocols (WebSocket): HTTP/1.1, `Connection:
+    /// upgrade` and an `Upgrade` field.
+    pub(crate) fn is_upgrade(&self) -> bool {
+        self.version == Version::HTTP_11 && self.facts.upgrade && self.facts.connection.upgrade
+    }
+
+    /// Whether the client wants the connection kept after this request.
+    pub(crate) fn wants_keep_alive(&self) -> bool {
+        let c = &self.facts.connection;
+        match self.version {
+            Version::HTTP_10 => c.keep_alive && !c.close,
+            _ => !c.close,
+        }
+    }
+
+    /// The head's bytes and the spans of its log fields, for the access log.
+    pub(crate) fn buffer(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// An HTTP/2 request (parsed by hyper) in the same shape: its target, `:authority` and
+    /// fields are copied into one buffer.
+    pub(crate) fn from_h2(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        let size = authority.map_or(0, str::len)
+            + parts
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>();
+        let mut buf = BytesMut::with_capacity(size);
+        let mut spans = Vec::with_capacity(parts.headers.len());
+        let mut push = |bytes: &[u8]| {
+            let span = Span::new(buf.len(), bytes.len());
+            buf.extend_from_slice(bytes);
+            span
+        };
+        let authority = authority.map(|a| push(a.as_bytes()));
+        for (name, value) in &parts.headers {
+            let name_span = push(name.as_str().as_bytes());
+            let value_span = push(value.as_bytes());
+            spans.push((name_span, value_span));
+        }
+        let buf = buf.freeze();
+        let mut facts = Facts::new();
+        let mut fields = Vec::with_capacity(spans.len());
+        for (name, value) in spans {
+            note(&mut facts, &mut fields, &buf, name, value)?;
+        }
+        // hyper has checked the body against `content-length`; a body without one is sent
+        // chunked by the upstream side.
+        facts.expect_continue = false;
+        Ok(RequestHead {
+            method: parts.method.clone(),
+            version: Version::HTTP_2,
+            buf,
+            target: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            authority,
+            fields,
+            facts,
+        })
+    }
+}
+
+/// Notes one field's facts and adds it to `fields`.
+fn note(
+    facts: &mut Facts,
+    fields: &mut Vec<Field>,
+    buf: &[u8],
+    name: Span,
+    value: Span,
+) -> Result<(), HeadError> {
+    let kind = Kind::of(name.get(buf));
+    let index = fields.len() as u16;
+    let v = value.get(buf);
+    match kind {
+        Kind::Host if facts.host.replace(index).is_some() => {
+            return Err(HeadError::bad("more than one Host field"));
+        }
+        Kind::ContentLength => {
+            let previous = match facts.body {
+                BodyLength::Length(n) => Some(n),
+                _ => None,
+            };
+            match fields::content_length(v, previous) {
+                Some(n) => {
+                    if facts.body != BodyLength::Chunked {
+                        facts.body = BodyLength::Length(n);
+                    }
+                }
+                None => return Err(HeadError::bad("invalid or conflicting Content-Length")),
+            }
+        }
+        Kind::TransferEncoding => facts.body = BodyLength::Chunked,
+        Kind::Connection => facts.connection.note(v),
+        Kind::Upgrade => facts.upgrade = true,
+        Kind::Expect => {
+            facts.expect_continue |= v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        }
+        Kind::Te => {
+            facts.te_trailers |= fields::tokens(v).any(|t| t.eq_ignore_ascii_case(b"trailers"))
+        }
+        Kind::XRequestId => {
+            facts.request_id.get_or_insert(index);
+        }
+        Kind::XForwardedFor => {
+            facts.forwarded_for.get_or_insert(index);
+        }
+        Kind::Referer => {
+            facts.referer.get_or_insert(index);
+        }
+        Kind::UserAgent => {
+            facts.user_agent.get_or_insert(index);
+        }
+        Kind::Cookie => facts.cookie = true,
+        _ => {}
+    }
+    let end = value.range().end;
+    fields.push(Field {
+        name,
+        value,
+        kind,
+        crlf: buf.get(end..end + 2) == Some(b"\r\n"),
+    });
+    Ok(())
+}
+
+/// Parses an HTTP/1.x request head at the start of `read`. On success the head's bytes are
+/// split off `read` (what follows, a body or a pipelined request, stays). `Ok(None)`: the head
+/// is not complete yet.
+pub(crate) fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    // Uninitialised slots: a head has a handful of fields, not a hundred to clear.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, read, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TOO_LARGE),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError {
+                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                kind: "http_version_not_supported",
+                detail: "only HTTP/1.0, HTTP/1.1 and HTTP/2 are served",
+            });
+        }
+        Err(_) => return Err(HeadError::bad("malformed request head")),
+    };
+    let base: &[u8] = read;
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::bad("malformed request line"));
+    };
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::bad("invalid method"))?;
+    if method == Method::CONNECT {
+        return Err(HeadError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "method_not_allowed",
+            detail: "CONNECT is not served",
+        });
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let (target, authority) = parse_target(base, path.as_bytes(), &method)?;
+
+    let mut facts = Facts::new();
+    let mut fields = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = Span::of(base, h.name.as_bytes());
+        let value = Span::of(base, h.value);
+        note(&mut facts, &mut fields, base, name, value)?;
+    }
+    if facts.body == BodyLength::Chunked {
+        let mut codings = fields
+            .iter()
+            .filter(|f| f.kind == Kind::TransferEncoding)
+            .flat_map(|f| fields::tokens(f.value.get(base)));
+        let only_chunked = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if version == Version::HTTP_10 {
+            return Err(HeadError::bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if fields.iter().any(|f| f.kind == Kind::ContentLength) {
+            return Err(HeadError::bad(
+                "both Transfer-Encoding and Content-Length (a request smuggling shape)",
+            ));
+        }
+        if !only_chunked {
+            return Err(HeadError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                kind: "unsupported_transfer_coding",
+                detail: "only Transfer-Encoding: chunked is understood",
+            });
+        }
+    }
+    if facts.body == BodyLength::Length(0) {
+        facts.body = BodyLength::None;
+    }
+    if version == Version::HTTP_11 && facts.host.is_none() && authority.is_none() {
+        return Err(HeadError::bad("HTTP/1.1 request without a Host field"));
+    }
+    if version == Version::HTTP_10 {
+        facts.expect_continue = false;
+    }
+    let buf = read.split_to(len).freeze();
+    let target = match target {
+        Target::Span(span) => PathAndQuery::from_maybe_shared(buf.slice(span.range())),
+        Target::Rooted(rest) => PathAndQuery::try_from(format!("/{rest}")),
+    }
+    .map_err(|_| HeadError::bad("invalid character in the request target"))?;
+    Ok(Some(RequestHead {
+        method,
+        version,
+        buf,
+        target,
+        authority,
+        fields,
+        facts,
+    }))
+}
+
+/// Where a request's path and query are.
+enum Target {
+    /// In the head, as they are.
+    Span(Span),
+    /// An absolute-form target without a path: `/` and then this (a query, or nothing).
+    Rooted(String),
+}
+
+/// Splits a request target into its path and query and its host: origin-form `/path?q`,
+/// absolute-form `http://host/path?q`, or `*` for `OPTIONS`.
+fn parse_target(
+    base: &[u8],
+    target: &[u8],
+    method: &Method,
+) -> Result<(Target, Option<Span>), HeadError> {
+    if !target.is_ascii() {
+        return Err(HeadError::bad("non-ASCII bytes in the request target"));
+    }
+    if target.starts_with(b"/") || (target == b"*" && *method == Method::OPTIONS) {
+        return Ok((Target::Span(Span::of(base, target)), None));
+    }
+    let rest = [&b"http://"[..], b"https://"]
+        .iter()
+        .find(|scheme| {
+            target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme)
+        })
+        .map(|scheme| &target[scheme.len()..])
+        .ok_or(HeadError::bad(
+            "request target is not a path or an http(s) URL",
+        ))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let host = &rest[..end];
+    if host.is_empty() || host.contains(&b'@') {
+        return Err(HeadError::bad("invalid host in the request target"));
+    }
+    let after = &rest[end..];
+    let path = if after.starts_with(b"/") {
+        Target::Span(Span::of(base, after))
+    } else {
+        Target::Rooted(String::from_utf8_lossy(after).into_owned())
+    };
+    Ok((path, Some(Span::of(base, host))))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut read = BytesMut::from(text.as_bytes());
+        parse_h1(&mut read)
+    }
+
+    fn ok(text: &str) -> RequestHead {
+        parse(text).unwrap().unwrap()
+    }
+
+    fn status(text: &str) -> u16 {
+        parse(text).unwrap_err().status.as_u16()
+    }
+
+    #[test]
+    fn origin_form_and_facts() {
+        let mut read = BytesMut::from(
+            &b"POST /a/b?x=1 HTTP/1.1\r\nHost: Ex.com\r\nContent-Length: 5\r\n\
+               Connection: keep-alive, X-Secret\r\nX-Request-Id: r1\r\nCookie: a=1; s=xyz\r\n\r\nhelloGET"[..],
+        );
+        let h = parse_h1(&mut read).unwrap().unwrap();
+        assert_eq!(&read[..], b"helloGET", "body and the next request stay");
+        assert_eq!(h.method, Method::POST);
+        assert_eq!((h.path(), h.query()), ("/a/b", Some("x=1")));
+        assert_eq!(h.target(), "/a/b?x=1");
+        assert_eq!(h.host(), Some(&b"Ex.com"[..]));
+        assert_eq!(h.facts.body, BodyLength::Length(5));
+        assert_eq!(h.request_id(), Some(&b"r1"[..]));
+        assert_eq!(h.cookie("s"), Some(&b"xyz"[..]));
+        assert_eq!(h.get("content-length"), Some(&b"5"[..]));
+        assert!(h.named_by_connection(b"x-secret"));
+        assert!(h.wants_keep_alive());
+        assert!(!h.is_upgrade());
+    }
+
+    #[test]
+    fn absolute_form_takes_its_host_from_the_target() {
+        let h = ok("GET http://a.example:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert_eq!(h.host(), Some(&b"a.example:81"[..]));
+        assert_eq!((h.path(), h.query()), ("/p", Some("q")));
+        let h = ok("GET HTTP://a.example?q HTTP/1.1\r\n\r\n");
+        assert_eq!((h.path(), h.query(), h.target()), ("/", Some("q"), "/?q"));
+        assert_eq!(ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").target(), "*");
+    }
+
+    #[test]
+    fn incomplete_heads_wait() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn refused_heads() {
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400, "no Host");
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(
+            status(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            400
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(status("GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status("GET /é HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status("GET /<x> HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), 405);
+        assert_eq!(status("GET a/b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            431
+        );
+    }
+
+    #[test]
+    fn http10_keep_alive_only_when_asked() {
+        assert!(!ok("GET / HTTP/1.0\r\n\r\n").wants_keep_alive());
+        assert!(ok("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").wants_keep_alive());
+        assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").wants_keep_alive());
+    }
+
+    #[test]
+    fn chunked_and_expect() {
+        let h = ok(
+            "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-Continue\r\n\r\n",
+        );
+        assert_eq!(h.facts.body, BodyLength::Chunked);
+        assert!(h.facts.expect_continue);
+        let h = ok("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.facts.body, BodyLength::None);
+    }
+}

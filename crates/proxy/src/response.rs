@@ -1,0 +1,300 @@
+//! The response head sent back to the client: the instance's, kept as the bytes it sent, or
+//! one Sluice makes itself (errors, redirects).
+//!
+//! An instance's head is written to an HTTP/1.x client field by field from its buffer, leaving
+//! out what describes the upstream hop (hop-by-hop fields, the instance's framing when it is
+//! re-framed, its `x-request-id`); HTTP/2 clients get it as hyper's header map. Either way the
+//! client gets the request's `x-request-id`, and a `Date` when the instance sent none
+//! (RFC 9110 §6.6.1).
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::body::DownBody;
+use crate::fields::{ConnectionTokens, Field, Kind, Span};
+use crate::h1::UpConn;
+
+/// A response head as an instance sent it.
+#[derive(Debug)]
+pub(crate) struct UpstreamHead {
+    pub(crate) buf: Bytes,
+    pub(crate) reason: Span,
+    pub(crate) fields: Vec<Field>,
+    pub(crate) connection: ConnectionTokens,
+    /// A `Transfer-Encoding` was sent: its `Content-Length`, if any, is not passed on.
+    pub(crate) transfer_encoding: bool,
+    pub(crate) content_length: bool,
+    pub(crate) date: bool,
+}
+
+impl UpstreamHead {
+    /// The fields that go to the client. For `101` the
+    /// `Connection` and `Upgrade` fields stay: they describe the switch the client asked for.
+    pub(crate) fn forwarded(&self, status: StatusCode) -> impl Iterator<Item = &Field> {
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        self.fields.iter().filter(move |f| match f.kind {
+            Kind::Connection | Kind::Upgrade => switching,
+            Kind::ContentLength => !self.transfer_encoding,
+            Kind::XRequestId => false,
+            Kind::Other => {
+                !self.connection.names_others
+                    || !crate::fields::named_by_connection(
+                        &self.buf,
+                        &self.fields,
+                        f.name.get(&self.buf),
+                    )
+            }
+            k => !k.is_hop_by_hop(),
+        })
+    }
+}
+
+/// Where a response head's fields come from.
+#[derive(Debug)]
+pub(crate) enum ResponseFields {
+    Upstream(UpstreamHead),
+    /// Sluice's own answer.
+    Local(HeaderMap),
+}
+
+/// The head of the response to the client.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) fields: ResponseFields,
+}
+
+impl ResponseHead {
+    /// Whether the fields state the body's length (the instance's `Content-Length`).
+    pub(crate) fn states_length(&self) -> bool {
+        match &self.fields {
+            ResponseFields::Upstream(u) => u.content_length && !u.transfer_encoding,
+            ResponseFields::Local(_) => false,
+        }
+    }
+}
+
+/// An upgraded connection to an instance (`101 Switching Protocols`), to be joined with the
+/// client's once the `101` head is written.
+#[derive(Debug)]
+pub(crate) struct Switched {
+    pub(crate) conn: Box<UpConn>,
+    pub(crate) idle: std::time::Duration,
+    pub(crate) addr: std::net::SocketAddr,
+    /// Cancelled when the instance is demoted (`on_demotion = "close"`).
+    pub(crate) demoted: tokio_util::sync::CancellationToken,
+}
+
+/// What the request handler answers.
+#[derive(Debug)]
+pub(crate) struct ProxyResponse {
+    pub(crate) head: ResponseHead,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) body: DownBody,
+    pub(crate) switched: Option<Box<Switched>>,
+}
+
+impl ProxyResponse {
+    /// The response as hyper's HTTP/2 server takes it.
+    pub(crate) fn into_hyper(self) -> http::Response<DownBody> {
+        let mut headers = match self.head.fields {
+            ResponseFields::Local(map) => map,
+            ResponseFields::Upstream(up) => {
+                let mut map = HeaderMap::with_capacity(up.fields.len() + 2);
+                for f in up.forwarded(self.head.status) {
+                    // httparse accepted both, so these hold; a field that does not is dropped
+                    // rather than failing the response.
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(f.name.get(&up.buf)),
+                        HeaderValue::from_bytes(f.value.get(&up.buf)),
+                    ) {
+                        map.append(n, v);
+                    }
+                }
+                if !up.date {
+                    map.insert(header::DATE, http_date());
+                }
+                map
+            }
+        };
+        headers.insert(crate::headers::X_REQUEST_ID, self.request_id);
+        let mut response = http::Response::new(self.body);
+        *response.status_mut() = self.head.status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// How the body of an HTTP/1.x response is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WireFraming {
+    /// No body is sent (`HEAD`, `1xx`, `204`, `304`); the fields are sent as they are.
+    None,
+    /// The head states the length (the instance's `Content-Length`, or one written here).
+    Length,
+    Chunked,
+    /// The body ends when the connection closes (HTTP/1.0 clients of a body of unknown
+    /// length).
+    Close,
+}
+
+/// Writes an HTTP/1.1 status line and fields for `head` into `out`. `length` is written as
+/// `Content-Length` when given; `framing` and `close` decide the rest.
+pub(crate) fn encode_h1(
+    out: &mut BytesMut,
+    head: &ResponseHead,
+    request_id: &HeaderValue,
+    length: Option<u64>,
+    framing: WireFraming,
+    connection: ConnectionField,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let code = head.status.as_u16();
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    let mut date = true;
+    match &head.fields {
+        ResponseFields::Upstream(up) => {
+            let reason = up.reason.get(&up.buf);
+            out.extend_from_slice(if reason.is_empty() {
+                head.status.canonical_reason().unwrap_or("").as_bytes()
+            } else {
+                reason
+            });
+            out.extend_from_slice(b"\r\n");
+            crate::fields::write_lines(out, &up.buf, up.forwarded(head.status));
+            date = !up.date;
+        }
+        ResponseFields::Local(map) => {
+            out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
+            out.extend_from_slice(b"\r\n");
+            for (name, value) in map {
+                date &= name != header::DATE;
+                put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
+    if date {
+        put_field(out, b"date", http_date().as_bytes());
+    }
+    put_field(out, b"x-request-id", request_id.as_bytes());
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == WireFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    match connection {
+        ConnectionField::None => {}
+        ConnectionField::Close => out.extend_from_slice(b"connection: close\r\n"),
+        ConnectionField::KeepAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Connection` field Sluice adds for the client's hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionField {
+    None,
+    Close,
+    /// For HTTP/1.0 clients that asked to keep the connection.
+    KeepAlive,
+}
+
+pub(crate) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, in `buf`.
+pub(crate) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+thread_local! {
+    /// The `Date` value of the current second, made once per second per thread.
+    static DATE: RefCell<(u64, HeaderValue)> =
+        const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+}
+
+/// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub(crate) fn http_date() -> HeaderValue {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            cached.1 = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
+            cached.0 = second;
+        }
+        cached.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn numbers_and_dates() {
+        assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa_u64(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(
+            itoa_u64(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+        let d = http_date();
+        assert!(d.to_str().unwrap().ends_with(" GMT"), "{d:?}");
+    }
+
+    #[test]
+    fn local_heads_are_written_with_framing_and_id() {
+        let mut map = HeaderMap::new();
+        map.insert(header::LOCATION, HeaderValue::from_static("/new"));
+        let head = ResponseHead {
+            status: StatusCode::FOUND,
+            fields: ResponseFields::Local(map),
+        };
+        let mut out = BytesMut::new();
+        encode_h1(
+            &mut out,
+            &head,
+            &HeaderValue::from_static("id-1"),
+            Some(0),
+            WireFraming::Length,
+            ConnectionField::Close,
+        );
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 302 Found\r\nlocation: /new\r\ndate: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("x-request-id: id-1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+            "{text}"
+        );
+    }
+}

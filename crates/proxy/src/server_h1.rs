@@ -1,0 +1,747 @@
+//! HTTP/1.x on client connections: Sluice's own server side, built for proxying.
+//!
+//! A general-purpose server (hyper's) parses every request into a header map, runs each
+//! exchange through a dispatcher with its own body channels, and encodes the response head
+//! from a header map again. A proxy passes most fields through untouched, so here one task per
+//! connection reads a head into the connection's buffer, parses it into spans
+//! ([`crate::request`]), hands it to the forwarding handler, and writes the response head
+//! field by field from the instance's own bytes, with the first body bytes in the same write.
+//! The request body is read from this connection by the request itself ([`H1Body`]), so no
+//! channel stands between the client's socket and the instance's.
+//!
+//! LIFECYCLE of a connection (one request at a time; pipelined requests wait in the buffer):
+//! ```text
+//!            first byte                   head complete
+//!   IDLE ──────────────────▶ HEAD ───────────────────────▶ BUSY ── response written ──┐
+//!    ▲ closed quietly after   │ 408 + close after            │ body + response; the  │
+//!    │ keepalive_timeout      │ header_read_timeout from     │ client closing while  │
+//!    │ (header_read_timeout   │ its first byte; 400/431/505  │ a bodiless request    │
+//!    │ for a new connection), │ + close for a bad head       │ waits ends it (499)   │
+//!    │ or when draining       │                              │                       │
+//!    └────────────────────────┴──────────── keep-alive ◀─────┴───────────────────────┘
+//! ```
+//! The connection is kept after a response when the client wants it (HTTP/1.1 without
+//! `Connection: close`, HTTP/1.0 with `keep-alive`), its request body was read to the end, the
+//! response was delimited and complete, and the listener is not draining; otherwise the
+//! response says `connection: close` and the socket is closed after a lingering read (an RST
+//! would destroy a response the client has not read yet). A `101` response joins the client's
+//! socket to the instance's in a tunnel. A client opening with the HTTP/2 preface is handed to
+//! [`crate::server_h2`].
+//!
+//! Responses are framed for the client: the instance's `Content-Length` passes through,
+//! bodies of unknown length are sent chunked to HTTP/1.1 clients and delimited by the close to
+//! HTTP/1.0 ones; trailers go only to clients that sent `TE: trailers`.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use sluice_tls::MaybeTls;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::chunked::{self, Chunked, Step};
+use crate::conn::{ClientTimerMetrics, ConnTimer, Signal, SignalWatch};
+use crate::forward::{self, ConnCtx};
+use crate::request::{self, BodyLength, HeadError, RequestHead};
+use crate::response::{
+    ConnectionField, ProxyResponse, Switched, WireFraming, encode_h1, itoa_u64, put_field,
+};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Body bytes copied next to the head (or to earlier frames) to leave in one write; larger
+/// frames are written on their own.
+const COALESCE: usize = 16 * 1024;
+/// Longest a closing connection waits for the client to stop sending.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection discards before closing anyway.
+const LINGER_BYTES: usize = 1 << 20;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A listener's settings for its HTTP/1.x connections, read when the connection starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) http2: bool,
+}
+
+/// How a connection served here ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    Closed,
+    /// The client opened with the HTTP/2 preface: the socket and the bytes read so far.
+    Http2(MaybeTls<TcpStream>, BytesMut),
+}
+
+/// The client's socket with its buffers and the state of the request being read.
+#[derive(Debug)]
+pub(crate) struct ClientConn {
+    io: MaybeTls<TcpStream>,
+    /// Bytes read and not yet consumed: the rest of a body, or pipelined requests.
+    read: BytesMut,
+    /// The response being written (kept to reuse its allocation).
+    write: BytesMut,
+    body: BodyState,
+    expect: Continue,
+}
+
+/// How much of the current request's body is still on the connection.
+#[derive(Debug)]
+enum BodyState {
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+    /// Malformed, or the client closed inside it: the connection cannot be reused.
+    Failed,
+}
+
+/// `Expect: 100-continue`: owed when the client asked and has not sent body bytes yet; sent
+/// when the handler first reads the body (an answer sent before that makes it moot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Continue {
+    None,
+    Owed,
+    /// This many bytes of the interim response are written.
+    Writing(usize),
+    /// Written; to be flushed.
+    Flush,
+}
+
+/// The request body, read from the client's connection by the request's own task.
+#[derive(Debug)]
+pub(crate) struct H1Body<'a> {
+    conn: &'a mut ClientConn,
+}
+
+/// Why reading the client's body failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientBodyError {
+    #[error("malformed chunked request body: {0}")]
+    BadChunk(&'static str),
+    #[error("client closed the connection inside the request body")]
+    Closed,
+    #[error("reading the request body: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Body for H1Body<'_> {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let c = &mut *self.get_mut().conn;
+        if c.expect != Continue::None && !c.read.is_empty() {
+            // The client sent its body without waiting: nothing to invite any more.
+            c.expect = Continue::None;
+        }
+        while let Continue::Owed | Continue::Writing(_) = c.expect {
+            let done = match c.expect {
+                Continue::Writing(n) => n,
+                _ => 0,
+            };
+            let written = match ready!(Pin::new(&mut c.io).poll_write(cx, &CONTINUE[done..])) {
+                Ok(0) => Err(ClientBodyError::Closed),
+                Ok(n) => Ok(done + n),
+                Err(e) => Err(e.into()),
+            };
+            match written {
+                Ok(n) if n == CONTINUE.len() => c.expect = Continue::Flush,
+                Ok(n) => c.expect = Continue::Writing(n),
+                Err(e) => {
+                    c.body = BodyState::Failed;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+        if c.expect == Continue::Flush {
+            // TLS holds the record until flushed.
+            if let Err(e) = ready!(Pin::new(&mut c.io).poll_flush(cx)) {
+                c.body = BodyState::Failed;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            c.expect = Continue::None;
+        }
+        loop {
+            match &mut c.body {
+                BodyState::Done | BodyState::Failed => return Poll::Ready(None),
+                BodyState::Length(left) => {
+                    if !c.read.is_empty() {
+                        let n = usize::try_from(*left)
+                            .unwrap_or(usize::MAX)
+                            .min(c.read.len());
+                        *left -= n as u64;
+                        if *left == 0 {
+                            c.body = BodyState::Done;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(c.read.split_to(n).freeze()))));
+                    }
+                }
+                BodyState::Chunked(state) => match chunked::decode(state, &mut c.read) {
+                    Ok(Step::Frame(frame)) => {
+                        if matches!(state, Chunked::End) {
+                            c.body = BodyState::Done;
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Ok(Step::End) => {
+                        c.body = BodyState::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::NeedMore) => {}
+                    Err(why) => {
+                        c.body = BodyState::Failed;
+                        return Poll::Ready(Some(Err(ClientBodyError::BadChunk(why))));
+                    }
+                },
+            }
+            c.read.reserve(READ_CHUNK);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut c.io),
+                cx,
+                &mut c.read
+            )) {
+                Ok(0) => {
+                    c.body = BodyState::Failed;
+                    return Poll::Ready(Some(Err(ClientBodyError::Closed)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    c.body = BodyState::Failed;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.conn.body, BodyState::Done | BodyState::Failed)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.conn.body {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done | BodyState::Failed => SizeHint::with_exact(0),
+            BodyState::Chunked(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// What waiting for a request head gave.
+enum HeadRead {
+    Head(RequestHead),
+    Http2,
+    /// The client closed, or the connection idled out or drained: close quietly.
+    Quiet,
+    IdleTimeout,
+    Refused(HeadError),
+    HeadTimeout,
+}
+
+/// What a response left the connection fit for.
+enum After {
+    KeepAlive,
+    Close,
+    Tunnel(Box<Switched>),
+}
+
+/// What the request summary the response writer needs.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    version: Version,
+    head_method: bool,
+    keep_alive: bool,
+    trailers: bool,
+}
+
+/// Serves HTTP/1.x requests on `io` until the client closes, an error or timeout ends the
+/// connection, the listener drains, or the client turns out to speak HTTP/2.
+pub(crate) async fn serve(
+    io: MaybeTls<TcpStream>,
+    cx: &ConnCtx,
+    limits: Limits,
+    metrics: &ClientTimerMetrics,
+    drain: &Signal,
+) -> Ended {
+    let mut conn = ClientConn {
+        io,
+        read: BytesMut::with_capacity(READ_CHUNK),
+        write: BytesMut::new(),
+        body: BodyState::Done,
+        expect: Continue::None,
+    };
+    let mut timer = ConnTimer::default();
+    // Polled while idle, to close when the listener drains.
+    let mut drained = drain.watch();
+    let mut fresh = true;
+    loop {
+        let head = match read_head(&mut conn, &mut timer, &limits, fresh, &mut drained).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Http2 => return Ended::Http2(conn.io, conn.read),
+            HeadRead::Quiet => return Ended::Closed,
+            HeadRead::IdleTimeout => {
+                metrics.keepalive_closes.increment(1);
+                return Ended::Closed;
+            }
+            HeadRead::HeadTimeout => {
+                metrics.header_timeouts.increment(1);
+                tracing::debug!(client = %cx.peer, "client sent an incomplete request head for too long; answering 408");
+                refuse(&mut conn, StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT_BODY).await;
+                return Ended::Closed;
+            }
+            HeadRead::Refused(err) => {
+                metrics.refused(err.kind);
+                tracing::debug!(client = %cx.peer, status = err.status.as_u16(), reason = err.kind, detail = err.detail, "request head refused");
+                let body = format!(
+                    "{{\"error\":\"{}\",\"detail\":\"{}\"}}\n",
+                    err.kind, err.detail
+                );
+                refuse(&mut conn, err.status, body.as_bytes()).await;
+                return Ended::Closed;
+            }
+        };
+        fresh = false;
+        let asked = Asked {
+            version: head.version,
+            head_method: head.method == Method::HEAD,
+            keep_alive: head.wants_keep_alive(),
+            trailers: head.facts.te_trailers,
+        };
+        conn.body = match head.facts.body {
+            BodyLength::None => BodyState::Done,
+            BodyLength::Length(n) => BodyState::Length(n),
+            BodyLength::Chunked => BodyState::Chunked(Chunked::Size),
+        };
+        conn.expect = if head.facts.expect_continue && head.facts.body != BodyLength::None {
+            Continue::Owed
+        } else {
+            Continue::None
+        };
+        let response = if matches!(conn.body, BodyState::Done) {
+            match handle_watching_close(&head, &mut conn, cx, &mut timer).await {
+                Some(r) => r,
+                // The client is gone; the request was abandoned (logged as 499).
+                None => return Ended::Closed,
+            }
+        } else {
+            let body = RequestBody::H1(H1Body { conn: &mut conn });
+            forward::handle(&head, Some(body), cx, &mut timer).await
+        };
+        drop(head);
+        conn.expect = Continue::None;
+        let draining = drained.is_fired();
+        match write_response(&mut conn, response, asked, draining).await {
+            Ok(After::KeepAlive) => {}
+            Ok(After::Close) => {
+                linger_close(&mut conn.io).await;
+                return Ended::Closed;
+            }
+            Ok(After::Tunnel(switched)) => {
+                tunnel(conn, switched).await;
+                return Ended::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(client = %cx.peer, error = %e, "writing the response failed");
+                return Ended::Closed;
+            }
+        }
+    }
+}
+
+/// Reads until a complete request head, under the idle and head timers.
+async fn read_head(
+    conn: &mut ClientConn,
+    timer: &mut ConnTimer,
+    limits: &Limits,
+    fresh: bool,
+    drained: &mut SignalWatch<'_>,
+) -> HeadRead {
+    // Pipelined bytes may already hold a head.
+    let mut parse = !conn.read.is_empty();
+    let mut idle_until: Option<Instant> = None;
+    let mut head_until: Option<Instant> = None;
+    poll_fn(|cx| {
+        loop {
+            if parse && !conn.read.is_empty() {
+                parse = false;
+                if fresh
+                    && limits.http2
+                    && H2_PREFACE.starts_with(&conn.read[..conn.read.len().min(H2_PREFACE.len())])
+                {
+                    if conn.read.len() >= H2_PREFACE.len() {
+                        return Poll::Ready(HeadRead::Http2);
+                    }
+                } else {
+                    match request::parse_h1(&mut conn.read) {
+                        Ok(Some(head)) if head.buffer().len() > limits.max_header_bytes => {
+                            return Poll::Ready(HeadRead::Refused(HeadError::TOO_LARGE));
+                        }
+                        Ok(Some(head)) => return Poll::Ready(HeadRead::Head(head)),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(HeadRead::Refused(e)),
+                    }
+                }
+            }
+            if conn.read.len() >= limits.max_header_bytes {
+                return Poll::Ready(HeadRead::Refused(HeadError::TOO_LARGE));
+            }
+            if conn.read.is_empty() && drained.poll_fired(cx).is_ready() {
+                return Poll::Ready(HeadRead::Quiet);
+            }
+            conn.read.reserve(READ_CHUNK);
+            let before = conn.read.len();
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(HeadRead::Quiet),
+                Poll::Ready(Ok(_)) => {
+                    // A head can only have ended where a line ended: re-parse then, not on
+                    // every byte of a head that trickles in.
+                    parse = before == 0 || conn.read[before.saturating_sub(1)..].contains(&b'\n');
+                }
+                Poll::Pending => {
+                    let (at, is_head) = if conn.read.is_empty() {
+                        let wait = if fresh {
+                            limits.header_timeout
+                        } else {
+                            limits.keepalive_timeout
+                        };
+                        (
+                            *idle_until.get_or_insert_with(|| Instant::now() + wait),
+                            false,
+                        )
+                    } else {
+                        let at = *head_until
+                            .get_or_insert_with(|| Instant::now() + limits.header_timeout);
+                        (at, true)
+                    };
+                    ready!(timer.poll_until(at, cx));
+                    return Poll::Ready(if is_head {
+                        HeadRead::HeadTimeout
+                    } else {
+                        HeadRead::IdleTimeout
+                    });
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Runs the handler for a request without a body while watching the client: a client that
+/// closes the connection before the answer abandons the request (`None`), as nginx and hyper
+/// treat it. Bytes a client pipelines meanwhile stay in the buffer for the next request.
+async fn handle_watching_close(
+    head: &RequestHead,
+    conn: &mut ClientConn,
+    cx: &ConnCtx,
+    timer: &mut ConnTimer,
+) -> Option<ProxyResponse> {
+    let mut handler = pin!(forward::handle(head, None, cx, timer));
+    poll_fn(|task| {
+        if let Poll::Ready(response) = handler.as_mut().poll(task) {
+            return Poll::Ready(Some(response));
+        }
+        if conn.read.is_empty() {
+            conn.read.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), task, &mut conn.read) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) | Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Writes the response: its head, then its body as it arrives, framed for the client.
+async fn write_response(
+    conn: &mut ClientConn,
+    response: ProxyResponse,
+    asked: Asked,
+    draining: bool,
+) -> io::Result<After> {
+    let ProxyResponse {
+        head,
+        request_id,
+        mut body,
+        switched,
+    } = response;
+    let status = head.status;
+    let bodiless = asked.head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let local_length = (!head.states_length())
+        .then(|| body.size_hint().exact())
+        .flatten()
+        .filter(|_| status != StatusCode::NO_CONTENT && !status.is_informational());
+    let framing = if bodiless {
+        WireFraming::None
+    } else if head.states_length() || local_length.is_some() {
+        WireFraming::Length
+    } else if asked.version == Version::HTTP_10 {
+        WireFraming::Close
+    } else {
+        WireFraming::Chunked
+    };
+    let body_read = matches!(conn.body, BodyState::Done);
+    let keep = asked.keep_alive
+        && body_read
+        && !draining
+        && framing != WireFraming::Close
+        && switched.is_none();
+    let connection = if switched.is_some() {
+        ConnectionField::None
+    } else if !keep {
+        ConnectionField::Close
+    } else if asked.version == Version::HTTP_10 {
+        ConnectionField::KeepAlive
+    } else {
+        ConnectionField::None
+    };
+    conn.write.clear();
+    encode_h1(
+        &mut conn.write,
+        &head,
+        &request_id,
+        local_length,
+        framing,
+        connection,
+    );
+    drop(head);
+
+    let chunked = framing == WireFraming::Chunked;
+    let mut complete = true;
+    loop {
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending if !conn.write.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+        })
+        .await;
+        let Some(frame) = next else {
+            // The body waits for the instance: send what is ready meanwhile.
+            write_all(&mut conn.io, &conn.write).await?;
+            conn.write.clear();
+            continue;
+        };
+        match frame {
+            None => {
+                if chunked {
+                    conn.write.extend_from_slice(b"0\r\n\r\n");
+                }
+                break;
+            }
+            Some(Ok(frame)) if bodiless => drop(frame),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        let mut digits = [0u8; 16];
+                        conn.write.extend_from_slice(hex(data.len(), &mut digits));
+                        conn.write.extend_from_slice(b"\r\n");
+                    }
+                    if conn.write.len() + data.len() <= COALESCE {
+                        conn.write.extend_from_slice(&data);
+                    } else {
+                        write_all(&mut conn.io, &conn.write).await?;
+                        conn.write.clear();
+                        write_all(&mut conn.io, &data).await?;
+                    }
+                    if chunked {
+                        conn.write.extend_from_slice(b"\r\n");
+                    }
+                }
+                Err(frame) => {
+                    if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
+                        conn.write.extend_from_slice(b"0\r\n");
+                        if asked.trailers {
+                            for (name, value) in &trailers {
+                                put_field(
+                                    &mut conn.write,
+                                    name.as_str().as_bytes(),
+                                    value.as_bytes(),
+                                );
+                            }
+                        }
+                        conn.write.extend_from_slice(b"\r\n");
+                        // Nothing follows trailers: the body is complete.
+                        drop_until_end(&mut body).await;
+                        break;
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                // The head is out: all that can be done is to end the connection, so the
+                // client sees a truncated body rather than a complete-looking one.
+                tracing::debug!(error = %e, "response body failed; closing the client connection");
+                complete = false;
+                break;
+            }
+        }
+    }
+    write_all(&mut conn.io, &conn.write).await?;
+    conn.write.clear();
+    poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx)).await?;
+    Ok(match switched {
+        Some(s) if status == StatusCode::SWITCHING_PROTOCOLS => After::Tunnel(s),
+        _ if keep && complete => After::KeepAlive,
+        _ => After::Close,
+    })
+}
+
+/// Polls a body that has sent its trailers until it reports its end (which finishes its
+/// exchange record).
+async fn drop_until_end<B: Body + Unpin>(body: &mut B) {
+    while poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+        .await
+        .is_some_and(|f| f.is_ok())
+    {}
+}
+
+/// `n` in lower-case hex, in `buf`.
+fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+async fn write_all(io: &mut MaybeTls<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+const REQUEST_TIMEOUT_BODY: &[u8] =
+    b"{\"error\":\"request header timeout\",\"detail\":\"the request head was incomplete\"}";
+
+/// Answers a request that cannot be served (bad head, head timeout) and closes.
+async fn refuse(conn: &mut ClientConn, status: StatusCode, body: &[u8]) {
+    let mut out = BytesMut::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(itoa_u64(body.len() as u64, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    // Best effort: a client that sent a bad head may be gone already.
+    let sent = tokio::time::timeout(LINGER_TIME, async {
+        write_all(&mut conn.io, &out).await?;
+        poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx)).await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger_close(&mut conn.io).await;
+    }
+}
+
+/// Closes the connection without destroying what was written: closing a socket that still has
+/// unread client bytes makes the kernel send RST, which can discard the response the client has
+/// not read yet (the 431 for an oversized head, say). So the write side is shut first (FIN),
+/// then, only if the client is still sending, its bytes are read and discarded for a short
+/// while (nginx calls this lingering close).
+async fn linger_close(io: &mut MaybeTls<TcpStream>) {
+    if poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut discarded = 0;
+    let mut scratch = [0u8; 4096];
+    let until = Instant::now() + LINGER_TIME;
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        let read = poll_fn(|cx| match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            // Nothing was pending when we closed: close at once.
+            Poll::Pending if discarded == 0 => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+        });
+        match tokio::time::timeout_at(until, read).await {
+            Ok(Some(Ok(()))) if !buf.filled().is_empty() => {
+                discarded += buf.filled().len();
+                if discarded >= LINGER_BYTES {
+                    return;
+                }
+            }
+            // The client closed too, failed, or was quiet: nothing left to protect.
+            _ => return,
+        }
+    }
+}
+
+/// Joins the client's socket to the instance's after `101 Switching Protocols`, each side first
+/// getting the bytes that already arrived behind the heads.
+async fn tunnel(conn: ClientConn, switched: Box<Switched>) {
+    let Switched {
+        conn: upstream,
+        idle,
+        addr,
+        demoted,
+    } = *switched;
+    let ClientConn {
+        io: mut client,
+        read: from_client,
+        ..
+    } = conn;
+    let (mut upstream, from_upstream) = (*upstream).into_parts();
+    let early = async {
+        use tokio::io::AsyncWriteExt as _;
+        if !from_client.is_empty() {
+            upstream.write_all(&from_client).await?;
+        }
+        if !from_upstream.is_empty() {
+            client.write_all(&from_upstream).await?;
+        }
+        io::Result::Ok(())
+    };
+    if let Err(e) = early.await {
+        tracing::debug!(upstream = %addr, error = %e, "protocol switch failed");
+        return;
+    }
+    let stats = crate::tunnel::run(
+        client,
+        upstream,
+        idle,
+        crate::tunnel::UPGRADED_BUFFER,
+        demoted,
+    )
+    .await;
+    tracing::debug!(
+        upstream = %addr,
+        end = stats.end.as_str(),
+        to_upstream = stats.a_to_b,
+        to_client = stats.b_to_a,
+        "upgraded connection closed"
+    );
+}
