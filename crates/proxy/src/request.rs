@@ -342,7 +342,7 @@ pub(crate) fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadE
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TOO_LARGE),
-        Err(httparse::Error::Version) => {
+        Err(httparse::Error::Version) if names_another_version(read) => {
             return Err(HeadError {
                 status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                 kind: "http_version_not_supported",
@@ -427,6 +427,17 @@ pub(crate) fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadE
         fields,
         facts,
     }))
+}
+
+/// Whether a request line httparse refused for its version is otherwise well formed
+/// (`METHOD TARGET HTTP/x.y`): a version Sluice does not speak (505), not garbage (400) such
+/// as a space inside the target.
+fn names_another_version(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    matches!(parts.as_slice(), [_, _, v] if v.len() == 8 && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit())
 }
 
 /// Where a request's path and query are.
@@ -557,6 +568,7 @@ mod tests {
         assert_eq!(status("GET /é HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET /<x> HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), 405);
         assert_eq!(status("GET a/b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();

@@ -52,7 +52,8 @@ use crate::conn::{ClientTimerMetrics, ConnTimer, Signal, SignalWatch};
 use crate::forward::{self, ConnCtx};
 use crate::request::{self, BodyLength, HeadError, RequestHead};
 use crate::response::{
-    ConnectionField, ProxyResponse, Switched, WireFraming, encode_h1, itoa_u64, put_field,
+    ConnectionField, ProxyResponse, ResponseFields, Switched, WireFraming, encode_h1, itoa_u64,
+    put_field,
 };
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -484,10 +485,12 @@ async fn write_response(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let local_length = (!head.states_length())
-        .then(|| body.size_hint().exact())
-        .flatten()
-        .filter(|_| status != StatusCode::NO_CONTENT && !status.is_informational());
+    // Sluice's own bodies are whole: their length is stated (for HEAD too, as the GET would
+    // have it). An instance's length is its own `Content-Length`, passed through.
+    let local_length = match head.fields {
+        ResponseFields::Local(_) if status != StatusCode::NO_CONTENT => body.size_hint().exact(),
+        _ => None,
+    };
     let framing = if bodiless {
         WireFraming::None
     } else if head.states_length() || local_length.is_some() {
