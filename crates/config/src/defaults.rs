@@ -24,6 +24,8 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `[[listener]] request_body_timeout`.
 pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[[listener]] send_timeout` (nginx's `send_timeout` is the same 60 s).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// `[[listener]] max_concurrent_streams`.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 

@@ -1047,6 +1047,7 @@ impl<'s> Cx<'s> {
                     .duration(l.keepalive_timeout.as_ref(), d::KEEPALIVE_TIMEOUT),
                 request_body_timeout: self
                     .duration(l.request_body_timeout.as_ref(), d::REQUEST_BODY_TIMEOUT),
+                send_timeout: self.duration(l.send_timeout.as_ref(), d::SEND_TIMEOUT),
                 http2: l.http2.unwrap_or(true),
                 max_concurrent_streams: self.int_in(
                     l.max_concurrent_streams.as_ref(),

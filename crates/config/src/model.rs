@@ -211,6 +211,9 @@ pub struct ListenerConfig {
     pub keepalive_timeout: Duration,
     /// Time a client may stall while sending a request body (408 when exceeded).
     pub request_body_timeout: Duration,
+    /// Time a client may take no response bytes while Sluice has some to send (HTTP/1.x; the
+    /// connection is closed when exceeded).
+    pub send_timeout: Duration,
     /// Whether HTTP/2 with prior knowledge is accepted.
     pub http2: bool,
     /// Concurrent HTTP/2 streams per client connection.

@@ -43,6 +43,7 @@ pub(crate) struct RawListener {
     pub(crate) max_header_bytes: Option<S<i64>>,
     pub(crate) keepalive_timeout: Option<S<String>>,
     pub(crate) request_body_timeout: Option<S<String>>,
+    pub(crate) send_timeout: Option<S<String>>,
     pub(crate) http2: Option<bool>,
     pub(crate) max_concurrent_streams: Option<S<i64>>,
     pub(crate) service: Option<S<String>>,

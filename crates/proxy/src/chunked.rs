@@ -221,6 +221,41 @@ mod tests {
         assert_eq!((data.as_slice(), trailers), (&b"abc"[..], None));
     }
 
+    /// Mutated chunked bodies never panic the decoder, whatever the read boundaries.
+    #[test]
+    fn mutated_bodies_never_panic() {
+        let seed = b"4;ext=\"v\"\r\nWiki\r\n5\r\npedia\r\n0\r\nx-a: 1\r\n\r\n";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut bytes = seed.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..bytes.len());
+                match rng.u8(..3) {
+                    0 => bytes[at] = rng.u8(..),
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, *b"\r\n;0fF \t:".get(rng.usize(..10)).unwrap_or(&0)),
+                }
+            }
+            let mut state = Chunked::Size;
+            let mut read = BytesMut::new();
+            let mut fed = 0;
+            loop {
+                match decode(&mut state, &mut read) {
+                    Ok(Step::Frame(_)) => {}
+                    Ok(Step::End) | Err(_) => break,
+                    Ok(Step::NeedMore) if fed == bytes.len() => break,
+                    Ok(Step::NeedMore) => {
+                        let end = (fed + rng.usize(1..8)).min(bytes.len());
+                        read.extend_from_slice(&bytes[fed..end]);
+                        fed = end;
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed_chunks_are_errors() {
         for bad in [

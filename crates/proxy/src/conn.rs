@@ -73,8 +73,9 @@ impl ClientTimerMetrics {
         }
     }
 
-    /// A request head was refused (`reason` is the error's kind: `bad_request`, ...).
-    pub(crate) fn refused(&self, reason: &'static str) {
+    /// A connection was closed for `reason`: a refused head (its error kind: `bad_request`,
+    /// ...) or `send_timeout`. Rare, so the counter is looked up each time.
+    pub(crate) fn closed(&self, reason: &'static str) {
         counter!(CLIENT_CLOSES_TOTAL, "listener" => self.listener.to_string(), "reason" => reason)
             .increment(1);
     }

@@ -382,6 +382,7 @@ async fn serve_connection(
             header_timeout: config.header_read_timeout,
             keepalive_timeout: config.keepalive_timeout,
             max_header_bytes: config.max_header_bytes,
+            send_timeout: config.send_timeout,
             http2: config.http2,
         };
         match crate::server_h1::serve(stream, &cx, limits, &shared.timer_metrics, drain).await {

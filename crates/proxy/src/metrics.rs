@@ -72,7 +72,7 @@ pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
 /// Client connections accepted, by `listener`.
 pub const CONNECTIONS_TOTAL: &str = "sluice_connections_total";
 /// Client connections closed for a protocol-level reason, by `listener` and `reason`
-/// (`header_timeout`, `keepalive_timeout`).
+/// (`header_timeout`, `keepalive_timeout`, `send_timeout`, or a refused head's error kind).
 pub const CLIENT_CLOSES_TOTAL: &str = "sluice_client_closes_total";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluice_access_log_dropped_total";

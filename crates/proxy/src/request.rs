@@ -585,6 +585,68 @@ mod tests {
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").wants_keep_alive());
     }
 
+    /// Mutated heads (bytes flipped, dropped, duplicated; special bytes inserted) never panic
+    /// the parser, and a head that parses whole parses the same when it arrives in two reads.
+    #[test]
+    fn mutated_heads_never_panic_and_parse_the_same_in_pieces() {
+        let seeds: &[&[u8]] = &[
+            b"GET /a/b?x=1 HTTP/1.1\r\nHost: ex.com\r\nCookie: a=1; b=2\r\nX-Request-Id: r\r\n\r\n",
+            b"POST http://h:81/p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+            b"PUT / HTTP/1.0\r\nContent-Length: 12\r\nConnection: keep-alive, x\r\nx: 1\r\n\r\n",
+        ];
+        let specials = b"\r\n :,;\t\x00\x7f\xff/?#%*";
+        let mut rng = fastrand::Rng::with_seed(0x51_1ce);
+        for _ in 0..20_000 {
+            let mut bytes = seeds[rng.usize(..seeds.len())].to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..bytes.len());
+                match rng.u8(..4) {
+                    0 => bytes[at] = rng.u8(..),
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    2 => bytes.insert(at, specials[rng.usize(..specials.len())]),
+                    _ => {
+                        let b = bytes[at];
+                        bytes.insert(at, b);
+                    }
+                }
+            }
+            let whole = parse_h1(&mut BytesMut::from(&bytes[..]));
+            let split = rng.usize(..bytes.len());
+            let mut read = BytesMut::from(&bytes[..split]);
+            let first = parse_h1(&mut read);
+            let pieces = match first {
+                Ok(None) => {
+                    read.extend_from_slice(&bytes[split..]);
+                    parse_h1(&mut read)
+                }
+                other => other,
+            };
+            match (&whole, &pieces) {
+                (Ok(Some(a)), Ok(Some(b))) => {
+                    assert_eq!(
+                        (a.target(), a.host(), a.facts.body),
+                        (b.target(), b.host(), b.facts.body)
+                    );
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&bytes)),
+                (Ok(None), Ok(None)) => {}
+                // A prefix may fail where the whole does not only if it is itself complete
+                // (a head ending at the split): then both must be heads or errors alike.
+                _ => {
+                    let prefix_complete = bytes[..split].windows(2).any(|w| w == b"\n\n")
+                        || bytes[..split].windows(4).any(|w| w == b"\r\n\r\n");
+                    assert!(
+                        prefix_complete,
+                        "{:?} split at {split}: {whole:?} vs {pieces:?}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn chunked_and_expect() {
         let h = ok(

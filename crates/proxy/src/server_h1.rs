@@ -75,6 +75,7 @@ pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     pub(crate) keepalive_timeout: Duration,
     pub(crate) max_header_bytes: usize,
+    pub(crate) send_timeout: Duration,
     pub(crate) http2: bool,
 }
 
@@ -305,7 +306,7 @@ pub(crate) async fn serve(
                 return Ended::Closed;
             }
             HeadRead::Refused(err) => {
-                metrics.refused(err.kind);
+                metrics.closed(err.kind);
                 tracing::debug!(client = %cx.peer, status = err.status.as_u16(), reason = err.kind, detail = err.detail, "request head refused");
                 let body = format!(
                     "{{\"error\":\"{}\",\"detail\":\"{}\"}}\n",
@@ -345,7 +346,11 @@ pub(crate) async fn serve(
         drop(head);
         conn.expect = Continue::None;
         let draining = drained.is_fired();
-        match write_response(&mut conn, response, asked, draining).await {
+        let mut sender = Sender {
+            timer: &mut timer,
+            stall: limits.send_timeout,
+        };
+        match write_response(&mut conn, response, asked, draining, &mut sender).await {
             Ok(After::KeepAlive) => {}
             Ok(After::Close) => {
                 linger_close(&mut conn.io).await;
@@ -356,6 +361,9 @@ pub(crate) async fn serve(
                 return Ended::Closed;
             }
             Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    metrics.closed("send_timeout");
+                }
                 tracing::debug!(client = %cx.peer, error = %e, "writing the response failed");
                 return Ended::Closed;
             }
@@ -473,6 +481,7 @@ async fn write_response(
     response: ProxyResponse,
     asked: Asked,
     draining: bool,
+    sender: &mut Sender<'_>,
 ) -> io::Result<After> {
     let ProxyResponse {
         head,
@@ -537,7 +546,7 @@ async fn write_response(
         .await;
         let Some(frame) = next else {
             // The body waits for the instance: send what is ready meanwhile.
-            write_all(&mut conn.io, &conn.write).await?;
+            sender.send(&mut conn.io, &conn.write).await?;
             conn.write.clear();
             continue;
         };
@@ -562,9 +571,9 @@ async fn write_response(
                     if conn.write.len() + data.len() <= COALESCE {
                         conn.write.extend_from_slice(&data);
                     } else {
-                        write_all(&mut conn.io, &conn.write).await?;
+                        sender.send(&mut conn.io, &conn.write).await?;
                         conn.write.clear();
-                        write_all(&mut conn.io, &data).await?;
+                        sender.send(&mut conn.io, &data).await?;
                     }
                     if chunked {
                         conn.write.extend_from_slice(b"\r\n");
@@ -598,9 +607,9 @@ async fn write_response(
             }
         }
     }
-    write_all(&mut conn.io, &conn.write).await?;
+    sender.send(&mut conn.io, &conn.write).await?;
     conn.write.clear();
-    poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx)).await?;
+    sender.flush(&mut conn.io).await?;
     Ok(match switched {
         Some(s) if status == StatusCode::SWITCHING_PROTOCOLS => After::Tunnel(s),
         _ if keep && complete => After::KeepAlive,
@@ -628,6 +637,63 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
         if n == 0 {
             return &buf[i..];
         }
+    }
+}
+
+/// Writes to the client under `send_timeout`: a client that takes no bytes for that long
+/// (it stopped reading, its window stays shut) fails the write, which ends the connection.
+/// The timer is armed only when a write cannot proceed.
+struct Sender<'t> {
+    timer: &'t mut ConnTimer,
+    stall: Duration,
+}
+
+impl Sender<'_> {
+    async fn send(&mut self, io: &mut MaybeTls<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
+        let mut until = None;
+        poll_fn(|cx| {
+            while !bytes.is_empty() {
+                match Pin::new(&mut *io).poll_write(cx, bytes) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        bytes = &bytes[n..];
+                        until = None;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_stalled(&mut until, cx),
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Flushes what TLS holds back (a no-op for plain TCP), under the same timeout.
+    async fn flush(&mut self, io: &mut MaybeTls<TcpStream>) -> io::Result<()> {
+        let mut until = None;
+        poll_fn(|cx| match Pin::new(&mut *io).poll_flush(cx) {
+            Poll::Pending => self.poll_stalled(&mut until, cx),
+            done => done,
+        })
+        .await
+    }
+
+    /// A write cannot proceed: `Pending` until the client takes bytes or the stall timeout
+    /// passes (then an error).
+    fn poll_stalled(
+        &mut self,
+        until: &mut Option<Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let at = *until.get_or_insert_with(|| Instant::now() + self.stall);
+        ready!(self.timer.poll_until(at, cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client took no response bytes for {}ms (send_timeout)",
+                self.stall.as_millis()
+            ),
+        )))
     }
 }
 

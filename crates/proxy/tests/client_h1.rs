@@ -512,3 +512,40 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections_at_onc
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
+    let b = Backend::start("b");
+    let toml = format!(
+        "{LISTENER}send_timeout = \"300ms\"\n[[route]]\nservice = \"s\"\n\
+         [[service]]\nname = \"s\"\n{}\n",
+        instances(&[b.addr()])
+    );
+    let (_p, addr) = start(&toml).await;
+    let mut s = connect(addr);
+    s.write_all(b"GET /big/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 1000];
+    s.read_exact(&mut first).unwrap();
+    // Stop reading: the socket buffers fill and Sluice's writes stall.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let ended = s.read_to_end(&mut rest);
+    let total = first.len() + rest.len();
+    assert!(
+        ended.is_ok() || t.elapsed() < Duration::from_secs(4),
+        "the connection was closed, not left open: {ended:?} after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        total < 50_000_000,
+        "the response was cut off ({total} bytes arrived)"
+    );
+    // The instance and Sluice still serve others.
+    let mut other = connect(addr);
+    other
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut BufReader::new(other), false).status, 200);
+}
