@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use http::HeaderValue;
+use crate::headers::RequestId;
 
 use crate::access_log::{AccessLog, Entry, RequestInfo, proto_str, rfc3339_now};
 use crate::conn::ConnWatch;
@@ -46,7 +46,7 @@ pub(crate) struct Exchange {
     pub(crate) retries: u32,
     pub(crate) error: Option<ProxyErrorKind>,
     pub(crate) bytes_in: BytesIn,
-    request_id: HeaderValue,
+    request_id: RequestId,
     /// Boxed: only when the access log is on (it is most of this record's size otherwise).
     log: Option<Box<(AccessLog, RequestInfo)>>,
     done: bool,
@@ -56,7 +56,7 @@ impl Exchange {
     pub(crate) fn new(
         start: Instant,
         conn: Option<Arc<ConnWatch>>,
-        request_id: HeaderValue,
+        request_id: RequestId,
         log: Option<Box<(AccessLog, RequestInfo)>>,
     ) -> Self {
         Self {
@@ -150,7 +150,7 @@ impl Exchange {
             duration_ms: round_micros(elapsed.as_secs_f64() * 1000.0),
             upstream_ms: self.upstream_ms.map(round_micros),
             retries: self.retries,
-            request_id: self.request_id.to_str().unwrap_or_default(),
+            request_id: self.request_id.as_str(),
             error,
             completed,
             tls: info.tls.as_deref().map(crate::tls::ConnTls::log),

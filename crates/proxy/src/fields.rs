@@ -187,6 +187,15 @@ pub(crate) struct ConnectionTokens {
 impl ConnectionTokens {
     /// Notes the tokens of one `Connection` value.
     pub(crate) fn note(&mut self, value: &[u8]) {
+        // The usual values, a single token, without splitting the list.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;

@@ -35,7 +35,7 @@ use crate::conn::{ConnTimer, ConnWatch};
 use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
 use crate::h1::{OutgoingRequest, SendError, UpConn, UpResponse};
-use crate::headers::{self, UpstreamFields};
+use crate::headers::{RequestId, UpstreamFields};
 use crate::listener::ListenerShared;
 use crate::pool;
 use crate::request::RequestHead;
@@ -68,7 +68,7 @@ pub(crate) async fn handle(
     if let Some(watch) = &cx.watch {
         watch.request_started();
     }
-    let request_id = headers::request_id(head.request_id());
+    let request_id = RequestId::of(head);
     let rt = cx.listener.runtime.load();
     let host = head.host().and_then(|h| std::str::from_utf8(h).ok());
     let route = rt.table.lookup(host, head.path()).cloned();
@@ -139,7 +139,7 @@ pub(crate) async fn handle(
 pub(crate) fn local_error(
     err: &ProxyError,
     service: Option<&str>,
-    request_id: HeaderValue,
+    request_id: RequestId,
     mut exchange: Exchange,
 ) -> ProxyResponse {
     let (headers, bytes) = err.to_response(service, &request_id);
@@ -204,7 +204,7 @@ async fn forward<'a>(
     body: Option<RequestBody<'a>>,
     route: &Route,
     cx: &ConnCtx,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
     body_timeout: Duration,
     (start, deadline): (Instant, Instant),
     exchange: &mut Exchange,
@@ -345,7 +345,10 @@ async fn forward<'a>(
                         .record(latency.as_secs_f64());
                     exchange.upstream_ms = Some(latency.as_secs_f64() * 1000.0);
                     let status = response.status;
-                    if status.is_server_error() {
+                    // A switch nobody asked for: the client would be left speaking HTTP/1.1 to
+                    // a connection that no longer does.
+                    let unasked_switch = status == StatusCode::SWITCHING_PROTOCOLS && !upgrade;
+                    if status.is_server_error() || unasked_switch {
                         service.record_failure(&picked.instance, None, now_ms);
                     } else {
                         service.record_success(&picked.instance, now_ms);
@@ -372,27 +375,28 @@ async fn forward<'a>(
                             continue 'attempts;
                         }
                     }
+                    if unasked_switch {
+                        break ProxyError::new(
+                            ProxyErrorKind::BadResponse,
+                            format!("{addr} switched protocols unasked"),
+                        )
+                        .sent();
+                    }
                     if status == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the tunnel, when the client asked for
-                        // the switch (an unasked `101` is answered and the connection dropped).
-                        let switched =
-                            response
-                                .body
-                                .take_switched()
-                                .filter(|_| upgrade)
-                                .map(|conn| {
-                                    Box::new(Switched {
-                                        conn,
-                                        idle: cfg.timeouts.tunnel_idle,
-                                        addr,
-                                        // A tunnel to a primary ends when it is demoted (`on_demotion`).
-                                        demoted: if service.fails_over() {
-                                            picked.instance.session_token()
-                                        } else {
-                                            tokio_util::sync::CancellationToken::new()
-                                        },
-                                    })
-                                });
+                        // The connection now belongs to the tunnel.
+                        let switched = response.body.take_switched().map(|conn| {
+                            Box::new(Switched {
+                                conn,
+                                idle: cfg.timeouts.tunnel_idle,
+                                addr,
+                                // A tunnel to a primary ends when it is demoted (`on_demotion`).
+                                demoted: if service.fails_over() {
+                                    picked.instance.session_token()
+                                } else {
+                                    tokio_util::sync::CancellationToken::new()
+                                },
+                            })
+                        });
                         return Ok(Forwarded {
                             response,
                             upstream: UpstreamUse {

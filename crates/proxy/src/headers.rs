@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 
 use crate::fields::{Field, Kind};
@@ -31,7 +31,7 @@ pub(crate) struct UpstreamFields<'a> {
     forwarded_proto: &'static str,
     /// The host the client asked for (`X-Forwarded-Host`).
     forwarded_host: Option<&'a [u8]>,
-    request_id: &'a HeaderValue,
+    request_id: &'a RequestId,
     /// A protocol switch is asked for: `Upgrade` passes and `Connection: upgrade` is added.
     upgrade: bool,
     /// The TLS session's identity fields (added) and every configured identity field name
@@ -44,7 +44,7 @@ impl<'a> UpstreamFields<'a> {
         head: &'a RequestHead,
         client_ip: &'a HeaderValue,
         proto: &'static str,
-        request_id: &'a HeaderValue,
+        request_id: &'a RequestId,
         identity: Option<&'a crate::tls::ConnTls>,
     ) -> Self {
         Self {
@@ -106,32 +106,55 @@ impl<'a> UpstreamFields<'a> {
     }
 }
 
-/// The request's id: the client's `x-request-id` when it is short printable ASCII, else a new
-/// random 128-bit id in hex.
-pub(crate) fn request_id(client: Option<&[u8]>) -> HeaderValue {
-    if let Some(b) = client
-        && !b.is_empty()
-        && b.len() <= 128
-        && b.iter().all(|c| c.is_ascii_graphic())
-        && let Ok(v) = HeaderValue::from_bytes(b)
-    {
-        return v;
-    }
-    new_request_id()
+/// The request's id: the client's `x-request-id` when it is 1–128 printable ASCII characters
+/// (its bytes, shared with the request head), else a new random 128-bit id in hex (held inline:
+/// no allocation). It goes to the instance, back to the client and into the access log.
+#[derive(Debug, Clone)]
+pub(crate) enum RequestId {
+    Client(Bytes),
+    New([u8; 32]),
 }
 
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    for half in out.chunks_exact_mut(16) {
-        let mut n = fastrand::u64(..);
-        for b in half.iter_mut() {
-            *b = HEX[(n & 0xf) as usize];
-            n >>= 4;
+impl RequestId {
+    /// The id for the request `head`.
+    pub(crate) fn of(head: &RequestHead) -> Self {
+        match head.request_id_bytes() {
+            Some(b) if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) => {
+                RequestId::Client(b)
+            }
+            _ => RequestId::new(),
         }
     }
-    // 32 lower-case hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+
+    fn new() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for half in out.chunks_exact_mut(16) {
+            let mut n = fastrand::u64(..);
+            for b in half.iter_mut() {
+                *b = HEX[(n & 0xf) as usize];
+                n >>= 4;
+            }
+        }
+        RequestId::New(out)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Client(b) => b,
+            RequestId::New(b) => b,
+        }
+    }
+
+    /// As text (it is printable ASCII either way).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// As a header value (for HTTP/2 responses).
+    pub(crate) fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +172,7 @@ mod tests {
     fn upstream(text: &str, host: Option<&[u8]>) -> Vec<String> {
         let h = head(text);
         let ip = client_ip_value("127.0.0.1".parse().unwrap());
-        let id = HeaderValue::from_static("id-1");
+        let id = RequestId::Client(Bytes::from_static(b"id-1"));
         let fields = UpstreamFields::new(&h, &ip, "http", &id, None);
         let mut out = BytesMut::new();
         let buf = h.buffer();
@@ -221,9 +244,19 @@ mod tests {
 
     #[test]
     fn request_ids_are_kept_or_generated() {
-        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
-        let fresh = request_id(Some(b"bad value with spaces"));
-        assert_eq!(fresh.len(), 32);
-        assert_ne!(fresh, request_id(None));
+        let id = |field: &str| {
+            RequestId::of(&head(&format!("GET / HTTP/1.1\r\nHost: a\r\n{field}\r\n")))
+        };
+        assert_eq!(id("X-Request-Id: abc-123\r\n").as_str(), "abc-123");
+        let fresh = id("X-Request-Id: bad value with spaces\r\n");
+        assert_eq!(fresh.as_str().len(), 32);
+        assert!(fresh.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(fresh.as_str(), id("").as_str());
+        assert_eq!(
+            id(&format!("X-Request-Id: {}\r\n", "x".repeat(129)))
+                .as_str()
+                .len(),
+            32
+        );
     }
 }

@@ -361,7 +361,10 @@ async fn serve_connection(
     runtime: Arc<ListenerRuntime>,
     drain: &Signal,
 ) {
-    let Some((stream, tls)) = crate::tls::admit(stream, peer, &shared.name, &runtime).await else {
+    // Boxed, as HTTP/2 below: the TLS handshake's and hyper's HTTP/2 state would otherwise be
+    // part of every connection's size, idle HTTP/1.x ones included.
+    let admitted = Box::pin(crate::tls::admit(stream, peer, &shared.name, &runtime)).await;
+    let Some((stream, tls)) = admitted else {
         return;
     };
     let config = &runtime.config;
@@ -400,5 +403,11 @@ async fn serve_connection(
         config.keepalive_timeout,
         shared.timer_metrics.clone(),
     );
-    crate::server_h2::serve(io, Arc::new(cx), &runtime.h2, drain).await;
+    Box::pin(crate::server_h2::serve(
+        io,
+        Arc::new(cx),
+        &runtime.h2,
+        drain,
+    ))
+    .await;
 }

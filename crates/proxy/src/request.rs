@@ -142,8 +142,11 @@ impl RequestHead {
         self.facts.host.is_some()
     }
 
-    pub(crate) fn request_id(&self) -> Option<&[u8]> {
-        self.field_at(self.facts.request_id)
+    /// The client's `x-request-id`, sharing the head's buffer.
+    pub(crate) fn request_id_bytes(&self) -> Option<Bytes> {
+        self.facts
+            .request_id
+            .map(|i| self.buf.slice(self.fields[usize::from(i)].value.range()))
     }
 
     /// The first `X-Forwarded-For` value.
@@ -519,7 +522,7 @@ mod tests {
         assert_eq!(h.target(), "/a/b?x=1");
         assert_eq!(h.host(), Some(&b"Ex.com"[..]));
         assert_eq!(h.facts.body, BodyLength::Length(5));
-        assert_eq!(h.request_id(), Some(&b"r1"[..]));
+        assert_eq!(h.request_id_bytes().as_deref(), Some(&b"r1"[..]));
         assert_eq!(h.cookie("s"), Some(&b"xyz"[..]));
         assert_eq!(h.get("content-length"), Some(&b"5"[..]));
         assert!(h.named_by_connection(b"x-secret"));

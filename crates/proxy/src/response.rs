@@ -17,6 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::body::DownBody;
 use crate::fields::{ConnectionTokens, Field, Kind, Span};
 use crate::h1::UpConn;
+use crate::headers::RequestId;
 
 /// A response head as an instance sent it.
 #[derive(Debug)]
@@ -93,7 +94,7 @@ pub(crate) struct Switched {
 #[derive(Debug)]
 pub(crate) struct ProxyResponse {
     pub(crate) head: ResponseHead,
-    pub(crate) request_id: HeaderValue,
+    pub(crate) request_id: RequestId,
     pub(crate) body: DownBody,
     pub(crate) switched: Option<Box<Switched>>,
 }
@@ -121,7 +122,7 @@ impl ProxyResponse {
                 map
             }
         };
-        headers.insert(crate::headers::X_REQUEST_ID, self.request_id);
+        headers.insert(crate::headers::X_REQUEST_ID, self.request_id.header_value());
         let mut response = http::Response::new(self.body);
         *response.status_mut() = self.head.status;
         *response.headers_mut() = headers;
@@ -147,7 +148,7 @@ pub(crate) enum WireFraming {
 pub(crate) fn encode_h1(
     out: &mut BytesMut,
     head: &ResponseHead,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
     length: Option<u64>,
     framing: WireFraming,
     connection: ConnectionField,
@@ -282,7 +283,7 @@ mod tests {
         encode_h1(
             &mut out,
             &head,
-            &HeaderValue::from_static("id-1"),
+            &RequestId::Client(Bytes::from_static(b"id-1")),
             Some(0),
             WireFraming::Length,
             ConnectionField::Close,

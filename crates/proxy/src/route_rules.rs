@@ -48,7 +48,7 @@ pub(crate) fn local_answer(
 pub(crate) fn respond(
     answer: LocalAnswer,
     route: &Route,
-    request_id: HeaderValue,
+    request_id: crate::headers::RequestId,
     mut exchange: Exchange,
 ) -> ProxyResponse {
     match answer {

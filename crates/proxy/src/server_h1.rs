@@ -34,7 +34,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -58,8 +58,11 @@ use crate::response::{
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made in the read buffer before reading a request head: most heads fit, and an idle
+/// connection holds no more than this (it grows for larger heads, up to `max_header_bytes`).
+const HEAD_CHUNK: usize = 4 * 1024;
+/// Room made in the read buffer before reading request body bytes.
+const BODY_CHUNK: usize = 16 * 1024;
 /// Body bytes copied next to the head (or to earlier frames) to leave in one write; larger
 /// frames are written on their own.
 const COALESCE: usize = 16 * 1024;
@@ -119,6 +122,38 @@ enum Continue {
     Writing(usize),
     /// Written; to be flushed.
     Flush,
+}
+
+impl ClientConn {
+    /// Reads head bytes into the buffer. A connection without a buffer yet (a new one) reads
+    /// into a small stack buffer first and allocates only when bytes arrive: thousands of
+    /// connections that have sent nothing yet hold no read buffers.
+    fn poll_read_head_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() > 0 {
+            self.read.reserve(HEAD_CHUNK);
+            return tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
+        }
+        let mut first = [0u8; 2048];
+        let mut buf = ReadBuf::new(&mut first);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let got = buf.filled();
+        if !got.is_empty() {
+            self.read.reserve(HEAD_CHUNK.max(got.len()));
+            self.read.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
+    }
+
+    /// Frees buffers a large message grew, before the connection waits idle: an idle
+    /// keep-alive connection keeps a few KiB, whatever it carried before.
+    fn shed_buffers(&mut self) {
+        if self.write.capacity() > BODY_CHUNK {
+            self.write = BytesMut::new();
+        }
+        if self.read.is_empty() && self.read.capacity() > BODY_CHUNK {
+            self.read = BytesMut::new();
+        }
+    }
 }
 
 /// The request body, read from the client's connection by the request's own task.
@@ -211,7 +246,7 @@ impl Body for H1Body<'_> {
                     }
                 },
             }
-            c.read.reserve(READ_CHUNK);
+            c.read.reserve(BODY_CHUNK);
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut c.io),
                 cx,
@@ -281,7 +316,7 @@ pub(crate) async fn serve(
 ) -> Ended {
     let mut conn = ClientConn {
         io,
-        read: BytesMut::with_capacity(READ_CHUNK),
+        read: BytesMut::new(),
         write: BytesMut::new(),
         body: BodyState::Done,
         expect: Continue::None,
@@ -302,7 +337,12 @@ pub(crate) async fn serve(
             HeadRead::HeadTimeout => {
                 metrics.header_timeouts.increment(1);
                 tracing::debug!(client = %cx.peer, "client sent an incomplete request head for too long; answering 408");
-                refuse(&mut conn, StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT_BODY).await;
+                Box::pin(refuse(
+                    &mut conn,
+                    StatusCode::REQUEST_TIMEOUT,
+                    REQUEST_TIMEOUT_BODY,
+                ))
+                .await;
                 return Ended::Closed;
             }
             HeadRead::Refused(err) => {
@@ -312,7 +352,7 @@ pub(crate) async fn serve(
                     "{{\"error\":\"{}\",\"detail\":\"{}\"}}\n",
                     err.kind, err.detail
                 );
-                refuse(&mut conn, err.status, body.as_bytes()).await;
+                Box::pin(refuse(&mut conn, err.status, body.as_bytes())).await;
                 return Ended::Closed;
             }
         };
@@ -341,7 +381,7 @@ pub(crate) async fn serve(
             }
         } else {
             let body = RequestBody::H1(H1Body { conn: &mut conn });
-            forward::handle(&head, Some(body), cx, &mut timer).await
+            Box::pin(forward::handle(&head, Some(body), cx, &mut timer)).await
         };
         drop(head);
         conn.expect = Continue::None;
@@ -351,13 +391,15 @@ pub(crate) async fn serve(
             stall: limits.send_timeout,
         };
         match write_response(&mut conn, response, asked, draining, &mut sender).await {
-            Ok(After::KeepAlive) => {}
+            Ok(After::KeepAlive) => conn.shed_buffers(),
             Ok(After::Close) => {
                 linger_close(&mut conn.io).await;
                 return Ended::Closed;
             }
             Ok(After::Tunnel(switched)) => {
-                tunnel(conn, switched).await;
+                // Boxed, as the rare paths below: only what every request needs stays in the
+                // connection's state.
+                Box::pin(tunnel(conn, switched)).await;
                 return Ended::Closed;
             }
             Err(e) => {
@@ -411,9 +453,8 @@ async fn read_head(
             if conn.read.is_empty() && drained.poll_fired(cx).is_ready() {
                 return Poll::Ready(HeadRead::Quiet);
             }
-            conn.read.reserve(READ_CHUNK);
             let before = conn.read.len();
-            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read) {
+            match conn.poll_read_head_bytes(cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(HeadRead::Quiet),
                 Poll::Ready(Ok(_)) => {
                     // A head can only have ended where a line ended: re-parse then, not on
@@ -458,13 +499,15 @@ async fn handle_watching_close(
     cx: &ConnCtx,
     timer: &mut ConnTimer,
 ) -> Option<ProxyResponse> {
-    let mut handler = pin!(forward::handle(head, None, cx, timer));
+    // Boxed: the handler's state is most of a connection's size, and an idle keep-alive
+    // connection (most of them, most of the time) then holds none of it.
+    let mut handler = Box::pin(forward::handle(head, None, cx, timer));
     poll_fn(|task| {
         if let Poll::Ready(response) = handler.as_mut().poll(task) {
             return Poll::Ready(Some(response));
         }
         if conn.read.is_empty() {
-            conn.read.reserve(READ_CHUNK);
+            conn.read.reserve(HEAD_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), task, &mut conn.read) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(_)) | Poll::Pending => {}
@@ -746,7 +789,8 @@ async fn linger_close(io: &mut MaybeTls<TcpStream>) {
         return;
     }
     let mut discarded = 0;
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would be part of every connection's state.
+    let mut scratch = vec![0u8; 4096];
     let until = Instant::now() + LINGER_TIME;
     loop {
         let mut buf = ReadBuf::new(&mut scratch);

@@ -549,3 +549,15 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
         .unwrap();
     assert_eq!(read_answer(&mut BufReader::new(other), false).status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_protocol_switch_is_a_bad_upstream_response() {
+    let up =
+        scripted(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n");
+    let (_p, addr) = start(&config(up, "")).await;
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let a = read_answer(&mut BufReader::new(s), false);
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"], "bad_upstream_response");
+}
