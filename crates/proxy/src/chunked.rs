@@ -158,8 +158,7 @@ pub(crate) fn encode_data(out: &mut BytesMut, data: Bytes, chunked: bool) {
         return;
     }
     if chunked {
-        use std::fmt::Write as _;
-        let _ = write!(ChunkHeader(out), "{:x}\r\n", data.len());
+        put_size_line(out, data.len());
         out.extend_from_slice(&data);
         out.extend_from_slice(b"\r\n");
     } else {
@@ -167,13 +166,21 @@ pub(crate) fn encode_data(out: &mut BytesMut, data: Bytes, chunked: bool) {
     }
 }
 
-struct ChunkHeader<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for ChunkHeader<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// Appends a chunk-size line: `len` in lower-case hex, then CRLF.
+pub(crate) fn put_size_line(out: &mut BytesMut, mut len: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = DIGITS[len & 0xf];
+        len >>= 4;
+        if len == 0 {
+            break;
+        }
     }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -228,16 +235,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..20_000 {
             let mut bytes = seed.to_vec();
-            for _ in 0..rng.usize(1..4) {
-                let at = rng.usize(..bytes.len());
-                match rng.u8(..3) {
-                    0 => bytes[at] = rng.u8(..),
-                    1 => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.insert(at, *b"\r\n;0fF \t:".get(rng.usize(..10)).unwrap_or(&0)),
-                }
-            }
+            crate::testing::mutate(&mut rng, &mut bytes, b"\r\n;0fF \t:");
             let mut state = Chunked::Size;
             let mut read = BytesMut::new();
             let mut fed = 0;
@@ -254,6 +252,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn size_lines_are_hex() {
+        let mut out = BytesMut::new();
+        for n in [0, 9, 10, 255, 4096, usize::MAX] {
+            put_size_line(&mut out, n);
+        }
+        assert_eq!(
+            &out[..],
+            b"0\r\n9\r\na\r\nff\r\n1000\r\nffffffffffffffff\r\n"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, UpBody};
@@ -216,7 +216,7 @@ impl UpConn {
         }
         // The head (with a small body) in one write. A failure here means nothing was taken
         // by the instance: on a reused connection it is the keep-alive race.
-        if let Err(e) = write_all(&mut self.io, &self.write).await {
+        if let Err(e) = self.io.write_all(&self.write).await {
             tracing::trace!(error = %e, "writing the request head failed");
             return Err(SendError::Unsent {
                 reused,
@@ -231,9 +231,9 @@ impl UpConn {
                         let mut frame = BytesMut::new();
                         encode_data(&mut frame, b, true);
                         frame.extend_from_slice(b"0\r\n\r\n");
-                        write_all(&mut self.io, &frame).await
+                        self.io.write_all(&frame).await
                     } else {
-                        write_all(&mut self.io, &b).await
+                        self.io.write_all(&b).await
                     }
                     .map_err(SendError::Io)?;
                 }
@@ -527,17 +527,6 @@ fn only_interim(read: &mut BytesMut) -> Result<bool, String> {
         }
     }
     Ok(true)
-}
-
-async fn write_all(io: &mut UpIo, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
 }
 
 /// How the response body is delimited (RFC 9112 §6.3). A `Transfer-Encoding` overrides

@@ -37,6 +37,8 @@ mod server_h1;
 mod server_h2;
 mod sni;
 mod tcp;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod tunnel;
 mod upstream;

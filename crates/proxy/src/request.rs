@@ -601,20 +601,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(0x51_1ce);
         for _ in 0..20_000 {
             let mut bytes = seeds[rng.usize(..seeds.len())].to_vec();
-            for _ in 0..rng.usize(1..4) {
-                let at = rng.usize(..bytes.len());
-                match rng.u8(..4) {
-                    0 => bytes[at] = rng.u8(..),
-                    1 => {
-                        bytes.remove(at);
-                    }
-                    2 => bytes.insert(at, specials[rng.usize(..specials.len())]),
-                    _ => {
-                        let b = bytes[at];
-                        bytes.insert(at, b);
-                    }
-                }
-            }
+            crate::testing::mutate(&mut rng, &mut bytes, specials);
             let whole = parse_h1(&mut BytesMut::from(&bytes[..]));
             let split = rng.usize(..bytes.len());
             let mut read = BytesMut::from(&bytes[..split]);

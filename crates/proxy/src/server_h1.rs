@@ -607,9 +607,7 @@ async fn write_response(
                         continue;
                     }
                     if chunked {
-                        let mut digits = [0u8; 16];
-                        conn.write.extend_from_slice(hex(data.len(), &mut digits));
-                        conn.write.extend_from_slice(b"\r\n");
+                        chunked::put_size_line(&mut conn.write, data.len());
                     }
                     if conn.write.len() + data.len() <= COALESCE {
                         conn.write.extend_from_slice(&data);
@@ -669,20 +667,6 @@ async fn drop_until_end<B: Body + Unpin>(body: &mut B) {
     {}
 }
 
-/// `n` in lower-case hex, in `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = DIGITS[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 /// Writes to the client under `send_timeout`: a client that takes no bytes for that long
 /// (it stopped reading, its window stays shut) fails the write, which ends the connection.
 /// The timer is armed only when a write cannot proceed.
@@ -740,17 +724,6 @@ impl Sender<'_> {
     }
 }
 
-async fn write_all(io: &mut MaybeTls<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
-}
-
 const REQUEST_TIMEOUT_BODY: &[u8] =
     b"{\"error\":\"request header timeout\",\"detail\":\"the request head was incomplete\"}";
 
@@ -767,8 +740,9 @@ async fn refuse(conn: &mut ClientConn, status: StatusCode, body: &[u8]) {
     out.extend_from_slice(body);
     // Best effort: a client that sent a bad head may be gone already.
     let sent = tokio::time::timeout(LINGER_TIME, async {
-        write_all(&mut conn.io, &out).await?;
-        poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx)).await
+        use tokio::io::AsyncWriteExt as _;
+        conn.io.write_all(&out).await?;
+        conn.io.flush().await
     })
     .await;
     if matches!(sent, Ok(Ok(()))) {

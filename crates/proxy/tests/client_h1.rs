@@ -23,6 +23,13 @@ fn config(backend: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// Connects and sends `bytes`; the connection is read through the returned reader.
+fn send(addr: SocketAddr, bytes: &[u8]) -> BufReader<TcpStream> {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    BufReader::new(s)
+}
+
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -156,14 +163,12 @@ fn scripted(reply: &'static [u8]) -> SocketAddr {
 async fn pipelined_requests_are_answered_in_order() {
     let b = Backend::start("b");
     let (_p, addr) = start(&config(b.addr(), "")).await;
-    let mut s = connect(addr);
-    s.write_all(
+    let mut r = send(
+        addr,
         b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
           GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
+    );
     let first = read_answer(&mut r, false);
     let second = read_answer(&mut r, false);
     let echo = read_answer(&mut r, false);
@@ -183,10 +188,10 @@ async fn http10_clients_get_bodies_they_can_delimit() {
 
     // A body of unknown length (the backend streams it chunked) cannot be chunked to an
     // HTTP/1.0 client: it ends with the connection.
-    let mut s = connect(addr);
-    s.write_all(b"GET /stall-body/0 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
-        .unwrap();
-    let mut r = BufReader::new(s);
+    let mut r = send(
+        addr,
+        b"GET /stall-body/0 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    );
     let a = read_answer(&mut r, false);
     assert_eq!(a.status, 200);
     assert_eq!(a.field("transfer-encoding"), None);
@@ -322,9 +327,7 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
         ),
     ];
     for (request, status, error) in cases {
-        let mut s = connect(addr);
-        s.write_all(request.as_bytes()).unwrap();
-        let mut r = BufReader::new(s);
+        let mut r = send(addr, request.as_bytes());
         let a = read_answer(&mut r, false);
         assert_eq!(a.status, *status, "{request:?}");
         assert_eq!(a.json()["error"], *error, "{request:?}");
@@ -338,12 +341,10 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
 async fn head_responses_carry_no_body_and_keep_the_connection() {
     let b = Backend::start("b");
     let (_p, addr) = start(&config(b.addr(), "")).await;
-    let mut s = connect(addr);
-    s.write_all(
+    let mut r = send(
+        addr,
         b"HEAD /big/1000 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
+    );
     let head = read_answer(&mut r, true);
     assert_eq!(head.status, 200);
     assert_eq!(head.field("content-length"), Some("1000"));
@@ -358,12 +359,10 @@ async fn trailers_go_to_clients_that_accept_them_and_date_is_added() {
           3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
     );
     let (_p, addr) = start(&config(up, "")).await;
-    let mut s = connect(addr);
-    s.write_all(
+    let mut r = send(
+        addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
+    );
     let with = read_answer(&mut r, false);
     assert_eq!(with.body, b"abc");
     assert_eq!(with.field("trailer:x-checksum"), Some("42"));
@@ -381,10 +380,10 @@ async fn trailers_go_to_clients_that_accept_them_and_date_is_added() {
 async fn connection_close_and_unread_bodies_end_the_connection() {
     let b = Backend::start("b");
     let (_p, addr) = start(&config(b.addr(), "")).await;
-    let mut s = connect(addr);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut r = BufReader::new(s);
+    let mut r = send(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(
         read_answer(&mut r, false).field("connection"),
         Some("close")
@@ -398,10 +397,10 @@ async fn connection_close_and_unread_bodies_end_the_connection() {
         instances(&[b.addr()])
     );
     let (_p2, addr2) = start(&toml).await;
-    let mut s = connect(addr2);
-    s.write_all(b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
-        .unwrap();
-    let mut r = BufReader::new(s);
+    let mut r = send(
+        addr2,
+        b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial",
+    );
     let a = read_answer(&mut r, false);
     assert_eq!((a.status, a.field("connection")), (404, Some("close")));
     assert!(closed_by_server(&mut r));
@@ -419,10 +418,13 @@ async fn absolute_form_targets_route_by_their_host() {
         instances(&[other.addr()])
     );
     let (_p, addr) = start(&toml).await;
-    let mut s = connect(addr);
-    s.write_all(b"GET http://app.example/x?y=1 HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
-        .unwrap();
-    let answer = read_answer(&mut BufReader::new(s), false);
+    let answer = read_answer(
+        &mut send(
+            addr,
+            b"GET http://app.example/x?y=1 HTTP/1.1\r\nHost: elsewhere\r\n\r\n",
+        ),
+        false,
+    );
     let j = answer.json();
     assert_eq!(j["backend"], "a");
     assert_eq!(j["path"], "/x");
@@ -555,9 +557,7 @@ async fn an_unasked_protocol_switch_is_a_bad_upstream_response() {
     let up =
         scripted(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n");
     let (_p, addr) = start(&config(up, "")).await;
-    let mut s = connect(addr);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let a = read_answer(&mut BufReader::new(s), false);
+    let a = read_answer(&mut send(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), false);
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["error"], "bad_upstream_response");
 }
