@@ -6,7 +6,8 @@
 #   CONTENDERS="nginx sluice" benches/side-by-side/http.sh 3 5   # a subset
 #
 # Per contender and round: wrk -t1 -c50 for max throughput (req/s, proxy CPU µs per request from
-# /proc), then `loadgen` at a fixed RATE for open-loop latency (p50/p99/p99.9), then RSS.
+# /proc), then `loadgen` at a fixed RATE for open-loop latency (p50/p99/p99.9) and CPU µs per request
+# at that rate, then RSS.
 # Contenders run one after another, interleaved over ROUNDS rounds; medians are reported.
 # Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
 set -euo pipefail
@@ -125,10 +126,16 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ -n "${pid[$who]}" ] && [ "$total" -gt 0 ]; then
       cpu_us=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", d / hz * 1e6 / n}')
     fi
+    before=0; [ -n "${pid[$who]}" ] && before=$(ticks "${pid[$who]}")
     lat=$(taskset -c 1 target/release/loadgen --url "$url" --rate "$RATE" --connections 50 --duration "$SECS")
+    after=0; [ -n "${pid[$who]}" ] && after=$(ticks "${pid[$who]}")
+    fixed_cpu_us="-"
+    if [ -n "${pid[$who]}" ]; then
+      fixed_cpu_us=$(python3 -c 'import json,sys; n=json.loads(sys.argv[1])["requests"]; print(f"{int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / n:.2f}")' "$lat" $((after - before)) "$hz")
+    fi
     rss="-"; [ -n "${pid[$who]}" ] && rss=$(rss_kb "${pid[$who]}")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$who" "$rps" "$cpu_us" "$lat" "$rss" "$errors" >> "$results"
-    echo "round $round $who: $rps req/s, ${cpu_us} µs CPU/req, latency $lat, rss ${rss} kB ${errors}" >&2
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$who" "$rps" "$cpu_us" "$lat" "$rss" "$errors" "$fixed_cpu_us" >> "$results"
+    echo "round $round $who: $rps req/s, ${cpu_us} µs CPU/req, at $RATE req/s ${fixed_cpu_us} µs CPU/req, latency $lat, rss ${rss} kB ${errors}" >&2
   done
 done
 
@@ -137,22 +144,24 @@ import json, statistics, sys
 path, rate, secs, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 rows = {}
 for line in open(path):
-    rnd, who, rps, cpu, lat, rss, errs = line.rstrip("\n").split("\t")
+    rnd, who, rps, cpu, lat, rss, errs, fixed_cpu = line.rstrip("\n").split("\t")
     j = json.loads(lat)
-    rows.setdefault(who, []).append((float(rps), None if cpu == "-" else float(cpu), j, None if rss == "-" else int(rss), errs))
+    rows.setdefault(who, []).append((float(rps), None if cpu == "-" else float(cpu), j, None if rss == "-" else int(rss), errs,
+                                     None if fixed_cpu == "-" else float(fixed_cpu)))
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 summary = {}
 for who, rs in rows.items():
     summary[who] = dict(
         rps=med([r[0] for r in rs]),
         cpu=med([r[1] for r in rs if r[1] is not None]),
+        fixed_cpu=med([r[5] for r in rs if r[5] is not None]),
         p50=med([r[2]["p50_us"] for r in rs]), p99=med([r[2]["p99_us"] for r in rs]),
         p999=med([r[2]["p999_us"] for r in rs]),
         lat_err=sum(r[2]["errors"] for r in rs), rss=med([r[3] for r in rs if r[3] is not None]),
         errs="".join(r[4] for r in rs))
-print(f"Medians of {rounds} rounds; wrk -t1 -c50 -d{secs}s for req/s and CPU; loadgen at {rate} req/s, 50 connections, {secs}s for latency.\n")
-print("| contender | req/s | vs nginx | CPU µs/req | vs nginx | p50 µs | p99 µs | p99.9 µs | RSS MiB |")
-print("|---|---|---|---|---|---|---|---|---|")
+print(f"Medians of {rounds} rounds; wrk -t1 -c50 -d{secs}s for req/s and CPU at saturation; loadgen at {rate} req/s, 50 connections, {secs}s for CPU at that rate and latency.\n")
+print(f"| contender | req/s | vs nginx | CPU µs/req | vs nginx | CPU µs/req at {rate}/s | vs nginx | p50 µs | p99 µs | p99.9 µs | RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 n = summary.get("nginx")
 for who in ["direct", "nginx", "haproxy", "sluice"]:
     s = summary.get(who)
@@ -160,8 +169,10 @@ for who in ["direct", "nginx", "haproxy", "sluice"]:
     cpu = "—" if s["cpu"] != s["cpu"] else f'{s["cpu"]:.2f}'
     rr = f'{s["rps"]/n["rps"]:.2f}×' if n else ""
     cr = "—" if s["cpu"] != s["cpu"] else f'{s["cpu"]/n["cpu"]:.2f}×'
+    fixed = "—" if s["fixed_cpu"] != s["fixed_cpu"] else f'{s["fixed_cpu"]:.2f}'
+    fr = "—" if s["fixed_cpu"] != s["fixed_cpu"] else f'{s["fixed_cpu"]/n["fixed_cpu"]:.2f}×'
     rss = "—" if s["rss"] != s["rss"] else f'{s["rss"]/1024:.1f}'
-    print(f'| {who} | {s["rps"]:.0f} | {rr} | {cpu} | {cr} | {s["p50"]:.0f} | {s["p99"]:.0f} | {s["p999"]:.0f} | {rss} |')
+    print(f'| {who} | {s["rps"]:.0f} | {rr} | {cpu} | {cr} | {fixed} | {fr} | {s["p50"]:.0f} | {s["p99"]:.0f} | {s["p999"]:.0f} | {rss} |')
 bad = {w: s["errs"] + (f' loadgen errors: {s["lat_err"]}' if s["lat_err"] else "") for w, s in summary.items() if s["errs"] or s["lat_err"]}
 if bad: print("\nerrors:", bad)
 PY

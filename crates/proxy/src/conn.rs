@@ -110,8 +110,9 @@ impl ConnTimer {
     }
 }
 
-/// An HTTP/2 client socket: the bytes already read come first, and it reads as closed once
-/// the connection idled out.
+/// An HTTP/2 client socket: the bytes already read come first, it reads as closed once the
+/// connection idled out, and its writes fail once the client has taken no bytes for
+/// `send_timeout` (hyper then closes the connection).
 #[derive(Debug)]
 pub(crate) struct H2Io {
     stream: MaybeTls<TcpStream>,
@@ -123,6 +124,11 @@ pub(crate) struct H2Io {
     /// `ConnWatch::went_idle` as last seen; a change starts a new idle period.
     seen_idle: u64,
     timer: ConnTimer,
+    send_timeout: Duration,
+    /// When a write that cannot proceed fails; `None` while writes make progress.
+    send_stalled_until: Option<Instant>,
+    /// Separate from the idle timer: reads and writes wait at once, for different deadlines.
+    send_timer: ConnTimer,
     metrics: ClientTimerMetrics,
 }
 
@@ -131,21 +137,48 @@ impl H2Io {
         stream: MaybeTls<TcpStream>,
         replay: BytesMut,
         watch: Arc<ConnWatch>,
-        header_timeout: Duration,
-        keepalive_timeout: Duration,
+        timeouts: H2Timeouts,
         metrics: ClientTimerMetrics,
     ) -> Self {
         Self {
             stream,
             replay,
             watch,
-            keepalive_timeout,
+            keepalive_timeout: timeouts.keepalive,
             // A new connection that never opens a stream gets the head timeout, not keep-alive.
-            idle_until: Some(Instant::now() + header_timeout),
+            idle_until: Some(Instant::now() + timeouts.header),
             seen_idle: 0,
             timer: ConnTimer::default(),
+            send_timeout: timeouts.send,
+            send_stalled_until: None,
+            send_timer: ConnTimer::default(),
             metrics,
         }
+    }
+
+    /// What a write (or flush) returned, under `send_timeout`: progress clears the stall, a
+    /// write that cannot proceed waits for the client or fails when the timeout passes.
+    fn under_send_timeout<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if !polled.is_pending() {
+            self.send_stalled_until = None;
+            return polled;
+        }
+        let at = *self
+            .send_stalled_until
+            .get_or_insert_with(|| Instant::now() + self.send_timeout);
+        ready!(self.send_timer.poll_until(at, cx));
+        self.metrics.closed("send_timeout");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client took no bytes for {}ms (send_timeout)",
+                self.send_timeout.as_millis()
+            ),
+        )))
     }
 
     /// The idle deadline that applies now, if no stream is open.
@@ -200,7 +233,8 @@ impl AsyncWrite for H2Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.under_send_timeout(polled, cx)
     }
 
     fn poll_write_vectored(
@@ -208,7 +242,8 @@ impl AsyncWrite for H2Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.under_send_timeout(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -216,12 +251,26 @@ impl AsyncWrite for H2Io {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.under_send_timeout(polled, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        // TLS sends what it holds back (and close_notify) first: that too can stall.
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.under_send_timeout(polled, cx)
     }
+}
+
+/// The client-side timeouts of an HTTP/2 connection (from the listener's config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct H2Timeouts {
+    /// Until the first stream opens.
+    pub(crate) header: Duration,
+    /// Between streams.
+    pub(crate) keepalive: Duration,
+    /// While the client takes no bytes.
+    pub(crate) send: Duration,
 }
 
 /// A one-way signal from a listener to its connections (drain, cut off), cheap to check per

@@ -399,8 +399,11 @@ async fn serve_connection(
         stream,
         replay,
         watch,
-        config.header_read_timeout,
-        config.keepalive_timeout,
+        crate::conn::H2Timeouts {
+            header: config.header_read_timeout,
+            keepalive: config.keepalive_timeout,
+            send: config.send_timeout,
+        },
         shared.timer_metrics.clone(),
     );
     Box::pin(crate::server_h2::serve(
