@@ -127,6 +127,8 @@ pub(crate) struct H2Io {
     send_timeout: Duration,
     /// When a write that cannot proceed fails; `None` while writes make progress.
     send_stalled_until: Option<Instant>,
+    /// The send timeout has passed: every later write fails at once (counted once).
+    send_timed_out: bool,
     /// Separate from the idle timer: reads and writes wait at once, for different deadlines.
     send_timer: ConnTimer,
     metrics: ClientTimerMetrics,
@@ -151,6 +153,7 @@ impl H2Io {
             timer: ConnTimer::default(),
             send_timeout: timeouts.send,
             send_stalled_until: None,
+            send_timed_out: false,
             send_timer: ConnTimer::default(),
             metrics,
         }
@@ -167,18 +170,17 @@ impl H2Io {
             self.send_stalled_until = None;
             return polled;
         }
-        let at = *self
-            .send_stalled_until
-            .get_or_insert_with(|| Instant::now() + self.send_timeout);
-        ready!(self.send_timer.poll_until(at, cx));
-        self.metrics.closed("send_timeout");
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "the client took no bytes for {}ms (send_timeout)",
-                self.send_timeout.as_millis()
-            ),
-        )))
+        if !self.send_timed_out {
+            let at = *self
+                .send_stalled_until
+                .get_or_insert_with(|| Instant::now() + self.send_timeout);
+            ready!(self.send_timer.poll_until(at, cx));
+            // hyper may still try to shut the socket down (TLS: flush and close_notify),
+            // which stalls the same way: that is the same timeout, not another one.
+            self.send_timed_out = true;
+            self.metrics.closed("send_timeout");
+        }
+        Poll::Ready(Err(send_timed_out(self.send_timeout)))
     }
 
     /// The idle deadline that applies now, if no stream is open.
@@ -260,6 +262,17 @@ impl AsyncWrite for H2Io {
         let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
         self.under_send_timeout(polled, cx)
     }
+}
+
+/// The error of a write to a client that took no bytes for `send_timeout`.
+pub(crate) fn send_timed_out(send_timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the client took no response bytes for {}ms (send_timeout)",
+            send_timeout.as_millis()
+        ),
+    )
 }
 
 /// The client-side timeouts of an HTTP/2 connection (from the listener's config).

@@ -714,13 +714,7 @@ impl Sender<'_> {
     ) -> Poll<io::Result<()>> {
         let at = *until.get_or_insert_with(|| Instant::now() + self.stall);
         ready!(self.timer.poll_until(at, cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "the client took no response bytes for {}ms (send_timeout)",
-                self.stall.as_millis()
-            ),
-        )))
+        Poll::Ready(Err(crate::conn::send_timed_out(self.stall)))
     }
 }
 

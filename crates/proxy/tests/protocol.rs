@@ -48,15 +48,6 @@ async fn h2c_prior_knowledge_is_proxied_to_http1() {
     }
 }
 
-/// One HTTP/2 frame: 9-byte header (length, type, flags, stream) and payload.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
     let b = Backend::start("b");
@@ -64,18 +55,7 @@ async fn an_http2_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
     // A raw HTTP/2 client that opens every window as wide as it goes, asks for 50 MB and
     // then reads nothing: flow control lets Sluice send, the socket buffers fill.
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    let widest: u32 = 0x7fff_ffff;
-    let mut settings = vec![0, 4]; // SETTINGS_INITIAL_WINDOW_SIZE
-    settings.extend_from_slice(&widest.to_be_bytes());
-    out.extend(h2_frame(0x4, 0, 0, &settings));
-    out.extend(h2_frame(0x8, 0, 0, &(widest - 65_535).to_be_bytes()));
-    // HPACK: :method GET, :scheme http (static table), :path and :authority as literals.
-    let path = b"/big/50000000";
-    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
-    block.extend_from_slice(path);
-    block.extend_from_slice(&[0x41, 1, b'x']);
-    out.extend(h2_frame(0x1, 0x4 | 0x1, 1, &block)); // END_HEADERS | END_STREAM
+    let out = sluice_test_support::h2c_get_with_widest_windows("/big/50000000");
     s.write_all(&out).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
 

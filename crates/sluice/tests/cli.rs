@@ -2,13 +2,16 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sluice_test_support::{Backend, SluiceProcess, eventually, free_port, http_get, http_request};
+use sluice_test_support::{
+    Backend, SluiceProcess, eventually, eventually_blocking, free_port, http_get, http_request,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -196,6 +199,55 @@ fn admin_api_metrics_and_reloads() {
     );
     assert_eq!(http_request(admin, "GET", "/api/reload").unwrap().0, 405);
 
+    assert!(p.terminate(Duration::from_secs(5)).success());
+}
+
+/// `sluice_client_closes_total` of listener `web` for `reason` (0 before the first).
+fn client_closes(admin: SocketAddr, reason: &str) -> u64 {
+    let (_, metrics) = http_get(admin, "/metrics").unwrap();
+    let series = format!(r#"sluice_client_closes_total{{listener="web",reason="{reason}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn clients_that_stop_reading_are_closed_and_counted_once_each() {
+    let b = Backend::start("b");
+    let (admin, web) = ports();
+    let toml = format!(
+        "[admin]\nbind = \"{admin}\"\n[access_log]\npath = \"off\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"{web}\"\nsend_timeout = \"300ms\"\n\
+         [[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\ninstances = [\"{}\"]\n",
+        b.addr()
+    );
+    let mut p = SluiceProcess::start(Path::new(BIN), &toml, admin);
+    assert_eq!(client_closes(admin, "send_timeout"), 0);
+
+    // One HTTP/1.1 and one HTTP/2 client ask for 50 MB each and read nothing.
+    let mut h1 = std::net::TcpStream::connect(web).unwrap();
+    h1.write_all(b"GET /big/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut h2 = std::net::TcpStream::connect(web).unwrap();
+    h2.write_all(&sluice_test_support::h2c_get_with_widest_windows(
+        "/big/50000000",
+    ))
+    .unwrap();
+
+    eventually_blocking(
+        "both stalled clients closed for send_timeout",
+        Duration::from_secs(10),
+        || match client_closes(admin, "send_timeout") {
+            2 => Ok(()),
+            n => Err(format!("{n} send_timeout closes counted")),
+        },
+    );
+    // Each was counted once, also after their sockets are read and closed.
+    drop((h1, h2));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(client_closes(admin, "send_timeout"), 2);
+    assert_eq!(http_get(web, "/ok").unwrap().0, 200, "others are served");
     assert!(p.terminate(Duration::from_secs(5)).success());
 }
 
