@@ -27,3 +27,15 @@ fi
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../rust-toolchain.toml")
 rustup toolchain install "$toolchain" --profile minimal --component rustfmt --component clippy >/dev/null 2>&1 || true
 rustup target add --toolchain "$toolchain" wasm32-wasip2 >/dev/null
+
+# Fuzzing (scripts/fuzz.sh): libFuzzer's instrumentation needs the nightly toolchain, and
+# cargo-fuzz drives it. Both only when absent: `rustup toolchain install nightly` on an installed
+# nightly updates it (a download, then every fuzz target rebuilds), and installing cargo-fuzz
+# compiles it from source (about 1.5 minutes on two cores).
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  rustup toolchain install nightly --profile minimal >/dev/null
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi

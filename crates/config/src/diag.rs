@@ -118,6 +118,25 @@ impl Diagnostics {
             hint: None,
         }])
     }
+
+    /// `bytes` (a file's content) are not UTF-8: one diagnostic at the first invalid byte, so
+    /// the user can find it (TOML is UTF-8 only).
+    pub(crate) fn not_utf8(path: &Path, bytes: &[u8], err: &std::str::Utf8Error) -> Self {
+        let valid = &bytes[..err.valid_up_to()];
+        // The prefix is valid UTF-8 by definition of `valid_up_to`; the fallback never runs.
+        let prefix = std::str::from_utf8(valid).unwrap_or_default();
+        let source = Source::new(path, prefix);
+        let offset = prefix.len();
+        let byte = bytes.get(offset).copied().unwrap_or_default();
+        Self(vec![
+            Diagnostic::at(
+                &source,
+                Some(offset..offset),
+                format!("the file is not UTF-8 text (byte 0x{byte:02x})"),
+            )
+            .with_hint("TOML files are UTF-8; convert it, e.g. `iconv -t UTF-8`"),
+        ])
+    }
 }
 
 impl fmt::Display for Diagnostics {

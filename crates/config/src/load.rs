@@ -37,10 +37,21 @@ const SECTIONS: &[&str] = &[
     "routing",
 ];
 
+/// What validation may look up outside the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookups {
+    /// Upstream host names are resolved and TLS files opened (a running proxy).
+    Real,
+    /// Nothing outside the text: names do not resolve, files are taken as readable (the fuzz
+    /// targets, which would otherwise wait on DNS for every name they invent).
+    Offline,
+}
+
 /// Parses and validates one configuration file's text.
-pub(crate) fn parse(source: &Source) -> Result<Config, Diagnostics> {
+pub(crate) fn parse(source: &Source, lookups: Lookups) -> Result<Config, Diagnostics> {
     let mut cx = Cx {
         src: source,
+        lookups,
         diags: Vec::new(),
         declared: Vec::new(),
         tcp_service_refs: Vec::new(),
@@ -120,6 +131,7 @@ struct RawFile {
 
 struct Cx<'s> {
     src: &'s Source,
+    lookups: Lookups,
     diags: Vec<Diagnostic>,
     /// `(section, name)` of every element that declares a name, even elements that failed to
     /// deserialize: a route naming a broken listener should not get a second, misleading error.
@@ -1049,6 +1061,7 @@ impl<'s> Cx<'s> {
                     .duration(l.request_body_timeout.as_ref(), d::REQUEST_BODY_TIMEOUT),
                 send_timeout: self.duration(l.send_timeout.as_ref(), d::SEND_TIMEOUT),
                 http2: l.http2.unwrap_or(true),
+                accept_proxy_protocol: l.accept_proxy_protocol.unwrap_or(false),
                 max_concurrent_streams: self.int_in(
                     l.max_concurrent_streams.as_ref(),
                     1,
@@ -1825,6 +1838,10 @@ impl<'s> Cx<'s> {
                 redirect,
                 access,
                 upstream_host,
+                upgrades: r
+                    .upgrades
+                    .as_ref()
+                    .map_or_else(crate::model::default_upgrades, |u| self.upgrades(u)),
             });
         }
         out
@@ -1943,10 +1960,13 @@ impl<'s> Cx<'s> {
             );
             return None;
         }
-        match (host, port.parse::<u16>().unwrap_or(0))
-            .to_socket_addrs()
-            .map(|mut it| it.next())
-        {
+        let resolved = match self.lookups {
+            Lookups::Real => (host, port.parse::<u16>().unwrap_or(0))
+                .to_socket_addrs()
+                .map(|mut it| it.next()),
+            Lookups::Offline => Ok(None),
+        };
+        match resolved {
             Ok(Some(a)) => Some(a),
             Ok(None) | Err(_) => {
                 self.error_hint(

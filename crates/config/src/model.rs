@@ -216,6 +216,9 @@ pub struct ListenerConfig {
     pub send_timeout: Duration,
     /// Whether HTTP/2 with prior knowledge is accepted.
     pub http2: bool,
+    /// `accept_proxy_protocol`: every connection starts with a PROXY protocol header (v1 or
+    /// v2) from a load balancer in front, whose client address stands for the connection's.
+    pub accept_proxy_protocol: bool,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
     /// Present for `protocol = "tcp"`.
@@ -271,6 +274,14 @@ pub struct RouteConfig {
     pub access: Option<AccessRules>,
     /// `upstream_host`: the `Host` header sent to instances (`None`: the client's).
     pub upstream_host: Option<UpstreamHost>,
+    /// `upgrades`: the protocols a client may switch to through this route (`Upgrade`), lower
+    /// case. Any other `Upgrade` is removed and the request forwarded as a plain one.
+    pub upgrades: Vec<String>,
+}
+
+/// The protocols a route lets clients switch to when it does not say: WebSocket only.
+pub fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
 }
 
 /// `redirect = { code, url }` on a route (nginx `return 301 URL`, Fabio `redirect=CODE,URL`).

@@ -48,6 +48,7 @@ pub(crate) struct RawListener {
     pub(crate) max_concurrent_streams: Option<S<i64>>,
     pub(crate) service: Option<S<String>>,
     pub(crate) proxy_protocol: Option<S<String>>,
+    pub(crate) accept_proxy_protocol: Option<bool>,
     pub(crate) idle_timeout: Option<S<String>>,
     pub(crate) tls: Option<RawListenerTls>,
     pub(crate) authz: Option<RawListenerAuthz>,
@@ -88,6 +89,7 @@ pub(crate) struct RawRoute {
     pub(crate) allow: Option<S<Vec<S<String>>>>,
     pub(crate) deny: Option<S<Vec<S<String>>>>,
     pub(crate) upstream_host: Option<S<String>>,
+    pub(crate) upgrades: Option<S<Vec<S<String>>>>,
 }
 
 /// `redirect = { code = 301, url = "..." }` on a route.

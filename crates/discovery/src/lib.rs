@@ -53,6 +53,47 @@ pub use sluice_kv::registry::{CheckDefinition, DEFAULT_ETCD_PREFIX, RegistryErro
 
 use merge::{Parser, SourceState};
 
+/// Entry points for the fuzz targets (`fuzz/fuzz_targets/consul_json.rs`); not a stable API.
+///
+/// Public only because cargo-fuzz builds the targets as a separate crate. Each runs the code a
+/// running source applies to one document it reads, so the fuzzer exercises exactly that path.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use sluice_kv::KvEntry;
+
+    use crate::merge::{Parser, parse_entry};
+    use crate::{Instance, RegistryError};
+
+    /// What the `file` source `source` over `dir` makes of the file `key` holding `value`
+    /// (`None`: not a registry file name, ignored).
+    pub fn file_document(
+        source: &str,
+        dir: &Path,
+        key: &str,
+        value: &[u8],
+    ) -> Option<Result<Vec<Instance>, RegistryError>> {
+        let parser = Parser::File {
+            dir: dir.to_path_buf(),
+        };
+        parse_entry(&parser, source, &KvEntry::new(key, value, 1))
+    }
+
+    /// What the `etcd` source `source` under `prefix` makes of the key `key` holding `value`.
+    pub fn etcd_document(
+        source: &str,
+        prefix: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Option<Result<Vec<Instance>, RegistryError>> {
+        let parser = Parser::Etcd {
+            prefix: prefix.to_owned(),
+        };
+        parse_entry(&parser, source, &KvEntry::new(key, value, 1))
+    }
+}
+
 /// Default quiet time before a burst of changes is published as one catalog.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Default longest delay of a change under a continuous stream of events.

@@ -128,23 +128,8 @@ impl SourceState {
     }
 
     fn put(&mut self, entry: &KvEntry) {
-        let parsed = match &self.parser {
-            Parser::Static => return,
-            Parser::File { dir } => {
-                // The registry format: `<id>.json` directly in the directory.
-                if !entry.key.ends_with(".json") || entry.key.contains('/') {
-                    return;
-                }
-                let path = dir.join(&entry.key);
-                registry::parse_service_file(&path, &entry.value_str()).map(|definitions| {
-                    definitions
-                        .into_iter()
-                        .map(|d| Instance::from_definition(d, &self.name, display(&path)))
-                        .collect::<Vec<_>>()
-                })
-            }
-            Parser::Etcd { prefix } => registry::parse_etcd_entry(prefix, entry)
-                .map(|d| vec![Instance::from_definition(d, &self.name, entry.key.clone())]),
+        let Some(parsed) = parse_entry(&self.parser, &self.name, entry) else {
+            return;
         };
         match parsed {
             Ok(instances) => {
@@ -163,6 +148,38 @@ impl SourceState {
                 self.invalid.insert(entry.key.clone(), error);
             }
         }
+    }
+}
+
+/// The instances one KV entry declares, as source `source` reads it; `None` when the entry is
+/// not a registry document for this parser (not `<id>.json` directly in a `file` source's
+/// directory; any entry of a static source).
+pub(crate) fn parse_entry(
+    parser: &Parser,
+    source: &str,
+    entry: &KvEntry,
+) -> Option<Result<Vec<Instance>, RegistryError>> {
+    match parser {
+        Parser::Static => None,
+        Parser::File { dir } => {
+            // The registry format: `<id>.json` directly in the directory.
+            if !entry.key.ends_with(".json") || entry.key.contains('/') {
+                return None;
+            }
+            let path = dir.join(&entry.key);
+            Some(
+                registry::parse_service_file(&path, &entry.value_str()).map(|definitions| {
+                    definitions
+                        .into_iter()
+                        .map(|d| Instance::from_definition(d, source, display(&path)))
+                        .collect()
+                }),
+            )
+        }
+        Parser::Etcd { prefix } => Some(
+            registry::parse_etcd_entry(prefix, entry)
+                .map(|d| vec![Instance::from_definition(d, source, entry.key.clone())]),
+        ),
     }
 }
 

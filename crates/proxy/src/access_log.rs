@@ -206,7 +206,10 @@ pub(crate) struct RequestInfo {
 }
 
 impl RequestInfo {
-    pub(crate) fn new(head: &crate::request::RequestHead, cx: &crate::forward::ConnCtx) -> Self {
+    pub(crate) fn new(
+        head: &sluice_codec::request::RequestHead,
+        cx: &crate::forward::ConnCtx,
+    ) -> Self {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Self {
             client: cx.peer,

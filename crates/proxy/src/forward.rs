@@ -38,10 +38,10 @@ use crate::h1::{OutgoingRequest, SendError, UpConn, UpResponse};
 use crate::headers::{RequestId, UpstreamFields};
 use crate::listener::ListenerShared;
 use crate::pool;
-use crate::request::RequestHead;
 use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
 use crate::routing::Route;
 use crate::upstream::{InFlight, Service, Tried};
+use sluice_codec::request::RequestHead;
 
 /// What the handler needs to know about the connection a request arrived on.
 #[derive(Debug)]
@@ -214,7 +214,7 @@ async fn forward<'a>(
     let cfg = &service.config;
     service.retry_budget.deposit();
 
-    let upgrade = head.is_upgrade();
+    let upgrade = route.rules.allows_upgrade(head);
     let idempotent = is_idempotent(&head.method);
     let hash = service
         .balancer
@@ -227,7 +227,13 @@ async fn forward<'a>(
     } else {
         cx.listener.scheme
     };
-    let fields = UpstreamFields::new(head, &cx.client_ip, scheme, request_id, cx.tls.as_deref());
+    let fields = UpstreamFields::new(
+        head,
+        &cx.client_ip,
+        (scheme, upgrade),
+        request_id,
+        cx.tls.as_deref(),
+    );
     // The Host sent upstream when Sluice sets it: the route's fixed name, or the host of an
     // absolute-form target or `:authority` (the client's `Host` field stays otherwise).
     // `upstream_host = "dst"` sets it per attempt.
@@ -456,7 +462,7 @@ async fn forward<'a>(
                     ));
                 }
                 Some(Err(e)) => {
-                    let kind = if matches!(e, SendError::BadResponse(_)) {
+                    let kind = if matches!(e, SendError::BadResponse(_) | SendError::BadChunk(_)) {
                         ProxyErrorKind::BadResponse
                     } else {
                         ProxyErrorKind::UpstreamReset

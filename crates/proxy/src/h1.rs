@@ -17,11 +17,10 @@
 //! one, to the close. Interim `1xx` responses other than `101` are skipped. A response that
 //! arrives while the request body is still being sent ends the upload and the connection is not
 //! reused. Limits: a response head of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields, and
-//! the chunked limits of [`crate::chunked`]; beyond them the response is malformed.
+//! the chunked limits of [`sluice_codec::chunked`]; beyond them the response is malformed.
 
 use std::future::poll_fn;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -32,16 +31,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, UpBody};
-use crate::chunked::{self, Chunked, Step, encode_data};
-use crate::fields::{self, ConnectionTokens, Field, Kind, Span};
-use crate::headers::UpstreamFields;
-use crate::request::{BodyLength, RequestHead};
-use crate::response::UpstreamHead;
+use sluice_codec::chunked::{self, ChunkError, Chunked, Step, encode_data};
+use sluice_codec::fields;
+use sluice_codec::request::{BodyLength, RequestHead};
+use sluice_codec::response::{
+    Framing, MAX_HEAD_BYTES, ParsedResponse, ResponseError, UpstreamHead, only_interim,
+    parse_response,
+};
 
-/// Largest response head accepted (status line and fields).
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most header fields accepted in a response head (hyper's default, too).
-pub(crate) const MAX_HEADERS: usize = 100;
+use crate::headers::UpstreamFields;
+
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Request bodies up to this size are copied behind the head and sent in one write.
@@ -139,8 +138,10 @@ pub(crate) enum SendError<'b> {
     Io(io::Error),
     /// The instance closed the connection before a complete response head.
     Closed,
-    /// The response head is malformed or too large.
-    BadResponse(String),
+    /// The response head is malformed, too large, or frames its body ambiguously.
+    BadResponse(ResponseError),
+    /// The first chunk-size line of a chunked body is malformed.
+    BadChunk(ChunkError),
     /// The client's body failed or stalled (`ClientBodyFailed` / `ClientBodyTimedOut`).
     ClientBody(BoxError),
 }
@@ -153,7 +154,8 @@ impl std::fmt::Display for SendError<'_> {
             }
             SendError::Io(e) => write!(f, "connection error: {e}"),
             SendError::Closed => f.write_str("connection closed before a complete response head"),
-            SendError::BadResponse(why) => write!(f, "malformed response: {why}"),
+            SendError::BadResponse(why) => write!(f, "{why}"),
+            SendError::BadChunk(why) => write!(f, "malformed chunked response body: {why}"),
             SendError::ClientBody(e) => write!(f, "{e}"),
         }
     }
@@ -256,6 +258,11 @@ impl UpConn {
             }
             Err(e) => return Err(e),
         };
+        if matches!(parsed.framing, Framing::Chunked(_)) {
+            // The head has not gone to the client yet: a bad first chunk line can still be a
+            // 502 rather than a cut-off 200.
+            chunked::size_line(&self.read).map_err(SendError::BadChunk)?;
+        }
         let reusable = parsed.keep_alive && !early_response && parsed.framing.delimited();
         Ok(UpResponse {
             status: parsed.status,
@@ -367,7 +374,7 @@ impl UpConn {
     }
 
     /// Reads until a complete final response head (interim `1xx` other than `101` skipped).
-    async fn read_head(&mut self, is_head: bool) -> Result<Parsed, SendError<'static>> {
+    async fn read_head(&mut self, is_head: bool) -> Result<ParsedResponse, SendError<'static>> {
         loop {
             if !self.read.is_empty()
                 && let Some(parsed) =
@@ -376,9 +383,7 @@ impl UpConn {
                 return Ok(parsed);
             }
             if self.read.len() >= MAX_HEAD_BYTES {
-                return Err(SendError::BadResponse(format!(
-                    "response head larger than {MAX_HEAD_BYTES} bytes"
-                )));
+                return Err(SendError::BadResponse(ResponseError::TooLarge));
             }
             self.read.reserve(READ_CHUNK);
             let n = poll_fn(|cx| {
@@ -390,188 +395,6 @@ impl UpConn {
                 return Err(SendError::Closed);
             }
         }
-    }
-}
-
-/// A final response head, parsed.
-#[derive(Debug)]
-struct Parsed {
-    status: StatusCode,
-    head: UpstreamHead,
-    framing: Framing,
-    keep_alive: bool,
-}
-
-/// What the framing and persistence fields of a response say, noted while its fields are
-/// read (so nothing is looked up afterwards).
-#[derive(Debug, Default)]
-struct Noted {
-    connection: ConnectionTokens,
-    /// Some `Transfer-Encoding` was sent; whether its last coding is `chunked`.
-    transfer_encoding: Option<bool>,
-    /// `Content-Length`: absent, a length, or malformed/conflicting (`Err` with the value).
-    content_length: Option<Result<u64, String>>,
-    date: bool,
-}
-
-impl Noted {
-    fn note(&mut self, kind: Kind, value: &[u8]) {
-        match kind {
-            Kind::Connection => self.connection.note(value),
-            Kind::TransferEncoding => {
-                if let Some(last) = fields::ends_chunked(value) {
-                    self.transfer_encoding = Some(last);
-                } else {
-                    self.transfer_encoding.get_or_insert(false);
-                }
-            }
-            Kind::ContentLength => {
-                let previous = match &self.content_length {
-                    Some(Err(_)) => return,
-                    Some(Ok(n)) => Some(*n),
-                    None => None,
-                };
-                self.content_length =
-                    Some(fields::content_length(value, previous).ok_or_else(|| {
-                        format!("content-length `{}`", String::from_utf8_lossy(value))
-                    }));
-            }
-            Kind::Date => self.date = true,
-            _ => {}
-        }
-    }
-}
-
-/// Parses a response head at the start of `read`: `None` when incomplete (or an interim
-/// response was consumed and the final one is not there yet). The head's bytes are split off
-/// `read`; the body's first bytes stay.
-fn parse_response(read: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, String> {
-    loop {
-        // Uninitialised slots: a head has a handful of fields, not a hundred to clear.
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            read,
-            &mut slots,
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        let code = response.code.unwrap_or_default();
-        let status = StatusCode::from_u16(code).map_err(|_| format!("status {code}"))?;
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            read.advance(len);
-            if read.is_empty() {
-                return Ok(None);
-            }
-            continue;
-        }
-        let base: &[u8] = read;
-        let mut noted = Noted::default();
-        let mut fields = Vec::with_capacity(response.headers.len());
-        for h in response.headers.iter() {
-            let field = Field::parsed(base, h.name.as_bytes(), h.value);
-            noted.note(field.kind, h.value);
-            fields.push(field);
-        }
-        let reason = response
-            .reason
-            .map_or_else(Span::default, |r| Span::of(base, r.as_bytes()));
-        let version = response.version.unwrap_or(1);
-        let framing = framing(status, is_head, &noted)?;
-        let c = &noted.connection;
-        let keep_alive = if version == 0 {
-            c.keep_alive && !c.close
-        } else {
-            !c.close
-        };
-        let head = UpstreamHead {
-            buf: read.split_to(len).freeze(),
-            reason,
-            fields,
-            connection: noted.connection,
-            transfer_encoding: noted.transfer_encoding.is_some(),
-            content_length: noted.content_length.is_some(),
-            date: noted.date,
-        };
-        return Ok(Some(Parsed {
-            status,
-            head,
-            framing,
-            keep_alive,
-        }));
-    }
-}
-
-/// Consumes complete interim (`1xx` except `101`) heads at the start of `read`; whether no final
-/// response has arrived (an incomplete head is waited for: it may still be an interim one).
-fn only_interim(read: &mut BytesMut) -> Result<bool, String> {
-    while !read.is_empty() {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        match response.parse(read) {
-            Ok(httparse::Status::Complete(len))
-                if response
-                    .code
-                    .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
-            {
-                read.advance(len);
-            }
-            // Not complete yet: more bytes will tell.
-            Ok(httparse::Status::Partial) => return Ok(true),
-            Ok(httparse::Status::Complete(_)) => return Ok(false),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(true)
-}
-
-/// How the response body is delimited (RFC 9112 §6.3). A `Transfer-Encoding` overrides
-/// `Content-Length` (which is then not passed on, see [`UpstreamHead`]).
-fn framing(status: StatusCode, is_head: bool, noted: &Noted) -> Result<Framing, String> {
-    if is_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(if status == StatusCode::SWITCHING_PROTOCOLS {
-            Framing::Switched
-        } else {
-            Framing::Length(0)
-        });
-    }
-    match (noted.transfer_encoding, &noted.content_length) {
-        (Some(true), _) => Ok(Framing::Chunked(Chunked::Size)),
-        (Some(false), _) | (None, None) => Ok(Framing::UntilClose),
-        (None, Some(Ok(n))) => Ok(Framing::Length(*n)),
-        (None, Some(Err(why))) => Err(why.clone()),
-    }
-}
-
-/// How a response body ends.
-#[derive(Debug)]
-pub(crate) enum Framing {
-    /// This many bytes remain.
-    Length(u64),
-    Chunked(Chunked),
-    /// The body ends when the instance closes the connection.
-    UntilClose,
-    /// `101`: the connection now carries another protocol.
-    Switched,
-    /// The body ended.
-    Done,
-}
-
-impl Framing {
-    /// Whether the end of this body leaves the connection at a message boundary.
-    fn delimited(&self) -> bool {
-        matches!(
-            self,
-            Framing::Length(_) | Framing::Chunked(_) | Framing::Done
-        )
     }
 }
 
@@ -591,7 +414,7 @@ pub(crate) enum BodyError {
     #[error("connection closed inside a chunked response body")]
     TruncatedChunked,
     #[error("malformed chunked body: {0}")]
-    BadChunk(&'static str),
+    BadChunk(ChunkError),
     #[error("reading the response body: {0}")]
     Io(#[from] io::Error),
 }
@@ -729,97 +552,5 @@ impl Body for UpstreamBody {
             Framing::Done | Framing::Switched => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn parse(text: &str, is_head: bool) -> Result<Parsed, String> {
-        let mut read = BytesMut::from(text.as_bytes());
-        parse_response(&mut read, is_head).map(|p| p.unwrap())
-    }
-
-    fn framing_of(text: &str) -> Result<Framing, String> {
-        parse(text, false).map(|p| p.framing)
-    }
-
-    #[test]
-    fn framing_follows_rfc9112() {
-        let ok = |fields: &str| framing_of(&format!("HTTP/1.1 200 OK\r\n{fields}\r\n"));
-        assert!(matches!(
-            ok("Content-Length: 12\r\n"),
-            Ok(Framing::Length(12))
-        ));
-        assert!(matches!(
-            ok("Content-Length: 5, 5\r\n"),
-            Ok(Framing::Length(5))
-        ));
-        assert!(matches!(
-            parse("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", true).map(|p| p.framing),
-            Ok(Framing::Length(0))
-        ));
-        assert!(matches!(
-            framing_of("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
-            Ok(Framing::Length(0))
-        ));
-        assert!(matches!(ok(""), Ok(Framing::UntilClose)));
-        assert!(matches!(
-            ok("Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n"),
-            Ok(Framing::Chunked(_))
-        ));
-        assert!(matches!(
-            ok("Transfer-Encoding: gzip\r\n"),
-            Ok(Framing::UntilClose)
-        ));
-        assert!(matches!(
-            framing_of("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"),
-            Ok(Framing::Switched)
-        ));
-        for bad in ["-1", "1 2", "", "0x10", "5, 6"] {
-            assert!(ok(&format!("Content-Length: {bad}\r\n")).is_err(), "{bad}");
-        }
-        assert!(ok("Content-Length: 5\r\nContent-Length: 6\r\n").is_err());
-    }
-
-    #[test]
-    fn a_transfer_encoding_hides_the_content_length() {
-        let p = parse(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-A: 1\r\n\r\n",
-            false,
-        )
-        .unwrap();
-        let names: Vec<&[u8]> = p
-            .head
-            .forwarded(p.status)
-            .map(|f| f.name.get(&p.head.buf))
-            .collect();
-        assert_eq!(names, [&b"X-A"[..]]);
-    }
-
-    #[test]
-    fn interim_heads_are_skipped() {
-        let mut read = BytesMut::from(
-            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
-        );
-        let p = parse_response(&mut read, false).unwrap().unwrap();
-        assert_eq!(p.status, 200);
-        assert_eq!(&read[..], b"ok");
-    }
-
-    #[test]
-    fn keep_alive_by_version_and_connection_tokens() {
-        let keep = |text: &str| parse(text, false).unwrap().keep_alive;
-        assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
-        assert!(!keep(
-            "HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n"
-        ));
-        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
-        assert!(keep(
-            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
-        ));
     }
 }

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 
-use crate::fields::{Field, Kind};
-use crate::request::RequestHead;
-use crate::response::put_field;
+use sluice_codec::fields::put_field;
+use sluice_codec::fields::{Field, Kind};
+use sluice_codec::request::RequestHead;
 
 /// `x-request-id`: taken from the client when sane, generated otherwise, always forwarded.
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,10 +40,11 @@ pub(crate) struct UpstreamFields<'a> {
 }
 
 impl<'a> UpstreamFields<'a> {
+    /// `upgrade`: the request switches protocols (the route allows the one it asks for).
     pub(crate) fn new(
         head: &'a RequestHead,
         client_ip: &'a HeaderValue,
-        proto: &'static str,
+        (proto, upgrade): (&'static str, bool),
         request_id: &'a RequestId,
         identity: Option<&'a crate::tls::ConnTls>,
     ) -> Self {
@@ -55,7 +56,7 @@ impl<'a> UpstreamFields<'a> {
             forwarded_proto: proto,
             forwarded_host: head.host(),
             request_id,
-            upgrade: head.is_upgrade(),
+            upgrade,
             identity,
         }
     }
@@ -165,22 +166,29 @@ mod tests {
 
     fn head(text: &str) -> RequestHead {
         let mut read = BytesMut::from(text.as_bytes());
-        crate::request::parse_h1(&mut read).unwrap().unwrap()
+        sluice_codec::request::parse_h1(&mut read).unwrap().unwrap()
     }
 
-    /// The upstream fields for `text`, as `name: value` lines.
+    /// The upstream fields for `text`, as `name: value` lines, with upgrades allowed as a
+    /// route allowing every protocol would decide.
     fn upstream(text: &str, host: Option<&[u8]>) -> Vec<String> {
+        upstream_switching(text, host, None)
+    }
+
+    /// The upstream fields for `text`; `upgrade` overrides whether the switch is allowed.
+    fn upstream_switching(text: &str, host: Option<&[u8]>, upgrade: Option<bool>) -> Vec<String> {
         let h = head(text);
         let ip = client_ip_value("127.0.0.1".parse().unwrap());
         let id = RequestId::Client(Bytes::from_static(b"id-1"));
-        let fields = UpstreamFields::new(&h, &ip, "http", &id, None);
+        let upgrade = upgrade.unwrap_or(h.is_upgrade());
+        let fields = UpstreamFields::new(&h, &ip, ("http", upgrade), &id, None);
         let mut out = BytesMut::new();
         let buf = h.buffer();
         let kept = h
             .field_list()
             .iter()
             .filter(|f| fields.keeps(&h, f, f.name.get(buf), host.is_some()));
-        crate::fields::write_lines(&mut out, buf, kept);
+        sluice_codec::fields::write_lines(&mut out, buf, kept);
         fields.write(&mut out, host);
         String::from_utf8(out.to_vec())
             .unwrap()
@@ -221,6 +229,25 @@ mod tests {
         );
         assert_eq!(lines.last().unwrap(), "connection: upgrade");
         assert_eq!(lines.iter().filter(|l| l.starts_with("Host")).count(), 1);
+    }
+
+    /// A switch the route does not allow: the request goes on as a plain one, with neither
+    /// the client's `Upgrade` nor `HTTP2-Settings` (hop-by-hop even when `Connection` does not
+    /// name it).
+    #[test]
+    fn a_refused_upgrade_leaves_no_trace_upstream() {
+        let request =
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n";
+        for connection in [
+            "Connection: Upgrade, HTTP2-Settings\r\n",
+            "Connection: Upgrade\r\n",
+        ] {
+            let text = format!("{request}{connection}\r\n");
+            let lines = upstream_switching(&text, None, Some(false)).join("\n");
+            let lines = lines.to_ascii_lowercase();
+            assert!(!lines.contains("upgrade"), "{lines}");
+            assert!(!lines.contains("http2-settings"), "{lines}");
+        }
     }
 
     #[test]

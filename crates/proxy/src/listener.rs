@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::http2;
 use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Gauge, counter, gauge};
+use sluice_codec::proxy_protocol::{MAX_V2_LENGTH, ProxyHeader, parse as proxy_header};
 use sluice_config::{ListenerConfig, ListenerProtocol};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -240,7 +241,7 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((mut stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let runtime = shared.runtime.load_full();
                 let shared = Arc::clone(&shared);
@@ -249,7 +250,9 @@ async fn accept_loop(
                     connections.spawn(async move {
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
-                        serve_tcp(stream, peer, &shared, &runtime, cut).await;
+                        if let Some(peer) = client_of(&mut stream, peer, &shared, &runtime).await {
+                            serve_tcp(stream, peer, &shared, &runtime, cut).await;
+                        }
                         shared.active.decrement(1.0);
                         drop(permit);
                     });
@@ -258,6 +261,11 @@ async fn accept_loop(
                     connections.spawn(async move {
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
+                        let Some(peer) = client_of(&mut stream, peer, &shared, &runtime).await
+                        else {
+                            shared.active.decrement(1.0);
+                            return;
+                        };
                         let mut cut = signals.cut.watch();
                         let mut serving = pin!(serve_connection(
                             stream,
@@ -302,6 +310,55 @@ async fn accept_loop(
         signals.cut.fire();
         cut.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+    }
+}
+
+/// The client a connection stands for: the peer, or with `accept_proxy_protocol` the client the
+/// PROXY protocol header names (read and consumed here, within `header_read_timeout`). `None`:
+/// the header is missing, malformed or late; the connection is closed and counted
+/// (`sluice_client_closes_total{reason="proxy_protocol"}`).
+async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &ListenerShared,
+    runtime: &ListenerRuntime,
+) -> Option<SocketAddr> {
+    if !runtime.config.accept_proxy_protocol {
+        return Some(peer);
+    }
+    let timeout = runtime.config.header_read_timeout;
+    let read = Box::pin(read_proxy_header(stream));
+    let error = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(header)) => return Some(header.addresses.map_or(peer, |(client, _)| client)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no complete header within {}ms", timeout.as_millis()),
+    };
+    tracing::info!(listener = %shared.name, %peer, %error, "PROXY protocol header refused");
+    shared.timer_metrics.closed("proxy_protocol");
+    None
+}
+
+/// Reads the PROXY protocol header off the start of `stream`, taking exactly its bytes (what
+/// follows is the client's). The header usually arrives whole in the first segment; when it
+/// does not, the peeked bytes are looked at again after a short pause.
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<ProxyHeader> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; 16 + MAX_V2_LENGTH];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match proxy_header(&buf[..n]) {
+            Ok(Some((header, len))) => {
+                stream.read_exact(&mut buf[..len]).await?;
+                return Ok(header);
+            }
+            Ok(None) if n == seen => tokio::time::sleep(Duration::from_millis(2)).await,
+            Ok(None) => seen = n,
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
     }
 }
 

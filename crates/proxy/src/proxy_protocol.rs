@@ -5,10 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use sluice_config::ProxyProtocol;
 
-/// The version 2 signature.
-const V2_SIGNATURE: [u8; 12] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-];
+use sluice_codec::proxy_protocol::V2_SIGNATURE;
 
 /// The header for a connection from `client` to `local` (the address the client connected to),
 /// or `None` when the protocol is off.

@@ -10,49 +10,15 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::body::DownBody;
-use crate::fields::{ConnectionTokens, Field, Kind, Span};
 use crate::h1::UpConn;
 use crate::headers::RequestId;
-
-/// A response head as an instance sent it.
-#[derive(Debug)]
-pub(crate) struct UpstreamHead {
-    pub(crate) buf: Bytes,
-    pub(crate) reason: Span,
-    pub(crate) fields: Vec<Field>,
-    pub(crate) connection: ConnectionTokens,
-    /// A `Transfer-Encoding` was sent: its `Content-Length`, if any, is not passed on.
-    pub(crate) transfer_encoding: bool,
-    pub(crate) content_length: bool,
-    pub(crate) date: bool,
-}
-
-impl UpstreamHead {
-    /// The fields that go to the client. For `101` the
-    /// `Connection` and `Upgrade` fields stay: they describe the switch the client asked for.
-    pub(crate) fn forwarded(&self, status: StatusCode) -> impl Iterator<Item = &Field> {
-        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-        self.fields.iter().filter(move |f| match f.kind {
-            Kind::Connection | Kind::Upgrade => switching,
-            Kind::ContentLength => !self.transfer_encoding,
-            Kind::XRequestId => false,
-            Kind::Other => {
-                !self.connection.names_others
-                    || !crate::fields::named_by_connection(
-                        &self.buf,
-                        &self.fields,
-                        f.name.get(&self.buf),
-                    )
-            }
-            k => !k.is_hop_by_hop(),
-        })
-    }
-}
+use sluice_codec::fields::{itoa_u64, put_field};
+use sluice_codec::response::UpstreamHead;
 
 /// Where a response head's fields come from.
 #[derive(Debug)]
@@ -73,7 +39,7 @@ impl ResponseHead {
     /// Whether the fields state the body's length (the instance's `Content-Length`).
     pub(crate) fn states_length(&self) -> bool {
         match &self.fields {
-            ResponseFields::Upstream(u) => u.content_length && !u.transfer_encoding,
+            ResponseFields::Upstream(u) => u.content_length.is_some() && !u.transfer_encoding,
             ResponseFields::Local(_) => false,
         }
     }
@@ -171,7 +137,7 @@ pub(crate) fn encode_h1(
                 reason
             });
             out.extend_from_slice(b"\r\n");
-            crate::fields::write_lines(out, &up.buf, up.forwarded(head.status));
+            sluice_codec::fields::write_lines(out, &up.buf, up.forwarded(head.status));
             date = !up.date;
         }
         ResponseFields::Local(map) => {
@@ -212,26 +178,6 @@ pub(crate) enum ConnectionField {
     KeepAlive,
 }
 
-pub(crate) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, in `buf`.
-pub(crate) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 thread_local! {
     /// The `Date` value of the current second, made once per second per thread.
     static DATE: RefCell<(u64, HeaderValue)> =
@@ -257,16 +203,12 @@ pub(crate) fn http_date() -> HeaderValue {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]
-    fn numbers_and_dates() {
-        assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa_u64(1234567, &mut [0; 20]), b"1234567");
-        assert_eq!(
-            itoa_u64(u64::MAX, &mut [0; 20]),
-            u64::MAX.to_string().as_bytes()
-        );
+    fn dates() {
         let d = http_date();
         assert!(d.to_str().unwrap().ends_with(" GMT"), "{d:?}");
     }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use metrics::{Counter, counter};
+use sluice_codec::request::RequestHead;
 use sluice_config::{AccessRules, RouteConfig, UpstreamHost};
 
 use crate::body::DownBody;
@@ -78,6 +79,8 @@ pub(crate) struct RouteRules {
     access: Option<(AccessRules, Counter)>,
     redirect: Option<Redirect>,
     host: Option<Host>,
+    /// Protocols clients may switch to (`upgrades`, lower case).
+    upgrades: Box<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -140,7 +143,22 @@ impl RouteRules {
             access,
             redirect,
             host,
+            upgrades: rc.upgrades.iter().map(|u| Box::from(u.as_str())).collect(),
         }
+    }
+
+    /// Whether `head` asks for a protocol switch this route allows: an HTTP/1.1 upgrade
+    /// request whose `Upgrade` names only protocols in `upgrades`. Anything else goes on as a
+    /// plain request, its `Upgrade` removed — a switch Sluice did not vet would tunnel later
+    /// requests past the route's rules.
+    pub(crate) fn allows_upgrade(&self, head: &RequestHead) -> bool {
+        head.is_upgrade()
+            && head.upgrade_protocols().next().is_some()
+            && head.upgrade_protocols().all(|p| {
+                self.upgrades
+                    .iter()
+                    .any(|u| p.eq_ignore_ascii_case(u.as_bytes()))
+            })
     }
 
     /// Sluice's own answer, if it gives one: a refused client address first, then a

@@ -4,7 +4,7 @@
 //! exchange through a dispatcher with its own body channels, and encodes the response head
 //! from a header map again. A proxy passes most fields through untouched, so here one task per
 //! connection reads a head into the connection's buffer, parses it into spans
-//! ([`crate::request`]), hands it to the forwarding handler, and writes the response head
+//! ([`sluice_codec::request`]), hands it to the forwarding handler, and writes the response head
 //! field by field from the instance's own bytes, with the first body bytes in the same write.
 //! The request body is read from this connection by the request itself ([`H1Body`]), so no
 //! channel stands between the client's socket and the instance's.
@@ -47,14 +47,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::chunked::{self, Chunked, Step};
 use crate::conn::{ClientTimerMetrics, ConnTimer, Signal, SignalWatch};
 use crate::forward::{self, ConnCtx};
-use crate::request::{self, BodyLength, HeadError, RequestHead};
 use crate::response::{
-    ConnectionField, ProxyResponse, ResponseFields, Switched, WireFraming, encode_h1, itoa_u64,
-    put_field,
+    ConnectionField, ProxyResponse, ResponseFields, Switched, WireFraming, encode_h1,
 };
+use sluice_codec::chunked::{self, Chunked, Step};
+use sluice_codec::fields::{itoa_u64, put_field};
+use sluice_codec::request::{self, BodyLength, HeadError, RequestHead};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -166,7 +166,7 @@ pub(crate) struct H1Body<'a> {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientBodyError {
     #[error("malformed chunked request body: {0}")]
-    BadChunk(&'static str),
+    BadChunk(sluice_codec::chunked::ChunkError),
     #[error("client closed the connection inside the request body")]
     Closed,
     #[error("reading the request body: {0}")]

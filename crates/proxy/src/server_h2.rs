@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::body::{DownBody, RequestBody};
 use crate::conn::{ConnTimer, H2Io, Signal};
 use crate::forward::{self, ConnCtx};
-use crate::request::RequestHead;
+use sluice_codec::request::RequestHead;
 
 /// Serves HTTP/2 streams on `io` until the client or an idle timeout ends the connection. When
 /// the listener drains, the client is told to open no new streams (GOAWAY) and the open ones

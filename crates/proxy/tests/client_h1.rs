@@ -239,6 +239,39 @@ async fn chunked_uploads_reach_the_instance_whole() {
     );
 }
 
+/// Issue 18 (2): chunk lines end in CRLF and extensions follow their grammar; anything else
+/// is a 400 and the connection closes (a proxy in front reading it differently would be out of
+/// step with Sluice). Pipelined bytes after the refused body are never read as a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_chunked_uploads_are_refused() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "")).await;
+    for body in [
+        &b"5\nhello\n0\n\n"[..],
+        b"5\r\nhello\n0\r\n\r\n",
+        b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
+        b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+        b"5 x\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut request =
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        request.extend_from_slice(
+            b"GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Request-Id: smuggled\r\n\r\n",
+        );
+        let mut r = send(addr, &request);
+        let a = read_answer(&mut r, false);
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(a.status, 400, "{shown:?}");
+        assert_eq!(a.json()["error"], "client_body_error", "{shown:?}");
+        assert!(closed_by_server(&mut r), "{shown:?}");
+    }
+    assert!(
+        !b.request_ids().iter().any(|id| id == "smuggled"),
+        "bytes after a refused body were read as a request"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_answered_when_the_body_is_wanted() {
     let b = Backend::start("b");
@@ -322,6 +355,23 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
         ),
         (
             "GET / HTTP/1.1\r\nHost: a\r\nBad Name: v\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        // RFC 9112 §3.2: a Host that is not host[:port].
+        ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "bad_request"),
+        (
+            "GET / HTTP/1.1\r\nHost: evil.com/x@y\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: <script>\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n",
             400,
             "bad_request",
         ),
@@ -560,4 +610,72 @@ async fn an_unasked_protocol_switch_is_a_bad_upstream_response() {
     let a = read_answer(&mut send(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), false);
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["error"], "bad_upstream_response");
+}
+
+/// `accept_proxy_protocol`: the client a balancer in front names (v1 text, v2 binary, and
+/// curl's own `--haproxy-protocol`) is the client instances are told of; a connection without
+/// a valid header is closed before any byte of it is read as HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_names_the_client() {
+    let b = Backend::start("b");
+    let listener = LISTENER.replace(
+        "bind = \"127.0.0.1:0\"\n",
+        "bind = \"127.0.0.1:0\"\naccept_proxy_protocol = true\nheader_read_timeout = \"1s\"\n",
+    );
+    let (_p, addr) = start(&format!(
+        "{listener}\n[[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\n{}\n",
+        instances(&[b.addr()])
+    ))
+    .await;
+    let request = b"GET /pp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut v2 = sluice_codec::proxy_protocol::V2_SIGNATURE.to_vec();
+    v2.extend([
+        0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x30, 0x39, 0, 80,
+    ]);
+    for (header, client) in [
+        (
+            b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n".to_vec(),
+            "192.0.2.7",
+        ),
+        (v2, "198.51.100.9"),
+        (b"PROXY UNKNOWN\r\n".to_vec(), "127.0.0.1"),
+    ] {
+        let a = read_answer(&mut send(addr, &[&header[..], request].concat()), false);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["headers"]["x-forwarded-for"], client);
+    }
+    require_tool("curl");
+    let out = Command::new("curl")
+        .args(["-s", "--haproxy-protocol", &format!("http://{addr}/curl")])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["path"], "/curl");
+    let hits = b.hits();
+    // Closed with the client's bytes unread: an end of stream or a reset, never an answer.
+    let refused = |bytes: &[u8]| {
+        let mut r = send(addr, bytes);
+        let mut rest = Vec::new();
+        match r.read_to_end(&mut rest) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(n) => panic!("answered {n} bytes: {}", String::from_utf8_lossy(&rest)),
+        }
+    };
+    for bad in [
+        &request[..],
+        b"PROXY TCP4 1.2.3.4\r\n",
+        b"PROXY TCP4 300.1.1.1 1.1.1.1 1 1\r\n",
+    ] {
+        assert!(refused(bad), "{}", String::from_utf8_lossy(bad));
+    }
+    // A header that never completes: closed at header_read_timeout.
+    let started = Instant::now();
+    assert!(refused(b"PROXY TCP4 "));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        b.hits(),
+        hits,
+        "nothing without a valid header reached the instance"
+    );
 }

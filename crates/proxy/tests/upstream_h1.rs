@@ -468,3 +468,166 @@ async fn an_unasked_100_continue_does_not_stop_the_upload() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "2000000");
 }
+
+/// Issue 18 (5): responses whose framing two parsers could read differently are a 502, and
+/// the connection that carried them is closed, never pooled for another client's request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguously_framed_responses_are_502_and_their_connection_is_closed() {
+    let replies: [&[u8]; 7] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\x00b\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for reply in replies {
+        let instance = Scripted::start(move |seen, _| {
+            if seen.head.starts_with("GET /bad") {
+                Act::Reply(reply.to_vec())
+            } else {
+                Act::Reply(ok("fine"))
+            }
+        });
+        let (_p, addr) = proxy_for(&instance, "retries = { attempts = 0 }").await;
+        let shown = String::from_utf8_lossy(reply);
+        let answer = get(addr, "/bad");
+        assert!(answer.starts_with("HTTP/1.1 502"), "{shown}: {answer}");
+        assert!(
+            answer.contains("\"bad_upstream_response\""),
+            "{shown}: {answer}"
+        );
+        assert_eq!(body_of(&get(addr, "/next")), "fine", "{shown}");
+        let seen = instance.seen();
+        assert_eq!(seen.len(), 2, "{shown}");
+        assert_ne!(
+            seen[0].conn, seen[1].conn,
+            "{shown}: the next request went on the connection that carried the bad response"
+        );
+    }
+}
+
+/// A bare LF later in a chunked body cannot become a 502 (the head has gone): the client's
+/// response is cut short, and the connection is not reused either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_line_broken_mid_body_ends_both_connections() {
+    let instance = Scripted::start(|seen, _| {
+        if seen.head.starts_with("GET /bad") {
+            Act::Reply(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\nworld\r\n0\r\n\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Act::Reply(ok("fine"))
+        }
+    });
+    let (_p, addr) = proxy_for(&instance, "retries = { attempts = 0 }").await;
+    let answer = get(addr, "/bad");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "the client must not see a complete chunked body: {answer}"
+    );
+    assert_eq!(body_of(&get(addr, "/next")), "fine");
+    let seen = instance.seen();
+    assert_ne!(seen[0].conn, seen[1].conn);
+}
+
+/// RFC 9110 §8.6: a repeated identical `Content-Length` goes on as one field with one value,
+/// both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_content_lengths_are_forwarded_once() {
+    let instance = Scripted::start(|_, _| {
+        Act::Reply(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\nbody".to_vec(),
+        )
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    let reply = exchange_raw(
+        addr,
+        b"POST /u HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let head = reply.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
+    assert_eq!(head.matches("content-length").count(), 1, "{reply}");
+    assert!(head.contains("content-length: 4\r\n"), "{reply}");
+    let seen = &instance.seen()[0];
+    let up = seen.head.to_ascii_lowercase();
+    assert_eq!(up.matches("content-length").count(), 1, "{}", seen.head);
+    assert!(up.contains("content-length: 5\r\n"), "{}", seen.head);
+    assert_eq!(seen.body, b"hello");
+}
+
+/// Issue 18 (1): an `Upgrade` the route does not allow never reaches the instance, so an
+/// instance that would switch cannot open a tunnel past the route's access rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_other_than_the_routes_are_removed_and_cannot_tunnel_past_acls() {
+    // An instance that switches to whatever it is asked for, and answers 200 otherwise.
+    let instance = Scripted::start(|seen, _| {
+        let lower = seen.head.to_ascii_lowercase();
+        match header_value(&lower, "upgrade") {
+            Some(p) => Act::Reply(
+                format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {p}\r\n\r\n")
+                    .into_bytes(),
+            ),
+            None => Act::Reply(ok("plain")),
+        }
+    });
+    let (_p, addr) = start(&format!(
+        "{LISTENER}[[route]]\npath = \"/admin/\"\nservice = \"s\"\nallow = [\"10.9.9.9\"]\n\
+         [[route]]\npath = \"/\"\nservice = \"s\"\n\
+         [[route]]\npath = \"/foo/\"\nservice = \"s\"\nupgrades = [\"foo\"]\n\
+         [[service]]\nname = \"s\"\n{}\n",
+        instances(&[instance.addr])
+    ))
+    .await;
+    for (upgrade, settings) in [
+        ("h2c", "HTTP2-Settings: AAMAAABkAAQAAP__\r\n"),
+        ("foo", ""),
+        ("websocket, foo", ""),
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\n{settings}\r\n"
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{upgrade}: {status}");
+        // Whatever the client sends next is a request of its own, checked by the routes.
+        let mut rest = String::new();
+        while rest != "\r\n" {
+            rest.clear();
+            r.read_line(&mut rest).unwrap();
+        }
+        let mut body = [0u8; 5];
+        r.read_exact(&mut body).unwrap();
+        r.get_mut()
+            .write_all(b"GET /admin/secret HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut after = String::new();
+        let _ = r.read_to_string(&mut after);
+        assert!(after.starts_with("HTTP/1.1 403"), "{upgrade}: {after}");
+    }
+    let seen = instance.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        let lower = s.head.to_ascii_lowercase();
+        assert!(!lower.contains("upgrade"), "{}", s.head);
+        assert!(!lower.contains("http2-settings"), "{}", s.head);
+        assert!(!lower.contains("/admin/"), "{}", s.head);
+    }
+    // A route that lists the protocol lets it through.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /foo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+        .unwrap();
+    let mut status = String::new();
+    BufReader::new(s).read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let last = instance.seen().pop().unwrap().head.to_ascii_lowercase();
+    assert!(last.contains("upgrade: foo"), "{last}");
+}

@@ -5,10 +5,24 @@
 //! `word` may itself contain expansions and is only expanded when it is used. A `$` not
 //! followed by a name, `{` or `$` is kept as it is. An allow-list (GNU's SHELL-FORMAT) limits
 //! substitution to the listed names; every other expression is copied verbatim.
-//! `docs/sidecar.md` lists where this differs from GNU envsubst.
+//! Like GNU envsubst it works on bytes: templates and values need not be UTF-8 (names are
+//! ASCII by the grammar). `docs/sidecar.md` lists where this differs from GNU envsubst.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::os::unix::ffi::OsStringExt;
+
+/// Variables by name, values as raw bytes (environment values are bytes, not text).
+pub type EnvVars = BTreeMap<String, Vec<u8>>;
+
+/// The process environment for substitution, values byte for byte. A variable whose *name* is
+/// not UTF-8 is left out: no template can name it (names are `[A-Za-z_][A-Za-z0-9_]*`). The
+/// environment itself is untouched; the workload inherits every variable as it is.
+pub fn process_env() -> EnvVars {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_vec())))
+        .collect()
+}
 
 /// What to substitute and what counts as an error.
 #[derive(Debug, Clone, Default)]
@@ -105,18 +119,26 @@ enum Operator {
     Required,
 }
 
+/// The operator of a `${VAR<op>word}`, whether it had a `:`, and its word.
+type Operation = (Operator, bool, Vec<Piece>);
+
 #[derive(Debug, Clone)]
 enum Piece {
-    Text(String),
+    Text(Vec<u8>),
     Var {
         name: String,
         /// Byte offset of the `$`.
         offset: usize,
         /// The expression as written, copied when the name is not allowed.
-        raw: String,
-        operation: Option<(Operator, bool, Vec<Piece>)>,
+        raw: Vec<u8>,
+        operation: Option<Operation>,
     },
 }
+
+/// How deep `${A:-${B:-...}}` may nest. The parser and the evaluator recurse once per level, so
+/// without a bound a large generated template could overflow the stack; real templates nest a
+/// few levels at most.
+pub const MAX_NESTING: usize = 64;
 
 fn name_end(bytes: &[u8], start: usize) -> usize {
     let mut end = start;
@@ -129,16 +151,45 @@ fn name_end(bytes: &[u8], start: usize) -> usize {
     end
 }
 
-struct Parser<'a> {
-    file: &'a str,
-    text: &'a str,
-    bytes: &'a [u8],
-    position: usize,
+/// A name found by [`name_end`]: ASCII by construction, so every byte is one `char`.
+fn ascii_name(bytes: &[u8]) -> String {
+    bytes.iter().copied().map(char::from).collect()
 }
 
-impl Parser<'_> {
+/// The input at `offset` for a message: the character quoted, or the byte when it is not UTF-8.
+fn shown_at(bytes: &[u8], offset: usize) -> String {
+    let rest = bytes.get(offset..).unwrap_or_default();
+    let window = &rest[..rest.len().min(4)];
+    let valid = match std::str::from_utf8(window) {
+        Ok(text) => text,
+        Err(error) => std::str::from_utf8(&window[..error.valid_up_to()]).unwrap_or_default(),
+    };
+    match (valid.chars().next(), rest.first()) {
+        (Some(c), _) => format!("{c:?}"),
+        (None, Some(byte)) => format!("byte 0x{byte:02X}"),
+        (None, None) => "the end".to_owned(),
+    }
+}
+
+struct Parser<'a> {
+    file: &'a str,
+    bytes: &'a [u8],
+    position: usize,
+    depth: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(file: &'a str, bytes: &'a [u8]) -> Self {
+        Self {
+            file,
+            bytes,
+            position: 0,
+            depth: 0,
+        }
+    }
+
     fn error(&self, offset: usize, message: impl Into<String>) -> EnvsubstError {
-        let (line, column) = line_col(self.text, offset);
+        let (line, column) = line_col_bytes(self.bytes, offset);
         EnvsubstError::Syntax {
             file: self.file.to_owned(),
             line,
@@ -150,7 +201,7 @@ impl Parser<'_> {
     /// Parses pieces until the end, or (inside a word) until the closing `}`.
     fn pieces(&mut self, in_word: bool, open: usize) -> Result<Vec<Piece>, EnvsubstError> {
         let mut pieces = Vec::new();
-        let mut text = String::new();
+        let mut text = Vec::new();
         while self.position < self.bytes.len() {
             let byte = self.bytes[self.position];
             if in_word && byte == b'}' {
@@ -161,42 +212,19 @@ impl Parser<'_> {
                 return Ok(pieces);
             }
             if byte != b'$' {
-                let next = self.text[self.position..]
-                    .find(|c| c == '$' || (in_word && c == '}'))
+                let next = self.bytes[self.position..]
+                    .iter()
+                    .position(|&b| b == b'$' || (in_word && b == b'}'))
                     .map_or(self.bytes.len(), |i| self.position + i);
-                text.push_str(&self.text[self.position..next]);
+                text.extend_from_slice(&self.bytes[self.position..next]);
                 self.position = next;
                 continue;
             }
-            let dollar = self.position;
-            match self.bytes.get(dollar + 1) {
-                Some(b'$') => {
-                    text.push('$');
-                    self.position += 2;
+            if let Some(piece) = self.dollar(&mut text)? {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
                 }
-                Some(b'{') => {
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    pieces.push(self.braced(dollar)?);
-                }
-                Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    let end = name_end(self.bytes, dollar + 1);
-                    pieces.push(Piece::Var {
-                        name: self.text[dollar + 1..end].to_owned(),
-                        offset: dollar,
-                        raw: self.text[dollar..end].to_owned(),
-                        operation: None,
-                    });
-                    self.position = end;
-                }
-                _ => {
-                    text.push('$');
-                    self.position += 1;
-                }
+                pieces.push(piece);
             }
         }
         if in_word {
@@ -208,22 +236,49 @@ impl Parser<'_> {
         Ok(pieces)
     }
 
+    /// At a `$`: a variable, or literal text appended to `text`.
+    fn dollar(&mut self, text: &mut Vec<u8>) -> Result<Option<Piece>, EnvsubstError> {
+        let dollar = self.position;
+        match self.bytes.get(dollar + 1) {
+            Some(b'$') => {
+                text.push(b'$');
+                self.position += 2;
+                Ok(None)
+            }
+            Some(b'{') => self.braced(dollar).map(Some),
+            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
+                let end = name_end(self.bytes, dollar + 1);
+                self.position = end;
+                Ok(Some(Piece::Var {
+                    name: ascii_name(&self.bytes[dollar + 1..end]),
+                    offset: dollar,
+                    raw: self.bytes[dollar..end].to_vec(),
+                    operation: None,
+                }))
+            }
+            _ => {
+                text.push(b'$');
+                self.position += 1;
+                Ok(None)
+            }
+        }
+    }
+
     fn braced(&mut self, dollar: usize) -> Result<Piece, EnvsubstError> {
         let start = dollar + 2;
         let end = name_end(self.bytes, start);
         if end == start {
-            let shown: String = self.text[start..].chars().take(12).collect();
+            let window = &self.bytes[start..self.bytes.len().min(start + 48)];
+            let shown: String = String::from_utf8_lossy(window).chars().take(12).collect();
             return Err(self.error(
                 start,
                 format!(
-                    "expected a variable name after '${{', found {:?} (write $${{ for a literal '${{')",
-                    shown
+                    "expected a variable name after '${{', found {shown:?} (write $${{ for a literal '${{')"
                 ),
             ));
         }
-        let name = self.text[start..end].to_owned();
-        let rest = &self.bytes[end..];
-        let (operation, skip) = match rest {
+        let name = ascii_name(&self.bytes[start..end]);
+        let (operation, skip) = match &self.bytes[end..] {
             [b'}', ..] => (None, 1),
             [b':', b'-', ..] => (Some((Operator::Default, true)), 2),
             [b':', b'=', ..] => (Some((Operator::Assign, true)), 2),
@@ -234,12 +289,12 @@ impl Parser<'_> {
             [b'+', ..] => (Some((Operator::Alternative, false)), 1),
             [b'?', ..] => (Some((Operator::Required, false)), 1),
             [] => return Err(self.error(dollar, "unterminated ${...}: no closing '}'")),
-            [other, ..] => {
-                let found = self.text[end..].chars().next().unwrap_or(*other as char);
+            [_, ..] => {
+                let found = shown_at(self.bytes, end);
                 return Err(self.error(
                     end,
                     format!(
-                        "unexpected {found:?} in ${{{name}...}}: supported forms are ${{{name}}}, ${{{name}-word}}, ${{{name}:-word}}, =, :=, +, :+, ?, :?"
+                        "unexpected {found} in ${{{name}...}}: supported forms are ${{{name}}}, ${{{name}-word}}, ${{{name}:-word}}, =, :=, +, :+, ?, :?"
                     ),
                 ));
             }
@@ -247,31 +302,55 @@ impl Parser<'_> {
         self.position = end + skip;
         let operation = match operation {
             None => None,
-            Some((operator, colon)) => {
-                let word = self.pieces(true, dollar)?;
-                Some((operator, colon, word))
-            }
+            Some((operator, colon)) => Some((operator, colon, self.word(dollar)?)),
         };
         Ok(Piece::Var {
             name,
             offset: dollar,
-            raw: self.text[dollar..self.position].to_owned(),
+            raw: self.bytes[dollar..self.position].to_vec(),
             operation,
         })
+    }
+
+    /// The `word` of the `${...}` opened at `dollar`, one nesting level deeper.
+    fn word(&mut self, dollar: usize) -> Result<Vec<Piece>, EnvsubstError> {
+        if self.depth >= MAX_NESTING {
+            return Err(self.error(
+                dollar,
+                format!("${{...}} nested more than {MAX_NESTING} levels deep"),
+            ));
+        }
+        self.depth += 1;
+        let word = self.pieces(true, dollar);
+        self.depth -= 1;
+        word
     }
 }
 
 /// 1-based line and character column of byte `offset`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
+    line_col_bytes(text.as_bytes(), offset)
+}
+
+/// [`line_col`] for bytes that need not be UTF-8: a byte that is not part of a valid character
+/// counts as one column (as its U+FFFD would).
+pub(crate) fn line_col_bytes(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(bytes.len());
+    // Back to the start of the character, as `str::is_char_boundary` would (at most 3 steps).
+    let is_continuation = |b: u8| b & 0xC0 == 0x80;
+    for _ in 0..3 {
+        if offset == 0 || offset == bytes.len() || !is_continuation(bytes[offset]) {
+            break;
+        }
         offset -= 1;
     }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit_once('\n')
-        .map_or(before, |(_, last)| last)
+    let before = &bytes[..offset];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
         .chars()
         .count()
         + 1;
@@ -280,15 +359,15 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 struct Evaluator<'a> {
     file: &'a str,
-    text: &'a str,
-    vars: &'a mut BTreeMap<String, String>,
+    bytes: &'a [u8],
+    vars: &'a mut EnvVars,
     options: &'a EnvsubstOptions,
     findings: Vec<Finding>,
 }
 
 impl Evaluator<'_> {
     fn finding(&mut self, name: &str, offset: usize, offence: Offence) {
-        let (line, column) = line_col(self.text, offset);
+        let (line, column) = line_col_bytes(self.bytes, offset);
         self.findings.push(Finding {
             file: self.file.to_owned(),
             line,
@@ -298,82 +377,70 @@ impl Evaluator<'_> {
         });
     }
 
-    fn expand(&mut self, pieces: &[Piece], out: &mut String) {
+    fn expand(&mut self, pieces: &[Piece], out: &mut Vec<u8>) {
         for piece in pieces {
             match piece {
-                Piece::Text(text) => out.push_str(text),
+                Piece::Text(text) => out.extend_from_slice(text),
                 Piece::Var {
                     name,
                     offset,
                     raw,
                     operation,
                 } => {
-                    if let Some(allow) = &self.options.allow
-                        && !allow.contains(name)
-                    {
-                        out.push_str(raw);
-                        continue;
-                    }
-                    let value = self.vars.get(name).cloned();
-                    let Some((operator, colon, word)) = operation else {
-                        match &value {
-                            None if self.options.no_unset => {
-                                self.finding(name, *offset, Offence::Unset)
-                            }
-                            Some(v) if v.is_empty() && self.options.no_empty => {
-                                self.finding(name, *offset, Offence::Empty)
-                            }
-                            _ => {}
-                        }
-                        out.push_str(value.as_deref().unwrap_or(""));
-                        continue;
-                    };
-                    // With ':' an empty value counts as unset, as in the shell.
-                    let usable = match &value {
-                        Some(v) => !(*colon && v.is_empty()),
-                        None => false,
-                    };
-                    match operator {
-                        Operator::Default => {
-                            if usable {
-                                out.push_str(value.as_deref().unwrap_or(""));
-                            } else {
-                                self.expand(word, out);
-                            }
-                        }
-                        Operator::Assign => {
-                            if usable {
-                                out.push_str(value.as_deref().unwrap_or(""));
-                            } else {
-                                let mut assigned = String::new();
-                                self.expand(word, &mut assigned);
-                                self.vars.insert(name.clone(), assigned.clone());
-                                out.push_str(&assigned);
-                            }
-                        }
-                        Operator::Alternative => {
-                            if usable {
-                                self.expand(word, out);
-                            }
-                        }
-                        Operator::Required => {
-                            if usable {
-                                out.push_str(value.as_deref().unwrap_or(""));
-                            } else {
-                                let mut message = String::new();
-                                self.expand(word, &mut message);
-                                if message.is_empty() {
-                                    message = if *colon {
-                                        "parameter null or not set".into()
-                                    } else {
-                                        "parameter not set".into()
-                                    };
-                                }
-                                self.finding(name, *offset, Offence::Required(message));
-                            }
-                        }
+                    let allowed = self.options.allow.as_ref().is_none_or(|a| a.contains(name));
+                    if allowed {
+                        self.variable(name, *offset, operation.as_ref(), out);
+                    } else {
+                        out.extend_from_slice(raw);
                     }
                 }
+            }
+        }
+    }
+
+    fn variable(
+        &mut self,
+        name: &str,
+        offset: usize,
+        operation: Option<&Operation>,
+        out: &mut Vec<u8>,
+    ) {
+        // Cloned: expanding a word may assign to `vars` while the value is in use.
+        let value = self.vars.get(name).cloned();
+        let Some((operator, colon, word)) = operation else {
+            match &value {
+                None if self.options.no_unset => self.finding(name, offset, Offence::Unset),
+                Some(v) if v.is_empty() && self.options.no_empty => {
+                    self.finding(name, offset, Offence::Empty)
+                }
+                _ => {}
+            }
+            out.extend_from_slice(value.as_deref().unwrap_or_default());
+            return;
+        };
+        // With ':' an empty value counts as unset, as in the shell.
+        let usable = value.as_ref().is_some_and(|v| !(*colon && v.is_empty()));
+        match (operator, usable) {
+            (Operator::Default | Operator::Assign | Operator::Required, true) => {
+                out.extend_from_slice(value.as_deref().unwrap_or_default())
+            }
+            (Operator::Default, false) | (Operator::Alternative, true) => self.expand(word, out),
+            (Operator::Alternative, false) => {}
+            (Operator::Assign, false) => {
+                let mut assigned = Vec::new();
+                self.expand(word, &mut assigned);
+                out.extend_from_slice(&assigned);
+                self.vars.insert(name.to_owned(), assigned);
+            }
+            (Operator::Required, false) => {
+                let mut message = Vec::new();
+                self.expand(word, &mut message);
+                let message = match (message.is_empty(), *colon) {
+                    (false, _) => String::from_utf8_lossy(&message).into_owned(),
+                    (true, true) => "parameter null or not set".to_owned(),
+                    (true, false) => "parameter not set".to_owned(),
+                };
+                self.finding(name, offset, Offence::Required(message));
             }
         }
     }
@@ -382,27 +449,24 @@ impl Evaluator<'_> {
 /// Substitutes `text` (from `file`, used in messages) with `vars`. `${VAR=word}` assignments
 /// are written back into `vars`, so later expressions — and later files rendered with the same
 /// map — see them. Fails with a syntax error, or with every offending variable.
+///
+/// Bytes, not text, like GNU envsubst: the template and the values may hold any bytes (Latin-1,
+/// binary), and the output is the template's bytes with the values' bytes in place.
 pub fn substitute(
     file: &str,
-    text: &str,
-    vars: &mut BTreeMap<String, String>,
+    text: &[u8],
+    vars: &mut EnvVars,
     options: &EnvsubstOptions,
-) -> Result<String, EnvsubstError> {
-    let mut parser = Parser {
-        file,
-        text,
-        bytes: text.as_bytes(),
-        position: 0,
-    };
-    let pieces = parser.pieces(false, 0)?;
+) -> Result<Vec<u8>, EnvsubstError> {
+    let pieces = Parser::new(file, text).pieces(false, 0)?;
     let mut evaluator = Evaluator {
         file,
-        text,
+        bytes: text,
         vars,
         options,
         findings: Vec::new(),
     };
-    let mut out = String::with_capacity(text.len());
+    let mut out = Vec::with_capacity(text.len());
     evaluator.expand(&pieces, &mut out);
     if evaluator.findings.is_empty() {
         Ok(out)
@@ -414,7 +478,7 @@ pub fn substitute(
 }
 
 /// The variable names referenced in `text` (for `--variables`, like GNU's `-v`).
-pub fn referenced_names(text: &str) -> Result<BTreeSet<String>, EnvsubstError> {
+pub fn referenced_names(text: &[u8]) -> Result<BTreeSet<String>, EnvsubstError> {
     fn walk(pieces: &[Piece], names: &mut BTreeSet<String>) {
         for piece in pieces {
             if let Piece::Var {
@@ -428,14 +492,8 @@ pub fn referenced_names(text: &str) -> Result<BTreeSet<String>, EnvsubstError> {
             }
         }
     }
-    let mut parser = Parser {
-        file: "-",
-        text,
-        bytes: text.as_bytes(),
-        position: 0,
-    };
     let mut names = BTreeSet::new();
-    walk(&parser.pieces(false, 0)?, &mut names);
+    walk(&Parser::new("-", text).pieces(false, 0)?, &mut names);
     Ok(names)
 }
 
@@ -443,15 +501,22 @@ pub fn referenced_names(text: &str) -> Result<BTreeSet<String>, EnvsubstError> {
 mod tests {
     use super::*;
 
-    fn vars() -> BTreeMap<String, String> {
+    fn vars() -> EnvVars {
         [("SET", "value"), ("EMPTY", ""), ("OTHER", "o")]
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
             .collect()
     }
 
     fn run(text: &str) -> String {
-        substitute("t", text, &mut vars(), &EnvsubstOptions::default()).expect("substitutes")
+        let out = substitute(
+            "t",
+            text.as_bytes(),
+            &mut vars(),
+            &EnvsubstOptions::default(),
+        )
+        .expect("substitutes");
+        String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
     }
 
     #[test]
@@ -485,21 +550,26 @@ mod tests {
         let mut vars = vars();
         let out = substitute(
             "t",
-            "${NEW:=made} $NEW",
+            b"${NEW:=made} $NEW",
             &mut vars,
             &EnvsubstOptions::default(),
         )
         .expect("substitutes");
-        assert_eq!(out, "made made");
-        assert_eq!(vars["NEW"], "made");
+        assert_eq!(out, b"made made");
+        assert_eq!(vars["NEW"], b"made");
         assert_eq!(run("multi\nbyte é $SET"), "multi\nbyte é value");
     }
 
     #[test]
     fn required_forms_report_every_offender_with_position() {
         let text = "a: ${UNSET?needs a value}\nb: ${EMPTY:?}\nc: ${EMPTY?fine}";
-        let err = substitute("f.json", text, &mut vars(), &EnvsubstOptions::default())
-            .expect_err("required missing");
+        let err = substitute(
+            "f.json",
+            text.as_bytes(),
+            &mut vars(),
+            &EnvsubstOptions::default(),
+        )
+        .expect_err("required missing");
         assert_eq!(
             err.to_string(),
             "f.json:1:4: UNSET: needs a value\nf.json:2:4: EMPTY: parameter null or not set"
@@ -514,7 +584,8 @@ mod tests {
             ..Default::default()
         };
         let text = "{\n  \"a\": \"${UNSET}\",\n  \"b\": \"$EMPTY\", \"c\": \"${UNSET:-ok}\", \"é\": $NOPE\n}";
-        let err = substitute("cfg.json", text, &mut vars(), &options).expect_err("offenders");
+        let err =
+            substitute("cfg.json", text.as_bytes(), &mut vars(), &options).expect_err("offenders");
         let EnvsubstError::Variables { findings } = &err else {
             panic!("{err}")
         };
@@ -543,12 +614,12 @@ mod tests {
         };
         let out = substitute(
             "t",
-            "$SET ${OTHER} $UNSET ${EMPTY:-x} $$",
+            b"$SET ${OTHER} $UNSET ${EMPTY:-x} $$",
             &mut vars(),
             &options,
         )
         .expect("unlisted names are not checked");
-        assert_eq!(out, "value o $UNSET ${EMPTY:-x} $");
+        assert_eq!(out, b"value o $UNSET ${EMPTY:-x} $");
     }
 
     #[test]
@@ -560,8 +631,13 @@ mod tests {
             ("${A:-never closed", "t:1:1:", "unterminated"),
             ("${1}", "t:1:3:", "expected a variable name"),
         ] {
-            let err =
-                substitute("t", text, &mut vars(), &EnvsubstOptions::default()).expect_err(text);
+            let err = substitute(
+                "t",
+                text.as_bytes(),
+                &mut vars(),
+                &EnvsubstOptions::default(),
+            )
+            .expect_err(text);
             let message = err.to_string();
             assert!(message.starts_with(position), "{text:?}: {message}");
             assert!(message.contains(needle), "{text:?}: {message}");
@@ -570,7 +646,66 @@ mod tests {
 
     #[test]
     fn names_referenced() {
-        let names = referenced_names("$A ${B:-$C} $$D").expect("parses");
+        let names = referenced_names(b"$A ${B:-$C} $$D").expect("parses");
         assert_eq!(names.iter().collect::<Vec<_>>(), ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_pass_through() {
+        let mut vars = vars();
+        vars.insert("LATIN1".into(), b"caf\xe9".to_vec());
+        let options = EnvsubstOptions::default();
+        let out = substitute(
+            "t",
+            b"\xff${LATIN1}|$LATIN1|${UNSET:-\xfe}",
+            &mut vars,
+            &options,
+        )
+        .expect("bytes are fine");
+        assert_eq!(out, b"\xffcaf\xe9|caf\xe9|\xfe");
+        let out = substitute("t", b"${NEW:=\xe9$LATIN1} $NEW", &mut vars, &options)
+            .expect("assigns bytes");
+        assert_eq!(out, b"\xe9caf\xe9 \xe9caf\xe9");
+    }
+
+    #[test]
+    fn errors_in_non_utf8_templates_have_positions() {
+        let err = substitute(
+            "t",
+            b"\xe9\xe9\n\xe9 ${A\xe9}",
+            &mut vars(),
+            &Default::default(),
+        )
+        .expect_err("bad byte in a name");
+        assert_eq!(
+            err.to_string(),
+            "t:2:6: unexpected byte 0xE9 in ${A...}: supported forms are ${A}, ${A-word}, ${A:-word}, =, :=, +, :+, ?, :?"
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = |levels: usize| "${A:-".repeat(levels) + &"}".repeat(levels);
+        assert_eq!(run(&deep(MAX_NESTING)), "");
+        let err = substitute(
+            "t",
+            deep(MAX_NESTING + 1).as_bytes(),
+            &mut vars(),
+            &Default::default(),
+        )
+        .expect_err("too deep");
+        assert!(
+            err.to_string().contains("nested more than 64 levels"),
+            "{err}"
+        );
+        assert!(referenced_names(deep(100_000).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(line_col_bytes("é\néa".as_bytes(), 5), (2, 2));
+        assert_eq!(line_col_bytes("é".as_bytes(), 1), (1, 1));
+        assert_eq!(line_col_bytes(b"\xe9\xe9a", 2), (1, 3));
+        assert_eq!(line_col_bytes(b"ab", 99), (1, 3));
     }
 }

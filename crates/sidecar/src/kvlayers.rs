@@ -3,6 +3,9 @@
 //! rendering is synchronous and never waits on the network; every change is reported to the
 //! supervisor with the keys it touched.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use sluice_kv::registry::{RegistryKind, ServiceDefinition};
@@ -13,6 +16,7 @@ use sluice_kv::{
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::{Config, KvKind, RegistryKindConfig};
+use crate::text::{InvalidByte, NotText};
 
 /// Which mirror a notice is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +43,58 @@ pub enum LayerStatus {
 
 #[derive(Debug)]
 struct Layer {
-    source: KvSource,
+    /// `None`: a fixed set of entries ([`KvLayers::from_entries`]), never watched.
+    source: Option<KvSource>,
     prefix: String,
     options: WatchOptions,
     mirror: KvMirror,
+    /// An env layer's variables (under the prefix) whose value is not UTF-8. sluice-kv's
+    /// `EnvSource` leaves them out; kept here so a template naming one gets an error saying
+    /// so, not a "missing key" it would wait for in vain.
+    not_text: BTreeMap<String, InvalidByte>,
+}
+
+impl Layer {
+    fn new(source: KvSource, prefix: String, options: WatchOptions) -> Self {
+        Self {
+            source: Some(source),
+            prefix,
+            options,
+            mirror: KvMirror::new(),
+            not_text: BTreeMap::new(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| "in-memory KV".to_owned(), KvSource::describe)
+    }
+
+    /// `value` of `key` as text, or which byte is not UTF-8.
+    fn text(&self, key: &str, value: Vec<u8>) -> Result<String, NotText> {
+        String::from_utf8(value).map_err(|error| self.not_text_error(key, InvalidByte::of(&error)))
+    }
+
+    fn not_text_error(&self, key: &str, at: InvalidByte) -> NotText {
+        NotText::Kv {
+            key: key.to_owned(),
+            layer: self.describe(),
+            at,
+        }
+    }
+}
+
+/// The process's variables under `prefix` whose value is not UTF-8 (names that are not UTF-8
+/// cannot be asked for, so they are skipped).
+fn env_not_text(prefix: &str) -> BTreeMap<String, InvalidByte> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let at = InvalidByte::find(value.as_bytes())?;
+            let name = name.into_string().ok()?;
+            name.starts_with(prefix).then_some((name, at))
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -89,15 +141,15 @@ impl KvLayers {
                     client: etcd_client(&kv.endpoints, kv.request_timeout.0)?,
                 }),
             };
-            layers.push(Layer {
-                source,
-                prefix: kv.prefix.clone(),
-                options: WatchOptions {
-                    poll_interval: kv.poll.0,
-                    ..WatchOptions::default()
-                },
-                mirror: KvMirror::new(),
-            });
+            let options = WatchOptions {
+                poll_interval: kv.poll.0,
+                ..WatchOptions::default()
+            };
+            let mut layer = Layer::new(source, kv.prefix.clone(), options);
+            if kv.source == KvKind::Env {
+                layer.not_text = env_not_text(&kv.prefix);
+            }
+            layers.push(layer);
         }
         let registry = match &config.registry {
             None => None,
@@ -129,22 +181,39 @@ impl KvLayers {
                         registry.prefix.clone(),
                     ),
                 };
+                let options = WatchOptions {
+                    poll_interval: registry.poll.0,
+                    backoff: Backoff::default(),
+                    ..WatchOptions::default()
+                };
                 Some(Registry {
                     kind,
-                    layer: Layer {
-                        source,
-                        prefix,
-                        options: WatchOptions {
-                            poll_interval: registry.poll.0,
-                            backoff: Backoff::default(),
-                            ..WatchOptions::default()
-                        },
-                        mirror: KvMirror::new(),
-                    },
+                    layer: Layer::new(source, prefix, options),
                 })
             }
         };
         Ok(Self { layers, registry })
+    }
+
+    /// One layer holding exactly `entries`, synced and never watched: rendering without KV
+    /// sources (fuzzing, tests).
+    pub fn from_entries(entries: Vec<KvEntry>) -> Self {
+        let mirror = KvMirror::new();
+        mirror.apply(&WatchEvent::Snapshot {
+            entries,
+            revision: 1,
+        });
+        let layer = Layer {
+            source: None,
+            prefix: String::new(),
+            options: WatchOptions::default(),
+            mirror,
+            not_text: BTreeMap::new(),
+        };
+        Self {
+            layers: vec![layer],
+            registry: None,
+        }
     }
 
     fn all(&self) -> impl Iterator<Item = (LayerId, &Layer)> {
@@ -159,7 +228,10 @@ impl KvLayers {
     /// The watches run until the runtime stops.
     pub fn start(&self, notices: UnboundedSender<KvNotice>) {
         for (id, layer) in self.all() {
-            let mut watch = layer.source.watch(&layer.prefix, layer.options);
+            let Some(source) = &layer.source else {
+                continue;
+            };
+            let mut watch = source.watch(&layer.prefix, layer.options);
             let mirror = layer.mirror.clone();
             let notices = notices.clone();
             tokio::spawn(async move {
@@ -194,8 +266,8 @@ impl KvLayers {
             .filter(|(_, layer)| !layer.mirror.is_synced())
             .map(|(id, layer)| {
                 let what = match id {
-                    LayerId::Kv(_) => format!("KV source {}", layer.source.describe()),
-                    LayerId::Registry => format!("registry {}", layer.source.describe()),
+                    LayerId::Kv(_) => format!("KV source {}", layer.describe()),
+                    LayerId::Registry => format!("registry {}", layer.describe()),
                 };
                 match layer.mirror.unavailable() {
                     Some(error) => format!("{what}: {error}"),
@@ -207,33 +279,53 @@ impl KvLayers {
 
     pub fn describe(&self, id: LayerId) -> String {
         match id {
-            LayerId::Kv(i) => self
-                .layers
-                .get(i)
-                .map(|l| l.source.describe())
-                .unwrap_or_default(),
+            LayerId::Kv(i) => self.layers.get(i).map(Layer::describe).unwrap_or_default(),
             LayerId::Registry => self
                 .registry
                 .as_ref()
-                .map(|r| r.layer.source.describe())
+                .map(|r| r.layer.describe())
                 .unwrap_or_default(),
         }
     }
 
-    /// The first layer's value for `key`.
-    pub fn get(&self, key: &str) -> Option<KvEntry> {
-        self.layers.iter().find_map(|layer| layer.mirror.get(key))
-    }
-
-    /// Every key under `prefix` across layers; for a key in several layers, the first wins.
-    pub fn list(&self, prefix: &str) -> Vec<KvEntry> {
-        let mut merged = std::collections::BTreeMap::new();
+    /// The first layer's value for `key` as text; `Ok(None)` when no layer holds it, an error
+    /// when the value that wins is not UTF-8 (templates render text; a silent U+FFFD in a
+    /// config file would be worse).
+    pub fn get_text(&self, key: &str) -> Result<Option<String>, NotText> {
         for layer in &self.layers {
-            for entry in layer.mirror.list(prefix) {
-                merged.entry(entry.key.clone()).or_insert(entry);
+            if let Some(entry) = layer.mirror.get(key) {
+                return layer.text(key, entry.value).map(Some);
+            }
+            if let Some(at) = layer.not_text.get(key) {
+                return Err(layer.not_text_error(key, *at));
             }
         }
-        merged.into_values().collect()
+        Ok(None)
+    }
+
+    /// Every key under `prefix` across layers with its value as text, sorted by key; for a key
+    /// in several layers the first wins. An error names the first winning value that is not
+    /// UTF-8.
+    pub fn list_text(&self, prefix: &str) -> Result<Vec<(String, String)>, NotText> {
+        let mut merged = BTreeMap::new();
+        for layer in &self.layers {
+            for entry in layer.mirror.list(prefix) {
+                if let Entry::Vacant(slot) = merged.entry(entry.key) {
+                    let value = layer.text(slot.key(), entry.value);
+                    slot.insert(value);
+                }
+            }
+            let invalid = layer.not_text.range(prefix.to_owned()..);
+            for (key, at) in invalid.take_while(|(key, _)| key.starts_with(prefix)) {
+                merged
+                    .entry(key.clone())
+                    .or_insert_with(|| Err(layer.not_text_error(key, *at)));
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(key, value)| value.map(|value| (key, value)))
+            .collect()
     }
 
     /// Registered instances of `service` (registration implies the registrant's check passed;
@@ -255,5 +347,57 @@ impl KvLayers {
             .collect();
         found.sort_by(|a, b| a.instance_id().cmp(b.instance_id()));
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> KvLayers {
+        KvLayers::from_entries(vec![
+            KvEntry::new("a/ok", "café", 1),
+            KvEntry::new("a/bad", b"caf\xe9".to_vec(), 1),
+        ])
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_errors_naming_key_layer_and_byte() {
+        let kv = layers();
+        assert_eq!(kv.get_text("a/ok"), Ok(Some("café".to_owned())));
+        assert_eq!(kv.get_text("a/none"), Ok(None));
+        let error = kv.get_text("a/bad").expect_err("Latin-1");
+        assert_eq!(
+            error.to_string(),
+            "KV key \"a/bad\" in in-memory KV is not valid UTF-8 (byte 0xE9 at offset 3): a jinja template renders text and cannot insert it"
+        );
+        assert_eq!(kv.list_text("a/").expect_err("a/bad is listed"), error);
+        assert_eq!(
+            kv.list_text("a/o"),
+            Ok(vec![("a/ok".to_owned(), "café".to_owned())])
+        );
+    }
+
+    #[test]
+    fn an_env_layers_non_utf8_variable_wins_like_any_value() {
+        let mut kv = layers();
+        let mut env = Layer::new(
+            KvSource::Env(EnvSource::default()),
+            String::new(),
+            WatchOptions::default(),
+        );
+        let at = InvalidByte {
+            offset: 1,
+            byte: 0xFF,
+        };
+        env.not_text.insert("a/ok".to_owned(), at);
+        env.not_text.insert("a/env".to_owned(), at);
+        // After the in-memory layer: its valid a/ok wins; a/env is only in the env layer.
+        kv.layers.push(env);
+        assert_eq!(kv.get_text("a/ok"), Ok(Some("café".to_owned())));
+        assert!(matches!(kv.get_text("a/env"), Err(NotText::Kv { layer, .. }) if layer == "env"));
+        // First: the env layer's a/ok now wins, and it is not text.
+        kv.layers.rotate_right(1);
+        assert!(kv.get_text("a/ok").is_err());
     }
 }

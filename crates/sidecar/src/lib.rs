@@ -21,4 +21,5 @@ pub mod registrar;
 pub mod signals;
 pub mod supervisor;
 pub mod template;
+pub mod text;
 pub mod write;

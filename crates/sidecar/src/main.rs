@@ -1,7 +1,7 @@
 //! `sluice-sidecar [OPTIONS] [-- COMMAND [ARGS...]]` and `sluice-sidecar envsubst [...]`.
 //! See `docs/sidecar.md`.
 
-use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,16 +92,17 @@ struct EnvsubstCli {
     shell_format: Option<String>,
 }
 
-fn envsubst_main(args: Vec<String>) -> anyhow::Result<ExitCode> {
+fn envsubst_main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let cli = EnvsubstCli::parse_from(args);
-    let mut input = String::new();
+    // Bytes, as GNU envsubst reads them: a Latin-1 template is substituted, not refused.
+    let mut input = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut input)
+        .read_to_end(&mut input)
         .context("reading standard input")?;
     if cli.variables {
         let names = match &cli.shell_format {
             Some(format) => EnvsubstOptions::allow_from_shell_format(format),
-            None => envsubst::referenced_names(&input).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => envsubst::referenced_names(&input)?,
         };
         let mut out = std::io::stdout().lock();
         for name in names {
@@ -117,10 +118,10 @@ fn envsubst_main(args: Vec<String>) -> anyhow::Result<ExitCode> {
         no_unset: cli.no_unset,
         no_empty: cli.no_empty,
     };
-    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    let mut vars = envsubst::process_env();
     match envsubst::substitute("<stdin>", &input, &mut vars, &options) {
         Ok(output) => {
-            std::io::stdout().lock().write_all(output.as_bytes())?;
+            std::io::stdout().lock().write_all(&output)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
@@ -330,10 +331,11 @@ fn init_logging(level: Option<&str>) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("envsubst") {
+    // `args_os`: `args` panics on an argument that is not UTF-8; clap reports it instead.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == "envsubst") {
         // A filter, not a supervisor: signals keep their default effect.
-        let rest = std::iter::once("sluice-sidecar envsubst".to_owned())
+        let rest = std::iter::once(OsString::from("sluice-sidecar envsubst"))
             .chain(args.into_iter().skip(2))
             .collect();
         return envsubst_main(rest).unwrap_or_else(|error| {

@@ -445,7 +445,8 @@ async fn reload(
     dirty: BTreeSet<usize>,
     reaper: Reaper,
 ) -> ReloadDone {
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    // Values as bytes: a variable that is not UTF-8 must not stop a reload (nor the start).
+    let mut env = crate::envsubst::process_env();
     let mut results = Vec::new();
     for unit in units.iter_mut().filter(|u| dirty.contains(&u.index)) {
         let result = match unit.render(&mut env) {
@@ -551,7 +552,7 @@ pub async fn run(
     let started = now();
     let mut pending: BTreeSet<usize> = units.iter().map(|u| u.index).collect();
     let mut blocked: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut env = crate::envsubst::process_env();
     let mut next_log = now() + config.startup.block_log_interval.0;
     loop {
         for unit in units.iter_mut() {

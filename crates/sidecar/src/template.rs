@@ -8,6 +8,8 @@
 //! name what it waits for.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -15,8 +17,9 @@ use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 
 use crate::config::{Config, Engine, MissingPolicy, TemplateConfig, VariableList};
-use crate::envsubst::{self, EnvsubstOptions};
+use crate::envsubst::{self, EnvVars, EnvsubstOptions};
 use crate::kvlayers::{KvLayers, LayerId};
+use crate::text::{InvalidByte, NotText};
 use crate::write::{WriteSpec, resolve_group, resolve_user};
 
 /// What a render read.
@@ -104,6 +107,105 @@ fn describe_error(label: &str, source: &str, error: &Error) -> String {
     format!("{label}:{line}:{column}: {message}")
 }
 
+/// A render error for an input that is not text.
+fn not_text(error: NotText) -> Error {
+    Error::new(ErrorKind::InvalidOperation, error.to_string()).with_source(error)
+}
+
+/// A variable's value for a jinja template, which can only insert text.
+fn env_text(name: &str, value: OsString) -> Result<Value, Error> {
+    String::from_utf8(value.into_vec())
+        .map(Value::from)
+        .map_err(|error| {
+            not_text(NotText::Env {
+                name: name.to_owned(),
+                at: InvalidByte::of(&error),
+            })
+        })
+}
+
+/// `env(name[, default])`: read at each render. A set variable that is not UTF-8 is an error,
+/// even with a default: the variable *is* set, and quietly using the default would hide that.
+fn add_env_function(env: &mut Environment<'static>, scope: Arc<Mutex<Scope>>) {
+    env.add_function("env", move |name: String, default: Option<String>| -> Result<Value, Error> {
+        match (std::env::var_os(&name), default) {
+            (Some(value), _) => env_text(&name, value),
+            (None, Some(default)) => Ok(Value::from(default)),
+            (None, None) => {
+                if lock(&scope).policy == MissingPolicy::Default {
+                    return missing_value(&scope, format!("env {name}"));
+                }
+                Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("environment variable {name} is not set (write env(\"{name}\", \"default\") for a default)"),
+                ))
+            }
+        }
+    });
+}
+
+/// `kv`, `kv_or`, `kv_list`: a value that is not UTF-8 is an error naming the key and layer
+/// (for `kv_or` too: the key exists, so its default does not apply).
+fn add_kv_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>, kv: &Arc<KvLayers>) {
+    let (s, layers) = (scope.clone(), kv.clone());
+    env.add_function("kv", move |key: String| -> Result<Value, Error> {
+        lock(&s).deps.keys.insert(key.clone());
+        match layers.get_text(&key).map_err(not_text)? {
+            Some(value) => Ok(Value::from(value)),
+            None => missing_value(&s, key),
+        }
+    });
+    let (s, layers) = (scope.clone(), kv.clone());
+    env.add_function(
+        "kv_or",
+        move |key: String, default: Value| -> Result<Value, Error> {
+            lock(&s).deps.keys.insert(key.clone());
+            let value = layers.get_text(&key).map_err(not_text)?;
+            Ok(value.map_or(default, Value::from))
+        },
+    );
+    let (s, layers) = (scope.clone(), kv.clone());
+    env.add_function("kv_list", move |prefix: String| -> Result<Value, Error> {
+        lock(&s).deps.prefixes.insert(prefix.clone());
+        let items: Vec<Value> = layers
+            .list_text(&prefix)
+            .map_err(not_text)?
+            .into_iter()
+            .map(|(key, value)| {
+                let mut map = BTreeMap::new();
+                let name = key.strip_prefix(prefix.as_str()).unwrap_or(&key).to_owned();
+                map.insert("name", Value::from(name));
+                map.insert("value", Value::from(value));
+                map.insert("key", Value::from(key));
+                Value::from(map)
+            })
+            .collect();
+        Ok(Value::from(items))
+    });
+}
+
+fn add_other_functions(
+    env: &mut Environment<'static>,
+    scope: &Arc<Mutex<Scope>>,
+    kv: Arc<KvLayers>,
+) {
+    let s = scope.clone();
+    env.add_function("services", move |name: String| -> Result<Value, Error> {
+        lock(&s).deps.services = true;
+        let instances = kv
+            .services(&name)
+            .map_err(|message| Error::new(ErrorKind::InvalidOperation, message))?;
+        Ok(Value::from(
+            instances.iter().map(instance_value).collect::<Vec<_>>(),
+        ))
+    });
+    env.add_function("file", |path: String| -> Result<Value, Error> {
+        std::fs::read_to_string(&path)
+            .map(Value::from)
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("file({path:?}): {e}")))
+    });
+}
+
 impl JinjaTemplate {
     pub fn new(
         label: &str,
@@ -125,76 +227,9 @@ impl JinjaTemplate {
             .build()
             .map_err(|e| e.to_string())?;
         env.set_syntax(syntax);
-
-        let s = scope.clone();
-        env.add_function("env", move |name: String, default: Option<String>| -> Result<Value, Error> {
-            match (std::env::var(&name), default) {
-                (Ok(value), _) => Ok(Value::from(value)),
-                (Err(_), Some(default)) => Ok(Value::from(default)),
-                (Err(_), None) => {
-                    if lock(&s).policy == MissingPolicy::Default {
-                        return missing_value(&s, format!("env {name}"));
-                    }
-                    Err(Error::new(
-                        ErrorKind::InvalidOperation,
-                        format!("environment variable {name} is not set (write env(\"{name}\", \"default\") for a default)"),
-                    ))
-                }
-            }
-        });
-        let (s, layers) = (scope.clone(), kv.clone());
-        env.add_function("kv", move |key: String| -> Result<Value, Error> {
-            lock(&s).deps.keys.insert(key.clone());
-            match layers.get(&key) {
-                Some(entry) => Ok(Value::from(entry.value_str().into_owned())),
-                None => missing_value(&s, key),
-            }
-        });
-        let (s, layers) = (scope.clone(), kv.clone());
-        env.add_function(
-            "kv_or",
-            move |key: String, default: Value| -> Result<Value, Error> {
-                lock(&s).deps.keys.insert(key.clone());
-                Ok(match layers.get(&key) {
-                    Some(entry) => Value::from(entry.value_str().into_owned()),
-                    None => default,
-                })
-            },
-        );
-        let (s, layers) = (scope.clone(), kv.clone());
-        env.add_function("kv_list", move |prefix: String| -> Result<Value, Error> {
-            lock(&s).deps.prefixes.insert(prefix.clone());
-            let items: Vec<Value> = layers
-                .list(&prefix)
-                .into_iter()
-                .map(|entry| {
-                    let mut map = BTreeMap::new();
-                    map.insert("name", Value::from(entry.key[prefix.len()..].to_owned()));
-                    map.insert("value", Value::from(entry.value_str().into_owned()));
-                    map.insert("key", Value::from(entry.key));
-                    Value::from(map)
-                })
-                .collect();
-            Ok(Value::from(items))
-        });
-        let (s, layers) = (scope.clone(), kv);
-        env.add_function("services", move |name: String| -> Result<Value, Error> {
-            lock(&s).deps.services = true;
-            let instances = layers
-                .services(&name)
-                .map_err(|message| Error::new(ErrorKind::InvalidOperation, message))?;
-            Ok(Value::from(
-                instances.iter().map(instance_value).collect::<Vec<_>>(),
-            ))
-        });
-        env.add_function("file", |path: String| -> Result<Value, Error> {
-            std::fs::read_to_string(&path)
-                .map(Value::from)
-                .map_err(|e| {
-                    Error::new(ErrorKind::InvalidOperation, format!("file({path:?}): {e}"))
-                })
-        });
-
+        add_env_function(&mut env, scope.clone());
+        add_kv_functions(&mut env, &scope, &kv);
+        add_other_functions(&mut env, &scope, kv);
         env.add_template_owned(label.to_owned(), source.clone())
             .map_err(|e| describe_error(label, &source, &e))?;
         Ok(Self {
@@ -202,6 +237,12 @@ impl JinjaTemplate {
             scope,
             name: label.to_owned(),
         })
+    }
+
+    /// Bounds the work of one render (minijinja's fuel: roughly one unit per instruction);
+    /// `None` = unbounded, the default. A render that runs out fails with an error.
+    pub fn set_fuel(&mut self, fuel: Option<u64>) {
+        self.env.set_fuel(fuel);
     }
 
     /// Renders once and returns the outcome with what it read.
@@ -245,7 +286,8 @@ impl JinjaTemplate {
 enum UnitEngine {
     Jinja(Box<JinjaTemplate>),
     Envsubst {
-        text: String,
+        /// Bytes: envsubst templates need not be UTF-8.
+        text: Vec<u8>,
         options: EnvsubstOptions,
     },
 }
@@ -285,54 +327,19 @@ impl TemplateUnit {
         template: &TemplateConfig,
         kv: &Arc<KvLayers>,
     ) -> Result<Self, String> {
-        let (label, text) = match (&template.source, &template.contents) {
+        let (label, bytes) = match (&template.source, &template.contents) {
             (Some(source), _) => {
                 let path = config.resolve(source);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                (path.display().to_string(), text)
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                (path.display().to_string(), bytes)
             }
             (None, Some(contents)) => (
                 format!("template #{} (inline)", index + 1),
-                contents.clone(),
+                contents.clone().into_bytes(),
             ),
             (None, None) => return Err(format!("template #{} has no source", index + 1)),
         };
-        let engine = match template.engine {
-            Engine::Jinja => UnitEngine::Jinja(Box::new(JinjaTemplate::new(
-                &label,
-                text,
-                kv.clone(),
-                template.missing,
-                template.missing_default.clone(),
-            )?)),
-            Engine::Envsubst => {
-                // Syntax errors surface now, not at the first render.
-                envsubst::referenced_names(&text).map_err(|e| match e {
-                    envsubst::EnvsubstError::Syntax {
-                        line,
-                        column,
-                        message,
-                        ..
-                    } => format!("{label}:{line}:{column}: {message}"),
-                    other => other.to_string(),
-                })?;
-                let allow = template.variables.as_ref().map(|list| match list {
-                    VariableList::ShellFormat(format) => {
-                        EnvsubstOptions::allow_from_shell_format(format)
-                    }
-                    VariableList::Names(names) => names.iter().cloned().collect(),
-                });
-                UnitEngine::Envsubst {
-                    text,
-                    options: EnvsubstOptions {
-                        allow,
-                        no_unset: template.no_unset,
-                        no_empty: template.no_empty,
-                    },
-                }
-            }
-        };
+        let engine = Self::engine(&label, bytes, template, kv)?;
         let destination: PathBuf = config.resolve(&template.destination);
         let write = WriteSpec {
             destination,
@@ -352,8 +359,49 @@ impl TemplateUnit {
         })
     }
 
+    fn engine(
+        label: &str,
+        bytes: Vec<u8>,
+        template: &TemplateConfig,
+        kv: &Arc<KvLayers>,
+    ) -> Result<UnitEngine, String> {
+        if template.engine == Engine::Jinja {
+            let text = NotText::template(label, bytes).map_err(|e| e.to_string())?;
+            let jinja = JinjaTemplate::new(
+                label,
+                text,
+                kv.clone(),
+                template.missing,
+                template.missing_default.clone(),
+            )?;
+            return Ok(UnitEngine::Jinja(Box::new(jinja)));
+        }
+        // Syntax errors surface now, not at the first render.
+        envsubst::referenced_names(&bytes).map_err(|e| match e {
+            envsubst::EnvsubstError::Syntax {
+                line,
+                column,
+                message,
+                ..
+            } => format!("{label}:{line}:{column}: {message}"),
+            other => other.to_string(),
+        })?;
+        let allow = template.variables.as_ref().map(|list| match list {
+            VariableList::ShellFormat(format) => EnvsubstOptions::allow_from_shell_format(format),
+            VariableList::Names(names) => names.iter().cloned().collect(),
+        });
+        Ok(UnitEngine::Envsubst {
+            text: bytes,
+            options: EnvsubstOptions {
+                allow,
+                no_unset: template.no_unset,
+                no_empty: template.no_empty,
+            },
+        })
+    }
+
     /// Renders; `env` is the variable map envsubst reads and `${VAR:=x}` writes.
-    pub fn render(&mut self, env: &mut BTreeMap<String, String>) -> Rendered {
+    pub fn render(&mut self, env: &mut EnvVars) -> Rendered {
         match &self.engine {
             UnitEngine::Jinja(template) => {
                 let (outcome, deps) = template.render();
@@ -362,7 +410,7 @@ impl TemplateUnit {
             }
             UnitEngine::Envsubst { text, options } => {
                 match envsubst::substitute(&self.label, text, env, options) {
-                    Ok(out) => Rendered::Ready(out.into_bytes()),
+                    Ok(out) => Rendered::Ready(out),
                     Err(error) => Rendered::Failed(error.to_string()),
                 }
             }
@@ -373,6 +421,7 @@ impl TemplateUnit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_kv::KvEntry;
 
     #[test]
     fn dependencies_match_keys_and_prefixes() {
@@ -431,5 +480,40 @@ mod tests {
             default.render().0,
             Rendered::Ready(b"a=? b=? c=dflt\n".to_vec())
         );
+    }
+
+    #[test]
+    fn kv_values_that_are_not_utf8_fail_the_render_at_the_call() {
+        let kv = Arc::new(KvLayers::from_entries(vec![
+            KvEntry::new("ok", "fine", 1),
+            KvEntry::new("bad", b"caf\xe9".to_vec(), 1),
+        ]));
+        for (text, column) in [
+            ("{{ kv('ok') }}\n{{ kv('bad') }}", 4),
+            ("{{ kv('ok') }}\n x{{ kv_or('bad', 'unused') }}", 6),
+            ("{{ kv('ok') }}\n{% for i in kv_list('') %}{% endfor %}", 13),
+        ] {
+            let template = JinjaTemplate::new(
+                "t",
+                text.into(),
+                kv.clone(),
+                MissingPolicy::Block,
+                String::new(),
+            )
+            .expect("compiles");
+            let expected = format!(
+                "t:2:{column}: invalid operation: KV key \"bad\" in in-memory KV is not valid UTF-8 (byte 0xE9 at offset 3): a jinja template renders text and cannot insert it"
+            );
+            assert_eq!(template.render().0, Rendered::Failed(expected), "{text}");
+        }
+        let template = JinjaTemplate::new(
+            "t",
+            "{{ kv('ok') }}".into(),
+            kv,
+            MissingPolicy::Block,
+            String::new(),
+        )
+        .expect("compiles");
+        assert_eq!(template.render().0, Rendered::Ready(b"fine".to_vec()));
     }
 }

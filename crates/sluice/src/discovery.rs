@@ -602,6 +602,7 @@ pub(crate) async fn translate(
             redirect: rules.redirect,
             access: rules.access,
             upstream_host: rules.upstream_host,
+            upgrades: sluice_config::default_upgrades(),
         });
         instances.sort_by_key(|i| i.address);
         per_route.push(PendingRoute {

@@ -106,6 +106,35 @@ impl Cx<'_> {
         }
     }
 
+    /// `upgrades = ["websocket", ...]`: protocol names (tokens), never `h2c` — an `h2c` switch
+    /// would carry every later request on the connection past the routes and their rules.
+    pub(super) fn upgrades(&mut self, list: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+        let mut out = Vec::with_capacity(list.get_ref().len());
+        for p in list.get_ref() {
+            let name = p.get_ref().to_ascii_lowercase();
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if name == "h2c" {
+                self.error_hint(
+                    Some(p.span()),
+                    "`h2c` cannot be an upgrade through Sluice",
+                    "Sluice serves HTTP/2 itself: clients speak it with prior knowledge or ALPN h2, and requests on it are routed one by one",
+                );
+            } else if !token {
+                self.error_hint(
+                    Some(p.span()),
+                    format!("invalid upgrade protocol `{}`", p.get_ref()),
+                    "write the protocol name as clients send it in `Upgrade`, without a version, e.g. \"websocket\"",
+                );
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     fn upstream_host(&mut self, h: &Spanned<String>) -> Option<UpstreamHost> {
         let parsed = UpstreamHost::parse(h.get_ref());
         if parsed.is_none() {

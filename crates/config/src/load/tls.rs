@@ -234,6 +234,9 @@ impl Cx<'_> {
             Some(dir) if std::path::Path::new(raw).is_relative() => dir.join(raw),
             _ => raw.into(),
         };
+        if self.lookups == super::Lookups::Offline {
+            return path;
+        }
         if let Err(e) = std::fs::File::open(&path) {
             self.error_hint(
                 Some(v.span()),

@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `sluice-sidecar` binary.
 #![allow(dead_code, unreachable_pub)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,6 +66,38 @@ impl Sidecar {
             stdout,
             stderr,
         }
+    }
+
+    /// Starts the binary in `dir` with *only* `env` (like `env -i`), whose names and values
+    /// may be any bytes.
+    pub fn start_clean(
+        dir: tempfile::TempDir,
+        args: &[&OsStr],
+        env: &[(&OsStr, &OsStr)],
+    ) -> Sidecar {
+        let stdout = dir.path().join("sidecar.stdout");
+        let stderr = dir.path().join("sidecar.stderr");
+        let child = Command::new(binary())
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start sluice-sidecar");
+        Sidecar {
+            child,
+            dir,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Standard output as bytes (it need not be UTF-8).
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.stdout).unwrap_or_default()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

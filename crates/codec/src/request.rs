@@ -17,11 +17,11 @@ use http::{Method, StatusCode, Version};
 use crate::fields::{self, ConnectionTokens, Field, Kind, Span};
 
 /// Most header fields accepted in a request head (hyper's default as well).
-pub(crate) const MAX_FIELDS: usize = 100;
+pub const MAX_FIELDS: usize = 100;
 
 /// How the request body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyLength {
+pub enum BodyLength {
     /// No body.
     None,
     /// `Content-Length` bytes.
@@ -32,22 +32,24 @@ pub(crate) enum BodyLength {
 
 /// What forwarding needs to know of a request head, noted while its fields are read.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Facts {
+pub struct Facts {
     host: Option<u16>,
     request_id: Option<u16>,
     forwarded_for: Option<u16>,
     referer: Option<u16>,
     user_agent: Option<u16>,
-    pub(crate) connection: ConnectionTokens,
+    pub connection: ConnectionTokens,
     /// An `Upgrade` field is present.
-    pub(crate) upgrade: bool,
+    pub upgrade: bool,
     /// `Expect: 100-continue` (HTTP/1.1 only).
-    pub(crate) expect_continue: bool,
+    pub expect_continue: bool,
+    /// The `Content-Length` value, when one was sent.
+    pub content_length: Option<u64>,
     /// `TE` lists `trailers`: the client takes trailer fields.
-    pub(crate) te_trailers: bool,
+    pub te_trailers: bool,
     /// A `Cookie` field is present.
-    pub(crate) cookie: bool,
-    pub(crate) body: BodyLength,
+    pub cookie: bool,
+    pub body: BodyLength,
 }
 
 impl Facts {
@@ -61,6 +63,7 @@ impl Facts {
             connection: ConnectionTokens::default(),
             upgrade: false,
             expect_continue: false,
+            content_length: None,
             te_trailers: false,
             cookie: false,
             body: BodyLength::None,
@@ -70,9 +73,9 @@ impl Facts {
 
 /// A request head: method, target, version and fields, with its bytes.
 #[derive(Debug)]
-pub(crate) struct RequestHead {
-    pub(crate) method: Method,
-    pub(crate) version: Version,
+pub struct RequestHead {
+    pub method: Method,
+    pub version: Version,
     buf: Bytes,
     /// Path and query as received (validated once, then read without checks); `/` stands
     /// for the empty path of an absolute-form target.
@@ -80,16 +83,16 @@ pub(crate) struct RequestHead {
     /// The host of an absolute-form target, or HTTP/2's `:authority`.
     authority: Option<Span>,
     fields: Vec<Field>,
-    pub(crate) facts: Facts,
+    pub facts: Facts,
 }
 
 /// Why a request head is refused; answered on the connection, which is then closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HeadError {
-    pub(crate) status: StatusCode,
+pub struct HeadError {
+    pub status: StatusCode,
     /// Stable snake_case name (the JSON body's `error`, the metric's `reason`).
-    pub(crate) kind: &'static str,
-    pub(crate) detail: &'static str,
+    pub kind: &'static str,
+    pub detail: &'static str,
 }
 
 impl HeadError {
@@ -101,7 +104,7 @@ impl HeadError {
         }
     }
 
-    pub(crate) const TOO_LARGE: HeadError = HeadError {
+    pub const TOO_LARGE: HeadError = HeadError {
         status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         kind: "request_head_too_large",
         detail: "the request head exceeds max_header_bytes or has more than 100 fields",
@@ -110,22 +113,22 @@ impl HeadError {
 
 impl RequestHead {
     /// The request path (without the query).
-    pub(crate) fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         self.target.path()
     }
 
     /// The query, without its `?`.
-    pub(crate) fn query(&self) -> Option<&str> {
+    pub fn query(&self) -> Option<&str> {
         self.target.query()
     }
 
     /// Path and query.
-    pub(crate) fn target(&self) -> &str {
+    pub fn target(&self) -> &str {
         self.target.as_str()
     }
 
     /// The host the request names: an absolute-form target's or `:authority`, else `Host`.
-    pub(crate) fn host(&self) -> Option<&[u8]> {
+    pub fn host(&self) -> Option<&[u8]> {
         match self.authority {
             Some(a) => Some(a.get(&self.buf)),
             None => self.field_at(self.facts.host),
@@ -133,32 +136,32 @@ impl RequestHead {
     }
 
     /// Whether the host came from the target (or `:authority`) rather than a `Host` field.
-    pub(crate) fn host_from_target(&self) -> bool {
+    pub fn host_from_target(&self) -> bool {
         self.authority.is_some()
     }
 
     /// Whether the client sent a `Host` field.
-    pub(crate) fn has_host_field(&self) -> bool {
+    pub fn has_host_field(&self) -> bool {
         self.facts.host.is_some()
     }
 
     /// The client's `x-request-id`, sharing the head's buffer.
-    pub(crate) fn request_id_bytes(&self) -> Option<Bytes> {
+    pub fn request_id_bytes(&self) -> Option<Bytes> {
         self.facts
             .request_id
             .map(|i| self.buf.slice(self.fields[usize::from(i)].value.range()))
     }
 
     /// The first `X-Forwarded-For` value.
-    pub(crate) fn forwarded_for(&self) -> Option<&[u8]> {
+    pub fn forwarded_for(&self) -> Option<&[u8]> {
         self.field_at(self.facts.forwarded_for)
     }
 
-    pub(crate) fn referer(&self) -> Option<&[u8]> {
+    pub fn referer(&self) -> Option<&[u8]> {
         self.field_at(self.facts.referer)
     }
 
-    pub(crate) fn user_agent(&self) -> Option<&[u8]> {
+    pub fn user_agent(&self) -> Option<&[u8]> {
         self.field_at(self.facts.user_agent)
     }
 
@@ -167,7 +170,7 @@ impl RequestHead {
     }
 
     /// The first value of the field called `name` (any case).
-    pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
             .find(|f| f.name.get(&self.buf).eq_ignore_ascii_case(name.as_bytes()))
@@ -175,7 +178,7 @@ impl RequestHead {
     }
 
     /// The value of cookie `name` in the `Cookie` fields.
-    pub(crate) fn cookie(&self, name: &str) -> Option<&[u8]> {
+    pub fn cookie(&self, name: &str) -> Option<&[u8]> {
         if !self.facts.cookie {
             return None;
         }
@@ -191,24 +194,34 @@ impl RequestHead {
     }
 
     /// The fields, in order (spans of [`Self::buffer`]).
-    pub(crate) fn field_list(&self) -> &[Field] {
+    pub fn field_list(&self) -> &[Field] {
         &self.fields
     }
 
     /// Whether the `Connection` fields name `name` (besides the usual tokens).
-    pub(crate) fn named_by_connection(&self, name: &[u8]) -> bool {
+    pub fn named_by_connection(&self, name: &[u8]) -> bool {
         self.facts.connection.names_others
             && fields::named_by_connection(&self.buf, &self.fields, name)
     }
 
     /// Whether the client asks to switch protocols (WebSocket): HTTP/1.1, `Connection:
     /// upgrade` and an `Upgrade` field.
-    pub(crate) fn is_upgrade(&self) -> bool {
+    pub fn is_upgrade(&self) -> bool {
         self.version == Version::HTTP_11 && self.facts.upgrade && self.facts.connection.upgrade
     }
 
+    /// The protocols the `Upgrade` fields name, without their versions (`websocket`,
+    /// `h2c`), in order.
+    pub fn upgrade_protocols(&self) -> impl Iterator<Item = &[u8]> {
+        self.fields
+            .iter()
+            .filter(|f| f.kind == Kind::Upgrade)
+            .flat_map(|f| fields::tokens(f.value.get(&self.buf)))
+            .map(|p| p.split(|&b| b == b'/').next().unwrap_or(p).trim_ascii())
+    }
+
     /// Whether the client wants the connection kept after this request.
-    pub(crate) fn wants_keep_alive(&self) -> bool {
+    pub fn wants_keep_alive(&self) -> bool {
         let c = &self.facts.connection;
         match self.version {
             Version::HTTP_10 => c.keep_alive && !c.close,
@@ -217,14 +230,17 @@ impl RequestHead {
     }
 
     /// The head's bytes and the spans of its log fields, for the access log.
-    pub(crate) fn buffer(&self) -> &Bytes {
+    pub fn buffer(&self) -> &Bytes {
         &self.buf
     }
 
     /// An HTTP/2 request (parsed by hyper) in the same shape: its target, `:authority` and
     /// fields are copied into one buffer.
-    pub(crate) fn from_h2(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
+    pub fn from_h2(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
         let authority = parts.uri.authority().map(|a| a.as_str());
+        if authority.is_some_and(|a| !fields::valid_host(a.as_bytes())) {
+            return Err(HeadError::bad("invalid :authority"));
+        }
         let size = authority.map_or(0, str::len)
             + parts
                 .headers
@@ -284,18 +300,21 @@ fn note(
         Kind::Host if facts.host.replace(index).is_some() => {
             return Err(HeadError::bad("more than one Host field"));
         }
+        Kind::Host if !fields::valid_host(v) => {
+            return Err(HeadError::bad("invalid Host field"));
+        }
         Kind::ContentLength => {
-            let previous = match facts.body {
-                BodyLength::Length(n) => Some(n),
-                _ => None,
+            let previous = facts.content_length;
+            let Some(n) = fields::content_length(v, previous) else {
+                return Err(HeadError::bad("invalid or conflicting Content-Length"));
             };
-            match fields::content_length(v, previous) {
-                Some(n) => {
-                    if facts.body != BodyLength::Chunked {
-                        facts.body = BodyLength::Length(n);
-                    }
-                }
-                None => return Err(HeadError::bad("invalid or conflicting Content-Length")),
+            facts.content_length = Some(n);
+            if facts.body != BodyLength::Chunked {
+                facts.body = BodyLength::Length(n);
+            }
+            if previous.is_some() {
+                // The same length again: one field goes on (RFC 9110 §8.6).
+                return Ok(());
             }
         }
         Kind::TransferEncoding => facts.body = BodyLength::Chunked,
@@ -323,19 +342,20 @@ fn note(
         _ => {}
     }
     let end = value.range().end;
-    fields.push(Field {
+    let field = Field {
         name,
         value,
         kind,
         crlf: buf.get(end..end + 2) == Some(b"\r\n"),
-    });
+    };
+    fields.push(field.single_valued(buf));
     Ok(())
 }
 
 /// Parses an HTTP/1.x request head at the start of `read`. On success the head's bytes are
 /// split off `read` (what follows, a body or a pipelined request, stays). `Ok(None)`: the head
 /// is not complete yet.
-pub(crate) fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+pub fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     // Uninitialised slots: a head has a handful of fields, not a hundred to clear.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -478,7 +498,7 @@ fn parse_target(
         .position(|&b| b == b'/' || b == b'?')
         .unwrap_or(rest.len());
     let host = &rest[..end];
-    if host.is_empty() || host.contains(&b'@') {
+    if host.is_empty() || !fields::valid_host(host) {
         return Err(HeadError::bad("invalid host in the request target"));
     }
     let after = &rest[end..];
@@ -579,6 +599,55 @@ mod tests {
             status(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
             431
         );
+    }
+
+    /// RFC 9112 §3.2: a Host that is not `host[:port]` is a 400, as is a second one; an
+    /// absolute-form target's host follows the same grammar.
+    #[test]
+    fn invalid_hosts_are_refused() {
+        for host in ["a b", "evil.com/x@y", "<script>", "u@h", "h:x", "[::1"] {
+            assert_eq!(
+                parse(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")).unwrap_err(),
+                HeadError::bad("invalid Host field"),
+                "{host}"
+            );
+        }
+        assert_eq!(status("GET http://a b/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status("GET http://u@h/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(
+            ok("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").host(),
+            Some(&b"[::1]:8080"[..])
+        );
+    }
+
+    /// RFC 9110 §8.6: repeated identical lengths are one length, forwarded once.
+    #[test]
+    fn a_repeated_content_length_is_kept_once() {
+        for fields in [
+            "Content-Length: 5\r\nContent-Length: 5\r\n",
+            "Content-Length: 5, 5\r\n",
+            "Content-Length: 5,5\r\nContent-Length: 5\r\n",
+        ] {
+            let h = ok(&format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n"));
+            assert_eq!(h.facts.body, BodyLength::Length(5));
+            let lengths: Vec<&[u8]> = h
+                .field_list()
+                .iter()
+                .filter(|f| f.kind == Kind::ContentLength)
+                .map(|f| f.value.get(h.buffer()))
+                .collect();
+            assert_eq!(lengths, [&b"5"[..]], "{fields}");
+        }
+    }
+
+    #[test]
+    fn upgrade_protocols_without_versions() {
+        let h = ok(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket, h2c\r\nUpgrade: foo/2\r\n\r\n",
+        );
+        let names: Vec<&[u8]> = h.upgrade_protocols().collect();
+        assert_eq!(names, [&b"websocket"[..], b"h2c", b"foo"]);
+        assert!(h.is_upgrade());
     }
 
     #[test]

@@ -9,14 +9,14 @@ use bytes::BytesMut;
 
 /// A byte range of a head's buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Span {
+pub struct Span {
     at: u32,
     len: u32,
 }
 
 impl Span {
     /// The span of `part`, a sub-slice of `base`.
-    pub(crate) fn of(base: &[u8], part: &[u8]) -> Span {
+    pub fn of(base: &[u8], part: &[u8]) -> Span {
         let at = part.as_ptr() as usize - base.as_ptr() as usize;
         debug_assert!(at + part.len() <= base.len());
         Span {
@@ -25,25 +25,25 @@ impl Span {
         }
     }
 
-    pub(crate) fn new(at: usize, len: usize) -> Span {
+    pub fn new(at: usize, len: usize) -> Span {
         Span {
             at: at as u32,
             len: len as u32,
         }
     }
 
-    pub(crate) fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         &buf[self.at as usize..(self.at + self.len) as usize]
     }
 
-    pub(crate) fn range(&self) -> std::ops::Range<usize> {
+    pub fn range(&self) -> std::ops::Range<usize> {
         self.at as usize..(self.at + self.len) as usize
     }
 }
 
 /// What the proxy needs to know of a field, by its name (compared without case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     Other,
     Host,
     ContentLength,
@@ -53,6 +53,8 @@ pub(crate) enum Kind {
     ProxyConnection,
     ProxyAuthenticate,
     ProxyAuthorization,
+    /// HTTP/2's upgrade settings (RFC 9113 §3.1 of its predecessor): meaningful for one hop only.
+    Http2Settings,
     Te,
     Trailer,
     Upgrade,
@@ -70,7 +72,7 @@ pub(crate) enum Kind {
 impl Kind {
     /// The kind of the field called `name`: one comparison by length, then at most three
     /// case-insensitive compares.
-    pub(crate) fn of(name: &[u8]) -> Kind {
+    pub fn of(name: &[u8]) -> Kind {
         let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
         match name.len() {
             2 if is("te") => Kind::Te,
@@ -93,6 +95,7 @@ impl Kind {
             17 if is("x-forwarded-proto") => Kind::XForwardedProto,
             18 if is("proxy-authenticate") => Kind::ProxyAuthenticate,
             19 if is("proxy-authorization") => Kind::ProxyAuthorization,
+            14 if is("http2-settings") => Kind::Http2Settings,
             _ => Kind::Other,
         }
     }
@@ -101,7 +104,7 @@ impl Kind {
     /// non-standard `Keep-Alive` and `Proxy-Connection`). `Upgrade` is decided per message
     /// (it passes for a protocol switch); `Expect` is a request matter (Sluice answers
     /// `100-continue` itself).
-    pub(crate) fn is_hop_by_hop(self) -> bool {
+    pub fn is_hop_by_hop(self) -> bool {
         matches!(
             self,
             Kind::Connection
@@ -109,6 +112,7 @@ impl Kind {
                 | Kind::ProxyConnection
                 | Kind::ProxyAuthenticate
                 | Kind::ProxyAuthorization
+                | Kind::Http2Settings
                 | Kind::Te
                 | Kind::Trailer
                 | Kind::TransferEncoding
@@ -118,17 +122,17 @@ impl Kind {
 
 /// One field: where its name and value are in the head's buffer, and its kind.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Field {
-    pub(crate) name: Span,
-    pub(crate) value: Span,
-    pub(crate) kind: Kind,
+pub struct Field {
+    pub name: Span,
+    pub value: Span,
+    pub kind: Kind,
     /// The value is followed by exactly CRLF: the line can be forwarded as it is.
-    pub(crate) crlf: bool,
+    pub crlf: bool,
 }
 
 impl Field {
     /// A field of `base` (the head's buffer) from httparse's slices of it.
-    pub(crate) fn parsed(base: &[u8], name: &[u8], value: &[u8]) -> Field {
+    pub fn parsed(base: &[u8], name: &[u8], value: &[u8]) -> Field {
         let value = Span::of(base, value);
         let end = value.range().end;
         Field {
@@ -140,15 +144,28 @@ impl Field {
     }
 }
 
+impl Field {
+    /// The field with a list-valued `Content-Length` (`5, 5`, already checked to repeat one
+    /// value) cut to its first value, so one length is forwarded (RFC 9110 §8.6).
+    pub fn single_valued(mut self, base: &[u8]) -> Field {
+        if self.kind == Kind::ContentLength {
+            let value = self.value.get(base);
+            if let Some(first) = tokens(value).next()
+                && first.len() != value.len()
+            {
+                self.value = Span::of(base, first);
+                self.crlf = false;
+            }
+        }
+        self
+    }
+}
+
 /// Appends `fields` (of the head in `buf`) to `out` as field lines. Lines that arrived
 /// CRLF-terminated are copied as received, adjacent ones in a single copy (so a run of fields
 /// that all pass costs one copy); others (a bare LF or trailing whitespace after the value) are
 /// written as `name: value` CRLF.
-pub(crate) fn write_lines<'f>(
-    out: &mut BytesMut,
-    buf: &[u8],
-    fields: impl Iterator<Item = &'f Field>,
-) {
+pub fn write_lines<'f>(out: &mut BytesMut, buf: &[u8], fields: impl Iterator<Item = &'f Field>) {
     let mut run: Option<std::ops::Range<usize>> = None;
     for f in fields {
         let (name, value) = (f.name.range(), f.value.range());
@@ -166,7 +183,7 @@ pub(crate) fn write_lines<'f>(
             if let Some(r) = run.take() {
                 out.extend_from_slice(&buf[r]);
             }
-            crate::response::put_field(out, &buf[name], &buf[value]);
+            put_field(out, &buf[name], &buf[value]);
         }
     }
     if let Some(r) = run {
@@ -174,19 +191,40 @@ pub(crate) fn write_lines<'f>(
     }
 }
 
+/// Appends one field line `name: value` CRLF.
+pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, in `buf`.
+pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
 /// What the `Connection` fields of a message say.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ConnectionTokens {
-    pub(crate) close: bool,
-    pub(crate) keep_alive: bool,
-    pub(crate) upgrade: bool,
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
     /// Some token names another field, which is then hop-by-hop too (rare).
-    pub(crate) names_others: bool,
+    pub names_others: bool,
 }
 
 impl ConnectionTokens {
     /// Notes the tokens of one `Connection` value.
-    pub(crate) fn note(&mut self, value: &[u8]) {
+    pub fn note(&mut self, value: &[u8]) {
         // The usual values, a single token, without splitting the list.
         if value.eq_ignore_ascii_case(b"keep-alive") {
             self.keep_alive = true;
@@ -211,7 +249,7 @@ impl ConnectionTokens {
 }
 
 /// The comma-separated, trimmed, non-empty elements of a list-valued field.
-pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
@@ -220,7 +258,7 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Whether `name` is listed by one of the `Connection` fields among `fields` (with a token
 /// other than the usual `close`, `keep-alive` and `upgrade`, which name no field).
-pub(crate) fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
+pub fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
     fields
         .iter()
         .filter(|f| f.kind == Kind::Connection)
@@ -230,7 +268,7 @@ pub(crate) fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> 
 
 /// Parses a `Content-Length` value: digits, or a list of equal digit strings (as some
 /// senders repeat it). `None` when malformed or conflicting.
-pub(crate) fn content_length(value: &[u8], previous: Option<u64>) -> Option<u64> {
+pub fn content_length(value: &[u8], previous: Option<u64>) -> Option<u64> {
     let mut length = previous;
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
@@ -246,9 +284,47 @@ pub(crate) fn content_length(value: &[u8], previous: Option<u64>) -> Option<u64>
     length
 }
 
+/// Whether `value` is a valid `Host` (RFC 9110 §7.2, RFC 3986 §3.2.2): `host [":" port]`, the
+/// host a bracketed IP literal or a reg-name (unreserved, sub-delims, percent-escapes); empty is
+/// valid (a target without an authority). No spaces, `/`, `@`, `<`, or bytes beyond ASCII.
+pub fn valid_host(value: &[u8]) -> bool {
+    let is_unreserved_or_sub = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+    let (host, port) = if let Some(literal) = value.strip_prefix(b"[") {
+        let Some(close) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &literal[..close];
+        if inside.is_empty() || !inside.iter().all(|&b| is_unreserved_or_sub(b) || b == b':') {
+            return false;
+        }
+        (&[][..], &literal[close + 1..])
+    } else {
+        let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        (&value[..end], &value[end..])
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(b":")
+            .is_some_and(|p| p.iter().all(u8::is_ascii_digit));
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' if host
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3;
+            }
+            b if is_unreserved_or_sub(b) => i += 1,
+            _ => return false,
+        }
+    }
+    port_ok
+}
+
 /// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`; `None` when
 /// the value lists no coding at all.
-pub(crate) fn ends_chunked(value: &[u8]) -> Option<bool> {
+pub fn ends_chunked(value: &[u8]) -> Option<bool> {
     tokens(value)
         .last()
         .map(|t| t.eq_ignore_ascii_case(b"chunked"))
@@ -309,6 +385,37 @@ mod tests {
             &out[..],
             b"X-A: 1\r\nX-B:2\r\nX-C: 3\r\nX-D: 4\r\nX-E: 5\r\n"
         );
+    }
+
+    #[test]
+    fn hosts() {
+        for good in [
+            &b"example.com"[..],
+            b"example.com:8080",
+            b"127.0.0.1",
+            b"[::1]:443",
+            b"[v1.fe80::a+en1]",
+            b"a%2Db",
+            b"",
+            b"x:",
+        ] {
+            assert!(valid_host(good), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"a b"[..],
+            b"evil.com/x@y",
+            b"<script>",
+            b"user@host",
+            b"[::1",
+            b"[]",
+            b"host:80a",
+            b"h\xc3\xa9",
+            b"a%2",
+            b"a\tb",
+            b"host:1:2",
+        ] {
+            assert!(!valid_host(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
