@@ -38,6 +38,9 @@ pub(crate) struct ConnWatch {
     /// The connection's reader, woken when the last response finishes so it can arm the idle
     /// timer (hyper may have polled the socket for the last time before that).
     reader: AtomicWaker,
+    /// The client's socket takes no more bytes right now (its last write could not proceed):
+    /// streams waiting for window then wait on the socket, not on a shut window.
+    socket_blocked: AtomicBool,
 }
 
 impl ConnWatch {
@@ -52,6 +55,11 @@ impl ConnWatch {
             self.went_idle.fetch_add(1, Relaxed);
             self.reader.wake();
         }
+    }
+
+    /// Whether the client's socket is backed up (see `socket_blocked`).
+    pub(crate) fn socket_blocked(&self) -> bool {
+        self.socket_blocked.load(Relaxed)
     }
 }
 
@@ -166,6 +174,9 @@ impl H2Io {
         polled: Poll<io::Result<T>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<T>> {
+        self.watch
+            .socket_blocked
+            .store(polled.is_pending(), Relaxed);
         if !polled.is_pending() {
             self.send_stalled_until = None;
             return polled;

@@ -23,6 +23,7 @@ mod exchange;
 mod fields;
 mod forward;
 mod h1;
+mod h2_stream;
 mod headers;
 mod listener;
 pub mod metrics;
