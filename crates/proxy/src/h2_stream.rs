@@ -333,25 +333,36 @@ impl<'a> Pace<'a> {
         self.poll_stall(cx).map(Err)
     }
 
-    /// Ready with the reason to give up once a deadline of the current wait passes.
+    /// Ready with the reason to give up once a deadline of the current wait passes. The timer
+    /// keeps the moment it was set for until it fires, which is then decided on.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Cut> {
-        let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        loop {
-            let at = self.next_check(since);
-            let sleep = match &mut self.sleep {
-                Some(s) => {
-                    if s.deadline() != at {
-                        s.as_mut().reset(at);
-                    }
-                    s
+        let since = match self.waiting_since {
+            Some(since) => since,
+            None => {
+                let since = Instant::now();
+                self.waiting_since = Some(since);
+                let at = self.next_check(since);
+                match &mut self.sleep {
+                    Some(s) => s.as_mut().reset(at),
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
                 }
-                None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+                since
+            }
+        };
+        loop {
+            let Some(sleep) = &mut self.sleep else {
+                return Poll::Pending;
             };
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let at = sleep.deadline();
             if let Some(cut) = self.check(since, at) {
                 return Poll::Ready(cut);
+            }
+            let next = self.next_check(since);
+            if let Some(sleep) = &mut self.sleep {
+                sleep.as_mut().reset(next);
             }
         }
     }
