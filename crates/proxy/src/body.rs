@@ -411,7 +411,7 @@ impl Body for DownBody {
 
 impl Drop for DownBody {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away (or the response had no body and hyper
+        // Dropped before its end: the client went away (or the response had no body and the server
         // never polled it, which `is_end_stream` tells apart).
         let completed = self.is_end_stream();
         self.finish(completed, None);
