@@ -28,6 +28,9 @@ pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// `[[listener]] max_concurrent_streams`.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// `[[listener]] http2_max_stalled_streams`: room for a client that pauses a few media
+/// streams, far below `max_concurrent_streams`.
+pub const HTTP2_MAX_STALLED_STREAMS: u32 = 16;
 
 /// `[service.timeouts] connect`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

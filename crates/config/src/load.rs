@@ -1068,6 +1068,12 @@ impl<'s> Cx<'s> {
                     65_535,
                     i64::from(d::MAX_CONCURRENT_STREAMS),
                 ) as u32,
+                http2_max_stalled_streams: self.int_in(
+                    l.http2_max_stalled_streams.as_ref(),
+                    1,
+                    65_535,
+                    i64::from(d::HTTP2_MAX_STALLED_STREAMS),
+                ) as u32,
                 tcp,
                 tls,
                 authz,

@@ -221,6 +221,9 @@ pub struct ListenerConfig {
     pub accept_proxy_protocol: bool,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 streams of one client connection that may wait at once for the client to open
+    /// their flow-control window; a stream beyond this is reset.
+    pub http2_max_stalled_streams: u32,
     /// Present for `protocol = "tcp"`.
     pub tcp: Option<TcpListenerConfig>,
     /// `[listener.tls]`: TLS termination.

@@ -46,6 +46,7 @@ pub(crate) struct RawListener {
     pub(crate) send_timeout: Option<S<String>>,
     pub(crate) http2: Option<bool>,
     pub(crate) max_concurrent_streams: Option<S<i64>>,
+    pub(crate) http2_max_stalled_streams: Option<S<i64>>,
     pub(crate) service: Option<S<String>>,
     pub(crate) proxy_protocol: Option<S<String>>,
     pub(crate) accept_proxy_protocol: Option<bool>,

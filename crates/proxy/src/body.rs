@@ -1,7 +1,7 @@
 //! Bodies in both directions.
 //!
 //! - [`RequestBody`] is the client's: read from the HTTP/1.x connection itself
-//!   ([`crate::server_h1::H1Body`]) or from hyper's HTTP/2 stream.
+//!   ([`crate::server_h1::H1Body`]) or from an HTTP/2 stream ([`H2Body`]).
 //! - [`UpBody`] goes to the instance: empty, a small buffered body that can be replayed on a
 //!   retry, or the client's stream passed through with a stall timer.
 //! - [`DownBody`] goes to the client: a local (error) body, or the instance's stream with idle
@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ClientBodyTimedOut;
@@ -39,7 +38,59 @@ pub(crate) struct ClientBodyFailed(#[source] pub(crate) BoxError);
 pub(crate) enum RequestBody<'a> {
     /// Read from the HTTP/1.x connection by the request's own task.
     H1(crate::server_h1::H1Body<'a>),
-    H2(Incoming),
+    H2(H2Body),
+}
+
+/// An HTTP/2 request body: the stream's data, then its trailers. The client's flow-control
+/// window is reopened as data is taken (not as it arrives), so a slow instance slows the
+/// client down instead of filling memory.
+#[derive(Debug)]
+pub(crate) struct H2Body {
+    recv: h2::RecvStream,
+    /// What `content-length` announced, less the data taken (h2 checks the two agree).
+    remaining: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Body {
+    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
+        Self {
+            recv,
+            remaining: content_length,
+            data_done: false,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only if the stream is already gone, which the next poll reports.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(n) = &mut self.remaining {
+                        *n = n.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
 }
 
 impl Body for RequestBody<'_> {
@@ -52,7 +103,7 @@ impl Body for RequestBody<'_> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => b.poll_frame(cx),
         }
     }
 
@@ -263,6 +314,20 @@ impl DownBody {
         }
     }
 
+    /// When the request's total deadline passes (`None` for a local answer).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match &self.inner {
+            DownInner::Local(_) => None,
+            DownInner::Upstream { deadline, .. } => Some(*deadline),
+        }
+    }
+
+    /// The client will not get the rest: the request is recorded as cut off for `why`, and
+    /// the instance's connection (half read) is closed rather than pooled.
+    pub(crate) fn abandon(&mut self, why: &dyn std::fmt::Display) {
+        self.finish(false, Some(why));
+    }
+
     fn finish(&mut self, completed: bool, error: Option<&dyn std::fmt::Display>) {
         if let Some(mut exchange) = self.exchange.take() {
             if completed
@@ -346,7 +411,7 @@ impl Body for DownBody {
 
 impl Drop for DownBody {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away (or the response had no body and hyper
+        // Dropped before its end: the client went away (or the response had no body and the server
         // never polled it, which `is_end_stream` tells apart).
         let completed = self.is_end_stream();
         self.finish(completed, None);

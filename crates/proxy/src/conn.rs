@@ -1,9 +1,9 @@
 //! What client connections share whatever their protocol: the closing counters, the
 //! connection timer, and for HTTP/2 the socket wrapper that closes idle connections.
 //!
-//! HTTP/2 connections are served by hyper; [`H2Io`] sits under it, replays the bytes read
+//! HTTP/2 connections are served by the h2 crate; [`H2Io`] sits under it, replays the bytes read
 //! while telling HTTP/2 from HTTP/1.x, and ends the connection (as an end of stream, which
-//! hyper takes as a quiet close) when no stream has been open for `keepalive_timeout`
+//! h2 takes as a quiet close) when no stream has been open for `keepalive_timeout`
 //! (`header_read_timeout` for a connection that never opened one). The request handler tells
 //! it, through [`ConnWatch`], when streams start and finish.
 
@@ -36,8 +36,11 @@ pub(crate) struct ConnWatch {
     /// (so the request path reads no clock for it).
     went_idle: AtomicU64,
     /// The connection's reader, woken when the last response finishes so it can arm the idle
-    /// timer (hyper may have polled the socket for the last time before that).
+    /// timer (h2 may have polled the socket for the last time before that).
     reader: AtomicWaker,
+    /// The client's socket takes no more bytes right now (its last write could not proceed):
+    /// streams waiting for window then wait on the socket, not on a shut window.
+    socket_blocked: AtomicBool,
 }
 
 impl ConnWatch {
@@ -52,6 +55,11 @@ impl ConnWatch {
             self.went_idle.fetch_add(1, Relaxed);
             self.reader.wake();
         }
+    }
+
+    /// Whether the client's socket is backed up (see `socket_blocked`).
+    pub(crate) fn socket_blocked(&self) -> bool {
+        self.socket_blocked.load(Relaxed)
     }
 }
 
@@ -112,7 +120,7 @@ impl ConnTimer {
 
 /// An HTTP/2 client socket: the bytes already read come first, it reads as closed once the
 /// connection idled out, and its writes fail once the client has taken no bytes for
-/// `send_timeout` (hyper then closes the connection).
+/// `send_timeout` (h2 then ends the connection).
 #[derive(Debug)]
 pub(crate) struct H2Io {
     stream: MaybeTls<TcpStream>,
@@ -166,6 +174,9 @@ impl H2Io {
         polled: Poll<io::Result<T>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<T>> {
+        self.watch
+            .socket_blocked
+            .store(polled.is_pending(), Relaxed);
         if !polled.is_pending() {
             self.send_stalled_until = None;
             return polled;
@@ -175,7 +186,7 @@ impl H2Io {
                 .send_stalled_until
                 .get_or_insert_with(|| Instant::now() + self.send_timeout);
             ready!(self.send_timer.poll_until(at, cx));
-            // hyper may still try to shut the socket down (TLS: flush and close_notify),
+            // h2 may still try to shut the socket down (TLS: flush and close_notify),
             // which stalls the same way: that is the same timeout, not another one.
             self.send_timed_out = true;
             self.metrics.closed("send_timeout");
@@ -221,7 +232,7 @@ impl AsyncRead for H2Io {
                 };
                 ready!(this.timer.poll_until(at, cx));
                 this.metrics.keepalive_closes.increment(1);
-                // End of stream while idle: hyper closes the connection quietly.
+                // End of stream while idle: h2 closes the connection quietly.
                 Poll::Ready(Ok(()))
             }
             ready => ready,

@@ -21,6 +21,7 @@ mod error;
 mod exchange;
 mod forward;
 mod h1;
+mod h2_stream;
 mod headers;
 mod listener;
 pub mod metrics;

@@ -11,8 +11,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http2;
-use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Gauge, counter, gauge};
 use sluice_codec::proxy_protocol::{MAX_V2_LENGTH, ProxyHeader, parse as proxy_header};
 use sluice_config::{ListenerConfig, ListenerProtocol};
@@ -43,8 +41,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) authz: Option<sluice_tls::AllowList>,
     /// `[listener.authz] policy` and who decides it.
     pub(crate) policy: Option<(String, Arc<dyn sluice_tls::PolicyAuthorizer>)>,
-    /// hyper's HTTP/2 server, configured for this listener.
-    h2: http2::Builder<TokioExecutor>,
+    /// The HTTP/2 server's settings for this listener.
+    h2: h2::server::Builder,
 }
 
 impl ListenerRuntime {
@@ -55,9 +53,7 @@ impl ListenerRuntime {
         tcp: Option<TcpRuntime>,
         tls: Option<ListenerTls>,
     ) -> Self {
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.max_concurrent_streams(config.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        let h2 = crate::server_h2::builder(&config);
         Self {
             authz: crate::tls::allow_list(&config),
             config,
@@ -452,6 +448,7 @@ async fn serve_connection(
     };
     let watch = Arc::new(ConnWatch::default());
     cx.watch = Some(Arc::clone(&watch));
+    let limits = crate::server_h2::stream_limits(config, Arc::clone(&watch));
     let io = H2Io::new(
         stream,
         replay,
@@ -467,6 +464,7 @@ async fn serve_connection(
         io,
         Arc::new(cx),
         &runtime.h2,
+        limits,
         drain,
     ))
     .await;

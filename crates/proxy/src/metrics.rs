@@ -74,6 +74,9 @@ pub const CONNECTIONS_TOTAL: &str = "sluice_connections_total";
 /// Client connections closed for a protocol-level reason, by `listener` and `reason`
 /// (`header_timeout`, `keepalive_timeout`, `send_timeout`, or a refused head's error kind).
 pub const CLIENT_CLOSES_TOTAL: &str = "sluice_client_closes_total";
+/// HTTP/2 streams Sluice reset while the client kept their flow-control window shut, by
+/// `listener` and `reason` (`send_timeout`, `deadline`, `stalled_streams`).
+pub const HTTP2_STREAM_RESETS_TOTAL: &str = "sluice_http2_stream_resets_total";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluice_access_log_dropped_total";
 /// Requests refused by a route's `allow`/`deny` rules (403), per route.
@@ -114,6 +117,7 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,
     CLIENT_CLOSES_TOTAL,
+    HTTP2_STREAM_RESETS_TOTAL,
     ACCESS_LOG_DROPPED_TOTAL,
     RELOADS_TOTAL,
     ROUTE_DENIED_TOTAL,

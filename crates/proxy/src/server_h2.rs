@@ -1,23 +1,49 @@
 //! HTTP/2 on client connections — prior knowledge (h2c), or ALPN `h2` on TLS listeners —
-//! served by hyper. Each request is brought to the shape HTTP/1.x requests have
-//! ([`RequestHead::from_h2`]) and goes through the same handler; its answer goes back as
-//! hyper's response.
+//! served with the `h2` crate. Each request is brought to the shape HTTP/1.x requests have
+//! ([`RequestHead::from_h2`]) and goes through the same handler, in a task of its own that
+//! owns the stream's send half: it sends the answer under the stream's deadlines and resets
+//! the stream when they pass ([`crate::h2_stream`]).
+//!
+//! hyper's server used to sit here; it only polls a response body when the client's window
+//! has room, so a stream whose window the client kept shut was never released.
 
-use std::convert::Infallible;
-use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::Request;
+use sluice_config::ListenerConfig;
 
-use crate::body::{DownBody, RequestBody};
-use crate::conn::{ConnTimer, H2Io, Signal};
+use crate::body::{DownBody, H2Body, RequestBody};
+use crate::conn::{ConnTimer, ConnWatch, H2Io, Signal};
 use crate::forward::{self, ConnCtx};
+use crate::h2_stream::{self, StallGate, StreamLimits};
 use sluice_codec::request::RequestHead;
+
+/// What hyper's server used (and Sluice offered) before it was replaced: 1 MiB windows so one
+/// stream can fill a fast link, 16 KiB frames, 400 KiB buffered per stream.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams h2 resets itself for the client's protocol errors before it ends the connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Streams the client opens and resets before they are accepted (rapid reset, CVE-2023-44487)
+/// before the connection is ended: h2's default, which hyper kept.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// The listener's HTTP/2 settings.
+pub(crate) fn builder(config: &ListenerConfig) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_send_buffer_size(MAX_SEND_BUFFER);
+    b
+}
 
 /// Serves HTTP/2 streams on `io` until the client or an idle timeout ends the connection. When
 /// the listener drains, the client is told to open no new streams (GOAWAY) and the open ones
@@ -25,47 +51,110 @@ use sluice_codec::request::RequestHead;
 pub(crate) async fn serve(
     io: H2Io,
     cx: Arc<ConnCtx>,
-    builder: &http2::Builder<TokioExecutor>,
+    builder: &h2::server::Builder,
+    limits: StreamLimits,
     drain: &Signal,
 ) {
-    let mut drained = drain.watch();
     let peer = cx.peer;
-    let service = service_fn(move |req: Request<Incoming>| {
-        let cx = Arc::clone(&cx);
-        async move { Ok::<_, Infallible>(handle(req, &cx).await) }
-    });
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        () = drained.fired() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = ended {
+    if let Err(e) = accept_streams(io, cx, builder, limits, drain).await {
         tracing::debug!(client = %peer, error = %e, "HTTP/2 client connection ended with an error");
     }
 }
 
-async fn handle(req: Request<Incoming>, cx: &ConnCtx) -> Response<DownBody> {
-    let (parts, body) = req.into_parts();
-    let head = match RequestHead::from_h2(&parts) {
-        Ok(head) => head,
+async fn accept_streams(
+    io: H2Io,
+    cx: Arc<ConnCtx>,
+    builder: &h2::server::Builder,
+    limits: StreamLimits,
+    drain: &Signal,
+) -> Result<(), h2::Error> {
+    let mut drained = drain.watch();
+    let mut conn = builder.handshake::<_, bytes::Bytes>(io).await?;
+    let limits = Arc::new(limits);
+    let mut draining = false;
+    loop {
+        // Accepting also drives the connection: it sends what the streams queued.
+        let accepted = tokio::select! {
+            accepted = conn.accept() => accepted,
+            () = drained.fired(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match accepted {
+            Some(Ok((request, respond))) => {
+                let cx = Arc::clone(&cx);
+                let limits = Arc::clone(&limits);
+                tokio::spawn(async move { serve_stream(request, respond, &cx, &limits).await });
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// One stream: the handler's answer, sent under the stream's deadlines.
+async fn serve_stream(
+    request: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    cx: &ConnCtx,
+    limits: &StreamLimits,
+) {
+    let (parts, recv) = request.into_parts();
+    let response = match RequestHead::from_h2(&parts) {
+        Ok(head) => {
+            let body = H2Body::new(recv, content_length(&parts.headers));
+            let body = (!body.is_end_stream()).then_some(RequestBody::H2(body));
+            // Each stream has its own timer (streams of a connection run concurrently).
+            let mut timer = ConnTimer::default();
+            let handled = forward::handle(&head, body, cx, &mut timer);
+            // A client that resets the stream (or a connection that ends) while the instance
+            // has not answered yet: the request is dropped, which releases the instance.
+            match h2_stream::unless_reset(&mut respond, handled).await {
+                Some(response) => response.into_hyper(),
+                None => return,
+            }
+        }
         Err(e) => {
             let body = format!("{{\"error\":\"{}\",\"detail\":\"{}\"}}\n", e.kind, e.detail);
-            let mut response = Response::new(DownBody::bare(body.into()));
+            let mut response = http::Response::new(DownBody::bare(body.into()));
             *response.status_mut() = e.status;
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
             );
-            return response;
+            response
         }
     };
-    let body = (!body.is_end_stream()).then_some(RequestBody::H2(body));
-    // Each stream has its own timer (streams of a connection run concurrently).
-    let mut timer = ConnTimer::default();
-    forward::handle(&head, body, cx, &mut timer)
-        .await
-        .into_hyper()
+    h2_stream::respond(respond, response, limits, &cx.listener.name).await;
+}
+
+/// `content-length`, when the client sent exactly one valid value (h2 refuses a body that
+/// does not match it).
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.parse().ok()
+}
+
+/// The per-stream limits of a listener's HTTP/2 connections.
+pub(crate) fn stream_limits(config: &ListenerConfig, watch: Arc<ConnWatch>) -> StreamLimits {
+    StreamLimits {
+        send_timeout: config.send_timeout,
+        stall_grace: stall_grace(config.send_timeout),
+        stalls: StallGate::new(config.http2_max_stalled_streams),
+        watch,
+    }
+}
+
+/// How long a stream may wait for window before it counts against
+/// `http2_max_stalled_streams`: long enough that a client reopening windows at its own pace
+/// (one round trip) never counts, short enough that the bound matters well before
+/// `send_timeout`.
+fn stall_grace(send_timeout: Duration) -> Duration {
+    (send_timeout / 2).min(Duration::from_secs(1))
 }

@@ -1,0 +1,411 @@
+//! Sending one HTTP/2 answer: the head, then the body as the client's flow-control window lets
+//! it through, under the stream's deadlines.
+//!
+//! A body chunk is sent only as far as the window the client granted (h2 buffers nothing
+//! beyond it), so "the client took bytes" and "the stream progressed" are the same thing.
+//! While a stream waits for window:
+//! - `send_timeout` after the wait began, or at the request's total deadline, the stream is
+//!   reset (CANCEL), like nginx's `send_timeout` on a stream blocked by flow control;
+//! - once it has waited `stall_grace` it counts against the connection's
+//!   `http2_max_stalled_streams`; a stream beyond that bound is reset (ENHANCE_YOUR_CALM).
+//!
+//! Either way the response body is dropped unfinished, which closes the instance's connection
+//! (a half-read connection is never pooled) and releases the instance.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http_body::{Body, Frame};
+use metrics::counter;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{BoxError, DownBody};
+use crate::conn::ConnWatch;
+use crate::metrics::HTTP2_STREAM_RESETS_TOTAL;
+
+/// What every stream of one HTTP/2 connection is held to.
+#[derive(Debug)]
+pub(crate) struct StreamLimits {
+    pub(crate) send_timeout: Duration,
+    pub(crate) stall_grace: Duration,
+    pub(crate) stalls: StallGate,
+    /// The connection's socket: while it is backed up, streams wait on it (the connection's
+    /// own `send_timeout` covers that), not on a shut window.
+    pub(crate) watch: Arc<ConnWatch>,
+}
+
+/// Counts the streams of a connection that wait for window past the grace period.
+#[derive(Debug)]
+pub(crate) struct StallGate {
+    max: u32,
+    stalled: AtomicU32,
+}
+
+impl StallGate {
+    pub(crate) fn new(max: u32) -> Self {
+        Self {
+            max,
+            stalled: AtomicU32::new(0),
+        }
+    }
+
+    /// A place among the stalled streams, if the bound leaves one.
+    fn enter(&self) -> Option<StallSlot<'_>> {
+        self.stalled
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| StallSlot(self))
+    }
+}
+
+/// A stalled stream's place in its [`StallGate`], given back when it progresses or ends.
+#[derive(Debug)]
+struct StallSlot<'a>(&'a StallGate);
+
+impl Drop for StallSlot<'_> {
+    fn drop(&mut self) {
+        self.0.stalled.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why a stream's answer stopped short.
+#[derive(Debug)]
+enum Cut {
+    SendTimeout(Duration),
+    Deadline,
+    TooManyStalled,
+    /// The instance's body failed (already recorded by the body itself).
+    Upstream(BoxError),
+    /// The client reset the stream, or the connection ended.
+    ClientGone(Option<h2::Error>),
+}
+
+impl Cut {
+    /// The reset sent to the client and the `reason` it is counted under, if Sluice ends the
+    /// stream (rather than the client).
+    fn reset(&self) -> Option<(h2::Reason, Option<&'static str>)> {
+        match self {
+            Cut::SendTimeout(_) => Some((h2::Reason::CANCEL, Some("send_timeout"))),
+            Cut::Deadline => Some((h2::Reason::CANCEL, Some("deadline"))),
+            // Not REFUSED_STREAM: that tells the client the request was not processed and may
+            // be retried anywhere (RFC 9113 §8.7), and this one was. Not GOAWAY: the
+            // connection's other streams may be well-behaved.
+            Cut::TooManyStalled => Some((h2::Reason::ENHANCE_YOUR_CALM, Some("stalled_streams"))),
+            Cut::Upstream(_) => Some((h2::Reason::INTERNAL_ERROR, None)),
+            Cut::ClientGone(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cut::SendTimeout(t) => write!(
+                f,
+                "the client opened no window for this stream for {}ms (send_timeout)",
+                t.as_millis()
+            ),
+            Cut::Deadline => f.write_str(
+                "the request's total deadline passed while the client kept the window shut",
+            ),
+            Cut::TooManyStalled => f.write_str(
+                "too many streams of this connection wait for window (http2_max_stalled_streams)",
+            ),
+            Cut::Upstream(e) => write!(f, "{e}"),
+            Cut::ClientGone(Some(e)) => write!(f, "the client's stream ended: {e}"),
+            Cut::ClientGone(None) => f.write_str("the client's stream ended"),
+        }
+    }
+}
+
+impl From<h2::Error> for Cut {
+    fn from(e: h2::Error) -> Self {
+        Cut::ClientGone(Some(e))
+    }
+}
+
+/// `fut`'s output, or `None` once the client resets the stream or the connection ends.
+pub(crate) async fn unless_reset<F: Future>(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        respond.poll_reset(cx).map(|_| None)
+    })
+    .await
+}
+
+/// Sends `response` on the stream; resets the stream when its answer cannot be finished.
+pub(crate) async fn respond(
+    mut respond: h2::server::SendResponse<Bytes>,
+    response: http::Response<DownBody>,
+    limits: &StreamLimits,
+    listener: &str,
+) {
+    let (parts, mut body) = response.into_parts();
+    let end = body.is_end_stream();
+    let mut tx = match respond.send_response(h2_head(parts, &body), end) {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 response head not sent");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            body.abandon(&e);
+            return;
+        }
+    };
+    if end {
+        return;
+    }
+    if let Err(cut) = send_body(&mut body, &mut tx, limits).await {
+        if let Some((reason, counted)) = cut.reset() {
+            tx.send_reset(reason);
+            if let Some(label) = counted {
+                counter!(HTTP2_STREAM_RESETS_TOTAL, "listener" => listener.to_owned(), "reason" => label)
+                    .increment(1);
+            }
+        }
+        tracing::debug!(error = %cut, "HTTP/2 response cut off");
+        body.abandon(&cut);
+    }
+}
+
+/// The response head as h2 sends it: without HTTP/1.x connection fields (h2 refuses them),
+/// with a `content-length` when the body's length is known.
+fn h2_head(parts: http::response::Parts, body: &DownBody) -> http::Response<()> {
+    let mut head = http::Response::from_parts(parts, ());
+    let headers = head.headers_mut();
+    strip_connection_fields(headers);
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, crate::response::http_date());
+    }
+    if !body.is_end_stream()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(n) = body.size_hint().exact()
+    {
+        headers.insert(header::CONTENT_LENGTH, n.into());
+    }
+    head
+}
+
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in [header::TRANSFER_ENCODING, header::UPGRADE, header::TE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(HeaderName::from_static(name));
+    }
+}
+
+async fn send_body(
+    body: &mut DownBody,
+    tx: &mut h2::SendStream<Bytes>,
+    limits: &StreamLimits,
+) -> Result<(), Cut> {
+    let mut pace = Pace::new(limits, body.deadline());
+    loop {
+        let Some(frame) = next_frame(body, tx).await? else {
+            tx.send_data(Bytes::new(), true)?;
+            return Ok(());
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                pace.send(tx, data, end).await?;
+                if end {
+                    return Ok(());
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    tx.send_trailers(trailers)?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The body's next frame; the client resetting the stream meanwhile ends the wait.
+async fn next_frame(
+    body: &mut DownBody,
+    tx: &mut h2::SendStream<Bytes>,
+) -> Result<Option<Frame<Bytes>>, Cut> {
+    poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+        Poll::Ready(Some(Ok(frame))) => Poll::Ready(Ok(Some(frame))),
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Cut::Upstream(e))),
+        Poll::Ready(None) => Poll::Ready(Ok(None)),
+        Poll::Pending => match tx.poll_reset(cx) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Err(Cut::ClientGone(None))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        },
+    })
+    .await
+}
+
+/// A stream's sending under its deadlines: the timer is armed only when the stream waits for
+/// window, so a client that keeps up never touches the timer wheel.
+struct Pace<'a> {
+    limits: &'a StreamLimits,
+    /// The request's total deadline (none for Sluice's own answers).
+    deadline: Option<Instant>,
+    /// When the current wait for window began.
+    waiting_since: Option<Instant>,
+    /// Held while this stream counts as stalled.
+    slot: Option<StallSlot<'a>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<'a> Pace<'a> {
+    fn new(limits: &'a StreamLimits, deadline: Option<Instant>) -> Self {
+        Self {
+            limits,
+            deadline,
+            waiting_since: None,
+            slot: None,
+            sleep: None,
+        }
+    }
+
+    /// Sends `chunk` as the window opens; `end` marks its last piece as the end of the stream.
+    async fn send(
+        &mut self,
+        tx: &mut h2::SendStream<Bytes>,
+        mut chunk: Bytes,
+        end: bool,
+    ) -> Result<(), Cut> {
+        if chunk.is_empty() {
+            return Ok(tx.send_data(chunk, end)?);
+        }
+        while !chunk.is_empty() {
+            tx.reserve_capacity(chunk.len());
+            let granted = poll_fn(|cx| self.poll_window(tx, cx)).await?;
+            let piece = chunk.split_to(granted.min(chunk.len()));
+            tx.send_data(piece, end && chunk.is_empty())?;
+        }
+        Ok(())
+    }
+
+    /// The window the client granted, once there is some.
+    fn poll_window(
+        &mut self,
+        tx: &mut h2::SendStream<Bytes>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, Cut>> {
+        loop {
+            let granted = tx.capacity();
+            if granted > 0 {
+                self.waiting_since = None;
+                self.slot = None;
+                return Poll::Ready(Ok(granted));
+            }
+            match tx.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                // The stream can no longer send: the client reset it.
+                Poll::Ready(None) => return Poll::Ready(Err(Cut::ClientGone(None))),
+                Poll::Pending => break,
+            }
+        }
+        match tx.poll_reset(cx) {
+            Poll::Ready(Ok(_)) => return Poll::Ready(Err(Cut::ClientGone(None))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            Poll::Pending => {}
+        }
+        self.poll_stall(cx).map(Err)
+    }
+
+    /// Ready with the reason to give up once a deadline of the current wait passes. The timer
+    /// keeps the moment it was set for until it fires, which is then decided on.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Cut> {
+        let since = match self.waiting_since {
+            Some(since) => since,
+            None => {
+                let since = Instant::now();
+                self.waiting_since = Some(since);
+                let at = self.next_check(since);
+                match &mut self.sleep {
+                    Some(s) => s.as_mut().reset(at),
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+                since
+            }
+        };
+        loop {
+            let Some(sleep) = &mut self.sleep else {
+                return Poll::Pending;
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let at = sleep.deadline();
+            if let Some(cut) = self.check(since, at) {
+                return Poll::Ready(cut);
+            }
+            let next = self.next_check(since);
+            if let Some(sleep) = &mut self.sleep {
+                sleep.as_mut().reset(next);
+            }
+        }
+    }
+
+    /// The next moment something is decided for a wait that began at `since`.
+    fn next_check(&self, since: Instant) -> Instant {
+        let mut at = since + self.limits.send_timeout;
+        if let Some(d) = self.deadline {
+            at = at.min(d);
+        }
+        if self.slot.is_none() {
+            at = at.min(self.grace_check(since));
+        }
+        at
+    }
+
+    /// When a waiting stream is (next) considered for a stall slot: at the end of the grace
+    /// period, then at each later multiple of it (while the socket is what holds it back).
+    fn grace_check(&self, since: Instant) -> Instant {
+        let grace = self.limits.stall_grace.max(Duration::from_millis(1));
+        let first = since + grace;
+        let now = Instant::now();
+        if now < first {
+            return first;
+        }
+        let periods = (now - since).as_nanos() / grace.as_nanos() + 1;
+        since + grace * u32::try_from(periods).unwrap_or(u32::MAX)
+    }
+
+    /// What the timer set for `at` decides.
+    fn check(&mut self, since: Instant, at: Instant) -> Option<Cut> {
+        if self.deadline.is_some_and(|d| at >= d) {
+            return Some(Cut::Deadline);
+        }
+        if at >= since + self.limits.send_timeout {
+            return Some(Cut::SendTimeout(self.limits.send_timeout));
+        }
+        if self.slot.is_none() && !self.limits.watch.socket_blocked() {
+            match self.limits.stalls.enter() {
+                Some(slot) => self.slot = Some(slot),
+                None => return Some(Cut::TooManyStalled),
+            }
+        }
+        None
+    }
+}
