@@ -66,10 +66,11 @@ fuzz_target!(|data: &[u8]| {
     let (cuts, input) = rest.split_at(n);
     let whole = run(input, &[], input.len().max(1));
     let pieces = run(input, cuts, 7);
-    let ones = run(input, &[], 1);
+    // Byte by byte only for short bodies: each read rescans the line so far.
+    let ones = (input.len() <= 512).then(|| run(input, &[], 1));
     // Size limits may trip at different points depending on the reads; the data and the error
     // may not otherwise differ.
-    for other in [&pieces, &ones] {
+    for other in [Some(&pieces), ones.as_ref()].into_iter().flatten() {
         if whole.end.is_ok() && other.end.is_ok() {
             assert_eq!(&whole, other);
         } else if !matches!(whole.end, Err(ChunkError::LineTooLong | ChunkError::TrailersTooLarge))

@@ -237,8 +237,10 @@ fn server_name(data: &[u8]) -> Result<Option<String>, HelloError> {
             continue;
         }
         let name = name.strip_suffix(b".").unwrap_or(name);
+        // Labels of a host name are not empty: no leading dot, no `..`, one trailing dot at most.
         let valid = !name.is_empty()
             && name.len() <= 253
+            && name.split(|&b| b == b'.').all(|label| !label.is_empty())
             && name
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
@@ -384,6 +386,13 @@ mod tests {
             parse(&example(b"a b.test"), 16384).unwrap_err().reason(),
             "malformed"
         );
+        // Found by fuzzing: empty labels, which left a trailing dot after the one stripped.
+        for name in [&b"a.."[..], b".a", b"a..b", b"."] {
+            assert_eq!(
+                parse(&example(name), 16384).unwrap_err().reason(),
+                "malformed"
+            );
+        }
     }
 
     #[test]

@@ -17,12 +17,18 @@ pub struct Span {
 impl Span {
     /// The span of `part`, a sub-slice of `base`.
     pub fn of(base: &[u8], part: &[u8]) -> Span {
-        let at = part.as_ptr() as usize - base.as_ptr() as usize;
-        debug_assert!(at + part.len() <= base.len());
-        Span {
+        Span::within(base, part).unwrap_or_default()
+    }
+
+    /// The span of `part` if it is a sub-slice of `base` (a parser may hand back a static
+    /// string in place of bytes it did not like, e.g. httparse's empty reason phrase for one
+    /// that is not UTF-8).
+    pub fn within(base: &[u8], part: &[u8]) -> Option<Span> {
+        let at = (part.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
+        (at + part.len() <= base.len()).then_some(Span {
             at: at as u32,
             len: part.len() as u32,
-        }
+        })
     }
 
     pub fn new(at: usize, len: usize) -> Span {

@@ -365,6 +365,8 @@ pub fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TOO_LARGE),
+        // Which of 400 and 505 a bad version is depends on the whole request line.
+        Err(httparse::Error::Version) if !read.contains(&b'\n') => return Ok(None),
         Err(httparse::Error::Version) if names_another_version(read) => {
             return Err(HeadError {
                 status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
@@ -481,6 +483,11 @@ fn parse_target(
     if !target.is_ascii() {
         return Err(HeadError::bad("non-ASCII bytes in the request target"));
     }
+    // A fragment is the client's own business (RFC 9112 §3.2): `#` never reaches a server,
+    // and dropping it silently would forward another target than the one received.
+    if target.contains(&b'#') {
+        return Err(HeadError::bad("a fragment (#) in the request target"));
+    }
     if target.starts_with(b"/") || (target == b"*" && *method == Method::OPTIONS) {
         return Ok((Target::Span(Span::of(base, target)), None));
     }
@@ -594,6 +601,10 @@ mod tests {
         assert_eq!(status("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), 405);
         assert_eq!(status("GET a/b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status("GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        // Found by fuzzing: the status of a bad version waits for the whole request line.
+        assert!(parse("GET /ws HTTP/0").unwrap().is_none());
+        assert_eq!(status("GET /ws HTTP/0.1\r\nHost: a\r\n\r\n"), 505);
         let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
         assert_eq!(
             status(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),

@@ -234,9 +234,11 @@ pub fn parse_response(
                 fields.push(field.single_valued(base));
             }
         }
+        // A reason phrase that is not UTF-8 comes back as a static "": the canonical one is sent.
         let reason = response
             .reason
-            .map_or_else(Span::default, |r| Span::of(base, r.as_bytes()));
+            .and_then(|r| Span::within(base, r.as_bytes()))
+            .unwrap_or_default();
         let http10 = response.version == Some(0);
         let framing = framing(status, is_head, http10, &noted)?;
         let c = &noted.connection;
@@ -469,6 +471,15 @@ mod tests {
             .map(|f| f.name.get(&p.head.buf))
             .collect();
         assert_eq!(names, [&b"X-A"[..]]);
+    }
+
+    /// Found by fuzzing: a reason phrase that is not UTF-8 (httparse hands back a static "").
+    #[test]
+    fn a_reason_phrase_beyond_ascii_is_replaced() {
+        let mut read = BytesMut::from(&b"HTTP/1.1 200 \xff\xfe\r\nContent-Length: 0\r\n\r\n"[..]);
+        let p = parse_response(&mut read, false).unwrap().unwrap();
+        assert_eq!(p.status, 200);
+        assert_eq!(p.head.reason.get(&p.head.buf), b"");
     }
 
     #[test]

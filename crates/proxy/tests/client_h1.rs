@@ -252,6 +252,8 @@ async fn lenient_chunked_uploads_are_refused() {
         b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
         b"5;a\rb\r\nhello\r\n0\r\n\r\n",
         b"5 x\r\nhello\r\n0\r\n\r\n",
+        b"10000000000000005\r\nhello\r\n0\r\n\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
     ] {
         let mut request =
             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -358,6 +360,23 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
             400,
             "bad_request",
         ),
+        // RFC 9112 §5.2 obs-fold, §2.2 bare CR, RFC 9110 §5.5 control bytes in a value.
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r2\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\x002\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        ("GET /#x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request"),
         // RFC 9112 §3.2: a Host that is not host[:port].
         ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "bad_request"),
         (
