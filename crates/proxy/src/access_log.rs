@@ -208,19 +208,21 @@ pub(crate) struct RequestInfo {
 impl RequestInfo {
     pub(crate) fn new(
         head: &sluice_codec::request::RequestHead,
-        cx: &crate::forward::ConnCtx,
+        client: SocketAddr,
+        listener: &Arc<str>,
+        tls: Option<&Arc<crate::tls::ConnTls>>,
     ) -> Self {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Self {
-            client: cx.peer,
-            listener: Arc::clone(&cx.listener.name),
+            client,
+            listener: Arc::clone(listener),
             method: head.method.clone(),
             target: head.target().to_owned(),
             version: head.version,
             host: head.host().map(text),
             referer: head.referer().map(text),
             user_agent: head.user_agent().map(text),
-            tls: cx.tls.clone(),
+            tls: tls.cloned(),
         }
     }
 }

@@ -127,13 +127,13 @@ impl ProxyError {
     pub(crate) fn to_response(
         &self,
         service: Option<&str>,
-        request_id: &crate::headers::RequestId,
+        request_id: &str,
     ) -> (HeaderMap, Bytes) {
         let body = serde_json::json!({
             "error": self.kind.as_str(),
             "detail": self.detail,
             "service": service,
-            "request_id": request_id.as_str(),
+            "request_id": request_id,
         });
         let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
         bytes.push(b'\n');

@@ -23,38 +23,26 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HeaderValue;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use sluice_config::{HashKey, ServiceConfig};
 use sluice_health::clock;
 
 use crate::access_log::RequestInfo;
-use crate::body::{ClientStream, DownBody, RequestBody, UpBody};
-use crate::conn::{ConnTimer, ConnWatch};
+use crate::body::DownBody;
+use crate::conn::ConnTimer;
 use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
 use crate::h1::{OutgoingRequest, SendError, UpConn, UpResponse};
 use crate::headers::{RequestId, UpstreamFields};
-use crate::listener::ListenerShared;
+use crate::listener_state::ConnCtx;
 use crate::pool;
+use crate::request_body::{ClientStream, RequestBody, UpBody};
 use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
+use crate::route_rules::LocalAnswer;
 use crate::routing::Route;
 use crate::upstream::{InFlight, Service, Tried};
 use sluice_codec::request::RequestHead;
-
-/// What the handler needs to know about the connection a request arrived on.
-#[derive(Debug)]
-pub(crate) struct ConnCtx {
-    pub(crate) listener: Arc<ListenerShared>,
-    pub(crate) peer: SocketAddr,
-    /// `peer`'s IP as a header value, made once per connection for `X-Forwarded-For`.
-    pub(crate) client_ip: HeaderValue,
-    /// HTTP/2 connections: tells the connection's idle timer when streams are open.
-    pub(crate) watch: Option<Arc<ConnWatch>>,
-    /// The TLS session, on TLS listeners.
-    pub(crate) tls: Option<Arc<crate::tls::ConnTls>>,
-}
 
 /// Serves one request: every problem becomes a response. `body` is `None` when the request
 /// has none.
@@ -73,10 +61,12 @@ pub(crate) async fn handle(
     let host = head.host().and_then(|h| std::str::from_utf8(h).ok());
     let route = rt.table.lookup(host, head.path()).cloned();
     let body_timeout = rt.config.request_body_timeout;
-    let log = rt
-        .access_log
-        .enabled()
-        .then(|| Box::new((rt.access_log.clone(), RequestInfo::new(head, cx))));
+    let log = rt.access_log.enabled().then(|| {
+        Box::new((
+            rt.access_log.clone(),
+            RequestInfo::new(head, cx.peer, &cx.listener.name, cx.tls.as_ref()),
+        ))
+    });
     drop(rt);
     let mut exchange = Exchange::new(start, cx.watch.clone(), request_id.clone(), log);
 
@@ -89,10 +79,8 @@ pub(crate) async fn handle(
         return local_error(&err, None, request_id, exchange);
     };
     exchange.route = Some(Arc::clone(&route));
-    if let Some(answer) =
-        crate::route_rules::local_answer(&route, cx.peer.ip(), head.path(), head.query())
-    {
-        return crate::route_rules::respond(answer, &route, request_id, exchange);
+    if let Some(answer) = route.local_answer(cx.peer.ip(), head.path(), head.query()) {
+        return local_answer(answer, &route, request_id, exchange);
     }
     let service = Arc::clone(&route.service);
     let deadline = start + service.config.timeouts.total;
@@ -135,6 +123,34 @@ pub(crate) async fn handle(
     }
 }
 
+/// The response for a local answer, logged and counted like every answer.
+fn local_answer(
+    answer: LocalAnswer,
+    route: &Route,
+    request_id: RequestId,
+    mut exchange: Exchange,
+) -> ProxyResponse {
+    match answer {
+        LocalAnswer::Denied(err) => {
+            let service = Some(&*route.service.name).filter(|s| !s.is_empty());
+            local_error(&err, service, request_id, exchange)
+        }
+        LocalAnswer::Redirect(response) => {
+            let (parts, bytes) = response.into_parts();
+            exchange.status = parts.status.as_u16();
+            ProxyResponse {
+                head: ResponseHead {
+                    status: parts.status,
+                    fields: ResponseFields::Local(parts.headers),
+                },
+                request_id,
+                body: DownBody::local(bytes, exchange),
+                switched: None,
+            }
+        }
+    }
+}
+
 /// Sluice's own answer for `err`: its status and JSON body.
 pub(crate) fn local_error(
     err: &ProxyError,
@@ -142,7 +158,7 @@ pub(crate) fn local_error(
     request_id: RequestId,
     mut exchange: Exchange,
 ) -> ProxyResponse {
-    let (headers, bytes) = err.to_response(service, &request_id);
+    let (headers, bytes) = err.to_response(service, request_id.as_str());
     exchange.status = err.kind.status().as_u16();
     exchange.error = Some(err.kind);
     ProxyResponse {

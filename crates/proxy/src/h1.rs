@@ -30,7 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, UpBody};
+use crate::request_body::{BoxError, UpBody};
 use sluice_codec::chunked::{self, ChunkError, Chunked, Step, encode_data};
 use sluice_codec::fields;
 use sluice_codec::request::{BodyLength, RequestHead};

@@ -26,9 +26,10 @@ use http_body::{Body, Frame};
 use metrics::counter;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{BoxError, DownBody};
+use crate::body::DownBody;
 use crate::conn::ConnWatch;
 use crate::metrics::HTTP2_STREAM_RESETS_TOTAL;
+use crate::request_body::BoxError;
 
 /// What every stream of one HTTP/2 connection is held to.
 #[derive(Debug)]

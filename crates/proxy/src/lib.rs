@@ -11,6 +11,8 @@
 //! - The request path takes no lock shared between threads: snapshots are read through
 //!   `arc-swap`, instance state is atomics, idle connections sit in lock-free queues.
 //! - Passive health never removes more than `max_ejected_percent` of a service's instances.
+//! - Modules import downward only (layers in docs/ARCHITECTURE.md, checked by
+//!   `tests/module_layers.rs`); the wire formats themselves are `sluice-codec`'s.
 
 mod access_log;
 mod balance;
@@ -24,10 +26,12 @@ mod h1;
 mod h2_stream;
 mod headers;
 mod listener;
+mod listener_state;
 pub mod metrics;
 mod pool;
 mod proxy;
 mod proxy_protocol;
+mod request_body;
 mod response;
 mod route_rules;
 mod routing;

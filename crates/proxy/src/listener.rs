@@ -6,66 +6,18 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge, counter, gauge};
 use sluice_codec::proxy_protocol::{MAX_V2_LENGTH, ProxyHeader, parse as proxy_header};
-use sluice_config::{ListenerConfig, ListenerProtocol};
+use sluice_config::ListenerProtocol;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::AccessLog;
-use crate::conn::{ClientTimerMetrics, ConnWatch, H2Io, Signal};
-use crate::forward::ConnCtx;
-use crate::metrics as m;
-use crate::routing::RouteTable;
-use crate::tcp::{TcpMetrics, TcpRuntime};
-use crate::tls::ListenerTls;
+use crate::conn::{ConnWatch, H2Io, Signal};
+use crate::listener_state::{ConnCtx, ListenerRuntime, ListenerShared};
 use tokio_util::task::TaskTracker;
-
-/// What a listener's connections read on every request; replaced whole on reload.
-#[derive(Debug)]
-pub(crate) struct ListenerRuntime {
-    pub(crate) config: ListenerConfig,
-    pub(crate) table: RouteTable,
-    pub(crate) access_log: AccessLog,
-    /// Present on `protocol = "tcp"` listeners.
-    pub(crate) tcp: Option<TcpRuntime>,
-    /// Present when the listener has `[listener.tls]`.
-    pub(crate) tls: Option<Arc<ListenerTls>>,
-    /// Present when `[listener.authz]` has rules.
-    pub(crate) authz: Option<sluice_tls::AllowList>,
-    /// `[listener.authz] policy` and who decides it.
-    pub(crate) policy: Option<(String, Arc<dyn sluice_tls::PolicyAuthorizer>)>,
-    /// The HTTP/2 server's settings for this listener.
-    h2: h2::server::Builder,
-}
-
-impl ListenerRuntime {
-    pub(crate) fn new(
-        config: ListenerConfig,
-        table: RouteTable,
-        access_log: AccessLog,
-        tcp: Option<TcpRuntime>,
-        tls: Option<ListenerTls>,
-    ) -> Self {
-        let h2 = crate::server_h2::builder(&config);
-        Self {
-            authz: crate::tls::allow_list(&config),
-            config,
-            table,
-            access_log,
-            tcp,
-            tls: tls.map(Arc::new),
-            policy: None,
-            h2,
-        }
-    }
-}
 
 /// What a listener tells its HTTP connections when it stops: finish and close (`drain`), and
 /// when the grace period is over, close now (`cut`).
@@ -73,64 +25,6 @@ impl ListenerRuntime {
 struct ConnSignals {
     drain: Signal,
     cut: Signal,
-}
-
-/// State shared by a listener's accept loop, its connections and the control plane.
-#[derive(Debug)]
-pub(crate) struct ListenerShared {
-    pub(crate) name: Arc<str>,
-    /// `X-Forwarded-Proto` for requests on this listener.
-    pub(crate) scheme: &'static str,
-    pub(crate) runtime: ArcSwap<ListenerRuntime>,
-    pub(crate) unrouted: Counter,
-    active: Gauge,
-    accepted: Counter,
-    timer_metrics: ClientTimerMetrics,
-    tcp_metrics: Option<TcpMetrics>,
-    limit: Arc<Semaphore>,
-    limit_size: AtomicUsize,
-}
-
-impl ListenerShared {
-    pub(crate) fn new(name: &str, runtime: ListenerRuntime) -> Self {
-        let l = || name.to_owned();
-        let limit_size = runtime.config.max_connections;
-        let tcp_metrics = runtime.tcp.is_some().then(|| TcpMetrics::new(name));
-        Self {
-            name: name.into(),
-            scheme: "http",
-            runtime: ArcSwap::from_pointee(runtime),
-            unrouted: counter!(m::UNROUTED_TOTAL, "listener" => l()),
-            active: gauge!(m::CONNECTIONS_ACTIVE, "listener" => l()),
-            accepted: counter!(m::CONNECTIONS_TOTAL, "listener" => l()),
-            timer_metrics: ClientTimerMetrics::new(name),
-            tcp_metrics,
-            limit: Arc::new(Semaphore::new(limit_size)),
-            limit_size: AtomicUsize::new(limit_size),
-        }
-    }
-
-    /// Installs a new runtime (routes, timeouts, limits) for new requests and connections.
-    pub(crate) fn update(&self, runtime: ListenerRuntime) {
-        let want = runtime.config.max_connections;
-        let have = self.limit_size.swap(want, Relaxed);
-        if want > have {
-            self.limit.add_permits(want - have);
-        } else if have > want {
-            // Permits held by open connections are forgotten as those connections close.
-            let mut left = have - want;
-            left -= self.limit.forget_permits(left);
-            if left > 0 {
-                let limit = Arc::clone(&self.limit);
-                tokio::spawn(async move {
-                    if let Ok(p) = limit.acquire_many_owned(left as u32).await {
-                        p.forget();
-                    }
-                });
-            }
-        }
-        self.runtime.store(Arc::new(runtime));
-    }
 }
 
 /// A listener whose accept loop is running.
@@ -387,7 +281,7 @@ async fn serve_tcp(
         .await;
     } else if let (Some(service), Some((stream, tls))) = (
         &tcp.service,
-        crate::tls::admit(stream, peer, &shared.name, runtime).await,
+        crate::tls::admit(stream, peer, &shared.name, &runtime.gate).await,
     ) {
         crate::tcp::serve(
             stream,
@@ -416,7 +310,7 @@ async fn serve_connection(
 ) {
     // Boxed, as HTTP/2 below: the TLS handshake's and hyper's HTTP/2 state would otherwise be
     // part of every connection's size, idle HTTP/1.x ones included.
-    let admitted = Box::pin(crate::tls::admit(stream, peer, &shared.name, &runtime)).await;
+    let admitted = Box::pin(crate::tls::admit(stream, peer, &shared.name, &runtime.gate)).await;
     let Some((stream, tls)) = admitted else {
         return;
     };

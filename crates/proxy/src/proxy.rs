@@ -14,7 +14,8 @@ use sluice_health::{EvaluatorSource, NoPolicies};
 
 use crate::access_log::AccessLog;
 use crate::checks::{Checker, Services};
-use crate::listener::{self, ListenerRuntime, ListenerShared, RunningListener};
+use crate::listener::{self, RunningListener};
+use crate::listener_state::{ListenerRuntime, ListenerShared};
 use crate::metrics::{
     HEALTH_SINCE_CHANGE_SECONDS, INSTANCE_OUTSTANDING, INSTANCES_EJECTED, PRIMARY,
 };
@@ -294,8 +295,9 @@ impl Proxy {
                 new_log.clone(),
                 tcp,
                 tls.remove(lc.name.as_str()),
+                crate::server_h2::builder(lc),
             );
-            runtime.policy = lc
+            runtime.gate.policy = lc
                 .authz
                 .as_ref()
                 .and_then(|a| a.policy.clone())

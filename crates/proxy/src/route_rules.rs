@@ -7,7 +7,6 @@
 //! route's networks and nothing else: no parsing, no allocation — except the `Location` of a
 //! redirect that copies the request path into it.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -17,61 +16,8 @@ use metrics::{Counter, counter};
 use sluice_codec::request::RequestHead;
 use sluice_config::{AccessRules, RouteConfig, UpstreamHost};
 
-use crate::body::DownBody;
 use crate::error::{ProxyError, ProxyErrorKind};
-use crate::exchange::Exchange;
 use crate::metrics::{ROUTE_DENIED_TOTAL, ROUTE_REDIRECTS_TOTAL};
-use crate::response::{ProxyResponse, ResponseFields, ResponseHead};
-use crate::routing::Route;
-
-/// Sluice's own answer to a request on `route`, if it gives one (checked before anything is
-/// sent upstream). `$path` of a redirect is the path the upstream would have seen, after the
-/// route's `strip`/`prepend`.
-pub(crate) fn local_answer(
-    route: &Route,
-    client: IpAddr,
-    path: &str,
-    query: Option<&str>,
-) -> Option<LocalAnswer> {
-    let rules = &route.rules;
-    if rules.access.is_none() && rules.redirect.is_none() {
-        return None;
-    }
-    let path = if rules.redirect.is_some() {
-        route.rewrite_path(path)
-    } else {
-        Cow::Borrowed("")
-    };
-    rules.answer(client, &path, query)
-}
-
-/// The response for a local answer, logged and counted like every answer.
-pub(crate) fn respond(
-    answer: LocalAnswer,
-    route: &Route,
-    request_id: crate::headers::RequestId,
-    mut exchange: Exchange,
-) -> ProxyResponse {
-    match answer {
-        LocalAnswer::Denied(err) => {
-            let service = Some(&*route.service.name).filter(|s| !s.is_empty());
-            crate::forward::local_error(&err, service, request_id, exchange)
-        }
-        LocalAnswer::Redirect(response) => {
-            let (parts, bytes) = response.into_parts();
-            exchange.status = parts.status.as_u16();
-            ProxyResponse {
-                head: ResponseHead {
-                    status: parts.status,
-                    fields: ResponseFields::Local(parts.headers),
-                },
-                request_id,
-                body: DownBody::local(bytes, exchange),
-                switched: None,
-            }
-        }
-    }
-}
 
 /// The prepared rules of one route.
 #[derive(Debug, Default)]
@@ -161,9 +107,24 @@ impl RouteRules {
             })
     }
 
-    /// Sluice's own answer, if it gives one: a refused client address first, then a
-    /// redirect. `path` stands for `$path`.
-    fn answer(&self, client: IpAddr, path: &str, query: Option<&str>) -> Option<LocalAnswer> {
+    /// Whether the route has rules that may answer a request instead of forwarding it.
+    pub(crate) fn may_answer(&self) -> bool {
+        self.access.is_some() || self.redirect.is_some()
+    }
+
+    /// Whether the route answers every request with a redirect (unless access rules refuse it).
+    pub(crate) fn redirects(&self) -> bool {
+        self.redirect.is_some()
+    }
+
+    /// Sluice's own answer for a request from `client`, if it gives one: a refused client
+    /// address first, then a redirect. `path` stands for `$path`.
+    pub(crate) fn answer(
+        &self,
+        client: IpAddr,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<LocalAnswer> {
         if let Some((rules, denied)) = &self.access
             && !rules.admits(client)
         {

@@ -10,13 +10,14 @@
 //! `path = "/"` route without a host serves whatever more specific hosts do not.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use sluice_config::HostMatch;
 
 use crate::metrics::RouteMetrics;
-use crate::route_rules::RouteRules;
+use crate::route_rules::{LocalAnswer, RouteRules};
 use crate::upstream::Service;
 
 /// One route, shared by the table and the requests it serves.
@@ -57,6 +58,27 @@ impl Route {
             service: Arc::clone(service),
             rules: RouteRules::new(rc),
         }
+    }
+
+    /// Sluice's own answer to a request on this route, if it gives one (checked before anything is
+    /// sent upstream). `$path` of a redirect is the path the upstream would have seen, after the
+    /// route's `strip`/`prepend`.
+    pub(crate) fn local_answer(
+        &self,
+        client: IpAddr,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<LocalAnswer> {
+        let rules = &self.rules;
+        if !rules.may_answer() {
+            return None;
+        }
+        let path = if rules.redirects() {
+            self.rewrite_path(path)
+        } else {
+            Cow::Borrowed("")
+        };
+        rules.answer(client, &path, query)
     }
 
     /// The path the upstream sees: `strip` removed when the path starts with it (the remainder

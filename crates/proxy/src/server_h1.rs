@@ -6,8 +6,8 @@
 //! connection reads a head into the connection's buffer, parses it into spans
 //! ([`sluice_codec::request`]), hands it to the forwarding handler, and writes the response head
 //! field by field from the instance's own bytes, with the first body bytes in the same write.
-//! The request body is read from this connection by the request itself ([`H1Body`]), so no
-//! channel stands between the client's socket and the instance's.
+//! The request body is read from this connection by the request itself (through
+//! [`H1BodyReader`]), so no channel stands between the client's socket and the instance's.
 //!
 //! LIFECYCLE of a connection (one request at a time; pipelined requests wait in the buffer):
 //! ```text
@@ -46,9 +46,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
 use crate::conn::{ClientTimerMetrics, ConnTimer, Signal, SignalWatch};
-use crate::forward::{self, ConnCtx};
+use crate::forward;
+use crate::listener_state::ConnCtx;
+use crate::request_body::{BoxError, H1BodyReader, RequestBody};
 use crate::response::{
     ConnectionField, ProxyResponse, ResponseFields, Switched, WireFraming, encode_h1,
 };
@@ -156,12 +157,6 @@ impl ClientConn {
     }
 }
 
-/// The request body, read from the client's connection by the request's own task.
-#[derive(Debug)]
-pub(crate) struct H1Body<'a> {
-    conn: &'a mut ClientConn,
-}
-
 /// Why reading the client's body failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientBodyError {
@@ -173,15 +168,31 @@ pub(crate) enum ClientBodyError {
     Io(#[from] io::Error),
 }
 
-impl Body for H1Body<'_> {
-    type Data = Bytes;
-    type Error = ClientBodyError;
+/// The request body, read from the client's connection by the request's own task.
+impl H1BodyReader for ClientConn {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.poll_body_frame(cx).map_err(Into::into)
+    }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    fn body_ended(&self) -> bool {
+        matches!(self.body, BodyState::Done | BodyState::Failed)
+    }
+
+    fn body_size_hint(&self) -> SizeHint {
+        match self.body {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done | BodyState::Failed => SizeHint::with_exact(0),
+            BodyState::Chunked(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl ClientConn {
+    fn poll_body_frame(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let c = &mut *self.get_mut().conn;
+        let c = self;
         if c.expect != Continue::None && !c.read.is_empty() {
             // The client sent its body without waiting: nothing to invite any more.
             c.expect = Continue::None;
@@ -262,18 +273,6 @@ impl Body for H1Body<'_> {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.conn.body, BodyState::Done | BodyState::Failed)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.conn.body {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done | BodyState::Failed => SizeHint::with_exact(0),
-            BodyState::Chunked(_) => SizeHint::default(),
         }
     }
 }
@@ -380,7 +379,7 @@ pub(crate) async fn serve(
                 None => return Ended::Closed,
             }
         } else {
-            let body = RequestBody::H1(H1Body { conn: &mut conn });
+            let body = RequestBody::H1(&mut conn);
             Box::pin(forward::handle(&head, Some(body), cx, &mut timer)).await
         };
         drop(head);

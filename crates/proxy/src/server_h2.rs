@@ -13,10 +13,12 @@ use std::time::Duration;
 use http::Request;
 use sluice_config::ListenerConfig;
 
-use crate::body::{DownBody, H2Body, RequestBody};
+use crate::body::DownBody;
 use crate::conn::{ConnTimer, ConnWatch, H2Io, Signal};
-use crate::forward::{self, ConnCtx};
+use crate::forward;
 use crate::h2_stream::{self, StallGate, StreamLimits};
+use crate::listener_state::ConnCtx;
+use crate::request_body::{H2Body, RequestBody};
 use sluice_codec::request::RequestHead;
 
 /// What hyper's server used (and Sluice offered) before it was replaced: 1 MiB windows so one

@@ -175,15 +175,26 @@ pub(crate) fn allow_list(lc: &ListenerConfig) -> Option<AllowList> {
     (!list.is_empty()).then_some(list)
 }
 
+/// What a listener checks before it serves a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    /// Present when the listener has `[listener.tls]`.
+    pub(crate) tls: Option<Arc<ListenerTls>>,
+    /// Present when `[listener.authz]` has rules.
+    pub(crate) authz: Option<sluice_tls::AllowList>,
+    /// `[listener.authz] policy` and who decides it.
+    pub(crate) policy: Option<(String, Arc<dyn sluice_tls::PolicyAuthorizer>)>,
+}
+
 /// Handshake (when the listener has TLS) and authorization of a new connection. `None`: the
 /// connection was refused, logged and counted; the socket is closed when dropped.
 pub(crate) async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
     listener: &str,
-    runtime: &crate::listener::ListenerRuntime,
+    gate: &Gate,
 ) -> Option<(MaybeTls<TcpStream>, Option<Arc<ConnTls>>)> {
-    let (tls, authz) = (runtime.tls.as_ref(), runtime.authz.as_ref());
+    let (tls, authz) = (gate.tls.as_ref(), gate.authz.as_ref());
     let _ = stream.set_nodelay(true);
     let (stream, conn) = match tls {
         None => (MaybeTls::Plain(stream), None),
@@ -226,7 +237,7 @@ pub(crate) async fn admit(
             return None;
         }
     }
-    if let Some((policy, authorizer)) = &runtime.policy {
+    if let Some((policy, authorizer)) = &gate.policy {
         let info = conn.as_ref().map(|c| &c.info);
         let identity = info.and_then(|i| i.identity.as_deref());
         let facts = PeerFacts {
