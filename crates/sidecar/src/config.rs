@@ -793,7 +793,7 @@ impl Config {
                         );
                     }
                     if let Some(url) = &probe.http
-                        && let Err(e) = crate::probe::parse_http_url(url)
+                        && let Err(e) = parse_http_url(url)
                     {
                         error(locate(&format!("register.{what}"), 0), e);
                     }
@@ -880,6 +880,21 @@ pub fn parse_procfile(path: &Path, text: &str) -> Result<Vec<ProcessConfig>, Vec
     } else {
         Err(errors)
     }
+}
+
+/// Splits `http://host:port/path?query` into an endpoint and a request target.
+pub fn parse_http_url(url: &str) -> Result<(sluice_kv::http::HttpEndpoint, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("probe URL {url:?} must start with http://"))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_owned()),
+    };
+    let endpoint = sluice_kv::http::HttpEndpoint::parse(&format!("http://{authority}"))
+        .map_err(|e| e.to_string())?;
+    Ok((endpoint, path))
 }
 
 #[cfg(test)]

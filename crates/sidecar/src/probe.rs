@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_kv::http::{self, HttpEndpoint};
 
-use crate::config::{CommandSpec, ProbeConfig};
+use crate::config::{CommandSpec, ProbeConfig, parse_http_url};
 use crate::reaper::Reaper;
 
 #[derive(Debug, Clone)]
@@ -24,21 +24,6 @@ pub enum Probe {
 pub struct ProbeResult {
     pub passed: bool,
     pub detail: String,
-}
-
-/// Splits `http://host:port/path?query` into an endpoint and a request target.
-pub fn parse_http_url(url: &str) -> Result<(HttpEndpoint, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("probe URL {url:?} must start with http://"))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_owned()),
-    };
-    let endpoint =
-        HttpEndpoint::parse(&format!("http://{authority}")).map_err(|e| e.to_string())?;
-    Ok((endpoint, path))
 }
 
 impl Probe {

@@ -106,10 +106,9 @@ impl Reaper {
     }
 
     /// Starts `command` and registers its pid before any exit can be collected.
-    /// The child starts with an empty signal mask (see
-    /// [`crate::signals::unblock_signals_in_child`]).
+    /// The child starts with an empty signal mask (see [`unblock_signals_in_child`]).
     pub fn spawn(&self, command: &mut Command) -> std::io::Result<(Child, ChildExit)> {
-        crate::signals::unblock_signals_in_child(command);
+        unblock_signals_in_child(command);
         let mut state = self.lock();
         let child = command.spawn()?;
         let pid = Pid::from_raw(child.id() as i32);
@@ -148,5 +147,22 @@ impl Reaper {
             });
         }
         reaped
+    }
+}
+
+/// Makes `command`'s child start with an empty signal mask. The mask blocked here is inherited
+/// across fork and exec, and std's spawn does not clear it; a workload with SIGTERM blocked
+/// would never stop (shells such as dash happen to clear it themselves, most programs do not).
+#[allow(unsafe_code)]
+fn unblock_signals_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec; it only calls pthread_sigmask,
+    // which is async-signal-safe, allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(|errno| std::io::Error::from_raw_os_error(errno as i32))
+        });
     }
 }

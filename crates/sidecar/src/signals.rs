@@ -68,23 +68,6 @@ fn reset_to_default(signal: Signal) -> nix::Result<()> {
     unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }.map(|_| ())
 }
 
-/// Makes `command`'s child start with an empty signal mask. The mask blocked here is inherited
-/// across fork and exec, and std's spawn does not clear it; a workload with SIGTERM blocked
-/// would never stop (shells such as dash happen to clear it themselves, most programs do not).
-#[allow(unsafe_code)]
-pub fn unblock_signals_in_child(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook runs in the forked child before exec; it only calls pthread_sigmask,
-    // which is async-signal-safe, allocates nothing and takes no lock.
-    unsafe {
-        command.pre_exec(|| {
-            SigSet::empty()
-                .thread_set_mask()
-                .map_err(|errno| std::io::Error::from_raw_os_error(errno as i32))
-        });
-    }
-}
-
 /// Starts the thread that waits for signals, reaps on `SIGCHLD` and reports both.
 pub fn spawn_signal_thread(
     set: SigSet,
