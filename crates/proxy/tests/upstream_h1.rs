@@ -248,6 +248,34 @@ async fn a_body_delimited_by_the_close_is_complete_and_the_connection_not_reused
     assert_eq!(instance.connections(), 2);
 }
 
+/// An instance that sends more than its `Content-Length` (a desync attempt: the surplus looks
+/// like the next response) never has the surplus read as an answer to another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_beyond_a_responses_length_never_answer_the_next_request() {
+    let instance = Scripted::start(|seen, _| {
+        if seen.head.starts_with("GET /smuggle") {
+            Act::Reply(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+                  HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+                    .to_vec(),
+            )
+        } else {
+            Act::Reply(ok("fine"))
+        }
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    assert_eq!(body_of(&get(addr, "/smuggle")), "ok");
+    for _ in 0..3 {
+        assert_eq!(body_of(&get(addr, "/next")), "fine");
+    }
+    let seen = instance.seen();
+    assert_eq!(seen.len(), 4, "every request reached the instance");
+    assert_ne!(
+        seen[0].conn, seen[1].conn,
+        "the connection holding unread bytes was pooled and reused"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interim_responses_are_skipped() {
     let instance = Scripted::start(|_, _| {
