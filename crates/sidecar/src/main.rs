@@ -64,9 +64,9 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace (default: $SLUICE_LOG or info).
     #[arg(long)]
     log_level: Option<String>,
-    /// The workload.
-    #[arg(last = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    /// The workload (its arguments are passed as bytes, UTF-8 or not).
+    #[arg(last = true, value_name = "COMMAND", value_parser = clap::value_parser!(std::ffi::OsString))]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -250,14 +250,14 @@ fn build(cli: &Cli) -> anyhow::Result<(Config, Launch)> {
             )
         })?;
         processes.extend(parsed.into_iter().map(|p| ProcessSpec {
-            argv: p.command.argv(),
+            argv: os_argv(p.command.argv()),
             name: p.name,
             on_exit: p.on_exit,
         }));
     }
     processes.extend(config.process.iter().map(|p| ProcessSpec {
         name: p.name.clone(),
-        argv: p.command.argv(),
+        argv: os_argv(p.command.argv()),
         on_exit: p.on_exit,
     }));
     for process in &mut processes {
@@ -279,7 +279,7 @@ fn build(cli: &Cli) -> anyhow::Result<(Config, Launch)> {
             config
                 .exec
                 .as_ref()
-                .map(|e| e.command.argv())
+                .map(|e| os_argv(e.command.argv()))
                 .unwrap_or_default()
         } else {
             cli.command.clone()
@@ -396,4 +396,9 @@ fn main() -> ExitCode {
     let _ = std::io::stdout().flush();
     // Exit now: blocking-pool threads (output pumps of orphans) must not hold the exit.
     std::process::exit(code)
+}
+
+/// A command from the configuration (text) as the bytes it is run with.
+fn os_argv(argv: Vec<String>) -> Vec<std::ffi::OsString> {
+    argv.into_iter().map(Into::into).collect()
 }

@@ -42,7 +42,8 @@ use crate::write::{WriteOutcome, write_atomically};
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
     pub name: String,
-    pub argv: Vec<String>,
+    /// Program and arguments as bytes: a workload's arguments need not be UTF-8.
+    pub argv: Vec<std::ffi::OsString>,
     pub on_exit: ExitPolicy,
 }
 
@@ -488,8 +489,12 @@ async fn reload(
     ReloadDone { units, results }
 }
 
-fn describe_command(argv: &[String]) -> String {
-    CommandSpec::Argv(argv.to_vec()).display()
+fn describe_command(argv: &[std::ffi::OsString]) -> String {
+    let argv = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    CommandSpec::Argv(argv).display()
 }
 
 /// Runs the whole lifecycle and returns the process exit code.

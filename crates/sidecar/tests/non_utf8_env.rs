@@ -322,11 +322,35 @@ fn non_utf8_kv_value_on_reload_keeps_the_last_good_file_and_the_workload() {
     assert!(sidecar.child.id() > 0 && common::alive(sidecar.child.id() as i32));
 }
 
+/// The workload's arguments are bytes too (a container's CMD may hold Latin-1): passed through
+/// as they are, like the environment.
 #[test]
-fn non_utf8_argument_is_reported_not_a_panic() {
+fn non_utf8_workload_arguments_reach_the_workload_byte_for_byte() {
     let mut sidecar = Sidecar::start_clean(
         tempfile::tempdir().expect("tempdir"),
-        &[OsStr::new("--"), OsStr::new("/bin/echo"), os(LATIN1)],
+        &[
+            OsStr::new("--"),
+            OsStr::new("/usr/bin/printf"),
+            OsStr::new("%s"),
+            os(LATIN1),
+        ],
+        &bad_env(),
+    );
+    assert_eq!(sidecar.wait(DEADLINE), 0, "{}", sidecar.stderr());
+    assert_eq!(sidecar.stdout_bytes(), LATIN1);
+}
+
+/// The sidecar's own options are text: one that is not UTF-8 is an error (exit 2), not a panic.
+#[test]
+fn non_utf8_option_is_reported_not_a_panic() {
+    let mut sidecar = Sidecar::start_clean(
+        tempfile::tempdir().expect("tempdir"),
+        &[
+            OsStr::new("--template"),
+            os(LATIN1),
+            OsStr::new("--"),
+            OsStr::new("/bin/true"),
+        ],
         &bad_env(),
     );
     assert_eq!(sidecar.wait(DEADLINE), 2, "{}", sidecar.stderr());
