@@ -9,6 +9,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 
+use crate::fields;
+
 /// Longest chunk-size line (size, extensions, CRLF) accepted.
 pub const MAX_CHUNK_LINE: usize = 1024;
 /// Largest trailer section accepted.
@@ -218,7 +220,10 @@ fn trailers(state: &mut Chunked, read: &mut BytesMut) -> Result<Step, ChunkError
                 return Err(ChunkError::LineEnd);
             }
             let mut trailers = HeaderMap::with_capacity(parsed.len());
-            for f in parsed {
+            let allowed = parsed
+                .iter()
+                .filter(|f| !fields::forbidden_in_trailers(f.name.as_bytes()));
+            for f in allowed {
                 if let (Ok(name), Ok(value)) = (
                     HeaderName::from_bytes(f.name.as_bytes()),
                     HeaderValue::from_bytes(f.value),
@@ -304,6 +309,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Framing, routing and hop-by-hop fields never come out of a trailer section.
+    #[test]
+    fn trailers_that_would_reframe_or_reroute_are_dropped() {
+        let input = b"2\r\nok\r\n0\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\
+                      Host: evil\r\nSet-Cookie: a=1\r\nX-Digest: abc\r\n\r\n";
+        let (data, trailers) = decode_in_pieces(input, input.len()).unwrap();
+        assert_eq!(data, b"ok");
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-digest"], "abc");
+        // Only forbidden fields: the body simply ends.
+        let (_, trailers) = decode_in_pieces(b"0\r\nHost: evil\r\n\r\n", 1).unwrap();
+        assert_eq!(trailers, None);
     }
 
     #[test]

@@ -308,10 +308,14 @@ pub fn valid_host(value: &[u8]) -> bool {
         let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
         (&value[..end], &value[end..])
     };
+    // RFC 3986 allows an empty port (`a:`); a number is a TCP port, at most 65535.
     let port_ok = port.is_empty()
-        || port
-            .strip_prefix(b":")
-            .is_some_and(|p| p.iter().all(u8::is_ascii_digit));
+        || port.strip_prefix(b":").is_some_and(|p| {
+            p.is_empty()
+                || (p.len() <= 5
+                    && p.iter().all(u8::is_ascii_digit)
+                    && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535)
+        });
     let mut i = 0;
     while i < host.len() {
         match host[i] {
@@ -326,6 +330,58 @@ pub fn valid_host(value: &[u8]) -> bool {
         }
     }
     port_ok
+}
+
+/// Whether a field may not travel in a trailer section (RFC 9110 §6.5.1): fields that frame
+/// or route the message, modify the request, authenticate, control the response or its
+/// processing, and hop-by-hop fields. Such trailers are dropped, never forwarded: a recipient
+/// that merged them into the head would let the body's end rewrite its framing or routing.
+pub fn forbidden_in_trailers(name: &[u8]) -> bool {
+    const FORBIDDEN: &[&str] = &[
+        // framing and routing
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "trailer",
+        "te",
+        // hop-by-hop
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "http2-settings",
+        // request modifiers
+        "cache-control",
+        "expect",
+        "max-forwards",
+        "pragma",
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        // authentication
+        "authorization",
+        "proxy-authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "cookie",
+        "set-cookie",
+        // response control data and payload processing
+        "age",
+        "date",
+        "expires",
+        "location",
+        "retry-after",
+        "vary",
+        "content-encoding",
+        "content-type",
+        "content-range",
+    ];
+    FORBIDDEN
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
 
 /// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`; `None` when
@@ -404,6 +460,8 @@ mod tests {
             b"a%2Db",
             b"",
             b"x:",
+            b"x:65535",
+            b"[::1]:0",
         ] {
             assert!(valid_host(good), "{}", String::from_utf8_lossy(good));
         }
@@ -419,6 +477,10 @@ mod tests {
             b"a%2",
             b"a\tb",
             b"host:1:2",
+            b"a:65536",
+            b"a:99999",
+            b"a:000080",
+            b"[::1]:70000",
         ] {
             assert!(!valid_host(bad), "{}", String::from_utf8_lossy(bad));
         }

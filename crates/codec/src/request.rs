@@ -488,6 +488,13 @@ fn parse_target(
     if target.contains(&b'#') {
         return Err(HeadError::bad("a fragment (#) in the request target"));
     }
+    // RFC 3986 §2: these must be percent-encoded; parsers behind Sluice disagree on them (as
+    // haproxy does by default, they are refused rather than passed on).
+    if target.iter().any(|b| b"\"<>\\^`{|}".contains(b)) {
+        return Err(HeadError::bad(
+            "a character RFC 3986 requires percent-encoded in the request target",
+        ));
+    }
     if target.starts_with(b"/") || (target == b"*" && *method == Method::OPTIONS) {
         return Ok((Target::Span(Span::of(base, target)), None));
     }
@@ -602,6 +609,17 @@ mod tests {
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), 405);
         assert_eq!(status("GET a/b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        for c in ["\"", "\\", "^", "{", "}", "|", "`"] {
+            assert_eq!(
+                status(&format!("GET /a{c}b HTTP/1.1\r\nHost: a\r\n\r\n")),
+                400
+            );
+        }
+        assert!(matches!(
+            parse("GET /%7Bx%7D HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Some(_))
+        ));
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n"), 400);
         // Found by fuzzing: the status of a bad version waits for the whole request line.
         assert!(parse("GET /ws HTTP/0").unwrap().is_none());
         assert_eq!(status("GET /ws HTTP/0.1\r\nHost: a\r\n\r\n"), 505);

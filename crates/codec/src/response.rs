@@ -72,6 +72,15 @@ pub struct UpstreamHead {
 }
 
 impl UpstreamHead {
+    /// The protocols an `Upgrade` field names (versions dropped), in order.
+    pub fn upgrade_protocols(&self) -> impl Iterator<Item = &[u8]> {
+        self.fields
+            .iter()
+            .filter(|f| f.kind == Kind::Upgrade)
+            .flat_map(|f| crate::fields::tokens(f.value.get(&self.buf)))
+            .map(|p| p.split(|&b| b == b'/').next().unwrap_or(p).trim_ascii())
+    }
+
     /// The fields that go to the client. For `101` the `Connection` and `Upgrade` fields stay:
     /// they describe the switch the client asked for.
     pub fn forwarded(&self, status: StatusCode) -> impl Iterator<Item = &Field> {

@@ -43,6 +43,7 @@ use crate::route_rules::LocalAnswer;
 use crate::routing::Route;
 use crate::upstream::{InFlight, Service, Tried};
 use sluice_codec::request::RequestHead;
+use sluice_codec::response::UpstreamHead;
 
 /// Serves one request: every problem becomes a response. `body` is `None` when the request
 /// has none.
@@ -149,6 +150,18 @@ fn local_answer(
             }
         }
     }
+}
+
+/// Whether a `101` names at least one protocol in its `Upgrade`, and only protocols the
+/// request asked for (RFC 9110 §7.8).
+fn switches_as_asked(request: &RequestHead, response: &UpstreamHead) -> bool {
+    let mut named = response.upgrade_protocols().peekable();
+    named.peek().is_some()
+        && named.all(|p| {
+            request
+                .upgrade_protocols()
+                .any(|asked| asked.eq_ignore_ascii_case(p))
+        })
 }
 
 /// Sluice's own answer for `err`: its status and JSON body.
@@ -322,7 +335,11 @@ async fn forward<'a>(
                 head,
                 target: &target,
                 fields: &fields,
-                host: if route.rules.host_is_dst() {
+                // An HTTP/1.0 request may come without any host; HTTP/1.1 upstream requires
+                // one (RFC 9112 §3.2): the instance's address, as nginx sends its upstream's.
+                host: if route.rules.host_is_dst()
+                    || (route_host.is_none() && !head.has_host_field())
+                {
                     Some(picked.instance.host_header.as_bytes())
                 } else {
                     route_host
@@ -367,9 +384,11 @@ async fn forward<'a>(
                         .record(latency.as_secs_f64());
                     exchange.upstream_ms = Some(latency.as_secs_f64() * 1000.0);
                     let status = response.status;
-                    // A switch nobody asked for: the client would be left speaking HTTP/1.1 to
-                    // a connection that no longer does.
-                    let unasked_switch = status == StatusCode::SWITCHING_PROTOCOLS && !upgrade;
+                    // A switch nobody asked for, or to another protocol than the one asked
+                    // for and vetted by the route: the client would be left speaking one
+                    // protocol to a connection that speaks another, past the route's rules.
+                    let unasked_switch = status == StatusCode::SWITCHING_PROTOCOLS
+                        && !(upgrade && switches_as_asked(head, &response.head));
                     if status.is_server_error() || unasked_switch {
                         service.record_failure(&picked.instance, None, now_ms);
                     } else {
@@ -400,7 +419,7 @@ async fn forward<'a>(
                     if unasked_switch {
                         break ProxyError::new(
                             ProxyErrorKind::BadResponse,
-                            format!("{addr} switched protocols unasked"),
+                            format!("{addr} switched to a protocol the request did not ask for"),
                         )
                         .sent();
                     }

@@ -206,6 +206,13 @@ async fn http10_clients_get_bodies_they_can_delimit() {
     let a = read_answer(&mut r, false);
     assert_eq!(a.field("connection"), Some("keep-alive"));
     assert_eq!(a.json()["path"], "/one");
+    // No Host from the client: HTTP/1.1 upstream gets the instance's address (RFC 9112 §3.2).
+    assert_eq!(
+        a.json()["headers"]["host"],
+        b.addr().to_string(),
+        "{:?}",
+        a.json()
+    );
     s.write_all(b"GET /two HTTP/1.0\r\n\r\n").unwrap();
     let a = read_answer(&mut r, false);
     assert_eq!(a.json()["path"], "/two");
@@ -379,6 +386,14 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
         ("GET /#x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request"),
         // RFC 9112 §3.2: a Host that is not host[:port].
         ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "bad_request"),
+        (
+            "GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        // RFC 3986 §2: characters that must be percent-encoded in a target.
+        ("GET /a|b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request"),
+        ("GET /{x} HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request"),
         (
             "GET / HTTP/1.1\r\nHost: evil.com/x@y\r\n\r\n",
             400,
@@ -629,6 +644,22 @@ async fn an_unasked_protocol_switch_is_a_bad_upstream_response() {
     let a = read_answer(&mut send(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), false);
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["error"], "bad_upstream_response");
+
+    // A WebSocket request answered with a switch to another protocol, or to none named: the
+    // tunnel would carry a protocol the route never vetted (RFC 9110 §7.8).
+    let websocket = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    for reply in [
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"[..],
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket, h2c\r\nConnection: upgrade\r\n\r\n",
+    ] {
+        let (_p, addr) = start(&config(scripted(reply), "")).await;
+        let a = read_answer(&mut send(addr, websocket), false);
+        let shown = String::from_utf8_lossy(reply);
+        assert_eq!(a.status, 502, "{shown}");
+        assert_eq!(a.json()["error"], "bad_upstream_response", "{shown}");
+    }
 }
 
 /// `accept_proxy_protocol`: the client a balancer in front names (v1 text, v2 binary, and
