@@ -10,9 +10,12 @@
 //!   one value, and never both `Content-Length` and `Transfer-Encoding`.
 #![no_main]
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use sluice_codec::fields::{Kind, valid_host};
+use sluice_codec::path::normalize_target;
 use sluice_codec::request::{BodyLength, RequestHead, parse_h1};
 
 fuzz_target!(|data: &[u8]| {
@@ -51,6 +54,12 @@ fn check(head: &RequestHead, input: &[u8], rest: &[u8]) {
     let consumed = input.len() - rest.len();
     assert_eq!(&input[consumed..], rest, "the bytes after the head stay");
     assert!(head.target().starts_with('/') || head.target() == "*");
+    // The target is canonical: normalizing it again changes nothing.
+    assert!(
+        matches!(normalize_target(head.target()), Ok(Cow::Borrowed(_))),
+        "{:?}",
+        head.target()
+    );
     if let Some(host) = head.host() {
         assert!(valid_host(host), "{host:?}");
     }

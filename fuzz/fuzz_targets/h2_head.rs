@@ -4,12 +4,14 @@
 //!
 //! Properties:
 //! - never panics;
-//! - an accepted request keeps its method, path and query, and every field in order;
+//! - an accepted request keeps its method, path (in canonical form) and query, and every field
+//!   in order;
 //! - its host (from `:authority` or `Host`), if any, is `host[:port]`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice_codec::fields::valid_host;
+use sluice_codec::path::normalize_target;
 use sluice_codec::request::RequestHead;
 
 fuzz_target!(|input: (Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)| {
@@ -38,7 +40,8 @@ fuzz_target!(|input: (Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)| {
     };
     assert_eq!(head.method, parts.method);
     if let Some(pq) = parts.uri.path_and_query() {
-        assert_eq!(head.target(), pq.as_str());
+        let canonical = normalize_target(pq.as_str()).expect("an accepted target normalizes");
+        assert_eq!(head.target(), canonical);
     }
     if let Some(host) = head.host() {
         assert!(valid_host(host), "{host:?}");

@@ -11,6 +11,8 @@
 //!   folded into one), no `Transfer-Encoding` beside `Content-Length`, a valid `Host`.
 //! - Heads are parsed once into spans of their buffer ([`fields::Field`]), so a proxy passes
 //!   fields on as received without copying them into maps.
+//! - Request paths are brought to one canonical form ([`path`]: unreserved escapes decoded,
+//!   `//` merged, dot segments removed) before anything routes on them.
 //! - [`client_hello`] reads the server name of a TLS ClientHello; [`proxy_protocol`] reads the
 //!   PROXY protocol header (versions 1 and 2) a load balancer in front may send.
 //!
@@ -20,6 +22,7 @@
 pub mod chunked;
 pub mod client_hello;
 pub mod fields;
+pub mod path;
 pub mod proxy_protocol;
 pub mod request;
 pub mod response;

@@ -8,13 +8,16 @@
 //! target. HTTP/2 requests (parsed by hyper) are brought to the same shape by [`RequestHead::from_h2`],
 //! so forwarding has one code path.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
+
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
 use crate::fields::{self, ConnectionTokens, Field, Kind, Span};
+use crate::path::{self, PathError};
 
 /// Most header fields accepted in a request head (hyper's default as well).
 pub const MAX_FIELDS: usize = 100;
@@ -273,11 +276,13 @@ impl RequestHead {
             method: parts.method.clone(),
             version: Version::HTTP_2,
             buf,
-            target: parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            target: canonical_target(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )?,
             authority,
             fields,
             facts,
@@ -443,6 +448,7 @@ pub fn parse_h1(read: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         Target::Rooted(rest) => PathAndQuery::try_from(format!("/{rest}")),
     }
     .map_err(|_| HeadError::bad("invalid character in the request target"))?;
+    let target = canonical_target(target)?;
     Ok(Some(RequestHead {
         method,
         version,
@@ -471,6 +477,22 @@ enum Target {
     Span(Span),
     /// An absolute-form target without a path: `/` and then this (a query, or nothing).
     Rooted(String),
+}
+
+/// The target with its path in canonical form ([`crate::path`]), so routing and the instance
+/// see one spelling of it; `*` as it is.
+fn canonical_target(target: PathAndQuery) -> Result<PathAndQuery, HeadError> {
+    if !target.path().starts_with('/') {
+        return Ok(target);
+    }
+    match path::normalize_target(target.as_str()) {
+        Ok(Cow::Borrowed(_)) => Ok(target),
+        Ok(Cow::Owned(whole)) => PathAndQuery::try_from(whole)
+            .map_err(|_| HeadError::bad("invalid character in the request target")),
+        Err(PathError::BadEscape) => Err(HeadError::bad(
+            "a '%' not followed by two hex digits in the request path",
+        )),
+    }
 }
 
 /// Splits a request target into its path and query and its host: origin-form `/path?q`,
@@ -541,6 +563,25 @@ mod tests {
 
     fn status(text: &str) -> u16 {
         parse(text).unwrap_err().status.as_u16()
+    }
+
+    /// Routing sees one spelling of a path, and so does the instance (see `path`).
+    #[test]
+    fn targets_are_canonical_in_both_forms_and_in_http2() {
+        let h = ok("GET //x/../%61dmin/./s?q=%2e%2E HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            (h.path(), h.query(), h.target()),
+            ("/admin/s", Some("q=%2e%2E"), "/admin/s?q=%2e%2E")
+        );
+        let h = ok("GET http://a/b/%2e%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.target(), "/admin");
+        let request = http::Request::get("http://a/x//../admin/s")
+            .body(())
+            .unwrap();
+        let h = RequestHead::from_h2(&request.into_parts().0).unwrap();
+        assert_eq!(h.target(), "/admin/s");
+        let request = http::Request::get("http://a/b%zz").body(()).unwrap();
+        assert!(RequestHead::from_h2(&request.into_parts().0).is_err());
     }
 
     #[test]
@@ -620,6 +661,7 @@ mod tests {
             Ok(Some(_))
         ));
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n"), 400);
+        assert_eq!(status("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         // Found by fuzzing: the status of a bad version waits for the whole request line.
         assert!(parse("GET /ws HTTP/0").unwrap().is_none());
         assert_eq!(status("GET /ws HTTP/0.1\r\nHost: a\r\n\r\n"), 505);

@@ -659,3 +659,46 @@ async fn upgrades_other_than_the_routes_are_removed_and_cannot_tunnel_past_acls(
     let last = instance.seen().pop().unwrap().head.to_ascii_lowercase();
     assert!(last.contains("upgrade: foo"), "{last}");
 }
+
+/// A route's access rules apply to every spelling of its path: encoded unreserved characters,
+/// doubled slashes and dot segments are brought to one form before routing, and the instance
+/// receives that form (so it cannot resolve the path differently than the rules did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_hold_for_every_spelling_of_a_path() {
+    let instance = Scripted::start(|_, _| Act::Reply(ok("open")));
+    let (_p, addr) = start(&format!(
+        "{LISTENER}[[route]]\npath = \"/admin/\"\nservice = \"s\"\nallow = [\"10.9.9.9\"]\n\
+         [[route]]\npath = \"/\"\nservice = \"s\"\n\
+         [[service]]\nname = \"s\"\n{}\n",
+        instances(&[instance.addr])
+    ))
+    .await;
+    for spelling in [
+        "/admin/secret",
+        "/%61dmin/secret",
+        "/%61%64%6d%69%6e/secret",
+        "//admin/secret",
+        "/./admin/secret",
+        "/x/../admin/secret",
+        "/x/%2e%2e/admin/secret",
+        "/../admin/secret",
+    ] {
+        let reply = get(addr, spelling);
+        assert!(reply.starts_with("HTTP/1.1 403"), "{spelling}: {reply}");
+    }
+    assert!(instance.seen().is_empty(), "{:?}", instance.seen());
+    // Other paths are forwarded in their canonical form; an encoded slash stays data.
+    for (spelling, forwarded) in [
+        ("/x/./y//z?q=/./", "/x/y/z?q=/./"),
+        ("/a/%7euser/%2f", "/a/~user/%2F"),
+    ] {
+        assert_eq!(body_of(&get(addr, spelling)), "open", "{spelling}");
+        let head = instance.seen().pop().unwrap().head;
+        assert!(
+            head.starts_with(&format!("GET {forwarded} HTTP/1.1\r\n")),
+            "{spelling}: {head}"
+        );
+    }
+    let reply = get(addr, "/a%zz");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+}
