@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -352,8 +352,25 @@ async fn forward<'a>(
             } else {
                 attempt_start
             };
-            let head_deadline = (sent_at + cfg.timeouts.response_header).min(deadline);
-            let exchange_head = Within::new(timer, head_deadline, conn.exchange(&outgoing, body));
+            // `response_header` counts from the end of the request: at once for a body sent
+            // with the head, after the upload for a streamed one (whose own stalls are bounded
+            // by `request_body_timeout`); the total deadline bounds both.
+            let wait = cfg.timeouts.response_header;
+            let uploaded = AtomicBool::new(false);
+            let head_deadline = if matches!(body, UpBody::Stream(_)) {
+                HeadDeadline::AfterUpload {
+                    uploaded: &uploaded,
+                    wait,
+                }
+            } else {
+                HeadDeadline::At(sent_at + wait)
+            };
+            let exchange_head = Within::new(
+                timer,
+                deadline,
+                head_deadline,
+                conn.exchange(&outgoing, body, &uploaded),
+            );
             // In primary mode a member that loses the role (frozen, or demoted by its mirror)
             // may never answer: stop waiting on it, and retry on the new primary if allowed.
             let result = if service.fails_over() {
@@ -515,8 +532,8 @@ async fn forward<'a>(
                     let err = ProxyError::new(
                         kind,
                         format!(
-                            "{addr} sent no response head within {}ms",
-                            head_deadline.saturating_duration_since(sent_at).as_millis()
+                            "{addr} sent no response head within {}ms of the request",
+                            wait.as_millis()
                         ),
                     )
                     .sent();
@@ -590,36 +607,58 @@ async fn new_conn(
     Ok(conn)
 }
 
+/// When the wait for a response head ends (capped by the request's total deadline).
+enum HeadDeadline<'u> {
+    At(Instant),
+    /// `wait` after `uploaded` is set: when the request body has gone to the instance.
+    AfterUpload {
+        uploaded: &'u AtomicBool,
+        wait: Duration,
+    },
+}
+
 pin_project_lite::pin_project! {
-    /// `fut`'s output, or `None` if `deadline` passes first. The deadline is kept on the
-    /// connection's timer, which is re-armed only when it must fire earlier than it is set to
-    /// (see [`ConnTimer`]): a request on a keep-alive connection does not touch the timer
-    /// wheel.
-    struct Within<'t, F> {
+    /// `fut`'s output, or `None` if the head deadline or the total deadline passes first. The
+    /// deadline is kept on the connection's timer, which is re-armed only when it must fire
+    /// earlier than it is set to (see [`ConnTimer`]): a request on a keep-alive connection
+    /// does not touch the timer wheel.
+    struct Within<'t, 'u, F> {
         #[pin]
         fut: F,
         timer: &'t mut ConnTimer,
         deadline: tokio::time::Instant,
+        pending: Option<(&'u AtomicBool, Duration)>,
     }
 }
 
-impl<'t, F: Future> Within<'t, F> {
-    fn new(timer: &'t mut ConnTimer, deadline: Instant, fut: F) -> Self {
+impl<'t, 'u, F: Future> Within<'t, 'u, F> {
+    fn new(timer: &'t mut ConnTimer, total: Instant, head: HeadDeadline<'u>, fut: F) -> Self {
+        let (deadline, pending) = match head {
+            HeadDeadline::At(at) => (at.min(total), None),
+            HeadDeadline::AfterUpload { uploaded, wait } => (total, Some((uploaded, wait))),
+        };
         Self {
             fut,
             timer,
             deadline: tokio::time::Instant::from_std(deadline),
+            pending,
         }
     }
 }
 
-impl<F: Future> Future for Within<'_, F> {
+impl<F: Future> Future for Within<'_, '_, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
+        }
+        if let Some((uploaded, wait)) = *this.pending
+            && uploaded.load(Relaxed)
+        {
+            *this.deadline = (tokio::time::Instant::now() + wait).min(*this.deadline);
+            *this.pending = None;
         }
         this.timer.poll_until(*this.deadline, cx).map(|()| None)
     }

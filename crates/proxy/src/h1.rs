@@ -22,6 +22,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -198,12 +199,14 @@ impl UpConn {
         (self.io, self.read.freeze())
     }
 
-    /// Sends one request and reads its response head. The response body reads from this
+    /// Sends one request and reads its response head. `uploaded` is set once the whole request
+    /// has gone out (the response-head timer starts then). The response body reads from this
     /// connection; it hands the connection back when the body ended cleanly.
     pub(crate) async fn exchange<'b>(
         mut self: Box<Self>,
         req: &OutgoingRequest<'_>,
         mut body: UpBody<'b>,
+        uploaded: &AtomicBool,
     ) -> Result<UpResponse, SendError<'b>> {
         let reused = std::mem::replace(&mut self.reused, true);
         let chunked = self.encode_head(req, &body);
@@ -248,6 +251,7 @@ impl UpConn {
         poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx))
             .await
             .map_err(SendError::Io)?;
+        uploaded.store(true, Relaxed);
         let is_head = req.head.method == Method::HEAD;
         let parsed = match self.read_head(is_head).await {
             Ok(h) => h,

@@ -236,6 +236,53 @@ async fn stalled_upload_gets_408() {
     );
 }
 
+/// `response_header` counts from the end of the request: an upload that keeps moving may take
+/// longer than it (each pause under `request_body_timeout`), and is answered by the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_moving_upload_is_not_a_response_header_timeout() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(
+        b.addr(),
+        "request_body_timeout = \"2s\"",
+        "timeouts = { response_header = \"500ms\" }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    for byte in b"abcdef" {
+        std::thread::sleep(Duration::from_millis(250));
+        s.write_all(&[*byte]).unwrap();
+    }
+    let reply = read_all(s);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("abcdef"), "{reply}");
+
+    // Once the request is complete, the instance has `response_header` to answer.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /delay/5000 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    s.write_all(b"ok").unwrap();
+    let t = Instant::now();
+    let reply = read_all(s);
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    assert!(reply.contains("response_header_timeout"), "{reply}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_response_body_is_cut_at_the_idle_timeout() {
     let b = Backend::start("b");
