@@ -6,13 +6,15 @@
 //! upstream connection it then reuses for another client. So framing is strict: a head whose
 //! framing is ambiguous is an error, never a guess —
 //! - `Transfer-Encoding` together with `Content-Length`, in either order;
-//! - a transfer coding Sluice does not know, `chunked` anywhere but last, or twice;
+//! - a transfer coding other than `chunked` (`gzip, chunked`, `gzip`, `xchunked`), `chunked`
+//!   twice: Sluice frames the client's hop itself, so it could neither pass such a coding on
+//!   nor remove it, and the client would get coded bytes it cannot tell from the content (as
+//!   nginx, it answers 502);
 //! - `Transfer-Encoding` in an HTTP/1.0 response (RFC 9112 §6.1: faulty framing);
 //! - `Content-Length` that is not digits, or lists different values.
 //!
 //! Repeated identical `Content-Length` values (two fields, or `5, 5`) are one length
-//! (RFC 9110 §8.6): the head keeps a single field with a single value. A known coding not ending
-//! in `chunked` (`gzip` alone) is read to the close, as RFC 9112 allows for responses.
+//! (RFC 9110 §8.6): the head keeps a single field with a single value.
 //! Responses to `HEAD` and `1xx`/`204`/`304` have no body; interim `1xx` heads other than `101`
 //! are skipped.
 
@@ -28,10 +30,6 @@ use crate::fields::{self, ConnectionTokens, Field, Kind, Span};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields accepted in a response head (hyper's default, too).
 pub const MAX_HEADERS: usize = 100;
-
-/// Transfer codings a response may carry before `chunked` (RFC 9110 §8.4.1, and the `x-`
-/// aliases RFC 9112 §7.2 asks recipients to accept).
-const KNOWN_CODINGS: [&[u8]; 5] = [b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"];
 
 /// Why a response head is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,8 +48,8 @@ pub enum ResponseError {
     LengthAndCoding,
     #[error("Transfer-Encoding in an HTTP/1.0 response")]
     CodingInHttp10,
-    #[error("unknown transfer coding `{0}`")]
-    UnknownCoding(String),
+    #[error("transfer coding `{0}` other than chunked")]
+    OtherCoding(String),
     #[error("chunked is not the last transfer coding, or appears twice")]
     ChunkedNotLast,
 }
@@ -167,7 +165,7 @@ impl Noted {
         true
     }
 
-    /// Notes a `Transfer-Encoding` value: every coding known, `chunked` only last and once.
+    /// Notes a `Transfer-Encoding` value: `chunked`, once, and nothing else.
     fn note_coding(&mut self, value: &[u8]) {
         let mut ends_chunked = match self.coding.take() {
             Some(Err(e)) => {
@@ -187,14 +185,14 @@ impl Noted {
             }
             if coding.eq_ignore_ascii_case(b"chunked") {
                 ends_chunked = true;
-            } else if !KNOWN_CODINGS.iter().any(|k| coding.eq_ignore_ascii_case(k)) {
+            } else {
                 let name = String::from_utf8_lossy(coding).into_owned();
-                result = Err(ResponseError::UnknownCoding(name));
+                result = Err(ResponseError::OtherCoding(name));
                 break;
             }
         }
         if result.is_ok() && !any {
-            result = Err(ResponseError::UnknownCoding(String::new()));
+            result = Err(ResponseError::OtherCoding(String::new()));
         }
         self.coding = Some(result.map(|()| ends_chunked));
     }
@@ -226,7 +224,12 @@ pub fn parse_response(
             Err(e) => return Err(ResponseError::Malformed(e)),
         };
         let code = response.code.unwrap_or_default();
-        let status = StatusCode::from_u16(code).map_err(|_| ResponseError::Status(code))?;
+        // RFC 9110 §15: values outside 100..=599 are invalid (600..999 are sometimes used
+        // internally, never meant for a client).
+        let status = StatusCode::from_u16(code)
+            .ok()
+            .filter(|_| (100..=599).contains(&code))
+            .ok_or(ResponseError::Status(code))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             read.advance(len);
             if read.is_empty() {
@@ -359,22 +362,35 @@ mod tests {
             Ok(Framing::Length(0))
         ));
         assert!(matches!(ok(""), Ok(Framing::UntilClose)));
-        assert!(matches!(
-            ok("Transfer-Encoding: gzip, chunked\r\n"),
-            Ok(Framing::Chunked(_))
-        ));
-        assert!(matches!(
-            ok("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"),
-            Ok(Framing::Chunked(_))
-        ));
-        assert!(matches!(
-            ok("Transfer-Encoding: gzip\r\n"),
-            Ok(Framing::UntilClose)
-        ));
+        // Codings besides chunked: the client would get coded bytes it cannot tell apart.
+        for coded in [
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: identity\r\n",
+        ] {
+            assert!(
+                matches!(ok(coded), Err(ResponseError::OtherCoding(_))),
+                "{coded}"
+            );
+        }
         assert!(matches!(
             framing_of("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"),
             Ok(Framing::Switched)
         ));
+    }
+
+    #[test]
+    fn status_codes_outside_100_to_599_are_refused() {
+        assert!(parse("HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n", false).is_err());
+        for code in [600, 999] {
+            let text = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                parse(&text, false).unwrap_err(),
+                ResponseError::Status(code)
+            );
+        }
+        assert!(parse("HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n", false).is_ok());
     }
 
     #[test]
@@ -404,7 +420,7 @@ mod tests {
             ),
             (
                 "Transfer-Encoding: xchunked\r\n",
-                ResponseError::UnknownCoding("xchunked".into()),
+                ResponseError::OtherCoding("xchunked".into()),
             ),
             (
                 "Transfer-Encoding: chunked, gzip\r\n",
@@ -416,7 +432,7 @@ mod tests {
             ),
             (
                 "Transfer-Encoding: ,\r\n",
-                ResponseError::UnknownCoding(String::new()),
+                ResponseError::OtherCoding(String::new()),
             ),
         ];
         for (fields, error) in cases {

@@ -268,8 +268,10 @@ async fn a_slow_but_moving_upload_is_not_a_response_header_timeout() {
 
     // Once the request is complete, the instance has `response_header` to answer.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"POST /delay/5000 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"POST /delay/5000 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     s.write_all(b"ok").unwrap();
     let t = Instant::now();

@@ -501,7 +501,10 @@ async fn an_unasked_100_continue_does_not_stop_the_upload() {
 /// the connection that carried them is closed, never pooled for another client's request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguously_framed_responses_are_502_and_their_connection_is_closed() {
-    let replies: [&[u8]; 7] = [
+    let replies: [&[u8]; 9] = [
+        // Codings besides chunked: the client would get the coded bytes as content.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n6\r\nGZDATA\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nGZDATA",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello",
