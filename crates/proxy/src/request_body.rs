@@ -233,7 +233,10 @@ impl StallTimer {
         deadline: Option<Instant>,
         cx: &mut Context<'_>,
     ) -> Poll<bool> {
-        let rearm = self.sleep.is_none() || std::mem::take(&mut self.progressed);
+        // Progress is always consumed: left set by the first arming, it re-armed the timer
+        // when it first fired, and every stall lasted twice its limit.
+        let progressed = std::mem::take(&mut self.progressed);
+        let rearm = self.sleep.is_none() || progressed;
         if rearm {
             let stall_at = Instant::now() + stall;
             let at = deadline.map_or(stall_at, |d| d.min(stall_at));

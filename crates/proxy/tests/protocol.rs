@@ -285,6 +285,32 @@ async fn a_slow_but_moving_upload_is_not_a_response_header_timeout() {
     );
 }
 
+/// A small upload that stalls part-way is a 408 at `request_body_timeout`, not a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_upload_stalled_part_way_gets_408() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(
+        b.addr(),
+        "request_body_timeout = \"1s\"",
+        "timeouts = { total = \"1900ms\" }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    let t = Instant::now();
+    let reply = read_all(s);
+    // At the body timeout, not at twice it (the first stall used to re-arm the timer once),
+    // and so before the total deadline.
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("client_body_timeout"), "{reply}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_response_body_is_cut_at_the_idle_timeout() {
     let b = Backend::start("b");
