@@ -8,7 +8,8 @@
 //!   configuration) or through a Wasm health policy supplied by the binary
 //!   ([`EvaluatorSource`]). [`InstanceHealth`] smooths up/down with rise/fall, follows the role
 //!   of the latest verdict, and is read lock-free by the data path. [`choose_primary`] picks one
-//!   primary deterministically when several claim the role (split brain).
+//!   primary deterministically when several claim the role, and calls it a split brain only
+//!   when their claims overlap in time.
 //! - **Passive**: [`OutlierState`] ejects an instance after consecutive failures on the data
 //!   path, for a backoff that doubles on each repeat ejection up to a cap. Ejection is bounded
 //!   by the caller (`may_eject`), so passive health can never empty a service on its own.
@@ -23,7 +24,7 @@ mod state;
 mod verdict;
 
 pub use outlier::{Ejection, OutlierState};
-pub use state::{Change, InstanceHealth, LastProbe, Status, choose_primary};
+pub use state::{Change, Claim, InstanceHealth, LastProbe, PrimaryChoice, Status, choose_primary};
 pub use verdict::{
     Evaluation, Evaluator, EvaluatorSource, NativeEvaluator, NoPolicies, ProbeError,
     ProbeErrorKind, ProbeKind, ProbeResult, ProbedInstance, Role, Verdict,

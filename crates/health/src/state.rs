@@ -103,6 +103,10 @@ pub struct InstanceHealth {
     downs: AtomicU32,
     status_since_ms: AtomicU64,
     role_since_ms: AtomicU64,
+    /// Clock reading of the latest verdict: until then the role held (a claim's end).
+    verdict_at_ms: AtomicU64,
+    /// Clock reading when the probe behind the latest verdict was sent.
+    probe_sent_ms: AtomicU64,
     stale: AtomicBool,
     last: ArcSwap<Option<LastProbe>>,
 }
@@ -117,6 +121,8 @@ impl Default for InstanceHealth {
             downs: AtomicU32::new(0),
             status_since_ms: AtomicU64::new(0),
             role_since_ms: AtomicU64::new(0),
+            verdict_at_ms: AtomicU64::new(0),
+            probe_sent_ms: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             last: ArcSwap::from_pointee(None),
         }
@@ -147,6 +153,18 @@ impl InstanceHealth {
     /// Clock reading since which the current role holds.
     pub fn role_since_ms(&self) -> u64 {
         self.role_since_ms.load(Relaxed)
+    }
+
+    /// Clock reading of the latest verdict (0 = none yet). The current role is known to have
+    /// held from [`Self::role_since_ms`] until then; after it, only the next probe can tell.
+    pub fn verdict_at_ms(&self) -> u64 {
+        self.verdict_at_ms.load(Relaxed)
+    }
+
+    /// Clock reading when the probe behind the latest verdict was sent (0 = none yet): what
+    /// the verdict says held at some moment after this.
+    pub fn probe_sent_ms(&self) -> u64 {
+        self.probe_sent_ms.load(Relaxed)
     }
 
     /// Clock reading since which the current status holds (0 = never changed).
@@ -210,6 +228,9 @@ impl InstanceHealth {
             self.role_since_ms.store(now_ms, Relaxed);
             change.role = Some((old_role, new_role));
         }
+        self.verdict_at_ms.store(now_ms, Relaxed);
+        self.probe_sent_ms
+            .store(now_ms.saturating_sub(probe.latency_us / 1000), Relaxed);
         let weight = match verdict {
             Verdict::Up {
                 weight: Some(w), ..
@@ -246,20 +267,47 @@ impl InstanceHealth {
     }
 }
 
+/// One member's claim of the primary role: held from `since` and confirmed until `until` (the
+/// clock readings of the verdict that first said primary and of the latest one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The member's index in its service.
+    pub index: usize,
+    /// When the member first claimed the role.
+    pub since_ms: u64,
+    /// When its latest verdict confirmed the claim.
+    pub until_ms: u64,
+}
+
+/// What [`choose_primary`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimaryChoice {
+    /// The member that serves as primary.
+    pub chosen: Option<usize>,
+    /// Whether two members claimed the role at the same time (a split brain). A member whose
+    /// claim was last confirmed *before* another's began is not one: it is the old primary
+    /// whose next probe has not answered yet (hung or stopped), a handover rather than two
+    /// primaries.
+    pub split_brain: bool,
+}
+
 /// Chooses the primary among members whose latest verdict says primary: the one that has held
 /// the role longest (ties: the first in configuration order), so a member that only *claims*
-/// primary during a split brain does not take traffic from the established one. Returns the
-/// index and how many claimed.
-pub fn choose_primary(claims: impl IntoIterator<Item = (usize, u64)>) -> (Option<usize>, usize) {
-    let mut best: Option<(usize, u64)> = None;
-    let mut count = 0;
-    for (idx, since) in claims {
-        count += 1;
-        if best.is_none_or(|(b_idx, b_since)| (since, idx) < (b_since, b_idx)) {
-            best = Some((idx, since));
-        }
+/// primary does not take traffic from the established one before its next probe settles it.
+pub fn choose_primary(claims: &[Claim]) -> PrimaryChoice {
+    let chosen = claims
+        .iter()
+        .min_by_key(|c| (c.since_ms, c.index))
+        .map(|c| c.index);
+    let overlap = |a: &Claim, b: &Claim| a.since_ms.max(b.since_ms) <= a.until_ms.min(b.until_ms);
+    let split_brain = claims
+        .iter()
+        .enumerate()
+        .any(|(i, a)| claims[i + 1..].iter().any(|b| overlap(a, b)));
+    PrimaryChoice {
+        chosen,
+        split_brain,
     }
-    (best.map(|(i, _)| i), count)
 }
 
 #[cfg(test)]
@@ -336,17 +384,72 @@ mod tests {
 
     #[test]
     fn split_brain_keeps_the_established_primary() {
-        assert_eq!(choose_primary([]), (None, 0));
-        assert_eq!(choose_primary([(1, 500)]), (Some(1), 1));
+        let claim = |index, since_ms, until_ms| Claim {
+            index,
+            since_ms,
+            until_ms,
+        };
+        let choice = |chosen, split_brain| PrimaryChoice {
+            chosen,
+            split_brain,
+        };
+        assert_eq!(choose_primary(&[]), choice(None, false));
         assert_eq!(
-            choose_primary([(0, 900), (2, 100)]),
-            (Some(2), 2),
+            choose_primary(&[claim(1, 500, 900)]),
+            choice(Some(1), false)
+        );
+        assert_eq!(
+            choose_primary(&[claim(0, 900, 1000), claim(2, 100, 1000)]),
+            choice(Some(2), true),
             "longest-held wins"
         );
         assert_eq!(
-            choose_primary([(3, 100), (1, 100)]),
-            (Some(1), 2),
+            choose_primary(&[claim(3, 100, 200), claim(1, 100, 200)]),
+            choice(Some(1), true),
             "ties by config order"
+        );
+    }
+
+    #[test]
+    fn a_claim_that_ended_before_another_began_is_a_handover_not_a_split_brain() {
+        // The old primary hung right after its probe at 1000; the promoted member's probe said
+        // primary at 1400; the old one's next probe has not answered yet.
+        let old = Claim {
+            index: 0,
+            since_ms: 100,
+            until_ms: 1000,
+        };
+        let new = Claim {
+            index: 1,
+            since_ms: 1400,
+            until_ms: 1400,
+        };
+        let c = choose_primary(&[old, new]);
+        assert!(!c.split_brain);
+        assert_eq!(
+            c.chosen,
+            Some(0),
+            "the old primary keeps the role until its probe fails"
+        );
+        // The old primary's next probe says primary again: both claims now overlap.
+        let reconfirmed = Claim {
+            until_ms: 2000,
+            ..old
+        };
+        assert!(choose_primary(&[reconfirmed, new]).split_brain);
+    }
+
+    #[test]
+    fn every_verdict_moves_the_end_of_the_claim() {
+        let h = InstanceHealth::default();
+        h.record(&up(Role::Primary), &probe(), 10, 2, 3);
+        h.record(&up(Role::Primary), &probe(), 20, 2, 3);
+        assert_eq!((h.role_since_ms(), h.verdict_at_ms()), (10, 20));
+        h.record_stale(&probe(), "trap".into(), 30);
+        assert_eq!(
+            h.verdict_at_ms(),
+            20,
+            "a failed evaluation confirms nothing"
         );
     }
 }

@@ -223,11 +223,16 @@ impl ProbeTask {
                         role_changes.increment(1);
                         tracing::info!(service = %service, instance = %instance, ?from, ?to, "role changed");
                     }
-                    if (change.role.is_some() || change.status.is_some())
+                    // A primary's every confirmation counts too: it may now overlap another
+                    // member's claim (a split brain).
+                    let confirms_primary = self.instance.health.is_primary();
+                    if (change.role.is_some() || change.status.is_some() || confirms_primary)
                         && let Some(svc) = self.services.load().get(&service)
                     {
                         svc.recompute_primary(now);
                     }
+                    // After the primary is settled: requests waiting for one look again.
+                    self.shared.verdicts.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 Evaluation::KeepPrevious { error } => {
                     stale.increment(1);

@@ -1,17 +1,10 @@
 //! One request, from the client's head to the response head sent back: route, pick, connect,
 //! send, retry, answer.
 //!
-//! Retry rules (each retry goes to an instance this request has not tried, and needs both an
-//! attempt left and the service's retry budget):
-//! - the request never reached the instance (connect refused or timed out, or a pooled
-//!   connection turned out closed before the request was written): any method;
-//! - the instance reset the connection, sent garbage, timed out on the response head, or
-//!   answered a status from `retries.on_status` (502, 503 by default): only idempotent methods
-//!   whose body is empty or was small enough to buffer (`retries.buffer_bytes`).
-//!
-//! Once response bytes have gone to the client nothing is retried. Retries of requests that
-//! were sent draw on the service's retry budget; retries of requests that never reached an
-//! instance do not (they add no load anywhere).
+//! Each attempt ends in an answer to hand on, or in an [`Outcome`] that the retry rules
+//! (`retry.rs`, [`RetryPolicy::decide`]) turn into the next step: another instance, a wait for
+//! the service's primary (`failover.rs`), or the error. Once response bytes have gone to the
+//! client nothing is retried.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -33,17 +26,20 @@ use crate::body::DownBody;
 use crate::conn::ConnTimer;
 use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
+use crate::failover::{Awaited, FailedOn};
 use crate::h1::{OutgoingRequest, SendError, UpConn, UpResponse};
 use crate::headers::{RequestId, UpstreamFields};
 use crate::listener_state::ConnCtx;
 use crate::pool;
 use crate::request_body::{ClientStream, RequestBody, UpBody};
 use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
+use crate::retry::{self, Cost, Decision, NextPrimary, Outcome, RetryPolicy};
 use crate::route_rules::LocalAnswer;
 use crate::routing::Route;
-use crate::upstream::{InFlight, Service, Tried};
+use crate::upstream::{InFlight, Instance, Picked, Service, Tried};
 use sluice_codec::request::RequestHead;
 use sluice_codec::response::UpstreamHead;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Serves one request: every problem becomes a response. `body` is `None` when the request
 /// has none.
@@ -85,19 +81,8 @@ pub(crate) async fn handle(
     }
     let service = Arc::clone(&route.service);
     let deadline = start + service.config.timeouts.total;
-    match forward(
-        head,
-        body,
-        &route,
-        cx,
-        &request_id,
-        body_timeout,
-        (start, deadline),
-        &mut exchange,
-        timer,
-    )
-    .await
-    {
+    let prepared = Prepared::new(head, &route, cx, &request_id, (deadline, body_timeout));
+    match forward(prepared, body, start, &mut exchange, timer).await {
         Ok(Forwarded {
             response,
             upstream,
@@ -227,382 +212,561 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward<'a>(
-    head: &RequestHead,
-    body: Option<RequestBody<'a>>,
-    route: &Route,
-    cx: &ConnCtx,
-    request_id: &RequestId,
+/// What every attempt of one request shares: made once, before the first.
+struct Prepared<'r> {
+    head: &'r RequestHead,
+    route: &'r Route,
+    service: &'r Service,
+    /// The path and query the instance sees.
+    target: Cow<'r, str>,
+    fields: UpstreamFields<'r>,
+    /// The Host sent upstream when Sluice sets it: the route's fixed name, or the host of an
+    /// absolute-form target or `:authority` (the client's `Host` field stays otherwise).
+    /// `upstream_host = "dst"` sets it per attempt.
+    route_host: Option<&'r [u8]>,
+    /// The route lets this request switch protocols.
+    upgrade: bool,
+    hash: Option<u64>,
+    deadline: Instant,
     body_timeout: Duration,
-    (start, deadline): (Instant, Instant),
+}
+
+impl<'r> Prepared<'r> {
+    fn new(
+        head: &'r RequestHead,
+        route: &'r Route,
+        cx: &'r ConnCtx,
+        request_id: &'r RequestId,
+        (deadline, body_timeout): (Instant, Duration),
+    ) -> Self {
+        let service = &*route.service;
+        let upgrade = route.rules.allows_upgrade(head);
+        let scheme = if cx.tls.is_some() {
+            "https"
+        } else {
+            cx.listener.scheme
+        };
+        let route_host: Option<&[u8]> = match route.rules.fixed_host() {
+            Some(name) => Some(name.as_bytes()),
+            None if head.host_from_target() || !head.has_host_field() => head.host(),
+            None => None,
+        };
+        Self {
+            head,
+            route,
+            service,
+            target: upstream_target(head, route),
+            fields: UpstreamFields::new(
+                head,
+                &cx.client_ip,
+                (scheme, upgrade),
+                request_id,
+                cx.tls.as_deref(),
+            ),
+            route_host,
+            upgrade,
+            hash: service
+                .balancer
+                .hash_key()
+                .map(|k| request_hash(k, head, cx.peer)),
+            deadline,
+            body_timeout,
+        }
+    }
+
+    /// The Host field for an attempt on `instance`.
+    fn host_for(&self, instance: &'r Instance) -> Option<&'r [u8]> {
+        // An HTTP/1.0 request may come without any host; HTTP/1.1 upstream requires one
+        // (RFC 9112 §3.2): the instance's address, as nginx sends its upstream's.
+        if self.route.rules.host_is_dst()
+            || (self.route_host.is_none() && !self.head.has_host_field())
+        {
+            Some(instance.host_header.as_bytes())
+        } else {
+            self.route_host
+        }
+    }
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    /// The instance answered; `retryable` when its status is one of `retries.on_status`.
+    Answered {
+        forwarded: Forwarded,
+        retryable: bool,
+    },
+    /// The attempt failed in a way the retry rules judge.
+    Failed(Outcome, ProxyError),
+    /// The request cannot go on, wherever it is sent (its client's body failed, its deadline
+    /// passed).
+    Fatal(ProxyError),
+}
+
+/// The request's attempts so far.
+#[derive(Default)]
+struct Attempts {
+    tried: Tried,
+    retries: u32,
+    /// Held from a failover's release until the new primary answered (failover.rs).
+    release: Option<OwnedSemaphorePermit>,
+    /// Why the last attempt failed: the answer when no instance is left to try.
+    last_error: Option<ProxyError>,
+}
+
+/// Sends the request to the route's service, trying again as the retry rules (`retry.rs`)
+/// decide, until an answer to hand on or an error.
+async fn forward<'a>(
+    prepared: Prepared<'_>,
+    body: Option<RequestBody<'a>>,
+    start: Instant,
     exchange: &mut Exchange,
     timer: &mut ConnTimer,
 ) -> Result<Forwarded, ProxyError> {
-    let service = &*route.service;
+    let service = prepared.service;
     let cfg = &service.config;
+    let deadline = prepared.deadline;
     service.retry_budget.deposit();
-
-    let upgrade = route.rules.allows_upgrade(head);
-    let idempotent = is_idempotent(&head.method);
-    let hash = service
-        .balancer
-        .hash_key()
-        .map(|k| request_hash(k, head, cx.peer));
-
-    let target = upstream_target(head, route);
-    let scheme = if cx.tls.is_some() {
-        "https"
-    } else {
-        cx.listener.scheme
+    let idempotent = is_idempotent(&prepared.head.method);
+    let mut plan = plan_body(body, cfg, idempotent, prepared.body_timeout, exchange).await?;
+    let request = retry::Request {
+        idempotent,
+        replayable: plan.replayable(),
     };
-    let fields = UpstreamFields::new(
-        head,
-        &cx.client_ip,
-        (scheme, upgrade),
-        request_id,
-        cx.tls.as_deref(),
-    );
-    // The Host sent upstream when Sluice sets it: the route's fixed name, or the host of an
-    // absolute-form target or `:authority` (the client's `Host` field stays otherwise).
-    // `upstream_host = "dst"` sets it per attempt.
-    let route_host: Option<&[u8]> = match route.rules.fixed_host() {
-        Some(name) => Some(name.as_bytes()),
-        None if head.host_from_target() || !head.has_host_field() => head.host(),
-        None => None,
+    let policy = RetryPolicy {
+        attempts: cfg.retries.attempts,
+        fails_over: service.fails_over(),
     };
-    let mut plan = plan_body(body, cfg, idempotent, body_timeout, exchange).await?;
-    let replayable = plan.replayable();
-
-    let mut tried = Tried::default();
-    let mut attempt: u32 = 0;
-    let mut last_error: Option<ProxyError> = None;
-    let mut failed_generation: Option<u64> = None;
+    let mut attempts = Attempts::default();
     // A request without a body goes out right after it arrived: its arrival time serves as
     // the first attempt's start (one clock read less per request).
     let mut arrival = matches!(plan, BodyPlan::Empty).then_some(start);
-    'attempts: loop {
+    loop {
         let attempt_start = arrival.take().unwrap_or_else(Instant::now);
-        let now_ms = clock::to_ms(attempt_start);
-        let Some(picked) = service.pick(hash, &tried, now_ms) else {
-            // An attempt just failed on the primary: wait (bounded) for the failover the
-            // probes are now checking. Finding no primary at all is answered at once.
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        let Some(picked) =
+            service.pick(prepared.hash, &attempts.tried, clock::to_ms(attempt_start))
+        else {
             // Boxed: rare, and its future would otherwise make every request's bigger.
-            if Box::pin(service.wait_for_primary(&mut failed_generation, remaining)).await {
-                continue;
-            }
-            return Err(last_error.unwrap_or_else(|| service.nothing_to_pick()));
+            Box::pin(wait_for_any_primary(service, &mut attempts, deadline)).await?;
+            continue;
         };
-        tried.push(picked.index);
         if attempt_start >= deadline {
-            return Err(ProxyError::new(
-                ProxyErrorKind::DeadlineExceeded,
-                "total request deadline passed",
-            ));
+            return Err(deadline_passed());
         }
+        attempts.tried.push(picked.index);
         let generation = service.primary_generation();
-        let in_flight = InFlight::new(Arc::clone(&picked.instance));
-        let addr = picked.instance.addr;
-
-        // Up to a few rounds on this instance: a pooled connection may turn out closed before
-        // our request was written, which is nobody's fault and is retried on a new connection.
-        let mut stale_rounds = 0;
-        let err = loop {
-            // A connection: from the pool, or new. Failures here never reached the instance's
-            // application, so any method may go elsewhere.
-            let conn = match pooled_conn(service, &in_flight, now_ms) {
-                Some(c) => c,
-                // No idle connection: a new one. Boxed, as the connect (and TLS handshake)
-                // future is large and most requests never need it.
-                None => match Box::pin(new_conn(service, &in_flight, deadline)).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        service.record_failure(&picked.instance, Some(e.kind), now_ms);
-                        break e;
-                    }
-                },
-            };
-            let Some(body) = plan.for_attempt() else {
-                return Err(last_error.unwrap_or_else(|| {
-                    ProxyError::new(
-                        ProxyErrorKind::UpstreamReset,
-                        "request body already consumed",
-                    )
-                }));
-            };
-            let outgoing = OutgoingRequest {
-                head,
-                target: &target,
-                fields: &fields,
-                // An HTTP/1.0 request may come without any host; HTTP/1.1 upstream requires
-                // one (RFC 9112 §3.2): the instance's address, as nginx sends its upstream's.
-                host: if route.rules.host_is_dst()
-                    || (route_host.is_none() && !head.has_host_field())
-                {
-                    Some(picked.instance.host_header.as_bytes())
-                } else {
-                    route_host
-                },
-            };
-            // A pooled connection was ready at once: the attempt's start is when the request
-            // went out (no second clock read).
-            let sent_at = if conn.is_fresh() {
-                Instant::now()
-            } else {
-                attempt_start
-            };
-            // `response_header` counts from the end of the request: at once for a body sent
-            // with the head, after the upload for a streamed one (whose own stalls are bounded
-            // by `request_body_timeout`); the total deadline bounds both.
-            let wait = cfg.timeouts.response_header;
-            let uploaded = AtomicBool::new(false);
-            let head_deadline = if matches!(body, UpBody::Stream(_)) {
-                HeadDeadline::AfterUpload {
-                    uploaded: &uploaded,
-                    wait,
+        let release = attempts.release.take();
+        let end = attempt(
+            &prepared,
+            &mut plan,
+            &picked,
+            attempt_start,
+            timer,
+            exchange,
+        )
+        .await;
+        drop(release);
+        let (outcome, err, answer) = match end {
+            AttemptEnd::Answered {
+                forwarded,
+                retryable: false,
+            } => return Ok(forwarded),
+            AttemptEnd::Answered { forwarded, .. } => {
+                let status = forwarded.response.status;
+                let err = ProxyError::new(
+                    ProxyErrorKind::UpstreamReset,
+                    format!("{} answered {status}", picked.instance.addr),
+                )
+                .sent();
+                (Outcome::RetryableStatus, err, Some(forwarded))
+            }
+            AttemptEnd::Failed(outcome, err) => (outcome, err, None),
+            AttemptEnd::Fatal(err) => return Err(err),
+        };
+        let progress = retry::Progress {
+            retries: attempts.retries,
+            untried_left: attempts.tried.len() < service.instances().len(),
+            remaining: deadline.saturating_duration_since(Instant::now()),
+        };
+        let failed = FailedOn {
+            generation,
+            at_ms: clock::now_ms(),
+            next: NextPrimary::New,
+        };
+        let give_up = |err: ProxyError| match answer {
+            // Without a retry left the instance's own answer goes to the client.
+            Some(forwarded) => Ok(forwarded),
+            None => Err(err),
+        };
+        match policy.decide(outcome, request, progress) {
+            Decision::Stop => return give_up(err),
+            Decision::Retry(cost) => {
+                if !charge(service, cost, &err, &mut attempts, exchange) {
+                    return give_up(err);
                 }
-            } else {
-                HeadDeadline::At(sent_at + wait)
-            };
-            let exchange_head = Within::new(
-                timer,
-                deadline,
-                head_deadline,
-                conn.exchange(&outgoing, body, &uploaded),
-            );
-            // In primary mode a member that loses the role (frozen, or demoted by its mirror)
-            // may never answer: stop waiting on it, and retry on the new primary if allowed.
-            let result = if service.fails_over() {
-                let demoted = picked.instance.session_token();
-                tokio::select! {
-                    r = exchange_head => r,
-                    () = demoted.cancelled() => {
-                        break ProxyError::new(
-                            ProxyErrorKind::UpstreamReset,
-                            format!("{addr} lost the primary role before answering"),
-                        )
-                        .sent();
-                    }
+                attempts.last_error = Some(err);
+            }
+            Decision::AwaitPrimary(next, cost) => {
+                if !charge(service, cost, &err, &mut attempts, exchange) {
+                    return give_up(err);
                 }
-            } else {
-                exchange_head.await
-            };
-            match result {
-                Some(Ok(mut response)) => {
-                    let latency = sent_at.elapsed();
-                    let now_ms = clock::to_ms(sent_at + latency);
-                    picked
-                        .instance
-                        .observe_latency(latency.as_nanos() as f64, now_ms);
-                    service
-                        .metrics
-                        .upstream_latency
-                        .record(latency.as_secs_f64());
-                    exchange.upstream_ms = Some(latency.as_secs_f64() * 1000.0);
-                    let status = response.status;
-                    // A switch nobody asked for, or to another protocol than the one asked
-                    // for and vetted by the route: the client would be left speaking one
-                    // protocol to a connection that speaks another, past the route's rules.
-                    let unasked_switch = status == StatusCode::SWITCHING_PROTOCOLS
-                        && !(upgrade && switches_as_asked(head, &response.head));
-                    if status.is_server_error() || unasked_switch {
-                        service.record_failure(&picked.instance, None, now_ms);
-                    } else {
-                        service.record_success(&picked.instance, now_ms);
+                let failed = FailedOn { next, ..failed };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match Box::pin(service.await_primary(Some(failed), remaining)).await {
+                    Awaited::Primary(release) => {
+                        attempts.tried.clear();
+                        attempts.release = release;
                     }
-                    let untried_left = tried.len() < service.instances().len();
-                    if cfg.retries.on_status.contains(&status.as_u16())
-                        && idempotent
-                        && replayable
-                        && untried_left
-                    {
-                        let e = ProxyError::new(
-                            ProxyErrorKind::UpstreamReset,
-                            format!("{addr} answered {status}"),
-                        )
-                        .sent();
-                        // Without a retry left the instance's own answer goes to the client.
-                        if may_retry(service, attempt, &e, idempotent, replayable, exchange) {
-                            // The unread body makes this connection unusable: it is dropped.
-                            if service.fails_over() {
-                                failed_generation = Some(generation);
-                            }
-                            attempt += 1;
-                            last_error = Some(e);
-                            continue 'attempts;
-                        }
-                    }
-                    if unasked_switch {
-                        break ProxyError::new(
-                            ProxyErrorKind::BadResponse,
-                            format!("{addr} switched to a protocol the request did not ask for"),
-                        )
-                        .sent();
-                    }
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the tunnel.
-                        let switched = response.body.take_switched().map(|conn| {
-                            Box::new(Switched {
-                                conn,
-                                idle: cfg.timeouts.tunnel_idle,
-                                addr,
-                                // A tunnel to a primary ends when it is demoted (`on_demotion`).
-                                demoted: if service.fails_over() {
-                                    picked.instance.session_token()
-                                } else {
-                                    tokio_util::sync::CancellationToken::new()
-                                },
-                            })
-                        });
-                        return Ok(Forwarded {
-                            response,
-                            upstream: UpstreamUse {
-                                in_flight,
-                                conn: None,
-                                max_idle: 0,
-                            },
-                            switched,
-                        });
-                    }
-                    return Ok(Forwarded {
-                        response,
-                        upstream: UpstreamUse {
-                            in_flight,
-                            conn: None,
-                            max_idle: cfg.pool.max_idle_per_instance,
-                        },
-                        switched: None,
-                    });
-                }
-                Some(Err(SendError::Unsent { reused, body })) => {
-                    // Nothing was written when the body comes back; otherwise the instance
-                    // closed the connection before answering, which only an idempotent,
-                    // replayable request may survive (RFC 9110 §9.2.2).
-                    let never_written = body.is_some();
-                    if let Some(body) = body {
-                        plan.give_back(body);
-                    }
-                    // A pooled connection the instance had closed: nobody's fault, try a new one.
-                    if reused && stale_rounds < 3 && (never_written || (idempotent && replayable)) {
-                        stale_rounds += 1;
-                        continue;
-                    }
-                    let e = ProxyError::new(
-                        ProxyErrorKind::UpstreamReset,
-                        format!("{addr}: connection closed before the request was sent"),
-                    );
-                    if reused {
-                        break e.sent();
-                    }
-                    service.record_failure(&picked.instance, Some(e.kind), clock::now_ms());
-                    break e;
-                }
-                Some(Err(SendError::ClientBody(e))) => {
-                    if e.is::<ClientBodyTimedOut>() {
-                        return Err(ProxyError::new(
-                            ProxyErrorKind::ClientBodyTimeout,
-                            format!(
-                                "client sent no body bytes for {}ms",
-                                body_timeout.as_millis()
-                            ),
-                        ));
-                    }
-                    return Err(ProxyError::new(
-                        ProxyErrorKind::ClientBodyError,
-                        e.to_string(),
-                    ));
-                }
-                Some(Err(e)) => {
-                    let kind = if matches!(e, SendError::BadResponse(_) | SendError::BadChunk(_)) {
-                        ProxyErrorKind::BadResponse
-                    } else {
-                        ProxyErrorKind::UpstreamReset
-                    };
-                    service.record_failure(&picked.instance, Some(kind), clock::now_ms());
-                    break ProxyError::new(kind, format!("{addr}: {e}")).sent();
-                }
-                None => {
-                    let kind = if Instant::now() >= deadline {
-                        ProxyErrorKind::DeadlineExceeded
-                    } else {
-                        ProxyErrorKind::ResponseHeaderTimeout
-                    };
-                    service.record_failure(&picked.instance, Some(kind), clock::now_ms());
-                    let err = ProxyError::new(
-                        kind,
-                        format!(
-                            "{addr} sent no response head within {}ms of the request",
-                            wait.as_millis()
-                        ),
-                    )
-                    .sent();
-                    if kind == ProxyErrorKind::DeadlineExceeded {
-                        return Err(err);
-                    }
-                    break err;
+                    Awaited::NoPrimary => return Err(service.nothing_to_pick()),
+                    Awaited::Unchanged => return give_up(err),
                 }
             }
-        };
-        drop(in_flight);
-        if service.fails_over() {
-            failed_generation = Some(generation);
         }
-        if !may_retry(service, attempt, &err, idempotent, replayable, exchange) {
-            return Err(err);
-        }
-        attempt += 1;
-        last_error = Some(err);
     }
 }
 
-/// Whether one more attempt is allowed; counts it (and a refusal by the budget) if so.
-fn may_retry(
+/// For a request that found no instance to pick: in primary mode, waits for the service's
+/// primary (start-up, or a failover under way); otherwise, or with nobody primary, the error.
+async fn wait_for_any_primary(
     service: &Service,
-    attempt: u32,
+    attempts: &mut Attempts,
+    deadline: Instant,
+) -> Result<(), ProxyError> {
+    if !service.fails_over() || attempts.tried.len() > 0 {
+        return Err(attempts
+            .last_error
+            .take()
+            .unwrap_or_else(|| service.nothing_to_pick()));
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match service.await_primary(None, remaining).await {
+        Awaited::Primary(release) => {
+            attempts.release = release;
+            Ok(())
+        }
+        Awaited::NoPrimary | Awaited::Unchanged => Err(service.nothing_to_pick()),
+    }
+}
+
+fn deadline_passed() -> ProxyError {
+    ProxyError::new(
+        ProxyErrorKind::DeadlineExceeded,
+        "total request deadline passed",
+    )
+}
+
+/// Pays for a retry: an attempt and, for a request that was sent, the service's retry budget.
+/// `false` when the budget refuses (counted).
+fn charge(
+    service: &Service,
+    cost: Cost,
     err: &ProxyError,
-    idempotent: bool,
-    replayable: bool,
+    attempts: &mut Attempts,
     exchange: &mut Exchange,
 ) -> bool {
-    let safe = !err.request_sent || (idempotent && replayable);
-    if !safe || attempt >= service.config.retries.attempts {
-        return false;
-    }
-    // A request that never reached an instance adds no load when sent elsewhere, so only
-    // retries of requests that were sent draw on the budget.
-    if err.request_sent && !service.retry_budget.try_withdraw(clock::now_ms()) {
+    if cost.budget && !service.retry_budget.try_withdraw(clock::now_ms()) {
         service.metrics.budget_exhausted.increment(1);
         return false;
     }
-    service.metrics.retries.increment(1);
-    exchange.retries += 1;
-    tracing::debug!(service = %service.name, error = %err, "retrying on another instance");
+    if cost.attempt {
+        attempts.retries += 1;
+        service.metrics.retries.increment(1);
+        exchange.retries += 1;
+    }
+    tracing::debug!(service = %service.name, error = %err, "trying the request again");
     true
 }
 
-/// A pooled connection that is still good, if there is one.
-fn pooled_conn(service: &Service, in_flight: &InFlight, now_ms: u64) -> Option<Box<UpConn>> {
-    in_flight
-        .instance
-        .pool
-        .checkout(now_ms, service.config.pool.idle_timeout)
+/// One attempt on `picked`: a connection (pooled, or new), the request, the response head.
+/// A pooled connection that turns out closed before the request was written is nobody's
+/// fault: up to a few are replaced by others on the same instance within the attempt.
+async fn attempt<'a>(
+    p: &Prepared<'_>,
+    plan: &mut BodyPlan<'a>,
+    picked: &Picked,
+    attempt_start: Instant,
+    timer: &mut ConnTimer,
+    exchange: &mut Exchange,
+) -> AttemptEnd {
+    let service = p.service;
+    let in_flight = InFlight::new(Arc::clone(&picked.instance));
+    let now_ms = clock::to_ms(attempt_start);
+    // In primary mode a member that loses the role (frozen, or demoted by its mirror) may
+    // never answer, nor even accept: stop waiting on it, so the request can move.
+    let demotion = picked.instance.session_token();
+    let mut stale_rounds = 0;
+    loop {
+        let connecting = connection(service, &in_flight, now_ms, p.deadline);
+        let conn = match service
+            .unless_demoted(&picked.instance, &demotion, attempt_start, connecting)
+            .await
+        {
+            Some(Ok(conn)) => conn,
+            Some(Err(e)) => {
+                service.record_failure(&picked.instance, Some(e.kind), now_ms);
+                return AttemptEnd::Failed(Outcome::NotSent, e);
+            }
+            // Nothing was sent: as a connect that failed, free of the budget.
+            None => return AttemptEnd::Failed(Outcome::NotSent, demoted(picked)),
+        };
+        let Some(body) = plan.for_attempt() else {
+            let e = ProxyError::new(
+                ProxyErrorKind::UpstreamReset,
+                "request body already consumed",
+            );
+            return AttemptEnd::Fatal(e);
+        };
+        // A pooled connection was ready at once: the attempt's start is when the request
+        // went out (no second clock read).
+        let sent_at = if conn.is_fresh() {
+            Instant::now()
+        } else {
+            attempt_start
+        };
+        let streamed = matches!(body, UpBody::Stream(_));
+        let sending = send(p, conn, body, streamed, sent_at, picked, timer);
+        let Some(result) = service
+            .unless_demoted(&picked.instance, &demotion, attempt_start, sending)
+            .await
+        else {
+            return AttemptEnd::Failed(Outcome::Demoted, demoted(picked).sent());
+        };
+        match result {
+            Some(Ok(response)) => {
+                return answered(p, response, picked, in_flight, sent_at, exchange);
+            }
+            Some(Err(SendError::Unsent { reused, body })) => {
+                // Nothing was written when the body comes back; otherwise the instance
+                // closed the connection before answering, which only an idempotent,
+                // replayable request may survive (RFC 9110 §9.2.2).
+                let never_written = body.is_some();
+                if let Some(body) = body {
+                    plan.give_back(body);
+                }
+                let resendable = is_idempotent(&p.head.method) && plan.replayable();
+                if reused && stale_rounds < 3 && (never_written || resendable) {
+                    stale_rounds += 1;
+                    continue;
+                }
+                let e = ProxyError::new(
+                    ProxyErrorKind::UpstreamReset,
+                    format!(
+                        "{}: connection closed before the request was sent",
+                        picked.instance.addr
+                    ),
+                );
+                if reused {
+                    return AttemptEnd::Failed(Outcome::Failed, e.sent());
+                }
+                service.record_failure(&picked.instance, Some(e.kind), clock::now_ms());
+                return AttemptEnd::Failed(Outcome::NotSent, e);
+            }
+            Some(Err(e)) => return send_failed(p, e, picked),
+            None => return head_timed_out(p, picked),
+        }
+    }
 }
 
-/// A new connection to the instance, under the connect timeout.
-async fn new_conn(
+/// Sends the request on `conn` and reads the response head, under the head and total
+/// deadlines: `None` when one passed first.
+async fn send<'b>(
+    p: &Prepared<'_>,
+    conn: Box<UpConn>,
+    body: UpBody<'b>,
+    streamed: bool,
+    sent_at: Instant,
+    picked: &Picked,
+    timer: &mut ConnTimer,
+) -> Option<Result<UpResponse, SendError<'b>>> {
+    let outgoing = OutgoingRequest {
+        head: p.head,
+        target: &p.target,
+        fields: &p.fields,
+        host: p.host_for(&picked.instance),
+    };
+    // `response_header` counts from the end of the request: at once for a body sent with the
+    // head, after the upload for a streamed one (whose own stalls are bounded by
+    // `request_body_timeout`); the total deadline bounds both.
+    let wait = p.service.config.timeouts.response_header;
+    let uploaded = AtomicBool::new(false);
+    let head_deadline = if streamed {
+        HeadDeadline::AfterUpload {
+            uploaded: &uploaded,
+            wait,
+        }
+    } else {
+        HeadDeadline::At(sent_at + wait)
+    };
+    Within::new(
+        timer,
+        p.deadline,
+        head_deadline,
+        conn.exchange(&outgoing, body, &uploaded),
+    )
+    .await
+}
+
+/// The error of an attempt whose instance was demoted before it answered.
+fn demoted(picked: &Picked) -> ProxyError {
+    ProxyError::new(
+        ProxyErrorKind::UpstreamReset,
+        format!(
+            "{} lost the primary role before answering",
+            picked.instance.addr
+        ),
+    )
+}
+
+/// The instance answered: records the latency and health, and hands the answer (or a
+/// switched connection) on.
+fn answered(
+    p: &Prepared<'_>,
+    mut response: UpResponse,
+    picked: &Picked,
+    in_flight: InFlight,
+    sent_at: Instant,
+    exchange: &mut Exchange,
+) -> AttemptEnd {
+    let (service, cfg, addr) = (p.service, &p.service.config, picked.instance.addr);
+    let latency = sent_at.elapsed();
+    let now_ms = clock::to_ms(sent_at + latency);
+    picked
+        .instance
+        .observe_latency(latency.as_nanos() as f64, now_ms);
+    service
+        .metrics
+        .upstream_latency
+        .record(latency.as_secs_f64());
+    exchange.upstream_ms = Some(latency.as_secs_f64() * 1000.0);
+    let status = response.status;
+    // A switch nobody asked for, or to another protocol than the one asked for and vetted by
+    // the route: the client would be left speaking one protocol to a connection that speaks
+    // another, past the route's rules.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let unasked_switch = switching && !(p.upgrade && switches_as_asked(p.head, &response.head));
+    if status.is_server_error() || unasked_switch {
+        service.record_failure(&picked.instance, None, now_ms);
+    } else {
+        service.record_success(&picked.instance, now_ms);
+    }
+    if unasked_switch {
+        let e = ProxyError::new(
+            ProxyErrorKind::BadResponse,
+            format!("{addr} switched to a protocol the request did not ask for"),
+        );
+        return AttemptEnd::Failed(Outcome::Failed, e.sent());
+    }
+    // The connection now belongs to the tunnel, or goes back to the pool after the body.
+    let switched = switching
+        .then(|| response.body.take_switched())
+        .flatten()
+        .map(|conn| {
+            Box::new(Switched {
+                conn,
+                idle: cfg.timeouts.tunnel_idle,
+                addr,
+                // A tunnel to a primary ends when it is demoted (`on_demotion`).
+                demoted: if service.fails_over() {
+                    picked.instance.session_token()
+                } else {
+                    tokio_util::sync::CancellationToken::new()
+                },
+            })
+        });
+    let max_idle = if switching {
+        0
+    } else {
+        cfg.pool.max_idle_per_instance
+    };
+    AttemptEnd::Answered {
+        retryable: cfg.retries.on_status.contains(&status.as_u16()),
+        forwarded: Forwarded {
+            response,
+            upstream: UpstreamUse {
+                in_flight,
+                conn: None,
+                max_idle,
+            },
+            switched,
+        },
+    }
+}
+
+/// An attempt whose exchange failed after the request was (at least partly) written.
+fn send_failed(p: &Prepared<'_>, e: SendError<'_>, picked: &Picked) -> AttemptEnd {
+    let addr = picked.instance.addr;
+    let kind = match e {
+        SendError::ClientBody(e) if e.is::<ClientBodyTimedOut>() => {
+            return AttemptEnd::Fatal(ProxyError::new(
+                ProxyErrorKind::ClientBodyTimeout,
+                format!(
+                    "client sent no body bytes for {}ms",
+                    p.body_timeout.as_millis()
+                ),
+            ));
+        }
+        SendError::ClientBody(e) => {
+            let e = ProxyError::new(ProxyErrorKind::ClientBodyError, e.to_string());
+            return AttemptEnd::Fatal(e);
+        }
+        SendError::BadResponse(_) | SendError::BadChunk(_) => ProxyErrorKind::BadResponse,
+        _ => ProxyErrorKind::UpstreamReset,
+    };
+    p.service
+        .record_failure(&picked.instance, Some(kind), clock::now_ms());
+    AttemptEnd::Failed(
+        Outcome::Failed,
+        ProxyError::new(kind, format!("{addr}: {e}")).sent(),
+    )
+}
+
+/// An attempt that got no response head in time (or ran into the total deadline).
+fn head_timed_out(p: &Prepared<'_>, picked: &Picked) -> AttemptEnd {
+    let kind = if Instant::now() >= p.deadline {
+        ProxyErrorKind::DeadlineExceeded
+    } else {
+        ProxyErrorKind::ResponseHeaderTimeout
+    };
+    p.service
+        .record_failure(&picked.instance, Some(kind), clock::now_ms());
+    let err = ProxyError::new(
+        kind,
+        format!(
+            "{} sent no response head within {}ms of the request",
+            picked.instance.addr,
+            p.service.config.timeouts.response_header.as_millis()
+        ),
+    )
+    .sent();
+    if kind == ProxyErrorKind::DeadlineExceeded {
+        return AttemptEnd::Fatal(err);
+    }
+    AttemptEnd::Failed(Outcome::Failed, err)
+}
+
+/// A connection to the instance: a pooled one that is still good, else a new one under the
+/// connect timeout (boxed: the connect and TLS handshake future is large and most requests
+/// never need it). Its failures never reached the instance.
+async fn connection(
     service: &Service,
     in_flight: &InFlight,
+    now_ms: u64,
     deadline: Instant,
 ) -> Result<Box<UpConn>, ProxyError> {
+    let pooled = in_flight
+        .instance
+        .pool
+        .checkout(now_ms, service.config.pool.idle_timeout);
+    if let Some(conn) = pooled {
+        return Ok(conn);
+    }
     let remaining = deadline.saturating_duration_since(Instant::now());
     let connect_timeout = service.config.timeouts.connect.min(remaining);
-    let conn = pool::connect(
+    let connect = pool::connect(
         in_flight.instance.addr,
         connect_timeout,
         service.tls.as_ref(),
-    )
-    .await?;
+    );
+    let conn = Box::pin(connect).await?;
     service.metrics.new_connections.increment(1);
     Ok(conn)
 }

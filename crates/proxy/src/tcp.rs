@@ -4,9 +4,10 @@
 //! relay bytes both ways until both sides close, the idle timeout passes, the instance loses
 //! the primary role (`on_demotion = "close"`), or the listener drains.
 //!
-//! With `serve = "primary"`, a connect failure on the primary kicks the service's probes and
-//! waits (bounded) for a new primary, so new connections reach it within one probe round;
-//! with no primary at all the connection is closed at once.
+//! With `serve = "primary"`, connections wait for the primary as requests do (`failover.rs`):
+//! a connect failure on the primary kicks the service's probes and waits for the member they
+//! promote; with nobody primary after a fresh probe round the connection is closed. A session
+//! on which no byte has passed either way moves to the new primary when its member is demoted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,11 +24,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{AccessLog, rfc3339_now};
 use crate::error::ProxyErrorKind;
+use crate::failover::{Awaited, FailedOn};
 use crate::metrics::{
     SNI_REJECTED_TOTAL, SNI_ROUTED_TOTAL, TCP_BYTES_TOTAL, TCP_CONNECTIONS_TOTAL,
 };
+use crate::retry::{self, Decision, Outcome, RetryPolicy};
 use crate::tls::{ConnTls, TlsLog};
-use crate::upstream::{InFlight, Service, Tried};
+use crate::upstream::{InFlight, Instance, Service, Tried};
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What a TCP listener's connections read; replaced whole on reload.
 #[derive(Debug)]
@@ -91,6 +96,10 @@ struct TcpEntry<'a> {
     sni: Option<&'a str>,
 }
 
+/// How often one session may move to a new primary before a byte passed (each move needs a
+/// demotion, so this only bounds a flapping mirror).
+const MAX_MOVES: u32 = 3;
+
 /// Serves one accepted TCP connection.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
@@ -118,38 +127,63 @@ pub(crate) async fn serve(
             error,
         );
     };
-    let (upstream, in_flight, attempts) = match connect(service, peer).await {
-        Ok(connected) => connected,
-        Err((kind, detail, attempts)) => {
-            match kind {
-                ProxyErrorKind::NoInstance | ProxyErrorKind::NoPrimary => {
-                    metrics.no_instance.increment(1)
+    let mut moves = 0;
+    let (connected, demoted) = loop {
+        let connected = match connect(service, peer).await {
+            Ok(connected) => connected,
+            Err((kind, detail, attempts)) => {
+                match kind {
+                    ProxyErrorKind::NoInstance | ProxyErrorKind::NoPrimary => {
+                        metrics.no_instance.increment(1)
+                    }
+                    _ => metrics.connect_failed.increment(1),
                 }
-                _ => metrics.connect_failed.increment(1),
+                tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
+                log_session(None, (0, 0), attempts, kind.as_str(), Some(detail));
+                // Dropping the client socket closes it: the "refusal" a TCP client sees.
+                return;
             }
-            tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
-            log_session(None, (0, 0), attempts, kind.as_str(), Some(detail));
-            // Dropping the client socket closes it: the "refusal" a TCP client sees.
+        };
+        // Closed by demotion of the instance, or by the end of a drain.
+        let demoted = connected.in_flight.instance.session_token();
+        let mut connected = connected;
+        let addr = connected.in_flight.instance.addr;
+        if let Some(header) =
+            crate::proxy_protocol::header(runtime.config.proxy_protocol, peer, local)
+            && let Err(e) = connected.stream.write_all(&header).await
+        {
+            let detail = format!("sending the PROXY header: {e}");
+            log_session(
+                Some(addr),
+                (0, 0),
+                connected.attempts,
+                "error",
+                Some(detail),
+            );
             return;
         }
+        // Only a plain session on which nothing has passed can move (`first_byte`).
+        let movable =
+            service.fails_over() && hello.is_empty() && service.tls.is_none() && moves < MAX_MOVES;
+        let instance = &*connected.in_flight.instance;
+        if let (true, MaybeTls::Plain(plain)) = (movable, &client)
+            && let Start::Demoted =
+                first_byte(service, (instance, &demoted), plain, &connected.stream).await
+        {
+            moves += 1;
+            tracing::info!(listener, client = %peer, service = %service.name, from = %addr, generation = connected.generation, "TCP session moved: its primary was demoted before any byte passed");
+            continue;
+        }
+        break (connected, demoted);
     };
     metrics.ok.increment(1);
+    let Connected {
+        stream: upstream,
+        in_flight,
+        attempts,
+        ..
+    } = connected;
     let addr = in_flight.instance.addr;
-    let mut upstream = upstream;
-    if let Some(header) = crate::proxy_protocol::header(runtime.config.proxy_protocol, peer, local)
-        && let Err(e) = upstream.write_all(&header).await
-    {
-        log_session(
-            Some(addr),
-            (0, 0),
-            attempts,
-            "error",
-            Some(format!("sending the PROXY header: {e}")),
-        );
-        return;
-    }
-    // Closed by demotion of the instance, or by the end of a drain.
-    let demoted = in_flight.instance.session_token();
     let idle = runtime.config.idle_timeout;
     // `[service.tls]`: TLS to the instance, after the (plain) PROXY header as haproxy does.
     let stats = match &service.tls {
@@ -300,14 +334,161 @@ where
     stats
 }
 
+/// A connection to an instance, with what it took.
+struct Connected {
+    stream: TcpStream,
+    in_flight: InFlight,
+    attempts: u32,
+    /// The primary's generation when it was picked.
+    generation: u64,
+}
+
+/// Why no connection could be made: the kind, a detail and the attempts made.
+type NotConnected = (ProxyErrorKind, String, u32);
+
 /// Connects to an instance of `service`, trying others on failure (and, in primary mode,
-/// waiting for a failover). Errors carry the kind, a detail and the attempts made.
-async fn connect(
-    service: &Service,
-    peer: SocketAddr,
-) -> Result<(TcpStream, InFlight, u32), (ProxyErrorKind, String, u32)> {
+/// waiting for the primary) as the retry rules (`retry.rs`) decide. A connection counts as a
+/// request that may be sent again: nothing has passed on it.
+async fn connect(service: &Service, peer: SocketAddr) -> Result<Connected, NotConnected> {
     let cfg = &service.config;
-    let hash = service.balancer.hash_key().map(|key| {
+    let hash = tcp_hash(service, peer);
+    let deadline = Instant::now() + cfg.timeouts.total;
+    let policy = RetryPolicy {
+        attempts: cfg.retries.attempts,
+        fails_over: service.fails_over(),
+    };
+    let request = retry::Request {
+        idempotent: true,
+        replayable: true,
+    };
+    let (mut tried, mut attempts, mut retries) = (Tried::default(), 0u32, 0u32);
+    let mut release: Option<OwnedSemaphorePermit> = None;
+    let mut last_error: Option<(ProxyErrorKind, String)> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Some(picked) = service.pick(hash, &tried, clock::now_ms()) else {
+            if let Some((kind, detail)) = last_error {
+                return Err((kind, detail, attempts));
+            }
+            if !service.fails_over() {
+                let e = service.nothing_to_pick();
+                return Err((e.kind, e.detail, attempts));
+            }
+            release = awaited(
+                service.await_primary(None, remaining).await,
+                service,
+                attempts,
+            )?;
+            continue;
+        };
+        tried.push(picked.index);
+        attempts += 1;
+        let generation = service.primary_generation();
+        let in_flight = InFlight::new(Arc::clone(&picked.instance));
+        // Held until the new primary accepted the connection (failover.rs).
+        let _release = release.take();
+        let demotion = picked.instance.session_token();
+        let connecting = connect_once(service, &picked.instance, remaining);
+        let connected = service
+            .unless_demoted(&picked.instance, &demotion, Instant::now(), connecting)
+            .await
+            .unwrap_or_else(|| {
+                let detail = format!("{} lost the primary role", picked.instance.addr);
+                Err((ProxyErrorKind::ConnectFailed, detail))
+            });
+        let (kind, detail) = match connected {
+            Ok(stream) => {
+                return Ok(Connected {
+                    stream,
+                    in_flight,
+                    attempts,
+                    generation,
+                });
+            }
+            Err(failure) => failure,
+        };
+        service.record_failure(&picked.instance, Some(kind), clock::now_ms());
+        let progress = retry::Progress {
+            retries,
+            untried_left: tried.len() < service.instances().len(),
+            remaining: deadline.saturating_duration_since(Instant::now()),
+        };
+        match policy.decide(Outcome::NotSent, request, progress) {
+            Decision::Stop => return Err((kind, detail, attempts)),
+            Decision::Retry(cost) => {
+                retries += u32::from(cost.attempt);
+                last_error = Some((kind, detail));
+            }
+            Decision::AwaitPrimary(next, cost) => {
+                retries += u32::from(cost.attempt);
+                let failed = FailedOn {
+                    generation,
+                    at_ms: clock::now_ms(),
+                    next,
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match service.await_primary(Some(failed), remaining).await {
+                    Awaited::Primary(permit) => {
+                        tried.clear();
+                        release = permit;
+                    }
+                    Awaited::Unchanged => return Err((kind, detail, attempts)),
+                    Awaited::NoPrimary => {
+                        let e = service.nothing_to_pick();
+                        return Err((e.kind, e.detail, attempts));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The release permit of a wait that found a primary, or the error for one that did not.
+fn awaited(
+    awaited: Awaited,
+    service: &Service,
+    attempts: u32,
+) -> Result<Option<OwnedSemaphorePermit>, NotConnected> {
+    match awaited {
+        Awaited::Primary(permit) => Ok(permit),
+        Awaited::NoPrimary | Awaited::Unchanged => {
+            let e = service.nothing_to_pick();
+            Err((e.kind, e.detail, attempts))
+        }
+    }
+}
+
+/// One connect under the connect timeout (capped by the time left).
+async fn connect_once(
+    service: &Service,
+    instance: &Instance,
+    remaining: Duration,
+) -> Result<TcpStream, (ProxyErrorKind, String)> {
+    let addr = instance.addr;
+    let timeout = service.config.timeouts.connect.min(remaining);
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            service.record_success(instance, clock::now_ms());
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err((
+            ProxyErrorKind::ConnectFailed,
+            format!("connect to {addr}: {e}"),
+        )),
+        Err(_) => Err((
+            ProxyErrorKind::ConnectTimeout,
+            format!(
+                "connect to {addr}: no answer within {}ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// The balancer's hash for a TCP connection: the client's IP (there are no headers).
+fn tcp_hash(service: &Service, peer: SocketAddr) -> Option<u64> {
+    service.balancer.hash_key().map(|key| {
         if !matches!(key, HashKey::ClientIp) {
             tracing::debug!(service = %service.name, "TCP has no headers or cookies: hashing on the client IP");
         }
@@ -315,65 +496,42 @@ async fn connect(
             std::net::IpAddr::V4(ip) => crate::balance::hash_bytes(&ip.octets()),
             std::net::IpAddr::V6(ip) => crate::balance::hash_bytes(&ip.octets()),
         }
-    });
-    let deadline = Instant::now() + cfg.timeouts.total;
-    let mut tried = Tried::default();
-    let mut attempts = 0u32;
-    let mut failed_generation: Option<u64> = None;
-    let mut last_error = String::from("the service has no instance to connect to");
-    loop {
-        let now_ms = clock::now_ms();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let Some(picked) = service.pick(hash, &tried, now_ms) else {
-            // A connection that just failed on the primary waits for the failover; one that
-            // finds no primary at all is refused at once.
-            if service
-                .wait_for_primary(&mut failed_generation, remaining)
-                .await
-            {
-                continue;
-            }
-            if attempts == 0 {
-                let e = service.nothing_to_pick();
-                return Err((e.kind, e.detail, 0));
-            }
-            return Err((ProxyErrorKind::ConnectFailed, last_error, attempts));
-        };
-        tried.push(picked.index);
-        attempts += 1;
-        let generation = service.primary_generation();
-        let in_flight = InFlight::new(Arc::clone(&picked.instance));
-        let addr = picked.instance.addr;
-        let timeout = cfg.timeouts.connect.min(remaining);
-        let (kind, detail) = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                service.record_success(&picked.instance, now_ms);
-                return Ok((stream, in_flight, attempts));
-            }
-            Ok(Err(e)) => (
-                ProxyErrorKind::ConnectFailed,
-                format!("connect to {addr}: {e}"),
-            ),
-            Err(_) => (
-                ProxyErrorKind::ConnectTimeout,
-                format!(
-                    "connect to {addr}: no answer within {}ms",
-                    timeout.as_millis()
-                ),
-            ),
-        };
-        service.record_failure(&picked.instance, Some(kind), clock::now_ms());
-        if service.fails_over() {
-            failed_generation = Some(generation);
+    })
+}
+
+/// How the start of a session to a primary went.
+enum Start {
+    /// Bytes are (or may be) flowing: the session belongs to this instance now.
+    Flowing,
+    /// The instance was demoted before either side sent a byte.
+    Demoted,
+}
+
+/// For a session to a primary (`serve = "primary"`): waits until either side has bytes to
+/// send, or the instance is demoted first. A session on which nothing has passed can move to
+/// the new primary as if it had just connected — the superserver of a hung member never
+/// greets, and its clients would otherwise see their connection closed. Once a byte has
+/// passed, the session is the instance's (the other side may have acted on it).
+async fn first_byte(
+    service: &Service,
+    (instance, demotion): (&Instance, &CancellationToken),
+    client: &TcpStream,
+    upstream: &TcpStream,
+) -> Start {
+    // `peek`, not `readable`: readiness may be reported before any byte is there.
+    let (mut from_client, mut from_upstream) = ([0u8; 1], [0u8; 1]);
+    let flowing = async {
+        tokio::select! {
+            _ = client.peek(&mut from_client) => {}
+            _ = upstream.peek(&mut from_upstream) => {}
         }
-        last_error = detail;
-        if attempts > cfg.retries.attempts && failed_generation.is_none() {
-            return Err((kind, last_error, attempts));
-        }
-        if remaining.is_zero() {
-            return Err((ProxyErrorKind::DeadlineExceeded, last_error, attempts));
-        }
+    };
+    match service
+        .unless_demoted(instance, demotion, Instant::now(), flowing)
+        .await
+    {
+        Some(()) => Start::Flowing,
+        None => Start::Demoted,
     }
 }
 

@@ -7,11 +7,9 @@ use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 
-use std::time::Duration;
-
 use arc_swap::ArcSwap;
 use sluice_config::{OnDemotion, Serve, ServiceConfig};
-use sluice_health::{InstanceHealth, OutlierState};
+use sluice_health::{Claim, InstanceHealth, OutlierState, PrimaryChoice};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -241,6 +239,10 @@ impl Tried {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+    /// Forgets every instance tried (a new primary may be one that failed earlier).
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
     pub(crate) fn push(&mut self, i: usize) {
         if self.len < self.idx.len() {
             self.idx[self.len] = i as u32;
@@ -258,11 +260,17 @@ pub(crate) struct ServiceShared {
     last_kick_ms: AtomicU64,
     /// Bumped whenever the primary changes.
     pub(crate) primary_generation: watch::Sender<u64>,
+    /// Bumped after every verdict of the service's probes (what requests waiting for a
+    /// primary wake on).
+    pub(crate) verdicts: watch::Sender<u64>,
     /// Set while several members claim primary.
     split_brain: AtomicBool,
     /// Clock reading when the service last lost its primary (or was created without one):
     /// the start of the failover window.
-    no_primary_since_ms: AtomicU64,
+    pub(crate) no_primary_since_ms: AtomicU64,
+    /// Requests released to a new primary by a failover hold a permit until it answered
+    /// their head (see `failover.rs`).
+    pub(crate) release: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for ServiceShared {
@@ -271,18 +279,20 @@ impl Default for ServiceShared {
             kick: Notify::new(),
             last_kick_ms: AtomicU64::new(0),
             primary_generation: watch::Sender::new(0),
+            verdicts: watch::Sender::new(0),
             split_brain: AtomicBool::new(false),
             no_primary_since_ms: AtomicU64::new(sluice_health::clock::now_ms()),
+            release: Arc::new(tokio::sync::Semaphore::new(RELEASE_CONCURRENCY)),
         }
     }
 }
 
+/// Requests released by a failover that may be on their way to the new primary at once
+/// (failover.rs): enough to keep a fast instance busy, few enough for any accept queue.
+pub(crate) const RELEASE_CONCURRENCY: usize = 32;
+
 /// Kicks closer together than this are merged: one probe round answers them all.
 const KICK_INTERVAL_MS: u64 = 100;
-/// How much longer than a check's timeout a request waits for a failover's probe round.
-const FAILOVER_MARGIN: Duration = Duration::from_millis(250);
-/// While requests wait for a new primary, the service's probes run at least this often.
-const FAILOVER_PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// A service: its instances, how to pick one, and how to treat failures.
 #[derive(Debug)]
@@ -390,37 +400,24 @@ impl Service {
 
     /// Re-derives the primary from the instances' latest verdicts (called by probe tasks when a
     /// verdict changes, and when the service is built). Several claimants: the one holding the
-    /// role longest wins (see [`sluice_health::choose_primary`]), loudly. A demoted primary's TCP
-    /// sessions are closed when `on_demotion = "close"`.
+    /// role longest wins (see [`sluice_health::choose_primary`]), loudly when their claims
+    /// overlap. A demoted primary's sessions and waiting requests are let go when
+    /// `on_demotion = "close"`.
     pub(crate) fn recompute_primary(&self, now_ms: u64) {
-        let claims = self
+        let claims: Vec<Claim> = self
             .instances
             .iter()
             .enumerate()
             .filter(|(_, inst)| inst.health.is_primary())
-            .map(|(i, inst)| (i, inst.health.role_since_ms()));
-        let (chosen, claimants) = sluice_health::choose_primary(claims);
-        let split = claimants > 1;
-        if split != self.shared.split_brain.swap(split, Relaxed) {
-            if split {
-                self.metrics.split_brain.increment(1);
-                let who: Vec<&str> = self
-                    .instances
-                    .iter()
-                    .filter(|i| i.health.is_primary())
-                    .map(|i| &*i.label)
-                    .collect();
-                tracing::error!(
-                    service = %self.name,
-                    claimants = ?who,
-                    chosen = chosen.map(|i| &*self.instances[i].label),
-                    "split brain: several instances claim primary; sending to the one that has held the role longest"
-                );
-            } else {
-                tracing::warn!(service = %self.name, "split brain resolved");
-            }
-        }
-        let new = chosen.map_or(0, |i| i + 1);
+            .map(|(index, inst)| Claim {
+                index,
+                since_ms: inst.health.role_since_ms(),
+                until_ms: inst.health.verdict_at_ms(),
+            })
+            .collect();
+        let choice = sluice_health::choose_primary(&claims);
+        self.report_split_brain(choice);
+        let new = choice.chosen.map_or(0, |i| i + 1);
         let old = self.primary.swap(new, Relaxed);
         if old == new {
             return;
@@ -441,6 +438,31 @@ impl Service {
         }
     }
 
+    /// Logs and counts the start of a split brain (two members claiming primary at the same
+    /// time), and its end.
+    fn report_split_brain(&self, choice: PrimaryChoice) {
+        if choice.split_brain == self.shared.split_brain.swap(choice.split_brain, Relaxed) {
+            return;
+        }
+        if !choice.split_brain {
+            tracing::warn!(service = %self.name, "split brain resolved");
+            return;
+        }
+        self.metrics.split_brain.increment(1);
+        let who: Vec<&str> = self
+            .instances
+            .iter()
+            .filter(|i| i.health.is_primary())
+            .map(|i| &*i.label)
+            .collect();
+        tracing::error!(
+            service = %self.name,
+            claimants = ?who,
+            chosen = choice.chosen.map(|i| &*self.instances[i].label),
+            "split brain: several instances claim primary; sending to the one that has held the role longest"
+        );
+    }
+
     /// Asks every probe task of the service for an immediate round (after a failure on the
     /// data path). Kicks within [`KICK_INTERVAL_MS`] of the last one are merged.
     pub(crate) fn kick(&self, now_ms: u64) {
@@ -456,76 +478,6 @@ impl Service {
                 .is_ok()
         {
             self.shared.kick.notify_waiters();
-        }
-    }
-
-    /// For a request that found no instance to pick (`serve = "primary"`): whether to try
-    /// again because a primary appeared, after waiting for one — bounded by `limit`, and only
-    /// while a failover may be under way:
-    ///
-    /// - the request just failed on the primary (`failed_generation`, taken): the probes are
-    ///   kicked and have `timeout` + a margin to confirm a change; if the primary is lost,
-    /// - the service has had no primary for less than one failover window (`interval` +
-    ///   `timeout` + a margin — a promotion shows within one probe round), counted from the
-    ///   loss or from start-up. Meanwhile the probes are kicked every
-    ///   [`FAILOVER_PROBE_EVERY`] so a promoted member is seen at once.
-    ///
-    /// Outside a window (members backup for a while), or with every member down (nobody to
-    /// promote), the answer is an immediate "no": clients get `503 no_primary` at once.
-    pub(crate) async fn wait_for_primary(
-        &self,
-        failed_generation: &mut Option<u64>,
-        limit: Duration,
-    ) -> bool {
-        let Some(check) = self
-            .config
-            .health
-            .as_ref()
-            .filter(|_| self.config.serve == Serve::Primary)
-        else {
-            return false;
-        };
-        let failed_on = failed_generation.take();
-        if failed_on.is_none() && self.primary().is_some() {
-            return true; // appeared since the pick
-        }
-        let window = check.interval + check.timeout + FAILOVER_MARGIN;
-        let window_ms = window.as_millis() as u64;
-        let started = tokio::time::Instant::now();
-        let give_up = started + limit.min(window);
-        let confirm_by = started + check.timeout + FAILOVER_MARGIN;
-        let mut generation = self.shared.primary_generation.subscribe();
-        let mut seen = failed_on.unwrap_or_else(|| *generation.borrow_and_update());
-        loop {
-            let current = *generation.borrow_and_update();
-            if current != seen {
-                if self.primary().is_some() {
-                    return true;
-                }
-                seen = current;
-            }
-            let now = tokio::time::Instant::now();
-            let now_ms = sluice_health::clock::now_ms();
-            match self.primary() {
-                // Failed on a primary the probes still confirm: not a failover after all.
-                Some(_) if now >= confirm_by => return false,
-                Some(_) => {}
-                None => {
-                    // Every member down: nobody can be promoted within a window.
-                    let lost_at = self.shared.no_primary_since_ms.load(Relaxed);
-                    if now_ms.saturating_sub(lost_at) >= window_ms
-                        || self.instances.iter().all(|i| i.health.is_down())
-                    {
-                        return false;
-                    }
-                }
-            }
-            if now >= give_up {
-                return false;
-            }
-            self.kick(now_ms);
-            let step = (give_up - now).min(FAILOVER_PROBE_EVERY);
-            let _ = tokio::time::timeout(step, generation.changed()).await;
         }
     }
 
@@ -607,6 +559,12 @@ impl Service {
         instance.failures.fetch_add(1, Relaxed);
         if let Some(kind) = kind {
             self.metrics.upstream_error(kind);
+        }
+        // `serve = "primary"`: only the primary takes traffic and active health alone decides
+        // which member that is. Ejecting it would answer nothing better than its own errors,
+        // and a failover's burst of connects must not take the new primary out.
+        if self.config.serve == Serve::Primary {
+            return;
         }
         let may_eject = || self.ejected_count(now_ms) < self.max_ejected();
         if let Some(ejection) =

@@ -19,6 +19,10 @@ use sluice_test_support::{
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// Check interval + check timeout + a margin for a busy machine.
 const FAILOVER_BOUND: Duration = Duration::from_millis(1000 + 500 + 500);
+/// A split brain shows once both claims overlap: the new claimant's probe, then the
+/// established primary's next confirmation — two intervals with their jitter (100 ms), plus
+/// a margin for a busy machine.
+const SPLIT_BRAIN_BOUND: Duration = Duration::from_millis(2 * 1100 + 500);
 
 /// What the load generators saw: (time since the freeze, outcome).
 type Seen = Arc<Mutex<Vec<(Duration, Result<String, String>)>>>;
@@ -34,6 +38,11 @@ struct Setup {
 /// Members `a` (primary) and `b` (backup) on 127.0.0.21/22 sharing their port numbers, and
 /// Sluice with an HTTP service and a TCP listener serving the primary.
 fn setup(on_demotion: &str) -> Setup {
+    setup_with(on_demotion, "")
+}
+
+/// [`setup`] with more keys for the HTTP service (`app_extra`: TOML lines).
+fn setup_with(on_demotion: &str, app_extra: &str) -> Setup {
     let ips = ["127.0.0.21", "127.0.0.22"];
     let (web_port, tcp_port) = (free_port_on(&ips), free_port_on(&ips));
     let at = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
@@ -61,7 +70,7 @@ fn setup(on_demotion: &str) -> Setup {
          [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
          [[listener]]\nname = \"db\"\nbind = \"{tcp}\"\nprotocol = \"tcp\"\nservice = \"db\"\n\
          [[route]]\nlistener = \"web\"\npath = \"/\"\nservice = \"app\"\n\
-         [[service]]\nname = \"app\"\ninstances = [\"{}\", \"{}\"]\nserve = \"primary\"\non_demotion = \"{on_demotion}\"\nhealth = {health}\n\
+         [[service]]\nname = \"app\"\ninstances = [\"{}\", \"{}\"]\nserve = \"primary\"\non_demotion = \"{on_demotion}\"\nhealth = {health}\n{app_extra}\
          [[service]]\nname = \"db\"\ninstances = [\"{}\", \"{}\"]\nserve = \"primary\"\non_demotion = \"{on_demotion}\"\nhealth = {health}\n",
         a.web(),
         b.web(),
@@ -197,6 +206,45 @@ async fn a_hanging_primary_fails_over_without_failed_requests_and_its_sessions_a
     assert_eq!(session(s.tcp).0, "b", "new sessions reach the new primary");
 }
 
+/// Requests waiting on a primary that Sluice demotes move to the new one without drawing on
+/// the retry budget (Sluice's own failover is not an instance failure): with a budget of zero
+/// every one of them still succeeds. A TCP session the frozen member never greeted moves too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_moved_by_a_failover_cost_no_retry_budget_and_ungreeted_sessions_move() {
+    let s = setup_with(
+        "close",
+        "retries = { budget_ratio = 0.0, budget_min_per_sec = 0 }\n",
+    );
+    let client = Client::http1();
+    assert_eq!(host(&client, s.web).await, Ok("a".into()));
+    s.a.freeze();
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let web = s.web;
+        waiting.spawn(async move { host(&Client::http1(), web).await });
+    }
+    let tcp = s.tcp;
+    let ungreeted = tokio::task::spawn_blocking(move || session(tcp).0);
+    // Everything has reached the frozen member before the backup is promoted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.b.set_role(MirrorRole::Primary);
+    let mut answers = Vec::new();
+    while let Some(answer) = waiting.join_next().await {
+        answers.push(answer.unwrap());
+    }
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok("b")),
+        "every waiting request answered by the new primary: {answers:?}\n{}",
+        s.sluice.stderr()
+    );
+    assert_eq!(ungreeted.await.unwrap(), "b", "{}", s.sluice.stderr());
+    assert_eq!(
+        metric(s.sluice.admin, "sluice_retry_budget_exhausted_total"),
+        0.0,
+        "no retry was refused by the budget"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_brain_keeps_the_established_primary_loudly() {
     let s = setup("close");
@@ -218,7 +266,7 @@ async fn split_brain_keeps_the_established_primary_loudly() {
             break;
         }
         assert!(
-            start.elapsed() < FAILOVER_BOUND,
+            start.elapsed() < SPLIT_BRAIN_BOUND,
             "split brain not shown in the API: {body}"
         );
         std::thread::sleep(Duration::from_millis(50));

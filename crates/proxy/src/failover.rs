@@ -1,0 +1,193 @@
+//! Waiting for the primary of a `serve = "primary"` service, and releasing the requests that
+//! waited without overwhelming the member that takes over.
+//!
+//! A request waits when it finds no primary, or when its attempt failed on the primary (the
+//! retry rules in `retry.rs` say which primary it may go to next). It stops waiting when:
+//! - a primary it may use is known: the probes promoted another member, or (after a request
+//!   that never reached the primary) a probe sent after the failure confirmed the same one;
+//! - or nobody is primary *after a fresh probe round*: every member has been probed since the
+//!   primary was lost (the probes are kicked at once), so a member that was promoted is seen,
+//!   and a service whose members are all backups answers `503 no_primary` within a probe's
+//!   round trip of the loss being detected — never after waiting out a whole window;
+//! - or its time runs out (the total deadline, or the bounds below).
+//!
+//! **Release.** A failover may leave hundreds of requests waiting. Released at once, each
+//! would open its own connection to the new primary: its accept queue overflows, the kernel
+//! drops their SYNs, and every dropped SYN costs a retransmission second. Requests that
+//! waited therefore take one of `RELEASE_CONCURRENCY` (upstream.rs) permits and hold it until
+//! the new primary answered their head (HTTP) or accepted their connection (TCP): the first
+//! ones open connections, and the rest mostly reuse the connections those bring back. The
+//! queue for permits is bounded by the request's own deadline. Requests that arrive after the
+//! failover do not queue.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use sluice_health::clock;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::NextPrimary;
+use crate::upstream::{Instance, Service};
+
+/// How much longer than a check's timeout a request waits for a probe it asked for.
+const PROBE_MARGIN: Duration = Duration::from_millis(250);
+/// While requests wait, the service's probes are kicked at least this often.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// An attempt that failed on the primary.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailedOn {
+    /// The primary's generation when the attempt started.
+    pub(crate) generation: u64,
+    /// Clock reading (ms) of the failure: a probe sent after it speaks for the primary now.
+    pub(crate) at_ms: u64,
+    /// Which primary the request may go to.
+    pub(crate) next: NextPrimary,
+}
+
+/// How a wait for the primary ended.
+#[derive(Debug)]
+pub(crate) enum Awaited {
+    /// Send to the primary. `Some` when the request was held back by a failover: the permit is
+    /// kept until the primary answered (see the module docs).
+    Primary(Option<OwnedSemaphorePermit>),
+    /// Nobody is primary after a fresh probe round: `503 no_primary`.
+    NoPrimary,
+    /// The member that failed the request is still the primary, and the request may only go
+    /// to a new one: no failover after all.
+    Unchanged,
+}
+
+/// What the service's state says about a waiting request, if it need not wait longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Primary,
+    NoPrimary,
+    Unchanged,
+}
+
+impl Service {
+    /// Waits (at most `limit`) for a primary this request may use; see the module docs.
+    pub(crate) async fn await_primary(&self, failed: Option<FailedOn>, limit: Duration) -> Awaited {
+        let Some(check) = self.config.health.as_ref().filter(|_| self.fails_over()) else {
+            return Awaited::NoPrimary;
+        };
+        let started = Instant::now();
+        let give_up = started + limit;
+        let confirm_by = started + check.timeout + PROBE_MARGIN;
+        let round_by = check.interval + check.timeout + PROBE_MARGIN;
+        let mut verdicts = self.shared.verdicts.subscribe();
+        let mut waited = false;
+        loop {
+            verdicts.borrow_and_update();
+            let now = Instant::now();
+            let settled = self.settled(failed, round_by).or(if now >= give_up {
+                Some(self.at_time_out())
+            } else if failed.is_some() && now >= confirm_by && self.primary().is_some() {
+                Some(Settled::Unchanged)
+            } else {
+                None
+            });
+            match settled {
+                Some(Settled::Primary) if waited => return self.released(give_up).await,
+                Some(Settled::Primary) => return Awaited::Primary(None),
+                Some(Settled::NoPrimary) => return Awaited::NoPrimary,
+                Some(Settled::Unchanged) => return Awaited::Unchanged,
+                None => {}
+            }
+            waited = true;
+            self.kick(clock::now_ms());
+            let step = (give_up - now).min(PROBE_EVERY);
+            let _ = tokio::time::timeout(step, verdicts.changed()).await;
+        }
+    }
+
+    /// Whether the wait is over, from the primary and the members' latest probes.
+    fn settled(&self, failed: Option<FailedOn>, round_by: Duration) -> Option<Settled> {
+        let generation = *self.shared.primary_generation.borrow();
+        match (self.primary(), failed) {
+            (Some(_), None) => Some(Settled::Primary),
+            (Some(_), Some(f)) if generation != f.generation => Some(Settled::Primary),
+            (Some(primary), Some(f)) if primary.health.probe_sent_ms() > f.at_ms => {
+                Some(match f.next {
+                    NextPrimary::Confirmed => Settled::Primary,
+                    NextPrimary::New => Settled::Unchanged,
+                })
+            }
+            (Some(_), Some(_)) => None,
+            (None, _) => {
+                let lost_at = self.shared.no_primary_since_ms.load(Relaxed);
+                let overdue =
+                    clock::now_ms().saturating_sub(lost_at) >= round_by.as_millis() as u64;
+                (overdue || self.probed_since(lost_at)).then_some(Settled::NoPrimary)
+            }
+        }
+    }
+
+    /// Whether every member's latest verdict is known to describe it after `since_ms`: its
+    /// probe was sent after it, or the probe failed (no role) and was judged after it — a
+    /// member whose probe fails cannot have become a usable primary.
+    fn probed_since(&self, since_ms: u64) -> bool {
+        self.instances().iter().all(|i| {
+            let h = i.health();
+            h.probe_sent_ms() >= since_ms || (h.role().is_none() && h.verdict_at_ms() >= since_ms)
+        })
+    }
+
+    fn at_time_out(&self) -> Settled {
+        if self.primary().is_some() {
+            Settled::Unchanged
+        } else {
+            Settled::NoPrimary
+        }
+    }
+
+    /// A permit to go to the primary after a failover (bounded by the request's deadline).
+    async fn released(&self, give_up: Instant) -> Awaited {
+        let permit = tokio::time::timeout_at(
+            give_up,
+            std::sync::Arc::clone(&self.shared.release).acquire_owned(),
+        )
+        .await;
+        match permit {
+            Ok(Ok(permit)) => Awaited::Primary(Some(permit)),
+            _ => Awaited::Primary(None),
+        }
+    }
+
+    /// Runs `work` — a step of an attempt on `instance`, the service's primary — until it ends
+    /// (`Some`) or the instance stops being the primary (`None`: demoted, see `on_demotion`).
+    /// Work still waiting a check's timeout after `since` asks the probes to look at once: a
+    /// primary that hangs is found one probe timeout after its first stuck request, not only
+    /// at its next scheduled probe. Other services just run `work`.
+    pub(crate) async fn unless_demoted<F: Future>(
+        &self,
+        instance: &Instance,
+        demotion: &CancellationToken,
+        since: std::time::Instant,
+        work: F,
+    ) -> Option<F::Output> {
+        let Some(check) = self.config.health.as_ref().filter(|_| self.fails_over()) else {
+            return Some(work.await);
+        };
+        // Demoted between the pick and the token's creation: the token would never fire.
+        if !self.primary().is_some_and(|p| std::ptr::eq(&**p, instance)) {
+            return None;
+        }
+        let slow = async {
+            tokio::time::sleep_until(Instant::from_std(since + check.timeout)).await;
+            self.kick(clock::now_ms());
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        tokio::select! {
+            out = work => Some(out),
+            () = demotion.cancelled() => None,
+            never = slow => match never {},
+        }
+    }
+}
