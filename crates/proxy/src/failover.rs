@@ -5,10 +5,14 @@
 //! retry rules in `retry.rs` say which primary it may go to next). It stops waiting when:
 //! - a primary it may use is known: the probes promoted another member, or (after a request
 //!   that never reached the primary) a probe sent after the failure confirmed the same one;
-//! - or nobody is primary *after a fresh probe round*: every member has been probed since the
-//!   primary was lost (the probes are kicked at once), so a member that was promoted is seen,
-//!   and a service whose members are all backups answers `503 no_primary` within a probe's
-//!   round trip of the loss being detected — never after waiting out a whole window;
+//! - or nobody is primary *after a fresh probe round*, once a promotion is no longer due:
+//!   every member has been probed since the primary was lost (the probes are kicked at once,
+//!   and every 200 ms while requests wait), so a member that was promoted is seen; and one
+//!   probe `interval` has passed since the lost primary was last seen alive (the loss came
+//!   after that): a grace for a backup that is promoted a moment after the primary stops. So
+//!   a service whose members stay backups answers `503 no_primary` within one probe round
+//!   (`interval` + `timeout`) of the loss, and at once when the loss is older (members backup
+//!   for a while);
 //! - or its time runs out (the total deadline, or the bounds below).
 //!
 //! **Release.** A failover may leave hundreds of requests waiting. Released at once, each
@@ -80,13 +84,13 @@ impl Service {
         let started = Instant::now();
         let give_up = started + limit;
         let confirm_by = started + check.timeout + PROBE_MARGIN;
-        let round_by = check.interval + check.timeout + PROBE_MARGIN;
+        let (grace, round) = (check.interval, check.interval + check.timeout);
         let mut verdicts = self.shared.verdicts.subscribe();
         let mut waited = false;
         loop {
             verdicts.borrow_and_update();
             let now = Instant::now();
-            let settled = self.settled(failed, round_by).or(if now >= give_up {
+            let settled = self.settled(failed, (grace, round)).or(if now >= give_up {
                 Some(self.at_time_out())
             } else if failed.is_some() && now >= confirm_by && self.primary().is_some() {
                 Some(Settled::Unchanged)
@@ -102,13 +106,22 @@ impl Service {
             }
             waited = true;
             self.kick(clock::now_ms());
-            let step = (give_up - now).min(PROBE_EVERY);
+            // Wake at the next kick, or when a promotion stops being due.
+            let due = Some(self.until_promotion_due(grace)).filter(|d| !d.is_zero());
+            let step = (give_up - now)
+                .min(PROBE_EVERY)
+                .min(due.unwrap_or(PROBE_EVERY));
             let _ = tokio::time::timeout(step, verdicts.changed()).await;
         }
     }
 
-    /// Whether the wait is over, from the primary and the members' latest probes.
-    fn settled(&self, failed: Option<FailedOn>, round_by: Duration) -> Option<Settled> {
+    /// Whether the wait is over, from the primary and the members' latest probes (`grace`:
+    /// the check's interval, `round`: interval + timeout).
+    fn settled(
+        &self,
+        failed: Option<FailedOn>,
+        (grace, round): (Duration, Duration),
+    ) -> Option<Settled> {
         let generation = *self.shared.primary_generation.borrow();
         match (self.primary(), failed) {
             (Some(_), None) => Some(Settled::Primary),
@@ -122,11 +135,21 @@ impl Service {
             (Some(_), Some(_)) => None,
             (None, _) => {
                 let lost_at = self.shared.no_primary_since_ms.load(Relaxed);
-                let overdue =
-                    clock::now_ms().saturating_sub(lost_at) >= round_by.as_millis() as u64;
-                (overdue || self.probed_since(lost_at)).then_some(Settled::NoPrimary)
+                let since_loss = Duration::from_millis(clock::now_ms().saturating_sub(lost_at));
+                let overdue = since_loss >= round + PROBE_MARGIN;
+                let nobody =
+                    self.until_promotion_due(grace).is_zero() && self.probed_since(lost_at);
+                (overdue || nobody).then_some(Settled::NoPrimary)
             }
         }
+    }
+
+    /// Time left until `grace` has passed since the last primary was last seen alive (zero
+    /// once it has).
+    fn until_promotion_due(&self, grace: Duration) -> Duration {
+        let seen = self.shared.primary_seen_ms.load(Relaxed);
+        let due = seen.saturating_add(grace.as_millis() as u64);
+        Duration::from_millis(due.saturating_sub(clock::now_ms()))
     }
 
     /// Whether every member's latest verdict is known to describe it after `since_ms`: its

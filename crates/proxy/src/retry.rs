@@ -15,7 +15,10 @@
 //! - With `serve = "primary"` the only instance to retry on is the primary, so a retry waits
 //!   for the service's primary: a *new* one after the instance failed the request, or the same
 //!   one once its probes confirm it, when the request never reached it (a connect that lost
-//!   its SYN in an accept queue that a burst filled).
+//!   its SYN in an accept queue that a burst filled). Such a retry only follows a role change
+//!   the probes saw — a failover, one per request at most — so it does not draw on the budget
+//!   (a primary that stops resets everything in flight at once: the budget would fail most
+//!   of them).
 //! - A request waiting on a primary that Sluice demoted (its probes stopped confirming the
 //!   role) is moved to the next primary when it may be sent again. Sluice's own failover is
 //!   not an instance failure: it neither counts as an attempt nor draws on the budget.
@@ -130,6 +133,14 @@ impl RetryPolicy {
                 Outcome::NotSent => NextPrimary::Confirmed,
                 _ => NextPrimary::New,
             };
+            // A request the primary failed is sent again only to a member the probes promote
+            // after it (or to the same one, confirmed, when it never arrived): every such retry
+            // is part of a failover, at most one per request and role change, never a storm
+            // against a failing instance. The budget is not for these.
+            let cost = Cost {
+                budget: false,
+                ..cost
+            };
             return Decision::AwaitPrimary(next, cost);
         }
         if at.untried_left {
@@ -227,9 +238,18 @@ mod tests {
     #[test]
     fn a_primary_service_waits_for_a_new_primary_after_a_failure_and_a_confirmed_one_after_a_lost_connect()
      {
+        let failover = Cost {
+            attempt: true,
+            budget: false,
+        };
         assert_eq!(
             PRIMARY.decide(Outcome::Failed, GET, fresh()),
-            Decision::AwaitPrimary(NextPrimary::New, SENT)
+            Decision::AwaitPrimary(NextPrimary::New, failover)
+        );
+        assert_eq!(
+            PRIMARY.decide(Outcome::Failed, POST, fresh()),
+            Decision::Stop,
+            "sent and not idempotent: never twice"
         );
         assert_eq!(
             PRIMARY.decide(Outcome::NotSent, POST, fresh()),

@@ -171,7 +171,7 @@ pub(crate) async fn serve(
                 first_byte(service, (instance, &demoted), plain, &connected.stream).await
         {
             moves += 1;
-            tracing::info!(listener, client = %peer, service = %service.name, from = %addr, generation = connected.generation, "TCP session moved: its primary was demoted before any byte passed");
+            tracing::info!(listener, client = %peer, service = %service.name, from = %addr, generation = connected.generation, "TCP session moved: its primary was demoted or closed before any byte passed");
             continue;
         }
         break (connected, demoted);
@@ -503,14 +503,15 @@ fn tcp_hash(service: &Service, peer: SocketAddr) -> Option<u64> {
 enum Start {
     /// Bytes are (or may be) flowing: the session belongs to this instance now.
     Flowing,
-    /// The instance was demoted before either side sent a byte.
+    /// The instance was demoted, or closed the connection, before either side sent a byte.
     Demoted,
 }
 
 /// For a session to a primary (`serve = "primary"`): waits until either side has bytes to
-/// send, or the instance is demoted first. A session on which nothing has passed can move to
-/// the new primary as if it had just connected — the superserver of a hung member never
-/// greets, and its clients would otherwise see their connection closed. Once a byte has
+/// send, or the instance is demoted or closes the connection first. A session on which nothing
+/// has passed can move to the new primary as if it had just connected — the superserver of a
+/// hung member never greets, a stopping one closes, and their clients would otherwise see
+/// their connection closed. Once a byte has
 /// passed, the session is the instance's (the other side may have acted on it).
 async fn first_byte(
     service: &Service,
@@ -522,17 +523,19 @@ async fn first_byte(
     let (mut from_client, mut from_upstream) = ([0u8; 1], [0u8; 1]);
     let flowing = async {
         tokio::select! {
-            _ = client.peek(&mut from_client) => {}
-            _ = upstream.peek(&mut from_upstream) => {}
+            _ = client.peek(&mut from_client) => Start::Flowing,
+            peeked = upstream.peek(&mut from_upstream) => match peeked {
+                Ok(n) if n > 0 => Start::Flowing,
+                // Closed (a stopping member closes every connection) or reset: a connect
+                // that failed, in effect.
+                _ => Start::Demoted,
+            },
         }
     };
-    match service
+    service
         .unless_demoted(instance, demotion, Instant::now(), flowing)
         .await
-    {
-        Some(()) => Start::Flowing,
-        None => Start::Demoted,
-    }
+        .unwrap_or(Start::Demoted)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -268,6 +268,9 @@ pub(crate) struct ServiceShared {
     /// Clock reading when the service last lost its primary (or was created without one):
     /// the start of the failover window.
     pub(crate) no_primary_since_ms: AtomicU64,
+    /// When the current (or last) primary's latest confirming probe was sent: it was alive as
+    /// primary then, so it was lost after that.
+    pub(crate) primary_seen_ms: AtomicU64,
     /// Requests released to a new primary by a failover hold a permit until it answered
     /// their head (see `failover.rs`).
     pub(crate) release: Arc<tokio::sync::Semaphore>,
@@ -282,6 +285,7 @@ impl Default for ServiceShared {
             verdicts: watch::Sender::new(0),
             split_brain: AtomicBool::new(false),
             no_primary_since_ms: AtomicU64::new(sluice_health::clock::now_ms()),
+            primary_seen_ms: AtomicU64::new(0),
             release: Arc::new(tokio::sync::Semaphore::new(RELEASE_CONCURRENCY)),
         }
     }
@@ -417,6 +421,10 @@ impl Service {
             .collect();
         let choice = sluice_health::choose_primary(&claims);
         self.report_split_brain(choice);
+        if let Some(i) = choice.chosen {
+            let seen = self.instances[i].health.probe_sent_ms();
+            self.shared.primary_seen_ms.store(seen, Relaxed);
+        }
         let new = choice.chosen.map_or(0, |i| i + 1);
         let old = self.primary.swap(new, Relaxed);
         if old == new {
