@@ -1,31 +1,49 @@
 #!/usr/bin/env bash
-# Side-by-side failover benchmark (seed 001): two mirror members, a client sending a steady
-# stream of GETs through the proxy, and at WARMUP seconds the primary breaks and the backup is
+# Side-by-side failover benchmark (seed 001): two mirror members, an open-loop client sending
+# GETs through the proxy on a fixed schedule (RATE per second, each on its own connection,
+# never waiting for earlier answers), and after WARMUP seconds the primary breaks right after
+# one of its status-page probes (the worst moment of the probe cycle) and the backup is
 # promoted. Compared: Sluice (serve = "primary", mirror-primary Wasm policy), haproxy with the
-# equivalent HTTP check (status 200 on /csp/mirror_status.cxw), and nginx (open source: passive
-# health only, as in the seed). Every contender checks every 1 s with a 500 ms timeout.
+# equivalent HTTP check (status 200 on /csp/mirror_status.cxw; per-server maxconn + queue,
+# on-marked-down shutdown-sessions), and nginx (open source: passive health only, as in the
+# seed). Every contender checks every 1 s with a 500 ms timeout and connects with a 2 s timeout.
 #
 #   benches/side-by-side/failover.sh [MODE...]     # modes: stop (ports closed), freeze (hangs)
 #
-# Reported per contender and mode: requests, failed requests (non-200, error, or > 5 s),
-# answers from a member that was not primary, when the new primary first answered, when the
-# last failure happened (seconds after the failover), and the slowest request.
+# The concurrency sweep: for each IN_FLIGHT (default "2 64 400") the primary answers
+# IN_FLIGHT / RATE seconds late, so that many requests are in flight on it when it breaks
+# (Little's law); the new primary answers at once. Environment: RATE (200), WARMUP (2),
+# AFTER (5), IN_FLIGHT, CONTENDERS ("nginx haproxy sluice"), HAPROXY_MAXCONN (512, per
+# server), PROFILE (release; "debug" uses the debug binaries, for a quick functional check).
+#
+# Reported per mode, in-flight level and contender: requests, requests in flight at the flip,
+# failed requests (non-200, error, or > 5 s) and their kinds, answers from a member that was not
+# primary, when the new primary first answered, when the last failure happened (seconds after
+# the primary broke), and the slowest request.
 set -euo pipefail
 MODES=${*:-stop freeze}
-WARMUP=${WARMUP:-2} AFTER=${AFTER:-5} THREADS=${THREADS:-2}
+WARMUP=${WARMUP:-2} AFTER=${AFTER:-5} RATE=${RATE:-200} IN_FLIGHT=${IN_FLIGHT:-2 64 400}
+PROFILE=${PROFILE:-release} HAPROXY_MAXCONN=${HAPROXY_MAXCONN:-512}
 cd "$(dirname "$0")/../.."
 root=$PWD
 export PATH="$PATH:/usr/sbin"
 for tool in nginx haproxy curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
 done
-cargo build --release --locked -p sluice -p sluice-test-support >&2
+# Hundreds of connections in flight, twice over (client side and member side of each proxy).
+ulimit -n "$(ulimit -Hn)"
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked -p sluice -p sluice-test-support >&2
+else
+  cargo build --locked -p sluice -p sluice-test-support --bins >&2
+fi
+bin=$root/target/$PROFILE
 cargo build --release --locked -p mirror-primary --target wasm32-wasip2 >&2
 policy=$root/target/wasm32-wasip2/release/mirror_primary.wasm
 
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+member_pids=() proxy=
+cleanup() { for p in $proxy "${member_pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 A_WEB=127.0.0.1:19101 A_TCP=127.0.0.1:19102 A_CTL=127.0.0.1:19103
@@ -47,7 +65,7 @@ http {
       proxy_pass http://ap1;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_connect_timeout 500ms;
+      proxy_connect_timeout 2s;
       proxy_read_timeout 5s;
       proxy_next_upstream error timeout http_502 http_503;
     }
@@ -57,9 +75,12 @@ EOF
 cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread 1
+  maxconn 8192
 defaults
   mode http
-  timeout connect 500ms
+  maxconn 8192
+  timeout connect 2s
+  timeout queue 5s
   timeout client 30s
   timeout server 5s
   timeout check 500ms
@@ -71,7 +92,7 @@ frontend fe
 backend ap1
   option httpchk GET /csp/mirror_status.cxw
   http-check expect status 200
-  default-server check inter 1s fastinter 1s downinter 1s rise 1 fall 1
+  default-server check inter 1s fastinter 1s downinter 1s rise 1 fall 1 maxconn $HAPROXY_MAXCONN on-marked-down shutdown-sessions
   server a $A_WEB
   server b $B_WEB
 EOF
@@ -97,46 +118,51 @@ service = "ap1"
 name = "ap1"
 instances = ["$A_WEB", "$B_WEB"]
 serve = "primary"
-timeouts = { connect = "500ms", response_header = "5s" }
+timeouts = { connect = "2s", response_header = "5s" }
 health = { kind = "http", path = "/csp/mirror_status.cxw", policy = "mirror-primary", interval = "1s", timeout = "500ms" }
 EOF
 
 start_members() {
-  target/release/sluice-mirror-member a primary "$A_WEB" "$A_TCP" "$A_CTL" 2>/dev/null & member_pids=($!)
-  target/release/sluice-mirror-member b backup "$B_WEB" "$B_TCP" "$B_CTL" 2>/dev/null & member_pids+=($!)
+  "$bin/sluice-mirror-member" a primary "$A_WEB" "$A_TCP" "$A_CTL" 2>/dev/null & member_pids=($!)
+  "$bin/sluice-mirror-member" b backup "$B_WEB" "$B_TCP" "$B_CTL" 2>/dev/null & member_pids+=($!)
   for _ in $(seq 50); do curl -fs "http://$A_WEB/csp/mirror_status.cxw" >/dev/null && break; sleep 0.1; done
+  curl -fsS -XPOST "http://$A_CTL/delay?ms=$1" >/dev/null
 }
 stop_members() { kill "${member_pids[@]}" 2>/dev/null || true; wait "${member_pids[@]}" 2>/dev/null || true; }
 
 declare -A addr=([nginx]=$NGINX [haproxy]=$HAPROXY [sluice]=$SLUICE)
 results=()
 for mode in $MODES; do
-  for who in ${CONTENDERS:-nginx haproxy sluice}; do
-    start_members
-    case $who in
-      nginx) nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & proxy=$! ;;
-      haproxy) haproxy -q -f "$work/haproxy.cfg" & proxy=$! ;;
-      sluice) target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & proxy=$! ;;
-    esac
-    sleep 2   # first checks
-    failover="curl -fsS -XPOST http://$A_CTL/$mode >/dev/null && curl -fsS -XPOST http://$B_CTL/primary >/dev/null"
-    out=$(python3 benches/side-by-side/failover_client.py "http://${addr[$who]}/api/get" "$WARMUP" "$AFTER" "$THREADS" "$failover")
-    echo "$mode $who: $out" >&2
-    results+=("$mode $who $out")
-    kill "$proxy" 2>/dev/null || true; wait "$proxy" 2>/dev/null || true
-    stop_members
+  for n in $IN_FLIGHT; do
+    delay_ms=$(python3 -c "print(round($n * 1000 / $RATE))")
+    for who in ${CONTENDERS:-nginx haproxy sluice}; do
+      start_members "$delay_ms"
+      case $who in
+        nginx) nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & proxy=$! ;;
+        haproxy) haproxy -q -f "$work/haproxy.cfg" & proxy=$! ;;
+        sluice) "$bin/sluice" run -c "$work/sluice.toml" 2>"$work/sluice.log" & proxy=$! ;;
+      esac
+      sleep 2   # first checks
+      out=$(python3 benches/side-by-side/failover_client.py "http://${addr[$who]}/api/get" "$RATE" "$WARMUP" "$AFTER" \
+        "http://$A_CTL/probed" "http://$A_CTL/$mode" "http://$B_CTL/primary")
+      echo "$mode $n $who: $out" >&2
+      results+=("$mode $n $who $out")
+      kill "$proxy" 2>/dev/null || true; wait "$proxy" 2>/dev/null || true
+      stop_members
+    done
   done
 done
 
 printf '%s\n' "${results[@]}" | python3 -c '
 import json, sys
-print("| primary | proxy | requests | failed | non-primary answers | new primary answers after | last failure after | slowest request |")
-print("|---|---|---|---|---|---|---|---|")
+print("| primary | in flight | proxy | requests | in flight at flip | failed | non-primary answers | new primary answers after | last failure after | slowest request | failures by kind |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 def s(v):
     return "—" if v is None else f"{v} s"
 for line in sys.stdin:
-    mode, who, js = line.split(" ", 2)
+    mode, n, who, js = line.split(" ", 3)
     r = json.loads(js)
-    cells = [mode, who, r["requests"], r["failed"], r["non_primary_answers"], s(r["new_primary_after_s"]), s(r["last_failure_after_s"]), s(r["slowest_request_s"])]
+    kinds = ", ".join(f"{c} × {k}" for k, c in sorted(r["failed_by_kind"].items(), key=lambda kv: -kv[1])) or "—"
+    cells = [mode, n, who, r["requests"], r["in_flight_at_flip"], r["failed"], r["non_primary_answers"], s(r["new_primary_after_s"]), s(r["last_failure_after_s"]), s(r["slowest_request_s"]), kinds]
     print("| " + " | ".join(str(c) for c in cells) + " |")
 '

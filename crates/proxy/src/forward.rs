@@ -33,7 +33,7 @@ use crate::listener_state::ConnCtx;
 use crate::pool;
 use crate::request_body::{ClientStream, RequestBody, UpBody};
 use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
-use crate::retry::{self, Cost, Decision, NextPrimary, Outcome, RetryPolicy};
+use crate::retry::{self, Cost, Decision, Outcome, RetryPolicy};
 use crate::route_rules::LocalAnswer;
 use crate::routing::Route;
 use crate::upstream::{InFlight, Instance, Picked, Service, Tried};
@@ -302,6 +302,46 @@ enum AttemptEnd {
     Fatal(ProxyError),
 }
 
+/// How an attempt ended, for the request.
+enum Judged {
+    /// The answer to hand on.
+    Answer(Forwarded),
+    /// For the retry rules; with the instance's answer when it was a retryable status (boxed:
+    /// rare).
+    Failed(Failure, Option<Box<Forwarded>>),
+    /// For the client, whatever the rules.
+    Fatal(ProxyError),
+}
+
+impl AttemptEnd {
+    /// The answer to hand on, or what the retry rules are to judge.
+    fn judge(self, addr: SocketAddr, generation: u64) -> Judged {
+        let failed = |outcome, err| Failure {
+            outcome,
+            err,
+            generation,
+        };
+        match self {
+            AttemptEnd::Answered {
+                forwarded,
+                retryable: false,
+            } => Judged::Answer(forwarded),
+            AttemptEnd::Answered { forwarded, .. } => {
+                let status = forwarded.response.status;
+                let err = ProxyError::new(
+                    ProxyErrorKind::UpstreamReset,
+                    format!("{addr} answered {status}"),
+                )
+                .sent();
+                let failure = failed(Outcome::RetryableStatus, err);
+                Judged::Failed(failure, Some(Box::new(forwarded)))
+            }
+            AttemptEnd::Failed(outcome, err) => Judged::Failed(failed(outcome, err), None),
+            AttemptEnd::Fatal(err) => Judged::Fatal(err),
+        }
+    }
+}
+
 /// The request's attempts so far.
 #[derive(Default)]
 struct Attempts {
@@ -365,62 +405,86 @@ async fn forward<'a>(
         )
         .await;
         drop(release);
-        let (outcome, err, answer) = match end {
-            AttemptEnd::Answered {
-                forwarded,
-                retryable: false,
-            } => return Ok(forwarded),
-            AttemptEnd::Answered { forwarded, .. } => {
-                let status = forwarded.response.status;
-                let err = ProxyError::new(
-                    ProxyErrorKind::UpstreamReset,
-                    format!("{} answered {status}", picked.instance.addr),
-                )
-                .sent();
-                (Outcome::RetryableStatus, err, Some(forwarded))
-            }
-            AttemptEnd::Failed(outcome, err) => (outcome, err, None),
-            AttemptEnd::Fatal(err) => return Err(err),
+        let (failure, answer) = match end.judge(picked.instance.addr, generation) {
+            Judged::Answer(forwarded) => return Ok(forwarded),
+            Judged::Fatal(err) => return Err(err),
+            Judged::Failed(failure, answer) => (failure, answer),
         };
-        let progress = retry::Progress {
-            retries: attempts.retries,
-            untried_left: attempts.tried.len() < service.instances().len(),
-            remaining: deadline.saturating_duration_since(Instant::now()),
-        };
-        let failed = FailedOn {
-            generation,
-            at_ms: clock::now_ms(),
-            next: NextPrimary::New,
-        };
-        let give_up = |err: ProxyError| match answer {
+        let rules = (policy, request);
+        let step = next_step(service, rules, failure, deadline, &mut attempts, exchange);
+        match Box::pin(step).await {
+            Step::Again => {}
             // Without a retry left the instance's own answer goes to the client.
-            Some(forwarded) => Ok(forwarded),
-            None => Err(err),
-        };
-        match policy.decide(outcome, request, progress) {
-            Decision::Stop => return give_up(err),
-            Decision::Retry(cost) => {
-                if !charge(service, cost, &err, &mut attempts, exchange) {
-                    return give_up(err);
-                }
-                attempts.last_error = Some(err);
-            }
-            Decision::AwaitPrimary(next, cost) => {
-                if !charge(service, cost, &err, &mut attempts, exchange) {
-                    return give_up(err);
-                }
-                let failed = FailedOn { next, ..failed };
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match Box::pin(service.await_primary(Some(failed), remaining)).await {
-                    Awaited::Primary(release) => {
-                        attempts.tried.clear();
-                        attempts.release = release;
-                    }
-                    Awaited::NoPrimary => return Err(service.nothing_to_pick()),
-                    Awaited::Unchanged => return give_up(err),
-                }
-            }
+            Step::GiveUp(err) => return answer.map(|a| *a).ok_or(err),
+            Step::NoPrimary => return Err(service.nothing_to_pick()),
         }
+    }
+}
+
+/// A failed attempt, as the retry rules see it.
+struct Failure {
+    outcome: Outcome,
+    err: ProxyError,
+    /// The primary's generation when the attempt started.
+    generation: u64,
+}
+
+/// What comes after a failed attempt.
+enum Step {
+    /// Another attempt.
+    Again,
+    /// Stop with this error (or the instance's own answer, when there is one).
+    GiveUp(ProxyError),
+    /// Stop: nobody is primary.
+    NoPrimary,
+}
+
+/// Applies the retry rules to a failed attempt: pays for a retry, and in primary mode waits
+/// for the primary it may go to.
+async fn next_step(
+    service: &Service,
+    (policy, request): (RetryPolicy, retry::Request),
+    failure: Failure,
+    deadline: Instant,
+    attempts: &mut Attempts,
+    exchange: &mut Exchange,
+) -> Step {
+    let Failure {
+        outcome,
+        err,
+        generation,
+    } = failure;
+    let deadline_in = || deadline.saturating_duration_since(Instant::now());
+    let progress = retry::Progress {
+        retries: attempts.retries,
+        untried_left: attempts.tried.len() < service.instances().len(),
+        remaining: deadline_in(),
+    };
+    let (next, cost) = match policy.decide(outcome, request, progress) {
+        Decision::Stop => return Step::GiveUp(err),
+        Decision::Retry(cost) => (None, cost),
+        Decision::AwaitPrimary(next, cost) => (Some(next), cost),
+    };
+    if !charge(service, cost, &err, attempts, exchange) {
+        return Step::GiveUp(err);
+    }
+    let Some(next) = next else {
+        attempts.last_error = Some(err);
+        return Step::Again;
+    };
+    let failed = FailedOn {
+        generation,
+        at_ms: clock::now_ms(),
+        next,
+    };
+    match service.await_primary(Some(failed), deadline_in()).await {
+        Awaited::Primary(release) => {
+            attempts.tried.clear();
+            attempts.release = release;
+            Step::Again
+        }
+        Awaited::NoPrimary => Step::NoPrimary,
+        Awaited::Unchanged => Step::GiveUp(err),
     }
 }
 

@@ -127,54 +127,16 @@ pub(crate) async fn serve(
             error,
         );
     };
-    let mut moves = 0;
-    let (connected, demoted) = loop {
-        let connected = match connect(service, peer).await {
-            Ok(connected) => connected,
-            Err((kind, detail, attempts)) => {
-                match kind {
-                    ProxyErrorKind::NoInstance | ProxyErrorKind::NoPrimary => {
-                        metrics.no_instance.increment(1)
-                    }
-                    _ => metrics.connect_failed.increment(1),
-                }
-                tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
-                log_session(None, (0, 0), attempts, kind.as_str(), Some(detail));
-                // Dropping the client socket closes it: the "refusal" a TCP client sees.
-                return;
-            }
-        };
-        // Closed by demotion of the instance, or by the end of a drain.
-        let demoted = connected.in_flight.instance.session_token();
-        let mut connected = connected;
-        let addr = connected.in_flight.instance.addr;
-        if let Some(header) =
-            crate::proxy_protocol::header(runtime.config.proxy_protocol, peer, local)
-            && let Err(e) = connected.stream.write_all(&header).await
-        {
-            let detail = format!("sending the PROXY header: {e}");
-            log_session(
-                Some(addr),
-                (0, 0),
-                connected.attempts,
-                "error",
-                Some(detail),
-            );
-            return;
-        }
-        // Only a plain session on which nothing has passed can move (`first_byte`).
-        let movable =
-            service.fails_over() && hello.is_empty() && service.tls.is_none() && moves < MAX_MOVES;
-        let instance = &*connected.in_flight.instance;
-        if let (true, MaybeTls::Plain(plain)) = (movable, &client)
-            && let Start::Demoted =
-                first_byte(service, (instance, &demoted), plain, &connected.stream).await
-        {
-            moves += 1;
-            tracing::info!(listener, client = %peer, service = %service.name, from = %addr, generation = connected.generation, "TCP session moved: its primary was demoted or closed before any byte passed");
-            continue;
-        }
-        break (connected, demoted);
+    let session = Session {
+        service,
+        runtime,
+        ends: (peer, local),
+        listener,
+    };
+    let Some((connected, demoted)) =
+        establish(&session, &client, hello, metrics, &log_session).await
+    else {
+        return;
     };
     metrics.ok.increment(1);
     let Connected {
@@ -293,6 +255,82 @@ pub(crate) async fn serve_passthrough(
     .await;
 }
 
+/// What a TCP session is: its service, listener and ends (client, local address).
+#[derive(Clone, Copy)]
+struct Session<'s> {
+    service: &'s Service,
+    runtime: &'s TcpRuntime,
+    ends: (SocketAddr, SocketAddr),
+    listener: &'s str,
+}
+
+/// Connects a session to an instance and sends the PROXY header. In primary mode a plain
+/// session waits for its first byte, and moves to the new primary if its member is demoted or
+/// closes before one passes (`first_byte`). `None` once a failure was logged and counted.
+async fn establish(
+    session: &Session<'_>,
+    client: &MaybeTls<TcpStream>,
+    hello: &[u8],
+    metrics: &TcpMetrics,
+    log_session: &impl Fn(Option<SocketAddr>, (u64, u64), u32, &'static str, Option<String>),
+) -> Option<(Connected, CancellationToken)> {
+    let Session {
+        service,
+        runtime,
+        ends: (peer, local),
+        listener,
+    } = *session;
+    let mut moves = 0;
+    loop {
+        let connected = match connect(service, peer).await {
+            Ok(connected) => connected,
+            Err((kind, detail, attempts)) => {
+                match kind {
+                    ProxyErrorKind::NoInstance | ProxyErrorKind::NoPrimary => {
+                        metrics.no_instance.increment(1)
+                    }
+                    _ => metrics.connect_failed.increment(1),
+                }
+                tracing::debug!(listener, client = %peer, service = %service.name, %detail, "TCP connection refused");
+                log_session(None, (0, 0), attempts, kind.as_str(), Some(detail));
+                // Dropping the client socket closes it: the "refusal" a TCP client sees.
+                return None;
+            }
+        };
+        // Closed by demotion of the instance, or by the end of a drain.
+        let demoted = connected.in_flight.instance.session_token();
+        let mut connected = connected;
+        let addr = connected.in_flight.instance.addr;
+        if let Some(header) =
+            crate::proxy_protocol::header(runtime.config.proxy_protocol, peer, local)
+            && let Err(e) = connected.stream.write_all(&header).await
+        {
+            let detail = format!("sending the PROXY header: {e}");
+            log_session(
+                Some(addr),
+                (0, 0),
+                connected.attempts,
+                "error",
+                Some(detail),
+            );
+            return None;
+        }
+        // Only a plain session on which nothing has passed can move (`first_byte`).
+        let movable =
+            service.fails_over() && hello.is_empty() && service.tls.is_none() && moves < MAX_MOVES;
+        let instance = &*connected.in_flight.instance;
+        if let (true, MaybeTls::Plain(plain)) = (movable, &client)
+            && let Start::Demoted =
+                first_byte(service, (instance, &demoted), plain, &connected.stream).await
+        {
+            moves += 1;
+            tracing::info!(listener, client = %peer, service = %service.name, from = %addr, generation = connected.generation, "TCP session moved: its primary was demoted or closed before any byte passed");
+            continue;
+        }
+        return Some((connected, demoted));
+    }
+}
+
 /// Relays until both sides close, the idle timeout, a demotion or the end of a drain.
 /// `hello`: bytes already read from the client (a passthrough ClientHello), sent first.
 async fn relay<U>(
@@ -350,43 +388,29 @@ type NotConnected = (ProxyErrorKind, String, u32);
 /// waiting for the primary) as the retry rules (`retry.rs`) decide. A connection counts as a
 /// request that may be sent again: nothing has passed on it.
 async fn connect(service: &Service, peer: SocketAddr) -> Result<Connected, NotConnected> {
-    let cfg = &service.config;
     let hash = tcp_hash(service, peer);
-    let deadline = Instant::now() + cfg.timeouts.total;
-    let policy = RetryPolicy {
-        attempts: cfg.retries.attempts,
-        fails_over: service.fails_over(),
-    };
-    let request = retry::Request {
-        idempotent: true,
-        replayable: true,
-    };
-    let (mut tried, mut attempts, mut retries) = (Tried::default(), 0u32, 0u32);
-    let mut release: Option<OwnedSemaphorePermit> = None;
-    let mut last_error: Option<(ProxyErrorKind, String)> = None;
+    let deadline = Instant::now() + service.config.timeouts.total;
+    let mut tries = Tries::default();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let Some(picked) = service.pick(hash, &tried, clock::now_ms()) else {
-            if let Some((kind, detail)) = last_error {
-                return Err((kind, detail, attempts));
+        let Some(picked) = service.pick(hash, &tries.tried, clock::now_ms()) else {
+            if let Some((kind, detail)) = tries.last_error.take() {
+                return Err((kind, detail, tries.attempts));
             }
             if !service.fails_over() {
                 let e = service.nothing_to_pick();
-                return Err((e.kind, e.detail, attempts));
+                return Err((e.kind, e.detail, tries.attempts));
             }
-            release = awaited(
-                service.await_primary(None, remaining).await,
-                service,
-                attempts,
-            )?;
+            let waited = service.await_primary(None, remaining).await;
+            tries.release = awaited(waited, service, tries.attempts)?;
             continue;
         };
-        tried.push(picked.index);
-        attempts += 1;
+        tries.tried.push(picked.index);
+        tries.attempts += 1;
         let generation = service.primary_generation();
         let in_flight = InFlight::new(Arc::clone(&picked.instance));
         // Held until the new primary accepted the connection (failover.rs).
-        let _release = release.take();
+        let _release = tries.release.take();
         let demotion = picked.instance.session_token();
         let connecting = connect_once(service, &picked.instance, remaining);
         let connected = service
@@ -396,49 +420,83 @@ async fn connect(service: &Service, peer: SocketAddr) -> Result<Connected, NotCo
                 let detail = format!("{} lost the primary role", picked.instance.addr);
                 Err((ProxyErrorKind::ConnectFailed, detail))
             });
-        let (kind, detail) = match connected {
+        match connected {
             Ok(stream) => {
                 return Ok(Connected {
                     stream,
                     in_flight,
-                    attempts,
+                    attempts: tries.attempts,
                     generation,
                 });
             }
-            Err(failure) => failure,
-        };
-        service.record_failure(&picked.instance, Some(kind), clock::now_ms());
-        let progress = retry::Progress {
-            retries,
-            untried_left: tried.len() < service.instances().len(),
-            remaining: deadline.saturating_duration_since(Instant::now()),
-        };
-        match policy.decide(Outcome::NotSent, request, progress) {
-            Decision::Stop => return Err((kind, detail, attempts)),
-            Decision::Retry(cost) => {
-                retries += u32::from(cost.attempt);
-                last_error = Some((kind, detail));
+            Err((kind, detail)) => {
+                service.record_failure(&picked.instance, Some(kind), clock::now_ms());
+                let failed = (kind, detail, generation);
+                after_failure(service, &mut tries, failed, deadline).await?;
             }
-            Decision::AwaitPrimary(next, cost) => {
-                retries += u32::from(cost.attempt);
-                let failed = FailedOn {
-                    generation,
-                    at_ms: clock::now_ms(),
-                    next,
-                };
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match service.await_primary(Some(failed), remaining).await {
-                    Awaited::Primary(permit) => {
-                        tried.clear();
-                        release = permit;
-                    }
-                    Awaited::Unchanged => return Err((kind, detail, attempts)),
-                    Awaited::NoPrimary => {
-                        let e = service.nothing_to_pick();
-                        return Err((e.kind, e.detail, attempts));
-                    }
-                }
-            }
+        }
+    }
+}
+
+/// A session's connect attempts so far.
+#[derive(Default)]
+struct Tries {
+    tried: Tried,
+    attempts: u32,
+    /// Retries counted against `retries.attempts`.
+    retries: u32,
+    /// Held from a failover's release until the new primary accepted (failover.rs).
+    release: Option<OwnedSemaphorePermit>,
+    last_error: Option<(ProxyErrorKind, String)>,
+}
+
+/// Applies the retry rules after a failed connect (it reached nothing, so it may go anywhere):
+/// `Ok` to try again, in primary mode after waiting for the primary.
+async fn after_failure(
+    service: &Service,
+    tries: &mut Tries,
+    (kind, detail, generation): (ProxyErrorKind, String, u64),
+    deadline: Instant,
+) -> Result<(), NotConnected> {
+    let policy = RetryPolicy {
+        attempts: service.config.retries.attempts,
+        fails_over: service.fails_over(),
+    };
+    let request = retry::Request {
+        idempotent: true,
+        replayable: true,
+    };
+    let progress = retry::Progress {
+        retries: tries.retries,
+        untried_left: tries.tried.len() < service.instances().len(),
+        remaining: deadline.saturating_duration_since(Instant::now()),
+    };
+    let (next, cost) = match policy.decide(Outcome::NotSent, request, progress) {
+        Decision::Stop => return Err((kind, detail, tries.attempts)),
+        Decision::Retry(cost) => (None, cost),
+        Decision::AwaitPrimary(next, cost) => (Some(next), cost),
+    };
+    tries.retries += u32::from(cost.attempt);
+    let Some(next) = next else {
+        tries.last_error = Some((kind, detail));
+        return Ok(());
+    };
+    let failed = FailedOn {
+        generation,
+        at_ms: clock::now_ms(),
+        next,
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match service.await_primary(Some(failed), remaining).await {
+        Awaited::Primary(permit) => {
+            tries.tried.clear();
+            tries.release = permit;
+            Ok(())
+        }
+        Awaited::Unchanged => Err((kind, detail, tries.attempts)),
+        Awaited::NoPrimary => {
+            let e = service.nothing_to_pick();
+            Err((e.kind, e.detail, tries.attempts))
         }
     }
 }

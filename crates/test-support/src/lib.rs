@@ -14,6 +14,7 @@ pub mod etcd;
 mod eventually;
 mod h2_raw;
 mod mirror;
+pub mod open_loop;
 mod openssl;
 mod process;
 
@@ -21,6 +22,6 @@ pub use backend::{Backend, Blackhole, Mode};
 pub use client::{Client, Reply};
 pub use eventually::{eventually, eventually_blocking};
 pub use h2_raw::h2c_get_with_widest_windows;
-pub use mirror::{MirrorMember, MirrorRole};
+pub use mirror::{Answer, AnswerKind, MirrorMember, MirrorRole, StatusProbes};
 pub use openssl::s_client_first_line;
 pub use process::{SluiceProcess, free_port, free_port_on, http_get, http_request, require_tool};

@@ -1,18 +1,30 @@
 //! A stand-in for one member of an IRIS mirror set (seed 001), as real servers on loopback:
 //!
 //! - a web port answering `GET /csp/mirror_status.cxw` with `200 SUCCESS` as primary and
-//!   `503 FAILED` as backup, and `GET /api/...` with `{"host": NAME, "role": ...}`;
+//!   `503 FAILED` as backup, and `GET /api/...` with `{"host": NAME, "role": ...}` (the role
+//!   when the answer is sent; `?delay_ms=N` answers N ms late);
 //! - a TCP port (the superserver, 1972 in the seed) that greets each connection with
 //!   `NAME\n` and then echoes what it receives.
 //!
 //! A member can switch role, *freeze* (keep its ports open but answer nothing: a hung server,
 //! whose status page times out) or *stop* (close its ports: connections are refused), and
 //! start again on the same ports.
-
+//!
+//! For failover tests it can also answer slowly ([`MirrorMember::set_answer_delay`]: requests
+//! pile up on it, as on a loaded server), tell when it last answered its status page (so a test
+//! can break it right after a probe, the worst moment of the probe cycle), and keep a log of
+//! the answers it gave and in which role ([`MirrorMember::answers`]).
+//!
+//! Its listeners are bound with `std::net::TcpListener::bind`, whose listen backlog is 128
+//! connections on Linux (std's fixed value; `net.core.somaxconn` only caps it). A burst of new
+//! connections larger than that, arriving faster than the member's accept loop drains them,
+//! overflows the accept queue and the kernel drops the SYNs (the client retransmits after 1 s),
+//! as on a real server with a default backlog. It is deliberately left at std's value.
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -37,10 +49,80 @@ const PRIMARY: u8 = 0;
 const BACKUP: u8 = 1;
 const FROZEN: u8 = 2;
 
+/// At most this many answers are kept in the log (a long-running member keeps its memory).
+const ANSWER_LOG_CAP: usize = 200_000;
+
+/// What a member answered: an `/api/...` request or a superserver greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// `GET /api/...` on the web port.
+    Api,
+    /// The `NAME\n` greeting on the TCP port.
+    Greeting,
+}
+
+/// One answer in a member's log.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    /// What was answered.
+    pub kind: AnswerKind,
+    /// When the request (or connection) reached the member.
+    pub received: Instant,
+    /// When the answer was sent (after any delay).
+    pub answered: Instant,
+    /// The member's role when it answered.
+    pub role: MirrorRole,
+}
+
+/// The member's status page answers so far (`GET /csp/mirror_status.cxw`: the proxies' probes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusProbes {
+    /// How many were answered.
+    pub count: u64,
+    /// When the last one was answered.
+    pub last: Option<Instant>,
+}
+
 #[derive(Debug)]
 struct State {
     name: String,
-    mode: AtomicU8,
+    mode: watch::Sender<u8>,
+    /// Milliseconds every `/api/` answer and greeting waits before it is sent.
+    delay_ms: AtomicU64,
+    status_probes: watch::Sender<StatusProbes>,
+    answers: Mutex<Vec<Answer>>,
+}
+
+impl State {
+    /// Waits while the member is frozen (a hung server answers nothing; it answers what it
+    /// held once it thaws, as after a long pause; a stop aborts it), and returns the role it
+    /// then has: the role to answer in.
+    async fn thawed(&self) -> MirrorRole {
+        let mut mode = self.mode.subscribe();
+        let primary = mode
+            .wait_for(|m| *m != FROZEN)
+            .await
+            .map(|m| *m == PRIMARY)
+            .unwrap_or(false);
+        if primary {
+            MirrorRole::Primary
+        } else {
+            MirrorRole::Backup
+        }
+    }
+
+    fn log(&self, kind: AnswerKind, received: Instant, role: MirrorRole) {
+        if let Ok(mut log) = self.answers.lock()
+            && log.len() < ANSWER_LOG_CAP
+        {
+            log.push(Answer {
+                kind,
+                received,
+                answered: Instant::now(),
+                role,
+            });
+        }
+    }
 }
 
 /// A running mirror member; stopped when dropped.
@@ -69,10 +151,13 @@ impl MirrorMember {
     pub fn start_on(name: &str, role: MirrorRole, web: SocketAddr, tcp: SocketAddr) -> Self {
         let state = Arc::new(State {
             name: name.to_owned(),
-            mode: AtomicU8::new(match role {
+            mode: watch::Sender::new(match role {
                 MirrorRole::Primary => PRIMARY,
                 MirrorRole::Backup => BACKUP,
             }),
+            delay_ms: AtomicU64::new(0),
+            status_probes: watch::Sender::new(StatusProbes::default()),
+            answers: Mutex::new(Vec::new()),
         });
         let web =
             std::net::TcpListener::bind(web).unwrap_or_else(|e| panic!("{name}: bind {web}: {e}"));
@@ -127,21 +212,68 @@ impl MirrorMember {
         self.tcp
     }
 
-    /// Switches role (and unfreezes).
+    /// Switches role (and unfreezes: requests held by a freeze are answered, in this role).
     pub fn set_role(&self, role: MirrorRole) {
-        self.state.mode.store(
-            if role == MirrorRole::Primary {
+        self.state
+            .mode
+            .send_replace(if role == MirrorRole::Primary {
                 PRIMARY
             } else {
                 BACKUP
-            },
-            SeqCst,
-        );
+            });
     }
 
-    /// Keeps the ports open but answers nothing, on both ports.
+    /// Keeps the ports open but answers nothing, on both ports: new connections are accepted
+    /// (by the kernel and the member) and get no byte; requests already received, answers
+    /// still waiting for their delay, and echoes on open superserver sessions all wait. No
+    /// connection is closed. The status page times out.
     pub fn freeze(&self) {
-        self.state.mode.store(FROZEN, SeqCst);
+        self.state.mode.send_replace(FROZEN);
+    }
+
+    /// Every `/api/` answer and every superserver greeting from now on waits `delay` before it
+    /// is sent (a slow or loaded server: at R requests per second, about R × delay requests
+    /// are in flight on it). The status page is never delayed.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), SeqCst);
+    }
+
+    /// The status page answers so far; `changed()` on the receiver wakes at the next one.
+    pub fn status_probes(&self) -> watch::Receiver<StatusProbes> {
+        self.state.status_probes.subscribe()
+    }
+
+    /// Waits for the next status page answer (a probe) and returns when it was answered, or
+    /// `None` if none came within `within`.
+    pub async fn next_status_probe(&self, within: Duration) -> Option<Instant> {
+        let mut probes = self.status_probes();
+        probes.mark_unchanged();
+        match tokio::time::timeout(within, probes.changed()).await {
+            Ok(Ok(())) => probes.borrow().last,
+            _ => None,
+        }
+    }
+
+    /// The answers given so far (`/api/` requests and greetings), in the order they were sent;
+    /// at most the first 200,000.
+    pub fn answers(&self) -> Vec<Answer> {
+        self.state
+            .answers
+            .lock()
+            .map(|log| log.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts a [`MirrorMember::stop`] and returns at once: the member's thread closes its
+    /// ports and connections within a few milliseconds (a `stop` after it waits for that).
+    pub fn begin_stop(&self) {
+        if let Ok(r) = self.running.lock()
+            && let Some(r) = r.as_ref()
+        {
+            let _ = r.stop.send(true);
+        }
     }
 
     /// Closes both ports and every connection: later connections are refused.
@@ -188,54 +320,90 @@ async fn run(
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
-            Ok((mut stream, _)) = tcp.accept() => {
-                let state = Arc::clone(&state);
-                tasks.spawn(async move {
-                    if state.mode.load(SeqCst) == FROZEN {
-                        std::future::pending::<()>().await;
-                    }
-                    if stream.write_all(format!("{}\n", state.name).as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if stream.write_all(&buf[..n]).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                });
+            Ok((stream, _)) = tcp.accept() => {
+                tasks.spawn(superserver(stream, Arc::clone(&state)));
             }
+            // Finished connections leave the set (a long-running member keeps its memory).
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     tasks.abort_all();
+}
+
+async fn superserver(mut stream: tokio::net::TcpStream, state: Arc<State>) {
+    let received = Instant::now();
+    let mut role = state.thawed().await;
+    let delay = state.delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        role = state.thawed().await;
+    }
+    if stream
+        .write_all(format!("{}\n", state.name).as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    state.log(AnswerKind::Greeting, received, role);
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                state.thawed().await;
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `delay_ms=N` from a query string.
+fn query_delay(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse().ok())
 }
 
 async fn web_answer(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mode = state.mode.load(SeqCst);
-    if mode == FROZEN {
-        std::future::pending::<()>().await;
+    let received = Instant::now();
+    let mut role = state.thawed().await;
+    let status_page = req.uri().path() == "/csp/mirror_status.cxw";
+    if !status_page {
+        let delay = query_delay(req.uri().query()).unwrap_or(state.delay_ms.load(SeqCst));
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            role = state.thawed().await;
+        }
     }
-    let role = if mode == PRIMARY { "primary" } else { "backup" };
-    let (status, body) = if req.uri().path() == "/csp/mirror_status.cxw" {
-        if mode == PRIMARY {
+    let (status, body) = if status_page {
+        state.status_probes.send_modify(|p| {
+            p.count += 1;
+            p.last = Some(Instant::now());
+        });
+        if role == MirrorRole::Primary {
             (StatusCode::OK, "SUCCESS".to_owned())
         } else {
             (StatusCode::SERVICE_UNAVAILABLE, "FAILED".to_owned())
         }
     } else {
+        state.log(AnswerKind::Api, received, role);
         (
             StatusCode::OK,
             format!(
-                "{{\"host\":\"{}\",\"role\":\"{role}\",\"path\":\"{}\"}}",
+                "{{\"host\":\"{}\",\"role\":\"{}\",\"path\":\"{}\"}}",
                 state.name,
+                if role == MirrorRole::Primary {
+                    "primary"
+                } else {
+                    "backup"
+                },
                 req.uri().path()
             ),
         )

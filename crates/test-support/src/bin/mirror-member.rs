@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -61,7 +62,27 @@ async fn control_answer(
     req: Request<Incoming>,
     member: Arc<MirrorMember>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut waited = String::new();
     match req.uri().path() {
+        "/probed" => {
+            waited = match member.next_status_probe(Duration::from_secs(2)).await {
+                Some(at) => format!(" ({:?} ago)", at.elapsed()),
+                None => " (no probe within 2 s)".to_owned(),
+            };
+        }
+        "/delay" => {
+            let ms = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+                .and_then(|v| v.parse().ok());
+            let Some(ms) = ms else {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"use /delay?ms=N\n")));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                return Ok(r);
+            };
+            member.set_answer_delay(Duration::from_millis(ms));
+        }
         "/primary" => member.set_role(MirrorRole::Primary),
         "/backup" => member.set_role(MirrorRole::Backup),
         "/freeze" => member.freeze(),
@@ -76,14 +97,14 @@ async fn control_answer(
         }
         _ => {
             let mut r = Response::new(Full::new(Bytes::from_static(
-                b"use /primary, /backup, /freeze, /stop or /start\n",
+                b"use /primary, /backup, /freeze, /stop, /start, /probed or /delay?ms=N\n",
             )));
             *r.status_mut() = StatusCode::NOT_FOUND;
             return Ok(r);
         }
     }
     Ok(Response::new(Full::new(Bytes::from(format!(
-        "{}: {}\n",
+        "{}: {}{waited}\n",
         member.name(),
         req.uri().path().trim_start_matches('/')
     )))))
