@@ -19,10 +19,11 @@
 //! would open its own connection to the new primary: its accept queue overflows, the kernel
 //! drops their SYNs, and every dropped SYN costs a retransmission second. Requests that
 //! waited therefore take one of `RELEASE_CONCURRENCY` (upstream.rs) permits and hold it until
-//! the new primary answered their head (HTTP) or accepted their connection (TCP): the first
-//! ones open connections, and the rest mostly reuse the connections those bring back. The
-//! queue for permits is bounded by the request's own deadline. Requests that arrive after the
-//! failover do not queue.
+//! the new primary answered their head (HTTP) or accepted their connection (TCP), or for
+//! [`RELEASE_HOLD`] at most: the first ones open connections, and the rest mostly reuse the
+//! connections those bring back; a new primary that is slow to answer still takes a few
+//! hundred new connections a second, not all at once. The queue for permits is bounded by the
+//! request's own deadline. Requests that arrive after the failover do not queue.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -40,6 +41,9 @@ use crate::upstream::{Instance, Service};
 
 /// How much longer than a check's timeout a request waits for a probe it asked for.
 const PROBE_MARGIN: Duration = Duration::from_millis(250);
+/// The longest a released request holds its permit: any server accepts a connection within
+/// this, so the release keeps going when the new primary is slow to answer.
+pub(crate) const RELEASE_HOLD: Duration = Duration::from_millis(100);
 /// While requests wait, the service's probes are kicked at least this often.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 
@@ -213,4 +217,18 @@ impl Service {
             never = slow => match never {},
         }
     }
+}
+
+/// Runs `work` — the attempt of a request released by a failover — holding its permit (if
+/// any) until `work` ends or for [`RELEASE_HOLD`], whichever comes first.
+pub(crate) async fn holding<F: Future>(permit: Option<OwnedSemaphorePermit>, work: F) -> F::Output {
+    let Some(permit) = permit else {
+        return work.await;
+    };
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        out = &mut work => return out,
+        () = tokio::time::sleep(RELEASE_HOLD) => drop(permit),
+    }
+    work.await
 }

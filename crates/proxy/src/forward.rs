@@ -394,17 +394,15 @@ async fn forward<'a>(
         }
         attempts.tried.push(picked.index);
         let generation = service.primary_generation();
-        let release = attempts.release.take();
-        let end = attempt(
+        let attempt = attempt(
             &prepared,
             &mut plan,
             &picked,
             attempt_start,
             timer,
             exchange,
-        )
-        .await;
-        drop(release);
+        );
+        let end = crate::failover::holding(attempts.release.take(), attempt).await;
         let (failure, answer) = match end.judge(picked.instance.addr, generation) {
             Judged::Answer(forwarded) => return Ok(forwarded),
             Judged::Fatal(err) => return Err(err),

@@ -409,12 +409,12 @@ async fn connect(service: &Service, peer: SocketAddr) -> Result<Connected, NotCo
         tries.attempts += 1;
         let generation = service.primary_generation();
         let in_flight = InFlight::new(Arc::clone(&picked.instance));
-        // Held until the new primary accepted the connection (failover.rs).
-        let _release = tries.release.take();
         let demotion = picked.instance.session_token();
         let connecting = connect_once(service, &picked.instance, remaining);
-        let connected = service
-            .unless_demoted(&picked.instance, &demotion, Instant::now(), connecting)
+        let connecting =
+            service.unless_demoted(&picked.instance, &demotion, Instant::now(), connecting);
+        // A failover's release permit, held while the new primary accepts (failover.rs).
+        let connected = crate::failover::holding(tries.release.take(), connecting)
             .await
             .unwrap_or_else(|| {
                 let detail = format!("{} lost the primary role", picked.instance.addr);
