@@ -1342,20 +1342,7 @@ impl<'s> Cx<'s> {
                 "probes of one instance never overlap: make timeout ≤ interval",
             );
         }
-        let address =
-            h.address
-                .as_ref()
-                .and_then(|a| match a.get_ref().parse::<std::net::IpAddr>() {
-                    Ok(ip) => Some(ip),
-                    Err(_) => {
-                        self.error_hint(
-                            Some(a.span()),
-                            format!("invalid check address `{}`", a.get_ref()),
-                            "use an IP address; omit it to probe the instance's own address",
-                        );
-                        None
-                    }
-                });
+        let address = h.address.as_ref().and_then(|a| self.check_address(a));
         if let Some(p) = &h.policy {
             self.health_policy_refs.push(p.clone());
         }
@@ -1587,9 +1574,32 @@ impl<'s> Cx<'s> {
             out.push(InstanceConfig {
                 address: addr,
                 weight,
+                check_address: inst
+                    .check_address
+                    .as_ref()
+                    .and_then(|a| self.check_address(a)),
+                check_port: inst
+                    .check_port
+                    .as_ref()
+                    .map(|p| self.int_in(Some(p), 1, 65_535, 1) as u16),
             });
         }
         out
+    }
+
+    /// A check `address` (`[service.health]`) or an instance's `check_address`: an IP.
+    fn check_address(&mut self, a: &Spanned<String>) -> Option<std::net::IpAddr> {
+        match a.get_ref().parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.error_hint(
+                    Some(a.span()),
+                    format!("invalid check address `{}`", a.get_ref()),
+                    "use an IP address; omit it to probe the instance's own address",
+                );
+                None
+            }
+        }
     }
 
     fn retries(&mut self, r: Option<&RawRetries>) -> RetryPolicy {

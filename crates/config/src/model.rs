@@ -433,6 +433,37 @@ pub struct InstanceConfig {
     pub address: SocketAddr,
     /// Relative share of traffic (1..=10000).
     pub weight: u32,
+    /// Probe this address instead of the service's `[service.health] address` (members of a
+    /// mirror on one host, each with its own management address).
+    pub check_address: Option<std::net::IpAddr>,
+    /// Probe this port instead of the service's `[service.health] port` (members sharing an
+    /// IP, each with its own web server port).
+    pub check_port: Option<u16>,
+}
+
+impl InstanceConfig {
+    /// An instance with weight 1 and no check target of its own.
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            weight: 1,
+            check_address: None,
+            check_port: None,
+        }
+    }
+
+    /// Where `check` probes this instance: its own `check_address`/`check_port`, else the
+    /// check's `address`/`port`, else the instance's address.
+    pub fn check_target(&self, check: &HealthCheckConfig) -> SocketAddr {
+        SocketAddr::new(
+            self.check_address
+                .or(check.address)
+                .unwrap_or(self.address.ip()),
+            self.check_port
+                .or(check.port)
+                .unwrap_or(self.address.port()),
+        )
+    }
 }
 
 /// `[service.timeouts]`.

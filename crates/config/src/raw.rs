@@ -170,17 +170,22 @@ pub(crate) struct RawPool {
     pub(crate) idle_timeout: Option<S<String>>,
 }
 
-/// An instance is written either as `"127.0.0.1:9001"` or `{ address = "...", weight = 2 }`.
+/// An instance is written either as `"127.0.0.1:9001"` or `{ address = "...", weight = 2 }`
+/// (the table may also name where its check probes: `check_address`, `check_port`).
 #[derive(Debug)]
 pub(crate) struct RawInstance {
     pub(crate) address: S<String>,
     pub(crate) weight: Option<S<i64>>,
+    pub(crate) check_address: Option<S<String>>,
+    pub(crate) check_port: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawInstanceTable {
     pub(crate) address: S<String>,
     pub(crate) weight: Option<S<i64>>,
+    pub(crate) check_address: Option<S<String>>,
+    pub(crate) check_port: Option<S<i64>>,
 }
 
 impl<'de> Deserialize<'de> for RawInstance {
@@ -199,6 +204,8 @@ impl<'de> Deserialize<'de> for RawInstance {
                 Ok(RawInstance {
                     address: Spanned::new(0..0, v.to_owned()),
                     weight: None,
+                    check_address: None,
+                    check_port: None,
                 })
             }
 
@@ -208,6 +215,8 @@ impl<'de> Deserialize<'de> for RawInstance {
                 Ok(RawInstance {
                     address: table.address,
                     weight: table.weight,
+                    check_address: table.check_address,
+                    check_port: table.check_port,
                 })
             }
         }

@@ -195,3 +195,74 @@ fn empty_file_is_a_valid_config_with_defaults() {
     assert_eq!(cfg.admin.bind.to_string(), "127.0.0.1:9901");
     assert!(cfg.listeners.is_empty());
 }
+
+/// Mirror members on one host: one IP, each with its own web server port to be checked on.
+#[test]
+fn instances_name_their_own_check_target_over_the_services() {
+    let text = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:1"
+
+[[service]]
+name = "iris"
+instances = [
+    { address = "127.0.0.1:1972", check_port = 52773 },
+    { address = "127.0.0.1:1973", check_port = 52774, check_address = "127.0.0.11" },
+    "127.0.0.1:1974",
+]
+[service.health]
+kind = "http"
+port = 52000
+"#;
+    let cfg = parse_str("m.toml", text).expect("valid");
+    let iris = cfg.service("iris").unwrap();
+    let check = iris.health.as_ref().unwrap();
+    let targets: Vec<String> = iris
+        .instances
+        .iter()
+        .map(|i| i.check_target(check).to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        ["127.0.0.1:52773", "127.0.0.11:52774", "127.0.0.1:52000"],
+        "the instance's own, else the service's port, else the instance's address"
+    );
+    let mut bare = check.clone();
+    bare.port = None;
+    assert_eq!(
+        iris.instances[2].check_target(&bare).to_string(),
+        "127.0.0.1:1974",
+        "without either, the instance itself"
+    );
+}
+
+#[test]
+fn bad_instance_check_targets_are_reported_with_positions() {
+    let text = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:1"
+
+[[service]]
+name = "iris"
+instances = [
+  { address = "127.0.0.1:1972", check_port = 70000 },
+  { address = "127.0.0.1:1973", check_address = "mirror-b" },
+  { address = "127.0.0.1:1974", check_prot = 52773 },
+]
+[service.health]
+kind = "tcp"
+"#;
+    let shown = parse_str("c.toml", text).unwrap_err().to_string();
+    for e in [
+        "c.toml:9:46: error: 70000 is out of range",
+        "use a value from 1 to 65535",
+        "c.toml:10:49: error: invalid check address `mirror-b`",
+        "use an IP address",
+        "c.toml:11:33: error: unknown key `check_prot` in [service.instances]",
+        "did you mean `check_port`?",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+}

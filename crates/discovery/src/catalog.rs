@@ -24,6 +24,10 @@ pub struct Instance {
     pub source: String,
     /// Where in the source: a file path, an etcd key, or `config[N]` for static entries.
     pub origin: String,
+    /// The revision of the document it came from (etcd's `mod_revision`; for files, the
+    /// watch's counter when the file was last written): a registration put again gets a new
+    /// one even with the same content. 0 for static entries.
+    pub revision: i64,
 }
 
 impl Instance {
@@ -42,7 +46,13 @@ impl Instance {
             checks,
             source: source.to_owned(),
             origin,
+            revision: 0,
         }
+    }
+
+    /// The same instance, read from a document at `revision`.
+    pub fn at_revision(self, revision: i64) -> Self {
+        Self { revision, ..self }
     }
 }
 
@@ -191,7 +201,7 @@ impl Catalog {
 pub struct CatalogDiff {
     pub added: Vec<Arc<Instance>>,
     pub removed: Vec<Arc<Instance>>,
-    /// (before, after) for instances whose definition changed.
+    /// (before, after) for instances whose definition changed or was put again.
     pub changed: Vec<(Arc<Instance>, Arc<Instance>)>,
 }
 
@@ -216,6 +226,7 @@ mod tests {
             checks: vec![],
             source: "s".into(),
             origin: "o".into(),
+            revision: 0,
         })
     }
 

@@ -171,15 +171,19 @@ pub(crate) fn parse_entry(
                 registry::parse_service_file(&path, &entry.value_str()).map(|definitions| {
                     definitions
                         .into_iter()
-                        .map(|d| Instance::from_definition(d, source, display(&path)))
+                        .map(|d| {
+                            Instance::from_definition(d, source, display(&path))
+                                .at_revision(entry.revision)
+                        })
                         .collect()
                 }),
             )
         }
-        Parser::Etcd { prefix } => Some(
-            registry::parse_etcd_entry(prefix, entry)
-                .map(|d| vec![Instance::from_definition(d, source, entry.key.clone())]),
-        ),
+        Parser::Etcd { prefix } => Some(registry::parse_etcd_entry(prefix, entry).map(|d| {
+            vec![
+                Instance::from_definition(d, source, entry.key.clone()).at_revision(entry.revision),
+            ]
+        })),
     }
 }
 
@@ -259,6 +263,7 @@ mod tests {
                     checks: vec![],
                     source: name.into(),
                     origin: format!("config[{id}]"),
+                    revision: 0,
                 })
                 .collect(),
         )

@@ -31,6 +31,8 @@ pub struct FileSource {
     /// (size, mtime ns, inode) and value per key, so a poll re-reads only changed files.
     cache: BTreeMap<String, (Fingerprint, Vec<u8>)>,
     document_fingerprint: Option<Fingerprint>,
+    /// Keys the last directory read found written again with the same bytes.
+    rewritten: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +68,15 @@ impl FileSource {
             layout,
             cache: BTreeMap::new(),
             document_fingerprint: None,
+            rewritten: Vec::new(),
         }
+    }
+
+    /// Keys whose file the last [`FileSource::load`] of a directory found replaced or written
+    /// again with the same bytes: a writer putting a key again (a registrant re-registering
+    /// after a restart), which a comparison of values cannot see.
+    pub fn rewritten(&self) -> &[String] {
+        &self.rewritten
     }
 
     pub fn path(&self) -> &Path {
@@ -107,6 +117,7 @@ impl FileSource {
     }
 
     fn load_directory(&mut self) -> Result<BTreeMap<String, Vec<u8>>, KvError> {
+        self.rewritten.clear();
         let mut found = BTreeMap::new();
         let mut stack = vec![(self.path.clone(), String::new())];
         while let Some((dir, key_prefix)) = stack.pop() {
@@ -152,6 +163,13 @@ impl FileSource {
                         // `echo value > key` is how people write these; the newline is not data.
                         if value.last() == Some(&b'\n') {
                             value.pop();
+                        }
+                        if self
+                            .cache
+                            .get(&key)
+                            .is_some_and(|(_, known)| *known == value)
+                        {
+                            self.rewritten.push(key.clone());
                         }
                         value
                     }

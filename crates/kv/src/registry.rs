@@ -87,8 +87,46 @@ pub struct CheckDefinition {
     pub interval: Option<String>,
     #[serde(default, alias = "Timeout", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Consul's threshold: the check turns critical after this many failures in a row. Absent
+    /// or 0 (Consul's default) means at the first failure ([`CheckDefinition::fall`]).
+    #[serde(
+        default,
+        alias = "FailuresBeforeCritical",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failures_before_critical: Option<u32>,
+    /// Consul's threshold: the check turns passing after this many successes in a row. Absent
+    /// or 0 means at the first success ([`CheckDefinition::rise`]).
+    #[serde(
+        default,
+        alias = "SuccessBeforePassing",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub success_before_passing: Option<u32>,
+    /// Go duration text: an instance whose check stays critical this long is deregistered.
+    #[serde(
+        default,
+        alias = "DeregisterCriticalServiceAfter",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deregister_critical_service_after: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+impl CheckDefinition {
+    /// Failed probes in a row that make the check critical, as Consul counts them: its status
+    /// handler turns critical once the failure count reaches `failures_before_critical`, and
+    /// the default 0 is reached by the first failure.
+    pub fn fall(&self) -> u32 {
+        self.failures_before_critical.unwrap_or(0).max(1)
+    }
+
+    /// Passing probes in a row that make the check passing again (Consul's
+    /// `success_before_passing`, same counting as [`CheckDefinition::fall`]).
+    pub fn rise(&self) -> u32 {
+        self.success_before_passing.unwrap_or(0).max(1)
+    }
 }
 
 impl ServiceDefinition {
@@ -317,6 +355,46 @@ mod tests {
         let defs = parse_service_file(Path::new("x.json"), text).expect("valid");
         assert_eq!(defs[0].instance_id(), "a1");
         assert_eq!(defs[1].checks[0].args, ["/bin/true"]);
+    }
+
+    #[test]
+    fn consul_thresholds_and_deregistration_are_read_in_both_spellings() {
+        let lower = r#"{"service": {"name": "web", "check": {"tcp": "localhost:8000",
+            "failures_before_critical": 3, "success_before_passing": 2,
+            "deregister_critical_service_after": "90s"}}}"#;
+        let capitalised = r#"{"Service": {"Name": "web", "Check": {"TCP": "localhost:8000",
+            "FailuresBeforeCritical": 3, "SuccessBeforePassing": 2,
+            "DeregisterCriticalServiceAfter": "90s"}}}"#;
+        for text in [lower, capitalised] {
+            let defs = parse_service_file(Path::new("web.json"), text).expect("valid");
+            let check = defs[0].check.as_ref().expect("check");
+            assert_eq!((check.fall(), check.rise()), (3, 2), "{text}");
+            assert_eq!(
+                check.deregister_critical_service_after.as_deref(),
+                Some("90s")
+            );
+            assert!(check.extra.is_empty(), "{:?}", check.extra);
+            let again = parse_service_file(Path::new("web.json"), &defs[0].to_file_json())
+                .expect("round trip");
+            assert_eq!(&again[0], &defs[0]);
+        }
+    }
+
+    #[test]
+    fn consul_defaults_go_critical_and_passing_at_once() {
+        let absent = CheckDefinition::default();
+        assert_eq!((absent.fall(), absent.rise()), (1, 1));
+        let zero: CheckDefinition = serde_json::from_str(
+            r#"{"tcp": "x:1", "failures_before_critical": 0, "success_before_passing": 0}"#,
+        )
+        .expect("valid");
+        assert_eq!((zero.fall(), zero.rise()), (1, 1), "0 is Consul's default");
+        let err = parse_service_file(
+            Path::new("x.json"),
+            "{\"service\": {\"name\": \"web\",\n \"check\": {\"failures_before_critical\": -1}}}",
+        )
+        .expect_err("negative");
+        assert!(err.to_string().starts_with("x.json:2:"), "{err}");
     }
 
     #[test]

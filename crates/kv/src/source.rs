@@ -294,7 +294,7 @@ async fn watch_file(
                             revision,
                         }]
                     }
-                    Some(old) => diff(old, &map, &mut revision),
+                    Some(old) => diff(old, &map, source.rewritten(), &mut revision),
                 };
                 for event in events {
                     if sender.send(event).await.is_err() {
@@ -323,20 +323,27 @@ async fn watch_file(
     }
 }
 
+/// The events that take a file source from `old` to `new`. A key in `rewritten` (its file
+/// written again with the same bytes) is put again too, with a new revision, as etcd does for a
+/// key put with the value it had.
 fn diff(
     old: &BTreeMap<String, Vec<u8>>,
     new: &BTreeMap<String, Vec<u8>>,
+    rewritten: &[String],
     revision: &mut i64,
 ) -> Vec<WatchEvent> {
     let mut events = Vec::new();
-    let changed =
-        new.iter().any(|(k, v)| old.get(k) != Some(v)) || old.keys().any(|k| !new.contains_key(k));
+    let put_again = |key: &String| rewritten.contains(key);
+    let changed = new
+        .iter()
+        .any(|(k, v)| old.get(k) != Some(v) || put_again(k))
+        || old.keys().any(|k| !new.contains_key(k));
     if !changed {
         return events;
     }
     *revision += 1;
     for (key, value) in new {
-        if old.get(key) != Some(value) {
+        if old.get(key) != Some(value) || put_again(key) {
             events.push(WatchEvent::Put(KvEntry::new(
                 key.clone(),
                 value.clone(),
@@ -491,12 +498,36 @@ mod tests {
         ]
         .into();
         let mut revision = 4;
-        let events = diff(&old, &new, &mut revision);
+        let events = diff(&old, &new, &[], &mut revision);
         assert_eq!(revision, 5);
         assert!(
             matches!(&events[..], [WatchEvent::Put(e), WatchEvent::Delete { key, .. }] if e.key == "c" && key == "b")
         );
-        assert!(diff(&new, &new, &mut revision).is_empty());
+        assert!(diff(&new, &new, &[], &mut revision).is_empty());
         assert_eq!(revision, 5);
+        let again = diff(&new, &new, &["a".to_owned()], &mut revision);
+        assert!(
+            matches!(&again[..], [WatchEvent::Put(e)] if e.key == "a" && e.revision == 6),
+            "a file written again with the same bytes is put again: {again:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_written_again_with_the_same_bytes_is_put_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.json"), "{}").expect("write");
+        let mut source = FileSource::new(dir.path());
+        let first = source.load().expect("load");
+        assert!(source.rewritten().is_empty());
+        assert!(
+            source.load().is_ok() && source.rewritten().is_empty(),
+            "untouched"
+        );
+        // Replaced as registrants do (temporary + rename): a new inode, the same bytes.
+        std::fs::write(dir.path().join(".a.json.tmp"), "{}").expect("write");
+        std::fs::rename(dir.path().join(".a.json.tmp"), dir.path().join("a.json")).expect("rename");
+        let second = source.load().expect("load");
+        assert_eq!(first, second);
+        assert_eq!(source.rewritten(), ["a.json"]);
     }
 }

@@ -37,8 +37,14 @@ struct TaskKey {
 #[derive(Debug)]
 struct Task {
     check: HealthCheckConfig,
+    /// Where it probes: an instance's own check address/port may change while its check does
+    /// not, and the task must then start over against the new target.
+    target: SocketAddr,
     stop: CancellationToken,
 }
+
+/// What a probe task is started with.
+type Wanted = (Arc<Service>, Arc<Instance>, HealthCheckConfig, SocketAddr);
 
 /// The probe tasks of a proxy.
 #[derive(Debug)]
@@ -69,31 +75,17 @@ impl Checker {
 
     /// Starts, keeps or stops probe tasks to match the current services.
     pub(crate) fn sync(&mut self) {
-        let services = self.services.load_full();
-        let mut wanted: HashMap<TaskKey, (Arc<Service>, Arc<Instance>, HealthCheckConfig)> =
-            HashMap::new();
-        for svc in services.values() {
-            let Some(check) = &svc.config.health else {
-                continue;
-            };
-            for inst in svc.instances() {
-                let key = TaskKey {
-                    service: svc.name.to_string(),
-                    instance: inst.addr,
-                };
-                wanted.insert(key, (Arc::clone(svc), Arc::clone(inst), check.clone()));
-            }
-        }
+        let wanted = wanted_tasks(&self.services.load_full());
         self.tasks.retain(|key, task| {
-            let keep = wanted
-                .get(key)
-                .is_some_and(|(_, _, check)| *check == task.check);
+            let keep = wanted.get(key).is_some_and(|(_, _, check, target)| {
+                *check == task.check && *target == task.target
+            });
             if !keep {
                 task.stop.cancel();
             }
             keep
         });
-        for (key, (svc, inst, check)) in wanted {
+        for (key, (svc, inst, check, target)) in wanted {
             if self.tasks.contains_key(&key) {
                 continue;
             }
@@ -110,10 +102,7 @@ impl Checker {
             let stop = CancellationToken::new();
             let probe = ProbeTask {
                 target: ProbeTarget {
-                    addr: SocketAddr::new(
-                        check.address.unwrap_or(inst.addr.ip()),
-                        check.port.unwrap_or(inst.addr.port()),
-                    ),
+                    addr: target,
                     instance: inst.addr,
                     service: svc.name.to_string(),
                 },
@@ -133,7 +122,14 @@ impl Checker {
                 changes: Arc::clone(&self.changes),
             };
             tokio::spawn(probe.run());
-            self.tasks.insert(key, Task { check, stop });
+            self.tasks.insert(
+                key,
+                Task {
+                    check,
+                    target,
+                    stop,
+                },
+            );
         }
     }
 
@@ -144,6 +140,30 @@ impl Checker {
         }
         self.tasks.clear();
     }
+}
+
+/// One probe task per instance of every service with a check, with where it probes: the
+/// instance's own check address and port, else the check's, else the instance's.
+fn wanted_tasks(services: &HashMap<String, Arc<Service>>) -> HashMap<TaskKey, Wanted> {
+    let mut wanted = HashMap::new();
+    for svc in services.values() {
+        let Some(check) = &svc.config.health else {
+            continue;
+        };
+        // A service's instances are built from its configured ones, in the same order.
+        for (inst, configured) in svc.instances().iter().zip(&svc.config.instances) {
+            let key = TaskKey {
+                service: svc.name.to_string(),
+                instance: inst.addr,
+            };
+            let target = configured.check_target(check);
+            wanted.insert(
+                key,
+                (Arc::clone(svc), Arc::clone(inst), check.clone(), target),
+            );
+        }
+    }
+    wanted
 }
 
 struct ProbeTask {

@@ -138,6 +138,87 @@ async fn check_port_apart_from_traffic_port() {
     assert!(b_status.hits() > 0, "the check went to the check port");
 }
 
+/// The states of service `s`'s instances, in configuration order.
+fn states(proxy: &sluice_proxy::Proxy) -> Vec<&'static str> {
+    proxy.services()[0]
+        .instances
+        .iter()
+        .map(|i| match i.health.as_ref().map(|h| h.status) {
+            Some(sluice_health::Status::Up) => "up",
+            Some(sluice_health::Status::Down) => "down",
+            _ => "unknown",
+        })
+        .collect()
+}
+
+async fn until_states(proxy: &sluice_proxy::Proxy, want: &[&str]) {
+    eventually(
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || async {
+            let found = states(proxy);
+            if found == want {
+                Ok(())
+            } else {
+                Err(format!("{found:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_ip_are_checked_on_their_own_ports() {
+    // Two mirror members on one host: one IP, a traffic port and a web server port each.
+    let a_traffic = Backend::start("a");
+    let b_traffic = Backend::start("b");
+    let a_status = Backend::start("a-status");
+    // Nothing listens there: b's check is refused.
+    let refused = sluice_test_support::free_port();
+    let config = |b_check_port: u16| {
+        format!(
+            "{LISTENER}\n[[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\n\
+             instances = [{{ address = \"{}\", check_port = {} }}, {{ address = \"{}\", check_port = {b_check_port} }}]\n\
+             [service.health]\nkind = \"http\"\npath = \"/status/200\"\n{FAST}\n",
+            a_traffic.addr(),
+            a_status.addr().port(),
+            b_traffic.addr(),
+        )
+    };
+    let (proxy, addr) = start(&config(refused)).await;
+    until_states(&proxy, &["up", "down"]).await;
+    let b_probe = proxy.services()[0].instances[1]
+        .health
+        .clone()
+        .unwrap()
+        .last_probe
+        .unwrap();
+    assert!(
+        b_probe.result.starts_with("refused"),
+        "b was probed on its own check port, not its traffic port: {b_probe:?}"
+    );
+    assert!(a_status.hits() > 0, "a was probed on its own check port");
+    let c = Client::http1();
+    let before = b_traffic.hits();
+    for _ in 0..10 {
+        assert_eq!(backend_of(&c, &format!("http://{addr}/")).await, "a");
+    }
+    assert_eq!(b_traffic.hits(), before, "only b went down");
+    assert_eq!(
+        a_traffic.hits(),
+        10,
+        "checks never went to the traffic ports"
+    );
+
+    // b's web server moves to a port that answers: its probe task starts over against it,
+    // though its check and its traffic address are unchanged.
+    let b_status = Backend::start("b-status");
+    apply(&proxy, &config(b_status.addr().port())).await;
+    until_states(&proxy, &["up", "up"]).await;
+    assert!(b_status.hits() > 0, "b is probed on its new check port");
+    assert_eq!(a_traffic.hits() + b_traffic.hits(), 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_and_command_checks() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));

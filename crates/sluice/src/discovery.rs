@@ -20,15 +20,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_config::{
-    Config, DiscoverySource, FailureMode, HealthCheckConfig, HostMatch, InstanceConfig,
-    ListenerConfig, PolicyConfig, PolicyLimits, PolicyWorld, RouteConfig, RouteKey, RouteOverride,
-    ServiceConfig,
+    Config, DiscoverySource, FailureMode, HostMatch, InstanceConfig, ListenerConfig, PolicyConfig,
+    PolicyLimits, PolicyWorld, RouteConfig, RouteKey, RouteOverride, ServiceConfig,
 };
-use sluice_discovery::CheckDefinition;
 use sluice_discovery::{Catalog, Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
 use sluice_kv::registry::ServiceDefinition;
 use sluice_kv::{EtcdOptions, WatchOptions};
 use sluice_policy_host::types;
+
+use crate::discovery_checks::{
+    apply_check_targets, declared_check, declared_checks, registered_check_target,
+};
 
 /// The `urlprefix` routing policy, compiled to `wasm32-wasip2` by `build.rs`.
 const URLPREFIX_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlprefix.wasm"));
@@ -51,6 +53,7 @@ pub(crate) mod metric {
     pub(crate) const ROUTE_REBUILDS: &str = "sluice_route_rebuilds_total";
     pub(crate) const ROUTE_REBUILD_DURATION: &str = "sluice_route_rebuild_duration_seconds";
     pub(crate) const ROUTE_ERRORS: &str = "sluice_discovery_route_errors_total";
+    pub(crate) const DEREGISTERED: &str = "sluice_discovery_deregistered_total";
     #[cfg(test)]
     pub(crate) const ALL: &[&str] = &[
         CATALOG_INSTANCES,
@@ -60,6 +63,7 @@ pub(crate) mod metric {
         ROUTE_REBUILDS,
         ROUTE_REBUILD_DURATION,
         ROUTE_ERRORS,
+        DEREGISTERED,
     ];
 }
 
@@ -180,6 +184,7 @@ impl DiscoveryState {
                 })
             })
             .collect();
+        let deregistered = self.health.deregistered();
         let instances: Vec<_> = catalog
             .instances()
             .map(|i| {
@@ -196,6 +201,7 @@ impl DiscoveryState {
                     "origin": i.origin,
                     "stale": source.is_some_and(|s| s.stale()),
                     "age_seconds": age(source.and_then(|s| s.stale_age(now))),
+                    "deregistered": deregistered.contains(&i.id),
                 })
             })
             .collect();
@@ -248,8 +254,8 @@ pub(crate) fn spawn_rebuilds(
                     changed = catalogs.changed() => if changed.is_err() { return } else { break },
                     () = state.rebuild_now.notified() => break,
                     // An instance went up or down (not every probe: only status changes), or a
-                    // parked one recovered. Waiting out the debounce folds a burst into one
-                    // rebuild.
+                    // parked one recovered or was deregistered. Waiting out the debounce folds
+                    // a burst into one rebuild.
                     Ok(()) = proxy_health.changed() => {
                         tokio::time::sleep(app.base_config().routing.debounce).await;
                         break;
@@ -297,8 +303,8 @@ async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Cat
             report.error = Some(format!("routing policy `{policy}` is not loaded"));
         }
         Some(handle) => {
-            let health = state.health.statuses(&app.proxy, &catalog).await;
-            let input = policy_input(&catalog, &health);
+            let statuses = state.health.statuses(&app.proxy, &catalog).await;
+            let input = policy_input(&catalog, &statuses);
             let policy_started = Instant::now();
             let outcome = tokio::task::spawn_blocking(move || handle.build_routes(&input)).await;
             report.policy_ms = ms(policy_started);
@@ -457,13 +463,16 @@ pub(crate) fn source_config(cfg: &sluice_config::DiscoveryConfig) -> SourceConfi
     }
 }
 
-/// The catalog as the routing world sees it.
+/// The catalog as the routing world sees it, without the instances deregistered for staying
+/// critical.
 pub(crate) fn policy_input(
     catalog: &Catalog,
-    health: &std::collections::HashMap<String, types::HealthStatus>,
+    statuses: &crate::discovery_health::Statuses,
 ) -> Vec<types::Instance> {
+    let health = &statuses.health;
     catalog
         .instances()
+        .filter(|i| !statuses.deregistered.contains(&i.id))
         .map(|i| types::Instance {
             id: i.id.clone(),
             service: i.service.clone(),
@@ -494,6 +503,9 @@ pub(crate) async fn translate(
     let mut per_route: Vec<PendingRoute> = Vec::new();
     let mut out_routes = Vec::new();
     let mut resolved: BTreeMap<(String, u16), Option<SocketAddr>> = BTreeMap::new();
+    // Where each instance's registration says its check probes, by instance address; used
+    // when its service runs the registrations' check.
+    let mut check_targets = BTreeMap::new();
     for route in routes {
         let label = format!(
             "{}{}",
@@ -582,10 +594,20 @@ pub(crate) async fn translate(
             if instances.iter().any(|i| i.address == address) {
                 continue;
             }
+            if let std::collections::btree_map::Entry::Vacant(slot) = check_targets.entry(address) {
+                let found =
+                    registered_check_target(catalog, &target.instance_id, address, &mut resolved)
+                        .await
+                        .unwrap_or_else(|reason| {
+                            skipped.push(reason);
+                            (None, None)
+                        });
+                slot.insert(found);
+            }
             instances.push(InstanceConfig {
-                address,
                 // Shares in [0, 1] onto the proxy's integer weights (1..=10000).
                 weight: ((target.weight * 10_000.0).round() as u32).clamp(1, 10_000),
+                ..InstanceConfig::new(address)
             });
         }
         out_routes.push(RouteConfig {
@@ -694,10 +716,14 @@ pub(crate) async fn translate(
         });
         match template {
             Some(mut template) => {
-                // The file's [service.health] wins; otherwise the registrations' own check.
+                // The file's [service.health] wins; otherwise the registrations' own check,
+                // each instance probed where its registration says.
                 if template.health.is_none() {
                     match declared_check(&checks, &service) {
-                        Some(Ok(health)) => template.health = Some(health),
+                        Some(Ok(health)) => {
+                            template.health = Some(health);
+                            apply_check_targets(&mut instances, &check_targets);
+                        }
                         Some(Err(reason)) => skipped.push(format!(
                             "health check of service `{name}`: {reason}; the service runs without one"
                         )),
@@ -903,122 +929,6 @@ pub(crate) fn merge(base: &Config, discovered: &Discovered) -> Config {
     merged
 }
 
-/// The active check for service `name`: the first check declared by its first instance (by
-/// id) that declares one. `None` when none does.
-///
-/// The proxy runs one check per service against every instance, so a check's own host is not
-/// used: Consul's `"tcp": "localhost:8000"` is written from inside the registrant, where
-/// `localhost` is the instance itself. A port different from the instance's becomes the check
-/// port (a separate status port). The translation goes through `sluice-config` so the check
-/// gets exactly the defaults and validation of a `[service.health]` table.
-fn declared_check(
-    checks: &BTreeMap<&str, (&CheckDefinition, u16)>,
-    name: &str,
-) -> Option<Result<HealthCheckConfig, String>> {
-    let (check, port) = checks.get(name)?;
-    Some(cached_health_from_check(check, *port))
-}
-
-/// Each service's first declared check with its instance's port (instances come ordered by
-/// id), indexed once per rebuild instead of scanning the catalog per service.
-fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, (&CheckDefinition, u16)> {
-    let mut checks = BTreeMap::new();
-    for instance in catalog.instances() {
-        if let Some(check) = instance.checks.first() {
-            checks
-                .entry(instance.service.as_str())
-                .or_insert((check, instance.port));
-        }
-    }
-    checks
-}
-
-/// [`health_from_check`], remembered: a rebuild re-translates every service's check, and
-/// parsing one through sluice-config costs far more than looking it up. Bounded: cleared when
-/// it holds more entries than a large catalog has services.
-fn cached_health_from_check(
-    check: &CheckDefinition,
-    instance_port: u16,
-) -> Result<HealthCheckConfig, String> {
-    type Cache = std::sync::Mutex<BTreeMap<(String, u16), Result<HealthCheckConfig, String>>>;
-    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-    const MAX_ENTRIES: usize = 100_000;
-    let key = (
-        serde_json::to_string(check).unwrap_or_default(),
-        instance_port,
-    );
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return found;
-    }
-    let result = health_from_check(check, instance_port);
-    if let Ok(mut cache) = cache.lock() {
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, result.clone());
-    }
-    result
-}
-
-fn health_from_check(
-    check: &CheckDefinition,
-    instance_port: u16,
-) -> Result<HealthCheckConfig, String> {
-    let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
-    let mut table = String::from("[[service]]\nname = \"check\"\n[service.health]\n");
-    let port_of = |authority: &str| {
-        authority
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse::<u16>().ok())
-    };
-    let port = if let Some(url) = &check.http {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("`{url}`: only http:// checks are supported"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, "/"),
-        };
-        table.push_str(&format!("kind = \"http\"\npath = {}\n", quote(path)));
-        port_of(authority).or(Some(80))
-    } else if let Some(target) = &check.tcp {
-        table.push_str("kind = \"tcp\"\n");
-        port_of(target)
-    } else if !check.args.is_empty() {
-        let args: Vec<String> = check.args.iter().map(|a| quote(a)).collect();
-        table.push_str(&format!(
-            "kind = \"command\"\nargs = [{}]\n",
-            args.join(", ")
-        ));
-        None
-    } else {
-        return Err("the check has none of http, tcp, args".into());
-    };
-    if let Some(port) = port.filter(|p| *p != instance_port) {
-        table.push_str(&format!("port = {port}\n"));
-    }
-    // Consul's durations are Go's ("10s", "1500ms"): the same text humantime reads.
-    if let Some(interval) = &check.interval {
-        table.push_str(&format!("interval = {}\n", quote(interval)));
-    }
-    if let Some(timeout) = &check.timeout {
-        table.push_str(&format!("timeout = {}\n", quote(timeout)));
-    }
-    let origin = if check.id.is_empty() {
-        "check"
-    } else {
-        check.id.as_str()
-    };
-    sluice_config::parse_str(Path::new(origin), &table)
-        .map_err(|diags| diags.to_string().replace('\n', " "))?
-        .services
-        .into_iter()
-        .next()
-        .and_then(|s| s.health)
-        .ok_or_else(|| "no check".to_owned())
-}
-
 /// Applies `[routing] overrides` (Fabio's `route add|del|weight`) in order to the policy's
 /// routes. Shares are kept summing to 1: a fixed `weight` gives the service that share of the
 /// route, split evenly among its targets, and the other targets share the rest in their
@@ -1202,58 +1112,6 @@ pub(crate) async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn check(json: &str) -> CheckDefinition {
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
-    }
-
-    #[test]
-    fn consul_checks_become_health_checks() {
-        let tcp = health_from_check(
-            &check(r#"{"tcp": "localhost:8000", "interval": "30s", "timeout": "20s"}"#),
-            8000,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            matches!(tcp.kind, sluice_config::CheckKind::Tcp { .. }),
-            "{tcp:?}"
-        );
-        assert_eq!(
-            (tcp.interval, tcp.timeout),
-            (Duration::from_secs(30), Duration::from_secs(20))
-        );
-        assert_eq!(tcp.port, None, "same port as the instance");
-
-        let http = health_from_check(
-            &check(r#"{"http": "http://127.0.0.1:9000/status/health", "interval": "5s"}"#),
-            8000,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        match &http.kind {
-            sluice_config::CheckKind::Http { path, .. } => assert_eq!(path, "/status/health"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(http.port, Some(9000), "a separate status port");
-
-        let args = health_from_check(
-            &check(r#"{"args": ["/bin/sh", "-c", "test -f \"ready\""], "interval": "10s", "timeout": "2000ms"}"#),
-            27017,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        match &args.kind {
-            sluice_config::CheckKind::Command { args } => {
-                assert_eq!(args, &["/bin/sh", "-c", "test -f \"ready\""])
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(args.timeout, Duration::from_secs(2));
-
-        let bad = health_from_check(&check(r#"{"tcp": "x:1", "interval": "soon"}"#), 1)
-            .expect_err("bad duration");
-        assert!(bad.contains("invalid duration"), "{bad}");
-        let none = health_from_check(&check("{}"), 1).expect_err("nothing to probe");
-        assert!(none.contains("none of"), "{none}");
-    }
 
     fn route(path: &str, service: &str, ports: &[u16]) -> types::Route {
         types::Route {
@@ -1499,12 +1357,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let mut service = base.services[0].clone();
+        let check = serde_json::from_str(r#"{"tcp": "127.0.0.1:8001", "interval": "1s"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
         service.health = Some(
-            health_from_check(
-                &check(r#"{"tcp": "127.0.0.1:8001", "interval": "1s"}"#),
-                8001,
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+            crate::discovery_checks::health_from_check(&check).unwrap_or_else(|e| panic!("{e}")),
         );
         let found = Discovered {
             services: vec![service],

@@ -10,21 +10,35 @@
 //! `rise` rule, native evaluation) and reports it `critical` until `rise` probes in a row pass.
 //! Then it is `passing`, the routes are rebuilt (see [`HealthFeed::subscribe`]) and the proxy's
 //! checker takes it over again.
+//!
+//! Consul's `deregister_critical_service_after`: a parked instance whose registration's check
+//! sets it and that stays critical that long is *deregistered*, as Consul's agent removes such
+//! a service: probing stops and the instance is left out of the routing policy's input (the
+//! catalog keeps listing it, marked) until its registration document is put again (the file
+//! written again, the etcd key put again: a new document revision) or goes away.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
-use sluice_config::HealthCheckConfig;
-use sluice_discovery::Catalog;
+use sluice_config::{Config, HealthCheckConfig, InstanceConfig};
+use sluice_discovery::{Catalog, Instance};
 use sluice_health::probe::{self, ProbeTarget};
 use sluice_health::{Evaluation, Evaluator, NativeEvaluator, ProbedInstance, Status};
 use sluice_policy_host::types::HealthStatus;
 use sluice_proxy::Proxy;
 use tokio::sync::watch;
 
-/// Parked instances and the signal that one recovered.
+/// A parked instance's probe task is still probing it.
+const PROBING: u8 = 0;
+/// It passed `rise` probes in a row.
+const RECOVERED: u8 = 1;
+/// It stayed critical for its check's `deregister_critical_service_after`.
+const DEREGISTERED: u8 = 2;
+
+/// Parked instances and the signal that one recovered or was deregistered.
 #[derive(Debug)]
 pub(crate) struct HealthFeed {
     /// By (catalog service, instance address).
@@ -34,7 +48,13 @@ pub(crate) struct HealthFeed {
 
 #[derive(Debug)]
 struct Parked {
-    recovered: Arc<AtomicBool>,
+    /// The catalog instance id.
+    id: String,
+    /// The revision of its registration document when it was parked: once deregistered, it
+    /// comes back when the document is put again.
+    revision: i64,
+    /// What the probe task concluded: [`PROBING`], [`RECOVERED`] or [`DEREGISTERED`].
+    outcome: Arc<AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,50 +73,84 @@ impl Default for HealthFeed {
     }
 }
 
+/// The catalog's health as the routing policy gets it.
+#[derive(Debug, Default)]
+pub(crate) struct Statuses {
+    /// By instance id; instances without an entry are `unknown`.
+    pub(crate) health: HashMap<String, HealthStatus>,
+    /// Instance ids deregistered for staying critical: left out of the policy's input.
+    pub(crate) deregistered: HashSet<String>,
+}
+
+/// Each (catalog service, address)'s status from the proxy's checker, with the proxy service
+/// that reported it. The proxy names a discovered service `<service>` or `<service>@<route>`:
+/// they fold onto the catalog's service, and down anywhere wins (the same check probes every
+/// copy).
+fn live_statuses(
+    states: &[(Arc<str>, SocketAddr, Status)],
+) -> HashMap<(&str, SocketAddr), (Status, Arc<str>)> {
+    let mut live: HashMap<(&str, SocketAddr), (Status, Arc<str>)> = HashMap::new();
+    for (service, addr, status) in states {
+        let base = service.split_once('@').map_or(&**service, |(b, _)| b);
+        let entry = live
+            .entry((base, *addr))
+            .or_insert((*status, Arc::clone(service)));
+        if rank(*status) > rank(entry.0) {
+            *entry = (*status, Arc::clone(service));
+        }
+    }
+    live
+}
+
+/// Every catalog instance's address (host names resolve asynchronously), in catalog order.
+async fn resolve_all(catalog: &Catalog) -> Vec<Option<SocketAddr>> {
+    let mut addrs = Vec::with_capacity(catalog.len());
+    let mut resolved: HashMap<(&str, u16), Option<SocketAddr>> = HashMap::new();
+    for instance in catalog.instances() {
+        let key = (instance.address.as_str(), instance.port);
+        let addr = match resolved.get(&key) {
+            Some(found) => *found,
+            None => {
+                let found = crate::discovery::resolve(&instance.address, instance.port).await;
+                resolved.insert(key, found);
+                found
+            }
+        };
+        addrs.push(addr);
+    }
+    addrs
+}
+
 impl HealthFeed {
-    /// Sees a new value whenever a parked instance recovers (the proxy's own status changes
-    /// come from [`Proxy::health_changes`]).
+    /// Sees a new value whenever a parked instance recovers or is deregistered (the proxy's
+    /// own status changes come from [`Proxy::health_changes`]).
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.recoveries.subscribe()
     }
 
-    /// The health of every catalog instance, by instance id, for the routing policy. Parks
-    /// instances the proxy reports down and forgets parked ones that left the catalog.
-    pub(crate) async fn statuses(
-        &self,
-        proxy: &Proxy,
-        catalog: &Catalog,
-    ) -> HashMap<String, HealthStatus> {
-        // The proxy names a discovered service `<service>` or `<service>@<route>`: fold them
-        // onto the catalog's service. Down anywhere wins (the same check probes every copy).
-        let mut live: HashMap<(&str, SocketAddr), (Status, Arc<str>)> = HashMap::new();
+    /// The ids of the instances deregistered for staying critical, for `/api/catalog`.
+    pub(crate) fn deregistered(&self) -> HashSet<String> {
+        self.parked
+            .lock()
+            .map(|parked| {
+                parked
+                    .values()
+                    .filter(|p| p.outcome.load(Ordering::Acquire) == DEREGISTERED)
+                    .map(|p| p.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The health of every catalog instance for the routing policy. Parks instances the proxy
+    /// reports down and forgets parked ones that left the catalog.
+    pub(crate) async fn statuses(&self, proxy: &Proxy, catalog: &Catalog) -> Statuses {
         let states = proxy.health_statuses();
-        for (service, addr, status) in &states {
-            let base = service.split_once('@').map_or(&**service, |(b, _)| b);
-            let entry = live
-                .entry((base, *addr))
-                .or_insert((*status, Arc::clone(service)));
-            if rank(*status) > rank(entry.0) {
-                *entry = (*status, Arc::clone(service));
-            }
-        }
+        let live = live_statuses(&states);
         let config = proxy.config();
-        // Addresses first (host names resolve asynchronously), the parked set locked after.
-        let mut addrs = Vec::with_capacity(catalog.len());
-        let mut resolved: HashMap<(&str, u16), Option<SocketAddr>> = HashMap::new();
-        for instance in catalog.instances() {
-            let key = (instance.address.as_str(), instance.port);
-            let addr = match resolved.get(&key) {
-                Some(found) => *found,
-                None => {
-                    let found = crate::discovery::resolve(&instance.address, instance.port).await;
-                    resolved.insert(key, found);
-                    found
-                }
-            };
-            addrs.push(addr);
-        }
-        let mut out = HashMap::with_capacity(catalog.len());
+        // Addresses first, the parked set locked after.
+        let addrs = resolve_all(catalog).await;
+        let mut out = Statuses::default();
         let mut seen = HashSet::new();
         let Ok(mut parked) = self.parked.lock() else {
             return out;
@@ -104,57 +158,103 @@ impl HealthFeed {
         for (instance, addr) in catalog.instances().zip(addrs) {
             let Some(addr) = addr else { continue };
             let key = (instance.service.clone(), addr);
-            let status = match parked.get(&key) {
-                Some(p) if p.recovered.load(Ordering::Acquire) => {
-                    parked.remove(&key);
-                    HealthStatus::Passing
+            let live = live.get(&(instance.service.as_str(), addr));
+            match self.status_of(&mut parked, &key, instance, live, &config) {
+                Some(status) => {
+                    out.health.insert(instance.id.clone(), status);
                 }
-                Some(_) => HealthStatus::Critical,
-                None => match live.get(&(instance.service.as_str(), addr)) {
-                    Some((Status::Down, proxy_service)) => {
-                        let check = config.service(proxy_service).and_then(|s| s.health.clone());
-                        match check {
-                            Some(check) => {
-                                let p = self.park(&instance.service, addr, check);
-                                parked.insert(key.clone(), p);
-                                HealthStatus::Critical
-                            }
-                            // Down without a check cannot happen; never strand an instance.
-                            None => HealthStatus::Unknown,
-                        }
-                    }
-                    Some((Status::Up, _)) => HealthStatus::Passing,
-                    Some((Status::Unknown, _)) | None => HealthStatus::Unknown,
-                },
-            };
+                None => {
+                    out.deregistered.insert(instance.id.clone());
+                }
+            }
             seen.insert(key);
-            out.insert(instance.id.clone(), status);
         }
         parked.retain(|key, _| seen.contains(key));
         out
     }
 
-    fn park(&self, service: &str, addr: SocketAddr, check: HealthCheckConfig) -> Parked {
+    /// One instance's status (`None`: deregistered), parking it when the proxy reports it down.
+    fn status_of(
+        &self,
+        parked: &mut HashMap<(String, SocketAddr), Parked>,
+        key: &(String, SocketAddr),
+        instance: &Instance,
+        live: Option<&(Status, Arc<str>)>,
+        config: &Config,
+    ) -> Option<HealthStatus> {
+        if let Some(p) = parked.get(key) {
+            match p.outcome.load(Ordering::Acquire) {
+                PROBING => return Some(HealthStatus::Critical),
+                RECOVERED => {
+                    parked.remove(key);
+                    return Some(HealthStatus::Passing);
+                }
+                _ if p.revision == instance.revision => return None,
+                _ => {
+                    tracing::info!(
+                        service = %instance.service,
+                        instance = %instance.id,
+                        "discovery: deregistered instance registered again; back in the catalog"
+                    );
+                    parked.remove(key);
+                }
+            }
+        }
+        match live {
+            Some((Status::Down, proxy_service)) => {
+                let service = config.service(proxy_service);
+                // Down without a check cannot happen; never strand an instance.
+                let check = service.and_then(|s| s.health.clone())?;
+                let configured =
+                    service.and_then(|s| s.instances.iter().find(|i| i.address == key.1));
+                let target = configured
+                    .cloned()
+                    .unwrap_or_else(|| InstanceConfig::new(key.1))
+                    .check_target(&check);
+                parked.insert(key.clone(), self.park(instance, key.1, target, check));
+                Some(HealthStatus::Critical)
+            }
+            Some((Status::Up, _)) => Some(HealthStatus::Passing),
+            Some((Status::Unknown, _)) | None => Some(HealthStatus::Unknown),
+        }
+    }
+
+    fn park(
+        &self,
+        instance: &Instance,
+        addr: SocketAddr,
+        target: SocketAddr,
+        check: HealthCheckConfig,
+    ) -> Parked {
+        // A bad value was reported when the check was translated (discovery_checks.rs).
+        let deregister_after = instance
+            .checks
+            .first()
+            .and_then(|c| crate::discovery_checks::deregister_after(c).ok().flatten());
         tracing::info!(
-            service,
+            service = %instance.service,
             instance = %addr,
+            deregister_after = ?deregister_after,
             "discovery: instance critical; left out of the routes and probed until it recovers"
         );
-        let recovered = Arc::new(AtomicBool::new(false));
+        let outcome = Arc::new(AtomicU8::new(PROBING));
         let task = tokio::spawn(probe_until_recovered(
             ProbeTarget {
-                addr: SocketAddr::new(
-                    check.address.unwrap_or(addr.ip()),
-                    check.port.unwrap_or(addr.port()),
-                ),
+                addr: target,
                 instance: addr,
-                service: service.to_owned(),
+                service: instance.service.clone(),
             },
             check,
-            Arc::clone(&recovered),
+            deregister_after,
+            Arc::clone(&outcome),
             Arc::clone(&self.recoveries),
         ));
-        Parked { recovered, task }
+        Parked {
+            id: instance.id.clone(),
+            revision: instance.revision,
+            outcome,
+            task,
+        }
     }
 }
 
@@ -167,13 +267,47 @@ fn rank(status: Status) -> u8 {
     }
 }
 
-/// Probes a parked instance on its check's schedule until `rise` probes in a row pass.
+/// Probes a parked instance until it recovers or, when its registration asks for it, until it
+/// has been critical for `deregister_after`; then says which and asks for a rebuild.
 async fn probe_until_recovered(
     target: ProbeTarget,
     check: HealthCheckConfig,
-    recovered: Arc<AtomicBool>,
+    deregister_after: Option<Duration>,
+    outcome: Arc<AtomicU8>,
     recoveries: Arc<watch::Sender<u64>>,
 ) {
+    let deadline = async {
+        match deregister_after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = probe_until_passing(&target, &check) => {
+            tracing::info!(
+                service = %target.service,
+                instance = %target.instance,
+                "discovery: parked instance passes its check again; routes rebuilt"
+            );
+            outcome.store(RECOVERED, Ordering::Release);
+        }
+        () = deadline => {
+            tracing::warn!(
+                service = %target.service,
+                instance = %target.instance,
+                after = ?deregister_after,
+                "discovery: instance critical for deregister_critical_service_after; deregistered until its registration is put again"
+            );
+            metrics::counter!(crate::discovery::metric::DEREGISTERED, "service" => target.service.clone())
+                .increment(1);
+            outcome.store(DEREGISTERED, Ordering::Release);
+        }
+    }
+    recoveries.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Probes on the check's schedule until `rise` probes in a row pass.
+async fn probe_until_passing(target: &ProbeTarget, check: &HealthCheckConfig) {
     let evaluator = NativeEvaluator::new(check.kind.clone());
     let probed = ProbedInstance {
         id: target.instance.to_string(),
@@ -184,18 +318,11 @@ async fn probe_until_recovered(
     let mut ups = 0;
     loop {
         tokio::time::sleep(check.interval + probe::jitter(check.jitter)).await;
-        let result = probe::run(&target, &check).await;
+        let result = probe::run(target, check).await;
         let up =
             matches!(evaluator.evaluate(&probed, &result), Evaluation::Verdict(v) if v.is_up());
         ups = if up { ups + 1 } else { 0 };
         if ups >= check.rise {
-            tracing::info!(
-                service = %target.service,
-                instance = %target.instance,
-                "discovery: parked instance passes its check again; routes rebuilt"
-            );
-            recovered.store(true, Ordering::Release);
-            recoveries.send_modify(|n| *n = n.wrapping_add(1));
             return;
         }
     }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod discovery;
+mod discovery_checks;
 mod discovery_health;
 mod discovery_ops;
 mod kv;

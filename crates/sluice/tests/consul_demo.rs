@@ -36,9 +36,13 @@ const SIDECAR_2: &str = include_str!("../../../examples/consul-demo/sidecar/web-
 
 const WITHIN: Duration = Duration::from_secs(20);
 const EVERY: Duration = Duration::from_millis(50);
-/// `[service.health]` defaults that a check taken from a registration keeps.
-const FALL: u32 = 3;
-const RISE: u32 = 2;
+/// Consul's thresholds, which a check taken from a registration follows: critical at the
+/// first failed probe, passing at the first good one (the example's definitions set neither
+/// `failures_before_critical` nor `success_before_passing`).
+const FALL: u32 = 1;
+const RISE: u32 = 1;
+/// The most jitter a check taken from a registration adds to its interval.
+const JITTER: Duration = Duration::from_millis(100);
 
 fn loopback() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
@@ -266,8 +270,8 @@ async fn file_registry_balances_web_and_drops_a_stopped_instance() {
     let stopped_after = since();
 
     // The declared check (tcp, `interval`, `timeout`) marks it down after FALL failed probes;
-    // each round may be up to interval/10 late (jitter). One second of margin for a busy box.
-    let down_bound = FALL * (interval + interval / 10) + timeout + Duration::from_secs(1);
+    // each round may be up to JITTER late. One second of margin for a busy box.
+    let down_bound = FALL * (interval + JITTER) + timeout + Duration::from_secs(1);
     // Down, and soon after left out of the service by the routing policy (critical).
     eventually(down_bound, EVERY, || async {
         match health_state(admin, web_2_addr) {
@@ -320,7 +324,7 @@ async fn file_registry_balances_web_and_drops_a_stopped_instance() {
     // web-2 comes back on the same port: its registration is still there, the check passes
     // RISE times and it takes traffic again.
     let web_2 = Backend::start_on("web-2", web_2_addr);
-    let up_bound = RISE * (interval + interval / 10) + timeout + Duration::from_secs(1);
+    let up_bound = RISE * (interval + JITTER) + timeout + Duration::from_secs(1);
     eventually(up_bound, EVERY, || async {
         match health_state(admin, web_2_addr)?.as_str() {
             "up" => Ok(()),

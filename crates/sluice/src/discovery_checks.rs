@@ -1,0 +1,381 @@
+//! Checks declared in registrations, as the proxy runs them: Consul's `check` becomes a
+//! `[service.health]` with Consul's semantics, and each registration says where its instance is
+//! probed.
+//!
+//! - **One check per service.** The proxy runs one check against every instance of a service:
+//!   the first check of its first instance (by id) that declares one. The translation goes
+//!   through `sluice-config`, so the check gets exactly the defaults and validation of a
+//!   `[service.health]` table.
+//! - **Consul's thresholds.** Consul marks a check critical at its first failure and passing at
+//!   its first success unless the definition sets `failures_before_critical` /
+//!   `success_before_passing`; those become `fall` / `rise` (the config's defaults of 3 and 2
+//!   would keep a dead instance routed for three intervals: 90 s at the common `30s`).
+//! - **Probed on schedule.** Consul runs a check every `interval` exactly (only its first run
+//!   is staggered), so the jitter the proxy adds is kept small: a dead instance is seen within
+//!   one interval (plus the timeout, for one that hangs).
+//! - **A target per registration.** Consul's `http` URL or `tcp` target names a host and port
+//!   per registration; they become the instance's `check_address` / `check_port`. A loopback
+//!   host (`localhost`, `127.0.0.1`) was written from inside the registrant, where it means the
+//!   registrant itself: the instance's registered address is probed, unless that address is
+//!   itself loopback (instances on this machine, told apart by loopback address).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_config::{HealthCheckConfig, InstanceConfig};
+use sluice_discovery::{Catalog, CheckDefinition};
+
+/// The most jitter a check from a registration gets: enough to spread probes started together,
+/// small next to any interval, so "critical within one interval" holds.
+const REGISTRATION_CHECK_JITTER: Duration = Duration::from_millis(100);
+
+/// Each service's first declared check (instances come ordered by id), indexed once per
+/// rebuild instead of scanning the catalog per service.
+pub(crate) fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, &CheckDefinition> {
+    let mut checks = BTreeMap::new();
+    for instance in catalog.instances() {
+        if let Some(check) = instance.checks.first() {
+            checks.entry(instance.service.as_str()).or_insert(check);
+        }
+    }
+    checks
+}
+
+/// The active check for service `name`, `None` when none of its instances declares one.
+pub(crate) fn declared_check(
+    checks: &BTreeMap<&str, &CheckDefinition>,
+    name: &str,
+) -> Option<Result<HealthCheckConfig, String>> {
+    let check = checks.get(name)?;
+    Some(cached_health_from_check(check))
+}
+
+/// [`health_from_check`], remembered: a rebuild re-translates every service's check, and
+/// parsing one through sluice-config costs far more than looking it up. Bounded: cleared when
+/// it holds more entries than a large catalog has services.
+fn cached_health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, String> {
+    type Cache = std::sync::Mutex<BTreeMap<String, Result<HealthCheckConfig, String>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    const MAX_ENTRIES: usize = 100_000;
+    let key = serde_json::to_string(check).unwrap_or_default();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return found;
+    }
+    let result = health_from_check(check);
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, result.clone());
+    }
+    result
+}
+
+/// A registration's check as a `[service.health]`, probing each instance where
+/// [`registered_check_target`] says.
+pub(crate) fn health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, String> {
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    let mut table = String::from("[[service]]\nname = \"check\"\n[service.health]\n");
+    if let Some(url) = &check.http {
+        let (_, path) = split_http_url(url)?;
+        table.push_str(&format!("kind = \"http\"\npath = {}\n", quote(path)));
+    } else if check.tcp.is_some() {
+        table.push_str("kind = \"tcp\"\n");
+    } else if !check.args.is_empty() {
+        let args: Vec<String> = check.args.iter().map(|a| quote(a)).collect();
+        table.push_str(&format!(
+            "kind = \"command\"\nargs = [{}]\n",
+            args.join(", ")
+        ));
+    } else {
+        return Err("the check has none of http, tcp, args".into());
+    }
+    // Consul's durations are Go's ("10s", "1500ms"): the same text humantime reads.
+    if let Some(interval) = &check.interval {
+        table.push_str(&format!("interval = {}\n", quote(interval)));
+    }
+    if let Some(timeout) = &check.timeout {
+        table.push_str(&format!("timeout = {}\n", quote(timeout)));
+    }
+    table.push_str(&format!(
+        "rise = {}\nfall = {}\n",
+        check.rise(),
+        check.fall()
+    ));
+    let origin = if check.id.is_empty() {
+        "check"
+    } else {
+        check.id.as_str()
+    };
+    deregister_after(check).map_err(|e| format!("{origin}: {e}"))?;
+    let mut health = sluice_config::parse_str(Path::new(origin), &table)
+        .map_err(|diags| diags.to_string().replace('\n', " "))?
+        .services
+        .into_iter()
+        .next()
+        .and_then(|s| s.health)
+        .ok_or_else(|| "no check".to_owned())?;
+    health.jitter = health.jitter.min(REGISTRATION_CHECK_JITTER);
+    Ok(health)
+}
+
+/// `deregister_critical_service_after`, read as Consul reads it (a Go duration).
+pub(crate) fn deregister_after(check: &CheckDefinition) -> Result<Option<Duration>, String> {
+    check
+        .deregister_critical_service_after
+        .as_deref()
+        .map(|text| {
+            humantime::parse_duration(text).map_err(|e| {
+                format!("deregister_critical_service_after: invalid duration `{text}`: {e}")
+            })
+        })
+        .transpose()
+}
+
+/// `http://AUTHORITY/PATH` → (authority, path); only plain `http` is supported.
+fn split_http_url(url: &str) -> Result<(&str, &str), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{url}`: only http:// checks are supported"))?;
+    Ok(match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    })
+}
+
+/// The host and port a check names: the URL's authority (port 80 when absent) or the `tcp`
+/// target. `None` for command checks and what [`health_from_check`] rejects.
+fn check_host_port(check: &CheckDefinition) -> Option<(&str, Option<u16>)> {
+    let (authority, default_port) = match (&check.http, &check.tcp) {
+        (Some(url), _) => (split_http_url(url).ok()?.0, Some(80)),
+        (None, Some(target)) => (target.as_str(), None),
+        (None, None) => return None,
+    };
+    // `[::1]:8000` (IPv6 in brackets) or `host:8000`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = port.and_then(|p| p.parse::<u16>().ok()).or(default_port);
+    Some((host, port))
+}
+
+/// Where a host named by a check is, as seen from the proxy.
+#[derive(Debug, PartialEq)]
+enum CheckHost<'a> {
+    /// The instance's own address.
+    Instance,
+    Ip(IpAddr),
+    /// A name to resolve.
+    Name(&'a str),
+}
+
+fn check_host(host: &str, instance: IpAddr) -> CheckHost<'_> {
+    if host.is_empty() || host.eq_ignore_ascii_case("localhost") {
+        return CheckHost::Instance;
+    }
+    match host.parse::<IpAddr>() {
+        // Written from inside the registrant: itself, unless it registered a loopback address.
+        Ok(ip) if ip.is_loopback() && !instance.is_loopback() => CheckHost::Instance,
+        Ok(ip) if ip == instance => CheckHost::Instance,
+        Ok(ip) => CheckHost::Ip(ip),
+        Err(_) => CheckHost::Name(host),
+    }
+}
+
+/// Where the registration's check probes instance `id` (at `address`), as an instance's
+/// `check_address` / `check_port`: `None` for what is the instance's own. A check host that
+/// does not resolve is reported and the instance's address probed.
+pub(crate) async fn registered_check_target(
+    catalog: &Catalog,
+    id: &str,
+    address: SocketAddr,
+    resolved: &mut BTreeMap<(String, u16), Option<SocketAddr>>,
+) -> Result<(Option<IpAddr>, Option<u16>), String> {
+    let Some((host, port)) = catalog
+        .get(id)
+        .and_then(|i| i.checks.first())
+        .and_then(check_host_port)
+    else {
+        return Ok((None, None));
+    };
+    let port = port.filter(|p| *p != address.port());
+    let ip = match check_host(host, address.ip()) {
+        CheckHost::Instance => None,
+        CheckHost::Ip(ip) => Some(ip),
+        CheckHost::Name(name) => {
+            let key = (name.to_owned(), port.unwrap_or(address.port()));
+            let found = match resolved.get(&key) {
+                Some(found) => *found,
+                None => {
+                    let found = crate::discovery::resolve(name, key.1).await;
+                    resolved.insert(key, found);
+                    found
+                }
+            };
+            let found = found.ok_or_else(|| {
+                format!("check of instance `{id}`: cannot resolve `{name}`; probing the instance's address")
+            })?;
+            Some(found.ip()).filter(|ip| *ip != address.ip())
+        }
+    };
+    Ok((ip, port))
+}
+
+/// Gives the instances that name no check target of their own the one their registration's
+/// check names (`targets`, by instance address).
+pub(crate) fn apply_check_targets(
+    instances: &mut [InstanceConfig],
+    targets: &BTreeMap<SocketAddr, (Option<IpAddr>, Option<u16>)>,
+) {
+    for instance in instances {
+        if instance.check_address.is_some() || instance.check_port.is_some() {
+            continue;
+        }
+        if let Some((address, port)) = targets.get(&instance.address) {
+            instance.check_address = *address;
+            instance.check_port = *port;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(json: &str) -> CheckDefinition {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn consul_checks_become_health_checks() {
+        let tcp = health_from_check(&check(
+            r#"{"tcp": "localhost:8000", "interval": "30s", "timeout": "20s"}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(tcp.kind, sluice_config::CheckKind::Tcp { .. }),
+            "{tcp:?}"
+        );
+        assert_eq!(
+            (tcp.interval, tcp.timeout),
+            (Duration::from_secs(30), Duration::from_secs(20))
+        );
+        assert_eq!(
+            (tcp.port, tcp.address),
+            (None, None),
+            "the target is per instance"
+        );
+
+        let http = health_from_check(&check(
+            r#"{"http": "http://127.0.0.1:9000/status/health", "interval": "5s"}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        match &http.kind {
+            sluice_config::CheckKind::Http { path, .. } => assert_eq!(path, "/status/health"),
+            other => panic!("{other:?}"),
+        }
+
+        let args = health_from_check(&check(
+            r#"{"args": ["/bin/sh", "-c", "test -f \"ready\""], "interval": "10s", "timeout": "2000ms"}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        match &args.kind {
+            sluice_config::CheckKind::Command { args } => {
+                assert_eq!(args, &["/bin/sh", "-c", "test -f \"ready\""])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(args.timeout, Duration::from_secs(2));
+
+        let bad = health_from_check(&check(r#"{"tcp": "x:1", "interval": "soon"}"#))
+            .expect_err("bad duration");
+        assert!(bad.contains("invalid duration"), "{bad}");
+        let none = health_from_check(&check("{}")).expect_err("nothing to probe");
+        assert!(none.contains("none of"), "{none}");
+    }
+
+    #[test]
+    fn consul_thresholds_become_fall_and_rise() {
+        let default = health_from_check(&check(r#"{"tcp": "x:1", "interval": "30s"}"#))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (default.fall, default.rise),
+            (1, 1),
+            "critical at the first failure, passing at the first success"
+        );
+        assert_eq!(
+            default.jitter, REGISTRATION_CHECK_JITTER,
+            "not 3 s: a dead instance is seen one interval after its last good probe"
+        );
+        let set = health_from_check(&check(
+            r#"{"tcp": "x:1", "failures_before_critical": 3, "success_before_passing": 2}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((set.fall, set.rise), (3, 2));
+        let short = health_from_check(&check(r#"{"tcp": "x:1", "interval": "200ms"}"#))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(short.jitter, Duration::from_millis(20), "interval / 10");
+
+        let too_many =
+            health_from_check(&check(r#"{"tcp": "x:1", "failures_before_critical": 500}"#))
+                .expect_err("beyond fall's range");
+        assert!(too_many.contains("500 is out of range"), "{too_many}");
+        let bad = health_from_check(&check(
+            r#"{"id": "web", "tcp": "x:1", "deregister_critical_service_after": "later"}"#,
+        ))
+        .expect_err("bad duration");
+        assert!(
+            bad.starts_with("web: deregister_critical_service_after: invalid duration `later`"),
+            "{bad}"
+        );
+        assert_eq!(
+            deregister_after(&check(r#"{"deregister_critical_service_after": "1m"}"#)),
+            Ok(Some(Duration::from_secs(60)))
+        );
+    }
+
+    #[test]
+    fn checks_name_their_host_and_port() {
+        let target = |json: &str| check_host_port(&check(json)).map(|(h, p)| (h.to_owned(), p));
+        assert_eq!(
+            target(r#"{"http": "http://10.0.0.3:52773/csp/status"}"#),
+            Some(("10.0.0.3".into(), Some(52773)))
+        );
+        assert_eq!(
+            target(r#"{"http": "http://web"}"#),
+            Some(("web".into(), Some(80)))
+        );
+        assert_eq!(
+            target(r#"{"tcp": "[::1]:8000"}"#),
+            Some(("::1".into(), Some(8000)))
+        );
+        assert_eq!(target(r#"{"args": ["/bin/true"]}"#), None);
+
+        let lan: IpAddr = "10.0.0.3".parse().unwrap_or_else(|e| panic!("{e}"));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let other: IpAddr = "127.0.0.11".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check_host("localhost", lo), CheckHost::Instance);
+        assert_eq!(
+            check_host("127.0.0.1", lan),
+            CheckHost::Instance,
+            "the registrant's own loopback"
+        );
+        assert_eq!(
+            check_host("127.0.0.11", lo),
+            CheckHost::Ip(other),
+            "instances on this machine"
+        );
+        assert_eq!(check_host("10.0.0.3", lan), CheckHost::Instance);
+        assert_eq!(check_host("mgmt", lan), CheckHost::Name("mgmt"));
+    }
+}
