@@ -48,6 +48,7 @@ fn check_file(data: &[u8]) {
                 assert_eq!(
                     instance,
                     &Instance::from_definition(definition.clone(), SOURCE, origin.clone())
+                        .at_revision(instance.revision)
                 );
                 round_trip(definition);
             }

@@ -1,4 +1,4 @@
-//! Checks declared in registrations, through the real binary and a file registry, with
+//! Checks declared in registrations, through the real binary and a file registry (and etcd), with
 //! Consul's semantics: critical at the first failure unless `failures_before_critical` says
 //! otherwise, each registration's check probed on the host and port it names, and
 //! `deregister_critical_service_after` removing an instance until its registration is put
@@ -16,6 +16,7 @@ use common::{
     BIN, EVERY, WITHIN, addr, backends_seen, catalog, config, until_backends, until_log,
     write_atomically,
 };
+use sluice_test_support::etcd::Etcd;
 use sluice_test_support::{Backend, Client, Mode, SluiceProcess, eventually, http_get};
 
 fn file_discovery(dir: &Path) -> String {
@@ -192,23 +193,76 @@ async fn failures_before_critical_and_a_check_port_per_registration() {
     );
 }
 
+/// Where the deregistration tests put registrations: a file registry directory or etcd.
+enum Registry {
+    Dir(tempfile::TempDir),
+    Etcd(Etcd),
+}
+
+impl Registry {
+    /// Puts (or puts again) `id`'s registration of service `web`, as a registrant does.
+    fn put(&self, id: &str, backend: &Backend, check: serde_json::Value) {
+        match self {
+            Registry::Dir(dir) => write_atomically(
+                dir.path(),
+                &format!("{id}.json"),
+                &registration(id, backend, check),
+            ),
+            Registry::Etcd(etcd) => {
+                // etcd holds the bare definition; every put is a new revision, equal or not.
+                let definition = serde_json::json!({
+                    "name": "web", "id": id, "address": "127.0.0.1",
+                    "port": backend.addr().port(), "tags": ["urlprefix-/web"], "check": check
+                });
+                etcd.put(
+                    &format!("/sluice/services/web/{id}"),
+                    &definition.to_string(),
+                );
+            }
+        }
+    }
+
+    fn discovery(&self) -> String {
+        match self {
+            Registry::Dir(dir) => file_discovery(dir.path()),
+            Registry::Etcd(etcd) => format!(
+                "[[discovery]]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n",
+                etcd.endpoint()
+            ),
+        }
+    }
+}
+
+/// `deregister_critical_service_after`, from a file registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_critical_file_registration_is_deregistered_until_put_again() {
+    a_long_critical_instance_is_deregistered_until_registered_again(Registry::Dir(
+        tempfile::tempdir().unwrap(),
+    ))
+    .await;
+}
+
+/// `deregister_critical_service_after`, from etcd: the same key put again (same value, a new
+/// revision) brings the instance back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_critical_etcd_registration_is_deregistered_until_put_again() {
+    a_long_critical_instance_is_deregistered_until_registered_again(Registry::Etcd(Etcd::start()))
+        .await;
+}
+
 /// `deregister_critical_service_after`: critical that long, the instance goes until its
 /// registration is put again, even healthy again in between (nothing probes it any more).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_critical_instance_is_deregistered_until_registered_again() {
+async fn a_long_critical_instance_is_deregistered_until_registered_again(registry: Registry) {
     let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
-    let registry = tempfile::tempdir().unwrap();
-    let dir = registry.path();
     let check = |backend: &Backend| {
         serde_json::json!({"http": format!("http://{}/health", backend.addr()),
                            "interval": "200ms", "timeout": "100ms",
                            "deregister_critical_service_after": "1s"})
     };
-    let web_1 = registration("web-1", &b1, check(&b1));
-    write_atomically(dir, "web-1.json", &web_1);
-    write_atomically(dir, "web-2.json", &registration("web-2", &b2, check(&b2)));
+    registry.put("web-1", &b1, check(&b1));
+    registry.put("web-2", &b2, check(&b2));
     let (admin, web) = (addr(), addr());
-    let config = config(admin, web, &file_discovery(dir));
+    let config = config(admin, web, &registry.discovery());
     let process = SluiceProcess::start(Path::new(BIN), &config, admin);
     let client = Client::http1();
     until_backends(&client, web, "/web/", &["b1", "b2"]).await;
@@ -246,6 +300,7 @@ async fn a_long_critical_instance_is_deregistered_until_registered_again() {
 
     // Back on its port and healthy, but deregistered: nothing routes to it or probes it.
     let b1 = Backend::start_on("b1", b1_addr);
+    let check_b1 = check(&b1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         backends_seen(&client, web, "/web/").await.unwrap(),
@@ -256,7 +311,7 @@ async fn a_long_critical_instance_is_deregistered_until_registered_again() {
     assert_eq!(deregistered(admin), ["web-1"]);
 
     // The registrant writes its registration again, unchanged (as a restarted one does).
-    write_atomically(dir, "web-1.json", &web_1);
+    registry.put("web-1", &b1, check_b1);
     until_backends(&client, web, "/web/", &["b1", "b2"]).await;
     assert!(deregistered(admin).is_empty());
     until_log(&process, "registered again").await;
