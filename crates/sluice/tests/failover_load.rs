@@ -3,7 +3,8 @@
 //! `examples/simplemirror/sluice.toml` (copied from the file, so these tests track the example).
 //!
 //! Every case runs an open-loop client (`sluice_test_support::open_loop`): 200 requests per
-//! second on a schedule, each on its own connection, never waiting for earlier answers. The
+//! second on a schedule, each on its own connection (the HTTP/2 cases: multiplexed on 8, with
+//! 16 KiB request and answer bodies), never waiting for earlier answers. The
 //! primary `a` answers its `/api/` requests and superserver greetings 2 s late (a loaded
 //! server), so about 400 requests are in flight on it at any moment, and at the flip (the
 //! issue asks for ≥ 200; its own harness runs 400 concurrent clients). The
@@ -12,7 +13,8 @@
 //! (ports open, nothing answered) and, in the failover cases, `b` reports primary at once.
 //!
 //! Criteria (`interval + timeout + 100 ms` is computed from the example's check settings):
-//! - failover (HTTP and TCP, stopped and hung primary): ≥ 200 requests in flight at the flip;
+//! - failover (HTTP/1.1, HTTP/2 and TCP, stopped and hung primary): ≥ 200 requests in
+//!   flight at the flip;
 //!   every request answered by a member (0 failed); every answer given by a member that was
 //!   primary when it answered (0 non-primary answers); the first answer from `b` within the
 //!   bound of the flip; `sluice_split_brain_total` 0 for the service (a clean flip).
@@ -56,8 +58,17 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
     Http,
+    /// HTTP/2 clients (h2c, requests multiplexed on H2_CONNECTIONS connections) sending
+    /// `PUT`s with an H2_BODY-byte body and asking for an H2_BODY-byte answer: bodies larger
+    /// than a packet, replayed when a request moves to the new primary.
+    H2,
     Tcp,
 }
+
+/// HTTP/2 connections the H2 clients share.
+const H2_CONNECTIONS: usize = 8;
+/// Request and answer body size of the H2 cases.
+const H2_BODY: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Break {
@@ -146,7 +157,7 @@ fn setup(proto: Proto, pair: u8) -> Mirror {
          [[policy]]\nname = \"mirror-primary\"\nworld = \"health\"\nfile = \"{MIRROR_PRIMARY}\"\n"
     );
     let (service, lines, instances, target) = match proto {
-        Proto::Http => {
+        Proto::Http | Proto::H2 => {
             let _ = write!(
                 config,
                 "[[listener]]\nname = \"web\"\nbind = \"{front}\"\n\
@@ -156,7 +167,11 @@ fn setup(proto: Proto, pair: u8) -> Mirror {
                 "ap1",
                 example_service("ap1"),
                 [a.web(), b.web()],
-                Target::http_get(front, "/ap1/api/get"),
+                if proto == Proto::H2 {
+                    Target::h2_put(front, "/ap1/api/put", H2_CONNECTIONS, H2_BODY, H2_BODY)
+                } else {
+                    Target::http_get(front, "/ap1/api/get")
+                },
             )
         }
         Proto::Tcp => {
@@ -288,10 +303,10 @@ impl Mirror {
     fn what(&self, how: Break) -> String {
         format!(
             "{} {} primary",
-            if self.proto == Proto::Http {
-                "HTTP"
-            } else {
-                "TCP"
+            match self.proto {
+                Proto::Http => "HTTP",
+                Proto::H2 => "HTTP/2 16 KiB PUT",
+                Proto::Tcp => "TCP",
             },
             if how == Break::Stop {
                 "stopped"
@@ -369,7 +384,7 @@ async fn failover(proto: Proto, how: Break, pair: u8) {
             by_kind(&wrong_role, flip)
         ));
     }
-    let kind = if proto == Proto::Http {
+    let kind = if proto != Proto::Tcp {
         AnswerKind::Api
     } else {
         AnswerKind::Greeting
@@ -586,6 +601,16 @@ async fn http_failover_from_a_stopped_primary_under_open_loop_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_failover_from_a_hung_primary_under_open_loop_load() {
     failover(Proto::Http, Break::Hang, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_failover_with_16k_bodies_from_a_stopped_primary_under_open_loop_load() {
+    failover(Proto::H2, Break::Stop, 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_failover_with_16k_bodies_from_a_hung_primary_under_open_loop_load() {
+    failover(Proto::H2, Break::Hang, 15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,9 @@
 //!
 //! - a web port answering `GET /csp/mirror_status.cxw` with `200 SUCCESS` as primary and
 //!   `503 FAILED` as backup, and `GET /api/...` with `{"host": NAME, "role": ...}` (the role
-//!   when the answer is sent; `?delay_ms=N` answers N ms late);
+//!   when the answer is sent; `?delay_ms=N` answers N ms late; the answer also says how many
+//!   request body bytes came, `"received"`, and `?pad=N` adds N bytes of `"pad"`, for
+//!   bodies larger than a packet);
 //! - a TCP port (the superserver, 1972 in the seed) that greets each connection with
 //!   `NAME\n` and then echoes what it receives.
 //!
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -360,11 +362,11 @@ async fn superserver(mut stream: tokio::net::TcpStream, state: Arc<State>) {
     }
 }
 
-/// `delay_ms=N` from a query string.
-fn query_delay(query: Option<&str>) -> Option<u64> {
+/// `name=N` from a query string.
+fn query_number(query: Option<&str>, name: &str) -> Option<u64> {
     query?
         .split('&')
-        .find_map(|kv| kv.strip_prefix("delay_ms="))
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
 }
 
@@ -375,8 +377,12 @@ async fn web_answer(
     let received = Instant::now();
     let mut role = state.thawed().await;
     let status_page = req.uri().path() == "/csp/mirror_status.cxw";
+    let (parts, body) = req.into_parts();
+    // A body cut short counts what came: the client compares it with what it sent.
+    let body_bytes = body.collect().await.map_or(0, |b| b.to_bytes().len());
     if !status_page {
-        let delay = query_delay(req.uri().query()).unwrap_or(state.delay_ms.load(SeqCst));
+        let delay =
+            query_number(parts.uri.query(), "delay_ms").unwrap_or(state.delay_ms.load(SeqCst));
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             role = state.thawed().await;
@@ -397,14 +403,19 @@ async fn web_answer(
         (
             StatusCode::OK,
             format!(
-                "{{\"host\":\"{}\",\"role\":\"{}\",\"path\":\"{}\"}}",
+                "{{\"host\":\"{}\",\"role\":\"{}\",\"path\":\"{}\",\"received\":{body_bytes},\"pad\":\"{}\"}}",
                 state.name,
                 if role == MirrorRole::Primary {
                     "primary"
                 } else {
                     "backup"
                 },
-                req.uri().path()
+                parts.uri.path(),
+                "x".repeat(
+                    query_number(parts.uri.query(), "pad")
+                        .unwrap_or(0)
+                        .min(1 << 24) as usize
+                )
             ),
         )
     };

@@ -25,9 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use crate::client::Client;
 
 /// What each request does.
 #[derive(Debug, Clone)]
@@ -45,6 +48,20 @@ pub enum Target {
         /// Where to connect.
         addr: SocketAddr,
     },
+    /// `PUT url` with `body` over HTTP/2 with prior knowledge, multiplexed on a few shared
+    /// connections (request `i` on connection `i % connections`), as a gRPC or browser
+    /// client sends; the answer must say it `"received"` the whole body and carry `pad`
+    /// bytes of `"pad"` (a mirror member's `?pad=N`), or the request fails at `body`.
+    H2Put {
+        /// One client per connection (each keeps its own).
+        clients: Arc<Vec<Client>>,
+        /// `http://HOST:PORT/path?pad=N`.
+        url: String,
+        /// The request body.
+        body: Bytes,
+        /// The `"pad"` length the answer must carry.
+        pad: usize,
+    },
 }
 
 impl Target {
@@ -59,6 +76,23 @@ impl Target {
     /// A greeting-and-echo session on `addr`.
     pub fn tcp_echo(addr: SocketAddr) -> Self {
         Self::TcpEcho { addr }
+    }
+
+    /// `PUT` of `body_bytes` bytes to `path` on `addr` over `connections` HTTP/2 connections,
+    /// asking a mirror member for an answer padded with `pad` bytes.
+    pub fn h2_put(
+        addr: SocketAddr,
+        path: &str,
+        connections: usize,
+        body_bytes: usize,
+        pad: usize,
+    ) -> Self {
+        Self::H2Put {
+            clients: Arc::new((0..connections.max(1)).map(|_| Client::h2c()).collect()),
+            url: format!("http://{addr}{path}?pad={pad}"),
+            body: Bytes::from(vec![b'b'; body_bytes]),
+            pad,
+        }
     }
 }
 
@@ -462,6 +496,15 @@ async fn one(index: usize, scheduled: Instant, target: Target, timeout: Duration
         match &target {
             Target::HttpGet { addr, path } => http_get(*addr, path, &stage, &answered).await,
             Target::TcpEcho { addr } => tcp_echo(*addr, index, &stage, &answered, &greeting).await,
+            Target::H2Put {
+                clients,
+                url,
+                body,
+                pad,
+            } => {
+                let client = &clients[index % clients.len()];
+                h2_put(client, url, body, *pad, &stage, &answered).await
+            }
         }
     };
     let failed = |error| Outcome::Failed {
@@ -568,6 +611,49 @@ async fn http_get(
         role: text("role"),
         error: text("error"),
         body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+    })
+}
+
+/// `answered` is when the whole answer had come (the client hands over complete answers):
+/// later than its first byte by the time a few KiB take on loopback.
+async fn h2_put(
+    client: &Client,
+    url: &str,
+    body: &Bytes,
+    pad: usize,
+    stage: &AtomicUsize,
+    answered: &OnceLock<Instant>,
+) -> Result<Outcome, String> {
+    stage.store(SEND, SeqCst);
+    let reply = client
+        .request(http::Method::PUT, url, &[], body.clone())
+        .await?;
+    let _ = answered.set(Instant::now());
+    stage.store(BODY, SeqCst);
+    let json: Option<serde_json::Value> = serde_json::from_slice(&reply.body).ok();
+    let text = |k: &str| json.as_ref().and_then(|j| j[k].as_str()).map(str::to_owned);
+    let member = text("host");
+    if member.is_some() {
+        let received = json.as_ref().and_then(|j| j["received"].as_u64());
+        let padded = text("pad").map(|p| p.len());
+        if received != Some(body.len() as u64) || padded != Some(pad) {
+            return Err(format!(
+                "{} answered with {received:?} of {} body bytes received and {padded:?} of {pad} \
+                 pad bytes",
+                member.unwrap_or_default(),
+                body.len()
+            ));
+        }
+    }
+    Ok(Outcome::Http {
+        status: reply.status.as_u16(),
+        member,
+        role: text("role"),
+        error: text("error"),
+        body: String::from_utf8_lossy(&reply.body)
+            .chars()
+            .take(200)
+            .collect(),
     })
 }
 
