@@ -1,0 +1,201 @@
+//! `[service.health]`: active health checks.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Cx;
+use crate::defaults as d;
+use crate::model::*;
+use crate::raw::*;
+
+impl Cx<'_> {
+    pub(super) fn health(&mut self, raw: &Spanned<RawHealth>) -> Option<HealthCheckConfig> {
+        let h = raw.get_ref();
+        let Some(kind_raw) = &h.kind else {
+            self.error_hint(
+                Some(raw.span()),
+                "health check has no `kind`",
+                "add kind = \"http\", \"tcp\" or \"command\"",
+            );
+            return None;
+        };
+        let misplaced = |s: &mut Self, applies: &str, fields: &[(&str, Option<Range<usize>>)]| {
+            for (key, span) in fields {
+                if span.is_some() {
+                    s.error_hint(
+                        span.clone(),
+                        format!("`{key}` only applies to kind = \"{applies}\""),
+                        "remove it, or change the check's kind",
+                    );
+                }
+            }
+        };
+        let http_fields = [
+            ("method", h.method.as_ref().map(Spanned::span)),
+            ("path", h.path.as_ref().map(Spanned::span)),
+            ("host", h.host.as_ref().map(Spanned::span)),
+            (
+                "expect_status",
+                h.expect_status
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(Spanned::span),
+            ),
+            ("expect_body", h.expect_body.as_ref().map(Spanned::span)),
+        ];
+        let tcp_fields = [
+            ("send", h.send.as_ref().map(Spanned::span)),
+            ("expect", h.expect.as_ref().map(Spanned::span)),
+        ];
+        let command_fields = [(
+            "args",
+            h.args.as_ref().and_then(|v| v.first()).map(Spanned::span),
+        )];
+        let kind = match kind_raw.get_ref().as_str() {
+            "http" => {
+                misplaced(self, "tcp", &tcp_fields);
+                misplaced(self, "command", &command_fields);
+                self.http_check(h)
+            }
+            "tcp" => {
+                misplaced(self, "http", &http_fields);
+                misplaced(self, "command", &command_fields);
+                CheckKind::Tcp {
+                    send: h.send.as_ref().map(|v| v.get_ref().clone()),
+                    expect: h.expect.as_ref().map(|v| v.get_ref().clone()),
+                }
+            }
+            "command" => {
+                misplaced(self, "http", &http_fields);
+                misplaced(self, "tcp", &tcp_fields);
+                let args: Vec<String> = h
+                    .args
+                    .iter()
+                    .flatten()
+                    .map(|a| a.get_ref().clone())
+                    .collect();
+                if args.first().is_none_or(String::is_empty) {
+                    self.error_hint(
+                        Some(raw.span()),
+                        "a command check needs `args`",
+                        "e.g. args = [\"/usr/local/bin/is-primary\", \"{address}\", \"{port}\"]",
+                    );
+                }
+                CheckKind::Command { args }
+            }
+            _ => {
+                self.bad_choice(kind_raw, "health check kind", &["http", "tcp", "command"]);
+                return None;
+            }
+        };
+        let interval = self.duration(h.interval.as_ref(), d::HEALTH_INTERVAL);
+        let timeout = self.duration(h.timeout.as_ref(), d::HEALTH_TIMEOUT);
+        if let Some(t) = h.timeout.as_ref().filter(|_| timeout > interval) {
+            self.error_hint(
+                Some(t.span()),
+                "health check timeout is longer than its interval",
+                "probes of one instance never overlap: make timeout ≤ interval",
+            );
+        }
+        let address = h.address.as_ref().and_then(|a| self.check_address(a));
+        if let Some(p) = &h.policy {
+            self.health_policy_refs.push(p.clone());
+        }
+        Some(HealthCheckConfig {
+            kind,
+            interval,
+            timeout,
+            rise: self.int_in(h.rise.as_ref(), 1, 100, i64::from(d::HEALTH_RISE)) as u32,
+            fall: self.int_in(h.fall.as_ref(), 1, 100, i64::from(d::HEALTH_FALL)) as u32,
+            jitter: h.jitter.as_ref().map_or(interval / 10, |j| {
+                humantime::parse_duration(j.get_ref()).unwrap_or_else(|e| {
+                    self.error_hint(
+                        Some(j.span()),
+                        format!("invalid duration `{}`: {e}", j.get_ref()),
+                        "e.g. \"100ms\"; \"0s\" turns jitter off",
+                    );
+                    Duration::ZERO
+                })
+            }),
+            address,
+            port: h
+                .port
+                .as_ref()
+                .map(|p| self.int_in(Some(p), 1, 65_535, 1) as u16),
+            policy: h.policy.as_ref().map(|p| p.get_ref().clone()),
+            body_bytes: self.int_in(
+                h.body_bytes.as_ref(),
+                0,
+                1 << 20,
+                d::HEALTH_BODY_BYTES as i64,
+            ) as usize,
+        })
+    }
+
+    /// The `kind = "http"` part of a check.
+    fn http_check(&mut self, h: &RawHealth) -> CheckKind {
+        let path = h.path.as_ref().map_or_else(
+            || "/".to_owned(),
+            |p| {
+                self.check_path(p, "path");
+                p.get_ref().clone()
+            },
+        );
+        let method = h.method.as_ref().map_or_else(
+            || "GET".to_owned(),
+            |m| {
+                let v = m.get_ref().to_ascii_uppercase();
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                    self.error_hint(
+                        Some(m.span()),
+                        format!("invalid method `{}`", m.get_ref()),
+                        "e.g. \"GET\" or \"HEAD\"",
+                    );
+                }
+                v
+            },
+        );
+        let expect_status = match &h.expect_status {
+            None => vec![(200, 399)],
+            Some(list) => list.iter().filter_map(|v| self.status_range(v)).collect(),
+        };
+        CheckKind::Http {
+            method,
+            path,
+            host: h.host.as_ref().map(|v| v.get_ref().clone()),
+            expect_status,
+            expect_body: h.expect_body.as_ref().map(|v| v.get_ref().clone()),
+        }
+    }
+
+    /// `200`, `"200"`, `"200-299"` or `"2xx"`.
+    pub(super) fn status_range(&mut self, v: &Spanned<toml::Value>) -> Option<(u16, u16)> {
+        let parsed = match v.get_ref() {
+            toml::Value::Integer(n) => u16::try_from(*n).ok().map(|n| (n, n)),
+            toml::Value::String(s) => {
+                let s = s.trim();
+                if let Some(class) = s.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()) {
+                    Some((class * 100, class * 100 + 99))
+                } else if let Some((a, b)) = s.split_once('-') {
+                    a.trim().parse().ok().zip(b.trim().parse().ok())
+                } else {
+                    s.parse().ok().map(|n| (n, n))
+                }
+            }
+            _ => None,
+        };
+        match parsed {
+            Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => Some((a, b)),
+            _ => {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("invalid expected status `{}`", v.get_ref()),
+                    "use 200, \"200-299\" or \"2xx\"",
+                );
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `[[policy]]` and the references from other sections to policies.
+
+use std::collections::HashMap;
+
+use toml::Spanned;
+
+use super::Cx;
+use crate::diag::closest;
+use crate::model::*;
+use crate::policy::*;
+
+impl Cx<'_> {
+    /// References that can only be checked once every section is known.
+    pub(super) fn cross_references(
+        &mut self,
+        services: &[ServiceConfig],
+        policies: &[PolicyConfig],
+    ) {
+        let service_names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        for svc in std::mem::take(&mut self.tcp_service_refs) {
+            let name = svc.get_ref().as_str();
+            if !service_names.contains(&name) {
+                let hint = closest(name, &service_names).map_or_else(
+                    || format!("define it with [[service]] name = \"{name}\""),
+                    |c| format!("did you mean `{c}`?"),
+                );
+                self.error_hint(
+                    Some(svc.span()),
+                    format!("TCP listener refers to unknown service `{name}`"),
+                    hint,
+                );
+            }
+        }
+        let health_policies: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.world == PolicyWorld::Health)
+            .map(|p| p.name.as_str())
+            .collect();
+        for p in std::mem::take(&mut self.health_policy_refs) {
+            let name = p.get_ref().as_str();
+            if !health_policies.contains(&name) {
+                let other_world = policies
+                    .iter()
+                    .find(|q| q.name == name)
+                    .map(|q| q.world.as_str());
+                let (message, hint) = match other_world {
+                    Some(world) => (
+                        format!("policy `{name}` is a {world} policy, not a health policy"),
+                        "a health check needs a [[policy]] with world = \"health\"".to_owned(),
+                    ),
+                    None => (
+                        format!("health check refers to unknown policy `{name}`"),
+                        format!("define it with [[policy]] name = \"{name}\", world = \"health\""),
+                    ),
+                };
+                self.error_hint(Some(p.span()), message, hint);
+            }
+        }
+    }
+
+    pub(super) fn policies(&mut self, raw: &[Spanned<RawPolicy>]) -> Vec<PolicyConfig> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for p in raw {
+            let p = p.get_ref();
+            let name = p.name.get_ref().as_str();
+            self.check_name(&p.name, "policy");
+            if let Some(line) = seen.insert(name, self.src.line_col(p.name.span().start).0) {
+                self.error_hint(
+                    Some(p.name.span()),
+                    format!("duplicate policy name `{name}`"),
+                    format!("first defined on line {line}"),
+                );
+            }
+            let world = match p.world.get_ref().as_str() {
+                "routing" => PolicyWorld::Routing,
+                "health" => PolicyWorld::Health,
+                "authz" => PolicyWorld::Authz,
+                _ => {
+                    self.bad_choice(&p.world, "policy world", &["routing", "health", "authz"]);
+                    PolicyWorld::Health
+                }
+            };
+            let failure_mode = match &p.failure_mode {
+                None if world == PolicyWorld::Authz => FailureMode::Closed,
+                None => FailureMode::KeepLast,
+                Some(m) => match (m.get_ref().as_str(), world) {
+                    ("closed", PolicyWorld::Authz) => FailureMode::Closed,
+                    ("open", PolicyWorld::Authz) => FailureMode::Open,
+                    ("keep_last", PolicyWorld::Health | PolicyWorld::Routing) => {
+                        FailureMode::KeepLast
+                    }
+                    (_, PolicyWorld::Authz) => {
+                        self.bad_choice(m, "failure_mode for an authz policy", &["closed", "open"]);
+                        FailureMode::Closed
+                    }
+                    _ => {
+                        self.bad_choice(m, "failure_mode for this world", &["keep_last"]);
+                        FailureMode::KeepLast
+                    }
+                },
+            };
+            let config = match &p.config {
+                None => serde_json::Value::Object(serde_json::Map::new()),
+                Some(v) => crate::policy::config_json(v).unwrap_or_else(|e| {
+                    self.error(Some(v.span()), e);
+                    serde_json::Value::Null
+                }),
+            };
+            let file = p.file.get_ref();
+            if file.is_empty() {
+                self.error_hint(
+                    Some(p.file.span()),
+                    "policy `file` is empty",
+                    "give the path of a .wasm component",
+                );
+            }
+            let file = match self.src.path().parent() {
+                Some(dir) if std::path::Path::new(file).is_relative() => dir.join(file),
+                _ => file.into(),
+            };
+            out.push(PolicyConfig {
+                name: name.to_owned(),
+                file,
+                world,
+                config,
+                limits: PolicyLimits {
+                    timeout: self.duration(p.timeout.as_ref(), POLICY_TIMEOUT),
+                    max_memory_bytes: self.int_in(
+                        p.max_memory_bytes.as_ref(),
+                        1 << 16,
+                        4 << 30,
+                        POLICY_MAX_MEMORY_BYTES as i64,
+                    ) as usize,
+                },
+                failure_mode,
+            });
+        }
+        out
+    }
+}
