@@ -9,20 +9,18 @@ use std::path::{Path, PathBuf};
 pub struct Source {
     path: PathBuf,
     text: String,
-    line_starts: Vec<usize>,
+    lines: sluice_text::LineIndex,
 }
 
 impl Source {
     /// Wraps a file's text. `path` is only used for display.
     pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
         let text = text.into();
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let lines = sluice_text::LineIndex::new(text.as_bytes());
         Self {
             path: path.into(),
             text,
-            line_starts,
+            lines,
         }
     }
 
@@ -36,16 +34,9 @@ impl Source {
         &self.text
     }
 
-    /// 1-based line and column (in characters) of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset (see `sluice_text`).
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let line = self.line_starts.partition_point(|&start| start <= offset) - 1;
-        let start = self.line_starts[line];
-        let col = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count());
-        (line + 1, col + 1)
+        self.lines.line_col(self.text.as_bytes(), offset)
     }
 }
 

@@ -202,7 +202,7 @@ pub fn flatten_document(path: &Path, text: &str) -> Result<BTreeMap<String, Vec<
         let table: toml::Table = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
-                .map(|span| line_col(text, span.start))
+                .map(|span| sluice_text::line_col(text.as_bytes(), span.start))
                 .unwrap_or((1, 1));
             KvError::Parse {
                 path: path.to_owned(),
@@ -249,23 +249,6 @@ pub fn flatten_document(path: &Path, text: &str) -> Result<BTreeMap<String, Vec<
     Ok(out)
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit_once('\n')
-        .map_or(before, |(_, last)| last)
-        .chars()
-        .count()
-        + 1;
-    (line, column)
-}
-
 /// Turns a map read from a file source into entries with the given revision.
 pub(crate) fn entries(map: &BTreeMap<String, Vec<u8>>, revision: i64) -> Vec<KvEntry> {
     map.iter()
@@ -299,12 +282,5 @@ mod tests {
         assert!(err.to_string().starts_with("kv.json:3:"), "{err}");
         let err = flatten_document(Path::new("kv.json"), "[1]").expect_err("not an object");
         assert!(err.to_string().contains("table/object"), "{err}");
-    }
-
-    #[test]
-    fn line_col_counts_characters() {
-        assert_eq!(line_col("ab\ncdé\nx", 7), (2, 4));
-        assert_eq!(line_col("ab\ncdé\nx", 8), (3, 1));
-        assert_eq!(line_col("abc", 0), (1, 1));
     }
 }

@@ -598,7 +598,7 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
-                .map(|s| crate::envsubst::line_col(text, s.start))
+                .map(|s| sluice_text::line_col(text.as_bytes(), s.start))
                 .unwrap_or((1, 1));
             vec![ConfigError {
                 location: format!("{}:{line}:{column}", path.display()),

@@ -189,7 +189,7 @@ impl<'a> Parser<'a> {
     }
 
     fn error(&self, offset: usize, message: impl Into<String>) -> EnvsubstError {
-        let (line, column) = line_col_bytes(self.bytes, offset);
+        let (line, column) = sluice_text::line_col(self.bytes, offset);
         EnvsubstError::Syntax {
             file: self.file.to_owned(),
             line,
@@ -327,36 +327,6 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// 1-based line and character column of byte `offset`.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    line_col_bytes(text.as_bytes(), offset)
-}
-
-/// [`line_col`] for bytes that need not be UTF-8: a byte that is not part of a valid character
-/// counts as one column (as its U+FFFD would).
-pub(crate) fn line_col_bytes(bytes: &[u8], offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(bytes.len());
-    // Back to the start of the character, as `str::is_char_boundary` would (at most 3 steps).
-    let is_continuation = |b: u8| b & 0xC0 == 0x80;
-    for _ in 0..3 {
-        if offset == 0 || offset == bytes.len() || !is_continuation(bytes[offset]) {
-            break;
-        }
-        offset -= 1;
-    }
-    let before = &bytes[..offset];
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
-    (line, column)
-}
-
 struct Evaluator<'a> {
     file: &'a str,
     bytes: &'a [u8],
@@ -367,7 +337,7 @@ struct Evaluator<'a> {
 
 impl Evaluator<'_> {
     fn finding(&mut self, name: &str, offset: usize, offence: Offence) {
-        let (line, column) = line_col_bytes(self.bytes, offset);
+        let (line, column) = sluice_text::line_col(self.bytes, offset);
         self.findings.push(Finding {
             file: self.file.to_owned(),
             line,
@@ -699,13 +669,5 @@ mod tests {
             "{err}"
         );
         assert!(referenced_names(deep(100_000).as_bytes()).is_err());
-    }
-
-    #[test]
-    fn columns_count_characters() {
-        assert_eq!(line_col_bytes("é\néa".as_bytes(), 5), (2, 2));
-        assert_eq!(line_col_bytes("é".as_bytes(), 1), (1, 1));
-        assert_eq!(line_col_bytes(b"\xe9\xe9a", 2), (1, 3));
-        assert_eq!(line_col_bytes(b"ab", 99), (1, 3));
     }
 }

@@ -97,7 +97,7 @@ fn instance_value(instance: &sluice_kv::registry::ServiceDefinition) -> Value {
 /// `path:line:col: message` for a minijinja error in `source`.
 fn describe_error(label: &str, source: &str, error: &Error) -> String {
     let (line, column) = match error.range() {
-        Some(range) => envsubst::line_col(source, range.start),
+        Some(range) => sluice_text::line_col(source.as_bytes(), range.start),
         None => (error.line().unwrap_or(1), 1),
     };
     let mut message = error.kind().to_string();

@@ -72,7 +72,7 @@ impl NotText {
     pub fn template(path: &str, bytes: Vec<u8>) -> Result<String, NotText> {
         String::from_utf8(bytes).map_err(|error| {
             let at = InvalidByte::of(&error);
-            let (line, column) = crate::envsubst::line_col_bytes(error.as_bytes(), at.offset);
+            let (line, column) = sluice_text::line_col(error.as_bytes(), at.offset);
             NotText::Template {
                 path: path.to_owned(),
                 line,
