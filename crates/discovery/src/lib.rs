@@ -342,9 +342,9 @@ fn prepare_one(source: &SourceConfig) -> Result<Start, DiscoveryError> {
             for (n, definition) in definitions.iter().enumerate() {
                 definition
                     .validate()
-                    .map_err(|message| DiscoveryError::Invalid {
+                    .map_err(|invalid| DiscoveryError::Invalid {
                         name: source.name.clone(),
-                        message: format!("instance {n}: {message}"),
+                        message: format!("instance {n}: {invalid}"),
                     })?;
                 instances.push(Instance::from_definition(
                     definition.clone(),

@@ -140,22 +140,9 @@ impl ServiceDefinition {
     }
 
     /// Checks the parts that key names and routing depend on.
-    pub fn validate(&self) -> Result<(), String> {
-        let check_segment = |what: &str, value: &str| {
-            if value.is_empty() {
-                Err(format!("{what} is empty"))
-            } else if value.contains('/') || value.starts_with('.') {
-                Err(format!(
-                    "{what} {value:?} must not contain '/' or start with '.'"
-                ))
-            } else if value.chars().any(char::is_control) {
-                Err(format!("{what} {value:?} contains control characters"))
-            } else {
-                Ok(())
-            }
-        };
-        check_segment("service name", &self.name)?;
-        check_segment("instance id", self.instance_id())
+    pub fn validate(&self) -> Result<(), InvalidDefinition> {
+        check_segment(KeySegment::ServiceName, &self.name)?;
+        check_segment(KeySegment::InstanceId, self.instance_id())
     }
 
     /// The file-registry document for this instance: `{"service": {...}}`, pretty-printed.
@@ -169,6 +156,50 @@ impl ServiceDefinition {
     /// The etcd value for this instance: the bare definition object.
     pub fn to_etcd_value(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A part of a definition that becomes a key segment (a file name, an etcd key level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySegment {
+    /// `name`.
+    ServiceName,
+    /// `id` (or the name it defaults to).
+    InstanceId,
+}
+
+impl std::fmt::Display for KeySegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeySegment::ServiceName => "service name",
+            KeySegment::InstanceId => "instance id",
+        })
+    }
+}
+
+/// Why [`ServiceDefinition::validate`] refused a definition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDefinition {
+    /// The segment is empty.
+    #[error("{0} is empty")]
+    Empty(KeySegment),
+    /// It would name another key level or a hidden file.
+    #[error("{0} {1:?} must not contain '/' or start with '.'")]
+    PathLike(KeySegment, String),
+    /// It holds control characters.
+    #[error("{0} {1:?} contains control characters")]
+    Control(KeySegment, String),
+}
+
+fn check_segment(what: KeySegment, value: &str) -> Result<(), InvalidDefinition> {
+    if value.is_empty() {
+        Err(InvalidDefinition::Empty(what))
+    } else if value.contains('/') || value.starts_with('.') {
+        Err(InvalidDefinition::PathLike(what, value.to_owned()))
+    } else if value.chars().any(char::is_control) {
+        Err(InvalidDefinition::Control(what, value.to_owned()))
+    } else {
+        Ok(())
     }
 }
 
@@ -236,11 +267,11 @@ pub fn parse_service_file(
         });
     }
     for definition in &definitions {
-        definition.validate().map_err(|message| RegistryError {
+        definition.validate().map_err(|invalid| RegistryError {
             origin: origin.clone(),
             line: 1,
             column: 1,
-            message,
+            message: invalid.to_string(),
         })?;
     }
     Ok(definitions)

@@ -202,13 +202,17 @@ impl sluice_health::Evaluator for WasmHealth {
 impl sluice_tls::PolicyAuthorizer for Policies {
     /// `[listener.authz] policy`: asks the Wasm `authz` policy; fails closed when it is not
     /// loaded, and applies the policy's failure mode when its call fails.
-    fn authorize(&self, policy: &str, peer: &sluice_tls::PeerFacts<'_>) -> Result<(), String> {
+    fn authorize(
+        &self,
+        policy: &str,
+        peer: &sluice_tls::PeerFacts<'_>,
+    ) -> Result<(), sluice_tls::PolicyDenied> {
         use sluice_policy_host::types;
         let host = self.shared_host.get().cloned();
         let Some(handle) = host.and_then(|h| h.authz(policy)) else {
-            return Err(format!(
-                "authz policy `{policy}` is not loaded (failing closed)"
-            ));
+            return Err(sluice_tls::PolicyDenied::Unavailable {
+                policy: policy.to_owned(),
+            });
         };
         let wasm_peer = types::Peer {
             listener: peer.listener.to_owned(),
@@ -232,7 +236,10 @@ impl sluice_tls::PolicyAuthorizer for Policies {
         }
         match outcome.decision() {
             types::Decision::Allow => Ok(()),
-            types::Decision::Deny(reason) => Err(format!("policy `{policy}`: {reason}")),
+            types::Decision::Deny(reason) => Err(sluice_tls::PolicyDenied::Denied {
+                policy: policy.to_owned(),
+                reason: reason.clone(),
+            }),
         }
     }
 }

@@ -110,11 +110,31 @@ pub struct PeerFacts<'a> {
     pub identity: Option<&'a ClientIdentity>,
 }
 
+/// Why a [`PolicyAuthorizer`] refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyDenied {
+    /// The policy is not loaded, or there is no policy host: the connection is refused
+    /// (fail closed).
+    #[error("authz policy `{policy}` is not loaded (failing closed)")]
+    Unavailable {
+        /// The policy's name.
+        policy: String,
+    },
+    /// The policy denied, or its call failed and its failure mode denies.
+    #[error("policy `{policy}`: {reason}")]
+    Denied {
+        /// The policy's name.
+        policy: String,
+        /// The policy's reason (or the failure's).
+        reason: String,
+    },
+}
+
 /// Decides connections through a named policy (the binary supplies its Wasm `authz` policies).
 pub trait PolicyAuthorizer: Send + Sync + std::fmt::Debug {
-    /// `Ok` to allow; `Err(reason)` to deny. Must fail closed: a policy that cannot answer
-    /// (not loaded, trapped, timed out) denies unless configured `failure_mode = "open"`.
-    fn authorize(&self, policy: &str, peer: &PeerFacts<'_>) -> Result<(), String>;
+    /// `Ok` to allow; `Err` to deny. Must fail closed: a policy that cannot answer (not
+    /// loaded, trapped, timed out) denies unless configured `failure_mode = "open"`.
+    fn authorize(&self, policy: &str, peer: &PeerFacts<'_>) -> Result<(), PolicyDenied>;
 }
 
 /// No policies available: every policy-authorized connection is denied (fail closed).
@@ -122,10 +142,10 @@ pub trait PolicyAuthorizer: Send + Sync + std::fmt::Debug {
 pub struct NoPolicyAuthorizer;
 
 impl PolicyAuthorizer for NoPolicyAuthorizer {
-    fn authorize(&self, policy: &str, _peer: &PeerFacts<'_>) -> Result<(), String> {
-        Err(format!(
-            "authz policy `{policy}` is not available (no policy host)"
-        ))
+    fn authorize(&self, policy: &str, _peer: &PeerFacts<'_>) -> Result<(), PolicyDenied> {
+        Err(PolicyDenied::Unavailable {
+            policy: policy.to_owned(),
+        })
     }
 }
 

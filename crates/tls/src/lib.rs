@@ -1,4 +1,4 @@
-//! Sluice's TLS layer, on rustls (ring provider) and tokio-rustls.
+//! Sluice's TLS layer, on rustls (the aws-lc-rs crypto provider) and tokio-rustls.
 //!
 //! Contract:
 //! - [`ServerTls::load`] reads PEM certificate chains and private keys from files and builds a
@@ -27,7 +27,7 @@ mod identity;
 mod server;
 mod stream;
 
-pub use authz::{AllowList, Denied, NoPolicyAuthorizer, PeerFacts, PolicyAuthorizer};
+pub use authz::{AllowList, Denied, NoPolicyAuthorizer, PeerFacts, PolicyAuthorizer, PolicyDenied};
 pub use client::{ClientTls, ClientTlsSettings};
 pub use identity::ClientIdentity;
 pub use server::{
