@@ -13,8 +13,9 @@ use sluice_sidecar::config::{
     TemplateConfig, VariableList, parse_procfile,
 };
 use sluice_sidecar::envsubst::{self, EnvsubstOptions};
+use sluice_sidecar::lifecycle;
 use sluice_sidecar::reaper::Reaper;
-use sluice_sidecar::supervisor::{self, Launch, ProcessSpec, exit_code};
+use sluice_sidecar::supervisor::{Launch, ProcessSpec, exit_code};
 
 /// Renders configs from env and KV, registers the service, launches and supervises the
 /// workload as PID 1.
@@ -162,15 +163,7 @@ fn plain_template(
 /// Merges flags into the file configuration and decides what to launch.
 fn build(cli: &Cli) -> anyhow::Result<(Config, Launch)> {
     let mut config = match &cli.config {
-        Some(path) => Config::load(path).map_err(|errors| {
-            anyhow::anyhow!(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?,
+        Some(path) => Config::load(path).map_err(all_errors)?,
         None => Config::default(),
     };
     for pair in &cli.template {
@@ -224,31 +217,31 @@ fn build(cli: &Cli) -> anyhow::Result<(Config, Launch)> {
         .config
         .as_ref()
         .map_or("command line".to_owned(), |p| p.display().to_string());
-    config.validate(&origin, None).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    config.validate(&origin, None).map_err(all_errors)?;
+    let launch = launch_from(cli, &config, &origin)?;
+    Ok((config, launch))
+}
 
+/// Every error of a file or of the command line, one per line.
+fn all_errors<E: ToString>(errors: Vec<E>) -> anyhow::Error {
+    anyhow::anyhow!(
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// The processes to run: the Procfile's, `[[process]]`es, or the one COMMAND / `[exec]`.
+fn launch_from(cli: &Cli, config: &Config, origin: &str) -> anyhow::Result<Launch> {
     let procfile = config.procfile.clone().unwrap_or_default();
     let mut processes: Vec<ProcessSpec> = Vec::new();
     if let Some(path) = &procfile.path {
         let path = config.resolve(path);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let parsed = parse_procfile(&path, &text).map_err(|errors| {
-            anyhow::anyhow!(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        let parsed = parse_procfile(&path, &text).map_err(all_errors)?;
         processes.extend(parsed.into_iter().map(|p| ProcessSpec {
             argv: os_argv(p.command.argv()),
             name: p.name,
@@ -311,7 +304,7 @@ fn build(cli: &Cli) -> anyhow::Result<(Config, Launch)> {
         restart_initial: procfile.restart_backoff_initial.0,
         restart_max: procfile.restart_backoff_max.0,
     };
-    Ok((config, launch))
+    Ok(launch)
 }
 
 fn init_logging(level: Option<&str>) {
@@ -392,7 +385,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::STARTUP_FAILED as u8);
         }
     };
-    let code = runtime.block_on(supervisor::run(config, launch, reaper, events));
+    let code = runtime.block_on(lifecycle::run(config, launch, reaper, events));
     let _ = std::io::stdout().flush();
     // Exit now: blocking-pool threads (output pumps of orphans) must not hold the exit.
     std::process::exit(code)
