@@ -28,6 +28,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use sluice_tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -47,52 +48,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Request bodies up to this size are copied behind the head and sent in one write.
 const COALESCE_BODY: usize = 16 * 1024;
 
-/// The byte stream under a connection: plain TCP or TLS.
-#[derive(Debug)]
-pub(crate) enum UpIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// The byte stream under a connection to an instance: plain TCP or client-side TLS.
+pub(crate) type UpIo = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// One keep-alive connection to an instance, owned by the request using it (or by the pool).
 #[derive(Debug)]

@@ -1,28 +1,33 @@
-//! A client stream that is plain TCP or TLS over it.
+//! A stream that is plain or TLS over it: a client's (server-side TLS, the default) or an
+//! instance's (`MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>`).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::server::TlsStream;
 
 /// Plain or TLS; an enum rather than a trait object so the plain path stays a direct call.
+/// `S` is the TLS session's stream: server-side by default.
 #[derive(Debug)]
-pub enum MaybeTls<IO> {
-    /// No TLS on this listener.
+pub enum MaybeTls<IO, S = tokio_rustls::server::TlsStream<IO>> {
+    /// No TLS.
     Plain(IO),
-    /// A completed server-side TLS session.
-    Tls(Box<TlsStream<IO>>),
+    /// A completed TLS session.
+    Tls(Box<S>),
 }
 
-impl<IO> From<IO> for MaybeTls<IO> {
+impl<IO, S> From<IO> for MaybeTls<IO, S> {
     fn from(io: IO) -> Self {
         Self::Plain(io)
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<IO> {
+impl<IO, S> AsyncRead for MaybeTls<IO, S>
+where
+    IO: AsyncRead + Unpin,
+    S: AsyncRead + Unpin,
+{
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -35,7 +40,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<IO> {
+impl<IO, S> AsyncWrite for MaybeTls<IO, S>
+where
+    IO: AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
+{
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
