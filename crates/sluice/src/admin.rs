@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::run::{App, ReloadError};
+use crate::app::{App, ReloadError};
 
 /// Binds the admin address and serves it until the returned task is aborted.
 pub(crate) async fn start(bind: SocketAddr, app: Arc<App>) -> std::io::Result<JoinHandle<()>> {

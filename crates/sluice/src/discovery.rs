@@ -237,7 +237,7 @@ impl DiscoveryState {
 
 /// Rebuilds the routes on every new catalog (and when a reload asks), until the process ends.
 pub(crate) fn spawn_rebuilds(
-    app: Arc<crate::run::App>,
+    app: Arc<crate::app::App>,
     state: Arc<DiscoveryState>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -281,7 +281,7 @@ pub(crate) fn spawn_rebuilds(
     })
 }
 
-async fn rebuild(app: &crate::run::App, state: &DiscoveryState, catalog: Arc<Catalog>) {
+async fn rebuild(app: &crate::app::App, state: &DiscoveryState, catalog: Arc<Catalog>) {
     let started = Instant::now();
     let base = app.base_config();
     let policy = routing_policy_name(&base).to_owned();

@@ -18,8 +18,8 @@ use serde_json::json;
 use sluice_config::{Config, RouteOverride};
 use sluice_discovery::{Discovery, DiscoveryOptions, SourcePlan};
 
+use crate::app::App;
 use crate::discovery::DiscoveryState;
-use crate::run::App;
 
 /// Metric names (docs/metrics.md).
 pub(crate) mod metric {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_config::Config;
 
-use crate::run::App;
+use crate::app::App;
 
 /// How often the files are checked.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(2);
