@@ -4,6 +4,7 @@
 //! section and array element is deserialized on its own, unknown keys collected with
 //! `serde_ignored`), then meaning (addresses, durations, references between sections).
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::time::Duration;
@@ -335,6 +336,45 @@ impl<'s> Cx<'s> {
                 "use letters, digits, '-', '_' and '.'",
             );
         }
+    }
+
+    /// [`Cx::check_name`], and a name already used in the section (`seen`: each name and the
+    /// line it was first defined on) is an error pointing at the first definition.
+    fn unique_name<'n>(
+        &mut self,
+        seen: &mut HashMap<&'n str, usize>,
+        name: &'n Spanned<String>,
+        what: &str,
+    ) {
+        self.check_name(name, what);
+        let line = self.src.line_col(name.span().start).0;
+        if let Some(first) = seen.insert(name.get_ref().as_str(), line) {
+            self.error_hint(
+                Some(name.span()),
+                format!("duplicate {what} name `{}`", name.get_ref()),
+                format!("first defined on line {first}"),
+            );
+        }
+    }
+
+    /// The value of the spelling `v` names among `choices`; absent, the first choice (the
+    /// default); anything else is reported with the closest spelling, and the default stands.
+    fn choice<T: Copy>(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> T {
+        let default = choices[0].1;
+        let Some(v) = v else {
+            return default;
+        };
+        if let Some((_, value)) = choices.iter().find(|(name, _)| *name == v.get_ref()) {
+            return *value;
+        }
+        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+        self.bad_choice(v, what, &names);
+        default
     }
 
     fn bad_choice(&mut self, v: &Spanned<String>, what: &str, choices: &[&str]) {

@@ -266,3 +266,74 @@ kind = "tcp"
         assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
     }
 }
+
+#[test]
+fn closed_choices_take_their_value_and_report_a_misspelling_with_the_closest() {
+    let good = r#"
+[log]
+format = "json"
+[access_log]
+format = "combined"
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:1"
+protocol = "tcp"
+service = "s"
+proxy_protocol = "v2"
+[[service]]
+name = "s"
+instances = []
+on_demotion = "keep"
+"#;
+    let cfg = parse_str("c.toml", good).expect("valid");
+    assert_eq!(cfg.log.format, sluice_config::LogFormat::Json);
+    assert_eq!(
+        cfg.access_log.format,
+        sluice_config::AccessLogFormat::Combined
+    );
+    let tcp = &cfg.listeners[0];
+    assert_eq!(tcp.protocol, sluice_config::ListenerProtocol::Tcp);
+    assert_eq!(
+        tcp.tcp.as_ref().unwrap().proxy_protocol,
+        sluice_config::ProxyProtocol::V2
+    );
+    assert_eq!(cfg.services[0].on_demotion, sluice_config::OnDemotion::Keep);
+
+    let bad = r#"
+[log]
+format = "jsn"
+[access_log]
+format = "common"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:1"
+protocol = "htp"
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:2"
+protocol = "tcp"
+service = "s"
+proxy_protocol = "v3"
+[[service]]
+name = "s"
+instances = []
+serve = "primay"
+on_demotion = "kep"
+"#;
+    let shown = parse_str("c.toml", bad).unwrap_err().to_string();
+    for e in [
+        "c.toml:3:10: error: unknown log format \"jsn\"",
+        "did you mean \"json\"?",
+        "c.toml:5:10: error: unknown access log format \"common\"",
+        "choose one of: json, combined",
+        "c.toml:9:12: error: unknown listener protocol \"htp\"",
+        "did you mean \"http\"?",
+        "c.toml:15:18: error: unknown proxy_protocol \"v3\"",
+        "c.toml:19:9: error: unknown serve \"primay\"",
+        "did you mean \"primary\"?",
+        "c.toml:20:15: error: unknown on_demotion \"kep\"",
+        "did you mean \"keep\"?",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+}

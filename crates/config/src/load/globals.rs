@@ -29,17 +29,11 @@ impl Cx<'_> {
     }
 
     pub(super) fn log(&mut self, raw: RawLog) -> LogConfig {
-        let format = match &raw.format {
-            None => LogFormat::Text,
-            Some(f) => match f.get_ref().as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => {
-                    self.bad_choice(f, "log format", &["text", "json"]);
-                    LogFormat::Text
-                }
-            },
-        };
+        let format = self.choice(
+            raw.format.as_ref(),
+            "log format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        );
         LogConfig {
             level: raw
                 .level
@@ -62,17 +56,14 @@ impl Cx<'_> {
             }
             Some(p) => AccessLogTarget::File(p.into()),
         };
-        let format = match &raw.format {
-            None => AccessLogFormat::Json,
-            Some(f) => match f.get_ref().as_str() {
-                "json" => AccessLogFormat::Json,
-                "combined" => AccessLogFormat::Combined,
-                _ => {
-                    self.bad_choice(f, "access log format", &["json", "combined"]);
-                    AccessLogFormat::Json
-                }
-            },
-        };
+        let format = self.choice(
+            raw.format.as_ref(),
+            "access log format",
+            &[
+                ("json", AccessLogFormat::Json),
+                ("combined", AccessLogFormat::Combined),
+            ],
+        );
         AccessLogConfig {
             target,
             format,

@@ -22,14 +22,7 @@ impl Cx<'_> {
         for l in raw {
             let l = l.get_ref();
             let name = l.name.get_ref().as_str();
-            self.check_name(&l.name, "listener");
-            if let Some(line) = seen_names.insert(name, self.src.line_col(l.name.span().start).0) {
-                self.error_hint(
-                    Some(l.name.span()),
-                    format!("duplicate listener name `{name}`"),
-                    format!("first defined on line {line}"),
-                );
-            }
+            self.unique_name(&mut seen_names, &l.name, "listener");
             let bind = self.socket_addr(&l.bind);
             if let Some(bind) = bind {
                 if bind == admin.bind {
@@ -51,17 +44,14 @@ impl Cx<'_> {
                     );
                 }
             }
-            let protocol = match &l.protocol {
-                None => ListenerProtocol::Http,
-                Some(p) => match p.get_ref().as_str() {
-                    "http" => ListenerProtocol::Http,
-                    "tcp" => ListenerProtocol::Tcp,
-                    _ => {
-                        self.bad_choice(p, "listener protocol", &["http", "tcp"]);
-                        ListenerProtocol::Http
-                    }
-                },
-            };
+            let protocol = self.choice(
+                l.protocol.as_ref(),
+                "listener protocol",
+                &[
+                    ("http", ListenerProtocol::Http),
+                    ("tcp", ListenerProtocol::Tcp),
+                ],
+            );
             let tcp = self.tcp_listener(l, protocol);
             let tls = l.tls.as_ref().and_then(|t| self.listener_tls(t, &l.name));
             let authz = l.authz.as_ref().map(|a| self.listener_authz(a));
@@ -155,17 +145,15 @@ impl Cx<'_> {
         if let Some(service) = &l.service {
             self.tcp_service_refs.push(service.clone());
         }
-        let proxy_protocol = match l.proxy_protocol.as_ref().map(|p| p.get_ref().as_str()) {
-            None | Some("off") => ProxyProtocol::Off,
-            Some("v1") => ProxyProtocol::V1,
-            Some("v2") => ProxyProtocol::V2,
-            Some(_) => {
-                if let Some(p) = &l.proxy_protocol {
-                    self.bad_choice(p, "proxy_protocol", &["off", "v1", "v2"]);
-                }
-                ProxyProtocol::Off
-            }
-        };
+        let proxy_protocol = self.choice(
+            l.proxy_protocol.as_ref(),
+            "proxy_protocol",
+            &[
+                ("off", ProxyProtocol::Off),
+                ("v1", ProxyProtocol::V1),
+                ("v2", ProxyProtocol::V2),
+            ],
+        );
         Some(TcpListenerConfig {
             service: l.service.as_ref().map(|s| s.get_ref().clone()),
             sni,

@@ -64,14 +64,7 @@ impl Cx<'_> {
         for p in raw {
             let p = p.get_ref();
             let name = p.name.get_ref().as_str();
-            self.check_name(&p.name, "policy");
-            if let Some(line) = seen.insert(name, self.src.line_col(p.name.span().start).0) {
-                self.error_hint(
-                    Some(p.name.span()),
-                    format!("duplicate policy name `{name}`"),
-                    format!("first defined on line {line}"),
-                );
-            }
+            self.unique_name(&mut seen, &p.name, "policy");
             let world = match p.world.get_ref().as_str() {
                 "routing" => PolicyWorld::Routing,
                 "health" => PolicyWorld::Health,

@@ -17,14 +17,7 @@ impl Cx<'_> {
         for s in raw {
             let s = s.get_ref();
             let name = s.name.get_ref().as_str();
-            self.check_name(&s.name, "service");
-            if let Some(line) = seen.insert(name, self.src.line_col(s.name.span().start).0) {
-                self.error_hint(
-                    Some(s.name.span()),
-                    format!("duplicate service name `{name}`"),
-                    format!("first defined on line {line}"),
-                );
-            }
+            self.unique_name(&mut seen, &s.name, "service");
             let balancer = self.balancer(s);
             let instances = self.instances(s.instances.as_deref().unwrap_or_default());
             let t = s.timeouts.as_ref();
@@ -56,16 +49,11 @@ impl Cx<'_> {
                     d::POOL_IDLE_TIMEOUT,
                 ),
             };
-            let serve = match s.serve.as_ref().map(|v| v.get_ref().as_str()) {
-                None | Some("any") => Serve::Any,
-                Some("primary") => Serve::Primary,
-                Some(_) => {
-                    if let Some(v) = &s.serve {
-                        self.bad_choice(v, "serve", &["any", "primary"]);
-                    }
-                    Serve::Any
-                }
-            };
+            let serve = self.choice(
+                s.serve.as_ref(),
+                "serve",
+                &[("any", Serve::Any), ("primary", Serve::Primary)],
+            );
             let health = s.health.as_ref().and_then(|h| self.health(h));
             let reports_roles = health.as_ref().is_some_and(|h| h.policy.is_some());
             if let (Serve::Primary, false, Some(v)) = (serve, reports_roles, &s.serve) {
@@ -75,16 +63,11 @@ impl Cx<'_> {
                     "add [service.health] with policy = \"NAME\" of a health policy such as mirror-primary",
                 );
             }
-            let on_demotion = match s.on_demotion.as_ref().map(|v| v.get_ref().as_str()) {
-                None | Some("close") => OnDemotion::Close,
-                Some("keep") => OnDemotion::Keep,
-                Some(_) => {
-                    if let Some(v) = &s.on_demotion {
-                        self.bad_choice(v, "on_demotion", &["close", "keep"]);
-                    }
-                    OnDemotion::Close
-                }
-            };
+            let on_demotion = self.choice(
+                s.on_demotion.as_ref(),
+                "on_demotion",
+                &[("close", OnDemotion::Close), ("keep", OnDemotion::Keep)],
+            );
             out.push(ServiceConfig {
                 name: name.to_owned(),
                 balancer,

@@ -53,17 +53,15 @@ impl Cx<'_> {
                 key: self.readable_file(k),
             })
             .collect();
-        let client_auth = match t.client_auth.as_ref().map(|v| v.get_ref().as_str()) {
-            None | Some("off") => ClientAuthMode::Off,
-            Some("optional") => ClientAuthMode::Optional,
-            Some("required") => ClientAuthMode::Required,
-            Some(_) => {
-                if let Some(v) = &t.client_auth {
-                    self.bad_choice(v, "client_auth", &["off", "optional", "required"]);
-                }
-                ClientAuthMode::Off
-            }
-        };
+        let client_auth = self.choice(
+            t.client_auth.as_ref(),
+            "client_auth",
+            &[
+                ("off", ClientAuthMode::Off),
+                ("optional", ClientAuthMode::Optional),
+                ("required", ClientAuthMode::Required),
+            ],
+        );
         let client_ca = t.client_ca.as_ref().map(|v| self.readable_file(v));
         if client_auth != ClientAuthMode::Off
             && client_ca.is_none()
@@ -75,16 +73,11 @@ impl Cx<'_> {
                 "add client_ca = \"ca.pem\": the CA bundle client certificates must chain to",
             );
         }
-        let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
-            None | Some("1.2") => TlsVersion::Tls12,
-            Some("1.3") => TlsVersion::Tls13,
-            Some(_) => {
-                if let Some(v) = &t.min_version {
-                    self.bad_choice(v, "min_version", &["1.2", "1.3"]);
-                }
-                TlsVersion::Tls12
-            }
-        };
+        let min_version = self.choice(
+            t.min_version.as_ref(),
+            "min_version",
+            &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)],
+        );
         let mut identity_headers = IdentityHeaders::default();
         if let Some(h) = &t.identity_headers {
             let mut header = |v: &Option<Spanned<String>>| {
