@@ -37,10 +37,11 @@ use crate::template::{Rendered, TemplateUnit};
 use crate::write::write_atomically;
 
 /// Where the sidecar is in its life, with what that state owns.
+/// The workload to launch travels with the states before `Launch`.
 enum Phase {
-    Connecting,
-    FirstRender(Connected),
-    Launch(Connected, Vec<TemplateUnit>),
+    Connecting(Launch),
+    FirstRender(Connected, Launch),
+    Launch(Connected, Vec<TemplateUnit>, Launch),
     Running(Box<Running>),
     Exiting(Box<Supervisor>),
     Done(i32),
@@ -89,16 +90,12 @@ pub async fn run(
         signals,
         stop_on,
     };
-    let mut launch_with = Some(launch_with);
-    let mut phase = Phase::Connecting;
+    let mut phase = Phase::Connecting(launch_with);
     loop {
         phase = match phase {
-            Phase::Connecting => connecting(&mut ctx).await,
-            Phase::FirstRender(connected) => first_render(&mut ctx, connected).await,
-            Phase::Launch(connected, units) => match launch_with.take() {
-                Some(with) => launch(&mut ctx, connected, units, with).await,
-                None => Phase::Done(exit_code::STARTUP_FAILED),
-            },
+            Phase::Connecting(with) => connecting(&mut ctx, with).await,
+            Phase::FirstRender(connected, with) => first_render(&mut ctx, connected, with).await,
+            Phase::Launch(connected, units, with) => launch(&mut ctx, connected, units, with).await,
             Phase::Running(running) => Phase::Exiting(Box::new(running.run(&mut ctx).await)),
             Phase::Exiting(sup) => Phase::Done(exiting(&ctx, *sup).await),
             Phase::Done(code) => return code,
@@ -107,7 +104,7 @@ pub async fn run(
 }
 
 /// Starts the KV watches and waits for each layer's first snapshot, until `kv_deadline`.
-async fn connecting(ctx: &mut Ctx) -> Phase {
+async fn connecting(ctx: &mut Ctx, with: Launch) -> Phase {
     let config = Arc::clone(&ctx.config);
     let kv = match KvLayers::from_config(&config) {
         Ok(kv) => Arc::new(kv),
@@ -143,7 +140,7 @@ async fn connecting(ctx: &mut Ctx) -> Phase {
             }
         }
     }
-    Phase::FirstRender(Connected { kv, notices })
+    Phase::FirstRender(Connected { kv, notices }, with)
 }
 
 /// The templates still to be written at the first render, and the keys each waits for.
@@ -226,7 +223,7 @@ impl FirstRender {
 }
 
 /// Writes every template once; waits (up to each one's `missing_timeout`) for missing keys.
-async fn first_render(ctx: &mut Ctx, mut connected: Connected) -> Phase {
+async fn first_render(ctx: &mut Ctx, mut connected: Connected, with: Launch) -> Phase {
     let config = Arc::clone(&ctx.config);
     let units = match TemplateUnit::load_all(&config, &connected.kv) {
         Ok(units) => units,
@@ -250,7 +247,7 @@ async fn first_render(ctx: &mut Ctx, mut connected: Connected) -> Phase {
             return Phase::Done(code);
         }
         if state.pending.is_empty() {
-            return Phase::Launch(connected, state.units);
+            return Phase::Launch(connected, state.units, with);
         }
         if state.expired() {
             return Phase::Done(exit_code::STARTUP_FAILED);
