@@ -80,6 +80,8 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HEALTH_RISE: u32 = 2;
 /// `[service.health] fall`.
 pub const HEALTH_FALL: u32 = 3;
+/// `[service.health] rise` and `fall`: the values allowed.
+pub const HEALTH_THRESHOLDS: std::ops::RangeInclusive<u32> = 1..=100;
 /// `[service.health] body_bytes`.
 pub const HEALTH_BODY_BYTES: usize = 4096;
 /// `[[listener]] sni_timeout`: a ClientHello fits in one or two segments; a client that has

@@ -10,6 +10,7 @@
 //! - The returned [`Config`] is plain data (no spans, no serde types) so the data plane can
 //!   compare two configurations to decide what a reload changes.
 
+mod construct;
 pub mod defaults;
 mod diag;
 mod discovery;
@@ -22,6 +23,7 @@ mod tls;
 
 use std::path::Path;
 
+pub use construct::{HealthCheckProblem, PathProblem, check_path};
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use discovery::{
     DISCOVERY_ETCD_PREFIX, DISCOVERY_FALLBACK_POLL_INTERVAL, DISCOVERY_POLL_INTERVAL,

@@ -1,14 +1,24 @@
 //! The running application: the proxy and what acts on it (the admin API, signals, discovery
-//! rebuilds, TLS file changes), and the one way a configuration changes — `App::reload`
-//! re-reads the file, and a rebuild swaps in discovered routes.
+//! rebuilds, TLS file changes), and the one place a configuration is applied — `App::reload`
+//! re-reads the file, and the rebuilds the discovery task sends (discovery_rebuild.rs) are
+//! merged with the file's and applied here, one apply at a time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use std::time::Instant;
+
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_config::Config;
 use sluice_proxy::{ApplySummary, Proxy};
+use sluice_routing::merge;
+use tokio::sync::{mpsc, watch};
+
+use crate::discovery::{DiscoveryState, effective_policies, ms_since};
+use crate::discovery_rebuild::{RebuildInputs, Rebuilt};
+use crate::discovery_reload::DiscoveryReload;
+use crate::policies::Policies;
 
 /// Everything the admin API and the signal handlers act on.
 #[derive(Debug)]
@@ -17,12 +27,15 @@ pub(crate) struct App {
     pub(crate) config_path: PathBuf,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: AtomicBool,
-    pub(crate) policies: Arc<crate::policies::Policies>,
+    pub(crate) policies: Arc<Policies>,
     /// `[[discovery]]`, once configured (at start-up or by a reload; it stays once started,
     /// with no sources if a reload removes them all).
-    pub(crate) discovery: std::sync::OnceLock<Arc<crate::discovery::DiscoveryState>>,
-    /// The configuration file as last loaded, before discovered routes are merged in.
-    base: std::sync::Mutex<Arc<Config>>,
+    pub(crate) discovery: std::sync::OnceLock<Arc<DiscoveryState>>,
+    /// The configuration file as last loaded, before discovered routes are merged in; the
+    /// rebuild task watches it.
+    base: watch::Sender<Arc<Config>>,
+    /// The rebuild task and the task applying what it sends.
+    rebuilds: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -50,8 +63,7 @@ impl App {
         proxy: Proxy,
         config_path: PathBuf,
         metrics: PrometheusHandle,
-        policies: Arc<crate::policies::Policies>,
-        discovery: Option<Arc<crate::discovery::DiscoveryState>>,
+        policies: Arc<Policies>,
         base: Config,
     ) -> Self {
         App {
@@ -60,9 +72,64 @@ impl App {
             metrics,
             ready: AtomicBool::new(false),
             policies,
-            discovery: discovery.map(std::sync::OnceLock::from).unwrap_or_default(),
-            base: std::sync::Mutex::new(Arc::new(base)),
+            discovery: std::sync::OnceLock::new(),
+            base: watch::channel(Arc::new(base)).0,
+            rebuilds: std::sync::Mutex::default(),
             reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs `state`'s discovery for the rest of the process: its rebuild task, and the task
+    /// applying what that sends. A second discovery is refused (there is one per process).
+    pub(crate) fn start_discovery(self: &Arc<Self>, state: Arc<DiscoveryState>) {
+        if self.discovery.set(Arc::clone(&state)).is_err() {
+            return;
+        }
+        // One rebuild in flight: the rebuild task waits while the previous one applies, so
+        // each is applied in order and none is dropped.
+        let (sender, receiver) = mpsc::channel(1);
+        let inputs = RebuildInputs {
+            proxy: self.proxy.clone(),
+            policies: Arc::clone(&self.policies),
+            base: self.base.subscribe(),
+        };
+        let rebuilds = crate::discovery_rebuild::spawn(inputs, Arc::clone(&state), sender);
+        let applier = tokio::spawn(Arc::clone(self).apply_rebuilds(state, receiver));
+        if let Ok(mut tasks) = self.rebuilds.lock() {
+            tasks.extend([rebuilds, applier]);
+        }
+    }
+
+    /// Stops discovery's tasks and removes its files (at shutdown).
+    pub(crate) fn stop_discovery(&self) {
+        if let Ok(mut tasks) = self.rebuilds.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
+        if let Some(discovery) = self.discovery.get() {
+            discovery.cleanup();
+        }
+    }
+
+    /// Applies each rebuild the discovery task sends, and finishes its report.
+    async fn apply_rebuilds(
+        self: Arc<Self>,
+        state: Arc<DiscoveryState>,
+        mut rebuilds: mpsc::Receiver<Rebuilt>,
+    ) {
+        while let Some(Rebuilt {
+            discovered,
+            mut report,
+            started,
+            instances,
+        }) = rebuilds.recv().await
+        {
+            let apply_started = Instant::now();
+            let applied = self.apply_discovered(&state, discovered).await;
+            report.apply_ms = ms_since(apply_started);
+            if let Err(e) = applied {
+                report.failed("apply_failed", e.to_string());
+            }
+            state.record(report, started, instances);
         }
     }
 
@@ -73,7 +140,7 @@ impl App {
             .map_err(ReloadError::Invalid)
             .and_then(|cfg| {
                 // Validated before anything changes: a set that cannot start changes nothing.
-                let discovery = crate::discovery_ops::DiscoveryReload::prepare(self, &cfg)
+                let discovery = DiscoveryReload::prepare(self.discovery.get(), &cfg)
                     .map_err(ReloadError::Discovery)?;
                 Ok((cfg, discovery))
             });
@@ -95,20 +162,19 @@ impl App {
                 }
                 // Policies first, so new health checks find the policies they name.
                 let policies = self
-                    .apply_policies(crate::discovery::effective_policies(
-                        &cfg,
-                        discovery.state(),
-                    ))
+                    .apply_policies(effective_policies(&cfg, discovery.state()))
                     .await;
                 let merged = match discovery.state() {
-                    Some(state) => crate::discovery::merge(&cfg, &state.discovered()),
+                    Some(state) => merge(&cfg, &state.discovered()),
                     None => cfg.clone(),
                 };
                 let applied = self.proxy.apply(merged).await;
                 if applied.is_ok() {
                     self.set_base(cfg.clone());
                     // Sources switch, then the routes are rebuilt against the new file.
-                    discovery.commit(self, &cfg).await;
+                    discovery
+                        .commit(&cfg, |state| self.start_discovery(state))
+                        .await;
                 } else {
                     discovery.abandon();
                 }
@@ -143,30 +209,24 @@ impl App {
 
     /// The configuration file as last applied, without discovered routes.
     pub(crate) fn base_config(&self) -> Arc<Config> {
-        self.base
-            .lock()
-            .map(|b| Arc::clone(&b))
-            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+        Arc::clone(&self.base.borrow())
     }
 
     fn set_base(&self, cfg: Config) {
-        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
-        *base = Arc::new(cfg);
+        self.base.send_replace(Arc::new(cfg));
     }
 
     /// Applies the file's configuration merged with `discovered` (one apply at a time, with
     /// reloads); on success `discovered` becomes the set later reloads merge in.
-    pub(crate) async fn apply_discovered(
+    async fn apply_discovered(
         &self,
-        state: &crate::discovery::DiscoveryState,
-        discovered: crate::discovery::Discovered,
+        state: &DiscoveryState,
+        discovered: sluice_routing::Discovered,
     ) -> Result<ApplySummary, sluice_proxy::ApplyError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let merged = crate::discovery::merge(&self.base_config(), &discovered);
+        let merged = merge(&self.base_config(), &discovered);
         let summary = self.proxy.apply(merged).await?;
-        if let Ok(mut current) = state.discovered.lock() {
-            *current = Arc::new(discovered);
-        }
+        state.set_discovered(discovered);
         Ok(summary)
     }
 

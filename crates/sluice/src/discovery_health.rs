@@ -29,7 +29,15 @@ use sluice_health::probe::{self, ProbeTarget};
 use sluice_health::{Evaluation, Evaluator, NativeEvaluator, ProbedInstance, Status};
 use sluice_policy_host::types::HealthStatus;
 use sluice_proxy::Proxy;
+use sluice_routing::{InstanceHealth, Resolver};
 use tokio::sync::watch;
+
+/// Metric names (docs/metrics.md).
+pub(crate) mod metric {
+    pub(crate) const DEREGISTERED: &str = "sluice_discovery_deregistered_total";
+    #[cfg(test)]
+    pub(crate) const ALL: &[&str] = &[DEREGISTERED];
+}
 
 /// A parked instance's probe task is still probing it.
 const PROBING: u8 = 0;
@@ -73,15 +81,6 @@ impl Default for HealthFeed {
     }
 }
 
-/// The catalog's health as the routing policy gets it.
-#[derive(Debug, Default)]
-pub(crate) struct Statuses {
-    /// By instance id; instances without an entry are `unknown`.
-    pub(crate) health: HashMap<String, HealthStatus>,
-    /// Instance ids deregistered for staying critical: left out of the policy's input.
-    pub(crate) deregistered: HashSet<String>,
-}
-
 /// Each (catalog service, address)'s status from the proxy's checker, with the proxy service
 /// that reported it. The proxy names a discovered service `<service>` or `<service>@<route>`:
 /// they fold onto the catalog's service, and down anywhere wins (the same check probes every
@@ -104,19 +103,10 @@ fn live_statuses(
 
 /// Every catalog instance's address (host names resolve asynchronously), in catalog order.
 async fn resolve_all(catalog: &Catalog) -> Vec<Option<SocketAddr>> {
+    let mut resolver = Resolver::default();
     let mut addrs = Vec::with_capacity(catalog.len());
-    let mut resolved: HashMap<(&str, u16), Option<SocketAddr>> = HashMap::new();
     for instance in catalog.instances() {
-        let key = (instance.address.as_str(), instance.port);
-        let addr = match resolved.get(&key) {
-            Some(found) => *found,
-            None => {
-                let found = crate::discovery::resolve(&instance.address, instance.port).await;
-                resolved.insert(key, found);
-                found
-            }
-        };
-        addrs.push(addr);
+        addrs.push(resolver.resolve(&instance.address, instance.port).await);
     }
     addrs
 }
@@ -144,13 +134,13 @@ impl HealthFeed {
 
     /// The health of every catalog instance for the routing policy. Parks instances the proxy
     /// reports down and forgets parked ones that left the catalog.
-    pub(crate) async fn statuses(&self, proxy: &Proxy, catalog: &Catalog) -> Statuses {
+    pub(crate) async fn statuses(&self, proxy: &Proxy, catalog: &Catalog) -> InstanceHealth {
         let states = proxy.health_statuses();
         let live = live_statuses(&states);
         let config = proxy.config();
         // Addresses first, the parked set locked after.
         let addrs = resolve_all(catalog).await;
-        let mut out = Statuses::default();
+        let mut out = InstanceHealth::default();
         let mut seen = HashSet::new();
         let Ok(mut parked) = self.parked.lock() else {
             return out;
@@ -226,11 +216,11 @@ impl HealthFeed {
         target: SocketAddr,
         check: HealthCheckConfig,
     ) -> Parked {
-        // A bad value was reported when the check was translated (discovery_checks.rs).
+        // A bad value was reported when the check was translated (sluice_routing::checks).
         let deregister_after = instance
             .checks
             .first()
-            .and_then(|c| crate::discovery_checks::deregister_after(c).ok().flatten());
+            .and_then(|c| sluice_routing::checks::deregister_after(c).ok().flatten());
         tracing::info!(
             service = %instance.service,
             instance = %addr,
@@ -298,7 +288,7 @@ async fn probe_until_recovered(
                 after = ?deregister_after,
                 "discovery: instance critical for deregister_critical_service_after; deregistered until its registration is put again"
             );
-            metrics::counter!(crate::discovery::metric::DEREGISTERED, "service" => target.service.clone())
+            metrics::counter!(metric::DEREGISTERED, "service" => target.service.clone())
                 .increment(1);
             outcome.store(DEREGISTERED, Ordering::Release);
         }

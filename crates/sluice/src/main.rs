@@ -7,9 +7,10 @@
 mod admin;
 mod app;
 mod discovery;
-mod discovery_checks;
 mod discovery_health;
-mod discovery_ops;
+mod discovery_overrides;
+mod discovery_rebuild;
+mod discovery_reload;
 mod kv;
 mod policies;
 mod run;

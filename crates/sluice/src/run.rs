@@ -100,15 +100,10 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     )
     .await
     .context("starting listeners")?;
-    let app = Arc::new(App::new(
-        proxy,
-        config_path,
-        metrics,
-        policies,
-        discovery.clone(),
-        base,
-    ));
-    let rebuilds = discovery.map(|state| crate::discovery::spawn_rebuilds(Arc::clone(&app), state));
+    let app = Arc::new(App::new(proxy, config_path, metrics, policies, base));
+    if let Some(state) = discovery {
+        app.start_discovery(state);
+    }
     let admin = crate::admin::start(admin_bind, Arc::clone(&app))
         .await
         .with_context(|| format!("starting the admin listener on {admin_bind}"))?;
@@ -151,12 +146,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     admin.abort();
     upkeep.abort();
     tls_watch.abort();
-    if let Some(task) = rebuilds {
-        task.abort();
-    }
-    if let Some(discovery) = app.discovery.get() {
-        discovery.cleanup();
-    }
+    app.stop_discovery();
     tracing::info!("stopped");
     Ok(())
 }

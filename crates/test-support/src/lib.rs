@@ -14,6 +14,7 @@ pub mod etcd;
 mod eventually;
 mod h2_raw;
 mod mirror;
+pub mod module_layers;
 pub mod open_loop;
 mod openssl;
 mod process;

@@ -107,8 +107,8 @@ impl Cx<'_> {
             kind,
             interval,
             timeout,
-            rise: self.int_in(h.rise.as_ref(), 1, 100, i64::from(d::HEALTH_RISE)) as u32,
-            fall: self.int_in(h.fall.as_ref(), 1, 100, i64::from(d::HEALTH_FALL)) as u32,
+            rise: self.threshold(h.rise.as_ref(), d::HEALTH_RISE),
+            fall: self.threshold(h.fall.as_ref(), d::HEALTH_FALL),
             jitter: h.jitter.as_ref().map_or(interval / 10, |j| {
                 humantime::parse_duration(j.get_ref()).unwrap_or_else(|e| {
                     self.error_hint(
@@ -132,6 +132,12 @@ impl Cx<'_> {
                 d::HEALTH_BODY_BYTES as i64,
             ) as usize,
         })
+    }
+
+    /// `rise` or `fall`, within [`d::HEALTH_THRESHOLDS`].
+    fn threshold(&mut self, raw: Option<&Spanned<i64>>, default: u32) -> u32 {
+        let (low, high) = (d::HEALTH_THRESHOLDS.start(), d::HEALTH_THRESHOLDS.end());
+        self.int_in(raw, i64::from(*low), i64::from(*high), i64::from(default)) as u32
     }
 
     /// The `kind = "http"` part of a check.

@@ -6,6 +6,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::Cx;
+use crate::construct::PathProblem;
 use crate::diag::closest;
 use crate::model::*;
 use crate::raw::*;
@@ -243,21 +244,18 @@ impl Cx<'_> {
 
     pub(super) fn check_path(&mut self, p: &Spanned<String>, what: &str) {
         let v = p.get_ref();
-        if !v.starts_with('/') {
-            self.error_hint(
+        match crate::construct::check_path(v) {
+            Ok(()) => {}
+            Err(PathProblem::NoLeadingSlash) => self.error_hint(
                 Some(p.span()),
                 format!("`{what}` must start with '/', found `{v}`"),
                 format!("write \"/{}\"", v.trim_start_matches('/')),
-            );
-        } else if v
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
-        {
-            self.error_hint(
+            ),
+            Err(PathProblem::NotAllowed) => self.error_hint(
                 Some(p.span()),
                 format!("`{what}` contains characters not allowed in a path: `{v}`"),
                 "percent-encode them; queries and fragments are not part of a prefix",
-            );
+            ),
         }
     }
 }

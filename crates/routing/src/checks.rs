@@ -3,8 +3,8 @@
 //! probed.
 //!
 //! - **One check per service.** The proxy runs one check against every instance of a service:
-//!   the first check of its first instance (by id) that declares one. The translation goes
-//!   through `sluice-config`, so the check gets exactly the defaults and validation of a
+//!   the first check of its first instance (by id) that declares one. The check is built with
+//!   `sluice-config`'s constructors, so it gets exactly the defaults and rules of a
 //!   `[service.health]` table.
 //! - **Consul's thresholds.** Consul marks a check critical at its first failure and passing at
 //!   its first success unless the definition sets `failures_before_critical` /
@@ -21,11 +21,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
-use sluice_config::{HealthCheckConfig, InstanceConfig};
+use sluice_config::{CheckKind, HealthCheckConfig, InstanceConfig};
 use sluice_discovery::{Catalog, CheckDefinition};
+
+use crate::Resolver;
 
 /// The most jitter a check from a registration gets: enough to spread probes started together,
 /// small next to any interval, so "critical within one interval" holds.
@@ -33,7 +34,7 @@ const REGISTRATION_CHECK_JITTER: Duration = Duration::from_millis(100);
 
 /// Each service's first declared check (instances come ordered by id), indexed once per
 /// rebuild instead of scanning the catalog per service.
-pub(crate) fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, &CheckDefinition> {
+pub fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, &CheckDefinition> {
     let mut checks = BTreeMap::new();
     for instance in catalog.instances() {
         if let Some(check) = instance.checks.first() {
@@ -44,94 +45,63 @@ pub(crate) fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, &CheckDefinit
 }
 
 /// The active check for service `name`, `None` when none of its instances declares one.
-pub(crate) fn declared_check(
+pub fn declared_check(
     checks: &BTreeMap<&str, &CheckDefinition>,
     name: &str,
 ) -> Option<Result<HealthCheckConfig, String>> {
     let check = checks.get(name)?;
-    Some(cached_health_from_check(check))
-}
-
-/// [`health_from_check`], remembered: a rebuild re-translates every service's check, and
-/// parsing one through sluice-config costs far more than looking it up. Bounded: cleared when
-/// it holds more entries than a large catalog has services.
-fn cached_health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, String> {
-    type Cache = std::sync::Mutex<BTreeMap<String, Result<HealthCheckConfig, String>>>;
-    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-    const MAX_ENTRIES: usize = 100_000;
-    let key = serde_json::to_string(check).unwrap_or_default();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return found;
-    }
-    let result = health_from_check(check);
-    if let Ok(mut cache) = cache.lock() {
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, result.clone());
-    }
-    result
+    Some(health_from_check(check))
 }
 
 /// A registration's check as a `[service.health]`, probing each instance where
 /// [`registered_check_target`] says.
-pub(crate) fn health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, String> {
-    let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
-    let mut table = String::from("[[service]]\nname = \"check\"\n[service.health]\n");
-    if let Some(url) = &check.http {
-        let (_, path) = split_http_url(url)?;
-        table.push_str(&format!("kind = \"http\"\npath = {}\n", quote(path)));
-    } else if check.tcp.is_some() {
-        table.push_str("kind = \"tcp\"\n");
-    } else if !check.args.is_empty() {
-        let args: Vec<String> = check.args.iter().map(|a| quote(a)).collect();
-        table.push_str(&format!(
-            "kind = \"command\"\nargs = [{}]\n",
-            args.join(", ")
-        ));
-    } else {
-        return Err("the check has none of http, tcp, args".into());
-    }
-    // Consul's durations are Go's ("10s", "1500ms"): the same text humantime reads.
-    if let Some(interval) = &check.interval {
-        table.push_str(&format!("interval = {}\n", quote(interval)));
-    }
-    if let Some(timeout) = &check.timeout {
-        table.push_str(&format!("timeout = {}\n", quote(timeout)));
-    }
-    table.push_str(&format!(
-        "rise = {}\nfall = {}\n",
-        check.rise(),
-        check.fall()
-    ));
+pub fn health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, String> {
     let origin = if check.id.is_empty() {
         "check"
     } else {
         check.id.as_str()
     };
-    deregister_after(check).map_err(|e| format!("{origin}: {e}"))?;
-    let mut health = sluice_config::parse_str(Path::new(origin), &table)
-        .map_err(|diags| diags.to_string().replace('\n', " "))?
-        .services
-        .into_iter()
-        .next()
-        .and_then(|s| s.health)
-        .ok_or_else(|| "no check".to_owned())?;
+    let within = |e: String| format!("{origin}: {e}");
+    let kind = if let Some(url) = &check.http {
+        CheckKind::http_get(split_http_url(url)?.1)
+    } else if check.tcp.is_some() {
+        CheckKind::tcp_connect()
+    } else if !check.args.is_empty() {
+        CheckKind::Command {
+            args: check.args.clone(),
+        }
+    } else {
+        return Err(within("the check has none of http, tcp, args".into()));
+    };
+    let mut health = HealthCheckConfig::with_defaults(kind);
+    if let Some(interval) = &check.interval {
+        health = health.every(go_duration("interval", interval).map_err(within)?);
+    }
+    if let Some(timeout) = &check.timeout {
+        let timeout = go_duration("timeout", timeout).map_err(within)?;
+        health = health
+            .with_timeout(timeout)
+            .map_err(|e| within(e.to_string()))?;
+    }
+    health.rise = check.rise();
+    health.fall = check.fall();
+    deregister_after(check).map_err(within)?;
+    health.validate().map_err(|e| within(e.to_string()))?;
     health.jitter = health.jitter.min(REGISTRATION_CHECK_JITTER);
     Ok(health)
 }
 
+/// One of Consul's durations: Go's syntax ("10s", "1500ms"), the same text humantime reads.
+fn go_duration(key: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{key}: invalid duration `{text}`: {e}"))
+}
+
 /// `deregister_critical_service_after`, read as Consul reads it (a Go duration).
-pub(crate) fn deregister_after(check: &CheckDefinition) -> Result<Option<Duration>, String> {
+pub fn deregister_after(check: &CheckDefinition) -> Result<Option<Duration>, String> {
     check
         .deregister_critical_service_after
         .as_deref()
-        .map(|text| {
-            humantime::parse_duration(text).map_err(|e| {
-                format!("deregister_critical_service_after: invalid duration `{text}`: {e}")
-            })
-        })
+        .map(|text| go_duration("deregister_critical_service_after", text))
         .transpose()
 }
 
@@ -192,58 +162,58 @@ fn check_host(host: &str, instance: IpAddr) -> CheckHost<'_> {
     }
 }
 
+/// Where a registration's check probes its instance, when not at the instance's own address
+/// and port: an instance's `check_address` / `check_port`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckTarget {
+    pub address: Option<IpAddr>,
+    pub port: Option<u16>,
+}
+
 /// Where the registration's check probes instance `id` (at `address`), as an instance's
 /// `check_address` / `check_port`: `None` for what is the instance's own. A check host that
 /// does not resolve is reported and the instance's address probed.
-pub(crate) async fn registered_check_target(
+pub async fn registered_check_target(
     catalog: &Catalog,
     id: &str,
     address: SocketAddr,
-    resolved: &mut BTreeMap<(String, u16), Option<SocketAddr>>,
-) -> Result<(Option<IpAddr>, Option<u16>), String> {
+    resolver: &mut Resolver,
+) -> Result<CheckTarget, String> {
     let Some((host, port)) = catalog
         .get(id)
         .and_then(|i| i.checks.first())
         .and_then(check_host_port)
     else {
-        return Ok((None, None));
+        return Ok(CheckTarget::default());
     };
     let port = port.filter(|p| *p != address.port());
     let ip = match check_host(host, address.ip()) {
         CheckHost::Instance => None,
         CheckHost::Ip(ip) => Some(ip),
         CheckHost::Name(name) => {
-            let key = (name.to_owned(), port.unwrap_or(address.port()));
-            let found = match resolved.get(&key) {
-                Some(found) => *found,
-                None => {
-                    let found = crate::discovery::resolve(name, key.1).await;
-                    resolved.insert(key, found);
-                    found
-                }
-            };
+            let found = resolver.resolve(name, port.unwrap_or(address.port())).await;
             let found = found.ok_or_else(|| {
                 format!("check of instance `{id}`: cannot resolve `{name}`; probing the instance's address")
             })?;
             Some(found.ip()).filter(|ip| *ip != address.ip())
         }
     };
-    Ok((ip, port))
+    Ok(CheckTarget { address: ip, port })
 }
 
 /// Gives the instances that name no check target of their own the one their registration's
 /// check names (`targets`, by instance address).
-pub(crate) fn apply_check_targets(
+pub fn apply_check_targets(
     instances: &mut [InstanceConfig],
-    targets: &BTreeMap<SocketAddr, (Option<IpAddr>, Option<u16>)>,
+    targets: &BTreeMap<SocketAddr, CheckTarget>,
 ) {
     for instance in instances {
         if instance.check_address.is_some() || instance.check_port.is_some() {
             continue;
         }
-        if let Some((address, port)) = targets.get(&instance.address) {
-            instance.check_address = *address;
-            instance.check_port = *port;
+        if let Some(target) = targets.get(&instance.address) {
+            instance.check_address = target.address;
+            instance.check_port = target.port;
         }
     }
 }
