@@ -13,6 +13,8 @@
 //!   a route the file defines wins over a discovered one ([`merge`]).
 //! - Registration checks (Consul's `check`) become `[service.health]` values with Consul's
 //!   semantics ([`checks`]).
+//! - Instances found critical stay in the proxy services they were probed in
+//!   ([`ParkedInstance`]): the proxy's checker is the one owner of discovered instances' checks.
 //! - The only I/O: resolving instance host names (bounded by a timeout) and test-binding a
 //!   port a TCP route asks for. Nothing here starts, swaps or logs.
 //!
@@ -27,7 +29,7 @@ mod resolve;
 mod rules;
 mod translate;
 
-pub use input::{InstanceHealth, policy_input};
+pub use input::{InstanceHealth, ParkedInstance, policy_input};
 pub use merge::merge;
 pub use overrides::apply_overrides;
 pub use resolve::{Resolver, resolve};

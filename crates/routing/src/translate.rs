@@ -18,7 +18,7 @@ use crate::checks::{
     CheckTarget, apply_check_targets, declared_check, declared_checks, registered_check_target,
 };
 use crate::rules::{Rules, route_rules};
-use crate::{Discovered, Resolver};
+use crate::{Discovered, ParkedInstance, Resolver};
 
 /// What the routes are translated against.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,8 @@ pub struct Scope<'a> {
     pub catalog: &'a Catalog,
     /// TCP ports the running discovered listeners hold (ours: not test-bound again).
     pub held_ports: &'a [u16],
+    /// Critical instances that stay in the proxy services they were probed in.
+    pub parked: &'a [ParkedInstance],
 }
 
 /// Turns the policy's routes into services, routes and listeners; returns what it skipped and
@@ -52,7 +54,8 @@ pub async fn routes_to_config(
             translated.push(found);
         }
     }
-    let services = name_services(&mut translated);
+    let mut services = name_services(&mut translated);
+    translator.keep_parked(&mut services).await;
     let discovered = translator.finish(translated, services);
     (discovered, translator.skipped)
 }
@@ -190,17 +193,7 @@ impl Translator<'_> {
             if instances.iter().any(|i| i.address == address) {
                 continue;
             }
-            if !self.check_targets.contains_key(&address) {
-                let catalog = self.scope.catalog;
-                let id = &target.instance_id;
-                let found = registered_check_target(catalog, id, address, &mut self.resolver)
-                    .await
-                    .unwrap_or_else(|reason| {
-                        self.skipped.push(reason);
-                        CheckTarget::default()
-                    });
-                self.check_targets.insert(address, found);
-            }
+            self.find_check_target(&target.instance_id, address).await;
             instances.push(InstanceConfig {
                 // Shares in [0, 1] onto the proxy's integer weights (1..=10000).
                 weight: ((target.weight * 10_000.0).round() as u32).clamp(1, 10_000),
@@ -209,6 +202,42 @@ impl Translator<'_> {
         }
         instances.sort_by_key(|i| i.address);
         instances
+    }
+
+    /// Parked instances join the proxy services they were probed in; a service no route uses
+    /// any more is kept for them alone.
+    async fn keep_parked(&mut self, services: &mut BTreeMap<String, ServicePlan>) {
+        for parked in self.scope.parked {
+            let plan = services
+                .entry(parked.proxy_service.clone())
+                .or_insert_with(|| ServicePlan {
+                    catalog_service: parked.catalog_service.clone(),
+                    instances: Vec::new(),
+                    tls: None,
+                });
+            if plan.instances.iter().any(|i| i.address == parked.address) {
+                continue;
+            }
+            plan.instances.push(InstanceConfig::new(parked.address));
+            plan.instances.sort_by_key(|i| i.address);
+            self.find_check_target(&parked.id, parked.address).await;
+        }
+    }
+
+    /// Where the registration of instance `id` says its check probes it, looked up once per
+    /// address.
+    async fn find_check_target(&mut self, id: &str, address: SocketAddr) {
+        if self.check_targets.contains_key(&address) {
+            return;
+        }
+        let catalog = self.scope.catalog;
+        let found = registered_check_target(catalog, id, address, &mut self.resolver)
+            .await
+            .unwrap_or_else(|reason| {
+                self.skipped.push(reason);
+                CheckTarget::default()
+            });
+        self.check_targets.insert(address, found);
     }
 
     /// The target's address; a name that does not resolve is reported once.

@@ -14,6 +14,7 @@ fn scope<'a>(base: &'a sluice_config::Config, catalog: &'a Catalog) -> Scope<'a>
         base,
         catalog,
         held_ports: &[],
+        parked: &[],
     }
 }
 
@@ -334,4 +335,46 @@ fn overrides_add_delete_and_reweight() {
         .map(|t| (t.weight * 1000.0).round() / 1000.0)
         .collect();
     assert_eq!(web, [0.8, 0.2]);
+}
+
+#[tokio::test]
+async fn parked_instances_stay_where_the_checker_probes_them() {
+    let base = sluice_config::parse_str(
+        "t.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n\
+         [[service]]\nname = \"api\"\n[service.health]\nkind = \"tcp\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let catalog = Catalog::empty();
+    let parked = |service: &str, proxy_service: &str, port: u16| sluice_routing::ParkedInstance {
+        id: format!("{service}-{port}"),
+        catalog_service: service.into(),
+        proxy_service: proxy_service.into(),
+        address: ([127, 0, 0, 1], port).into(),
+    };
+    // web's instance 2 is down and left out by the policy; api's only instance too, so api
+    // has no route left.
+    let parked = [parked("web", "web", 2), parked("api", "api", 3)];
+    let routes = [route("/web", "web", &[1])];
+    let scope = Scope {
+        parked: &parked,
+        ..scope(&base, &catalog)
+    };
+    let (found, skipped) = routes_to_config(&routes, scope).await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let services: Vec<(&str, Vec<u16>, bool)> = found
+        .services
+        .iter()
+        .map(|s| {
+            let ports = s.instances.iter().map(|i| i.address.port()).collect();
+            (s.name.as_str(), ports, s.health.is_some())
+        })
+        .collect();
+    assert_eq!(
+        services,
+        [("api", vec![3], true), ("web", vec![1, 2], false)],
+        "the parked instance joins its service; api stays, route-less, with the file's check"
+    );
+    let routed: Vec<&str> = found.routes.iter().map(|r| r.service.as_str()).collect();
+    assert_eq!(routed, ["web"], "no route is made for a parked instance");
 }

@@ -1,35 +1,33 @@
 //! Health for the routing policy: each catalog instance's status from the proxy's active
 //! checker (the checks declared in the registrations, or the file's `[service.health]`), so
 //! `urlprefix` with `skip_critical` leaves out instances whose check fails, as Fabio leaves out
-//! Consul's critical ones.
+//! Consul's critical ones. The proxy's checker is the only one probing discovered instances;
+//! this module only reads its verdicts and decides what stays in the catalog.
 //!
-//! The loop to avoid: a critical instance leaves the routes, so the proxy stops probing it.
-//! Seen as `unknown` at the next rebuild it would come back, fail and leave again; and one
-//! that recovered would never return, since nothing probes it. So an instance the proxy reports
-//! down is *parked*: this module keeps probing it with the same check (the same probe code and
-//! `rise` rule, native evaluation) and reports it `critical` until `rise` probes in a row pass.
-//! Then it is `passing`, the routes are rebuilt (see [`HealthFeed::subscribe`]) and the proxy's
-//! checker takes it over again.
+//! The loop to avoid: a critical instance leaves the routes, so it would leave the proxy's
+//! services and nothing would probe it. Seen as `unknown` at the next rebuild it would come
+//! back, fail and leave again; and one that recovered would never return. So an instance the
+//! proxy reports down is *parked*: it stays, routed to by nothing new, in the proxy services it
+//! was probed in (route-less if its routes went away: `sluice_routing::ParkedInstance`), so the
+//! checker keeps probing it with its state and `rise` counter intact. It is reported `critical`
+//! until the checker says up; then it is `passing` and the routes are rebuilt.
 //!
 //! Consul's `deregister_critical_service_after`: a parked instance whose registration's check
 //! sets it and that stays critical that long is *deregistered*, as Consul's agent removes such
-//! a service: probing stops and the instance is left out of the routing policy's input (the
-//! catalog keeps listing it, marked) until its registration document is put again (the file
-//! written again, the etcd key put again: a new document revision) or goes away.
+//! a service: it leaves the proxy's services (probing stops) and the routing policy's input
+//! (the catalog keeps listing it, marked) until its registration document is put again (the
+//! file written again, the etcd key put again: a new document revision) or goes away.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sluice_config::{Config, HealthCheckConfig, InstanceConfig};
 use sluice_discovery::{Catalog, Instance};
-use sluice_health::probe::{self, ProbeTarget};
-use sluice_health::{Evaluation, Evaluator, NativeEvaluator, ProbedInstance, Status};
+use sluice_health::Status;
 use sluice_policy_host::types::HealthStatus;
 use sluice_proxy::Proxy;
-use sluice_routing::{InstanceHealth, Resolver};
+use sluice_routing::{InstanceHealth, ParkedInstance, Resolver};
 use tokio::sync::watch;
 
 /// Metric names (docs/metrics.md).
@@ -39,19 +37,12 @@ pub(crate) mod metric {
     pub(crate) const ALL: &[&str] = &[DEREGISTERED];
 }
 
-/// A parked instance's probe task is still probing it.
-const PROBING: u8 = 0;
-/// It passed `rise` probes in a row.
-const RECOVERED: u8 = 1;
-/// It stayed critical for its check's `deregister_critical_service_after`.
-const DEREGISTERED: u8 = 2;
-
-/// Parked instances and the signal that one recovered or was deregistered.
+/// Parked instances, and the signal that one's deregistration time came.
 #[derive(Debug)]
 pub(crate) struct HealthFeed {
     /// By (catalog service, instance address).
     parked: std::sync::Mutex<HashMap<(String, SocketAddr), Parked>>,
-    recoveries: Arc<watch::Sender<u64>>,
+    deadlines: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Debug)]
@@ -61,14 +52,20 @@ struct Parked {
     /// The revision of its registration document when it was parked: once deregistered, it
     /// comes back when the document is put again.
     revision: i64,
-    /// What the probe task concluded: [`PROBING`], [`RECOVERED`] or [`DEREGISTERED`].
-    outcome: Arc<AtomicU8>,
-    task: tokio::task::JoinHandle<()>,
+    /// The proxy services whose checker found it down: it stays in them while parked.
+    proxy_services: Vec<Arc<str>>,
+    since: Instant,
+    deregister_after: Option<Duration>,
+    deregistered: bool,
+    /// Wakes a rebuild when `deregister_after` has passed.
+    timer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(timer) = &self.timer {
+            timer.abort();
+        }
     }
 }
 
@@ -76,29 +73,43 @@ impl Default for HealthFeed {
     fn default() -> Self {
         Self {
             parked: std::sync::Mutex::default(),
-            recoveries: Arc::new(watch::channel(0).0),
+            deadlines: Arc::new(watch::channel(0).0),
         }
     }
 }
 
-/// Each (catalog service, address)'s status from the proxy's checker, with the proxy service
-/// that reported it. The proxy names a discovered service `<service>` or `<service>@<route>`:
-/// they fold onto the catalog's service, and down anywhere wins (the same check probes every
-/// copy).
-fn live_statuses(
-    states: &[(Arc<str>, SocketAddr, Status)],
-) -> HashMap<(&str, SocketAddr), (Status, Arc<str>)> {
-    let mut live: HashMap<(&str, SocketAddr), (Status, Arc<str>)> = HashMap::new();
+/// One (catalog service, address)'s status across the proxy services it is in (named
+/// `<service>` or `<service>@<route>`; down anywhere wins, the same check probes every copy),
+/// with those services.
+#[derive(Debug)]
+struct Live {
+    status: Status,
+    proxy_services: Vec<Arc<str>>,
+}
+
+fn live_statuses(states: &[(Arc<str>, SocketAddr, Status)]) -> HashMap<(&str, SocketAddr), Live> {
+    let mut live: HashMap<(&str, SocketAddr), Live> = HashMap::new();
     for (service, addr, status) in states {
         let base = service.split_once('@').map_or(&**service, |(b, _)| b);
-        let entry = live
-            .entry((base, *addr))
-            .or_insert((*status, Arc::clone(service)));
-        if rank(*status) > rank(entry.0) {
-            *entry = (*status, Arc::clone(service));
+        let entry = live.entry((base, *addr)).or_insert(Live {
+            status: *status,
+            proxy_services: Vec::new(),
+        });
+        if rank(*status) > rank(entry.status) {
+            entry.status = *status;
         }
+        entry.proxy_services.push(Arc::clone(service));
     }
     live
+}
+
+/// How bad a status is, to fold several copies of one instance.
+fn rank(status: Status) -> u8 {
+    match status {
+        Status::Unknown => 0,
+        Status::Up => 1,
+        Status::Down => 2,
+    }
 }
 
 /// Every catalog instance's address (host names resolve asynchronously), in catalog order.
@@ -112,10 +123,10 @@ async fn resolve_all(catalog: &Catalog) -> Vec<Option<SocketAddr>> {
 }
 
 impl HealthFeed {
-    /// Sees a new value whenever a parked instance recovers or is deregistered (the proxy's
-    /// own status changes come from [`Proxy::health_changes`]).
+    /// Sees a new value when a parked instance's deregistration time comes (status changes
+    /// come from [`Proxy::health_changes`]).
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.recoveries.subscribe()
+        self.deadlines.subscribe()
     }
 
     /// The ids of the instances deregistered for staying critical, for `/api/catalog`.
@@ -125,19 +136,19 @@ impl HealthFeed {
             .map(|parked| {
                 parked
                     .values()
-                    .filter(|p| p.outcome.load(Ordering::Acquire) == DEREGISTERED)
+                    .filter(|p| p.deregistered)
                     .map(|p| p.id.clone())
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// The health of every catalog instance for the routing policy. Parks instances the proxy
-    /// reports down and forgets parked ones that left the catalog.
+    /// The health of every catalog instance for the routing policy, and where parked ones
+    /// stay. Parks instances the proxy reports down and forgets parked ones that left the
+    /// catalog.
     pub(crate) async fn statuses(&self, proxy: &Proxy, catalog: &Catalog) -> InstanceHealth {
         let states = proxy.health_statuses();
         let live = live_statuses(&states);
-        let config = proxy.config();
         // Addresses first, the parked set locked after.
         let addrs = resolve_all(catalog).await;
         let mut out = InstanceHealth::default();
@@ -149,7 +160,7 @@ impl HealthFeed {
             let Some(addr) = addr else { continue };
             let key = (instance.service.clone(), addr);
             let live = live.get(&(instance.service.as_str(), addr));
-            match self.status_of(&mut parked, &key, instance, live, &config) {
+            match self.status_of(&mut parked, &key, instance, live) {
                 Some(status) => {
                     out.health.insert(instance.id.clone(), status);
                 }
@@ -160,6 +171,7 @@ impl HealthFeed {
             seen.insert(key);
         }
         parked.retain(|key, _| seen.contains(key));
+        out.parked = placements(&parked);
         out
     }
 
@@ -169,53 +181,34 @@ impl HealthFeed {
         parked: &mut HashMap<(String, SocketAddr), Parked>,
         key: &(String, SocketAddr),
         instance: &Instance,
-        live: Option<&(Status, Arc<str>)>,
-        config: &Config,
+        live: Option<&Live>,
     ) -> Option<HealthStatus> {
-        if let Some(p) = parked.get(key) {
-            match p.outcome.load(Ordering::Acquire) {
-                PROBING => return Some(HealthStatus::Critical),
-                RECOVERED => {
-                    parked.remove(key);
-                    return Some(HealthStatus::Passing);
-                }
-                _ if p.revision == instance.revision => return None,
-                _ => {
-                    tracing::info!(
-                        service = %instance.service,
-                        instance = %instance.id,
-                        "discovery: deregistered instance registered again; back in the catalog"
-                    );
+        if let Some(p) = parked.get_mut(key) {
+            match parked_status(p, instance, live) {
+                Some(ParkedStatus::Critical) => return Some(HealthStatus::Critical),
+                Some(ParkedStatus::Deregistered) => return None,
+                // Recovered or registered again: the checker's status decides below.
+                None => {
                     parked.remove(key);
                 }
             }
         }
         match live {
-            Some((Status::Down, proxy_service)) => {
-                let service = config.service(proxy_service);
-                // Down without a check cannot happen; never strand an instance.
-                let check = service.and_then(|s| s.health.clone())?;
-                let configured =
-                    service.and_then(|s| s.instances.iter().find(|i| i.address == key.1));
-                let target = configured
-                    .cloned()
-                    .unwrap_or_else(|| InstanceConfig::new(key.1))
-                    .check_target(&check);
-                parked.insert(key.clone(), self.park(instance, key.1, target, check));
+            Some(Live {
+                status: Status::Down,
+                proxy_services,
+            }) => {
+                parked.insert(key.clone(), self.park(instance, key.1, proxy_services));
                 Some(HealthStatus::Critical)
             }
-            Some((Status::Up, _)) => Some(HealthStatus::Passing),
-            Some((Status::Unknown, _)) | None => Some(HealthStatus::Unknown),
+            Some(Live {
+                status: Status::Up, ..
+            }) => Some(HealthStatus::Passing),
+            _ => Some(HealthStatus::Unknown),
         }
     }
 
-    fn park(
-        &self,
-        instance: &Instance,
-        addr: SocketAddr,
-        target: SocketAddr,
-        check: HealthCheckConfig,
-    ) -> Parked {
+    fn park(&self, instance: &Instance, addr: SocketAddr, proxy_services: &[Arc<str>]) -> Parked {
         // A bad value was reported when the check was translated (sluice_routing::checks).
         let deregister_after = instance
             .checks
@@ -227,93 +220,83 @@ impl HealthFeed {
             deregister_after = ?deregister_after,
             "discovery: instance critical; left out of the routes and probed until it recovers"
         );
-        let outcome = Arc::new(AtomicU8::new(PROBING));
-        let task = tokio::spawn(probe_until_recovered(
-            ProbeTarget {
-                addr: target,
-                instance: addr,
-                service: instance.service.clone(),
-            },
-            check,
-            deregister_after,
-            Arc::clone(&outcome),
-            Arc::clone(&self.recoveries),
-        ));
+        let timer = deregister_after.map(|after| {
+            let deadlines = Arc::clone(&self.deadlines);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                deadlines.send_modify(|n| *n = n.wrapping_add(1));
+            })
+        });
         Parked {
             id: instance.id.clone(),
             revision: instance.revision,
-            outcome,
-            task,
+            proxy_services: proxy_services.to_vec(),
+            since: Instant::now(),
+            deregister_after,
+            deregistered: false,
+            timer,
         }
     }
 }
 
-/// How bad a status is, to fold several copies of one instance.
-fn rank(status: Status) -> u8 {
-    match status {
-        Status::Unknown => 0,
-        Status::Up => 1,
-        Status::Down => 2,
-    }
+enum ParkedStatus {
+    Critical,
+    Deregistered,
 }
 
-/// Probes a parked instance until it recovers or, when its registration asks for it, until it
-/// has been critical for `deregister_after`; then says which and asks for a rebuild.
-async fn probe_until_recovered(
-    target: ProbeTarget,
-    check: HealthCheckConfig,
-    deregister_after: Option<Duration>,
-    outcome: Arc<AtomicU8>,
-    recoveries: Arc<watch::Sender<u64>>,
-) {
-    let deadline = async {
-        match deregister_after {
-            Some(after) => tokio::time::sleep(after).await,
-            None => std::future::pending().await,
+/// A parked instance's status now; `None` when it is no longer parked (the checker says it is
+/// up, or a deregistered one's registration was put again).
+fn parked_status(p: &mut Parked, instance: &Instance, live: Option<&Live>) -> Option<ParkedStatus> {
+    if p.deregistered {
+        if p.revision == instance.revision {
+            return Some(ParkedStatus::Deregistered);
         }
-    };
-    tokio::select! {
-        () = probe_until_passing(&target, &check) => {
-            tracing::info!(
-                service = %target.service,
-                instance = %target.instance,
-                "discovery: parked instance passes its check again; routes rebuilt"
-            );
-            outcome.store(RECOVERED, Ordering::Release);
-        }
-        () = deadline => {
-            tracing::warn!(
-                service = %target.service,
-                instance = %target.instance,
-                after = ?deregister_after,
-                "discovery: instance critical for deregister_critical_service_after; deregistered until its registration is put again"
-            );
-            metrics::counter!(metric::DEREGISTERED, "service" => target.service.clone())
-                .increment(1);
-            outcome.store(DEREGISTERED, Ordering::Release);
-        }
+        tracing::info!(
+            service = %instance.service,
+            instance = %instance.id,
+            "discovery: deregistered instance registered again; back in the catalog"
+        );
+        return None;
     }
-    recoveries.send_modify(|n| *n = n.wrapping_add(1));
+    if live.is_some_and(|l| l.status == Status::Up) {
+        tracing::info!(
+            service = %instance.service,
+            instance = %instance.id,
+            "discovery: parked instance passes its check again; routes rebuilt"
+        );
+        return None;
+    }
+    if p.deregister_after
+        .is_some_and(|after| p.since.elapsed() >= after)
+    {
+        tracing::warn!(
+            service = %instance.service,
+            instance = %instance.id,
+            after = ?p.deregister_after,
+            "discovery: instance critical for deregister_critical_service_after; deregistered until its registration is put again"
+        );
+        metrics::counter!(metric::DEREGISTERED, "service" => instance.service.clone()).increment(1);
+        p.deregistered = true;
+        return Some(ParkedStatus::Deregistered);
+    }
+    Some(ParkedStatus::Critical)
 }
 
-/// Probes on the check's schedule until `rise` probes in a row pass.
-async fn probe_until_passing(target: &ProbeTarget, check: &HealthCheckConfig) {
-    let evaluator = NativeEvaluator::new(check.kind.clone());
-    let probed = ProbedInstance {
-        id: target.instance.to_string(),
-        service: target.service.clone(),
-        address: target.instance.ip().to_string(),
-        port: target.instance.port(),
-    };
-    let mut ups = 0;
-    loop {
-        tokio::time::sleep(check.interval + probe::jitter(check.jitter)).await;
-        let result = probe::run(target, check).await;
-        let up =
-            matches!(evaluator.evaluate(&probed, &result), Evaluation::Verdict(v) if v.is_up());
-        ups = if up { ups + 1 } else { 0 };
-        if ups >= check.rise {
-            return;
-        }
-    }
+/// Where each parked (not deregistered) instance stays: every proxy service it was found
+/// down in.
+fn placements(parked: &HashMap<(String, SocketAddr), Parked>) -> Vec<ParkedInstance> {
+    let mut out: Vec<ParkedInstance> = parked
+        .iter()
+        .filter(|(_, p)| !p.deregistered)
+        .flat_map(|((service, addr), p)| {
+            p.proxy_services.iter().map(|proxy_service| ParkedInstance {
+                id: p.id.clone(),
+                catalog_service: service.clone(),
+                proxy_service: proxy_service.to_string(),
+                address: *addr,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.proxy_service, a.address).cmp(&(&b.proxy_service, b.address)));
+    out
 }

@@ -14,7 +14,9 @@ use sluice_config::Config;
 use sluice_discovery::Catalog;
 use sluice_policy_host::{RouteTable, RoutingOutcome};
 use sluice_proxy::Proxy;
-use sluice_routing::{Discovered, Scope, apply_overrides, policy_input, routes_to_config};
+use sluice_routing::{
+    Discovered, InstanceHealth, Scope, apply_overrides, policy_input, routes_to_config,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::discovery::{DiscoveryState, RebuildReport, metric, ms_since, routing_policy_name};
@@ -124,7 +126,8 @@ async fn rebuild(
 ) -> Option<Rebuilt> {
     let started = Instant::now();
     let mut report = RebuildReport::new(catalog.version());
-    let Some(table) = policy_routes(inputs, state, &catalog, &mut report).await else {
+    let health = state.health.statuses(&inputs.proxy, &catalog).await;
+    let Some(table) = policy_routes(inputs, &catalog, &health, &mut report).await else {
         state.record(report, started, catalog.len());
         return None;
     };
@@ -148,6 +151,7 @@ async fn rebuild(
         base: &base,
         catalog: &catalog,
         held_ports: &held,
+        parked: &health.parked,
     };
     let (discovered, skipped) = routes_to_config(&routes, scope).await;
     for reason in &skipped {
@@ -175,8 +179,8 @@ async fn rebuild(
 /// The routing policy's table for `catalog`, or `None` with the failure in `report`.
 async fn policy_routes(
     inputs: &RebuildInputs,
-    state: &DiscoveryState,
     catalog: &Catalog,
+    health: &InstanceHealth,
     report: &mut RebuildReport,
 ) -> Option<Arc<RouteTable>> {
     let policy = routing_policy_name(&inputs.base.borrow()).to_owned();
@@ -185,8 +189,7 @@ async fn policy_routes(
         report.failed("policy_failed", error);
         return None;
     };
-    let health = state.health.statuses(&inputs.proxy, catalog).await;
-    let input = policy_input(catalog, &health);
+    let input = policy_input(catalog, health);
     let policy_started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || handle.build_routes(&input)).await;
     report.policy_ms = ms_since(policy_started);

@@ -406,7 +406,8 @@ async fn a_failing_check_takes_an_instance_out_of_the_routes_and_back() {
     let log = defs.path().join("access.log");
     let config = format!("{}{}", head(admin, web, &log), file_registry(defs.path()));
     let process = SluiceProcess::start(Path::new(BIN), &config, admin);
-    let instances = || {
+    // The instances of `web` in `state` (`active` or `down`).
+    let listed = |state: &str| {
         let (_, body) = http_get(admin, "/api/services").unwrap();
         let services: serde_json::Value = serde_json::from_str(&body).unwrap();
         let mut found: Vec<String> = services
@@ -415,11 +416,13 @@ async fn a_failing_check_takes_an_instance_out_of_the_routes_and_back() {
             .iter()
             .filter(|s| s["name"] == "web")
             .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+            .filter(|i| i["state"] == state)
             .map(|i| i["address"].as_str().unwrap_or_default().to_owned())
             .collect();
         found.sort();
         found
     };
+    let instances = || listed("active");
     let mut both = vec![b1.addr().to_string(), b2.addr().to_string()];
     both.sort();
     let until = |want: Vec<String>| async move {
@@ -442,6 +445,8 @@ async fn a_failing_check_takes_an_instance_out_of_the_routes_and_back() {
     // instances), and traffic only reaches h2.
     b1.set_mode(Mode::Status(500));
     until(vec![b2.addr().to_string()]).await;
+    // It stays in the proxy's service, down, where the proxy's checker keeps probing it.
+    assert_eq!(listed("down"), [b1.addr().to_string()]);
     let client = Client::http1();
     for _ in 0..5 {
         let reply = client.get(&format!("http://{web}/web")).await.unwrap();
