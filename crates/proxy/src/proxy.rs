@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use sluice_config::{Balancer, Config, ListenerProtocol, Serve};
+use sluice_config::{Balancer, Config, ListenerConfig, ListenerProtocol, Serve};
 use sluice_health::clock;
 use sluice_health::{EvaluatorSource, NoPolicies};
 
@@ -145,25 +145,85 @@ impl Proxy {
         self.apply_inner(config, false).await
     }
 
+    /// Everything that can fail is built first (access log, services and their client TLS,
+    /// listener certificates, new sockets); then it is committed, and nothing after that
+    /// fails except re-binding an address a removed listener held, which is logged.
     async fn apply_inner(&self, config: Config, first: bool) -> Result<ApplySummary, ApplyError> {
         let mut running = self.inner.listeners.lock().await;
-        let grace = config.runtime.shutdown_grace;
+        let log = self.next_access_log(&config, first)?;
+        let services = self.build_services(&config)?;
+        let mut tables = route_tables(&config, &services);
+        let mut tls = listener_tls(&config)?;
+        let mut sockets = bind_new_listeners(&config, &running)?;
 
-        // Access log: keep the current writer unless its settings changed.
-        let current_log = self
+        let mut summary = ApplySummary {
+            routes: config.routes.len(),
+            services: services.len(),
+            ..ApplySummary::default()
+        };
+        self.close_stale_listeners(&config, &mut running, &mut summary)
+            .await;
+        for lc in &config.listeners {
+            let table = RouteTable::new(tables.remove(lc.name.as_str()).unwrap_or_default());
+            let tls = tls.remove(lc.name.as_str());
+            let runtime = self.listener_runtime(lc, table, &services, &log.next, tls);
+            if let Some(r) = running.get(&lc.name) {
+                r.shared.update(runtime);
+            } else if let Some(socket) = sockets.remove(lc.name.as_str()) {
+                let grace = config.runtime.shutdown_grace;
+                self.start_listener(lc, socket, runtime, grace, &mut running, &mut summary);
+            }
+        }
+        if let Ok(mut all) = self.inner.service_shared.lock() {
+            all.retain(|name, _| services.contains_key(name));
+        }
+        let grace = config.runtime.shutdown_grace;
+        self.inner.services.store(Arc::new(services));
+        self.inner.config.store(Arc::new(config));
+        if let Ok(mut checker) = self.inner.checker.lock() {
+            checker.sync();
+        }
+        self.swap_access_log(log, grace);
+        Ok(summary)
+    }
+
+    /// The access log the new configuration writes to: the current writer unless its
+    /// settings changed.
+    fn next_access_log(&self, config: &Config, first: bool) -> Result<NextLog, ApplyError> {
+        let current = self
             .inner
             .access_log
             .lock()
             .map(|l| l.clone())
             .unwrap_or_else(|_| AccessLog::off());
-        let same_log = !first && current_log.config().cloned() == access_log_setting(&config);
-        let new_log = if same_log {
-            current_log.clone()
-        } else {
-            AccessLog::start(&config.access_log).map_err(ApplyError::AccessLog)?
-        };
+        if !first && current.config().cloned() == access_log_setting(config) {
+            return Ok(NextLog {
+                next: current,
+                replaced: None,
+            });
+        }
+        let next = AccessLog::start(&config.access_log).map_err(ApplyError::AccessLog)?;
+        Ok(NextLog {
+            next,
+            replaced: Some(current),
+        })
+    }
 
-        // Services, reusing live instance state by (service, address).
+    /// Installs a new access log; requests still in flight log to the old writer until it is
+    /// stopped, a grace period later.
+    fn swap_access_log(&self, log: NextLog, grace: Duration) {
+        let Some(old) = log.replaced else { return };
+        if let Ok(mut l) = self.inner.access_log.lock() {
+            *l = log.next;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tokio::task::spawn_blocking(move || old.shutdown());
+        });
+    }
+
+    /// The configuration's services, reusing live instance state by (service, address).
+    fn build_services(&self, config: &Config) -> Result<HashMap<String, Arc<Service>>, ApplyError> {
         let old_services = self.inner.services.load_full();
         let shared_of = |name: &str| -> Arc<ServiceShared> {
             let mut all = self
@@ -185,7 +245,7 @@ impl Proxy {
                 client_tls.insert(sc.name.as_str(), loaded);
             }
         }
-        let services: HashMap<String, Arc<Service>> = config
+        Ok(config
             .services
             .iter()
             .map(|sc| {
@@ -196,66 +256,17 @@ impl Proxy {
                 svc.tls = client_tls.remove(sc.name.as_str());
                 (sc.name.clone(), Arc::new(svc))
             })
-            .collect();
+            .collect())
+    }
 
-        // Route tables per listener.
-        let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
-        // Made once, and only when a redirect route names no service.
-        let mut no_service: Option<Arc<Service>> = None;
-        for rc in &config.routes {
-            let service = match services.get(&rc.service) {
-                Some(service) => service,
-                None if rc.redirect.is_some() => {
-                    no_service.get_or_insert_with(crate::routing::no_service)
-                }
-                None => continue, // validation guarantees this exists
-            };
-            tables
-                .entry(rc.listener.as_str())
-                .or_default()
-                .push(Arc::new(Route::new(rc, service)));
-        }
-
-        // TLS: every certificate and key re-read; a bad one refuses the whole apply.
-        let mut tls: HashMap<&str, crate::tls::ListenerTls> = HashMap::new();
-        for lc in &config.listeners {
-            let loaded = crate::tls::ListenerTls::load(lc).map_err(|source| ApplyError::Tls {
-                listener: lc.name.clone(),
-                source,
-            })?;
-            if let Some(t) = loaded {
-                tls.insert(lc.name.as_str(), t);
-            }
-        }
-
-        // Bind what is new before changing anything.
-        let mut to_start = Vec::new();
-        for lc in &config.listeners {
-            let reuse = running
-                .get(&lc.name)
-                .is_some_and(|r| r.bind == lc.bind && r.protocol == lc.protocol);
-            let held_by_other = running
-                .values()
-                .any(|r| r.bind == lc.bind && *r.shared.name != *lc.name);
-            if !reuse && !held_by_other {
-                let socket = listener::bind(lc.bind).map_err(|source| ApplyError::Bind {
-                    listener: lc.name.clone(),
-                    addr: lc.bind,
-                    source,
-                })?;
-                to_start.push((lc, Some(socket)));
-            } else if !reuse {
-                to_start.push((lc, None));
-            }
-        }
-
-        // Commit. Nothing below fails except re-binding an address another (removed)
-        // listener held, which is logged.
-        let mut summary = ApplySummary {
-            routes: config.routes.len(),
-            services: services.len(),
-            ..ApplySummary::default()
-        };
+    /// Stops the running listeners the configuration drops or moves (their connections
+    /// drain in the background).
+    async fn close_stale_listeners(
+        &self,
+        config: &Config,
+        running: &mut HashMap<String, RunningListener>,
+        summary: &mut ApplySummary,
+    ) {
         let wanted: HashMap<&str, (SocketAddr, ListenerProtocol)> = config
             .listeners
             .iter()
@@ -277,79 +288,74 @@ impl Proxy {
                 tokio::spawn(r.drained());
             }
         }
-        for lc in &config.listeners {
-            let table = RouteTable::new(tables.remove(lc.name.as_str()).unwrap_or_default());
-            let tcp = lc.tcp.as_ref().map(|t| TcpRuntime {
-                config: t.clone(),
-                service: t.service.as_ref().and_then(|s| services.get(s)).cloned(),
-                sni: t
-                    .sni
-                    .iter()
-                    .flat_map(|sni| &sni.routes)
-                    .filter_map(|r| Some((r.host.clone(), Arc::clone(services.get(&r.service)?))))
-                    .collect(),
-            });
-            let mut runtime = ListenerRuntime::new(
-                lc.clone(),
-                table,
-                new_log.clone(),
-                tcp,
-                tls.remove(lc.name.as_str()),
-                crate::server_h2::builder(lc),
-            );
-            runtime.gate.policy = lc
-                .authz
-                .as_ref()
-                .and_then(|a| a.policy.clone())
-                .map(|name| (name, Arc::clone(&self.inner.authorizer)));
-            if let Some(r) = running.get(&lc.name) {
-                r.shared.update(runtime);
-            } else if let Some(pos) = to_start.iter().position(|(c, _)| c.name == lc.name) {
-                let (lc, socket) = to_start.swap_remove(pos);
-                let socket = match socket {
-                    Some(s) => s,
-                    None => match listener::bind(lc.bind) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(listener = %lc.name, addr = %lc.bind, error = %e, "cannot re-bind after reload");
-                            continue;
-                        }
-                    },
-                };
-                let shared = Arc::new(ListenerShared::new(&lc.name, runtime));
-                match listener::start(socket, shared, grace) {
-                    Ok(r) => {
-                        if let Ok(mut b) = self.inner.bound.lock() {
-                            b.insert(lc.name.clone(), r.local_addr);
-                        }
-                        running.insert(lc.name.clone(), r);
-                        summary.listeners_added.push(lc.name.clone());
-                    }
-                    Err(e) => {
-                        tracing::error!(listener = %lc.name, error = %e, "cannot start listener")
-                    }
+    }
+
+    /// What a listener's connections share under the new configuration.
+    fn listener_runtime(
+        &self,
+        lc: &ListenerConfig,
+        table: RouteTable,
+        services: &HashMap<String, Arc<Service>>,
+        log: &AccessLog,
+        tls: Option<crate::tls::ListenerTls>,
+    ) -> ListenerRuntime {
+        let tcp = lc.tcp.as_ref().map(|t| TcpRuntime {
+            config: t.clone(),
+            service: t.service.as_ref().and_then(|s| services.get(s)).cloned(),
+            sni: t
+                .sni
+                .iter()
+                .flat_map(|sni| &sni.routes)
+                .filter_map(|r| Some((r.host.clone(), Arc::clone(services.get(&r.service)?))))
+                .collect(),
+        });
+        let mut runtime = ListenerRuntime::new(
+            lc.clone(),
+            table,
+            log.clone(),
+            tcp,
+            tls,
+            crate::server_h2::builder(lc),
+        );
+        runtime.gate.policy = lc
+            .authz
+            .as_ref()
+            .and_then(|a| a.policy.clone())
+            .map(|name| (name, Arc::clone(&self.inner.authorizer)));
+        runtime
+    }
+
+    /// Starts a new listener (on the socket bound before the commit, or bound now when a
+    /// removed listener held its address).
+    fn start_listener(
+        &self,
+        lc: &ListenerConfig,
+        socket: Option<std::net::TcpListener>,
+        runtime: ListenerRuntime,
+        grace: Duration,
+        running: &mut HashMap<String, RunningListener>,
+        summary: &mut ApplySummary,
+    ) {
+        let socket = match socket.map_or_else(|| listener::bind(lc.bind), Ok) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(listener = %lc.name, addr = %lc.bind, error = %e, "cannot re-bind after reload");
+                return;
+            }
+        };
+        let shared = Arc::new(ListenerShared::new(&lc.name, runtime));
+        match listener::start(socket, shared, grace) {
+            Ok(r) => {
+                if let Ok(mut b) = self.inner.bound.lock() {
+                    b.insert(lc.name.clone(), r.local_addr);
                 }
+                running.insert(lc.name.clone(), r);
+                summary.listeners_added.push(lc.name.clone());
+            }
+            Err(e) => {
+                tracing::error!(listener = %lc.name, error = %e, "cannot start listener")
             }
         }
-        if let Ok(mut all) = self.inner.service_shared.lock() {
-            all.retain(|name, _| services.contains_key(name));
-        }
-        self.inner.services.store(Arc::new(services));
-        self.inner.config.store(Arc::new(config));
-        if let Ok(mut checker) = self.inner.checker.lock() {
-            checker.sync();
-        }
-        if !same_log {
-            if let Ok(mut l) = self.inner.access_log.lock() {
-                *l = new_log;
-            }
-            // Requests still in flight log to the old writer until it is stopped.
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tokio::task::spawn_blocking(move || current_log.shutdown());
-            });
-        }
-        Ok(summary)
     }
 
     /// Addresses the listeners are bound to, by name (useful with port 0).
@@ -707,4 +713,80 @@ pub struct LastProbeView {
     pub verdict: Option<String>,
     /// The health policy's error, when it failed.
     pub evaluator_error: Option<String>,
+}
+
+/// The access log an apply moves to, and the writer it replaces (to stop after a grace).
+struct NextLog {
+    next: AccessLog,
+    replaced: Option<AccessLog>,
+}
+
+/// Each listener's routes, in file order.
+fn route_tables<'a>(
+    config: &'a Config,
+    services: &HashMap<String, Arc<Service>>,
+) -> HashMap<&'a str, Vec<Arc<Route>>> {
+    let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
+    // Made once, and only when a redirect route names no service.
+    let mut no_service: Option<Arc<Service>> = None;
+    for rc in &config.routes {
+        let service = match services.get(&rc.service) {
+            Some(service) => service,
+            None if rc.redirect.is_some() => {
+                no_service.get_or_insert_with(crate::routing::no_service)
+            }
+            None => continue, // validation guarantees this exists
+        };
+        tables
+            .entry(rc.listener.as_str())
+            .or_default()
+            .push(Arc::new(Route::new(rc, service)));
+    }
+    tables
+}
+
+/// Every listener's certificates and keys, re-read; a bad one refuses the whole apply.
+fn listener_tls(config: &Config) -> Result<HashMap<&str, crate::tls::ListenerTls>, ApplyError> {
+    let mut tls = HashMap::new();
+    for lc in &config.listeners {
+        let loaded = crate::tls::ListenerTls::load(lc).map_err(|source| ApplyError::Tls {
+            listener: lc.name.clone(),
+            source,
+        })?;
+        if let Some(t) = loaded {
+            tls.insert(lc.name.as_str(), t);
+        }
+    }
+    Ok(tls)
+}
+
+/// The listeners to start, by name: with a socket bound now (before anything changes), or
+/// `None` when another running listener holds the address until the commit closes it.
+fn bind_new_listeners<'a>(
+    config: &'a Config,
+    running: &HashMap<String, RunningListener>,
+) -> Result<HashMap<&'a str, Option<std::net::TcpListener>>, ApplyError> {
+    let mut to_start = HashMap::new();
+    for lc in &config.listeners {
+        let reuse = running
+            .get(&lc.name)
+            .is_some_and(|r| r.bind == lc.bind && r.protocol == lc.protocol);
+        if reuse {
+            continue;
+        }
+        let held_by_other = running
+            .values()
+            .any(|r| r.bind == lc.bind && *r.shared.name != *lc.name);
+        let socket = if held_by_other {
+            None
+        } else {
+            Some(listener::bind(lc.bind).map_err(|source| ApplyError::Bind {
+                listener: lc.name.clone(),
+                addr: lc.bind,
+                source,
+            })?)
+        };
+        to_start.insert(lc.name.as_str(), socket);
+    }
+    Ok(to_start)
 }
