@@ -11,6 +11,12 @@
 //!   revision was compacted. Consumers never see a half-applied state.
 //! - [`KvMirror`] keeps a watched prefix in memory for synchronous readers (template rendering,
 //!   the Wasm policy host's `kv-get`) and reports which keys each event changed.
+//! - [`KvLayers`] is the one layering of sources both the proxy binary (`[[kv]]`) and the
+//!   sidecar use: [`KvLayer`]s in order, the first holding a key wins. Each layer's watch task
+//!   applies events to its mirror and hands a [`LayerEvent`] (changed keys, and
+//!   unavailable/restored/synced) to a sink the caller supplies; dropping a layer stops its
+//!   watch. Configuration types stay with the callers, which map them to a [`KvSource`], a
+//!   prefix and [`WatchOptions`].
 //! - etcd is spoken through its JSON gateway over plain HTTP/1.1 ([`etcd`], [`http`]): no gRPC
 //!   stack, so the sidecar stays small and starts fast. Every network call has a timeout with a
 //!   default.
@@ -24,6 +30,7 @@ mod error;
 pub mod etcd;
 mod file;
 pub mod http;
+mod layers;
 mod mirror;
 pub mod registry;
 mod source;
@@ -32,6 +39,7 @@ pub use entry::{KvEntry, WatchEvent};
 pub use error::KvError;
 pub use etcd::{EtcdClient, EtcdOptions};
 pub use file::{FileSource, flatten_document};
+pub use layers::{KvLayer, KvLayers, LayerEvent, LayerStatus, NotSynced};
 pub use mirror::KvMirror;
 pub use source::{
     Backoff, DEFAULT_LIVENESS_INTERVAL, DEFAULT_POLL_INTERVAL, EnvSource, EtcdSource, KvSource,

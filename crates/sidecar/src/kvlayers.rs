@@ -2,21 +2,29 @@
 //! the service registry for `services()`. Each layer is mirrored in memory by a watch task, so
 //! rendering is synchronous and never waits on the network; every change is reported to the
 //! supervisor with the keys it touched.
+//!
+//! The layering itself is [`sluice_kv::KvLayers`], shared with the proxy binary's `[[kv]]`. What
+//! stays here is the sidecar's own: the mapping from its configuration, the registry layer, the
+//! notices its supervisor reads, and the values that are not UTF-8 (templates render text).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use sluice_kv::registry::{RegistryKind, ServiceDefinition};
 use sluice_kv::{
-    Backoff, EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvEntry, KvError, KvMirror, KvSource,
-    WatchEvent, WatchOptions,
+    Backoff, EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvEntry, KvLayer, KvSource,
+    LayerEvent, WatchOptions,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::{Config, KvKind, RegistryKindConfig};
 use crate::text::{InvalidByte, NotText};
+
+/// A layer's change of state, as `sluice-kv` reports it.
+pub use sluice_kv::LayerStatus;
 
 /// Which mirror a notice is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,64 +38,49 @@ pub enum LayerId {
 pub struct KvNotice {
     pub layer: LayerId,
     pub changed: Vec<String>,
-    /// Set when the layer became unavailable; cleared state is reported as `Restored`.
+    /// Set when the layer became unavailable, available again, or (re)synced.
     pub status: Option<LayerStatus>,
 }
 
-#[derive(Debug, Clone)]
-pub enum LayerStatus {
-    Unavailable(Arc<KvError>),
-    Restored,
-    Synced,
-}
-
-#[derive(Debug)]
-struct Layer {
-    /// `None`: a fixed set of entries ([`KvLayers::from_entries`]), never watched.
-    source: Option<KvSource>,
-    prefix: String,
-    options: WatchOptions,
-    mirror: KvMirror,
-    /// An env layer's variables (under the prefix) whose value is not UTF-8. sluice-kv's
-    /// `EnvSource` leaves them out; kept here so a template naming one gets an error saying
-    /// so, not a "missing key" it would wait for in vain.
-    not_text: BTreeMap<String, InvalidByte>,
-}
-
-impl Layer {
-    fn new(source: KvSource, prefix: String, options: WatchOptions) -> Self {
-        Self {
-            source: Some(source),
-            prefix,
-            options,
-            mirror: KvMirror::new(),
-            not_text: BTreeMap::new(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.source
-            .as_ref()
-            .map_or_else(|| "in-memory KV".to_owned(), KvSource::describe)
-    }
-
-    /// `value` of `key` as text, or which byte is not UTF-8.
-    fn text(&self, key: &str, value: Vec<u8>) -> Result<String, NotText> {
-        String::from_utf8(value).map_err(|error| self.not_text_error(key, InvalidByte::of(&error)))
-    }
-
-    fn not_text_error(&self, key: &str, at: InvalidByte) -> NotText {
-        NotText::Kv {
-            key: key.to_owned(),
-            layer: self.describe(),
-            at,
+/// The sink of layer `id`'s watch: each event becomes a notice; the watch stops once the
+/// supervisor no longer reads them.
+fn notify(
+    id: LayerId,
+    notices: &UnboundedSender<KvNotice>,
+) -> impl FnMut(LayerEvent) -> ControlFlow<()> + Send + 'static {
+    let notices = notices.clone();
+    move |LayerEvent { changed, status }| {
+        let notice = KvNotice {
+            layer: id,
+            changed,
+            status,
+        };
+        match notices.send(notice) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
         }
     }
 }
+
+/// `value` of `key`, held by `layer`, as text, or which byte is not UTF-8.
+fn text(layer: &KvLayer, key: &str, value: Vec<u8>) -> Result<String, NotText> {
+    String::from_utf8(value).map_err(|error| not_text_error(layer, key, InvalidByte::of(&error)))
+}
+
+fn not_text_error(layer: &KvLayer, key: &str, at: InvalidByte) -> NotText {
+    NotText::Kv {
+        key: key.to_owned(),
+        layer: layer.describe(),
+        at,
+    }
+}
+
+/// Variables whose value is not UTF-8, with the first byte that is not.
+type NotTextVars = BTreeMap<String, InvalidByte>;
 
 /// The process's variables under `prefix` whose value is not UTF-8 (names that are not UTF-8
 /// cannot be asked for, so they are skipped).
-fn env_not_text(prefix: &str) -> BTreeMap<String, InvalidByte> {
+fn env_not_text(prefix: &str) -> NotTextVars {
     std::env::vars_os()
         .filter_map(|(name, value)| {
             let at = InvalidByte::find(value.as_bytes())?;
@@ -100,13 +93,18 @@ fn env_not_text(prefix: &str) -> BTreeMap<String, InvalidByte> {
 #[derive(Debug)]
 struct Registry {
     kind: RegistryKind,
-    layer: Layer,
+    layer: KvLayer,
 }
 
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct KvLayers {
-    layers: Vec<Layer>,
+    layers: sluice_kv::KvLayers,
+    /// For each layer (same index), its variables whose value is not UTF-8: an env layer's
+    /// under its prefix, empty for the others. sluice-kv's `EnvSource` leaves them out; kept
+    /// here so a template naming one gets an error saying so, not a "missing key" it would wait
+    /// for in vain.
+    not_text: Vec<NotTextVars>,
     registry: Option<Registry>,
 }
 
@@ -124,162 +122,131 @@ fn etcd_client(
     .map_err(|e| e.to_string())
 }
 
+/// The layers of `[[kv]]`, each with its variables that are not UTF-8.
+fn kv_layers(config: &Config) -> Result<(Vec<KvLayer>, Vec<NotTextVars>), String> {
+    let mut layers = Vec::new();
+    let mut not_text = Vec::new();
+    for kv in &config.kv {
+        let source = match kv.source {
+            KvKind::Env => KvSource::Env(EnvSource::from_process()),
+            KvKind::File => KvSource::File(
+                config.resolve(
+                    kv.path
+                        .as_deref()
+                        .unwrap_or_else(|| std::path::Path::new(".")),
+                ),
+            ),
+            KvKind::Etcd => KvSource::Etcd(EtcdSource {
+                client: etcd_client(&kv.endpoints, kv.request_timeout.0)?,
+            }),
+        };
+        let options = WatchOptions {
+            poll_interval: kv.poll.0,
+            ..WatchOptions::default()
+        };
+        layers.push(KvLayer::new(source, kv.prefix.clone(), options));
+        not_text.push(match kv.source {
+            KvKind::Env => env_not_text(&kv.prefix),
+            KvKind::File | KvKind::Etcd => BTreeMap::new(),
+        });
+    }
+    Ok((layers, not_text))
+}
+
+/// The registry layer of `[registry]`, if any.
+fn registry(config: &Config) -> Result<Option<Registry>, String> {
+    let Some(registry) = &config.registry else {
+        return Ok(None);
+    };
+    let (kind, source, prefix) = match registry.kind {
+        RegistryKindConfig::File => {
+            let dir = config.resolve(
+                registry
+                    .dir
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new(".")),
+            );
+            // The shared directory may not exist yet on a fresh volume; the
+            // registrar writes into it, and readers must not wait for it.
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("registry dir {}: {e}", dir.display()))?;
+            (RegistryKind::File, KvSource::File(dir), String::new())
+        }
+        RegistryKindConfig::Etcd => (
+            RegistryKind::Etcd {
+                prefix: registry.prefix.clone(),
+            },
+            KvSource::Etcd(EtcdSource {
+                client: etcd_client(
+                    &registry.endpoints,
+                    sluice_kv::etcd::DEFAULT_REQUEST_TIMEOUT,
+                )?,
+            }),
+            registry.prefix.clone(),
+        ),
+    };
+    let options = WatchOptions {
+        poll_interval: registry.poll.0,
+        backoff: Backoff::default(),
+        ..WatchOptions::default()
+    };
+    Ok(Some(Registry {
+        kind,
+        layer: KvLayer::new(source, prefix, options),
+    }))
+}
+
 impl KvLayers {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let mut layers = Vec::new();
-        for kv in &config.kv {
-            let source = match kv.source {
-                KvKind::Env => KvSource::Env(EnvSource::from_process()),
-                KvKind::File => KvSource::File(
-                    config.resolve(
-                        kv.path
-                            .as_deref()
-                            .unwrap_or_else(|| std::path::Path::new(".")),
-                    ),
-                ),
-                KvKind::Etcd => KvSource::Etcd(EtcdSource {
-                    client: etcd_client(&kv.endpoints, kv.request_timeout.0)?,
-                }),
-            };
-            let options = WatchOptions {
-                poll_interval: kv.poll.0,
-                ..WatchOptions::default()
-            };
-            let mut layer = Layer::new(source, kv.prefix.clone(), options);
-            if kv.source == KvKind::Env {
-                layer.not_text = env_not_text(&kv.prefix);
-            }
-            layers.push(layer);
-        }
-        let registry = match &config.registry {
-            None => None,
-            Some(registry) => {
-                let (kind, source, prefix) = match registry.kind {
-                    RegistryKindConfig::File => {
-                        let dir = config.resolve(
-                            registry
-                                .dir
-                                .as_deref()
-                                .unwrap_or_else(|| std::path::Path::new(".")),
-                        );
-                        // The shared directory may not exist yet on a fresh volume; the
-                        // registrar writes into it, and readers must not wait for it.
-                        std::fs::create_dir_all(&dir)
-                            .map_err(|e| format!("registry dir {}: {e}", dir.display()))?;
-                        (RegistryKind::File, KvSource::File(dir), String::new())
-                    }
-                    RegistryKindConfig::Etcd => (
-                        RegistryKind::Etcd {
-                            prefix: registry.prefix.clone(),
-                        },
-                        KvSource::Etcd(EtcdSource {
-                            client: etcd_client(
-                                &registry.endpoints,
-                                sluice_kv::etcd::DEFAULT_REQUEST_TIMEOUT,
-                            )?,
-                        }),
-                        registry.prefix.clone(),
-                    ),
-                };
-                let options = WatchOptions {
-                    poll_interval: registry.poll.0,
-                    backoff: Backoff::default(),
-                    ..WatchOptions::default()
-                };
-                Some(Registry {
-                    kind,
-                    layer: Layer::new(source, prefix, options),
-                })
-            }
-        };
-        Ok(Self { layers, registry })
+        let (layers, not_text) = kv_layers(config)?;
+        Ok(Self {
+            layers: sluice_kv::KvLayers::new(layers),
+            not_text,
+            registry: registry(config)?,
+        })
     }
 
     /// One layer holding exactly `entries`, synced and never watched: rendering without KV
     /// sources (fuzzing, tests).
     pub fn from_entries(entries: Vec<KvEntry>) -> Self {
-        let mirror = KvMirror::new();
-        mirror.apply(&WatchEvent::Snapshot {
-            entries,
-            revision: 1,
-        });
-        let layer = Layer {
-            source: None,
-            prefix: String::new(),
-            options: WatchOptions::default(),
-            mirror,
-            not_text: BTreeMap::new(),
-        };
         Self {
-            layers: vec![layer],
+            layers: sluice_kv::KvLayers::new(vec![KvLayer::fixed(entries)]),
+            not_text: vec![BTreeMap::new()],
             registry: None,
         }
     }
 
-    fn all(&self) -> impl Iterator<Item = (LayerId, &Layer)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (LayerId::Kv(i), l))
-            .chain(self.registry.iter().map(|r| (LayerId::Registry, &r.layer)))
-    }
-
     /// Starts one watch per layer; each keeps its mirror current and reports to `notices`.
-    /// The watches run until the runtime stops.
+    /// The watches run until these layers are dropped or `notices`' receiver is.
     pub fn start(&self, notices: UnboundedSender<KvNotice>) {
-        for (id, layer) in self.all() {
-            let Some(source) = &layer.source else {
-                continue;
-            };
-            let mut watch = source.watch(&layer.prefix, layer.options);
-            let mirror = layer.mirror.clone();
-            let notices = notices.clone();
-            tokio::spawn(async move {
-                while let Some(event) = watch.next().await {
-                    let changed = mirror.apply(&event);
-                    let status = match &event {
-                        WatchEvent::Unavailable { error } => {
-                            Some(LayerStatus::Unavailable(error.clone()))
-                        }
-                        WatchEvent::Restored => Some(LayerStatus::Restored),
-                        WatchEvent::Snapshot { .. } => Some(LayerStatus::Synced),
-                        _ => None,
-                    };
-                    if notices
-                        .send(KvNotice {
-                            layer: id,
-                            changed,
-                            status,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+        self.layers
+            .start(|index, _| notify(LayerId::Kv(index), &notices));
+        if let Some(registry) = &self.registry {
+            registry.layer.start(notify(LayerId::Registry, &notices));
         }
     }
 
     /// Layers that have not delivered their first snapshot, with the reason when known.
     pub fn unsynced(&self) -> Vec<String> {
-        self.all()
-            .filter(|(_, layer)| !layer.mirror.is_synced())
-            .map(|(id, layer)| {
-                let what = match id {
-                    LayerId::Kv(_) => format!("KV source {}", layer.describe()),
-                    LayerId::Registry => format!("registry {}", layer.describe()),
-                };
-                match layer.mirror.unavailable() {
-                    Some(error) => format!("{what}: {error}"),
-                    None => format!("{what}: no answer yet"),
-                }
-            })
-            .collect()
+        let kv = self
+            .layers
+            .unsynced()
+            .map(|(layer, why)| format!("KV source {}: {why}", layer.describe()));
+        let registry = self.registry.iter().filter_map(|r| {
+            let why = r.layer.not_synced()?;
+            Some(format!("registry {}: {why}", r.layer.describe()))
+        });
+        kv.chain(registry).collect()
     }
 
     pub fn describe(&self, id: LayerId) -> String {
         match id {
-            LayerId::Kv(i) => self.layers.get(i).map(Layer::describe).unwrap_or_default(),
+            LayerId::Kv(i) => self
+                .layers
+                .layers()
+                .get(i)
+                .map(KvLayer::describe)
+                .unwrap_or_default(),
             LayerId::Registry => self
                 .registry
                 .as_ref()
@@ -288,16 +255,21 @@ impl KvLayers {
         }
     }
 
+    /// Each layer in lookup order, with its variables that are not UTF-8.
+    fn with_not_text(&self) -> impl Iterator<Item = (&KvLayer, &NotTextVars)> {
+        self.layers.layers().iter().zip(&self.not_text)
+    }
+
     /// The first layer's value for `key` as text; `Ok(None)` when no layer holds it, an error
     /// when the value that wins is not UTF-8 (templates render text; a silent U+FFFD in a
     /// config file would be worse).
     pub fn get_text(&self, key: &str) -> Result<Option<String>, NotText> {
-        for layer in &self.layers {
-            if let Some(entry) = layer.mirror.get(key) {
-                return layer.text(key, entry.value).map(Some);
+        for (layer, not_text) in self.with_not_text() {
+            if let Some(entry) = layer.mirror().get(key) {
+                return text(layer, key, entry.value).map(Some);
             }
-            if let Some(at) = layer.not_text.get(key) {
-                return Err(layer.not_text_error(key, *at));
+            if let Some(at) = not_text.get(key) {
+                return Err(not_text_error(layer, key, *at));
             }
         }
         Ok(None)
@@ -308,18 +280,18 @@ impl KvLayers {
     /// UTF-8.
     pub fn list_text(&self, prefix: &str) -> Result<Vec<(String, String)>, NotText> {
         let mut merged = BTreeMap::new();
-        for layer in &self.layers {
-            for entry in layer.mirror.list(prefix) {
+        for (layer, not_text) in self.with_not_text() {
+            for entry in layer.mirror().list(prefix) {
                 if let Entry::Vacant(slot) = merged.entry(entry.key) {
-                    let value = layer.text(slot.key(), entry.value);
+                    let value = text(layer, slot.key(), entry.value);
                     slot.insert(value);
                 }
             }
-            let invalid = layer.not_text.range(prefix.to_owned()..);
+            let invalid = not_text.range(prefix.to_owned()..);
             for (key, at) in invalid.take_while(|(key, _)| key.starts_with(prefix)) {
                 merged
                     .entry(key.clone())
-                    .or_insert_with(|| Err(layer.not_text_error(key, *at)));
+                    .or_insert_with(|| Err(not_text_error(layer, key, *at)));
             }
         }
         merged
@@ -335,7 +307,7 @@ impl KvLayers {
             .registry
             .as_ref()
             .ok_or_else(|| "services() needs a [registry] in the configuration".to_owned())?;
-        let entries = registry.layer.mirror.list(&registry.layer.prefix);
+        let entries = registry.layer.mirror().list(registry.layer.prefix());
         let (instances, errors) =
             sluice_kv::registry::instances_from_entries(&registry.kind, &entries);
         for error in errors {
@@ -354,11 +326,43 @@ impl KvLayers {
 mod tests {
     use super::*;
 
-    fn layers() -> KvLayers {
-        KvLayers::from_entries(vec![
+    fn entries() -> Vec<KvEntry> {
+        vec![
             KvEntry::new("a/ok", "café", 1),
             KvEntry::new("a/bad", b"caf\xe9".to_vec(), 1),
-        ])
+        ]
+    }
+
+    fn layers() -> KvLayers {
+        KvLayers::from_entries(entries())
+    }
+
+    /// The in-memory layer of `layers()` and an env layer whose `a/ok` and `a/env` are not
+    /// UTF-8, in that order, or the env layer first.
+    fn with_env_layer(env_first: bool) -> KvLayers {
+        let at = InvalidByte {
+            offset: 1,
+            byte: 0xFF,
+        };
+        let env = KvLayer::new(
+            KvSource::Env(EnvSource::default()),
+            String::new(),
+            WatchOptions::default(),
+        );
+        let env_not_text = BTreeMap::from([("a/ok".to_owned(), at), ("a/env".to_owned(), at)]);
+        let mut both = vec![
+            (KvLayer::fixed(entries()), BTreeMap::new()),
+            (env, env_not_text),
+        ];
+        if env_first {
+            both.rotate_right(1);
+        }
+        let (layers, not_text) = both.into_iter().unzip();
+        KvLayers {
+            layers: sluice_kv::KvLayers::new(layers),
+            not_text,
+            registry: None,
+        }
     }
 
     #[test]
@@ -380,24 +384,12 @@ mod tests {
 
     #[test]
     fn an_env_layers_non_utf8_variable_wins_like_any_value() {
-        let mut kv = layers();
-        let mut env = Layer::new(
-            KvSource::Env(EnvSource::default()),
-            String::new(),
-            WatchOptions::default(),
-        );
-        let at = InvalidByte {
-            offset: 1,
-            byte: 0xFF,
-        };
-        env.not_text.insert("a/ok".to_owned(), at);
-        env.not_text.insert("a/env".to_owned(), at);
         // After the in-memory layer: its valid a/ok wins; a/env is only in the env layer.
-        kv.layers.push(env);
+        let kv = with_env_layer(false);
         assert_eq!(kv.get_text("a/ok"), Ok(Some("café".to_owned())));
         assert!(matches!(kv.get_text("a/env"), Err(NotText::Kv { layer, .. }) if layer == "env"));
         // First: the env layer's a/ok now wins, and it is not text.
-        kv.layers.rotate_right(1);
+        let kv = with_env_layer(true);
         assert!(kv.get_text("a/ok").is_err());
     }
 }

@@ -1,19 +1,23 @@
 //! `[[kv]]`: the KV sources the Wasm policies' `kv-get` reads (an allow-list of client
 //! systems in etcd, for instance), so a policy's answer can change at run time without a reload.
 //!
-//! Each source is mirrored in memory by a watch task ([`sluice_kv::KvMirror`]): `kv-get` runs on
-//! the connection path and must never wait on the network. Sources are layers looked up in file
-//! order (the first holding a key wins), as in the sidecar. A source that becomes unreachable
-//! keeps serving the last values it delivered; that is logged once per outage and visible in
-//! `sluice_kv_source_up`.
+//! The sources are a [`sluice_kv::KvLayers`], the layering the sidecar uses too: each source is
+//! mirrored in memory by a watch task, because `kv-get` runs on the connection path and must
+//! never wait on the network, and sources are looked up in file order (the first holding a key
+//! wins). What stays here is what only the binary has: the mapping from `[[kv]]`, the metrics and
+//! logs of each source's events, the bounded wait for a first snapshot, the change counter, and
+//! the swap on reload. A source that becomes unreachable keeps serving the last values it
+//! delivered; that is logged once per outage and visible in `sluice_kv_source_up`.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_config::{KvConfig, KvSourceConfig};
 use sluice_kv::{
-    EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvMirror, KvSource, WatchEvent, WatchOptions,
+    EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvLayer, KvSource, LayerEvent, LayerStatus,
+    WatchOptions,
 };
 use sluice_proxy::metrics::{KV_CHANGES_TOTAL, KV_SOURCE_UP};
 
@@ -22,24 +26,12 @@ use sluice_proxy::metrics::{KV_CHANGES_TOTAL, KV_SOURCE_UP};
 /// and filled in as soon as it answers.
 const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
 
-/// One mirrored source; dropping it stops its watch.
-#[derive(Debug)]
-struct Layer {
-    describe: String,
-    mirror: KvMirror,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Layer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
+/// The sources in use and the configuration they came from (to tell whether a reload changed
+/// it). Dropping the layers stops their watches.
 #[derive(Debug, Default)]
 struct Current {
     configs: Vec<KvConfig>,
-    layers: Vec<Layer>,
+    layers: sluice_kv::KvLayers,
 }
 
 /// The configured sources, swapped whole when a reload changes `[[kv]]`.
@@ -63,8 +55,9 @@ impl Default for KvLayers {
     }
 }
 
-fn source(config: &KvConfig) -> Result<KvSource, String> {
-    Ok(match &config.source {
+/// The unstarted layer of one `[[kv]]` entry.
+fn layer(config: &KvConfig) -> Result<KvLayer, String> {
+    let source = match &config.source {
         KvSourceConfig::Env => KvSource::Env(EnvSource::from_process()),
         KvSourceConfig::File(path) => KvSource::File(path.clone()),
         KvSourceConfig::Etcd { endpoints } => KvSource::Etcd(EtcdSource {
@@ -78,59 +71,47 @@ fn source(config: &KvConfig) -> Result<KvSource, String> {
                 .map_err(|e| format!("[[kv]] etcd {}: {e}", endpoints.join(",")))?,
             ),
         }),
-    })
+    };
+    let options = WatchOptions {
+        poll_interval: config.poll,
+        ..WatchOptions::default()
+    };
+    Ok(KvLayer::new(source, config.prefix.clone(), options))
 }
 
-/// Starts the watch of one source on the current runtime.
-fn start_layer(
-    config: &KvConfig,
-    notify: &tokio::sync::watch::Sender<u64>,
-) -> Result<Layer, String> {
-    let source = source(config)?;
-    let describe = source.describe();
-    let mirror = KvMirror::new();
-    let mut watch = source.watch(
-        &config.prefix,
-        WatchOptions {
-            poll_interval: config.poll,
-            ..WatchOptions::default()
-        },
-    );
-    let task = {
-        let (mirror, describe, notify) = (mirror.clone(), describe.clone(), notify.clone());
-        let up = metrics::gauge!(KV_SOURCE_UP, "source" => describe.clone());
-        let changes = metrics::counter!(KV_CHANGES_TOTAL, "source" => describe.clone());
-        tokio::spawn(async move {
-            while let Some(event) = watch.next().await {
-                let changed = mirror.apply(&event);
-                match &event {
-                    WatchEvent::Unavailable { error } => {
-                        up.set(0.0);
-                        tracing::warn!(source = %describe, %error, "KV source unreachable; policies keep reading its last values until it answers again");
-                    }
-                    WatchEvent::Restored => {
-                        up.set(1.0);
-                        tracing::info!(source = %describe, "KV source reachable again");
-                    }
-                    WatchEvent::Snapshot { entries, .. } => {
-                        up.set(1.0);
-                        tracing::info!(source = %describe, keys = entries.len(), "KV source read");
-                    }
-                    WatchEvent::Put(_) | WatchEvent::Delete { .. } => {}
-                }
-                if !changed.is_empty() {
-                    changes.increment(changed.len() as u64);
-                    notify.send_modify(|n| *n = n.wrapping_add(1));
-                    tracing::info!(source = %describe, keys = ?changed, "KV keys changed");
-                }
+/// The sink of the source `describe`'s watch: its state in `sluice_kv_source_up` and the log,
+/// its changes counted, logged and announced on `notify`.
+fn report(
+    describe: String,
+    notify: tokio::sync::watch::Sender<u64>,
+) -> impl FnMut(LayerEvent) -> ControlFlow<()> + Send + 'static {
+    let up = metrics::gauge!(KV_SOURCE_UP, "source" => describe.clone());
+    let changes = metrics::counter!(KV_CHANGES_TOTAL, "source" => describe.clone());
+    move |event| {
+        match &event.status {
+            Some(LayerStatus::Unavailable(error)) => {
+                up.set(0.0);
+                tracing::warn!(source = %describe, %error, "KV source unreachable; policies keep reading its last values until it answers again");
             }
-        })
-    };
-    Ok(Layer {
-        describe,
-        mirror,
-        task,
-    })
+            Some(LayerStatus::Restored) => {
+                up.set(1.0);
+                tracing::info!(source = %describe, "KV source reachable again");
+            }
+            Some(LayerStatus::Synced { keys }) => {
+                up.set(1.0);
+                tracing::info!(source = %describe, keys, "KV source read");
+            }
+            None => {}
+        }
+        let changed = event.changed;
+        if !changed.is_empty() {
+            changes.increment(changed.len() as u64);
+            notify.send_modify(|n| *n = n.wrapping_add(1));
+            tracing::info!(source = %describe, keys = ?changed, "KV keys changed");
+        }
+        // The sources are replaced by dropping them, which ends this watch; never before.
+        ControlFlow::Continue(())
+    }
 }
 
 impl KvLayers {
@@ -142,26 +123,15 @@ impl KvLayers {
         if self.current.load().configs == configs {
             return Ok(());
         }
-        let layers = configs
-            .iter()
-            .map(|c| start_layer(c, &self.changed))
-            .collect::<Result<Vec<_>, _>>()?;
-        let synced = async {
-            while !layers.iter().all(|l| l.mirror.is_synced()) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        if tokio::time::timeout(FIRST_SYNC_WAIT, synced).await.is_err() {
-            for l in layers.iter().filter(|l| !l.mirror.is_synced()) {
-                let why = l
-                    .mirror
-                    .unavailable()
-                    .map_or_else(|| "no answer yet".to_owned(), |e| e.to_string());
-                tracing::warn!(source = %l.describe, reason = %why, "KV source not read yet; its keys are absent for policies until it answers");
+        let layers = sluice_kv::KvLayers::new(configs.iter().map(layer).collect::<Result<_, _>>()?);
+        layers.start(|_, layer| report(layer.describe(), self.changed.clone()));
+        if !layers.wait_synced(FIRST_SYNC_WAIT).await {
+            for (layer, why) in layers.unsynced() {
+                tracing::warn!(source = %layer.describe(), reason = %why, "KV source not read yet; its keys are absent for policies until it answers");
             }
         }
-        for l in &layers {
-            tracing::info!(source = %l.describe, "KV source in use");
+        for layer in layers.layers() {
+            tracing::info!(source = %layer.describe(), "KV source in use");
         }
         self.current.store(Arc::new(Current {
             configs: configs.to_vec(),
@@ -182,8 +152,7 @@ impl sluice_policy_host::KvView for KvLayers {
         self.current
             .load()
             .layers
-            .iter()
-            .find_map(|l| l.mirror.get(key))
+            .get(key)
             .map(|e| e.value_str().into_owned())
     }
 }
