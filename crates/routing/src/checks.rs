@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use sluice_config::{CheckKind, HealthCheckConfig, InstanceConfig};
+use sluice_config::{CheckKind, HealthCheckConfig, HealthCheckProblem, InstanceConfig};
 use sluice_discovery::{Catalog, CheckDefinition};
 
 use crate::Resolver;
@@ -44,60 +44,117 @@ pub fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, &CheckDefinition> {
     checks
 }
 
+/// Why a registration's check cannot run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    #[error("`{url}`: only http:// checks are supported")]
+    NotHttp { url: String },
+    #[error("{origin}: the check has none of http, tcp, args")]
+    NothingToProbe { origin: String },
+    #[error("{origin}: {source}")]
+    Duration {
+        origin: String,
+        source: DurationError,
+    },
+    #[error("{origin}: {source}")]
+    Invalid {
+        origin: String,
+        source: HealthCheckProblem,
+    },
+}
+
+/// A duration of a check that is not one in Go's syntax.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: invalid duration `{text}`: {reason}")]
+pub struct DurationError {
+    /// The check's key (`interval`, `timeout`, `deregister_critical_service_after`).
+    pub key: &'static str,
+    pub text: String,
+    pub reason: humantime::DurationError,
+}
+
+/// Why a registration's check target cannot be used (the instance's address is probed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("check of instance `{id}`: cannot resolve `{host}`; probing the instance's address")]
+pub struct UnresolvedCheckHost {
+    pub id: String,
+    pub host: String,
+}
+
 /// The active check for service `name`, `None` when none of its instances declares one.
 pub fn declared_check(
     checks: &BTreeMap<&str, &CheckDefinition>,
     name: &str,
-) -> Option<Result<HealthCheckConfig, String>> {
+) -> Option<Result<HealthCheckConfig, CheckError>> {
     let check = checks.get(name)?;
     Some(health_from_check(check))
 }
 
 /// A registration's check as a `[service.health]`, probing each instance where
 /// [`registered_check_target`] says.
-pub fn health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, String> {
-    let origin = if check.id.is_empty() {
-        "check"
-    } else {
-        check.id.as_str()
-    };
-    let within = |e: String| format!("{origin}: {e}");
-    let kind = if let Some(url) = &check.http {
-        CheckKind::http_get(split_http_url(url)?.1)
-    } else if check.tcp.is_some() {
-        CheckKind::tcp_connect()
-    } else if !check.args.is_empty() {
-        CheckKind::Command {
-            args: check.args.clone(),
+pub fn health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, CheckError> {
+    let origin = || {
+        if check.id.is_empty() {
+            "check".to_owned()
+        } else {
+            check.id.clone()
         }
-    } else {
-        return Err(within("the check has none of http, tcp, args".into()));
     };
-    let mut health = HealthCheckConfig::with_defaults(kind);
+    let bad_duration = |source| CheckError::Duration {
+        origin: origin(),
+        source,
+    };
+    let invalid = |source| CheckError::Invalid {
+        origin: origin(),
+        source,
+    };
+    let mut health = HealthCheckConfig::with_defaults(check_kind(check, origin)?);
     if let Some(interval) = &check.interval {
-        health = health.every(go_duration("interval", interval).map_err(within)?);
+        health = health.every(go_duration("interval", interval).map_err(bad_duration)?);
     }
     if let Some(timeout) = &check.timeout {
-        let timeout = go_duration("timeout", timeout).map_err(within)?;
-        health = health
-            .with_timeout(timeout)
-            .map_err(|e| within(e.to_string()))?;
+        let timeout = go_duration("timeout", timeout).map_err(bad_duration)?;
+        health = health.with_timeout(timeout).map_err(invalid)?;
     }
     health.rise = check.rise();
     health.fall = check.fall();
-    deregister_after(check).map_err(within)?;
-    health.validate().map_err(|e| within(e.to_string()))?;
+    deregister_after(check).map_err(bad_duration)?;
+    health.validate().map_err(invalid)?;
     health.jitter = health.jitter.min(REGISTRATION_CHECK_JITTER);
     Ok(health)
 }
 
+/// What the check probes: an HTTP `GET` of the URL's path, a TCP connect, or a program.
+fn check_kind(
+    check: &CheckDefinition,
+    origin: impl Fn() -> String,
+) -> Result<CheckKind, CheckError> {
+    if let Some(url) = &check.http {
+        let (_, path) =
+            split_http_url(url).ok_or_else(|| CheckError::NotHttp { url: url.clone() })?;
+        Ok(CheckKind::http_get(path))
+    } else if check.tcp.is_some() {
+        Ok(CheckKind::tcp_connect())
+    } else if !check.args.is_empty() {
+        Ok(CheckKind::Command {
+            args: check.args.clone(),
+        })
+    } else {
+        Err(CheckError::NothingToProbe { origin: origin() })
+    }
+}
+
 /// One of Consul's durations: Go's syntax ("10s", "1500ms"), the same text humantime reads.
-fn go_duration(key: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{key}: invalid duration `{text}`: {e}"))
+fn go_duration(key: &'static str, text: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(text).map_err(|reason| DurationError {
+        key,
+        text: text.to_owned(),
+        reason,
+    })
 }
 
 /// `deregister_critical_service_after`, read as Consul reads it (a Go duration).
-pub fn deregister_after(check: &CheckDefinition) -> Result<Option<Duration>, String> {
+pub fn deregister_after(check: &CheckDefinition) -> Result<Option<Duration>, DurationError> {
     check
         .deregister_critical_service_after
         .as_deref()
@@ -106,11 +163,9 @@ pub fn deregister_after(check: &CheckDefinition) -> Result<Option<Duration>, Str
 }
 
 /// `http://AUTHORITY/PATH` → (authority, path); only plain `http` is supported.
-fn split_http_url(url: &str) -> Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{url}`: only http:// checks are supported"))?;
-    Ok(match rest.find('/') {
+fn split_http_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("http://")?;
+    Some(match rest.find('/') {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
     })
@@ -120,7 +175,7 @@ fn split_http_url(url: &str) -> Result<(&str, &str), String> {
 /// target. `None` for command checks and what [`health_from_check`] rejects.
 fn check_host_port(check: &CheckDefinition) -> Option<(&str, Option<u16>)> {
     let (authority, default_port) = match (&check.http, &check.tcp) {
-        (Some(url), _) => (split_http_url(url).ok()?.0, Some(80)),
+        (Some(url), _) => (split_http_url(url)?.0, Some(80)),
         (None, Some(target)) => (target.as_str(), None),
         (None, None) => return None,
     };
@@ -178,7 +233,7 @@ pub async fn registered_check_target(
     id: &str,
     address: SocketAddr,
     resolver: &mut Resolver,
-) -> Result<CheckTarget, String> {
+) -> Result<CheckTarget, UnresolvedCheckHost> {
     let Some((host, port)) = catalog
         .get(id)
         .and_then(|i| i.checks.first())
@@ -192,8 +247,9 @@ pub async fn registered_check_target(
         CheckHost::Ip(ip) => Some(ip),
         CheckHost::Name(name) => {
             let found = resolver.resolve(name, port.unwrap_or(address.port())).await;
-            let found = found.ok_or_else(|| {
-                format!("check of instance `{id}`: cannot resolve `{name}`; probing the instance's address")
+            let found = found.ok_or_else(|| UnresolvedCheckHost {
+                id: id.to_owned(),
+                host: name.to_owned(),
             })?;
             Some(found.ip()).filter(|ip| *ip != address.ip())
         }
@@ -269,9 +325,28 @@ mod tests {
 
         let bad = health_from_check(&check(r#"{"tcp": "x:1", "interval": "soon"}"#))
             .expect_err("bad duration");
-        assert!(bad.contains("invalid duration"), "{bad}");
+        assert!(
+            matches!(&bad, CheckError::Duration { origin, source } if origin == "check" && source.key == "interval"),
+            "{bad:?}"
+        );
+        assert!(
+            bad.to_string()
+                .starts_with("check: interval: invalid duration `soon`"),
+            "{bad}"
+        );
         let none = health_from_check(&check("{}")).expect_err("nothing to probe");
-        assert!(none.contains("none of"), "{none}");
+        assert_eq!(
+            none.to_string(),
+            "check: the check has none of http, tcp, args"
+        );
+        let https = health_from_check(&check(r#"{"http": "https://x/health"}"#))
+            .expect_err("only plain http");
+        assert_eq!(
+            https,
+            CheckError::NotHttp {
+                url: "https://x/health".into()
+            }
+        );
     }
 
     #[test]
@@ -299,13 +374,27 @@ mod tests {
         let too_many =
             health_from_check(&check(r#"{"tcp": "x:1", "failures_before_critical": 500}"#))
                 .expect_err("beyond fall's range");
-        assert!(too_many.contains("500 is out of range"), "{too_many}");
+        assert_eq!(
+            too_many,
+            CheckError::Invalid {
+                origin: "check".into(),
+                source: HealthCheckProblem::Threshold {
+                    which: "fall",
+                    value: 500
+                }
+            }
+        );
+        assert_eq!(
+            too_many.to_string(),
+            "check: fall 500 is out of range 1..=100"
+        );
         let bad = health_from_check(&check(
             r#"{"id": "web", "tcp": "x:1", "deregister_critical_service_after": "later"}"#,
         ))
         .expect_err("bad duration");
         assert!(
-            bad.starts_with("web: deregister_critical_service_after: invalid duration `later`"),
+            bad.to_string()
+                .starts_with("web: deregister_critical_service_after: invalid duration `later`"),
             "{bad}"
         );
         assert_eq!(

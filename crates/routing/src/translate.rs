@@ -234,7 +234,7 @@ impl Translator<'_> {
         let found = registered_check_target(catalog, id, address, &mut self.resolver)
             .await
             .unwrap_or_else(|reason| {
-                self.skipped.push(reason);
+                self.skipped.push(reason.to_string());
                 CheckTarget::default()
             });
         self.check_targets.insert(address, found);
