@@ -17,6 +17,8 @@ use crate::KvError;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Largest body read into memory for a unary call.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The most one read of a body takes at once.
+const READ_SIZE: usize = 8192;
 
 /// `http://host:port` — where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,94 +305,105 @@ impl HttpStream {
         }
         match self.framing {
             BodyFraming::UntilEof => {
-                let mut buffer = [0u8; 8192];
-                let read = self
-                    .reader
-                    .read(&mut buffer)
-                    .await
-                    .map_err(|e| self.io(e))?;
-                if read == 0 {
-                    self.finished = true;
-                    return Ok(false);
-                }
-                self.pending.extend_from_slice(&buffer[..read]);
-                Ok(true)
+                let read = self.read_some(READ_SIZE).await?;
+                self.finished = read == 0;
+                Ok(read > 0)
             }
             BodyFraming::Length(_) => {
-                let want = self.remaining.min(8192) as usize;
-                let mut buffer = vec![0u8; want];
-                let read = self
-                    .reader
-                    .read(&mut buffer)
-                    .await
-                    .map_err(|e| self.io(e))?;
-                if read == 0 {
-                    return Err(self.protocol("connection closed inside the body"));
-                }
-                self.pending.extend_from_slice(&buffer[..read]);
-                self.remaining -= read as u64;
-                if self.remaining == 0 {
-                    self.finished = true;
-                }
+                self.read_counted("connection closed inside the body")
+                    .await?;
+                self.finished = self.remaining == 0;
                 Ok(true)
             }
             BodyFraming::Chunked => {
-                if self.remaining == 0 {
-                    let mut size_line = String::new();
-                    let read = self
-                        .reader
-                        .read_line(&mut size_line)
-                        .await
-                        .map_err(|e| self.io(e))?;
-                    if read == 0 {
-                        return Err(self.protocol("connection closed between chunks"));
-                    }
-                    let size_text = size_line.trim().split(';').next().unwrap_or("");
-                    let size = u64::from_str_radix(size_text, 16)
-                        .map_err(|_| self.protocol(format!("bad chunk size {size_text:?}")))?;
-                    if size == 0 {
-                        // Trailers (etcd sends `Grpc-Trailer-...`) up to the empty line.
-                        loop {
-                            let mut trailer = String::new();
-                            let read = self
-                                .reader
-                                .read_line(&mut trailer)
-                                .await
-                                .map_err(|e| self.io(e))?;
-                            if read == 0 || trailer.trim().is_empty() {
-                                break;
-                            }
-                        }
-                        self.finished = true;
-                        return Ok(false);
-                    }
-                    self.remaining = size;
+                if self.remaining == 0 && !self.next_chunk().await? {
+                    self.finished = true;
+                    return Ok(false);
                 }
-                let want = self.remaining.min(8192) as usize;
-                let mut buffer = vec![0u8; want];
-                let read = self
-                    .reader
-                    .read(&mut buffer)
-                    .await
-                    .map_err(|e| self.io(e))?;
-                if read == 0 {
-                    return Err(self.protocol("connection closed inside a chunk"));
-                }
-                self.pending.extend_from_slice(&buffer[..read]);
-                self.remaining -= read as u64;
+                self.read_counted("connection closed inside a chunk")
+                    .await?;
                 if self.remaining == 0 {
-                    let mut crlf = [0u8; 2];
-                    self.reader
-                        .read_exact(&mut crlf)
-                        .await
-                        .map_err(|e| self.io(e))?;
-                    if &crlf != b"\r\n" {
-                        return Err(self.protocol("chunk not terminated by CRLF"));
-                    }
+                    self.chunk_end().await?;
                 }
                 Ok(true)
             }
         }
+    }
+
+    /// Reads at most `limit` bytes into `pending`; 0 at the end of the stream.
+    async fn read_some(&mut self, limit: usize) -> Result<usize, KvError> {
+        let mut buffer = [0u8; READ_SIZE];
+        let limit = limit.min(READ_SIZE);
+        let read = self
+            .reader
+            .read(&mut buffer[..limit])
+            .await
+            .map_err(|e| self.io(e))?;
+        self.pending.extend_from_slice(&buffer[..read]);
+        Ok(read)
+    }
+
+    /// Reads some of the `remaining` bytes of a sized body or chunk; the stream ending first is
+    /// `closed_inside`.
+    async fn read_counted(&mut self, closed_inside: &str) -> Result<(), KvError> {
+        let want = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        let read = self.read_some(want).await?;
+        if read == 0 {
+            return Err(self.protocol(closed_inside));
+        }
+        self.remaining -= read as u64;
+        Ok(())
+    }
+
+    /// Reads a chunk's size line into `remaining`; `false` for the last chunk (its trailers,
+    /// which etcd sends as `Grpc-Trailer-...`, are read and dropped).
+    async fn next_chunk(&mut self) -> Result<bool, KvError> {
+        let size_line = self.read_line("connection closed between chunks").await?;
+        let size_text = size_line.trim().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size_text, 16)
+            .map_err(|_| self.protocol(format!("bad chunk size {size_text:?}")))?;
+        if size > 0 {
+            self.remaining = size;
+            return Ok(true);
+        }
+        loop {
+            let mut trailer = String::new();
+            let read = self
+                .reader
+                .read_line(&mut trailer)
+                .await
+                .map_err(|e| self.io(e))?;
+            if read == 0 || trailer.trim().is_empty() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One line of the chunked framing; the stream ending first is `closed`.
+    async fn read_line(&mut self, closed: &str) -> Result<String, KvError> {
+        let mut line = String::new();
+        let read = self
+            .reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| self.io(e))?;
+        if read == 0 {
+            return Err(self.protocol(closed));
+        }
+        Ok(line)
+    }
+
+    /// The CRLF after a chunk's data.
+    async fn chunk_end(&mut self) -> Result<(), KvError> {
+        let mut crlf = [0u8; 2];
+        self.reader
+            .read_exact(&mut crlf)
+            .await
+            .map_err(|e| self.io(e))?;
+        if &crlf != b"\r\n" {
+            return Err(self.protocol("chunk not terminated by CRLF"));
+        }
+        Ok(())
     }
 
     /// The next line of the body without its `\n` (a last line without one is returned too);
