@@ -30,7 +30,7 @@ use libfuzzer_sys::fuzz_target;
 use sluice_kv::KvEntry;
 use sluice_sidecar::config::MissingPolicy;
 use sluice_sidecar::kvlayers::KvLayers;
-use sluice_sidecar::template::{JinjaTemplate, Rendered};
+use sluice_sidecar::template::{JinjaError, JinjaTemplate, Rendered};
 
 const FUEL: u64 = 10_000;
 const MAX_TEMPLATE: usize = 2048;
@@ -78,7 +78,7 @@ fn compile(
     source: &str,
     kv: &Arc<KvLayers>,
     policy: MissingPolicy,
-) -> Result<JinjaTemplate, String> {
+) -> Result<JinjaTemplate, JinjaError> {
     let mut template =
         JinjaTemplate::new("fuzz", source.to_owned(), kv.clone(), policy, "?".into())?;
     template.set_fuel(Some(FUEL));
@@ -88,7 +88,8 @@ fn compile(
 fn check_free_form(source: &str, kv: &Arc<KvLayers>, policy: MissingPolicy) {
     let template = match compile(source, kv, policy) {
         Ok(template) => template,
-        Err(message) => {
+        Err(error) => {
+            let message = error.to_string();
             let lines = source.matches('\n').count() + 1;
             let line: usize = message
                 .strip_prefix("fuzz:")

@@ -334,17 +334,25 @@ impl TemplateConfig {
         }
     }
 
-    pub fn mode_bits(&self) -> Result<Option<u32>, String> {
+    /// `mode` as permission bits (`None` when not set).
+    pub fn mode_bits(&self) -> Result<Option<u32>, ModeBitsError> {
         self.mode
             .as_deref()
             .map(|m| {
                 u32::from_str_radix(m.trim_start_matches("0o"), 8)
                     .ok()
                     .filter(|bits| *bits <= 0o7777)
-                    .ok_or_else(|| format!("mode {m:?} is not octal permission bits like \"0640\""))
+                    .ok_or_else(|| ModeBitsError { mode: m.to_owned() })
             })
             .transpose()
     }
+}
+
+/// A template's `mode` that is not octal permission bits, as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mode {mode:?} is not octal permission bits like \"0640\"")]
+pub struct ModeBitsError {
+    pub mode: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -687,18 +695,30 @@ pub fn parse_procfile(path: &Path, text: &str) -> Result<Vec<ProcessConfig>, Vec
     }
 }
 
+/// A probe URL that cannot be requested.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeUrlError {
+    /// Not `http://...` (probes speak plain HTTP).
+    #[error("probe URL {url:?} must start with http://")]
+    NotHttp { url: String },
+    /// The host and port do not make an endpoint.
+    #[error(transparent)]
+    Endpoint(#[from] sluice_kv::KvError),
+}
+
 /// Splits `http://host:port/path?query` into an endpoint and a request target.
-pub fn parse_http_url(url: &str) -> Result<(sluice_kv::http::HttpEndpoint, String), String> {
+pub fn parse_http_url(url: &str) -> Result<(sluice_kv::http::HttpEndpoint, String), ProbeUrlError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("probe URL {url:?} must start with http://"))?;
+        .ok_or_else(|| ProbeUrlError::NotHttp {
+            url: url.to_owned(),
+        })?;
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
         Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
         None => (rest, "/".to_owned()),
     };
-    let endpoint = sluice_kv::http::HttpEndpoint::parse(&format!("http://{authority}"))
-        .map_err(|e| e.to_string())?;
+    let endpoint = sluice_kv::http::HttpEndpoint::parse(&format!("http://{authority}"))?;
     Ok((endpoint, path))
 }
 

@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice_kv::registry::{RegistryKind, ServiceDefinition};
 use sluice_kv::{
-    Backoff, EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvEntry, KvLayer, KvSource,
+    Backoff, EnvSource, EtcdClient, EtcdOptions, EtcdSource, KvEntry, KvError, KvLayer, KvSource,
     LayerEvent, WatchOptions,
 };
 use tokio::sync::mpsc::UnboundedSender;
@@ -25,6 +26,26 @@ use crate::text::{InvalidByte, NotText};
 
 /// A layer's change of state, as `sluice-kv` reports it.
 pub use sluice_kv::LayerStatus;
+
+/// Why the KV layers of a configuration cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KvSetupError {
+    /// An etcd client (of a `[[kv]]` source or of the registry) cannot be made.
+    #[error(transparent)]
+    EtcdClient(#[from] KvError),
+    /// The file registry's directory cannot be created.
+    #[error("registry dir {}: {source}", dir.display())]
+    RegistryDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `services()` was called without a `[registry]` to read instances from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("services() needs a [registry] in the configuration")]
+pub struct NoRegistryError;
 
 /// Which mirror a notice is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +132,7 @@ pub struct KvLayers {
 fn etcd_client(
     endpoints: &[String],
     timeout: std::time::Duration,
-) -> Result<Arc<EtcdClient>, String> {
+) -> Result<Arc<EtcdClient>, KvError> {
     EtcdClient::new(
         endpoints,
         EtcdOptions {
@@ -119,11 +140,10 @@ fn etcd_client(
         },
     )
     .map(Arc::new)
-    .map_err(|e| e.to_string())
 }
 
 /// The layers of `[[kv]]`, each with its variables that are not UTF-8.
-fn kv_layers(config: &Config) -> Result<(Vec<KvLayer>, Vec<NotTextVars>), String> {
+fn kv_layers(config: &Config) -> Result<(Vec<KvLayer>, Vec<NotTextVars>), KvError> {
     let mut layers = Vec::new();
     let mut not_text = Vec::new();
     for kv in &config.kv {
@@ -154,7 +174,7 @@ fn kv_layers(config: &Config) -> Result<(Vec<KvLayer>, Vec<NotTextVars>), String
 }
 
 /// The registry layer of `[registry]`, if any.
-fn registry(config: &Config) -> Result<Option<Registry>, String> {
+fn registry(config: &Config) -> Result<Option<Registry>, KvSetupError> {
     let Some(registry) = &config.registry else {
         return Ok(None);
     };
@@ -168,8 +188,9 @@ fn registry(config: &Config) -> Result<Option<Registry>, String> {
             );
             // The shared directory may not exist yet on a fresh volume; the
             // registrar writes into it, and readers must not wait for it.
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("registry dir {}: {e}", dir.display()))?;
+            if let Err(source) = std::fs::create_dir_all(&dir) {
+                return Err(KvSetupError::RegistryDir { dir, source });
+            }
             (RegistryKind::File, KvSource::File(dir), String::new())
         }
         RegistryKindConfig::Etcd => (
@@ -197,7 +218,8 @@ fn registry(config: &Config) -> Result<Option<Registry>, String> {
 }
 
 impl KvLayers {
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    /// The layers of `config`'s `[[kv]]` and `[registry]`, not yet watched (see [`Self::start`]).
+    pub fn from_config(config: &Config) -> Result<Self, KvSetupError> {
         let (layers, not_text) = kv_layers(config)?;
         Ok(Self {
             layers: sluice_kv::KvLayers::new(layers),
@@ -302,11 +324,8 @@ impl KvLayers {
 
     /// Registered instances of `service` (registration implies the registrant's check passed;
     /// in etcd, also that its lease is alive). Documents that cannot be parsed are logged.
-    pub fn services(&self, service: &str) -> Result<Vec<ServiceDefinition>, String> {
-        let registry = self
-            .registry
-            .as_ref()
-            .ok_or_else(|| "services() needs a [registry] in the configuration".to_owned())?;
+    pub fn services(&self, service: &str) -> Result<Vec<ServiceDefinition>, NoRegistryError> {
+        let registry = self.registry.as_ref().ok_or(NoRegistryError)?;
         let entries = registry.layer.mirror().list(registry.layer.prefix());
         let (instances, errors) =
             sluice_kv::registry::instances_from_entries(&registry.kind, &entries);
@@ -379,6 +398,27 @@ mod tests {
         assert_eq!(
             kv.list_text("a/o"),
             Ok(vec![("a/ok".to_owned(), "café".to_owned())])
+        );
+    }
+
+    #[test]
+    fn setup_and_services_errors_say_what_is_missing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("file"), "").expect("write");
+        let text = "[registry]\nkind = \"file\"\ndir = \"file/sub\"\n";
+        let config = Config::parse(&tmp.path().join("s.toml"), text).expect("valid");
+        let error = KvLayers::from_config(&config).expect_err("a file is in the way");
+        let wanted = tmp.path().join("file/sub");
+        assert!(
+            matches!(&error, KvSetupError::RegistryDir { dir, .. } if *dir == wanted),
+            "{error:?}"
+        );
+        let prefix = format!("registry dir {}: ", wanted.display());
+        assert!(error.to_string().starts_with(&prefix), "{error}");
+        assert_eq!(layers().services("web"), Err(NoRegistryError));
+        assert_eq!(
+            NoRegistryError.to_string(),
+            "services() needs a [registry] in the configuration"
         );
     }
 

@@ -227,8 +227,8 @@ async fn first_render(ctx: &mut Ctx, mut connected: Connected, with: Launch) -> 
     let config = Arc::clone(&ctx.config);
     let units = match TemplateUnit::load_all(&config, &connected.kv) {
         Ok(units) => units,
-        Err(errors) => {
-            for error in &errors {
+        Err(error) => {
+            for error in &error.errors {
                 eprintln!("sluice-sidecar: {error}");
             }
             return Phase::Done(exit_code::BAD_CONFIG);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_kv::http::{self, HttpEndpoint};
 
-use crate::config::{CommandSpec, ProbeConfig, parse_http_url};
+use crate::config::{CommandSpec, ProbeConfig, ProbeUrlError, parse_http_url};
 use crate::reaper::Reaper;
 
 #[derive(Debug, Clone)]
@@ -19,6 +19,16 @@ pub enum Probe {
     Tcp(String),
 }
 
+/// A probe configuration that makes no probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeConfigError {
+    /// None of `command`, `http`, `tcp` is set.
+    #[error("a probe needs one of `command`, `http`, `tcp`")]
+    NoKind,
+    #[error(transparent)]
+    Url(#[from] ProbeUrlError),
+}
+
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -27,7 +37,8 @@ pub struct ProbeResult {
 }
 
 impl Probe {
-    pub fn from_config(config: &ProbeConfig) -> Result<Self, String> {
+    /// The probe `config` describes: its `command`, else its `http`, else its `tcp`.
+    pub fn from_config(config: &ProbeConfig) -> Result<Self, ProbeConfigError> {
         if let Some(command) = &config.command {
             return Ok(Probe::Command(command.argv()));
         }
@@ -38,7 +49,7 @@ impl Probe {
         if let Some(address) = &config.tcp {
             return Ok(Probe::Tcp(address.clone()));
         }
-        Err("a probe needs one of `command`, `http`, `tcp`".into())
+        Err(ProbeConfigError::NoKind)
     }
 
     /// The Consul-format check published in the service definition, so the proxy can run the
@@ -144,6 +155,14 @@ mod tests {
         );
         assert_eq!(parse_http_url("http://h:1?x=1").expect("valid").1, "/?x=1");
         assert_eq!(parse_http_url("http://h:1").expect("valid").1, "/");
-        assert!(parse_http_url("https://h/").is_err());
+        let error = parse_http_url("https://h/").expect_err("not http");
+        assert!(
+            matches!(&error, ProbeUrlError::NotHttp { url } if url == "https://h/"),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "probe URL \"https://h/\" must start with http://"
+        );
     }
 }

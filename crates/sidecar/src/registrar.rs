@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_kv::registry::{self, ServiceDefinition};
-use sluice_kv::{EtcdClient, EtcdOptions};
+use sluice_kv::{EtcdClient, EtcdOptions, KvError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{RegistryConfig, RegistryKindConfig};
@@ -22,6 +22,17 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 enum Command {
     Set(Option<Box<ServiceDefinition>>),
     Deregister(oneshot::Sender<()>),
+}
+
+/// Why the registrar cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrarStartError {
+    /// A file registry without its directory.
+    #[error("a file registry needs `dir`")]
+    NoDir,
+    /// The etcd client cannot be made (an invalid endpoint).
+    #[error(transparent)]
+    EtcdClient(#[from] KvError),
 }
 
 /// Handle to the registrar task.
@@ -48,16 +59,13 @@ impl Registrar {
         config: &RegistryConfig,
         dir: Option<PathBuf>,
         reaper: Reaper,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RegistrarStartError> {
         let backend = match config.kind {
             RegistryKindConfig::File => Backend::File {
-                dir: dir.ok_or("a file registry needs `dir`")?,
+                dir: dir.ok_or(RegistrarStartError::NoDir)?,
             },
             RegistryKindConfig::Etcd => Backend::Etcd {
-                client: Arc::new(
-                    EtcdClient::new(&config.endpoints, EtcdOptions::default())
-                        .map_err(|e| e.to_string())?,
-                ),
+                client: Arc::new(EtcdClient::new(&config.endpoints, EtcdOptions::default())?),
                 prefix: config.prefix.clone(),
                 ttl: config.ttl.0,
             },

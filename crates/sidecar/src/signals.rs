@@ -105,11 +105,22 @@ pub fn spawn_signal_thread(
         })
 }
 
+/// Text that names no signal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalNameError {
+    /// A number that is not a signal's.
+    #[error("{number} is not a signal number")]
+    UnknownNumber { number: i32 },
+    /// A name that is not a signal's, as written.
+    #[error("unknown signal {text:?} (expected a name like SIGHUP or a number)")]
+    UnknownName { text: String },
+}
+
 /// Parses `SIGHUP`, `HUP` or a number.
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
+pub fn parse_signal(text: &str) -> Result<Signal, SignalNameError> {
     let trimmed = text.trim();
     if let Ok(number) = trimmed.parse::<i32>() {
-        return Signal::try_from(number).map_err(|_| format!("{number} is not a signal number"));
+        return Signal::try_from(number).map_err(|_| SignalNameError::UnknownNumber { number });
     }
     let upper = trimmed.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -118,7 +129,9 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
         format!("SIG{upper}")
     };
     name.parse::<Signal>()
-        .map_err(|_| format!("unknown signal {text:?} (expected a name like SIGHUP or a number)"))
+        .map_err(|_| SignalNameError::UnknownName {
+            text: text.to_owned(),
+        })
 }
 
 #[cfg(test)]
@@ -130,8 +143,25 @@ mod tests {
         assert_eq!(parse_signal("SIGHUP"), Ok(Signal::SIGHUP));
         assert_eq!(parse_signal("hup"), Ok(Signal::SIGHUP));
         assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
-        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
-        assert!(parse_signal("99").is_err());
+        let unknown = parse_signal("SIGNOPE").expect_err("no such signal");
+        assert_eq!(
+            unknown,
+            SignalNameError::UnknownName {
+                text: "SIGNOPE".to_owned()
+            }
+        );
+        assert_eq!(
+            unknown.to_string(),
+            "unknown signal \"SIGNOPE\" (expected a name like SIGHUP or a number)"
+        );
+        assert_eq!(
+            parse_signal("99"),
+            Err(SignalNameError::UnknownNumber { number: 99 })
+        );
+        assert_eq!(
+            parse_signal(" 99").map_err(|e| e.to_string()),
+            Err("99 is not a signal number".to_owned())
+        );
     }
 
     #[test]

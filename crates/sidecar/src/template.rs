@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 
-use crate::config::{Config, Engine, MissingPolicy, TemplateConfig, VariableList};
-use crate::envsubst::{self, EnvVars, EnvsubstOptions};
+use crate::config::{Config, Engine, MissingPolicy, ModeBitsError, TemplateConfig, VariableList};
+use crate::envsubst::{self, EnvVars, EnvsubstError, EnvsubstOptions};
 use crate::kvlayers::{KvLayers, LayerId};
 use crate::text::{InvalidByte, NotText};
-use crate::write::{WriteSpec, resolve_group, resolve_user};
+use crate::write::{OwnerLookupError, WriteSpec, resolve_group, resolve_user};
 
 /// What a render read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,21 +94,50 @@ fn instance_value(instance: &sluice_kv::registry::ServiceDefinition) -> Value {
     Value::from(map)
 }
 
-/// `path:line:col: message` for a minijinja error in `source`.
-fn describe_error(label: &str, source: &str, error: &Error) -> String {
-    let (line, column) = match error.range() {
-        Some(range) => sluice_text::line_col(source.as_bytes(), range.start),
-        None => (error.line().unwrap_or(1), 1),
-    };
-    let mut message = error.kind().to_string();
-    if let Some(detail) = error.detail() {
-        message = format!("{message}: {detail}");
-    }
-    format!("{label}:{line}:{column}: {message}")
+/// A minijinja error of a jinja template.
+#[derive(Debug, thiserror::Error)]
+pub enum JinjaError {
+    /// minijinja refused the syntax configuration (it refuses only invalid delimiters, and the
+    /// sidecar keeps the default ones).
+    #[error(transparent)]
+    Syntax(Error),
+    /// An error compiling or rendering the template `label`, at `line:column` of its source.
+    #[error("{label}:{line}:{column}: {}", kind_and_detail(source))]
+    InTemplate {
+        label: String,
+        line: usize,
+        column: usize,
+        #[source]
+        source: Error,
+    },
 }
 
-/// A render error for an input that is not text.
-fn not_text(error: NotText) -> Error {
+impl JinjaError {
+    /// `error`, placed in the template `label` whose source is `text`.
+    fn in_template(label: &str, text: &str, error: Error) -> Self {
+        let (line, column) = match error.range() {
+            Some(range) => sluice_text::line_col(text.as_bytes(), range.start),
+            None => (error.line().unwrap_or(1), 1),
+        };
+        JinjaError::InTemplate {
+            label: label.to_owned(),
+            line,
+            column,
+            source: error,
+        }
+    }
+}
+
+/// `kind: detail` of a minijinja error, without the location its `Display` appends.
+fn kind_and_detail(error: &Error) -> String {
+    match error.detail() {
+        Some(detail) => format!("{}: {detail}", error.kind()),
+        None => error.kind().to_string(),
+    }
+}
+
+/// A render error for a function's failure (an input that is not text, no registry).
+fn invalid_operation<E: std::error::Error + Send + Sync + 'static>(error: E) -> Error {
     Error::new(ErrorKind::InvalidOperation, error.to_string()).with_source(error)
 }
 
@@ -117,7 +146,7 @@ fn env_text(name: &str, value: OsString) -> Result<Value, Error> {
     String::from_utf8(value.into_vec())
         .map(Value::from)
         .map_err(|error| {
-            not_text(NotText::Env {
+            invalid_operation(NotText::Env {
                 name: name.to_owned(),
                 at: InvalidByte::of(&error),
             })
@@ -150,7 +179,7 @@ fn add_kv_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>, k
     let (s, layers) = (scope.clone(), kv.clone());
     env.add_function("kv", move |key: String| -> Result<Value, Error> {
         lock(&s).deps.keys.insert(key.clone());
-        match layers.get_text(&key).map_err(not_text)? {
+        match layers.get_text(&key).map_err(invalid_operation)? {
             Some(value) => Ok(Value::from(value)),
             None => missing_value(&s, key),
         }
@@ -160,7 +189,7 @@ fn add_kv_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>, k
         "kv_or",
         move |key: String, default: Value| -> Result<Value, Error> {
             lock(&s).deps.keys.insert(key.clone());
-            let value = layers.get_text(&key).map_err(not_text)?;
+            let value = layers.get_text(&key).map_err(invalid_operation)?;
             Ok(value.map_or(default, Value::from))
         },
     );
@@ -169,7 +198,7 @@ fn add_kv_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>, k
         lock(&s).deps.prefixes.insert(prefix.clone());
         let items: Vec<Value> = layers
             .list_text(&prefix)
-            .map_err(not_text)?
+            .map_err(invalid_operation)?
             .into_iter()
             .map(|(key, value)| {
                 let mut map = BTreeMap::new();
@@ -192,9 +221,7 @@ fn add_other_functions(
     let s = scope.clone();
     env.add_function("services", move |name: String| -> Result<Value, Error> {
         lock(&s).deps.services = true;
-        let instances = kv
-            .services(&name)
-            .map_err(|message| Error::new(ErrorKind::InvalidOperation, message))?;
+        let instances = kv.services(&name).map_err(invalid_operation)?;
         Ok(Value::from(
             instances.iter().map(instance_value).collect::<Vec<_>>(),
         ))
@@ -213,7 +240,7 @@ impl JinjaTemplate {
         kv: Arc<KvLayers>,
         policy: MissingPolicy,
         missing_default: String,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, JinjaError> {
         let scope = Arc::new(Mutex::new(Scope {
             policy,
             missing_default,
@@ -225,13 +252,13 @@ impl JinjaTemplate {
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .keep_trailing_newline(true)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(JinjaError::Syntax)?;
         env.set_syntax(syntax);
         add_env_function(&mut env, scope.clone());
         add_kv_functions(&mut env, &scope, &kv);
         add_other_functions(&mut env, &scope, kv);
         env.add_template_owned(label.to_owned(), source.clone())
-            .map_err(|e| describe_error(label, &source, &e))?;
+            .map_err(|e| JinjaError::in_template(label, &source, e))?;
         Ok(Self {
             env,
             scope,
@@ -266,7 +293,7 @@ impl JinjaTemplate {
                     .get_template(&self.name)
                     .map(|t| t.source().to_owned())
                     .unwrap_or_default();
-                Rendered::Failed(describe_error(&self.name, &source, &error))
+                Rendered::Failed(JinjaError::in_template(&self.name, &source, error).to_string())
             }
             Ok(_) if !missing.is_empty() && scope.policy == MissingPolicy::Fail => {
                 Rendered::Failed(format!(
@@ -292,6 +319,43 @@ enum UnitEngine {
     },
 }
 
+/// Why one `[[template]]` cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The `source` file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither `source` nor `contents` (the `index`-th template, from 0).
+    #[error("template #{} has no source", index + 1)]
+    NoSource { index: usize },
+    /// A jinja template that is not UTF-8.
+    #[error(transparent)]
+    NotText(#[from] NotText),
+    /// A jinja template that does not compile.
+    #[error(transparent)]
+    Jinja(#[from] JinjaError),
+    /// An envsubst template with a syntax error.
+    #[error(transparent)]
+    Envsubst(#[from] EnvsubstError),
+    /// Its `mode` is not permission bits.
+    #[error(transparent)]
+    Mode(#[from] ModeBitsError),
+    /// Its `user` or `group` cannot be resolved.
+    #[error(transparent)]
+    Owner(#[from] OwnerLookupError),
+}
+
+/// Every `[[template]]` that cannot be loaded, in configuration order; displayed one a line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct TemplateLoadError {
+    pub errors: Vec<TemplateError>,
+}
+
 /// One `[[template]]`: how to render it and where to write it.
 #[derive(Debug)]
 pub struct TemplateUnit {
@@ -305,7 +369,10 @@ pub struct TemplateUnit {
 
 impl TemplateUnit {
     /// Loads and compiles every template of `config`; all problems are returned together.
-    pub fn load_all(config: &Config, kv: &Arc<KvLayers>) -> Result<Vec<TemplateUnit>, Vec<String>> {
+    pub fn load_all(
+        config: &Config,
+        kv: &Arc<KvLayers>,
+    ) -> Result<Vec<TemplateUnit>, TemplateLoadError> {
         let mut units = Vec::new();
         let mut errors = Vec::new();
         for (index, template) in config.template.iter().enumerate() {
@@ -317,7 +384,7 @@ impl TemplateUnit {
         if errors.is_empty() {
             Ok(units)
         } else {
-            Err(errors)
+            Err(TemplateLoadError { errors })
         }
     }
 
@@ -326,18 +393,20 @@ impl TemplateUnit {
         index: usize,
         template: &TemplateConfig,
         kv: &Arc<KvLayers>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TemplateError> {
         let (label, bytes) = match (&template.source, &template.contents) {
             (Some(source), _) => {
                 let path = config.resolve(source);
-                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                (path.display().to_string(), bytes)
+                match std::fs::read(&path) {
+                    Ok(bytes) => (path.display().to_string(), bytes),
+                    Err(source) => return Err(TemplateError::Read { path, source }),
+                }
             }
             (None, Some(contents)) => (
                 format!("template #{} (inline)", index + 1),
                 contents.clone().into_bytes(),
             ),
-            (None, None) => return Err(format!("template #{} has no source", index + 1)),
+            (None, None) => return Err(TemplateError::NoSource { index }),
         };
         let engine = Self::engine(&label, bytes, template, kv)?;
         let destination: PathBuf = config.resolve(&template.destination);
@@ -364,9 +433,9 @@ impl TemplateUnit {
         bytes: Vec<u8>,
         template: &TemplateConfig,
         kv: &Arc<KvLayers>,
-    ) -> Result<UnitEngine, String> {
+    ) -> Result<UnitEngine, TemplateError> {
         if template.engine == Engine::Jinja {
-            let text = NotText::template(label, bytes).map_err(|e| e.to_string())?;
+            let text = NotText::template(label, bytes)?;
             let jinja = JinjaTemplate::new(
                 label,
                 text,
@@ -376,15 +445,12 @@ impl TemplateUnit {
             )?;
             return Ok(UnitEngine::Jinja(Box::new(jinja)));
         }
-        // Syntax errors surface now, not at the first render.
-        envsubst::referenced_names(&bytes).map_err(|e| match e {
-            envsubst::EnvsubstError::Syntax {
-                line,
-                column,
-                message,
-                ..
-            } => format!("{label}:{line}:{column}: {message}"),
-            other => other.to_string(),
+        // Syntax errors surface now, not at the first render, placed in this template.
+        envsubst::referenced_names(&bytes).map_err(|mut error| {
+            if let EnvsubstError::Syntax { file, .. } = &mut error {
+                label.clone_into(file);
+            }
+            error
         })?;
         let allow = template.variables.as_ref().map(|list| match list {
             VariableList::ShellFormat(format) => EnvsubstOptions::allow_from_shell_format(format),
@@ -447,7 +513,55 @@ mod tests {
             String::new(),
         )
         .expect_err("unclosed");
-        assert!(err.starts_with("t.j2:2:"), "{err}");
+        assert!(
+            matches!(&err, JinjaError::InTemplate { label, line: 2, .. } if label == "t.j2"),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("t.j2:2:"), "{err}");
+    }
+
+    #[test]
+    fn every_template_that_cannot_be_loaded_is_reported() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let text = r#"
+[[template]]
+source = "missing.tmpl"
+destination = "out1"
+
+[[template]]
+contents = "x ${A"
+destination = "out2"
+engine = "envsubst"
+
+[[template]]
+contents = "ok"
+destination = "out3"
+user = "sluice-no-such-owner"
+"#;
+        let config = Config::parse(&tmp.path().join("s.toml"), text).expect("valid");
+        let kv = Arc::new(KvLayers::default());
+        let error = TemplateUnit::load_all(&config, &kv).expect_err("three errors");
+        let lines: Vec<String> = error.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        let missing = tmp.path().join("missing.tmpl");
+        assert!(
+            matches!(&error.errors[0], TemplateError::Read { path, .. } if *path == missing),
+            "{error:?}"
+        );
+        let os_error = std::io::Error::from_raw_os_error(nix::libc::ENOENT);
+        assert_eq!(lines[0], format!("{}: {os_error}", missing.display()));
+        assert!(
+            matches!(&error.errors[1], TemplateError::Envsubst(EnvsubstError::Syntax { file, line: 1, .. }) if file == "template #2 (inline)"),
+            "{error:?}"
+        );
+        assert!(
+            lines[1].starts_with("template #2 (inline):1:")
+                && lines[1].ends_with(": unterminated ${...}: no closing '}'"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "no user named \"sluice-no-such-owner\"");
+        assert_eq!(error.to_string(), lines.join("\n"));
     }
 
     #[test]

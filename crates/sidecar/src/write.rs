@@ -67,28 +67,70 @@ fn io<'a>(
     }
 }
 
-/// Resolves a user name or numeric uid.
-pub fn resolve_user(text: &str) -> Result<Uid, String> {
-    if let Ok(uid) = text.parse::<u32>() {
-        return Ok(Uid::from_raw(uid));
-    }
-    match nix::unistd::User::from_name(text) {
-        Ok(Some(user)) => Ok(user.uid),
-        Ok(None) => Err(format!("no user named {text:?}")),
-        Err(e) => Err(format!("cannot look up user {text:?}: {e}")),
+/// Which owner of a file: `user` or `group` (displayed so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerKind {
+    User,
+    Group,
+}
+
+impl std::fmt::Display for OwnerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OwnerKind::User => "user",
+            OwnerKind::Group => "group",
+        })
     }
 }
 
+/// A file owner (`user`, `group`) that cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerLookupError {
+    /// The system's user or group database has no such name.
+    #[error("no {kind} named {name:?}")]
+    NotFound { kind: OwnerKind, name: String },
+    /// The lookup itself failed.
+    #[error("cannot look up {kind} {name:?}: {source}")]
+    Lookup {
+        kind: OwnerKind,
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The entry `found` by looking up `name`, or why there is none.
+fn looked_up<T>(
+    kind: OwnerKind,
+    name: &str,
+    found: nix::Result<Option<T>>,
+) -> Result<T, OwnerLookupError> {
+    let name = || name.to_owned();
+    found
+        .map_err(|source| OwnerLookupError::Lookup {
+            kind,
+            name: name(),
+            source,
+        })?
+        .ok_or_else(|| OwnerLookupError::NotFound { kind, name: name() })
+}
+
+/// Resolves a user name or numeric uid.
+pub fn resolve_user(text: &str) -> Result<Uid, OwnerLookupError> {
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(Uid::from_raw(uid));
+    }
+    let found = nix::unistd::User::from_name(text);
+    Ok(looked_up(OwnerKind::User, text, found)?.uid)
+}
+
 /// Resolves a group name or numeric gid.
-pub fn resolve_group(text: &str) -> Result<Gid, String> {
+pub fn resolve_group(text: &str) -> Result<Gid, OwnerLookupError> {
     if let Ok(gid) = text.parse::<u32>() {
         return Ok(Gid::from_raw(gid));
     }
-    match nix::unistd::Group::from_name(text) {
-        Ok(Some(group)) => Ok(group.gid),
-        Ok(None) => Err(format!("no group named {text:?}")),
-        Err(e) => Err(format!("cannot look up group {text:?}: {e}")),
-    }
+    let found = nix::unistd::Group::from_name(text);
+    Ok(looked_up(OwnerKind::Group, text, found)?.gid)
 }
 
 /// Removes the staged file if the write does not complete.
@@ -229,5 +271,28 @@ pub async fn write_atomically(
             Ok(WriteOutcome::WrittenInPlace)
         }
         Err(e) => Err(io(destination, "rename staged file over destination")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_resolve_from_numbers_and_unknown_names_are_errors() {
+        assert_eq!(resolve_user("1234"), Ok(Uid::from_raw(1234)));
+        assert_eq!(resolve_group("0"), Ok(Gid::from_raw(0)));
+        let name = "sluice-no-such-owner";
+        let error = resolve_user(name).expect_err("no such user");
+        assert_eq!(error.to_string(), format!("no user named {name:?}"));
+        let error = resolve_group(name).expect_err("no such group");
+        assert_eq!(
+            error,
+            OwnerLookupError::NotFound {
+                kind: OwnerKind::Group,
+                name: name.to_owned()
+            }
+        );
+        assert_eq!(error.to_string(), format!("no group named {name:?}"));
     }
 }

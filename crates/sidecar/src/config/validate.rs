@@ -92,8 +92,8 @@ fn templates(c: &mut Checker<'_>, config: &Config) {
             }
             _ => {}
         }
-        if let Err(message) = template.mode_bits() {
-            c.error(here.clone(), message);
+        if let Err(error) = template.mode_bits() {
+            c.error(here.clone(), error.to_string());
         }
         if template.engine == Engine::Envsubst && template.missing != MissingPolicy::Block {
             c.error(here.clone(), "`missing` applies to jinja templates; envsubst uses no_unset/no_empty and ${VAR:?msg}".into());
@@ -166,8 +166,8 @@ fn processes(c: &mut Checker<'_>, config: &Config) {
         c.error(c.locate("exec", 0), "[exec] command is empty".into());
     }
     for (received, _) in config.signals.rewrite.iter() {
-        if let Err(message) = crate::signals::parse_signal(received) {
-            c.error(c.locate("signals.rewrite", 0), message);
+        if let Err(error) = crate::signals::parse_signal(received) {
+            c.error(c.locate("signals.rewrite", 0), error.to_string());
         }
     }
 }
@@ -220,7 +220,7 @@ fn register(c: &mut Checker<'_>, config: &Config) {
                 if let Some(url) = &probe.http
                     && let Err(e) = parse_http_url(url)
                 {
-                    c.error(c.locate(&format!("register.{what}"), 0), e);
+                    c.error(c.locate(&format!("register.{what}"), 0), e.to_string());
                 }
             }
         }
