@@ -96,42 +96,28 @@ pub enum SignalTarget {
     Group,
 }
 
+/// Every key has a default (`impl Default`); a key left out takes it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SignalConfig {
-    #[serde(default)]
     pub target: SignalTarget,
     /// Sent when the sidecar itself decides to stop a process (a sibling exited, a restart).
-    #[serde(default = "default_stop_signal")]
     pub stop_signal: SignalName,
     /// Time between the stop signal and SIGKILL.
-    #[serde(default = "default_stop_grace")]
     pub stop_grace: Span,
     /// Signals that start the stop sequence instead of being merely forwarded.
-    #[serde(default = "default_stop_on")]
     pub stop_on: Vec<SignalName>,
     /// Received signal → signal sent to the workload (or `"none"`).
-    #[serde(default)]
     pub rewrite: BTreeMap<String, Rewrite>,
-}
-
-fn default_stop_signal() -> SignalName {
-    SignalName(Signal::SIGTERM)
-}
-fn default_stop_grace() -> Span {
-    Span(Duration::from_secs(10))
-}
-fn default_stop_on() -> Vec<SignalName> {
-    vec![SignalName(Signal::SIGTERM), SignalName(Signal::SIGINT)]
 }
 
 impl Default for SignalConfig {
     fn default() -> Self {
         Self {
             target: SignalTarget::Child,
-            stop_signal: default_stop_signal(),
-            stop_grace: default_stop_grace(),
-            stop_on: default_stop_on(),
+            stop_signal: SignalName(Signal::SIGTERM),
+            stop_grace: Span(Duration::from_secs(10)),
+            stop_on: vec![SignalName(Signal::SIGTERM), SignalName(Signal::SIGINT)],
             rewrite: BTreeMap::new(),
         }
     }
@@ -159,29 +145,20 @@ pub struct ProcessConfig {
     pub on_exit: ExitPolicy,
 }
 
+/// Every key has a default (`impl Default`); a key left out takes it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProcfileConfig {
     /// A Procfile (`name: command` lines). Its processes come before any `[[process]]`.
     pub path: Option<PathBuf>,
     /// Whose exit code the sidecar exits with; default: the first process.
     pub primary: Option<String>,
     /// Exit policy per process name (default `stop-all`).
-    #[serde(default)]
     pub on_exit: BTreeMap<String, ExitPolicy>,
-    #[serde(default = "default_restart_initial")]
     pub restart_backoff_initial: Span,
-    #[serde(default = "default_restart_max")]
     pub restart_backoff_max: Span,
     /// Prefix each output line with the process name (default true with several processes).
     pub prefix_output: Option<bool>,
-}
-
-fn default_restart_initial() -> Span {
-    Span(Duration::from_secs(1))
-}
-fn default_restart_max() -> Span {
-    Span(Duration::from_secs(30))
 }
 
 impl Default for ProcfileConfig {
@@ -190,8 +167,8 @@ impl Default for ProcfileConfig {
             path: None,
             primary: None,
             on_exit: BTreeMap::new(),
-            restart_backoff_initial: default_restart_initial(),
-            restart_backoff_max: default_restart_max(),
+            restart_backoff_initial: Span(Duration::from_secs(1)),
+            restart_backoff_max: Span(Duration::from_secs(30)),
             prefix_output: None,
         }
     }
@@ -355,76 +332,48 @@ pub struct ModeBitsError {
     pub mode: String,
 }
 
+/// Every key has a default (`impl Default`); a key left out takes it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WatchConfig {
     /// Quiescence: wait this long after the last change before rendering...
-    #[serde(default = "default_quiescence_min")]
     pub min: Span,
     /// ...but never longer than this after the first change.
-    #[serde(default = "default_quiescence_max")]
     pub max: Span,
     /// Random extra delay in [0, splay) before each reload, so a fleet does not reload at once.
-    #[serde(default = "default_zero")]
     pub splay: Span,
     /// Retry pacing after a failed re-render.
-    #[serde(default = "default_retry_initial")]
     pub retry_initial: Span,
-    #[serde(default = "default_retry_max")]
     pub retry_max: Span,
-}
-
-fn default_quiescence_min() -> Span {
-    Span(Duration::from_millis(250))
-}
-fn default_quiescence_max() -> Span {
-    Span(Duration::from_secs(2))
-}
-fn default_zero() -> Span {
-    Span(Duration::ZERO)
-}
-fn default_retry_initial() -> Span {
-    Span(Duration::from_secs(1))
-}
-fn default_retry_max() -> Span {
-    Span(Duration::from_secs(30))
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            min: default_quiescence_min(),
-            max: default_quiescence_max(),
-            splay: default_zero(),
-            retry_initial: default_retry_initial(),
-            retry_max: default_retry_max(),
+            min: Span(Duration::from_millis(250)),
+            max: Span(Duration::from_secs(2)),
+            splay: Span(Duration::ZERO),
+            retry_initial: Span(Duration::from_secs(1)),
+            retry_max: Span(Duration::from_secs(30)),
         }
     }
 }
 
+/// Every key has a default (`impl Default`); a key left out takes it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StartupConfig {
     /// How long an unreachable KV source is retried at start before the sidecar gives up.
-    #[serde(default = "default_kv_deadline")]
     pub kv_deadline: Span,
     /// While a render waits for keys, the missing keys are logged by name at this interval.
-    #[serde(default = "default_block_log")]
     pub block_log_interval: Span,
-}
-
-fn default_kv_deadline() -> Span {
-    Span(Duration::from_secs(30))
-}
-fn default_block_log() -> Span {
-    Span(Duration::from_secs(5))
 }
 
 impl Default for StartupConfig {
     fn default() -> Self {
         Self {
-            kv_deadline: default_kv_deadline(),
-            block_log_interval: default_block_log(),
+            kv_deadline: Span(Duration::from_secs(30)),
+            block_log_interval: Span(Duration::from_secs(5)),
         }
     }
 }
