@@ -64,9 +64,11 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEAD_CHUNK: usize = 4 * 1024;
 /// Room made in the read buffer before reading request body bytes.
 const BODY_CHUNK: usize = 16 * 1024;
-/// Body bytes copied next to the head (or to earlier frames) to leave in one write; larger
-/// frames are written on their own.
+/// Body bytes copied next to the head (or to earlier frames) to leave in one write.
 const COALESCE: usize = 16 * 1024;
+/// The largest body frame copied to be coalesced; a larger one is written where it is, in one
+/// vectored write with what is pending.
+const COALESCE_FRAME: usize = 4 * 1024;
 /// Longest a closing connection waits for the client to stop sending.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Most bytes a closing connection discards before closing anyway.
@@ -608,12 +610,13 @@ async fn write_response(
                     if chunked {
                         chunked::put_size_line(&mut conn.write, data.len());
                     }
-                    if conn.write.len() + data.len() <= COALESCE {
+                    if data.len() <= COALESCE_FRAME && conn.write.len() + data.len() <= COALESCE {
                         conn.write.extend_from_slice(&data);
                     } else {
-                        sender.send(&mut conn.io, &conn.write).await?;
+                        // Larger frames are not copied: what is pending (the head, a chunk
+                        // size line) goes out with the frame in one vectored write.
+                        sender.send_pair(&mut conn.io, &conn.write, &data).await?;
                         conn.write.clear();
-                        sender.send(&mut conn.io, &data).await?;
                     }
                     if chunked {
                         conn.write.extend_from_slice(b"\r\n");
@@ -692,6 +695,35 @@ impl Sender<'_> {
             Poll::Ready(Ok(()))
         })
         .await
+    }
+
+    /// Writes `first` then `second`, as one vectored write when the stream takes them at once.
+    async fn send_pair(
+        &mut self,
+        io: &mut MaybeTls<TcpStream>,
+        mut first: &[u8],
+        mut second: &[u8],
+    ) -> io::Result<()> {
+        let mut until = None;
+        poll_fn(|cx| {
+            while !first.is_empty() {
+                let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+                match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        let from_second = n.saturating_sub(first.len());
+                        first = &first[n.min(first.len())..];
+                        second = &second[from_second..];
+                        until = None;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_stalled(&mut until, cx),
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        self.send(io, second).await
     }
 
     /// Flushes what TLS holds back (a no-op for plain TCP), under the same timeout.
