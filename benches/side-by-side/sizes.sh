@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Side-by-side sweep over response body sizes and client protocols: Sluice vs nginx vs haproxy,
+# one worker each, in front of the same nginx backend serving static files.
+#
+#   benches/side-by-side/sizes.sh [ROUNDS] [SECONDS]
+#   SIZES="16384 131072" PROTOS="h1 h2c" benches/side-by-side/sizes.sh 3 5   # a subset
+#
+# Protocols (client → proxy; every proxy speaks HTTP/1.1 with keep-alive to the backend):
+#   h1     HTTP/1.1 keep-alive, wrk -t1 -c20
+#   h2c    HTTP/2 with prior knowledge, h2load -t1 -c20 -m10
+#   https  HTTP/1.1 over TLS 1.3 (ECDSA P-256), wrk -t1 -c20 (handshakes only at connect)
+# Per cell and round: a 1 s warm-up, then SECONDS of load; req/s from the load generator, proxy
+# CPU µs per request from /proc (utime + stime over the run / requests). Contenders run one
+# after another, interleaved over ROUNDS rounds; medians are reported, and ratios against the
+# best peer of the cell (highest req/s, lowest CPU per request of nginx and haproxy).
+# Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
+set -euo pipefail
+ROUNDS=${1:-3}
+SECS=${2:-5}
+SIZES=${SIZES:-64 1024 16384 131072 1048576}
+PROTOS=${PROTOS:-h1 h2c https}
+CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
+cd "$(dirname "$0")/../.."
+export PATH="$PATH:/usr/sbin"
+for tool in nginx haproxy wrk h2load openssl taskset; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
+done
+cargo build --release --locked -p sluice >&2
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+quiet() { local log; log=$("$@" 2>&1) || { echo "$log" >&2; return 1; }; }
+
+mkdir -p "$work/files" "$work/backend" "$work/nginx"
+chmod 755 "$work" "$work/files"   # nginx's workers run as an unprivileged user
+for size in $SIZES; do head -c "$size" /dev/zero | tr '\0' 'x' > "$work/files/$size"; done
+quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+  -out "$work/cert.pem" -days 30 -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test"
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+
+BACKEND=127.0.0.1:18100
+# Ports: nginx 1811x, haproxy 1812x, sluice 1813x; x = 1 h1, 2 h2c, 3 https.
+declare -A base=([nginx]=1811 [haproxy]=1812 [sluice]=1813)
+declare -A slot=([h1]=1 [h2c]=2 [https]=3)
+
+cat > "$work/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  server { listen $BACKEND; root $work/files; }
+}
+EOF
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server $BACKEND; keepalive 128; }
+  server {
+    listen 127.0.0.1:18111;
+    listen 127.0.0.1:18112 http2;
+    listen 127.0.0.1:18113 ssl;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18121
+  bind 127.0.0.1:18122 proto h2
+  bind 127.0.0.1:18123 ssl crt $work/haproxy.pem alpn http/1.1
+  default_backend be
+backend be
+  server b1 $BACKEND
+EOF
+cat > "$work/sluice.toml" <<EOF
+[admin]
+bind = "127.0.0.1:18139"
+[runtime]
+worker_threads = 1
+[access_log]
+path = "off"
+[log]
+level = "warn"
+[[listener]]
+name = "h1"
+bind = "127.0.0.1:18131"
+[[listener]]
+name = "h2c"
+bind = "127.0.0.1:18132"
+[[listener]]
+name = "https"
+bind = "127.0.0.1:18133"
+[listener.tls]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
+[[route]]
+listener = "h1"
+service = "backend"
+[[route]]
+listener = "h2c"
+service = "backend"
+[[route]]
+listener = "https"
+service = "backend"
+[[service]]
+name = "backend"
+instances = ["$BACKEND"]
+EOF
+
+taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
+taskset -c 0 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!); nginx_pid=$!
+taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
+taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
+sleep 1
+
+. benches/side-by-side/lib.sh   # ticks, hz
+declare -A pid=([nginx]=$nginx_pid [haproxy]=$haproxy_pid [sluice]=$sluice_pid)
+
+# load PROTO URL SECONDS → "requests req/s" (0 0 when the generator reports errors)
+load() {
+  local out
+  case "$1" in
+    h1|https)
+      out=$(taskset -c 1 wrk -t1 -c20 -d"${3}s" "$2")
+      if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "0 0"; return; fi
+      awk '/requests in/ {n=$1} /^Requests\/sec/ {r=$2} END {print n, r}' <<<"$out" ;;
+    h2c)
+      out=$(taskset -c 1 h2load -t1 -c20 -m10 -D "$3" "$2" 2>&1)
+      awk '/^requests:/ {n=$8; bad=$10+$12} /^finished in/ {gsub(",", "", $4); r=$4} END {if (bad > 0) print 0, 0; else print n, r}' <<<"$out" ;;
+  esac
+}
+
+results="$work/results.tsv"
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for proto in $PROTOS; do
+    for size in $SIZES; do
+      for who in $CONTENDERS; do
+        scheme=http; [ "$proto" = https ] && scheme=https
+        url="$scheme://127.0.0.1:${base[$who]}${slot[$proto]}/$size"
+        prior=(); [ "$proto" = h2c ] && prior=(--http2-prior-knowledge)
+        got=$(curl -ksS "${prior[@]}" "$url" | wc -c)
+        [ "$got" = "$size" ] || { echo "$who $proto: $url gave $got bytes, want $size" >&2; exit 1; }
+        load "$proto" "$url" 1 >/dev/null
+        before=$(ticks "${pid[$who]}")
+        read -r n rps < <(load "$proto" "$url" "$SECS")
+        after=$(ticks "${pid[$who]}")
+        cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "nan"}')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$rps" "$cpu" >> "$results"
+        echo "round $round $proto $size $who: $rps req/s, $cpu µs CPU/req" >&2
+      done
+    done
+  done
+done
+
+python3 - "$results" "$ROUNDS" "$SECS" <<'PY'
+import math, statistics, sys
+path, rounds, secs = sys.argv[1:4]
+cells = {}
+for line in open(path):
+    _, proto, size, who, rps, cpu = line.rstrip("\n").split("\t")
+    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu)))
+def human(n):
+    return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
+print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the best peer of the cell "
+      "(nginx or haproxy: highest req/s, lowest CPU per request). Sluice's target: req/s ≥ 1.05×, CPU ≤ 0.9×.\n")
+print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs best peer | nginx req/s | nginx µs/req | haproxy req/s | haproxy µs/req |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https"].index(k[0]), k[1])):
+    med = {w: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for w, v in cells[(proto, size)].items()}
+    peers = [med[w] for w in ("nginx", "haproxy") if w in med]
+    s = med.get("sluice")
+    if not s or not peers:
+        continue
+    best_rps = max(p[0] for p in peers)
+    best_cpu = min(p[1] for p in peers)
+    fmt = lambda w: (f"{med[w][0]:.0f}", f"{med[w][1]:.2f}") if w in med else ("—", "—")
+    (nr, nc), (hr, hc) = fmt("nginx"), fmt("haproxy")
+    rr = f"{s[0] / best_rps:.2f}×" if best_rps > 0 else "—"
+    cr = f"{s[1] / best_cpu:.2f}×" if best_cpu > 0 and not math.isnan(s[1]) else "—"
+    print(f"| {proto} | {human(size)} | {s[0]:.0f} | {rr} | {s[1]:.2f} | {cr} | {nr} | {nc} | {hr} | {hc} |")
+PY
