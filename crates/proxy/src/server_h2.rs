@@ -110,7 +110,9 @@ async fn serve_stream(
             let body = (!body.is_end_stream()).then_some(RequestBody::H2(body));
             // Each stream has its own timer (streams of a connection run concurrently).
             let mut timer = ConnTimer::default();
-            let handled = forward::handle(&head, body, cx, &mut timer);
+            // Boxed: the handler's future is large, and this stream's task (spawned per
+            // request) would otherwise copy all of it at every move, starting with the spawn.
+            let handled = Box::pin(forward::handle(&head, body, cx, &mut timer));
             // A client that resets the stream (or a connection that ends) while the instance
             // has not answered yet: the request is dropped, which releases the instance.
             match h2_stream::unless_reset(&mut respond, handled).await {
