@@ -272,7 +272,10 @@ async fn a_slow_reader_gets_a_large_body_whole() {
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").expect("size line");
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("size line");
         let size_text = std::str::from_utf8(&raw[..line_end]).expect("size line text");
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .expect("hex size");
