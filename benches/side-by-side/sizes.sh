@@ -10,7 +10,9 @@
 #   h2c    HTTP/2 with prior knowledge, h2load -t1 -c20 -m10
 #   https  HTTP/1.1 over TLS 1.3 (ECDSA P-256), wrk -t1 -c20 (handshakes only at connect)
 # Per cell and round: a 1 s warm-up, then SECONDS of load; req/s from the load generator, proxy
-# CPU µs per request from /proc (utime + stime over the run / requests). Contenders run one
+# CPU µs per request from /proc (utime + stime over the run / requests). For h1 cells, then
+# SECONDS of `loadgen` open-loop at a fixed rate below every contender's ceiling (RATES, per
+# size), for p50/p99 latency measured from each request's intended send time. Contenders run one
 # after another, interleaved over ROUNDS rounds; medians are reported, and ratios against the
 # best peer of the cell (highest req/s, lowest CPU per request of nginx and haproxy).
 # Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
@@ -20,12 +22,14 @@ SECS=${2:-5}
 SIZES=${SIZES:-64 1024 16384 131072 1048576}
 PROTOS=${PROTOS:-h1 h2c https}
 CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
+# Fixed request rate per body size for the h1 latency run (size:rate).
+RATES=${RATES:-64:20000 1024:20000 16384:15000 131072:5000 1048576:600}
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
 for tool in nginx haproxy wrk h2load openssl taskset; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
 done
-cargo build --release --locked -p sluice >&2
+cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
 work=$(mktemp -d)
 pids=()
@@ -175,7 +179,12 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r n rps < <(load "$proto" "$url" "$SECS")
         after=$(ticks "${pid[$who]}")
         cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "nan"}')
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$rps" "$cpu" >> "$results"
+        lat="{}"
+        rate=$(tr ' ' '\n' <<<"$RATES" | awk -F: -v s="$size" '$1 == s {print $2}')
+        if [ "$proto" = h1 ] && [ -n "$rate" ]; then
+          lat=$(taskset -c 1 target/release/loadgen --url "$url" --rate "$rate" --connections 20 --duration "$SECS")
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$rps" "$cpu" "$lat" >> "$results"
         echo "round $round $proto $size $who: $rps req/s, $cpu µs CPU/req" >&2
       done
     done
@@ -183,12 +192,12 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 python3 - "$results" "$ROUNDS" "$SECS" <<'PY'
-import math, statistics, sys
+import json, math, statistics, sys
 path, rounds, secs = sys.argv[1:4]
 cells = {}
 for line in open(path):
-    _, proto, size, who, rps, cpu = line.rstrip("\n").split("\t")
-    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu)))
+    _, proto, size, who, rps, cpu, lat = line.rstrip("\n").split("\t")
+    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu), json.loads(lat)))
 def human(n):
     return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
 print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the best peer of the cell "
@@ -196,7 +205,7 @@ print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the b
 print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs best peer | nginx req/s | nginx µs/req | haproxy req/s | haproxy µs/req |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https"].index(k[0]), k[1])):
-    med = {w: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for w, v in cells[(proto, size)].items()}
+    med = {w: (statistics.median(r for r, _, _ in v), statistics.median(c for _, c, _ in v)) for w, v in cells[(proto, size)].items()}
     peers = [med[w] for w in ("nginx", "haproxy") if w in med]
     s = med.get("sluice")
     if not s or not peers:
@@ -208,4 +217,22 @@ for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https"].index(k
     rr = f"{s[0] / best_rps:.2f}×" if best_rps > 0 else "—"
     cr = f"{s[1] / best_cpu:.2f}×" if best_cpu > 0 and not math.isnan(s[1]) else "—"
     print(f"| {proto} | {human(size)} | {s[0]:.0f} | {rr} | {s[1]:.2f} | {cr} | {nr} | {nc} | {hr} | {hc} |")
+
+latency = [(k, v) for k, v in sorted(cells.items()) if k[0] == "h1" and any(l for _, _, l in v.get("sluice", []))]
+if latency:
+    print("\nh1 at a fixed rate (loadgen, open loop, 20 connections): medians of p50 / p99 in µs, and errors.\n")
+    print("| body | rate/s | Sluice p50 / p99 | nginx p50 / p99 | haproxy p50 / p99 |")
+    print("|---|---|---|---|---|")
+    for (proto, size), by in latency:
+        def cell(w):
+            runs = [l for _, _, l in by.get(w, []) if l]
+            if not runs:
+                return "—"
+            p50 = statistics.median(l["p50_us"] for l in runs)
+            p99 = statistics.median(l["p99_us"] for l in runs)
+            errors = sum(l["errors"] for l in runs)
+            return f"{p50:.0f} / {p99:.0f}" + (f" ({errors} errors)" if errors else "")
+        rates = [l["target_rate"] for _, _, l in by.get("sluice", []) if l]
+        rate = f"{statistics.median(rates):.0f}" if rates else "—"
+        print(f"| {human(size)} | {rate} | {cell('sluice')} | {cell('nginx')} | {cell('haproxy')} |")
 PY
