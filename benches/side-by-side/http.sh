@@ -22,21 +22,15 @@ done
 export PATH="$PATH:/usr/sbin"
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/side-by-side/lib.sh   # bench_workdir, nginx_head, haproxy_http_head, ticks, hz
+bench_workdir
 
 BACKEND=127.0.0.1:18000 NGINX=127.0.0.1:18001 HAPROXY=127.0.0.1:18002 SLUICE=127.0.0.1:18003 SLUICE_ADMIN=127.0.0.1:18903
 body=$(printf 'x%.0s' $(seq 1 63))
 
 mkdir -p "$work/backend" "$work/nginx"
 cat > "$work/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log warn;
-events { worker_connections 4096; }
+$(nginx_head "$work/backend")
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -44,36 +38,19 @@ http {
 }
 EOF
 cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
+$(nginx_head "$work/nginx")
 http {
   access_log off;
   keepalive_requests 1000000;
   upstream backend { server $BACKEND; keepalive 128; }
   server {
     listen $NGINX;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
+$(nginx_proxy_location)
   }
 }
 EOF
 cat > "$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
+$(haproxy_http_head)
 frontend fe
   bind $HAPROXY
   default_backend be
@@ -81,14 +58,7 @@ backend be
   server b1 $BACKEND
 EOF
 cat > "$work/sluice.toml" <<EOF
-[admin]
-bind = "$SLUICE_ADMIN"
-[runtime]
-worker_threads = 1
-[access_log]
-path = "off"
-[log]
-level = "warn"
+$(sluice_head "$SLUICE_ADMIN")
 [[listener]]
 name = "web"
 bind = "$SLUICE"
@@ -99,13 +69,8 @@ name = "backend"
 instances = ["$BACKEND"]
 EOF
 
-taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
-taskset -c 0 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!); nginx_pid=$!
-taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
-taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
-sleep 1
+start_contenders
 
-. benches/side-by-side/lib.sh   # ticks, rss_kb, hz
 
 declare -A addr=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [sluice]=$SLUICE)
 declare -A pid=([direct]="" [nginx]=$nginx_pid [haproxy]=$haproxy_pid [sluice]=$sluice_pid)

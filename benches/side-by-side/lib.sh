@@ -22,3 +22,45 @@ rss_kb() {
 
 # Clock ticks per second, to turn `ticks` into seconds.
 hz=$(getconf CLK_TCK)
+
+# A scratch directory in $work, removed at exit with every process listed in $pids.
+bench_workdir() {
+  work=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# nginx_head DIR: the main context of a one-worker nginx whose pid file and error log are in DIR.
+nginx_head() {
+  printf 'worker_processes 1;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\nevents { worker_connections 4096; }\n' "$1" "$1"
+}
+
+# The location of every nginx contender: HTTP/1.1 keep-alive to the upstream named `backend`.
+nginx_proxy_location() {
+  printf '    location / {\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n    }\n'
+}
+
+# global and defaults of every haproxy contender: one thread, HTTP keep-alive on both sides.
+haproxy_http_head() {
+  printf 'global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n'
+}
+
+# sluice_head ADMIN: the settings every Sluice contender runs with (one worker, no access log).
+sluice_head() {
+  printf '[admin]\nbind = "%s"\n[runtime]\nworker_threads = 1\n[access_log]\npath = "off"\n[log]\nlevel = "warn"\n' "$1"
+}
+
+# Starts the backend nginx (CPU 1) and the three contenders (CPU 0) from the files in $work;
+# sets nginx_pid, haproxy_pid and sluice_pid.
+start_contenders() {
+  taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
+  taskset -c 0 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!); nginx_pid=$!
+  taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
+  taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
+  sleep 1
+}

@@ -31,10 +31,8 @@ for tool in nginx haproxy wrk h2load openssl taskset; do
 done
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/side-by-side/lib.sh   # bench_workdir, nginx_head, haproxy_http_head, ticks, hz
+bench_workdir
 quiet() { local log; log=$("$@" 2>&1) || { echo "$log" >&2; return 1; }; }
 
 mkdir -p "$work/files" "$work/backend" "$work/nginx"
@@ -50,11 +48,7 @@ declare -A base=([nginx]=1811 [haproxy]=1812 [sluice]=1813)
 declare -A slot=([h1]=1 [h2c]=2 [https]=3)
 
 cat > "$work/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log warn;
-events { worker_connections 4096; }
+$(nginx_head "$work/backend")
 http {
   access_log off;
   sendfile on;
@@ -63,11 +57,7 @@ http {
 }
 EOF
 cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
+$(nginx_head "$work/nginx")
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -78,25 +68,12 @@ http {
     listen 127.0.0.1:18113 ssl;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
+$(nginx_proxy_location)
   }
 }
 EOF
 cat > "$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
+$(haproxy_http_head)
 frontend fe
   bind 127.0.0.1:18121
   bind 127.0.0.1:18122 proto h2
@@ -106,14 +83,7 @@ backend be
   server b1 $BACKEND
 EOF
 cat > "$work/sluice.toml" <<EOF
-[admin]
-bind = "127.0.0.1:18139"
-[runtime]
-worker_threads = 1
-[access_log]
-path = "off"
-[log]
-level = "warn"
+$(sluice_head "127.0.0.1:18139")
 [[listener]]
 name = "h1"
 bind = "127.0.0.1:18131"
@@ -140,13 +110,8 @@ name = "backend"
 instances = ["$BACKEND"]
 EOF
 
-taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
-taskset -c 0 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!); nginx_pid=$!
-taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
-taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
-sleep 1
+start_contenders
 
-. benches/side-by-side/lib.sh   # ticks, hz
 declare -A pid=([nginx]=$nginx_pid [haproxy]=$haproxy_pid [sluice]=$sluice_pid)
 
 # load PROTO URL SECONDS → "requests req/s" (0 0 when the generator reports errors)

@@ -20,10 +20,8 @@ done
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { echo "missing nginx's stream module (libnginx-mod-stream): run scripts/setup.sh" >&2; exit 1; }
 cargo build --release --locked -p sluice >&2
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/side-by-side/lib.sh   # bench_workdir, ticks, hz
+bench_workdir
 
 SERVER=127.0.0.1:19000 NGINX=127.0.0.1:19001 HAPROXY=127.0.0.1:19002 SLUICE=127.0.0.1:19003 SLUICE_ADMIN=127.0.0.1:19903
 

@@ -24,10 +24,8 @@ for tool in nginx haproxy openssl taskset; do
 done
 cargo build --release --locked -p sluice >&2
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/side-by-side/lib.sh   # bench_workdir, ticks, hz
+bench_workdir
 
 # Certificates: one CA, one leaf per key type (the CA is not checked by s_time; it only makes
 # the chain realistic: leaf + CA sent, as a production server would).
