@@ -7,7 +7,8 @@ set -euo pipefail
 # Debian packages: real peers for the tests (curl, openssl, etcd), GNU envsubst (gettext-base),
 # which the sidecar's envsubst mode is compared against, and the benchmarks' tools and
 # side-by-side contenders (nginx with its stream module, haproxy, wrk, h2load, hyperfine, valgrind,
-# iperf3).
+# iperf3). Debian's python3-grpcio is the real gRPC stack the gRPC tests run (Debian's own
+# /usr/bin/python3 imports it, whatever python3 comes first in PATH).
 need=()
 for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind iperf3:iperf3; do
   cmd=${pair%%:*} pkg=${pair#*:}
@@ -15,6 +16,7 @@ for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:hapro
 done
 # nginx's `stream` (TCP proxy) module, for the TCP relay benchmark.
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need+=(python3-grpcio)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
