@@ -67,6 +67,10 @@ pub const OUTLIER_MAX_EJECTED_PERCENT: u8 = 50;
 pub const POOL_MAX_IDLE: usize = 256;
 /// `[service.pool] idle_timeout`.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[service.pool] http2_max_connections`. HTTP/2 connections per instance: each carries the instance's stream limit (commonly 100 or
+/// more), so a few cover thousands of requests in flight, and a second one spreads the
+/// framing work over more than one core.
+pub const POOL_HTTP2_MAX_CONNECTIONS: usize = 4;
 
 /// `[[listener]] idle_timeout` for `protocol = "tcp"`.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -517,6 +517,29 @@ pub struct PoolConfig {
     pub max_idle_per_instance: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
+    /// HTTP/2 services: connections per instance at most. One carries as many streams as
+    /// the instance allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`); another opens only when
+    /// every open one is full, and past this bound requests wait for a free stream.
+    pub http2_max_connections: usize,
+}
+
+/// `protocol`: how Sluice speaks to a service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, over TLS when `[service.tls]` is set.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext TCP.
+    H2c,
+    /// HTTP/2 over TLS, agreed through ALPN (`[service.tls]` required).
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Whether requests go out as HTTP/2 streams.
+    pub fn is_http2(self) -> bool {
+        !matches!(self, UpstreamProtocol::Http1)
+    }
 }
 
 /// `[[service]]`.
@@ -526,6 +549,8 @@ pub struct ServiceConfig {
     pub name: String,
     /// Balancing algorithm.
     pub balancer: Balancer,
+    /// How requests go to the instances.
+    pub protocol: UpstreamProtocol,
     /// Upstream instances; may be empty (requests then get 503).
     pub instances: Vec<InstanceConfig>,
     /// Timeouts.
@@ -554,6 +579,7 @@ impl ServiceConfig {
         ServiceConfig {
             name: name.to_owned(),
             balancer: Balancer::RoundRobin,
+            protocol: UpstreamProtocol::Http1,
             instances: Vec::new(),
             timeouts: Timeouts {
                 connect: d::CONNECT_TIMEOUT,
@@ -578,6 +604,7 @@ impl ServiceConfig {
             pool: PoolConfig {
                 max_idle_per_instance: d::POOL_MAX_IDLE,
                 idle_timeout: d::POOL_IDLE_TIMEOUT,
+                http2_max_connections: d::POOL_HTTP2_MAX_CONNECTIONS,
             },
             serve: Serve::Any,
             health: None,

@@ -104,6 +104,7 @@ pub(crate) struct RawRedirect {
 pub(crate) struct RawService {
     pub(crate) name: S<String>,
     pub(crate) balancer: Option<S<String>>,
+    pub(crate) protocol: Option<S<String>>,
     pub(crate) hash_on: Option<S<String>>,
     pub(crate) instances: Option<Vec<S<RawInstance>>>,
     pub(crate) timeouts: Option<RawTimeouts>,
@@ -168,6 +169,7 @@ pub(crate) struct RawOutlier {
 pub(crate) struct RawPool {
     pub(crate) max_idle_per_instance: Option<S<i64>>,
     pub(crate) idle_timeout: Option<S<String>>,
+    pub(crate) http2_max_connections: Option<S<i64>>,
 }
 
 /// An instance is written either as `"127.0.0.1:9001"` or `{ address = "...", weight = 2 }`

@@ -337,3 +337,59 @@ on_demotion = "kep"
         assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
     }
 }
+
+#[test]
+fn a_service_protocol_agrees_with_its_tls() {
+    let service = |extra: &str| {
+        format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n[[route]]\nservice = \"s\"\n\
+             [[service]]\nname = \"s\"\ninstances = [\"127.0.0.1:2\"]\n{extra}\n"
+        )
+    };
+    let cfg = parse_str("c.toml", &service("")).expect("valid");
+    assert_eq!(
+        cfg.services[0].protocol,
+        sluice_config::UpstreamProtocol::Http1
+    );
+    assert_eq!(cfg.services[0].pool.http2_max_connections, 4);
+    let cfg = parse_str(
+        "c.toml",
+        &service("protocol = \"h2c\"\n[service.pool]\nhttp2_max_connections = 2"),
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.services[0].protocol,
+        sluice_config::UpstreamProtocol::H2c
+    );
+    assert_eq!(cfg.services[0].pool.http2_max_connections, 2);
+    let tls = "[service.tls]\ninsecure_skip_verify = true";
+    let cfg = parse_str("c.toml", &service(&format!("protocol = \"h2\"\n{tls}"))).expect("valid");
+    assert_eq!(
+        cfg.services[0].protocol,
+        sluice_config::UpstreamProtocol::H2
+    );
+
+    for (extra, want) in [
+        (
+            "protocol = \"h2\"".to_owned(),
+            "c.toml:9:12: error: protocol = \"h2\" is HTTP/2 over TLS, and this service has no [service.tls]",
+        ),
+        (
+            format!("protocol = \"h2c\"\n{tls}"),
+            "c.toml:9:12: error: protocol = \"h2c\" is cleartext HTTP/2, but this service has [service.tls]",
+        ),
+        (
+            "protocol = \"http2\"".to_owned(),
+            "c.toml:9:12: error: unknown protocol \"http2\"",
+        ),
+        (
+            "[service.pool]\nhttp2_max_connections = 0".to_owned(),
+            "c.toml:10:25: error:",
+        ),
+    ] {
+        let shown = parse_str("c.toml", &service(&extra))
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+    }
+}

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::exchange::Exchange;
-use crate::h1::UpstreamBody;
+use crate::link::{InstanceBody, InstanceBodyError};
 use crate::request_body::{BoxError, StallTimer};
 
 /// Why a response body stopped early.
@@ -26,14 +26,14 @@ pub(crate) enum ResponseBodyError {
     #[error("the request's total deadline passed while streaming the response body")]
     Deadline,
     #[error("upstream response body failed: {0}")]
-    Upstream(#[source] crate::h1::BodyError),
+    Upstream(#[source] InstanceBodyError),
 }
 
 #[derive(Debug)]
 enum DownInner {
     Local(Option<Bytes>),
     Upstream {
-        inner: UpstreamBody,
+        inner: InstanceBody,
         idle: Duration,
         deadline: Instant,
         timer: StallTimer,
@@ -67,7 +67,7 @@ impl DownBody {
     }
 
     pub(crate) fn upstream(
-        inner: UpstreamBody,
+        inner: InstanceBody,
         idle: Duration,
         deadline: Instant,
         exchange: Exchange,

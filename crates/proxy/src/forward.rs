@@ -27,8 +27,10 @@ use crate::conn::ConnTimer;
 use crate::error::{ClientBodyTimedOut, ProxyError, ProxyErrorKind};
 use crate::exchange::{BytesIn, Exchange, UpstreamUse};
 use crate::failover::{Awaited, FailedOn};
-use crate::h1::{OutgoingRequest, SendError, UpConn, UpResponse};
+use crate::h1::OutgoingRequest;
+use crate::h2_up::H2Settings;
 use crate::headers::{RequestId, UpstreamFields};
+use crate::link::{InstanceHead, InstanceResponse, UpLink};
 use crate::listener_state::ConnCtx;
 use crate::pool;
 use crate::request_body::{ClientStream, RequestBody, UpBody};
@@ -36,6 +38,7 @@ use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
 use crate::retry::{self, Cost, Decision, Outcome, RetryPolicy};
 use crate::route_rules::LocalAnswer;
 use crate::routing::Route;
+use crate::send_error::SendError;
 use crate::upstream::{InFlight, Instance, Picked, Service, Tried};
 use sluice_codec::request::RequestHead;
 use sluice_codec::response::UpstreamHead;
@@ -66,6 +69,8 @@ pub(crate) async fn handle(
     });
     drop(rt);
     let mut exchange = Exchange::new(start, cx.watch.clone(), request_id.clone(), log);
+    let grpc = crate::grpc::is_grpc(head);
+    let answer = Answer { request_id, grpc };
 
     let Some(route) = route else {
         cx.listener.unrouted.increment(1);
@@ -73,15 +78,25 @@ pub(crate) async fn handle(
             ProxyErrorKind::NoRoute,
             "no route matches this host and path",
         );
-        return local_error(&err, None, request_id, exchange);
+        return local_error(&err, None, answer, exchange);
     };
     exchange.route = Some(Arc::clone(&route));
-    if let Some(answer) = route.local_answer(cx.peer.ip(), head.path(), head.query()) {
-        return local_answer(answer, &route, request_id, exchange);
+    if let Some(local) = route.local_answer(cx.peer.ip(), head.path(), head.query()) {
+        return local_answer(local, &route, answer, exchange);
     }
     let service = Arc::clone(&route.service);
-    let deadline = start + service.config.timeouts.total;
-    let prepared = Prepared::new(head, &route, cx, &request_id, (deadline, body_timeout));
+    let mut total = service.config.timeouts.total;
+    if grpc && let Some(asked) = crate::grpc::timeout(head) {
+        total = total.min(asked);
+    }
+    let deadline = start + total;
+    let prepared = Prepared::new(
+        head,
+        &route,
+        cx,
+        &answer.request_id,
+        (deadline, body_timeout),
+    );
     match forward(prepared, body, start, &mut exchange, timer).await {
         Ok(Forwarded {
             response,
@@ -92,34 +107,44 @@ pub(crate) async fn handle(
             exchange.upstream = Some(upstream);
             let t = &service.config.timeouts;
             let body = DownBody::upstream(response.body, t.idle, deadline.into(), exchange);
+            let fields = match response.head {
+                InstanceHead::H1(head) => ResponseFields::Upstream(head),
+                InstanceHead::H2(map) => ResponseFields::UpstreamH2(map),
+            };
             ProxyResponse {
                 head: ResponseHead {
                     status: response.status,
-                    fields: ResponseFields::Upstream(response.head),
+                    fields,
                 },
-                request_id,
+                request_id: answer.request_id,
                 body,
                 switched,
             }
         }
         Err(err) => {
             tracing::debug!(service = %service.name, error = %err, "request failed");
-            local_error(&err, Some(&service.name), request_id, exchange)
+            local_error(&err, Some(&service.name), answer, exchange)
         }
     }
 }
 
+/// How Sluice answers a request itself: with its id, and as a gRPC error to a gRPC call.
+struct Answer {
+    request_id: RequestId,
+    grpc: bool,
+}
+
 /// The response for a local answer, logged and counted like every answer.
 fn local_answer(
-    answer: LocalAnswer,
+    local: LocalAnswer,
     route: &Route,
-    request_id: RequestId,
+    answer: Answer,
     mut exchange: Exchange,
 ) -> ProxyResponse {
-    match answer {
+    match local {
         LocalAnswer::Denied(err) => {
             let service = Some(&*route.service.name).filter(|s| !s.is_empty());
-            local_error(&err, service, request_id, exchange)
+            local_error(&err, service, answer, exchange)
         }
         LocalAnswer::Redirect(response) => {
             let (parts, bytes) = response.into_parts();
@@ -129,7 +154,7 @@ fn local_answer(
                     status: parts.status,
                     fields: ResponseFields::Local(parts.headers),
                 },
-                request_id,
+                request_id: answer.request_id,
                 body: DownBody::local(bytes, exchange),
                 switched: None,
             }
@@ -149,19 +174,26 @@ fn switches_as_asked(request: &RequestHead, response: &UpstreamHead) -> bool {
         })
 }
 
-/// Sluice's own answer for `err`: its status and JSON body.
-pub(crate) fn local_error(
+/// Sluice's own answer for `err`: its status and JSON body, or for a gRPC call a gRPC error
+/// (logged and counted under the error's HTTP status all the same, so that dashboards see it).
+fn local_error(
     err: &ProxyError,
     service: Option<&str>,
-    request_id: RequestId,
+    answer: Answer,
     mut exchange: Exchange,
 ) -> ProxyResponse {
-    let (headers, bytes) = err.to_response(service, request_id.as_str());
+    let Answer { request_id, grpc } = answer;
+    let ((status, headers), bytes) = if grpc {
+        (crate::grpc::error_head(err), bytes::Bytes::new())
+    } else {
+        let (headers, bytes) = err.to_response(service, request_id.as_str());
+        ((err.kind.status(), headers), bytes)
+    };
     exchange.status = err.kind.status().as_u16();
     exchange.error = Some(err.kind);
     ProxyResponse {
         head: ResponseHead {
-            status: err.kind.status(),
+            status,
             fields: ResponseFields::Local(headers),
         },
         request_id,
@@ -171,7 +203,7 @@ pub(crate) fn local_error(
 }
 
 struct Forwarded {
-    response: UpResponse,
+    response: InstanceResponse,
     upstream: UpstreamUse,
     /// The instance switched protocols (`101`): its connection, for the tunnel.
     switched: Option<Box<Switched>>,
@@ -632,13 +664,13 @@ async fn attempt<'a>(
 /// deadlines: `None` when one passed first.
 async fn send<'b>(
     p: &Prepared<'_>,
-    conn: Box<UpConn>,
+    conn: UpLink,
     body: UpBody<'b>,
     streamed: bool,
     sent_at: Instant,
     picked: &Picked,
     timer: &mut ConnTimer,
-) -> Option<Result<UpResponse, SendError<'b>>> {
+) -> Option<Result<InstanceResponse, SendError<'b>>> {
     let outgoing = OutgoingRequest {
         head: p.head,
         target: &p.target,
@@ -682,7 +714,7 @@ fn demoted(picked: &Picked) -> ProxyError {
 /// switched connection) on.
 fn answered(
     p: &Prepared<'_>,
-    mut response: UpResponse,
+    mut response: InstanceResponse,
     picked: &Picked,
     in_flight: InFlight,
     sent_at: Instant,
@@ -704,7 +736,12 @@ fn answered(
     // the route: the client would be left speaking one protocol to a connection that speaks
     // another, past the route's rules.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let unasked_switch = switching && !(p.upgrade && switches_as_asked(p.head, &response.head));
+    let asked = |head: &InstanceHead| match head {
+        InstanceHead::H1(head) => switches_as_asked(p.head, head),
+        // HTTP/2 has no `101`; h2 refuses one.
+        InstanceHead::H2(_) => false,
+    };
+    let unasked_switch = switching && !(p.upgrade && asked(&response.head));
     if status.is_server_error() || unasked_switch {
         service.record_failure(&picked.instance, None, now_ms);
     } else {
@@ -805,24 +842,29 @@ fn head_timed_out(p: &Prepared<'_>, picked: &Picked) -> AttemptEnd {
     AttemptEnd::Failed(Outcome::Failed, err)
 }
 
-/// A connection to the instance: a pooled one that is still good, else a new one under the
-/// connect timeout (boxed: the connect and TLS handshake future is large and most requests
-/// never need it). Its failures never reached the instance.
+/// A way to the instance: for HTTP/1.1 a pooled connection that is still good, else a new one
+/// under the connect timeout (boxed: the connect and TLS handshake future is large and most
+/// requests never need it); for HTTP/2 a stream on one of its connections. Its failures never
+/// reached the instance.
 async fn connection(
     service: &Service,
     in_flight: &InFlight,
     now_ms: u64,
     deadline: Instant,
-) -> Result<Box<UpConn>, ProxyError> {
+) -> Result<UpLink, ProxyError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let connect_timeout = service.config.timeouts.connect.min(remaining);
+    let protocol = service.config.protocol;
+    if protocol.is_http2() {
+        return Box::pin(h2_link(service, in_flight, connect_timeout)).await;
+    }
     let pooled = in_flight
         .instance
         .pool
         .checkout(now_ms, service.config.pool.idle_timeout);
     if let Some(conn) = pooled {
-        return Ok(conn);
+        return Ok(UpLink::H1(conn));
     }
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let connect_timeout = service.config.timeouts.connect.min(remaining);
     let connect = pool::connect(
         in_flight.instance.addr,
         connect_timeout,
@@ -830,7 +872,33 @@ async fn connection(
     );
     let conn = Box::pin(connect).await?;
     service.metrics.new_connections.increment(1);
-    Ok(conn)
+    Ok(UpLink::H1(conn))
+}
+
+/// A stream on one of the instance's HTTP/2 connections (`h2_up`).
+async fn h2_link(
+    service: &Service,
+    in_flight: &InFlight,
+    connect_timeout: Duration,
+) -> Result<UpLink, ProxyError> {
+    let cfg = &service.config;
+    let tls = service.tls.as_ref();
+    let settings = H2Settings {
+        max_connections: cfg.pool.http2_max_connections,
+        idle_timeout: cfg.pool.idle_timeout,
+        connect_timeout,
+        tls: tls.is_some(),
+    };
+    let link = in_flight
+        .instance
+        .h2
+        .link(in_flight.instance.addr, tls, settings)
+        .await?;
+    if link.is_fresh() {
+        service.metrics.new_connections.increment(1);
+    }
+    let scheme = if settings.tls { "https" } else { "http" };
+    Ok(UpLink::H2(link, scheme))
 }
 
 /// When the wait for a response head ends (capped by the request's total deadline).

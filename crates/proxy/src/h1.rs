@@ -32,7 +32,8 @@ use sluice_tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::request_body::{BoxError, UpBody};
+use crate::request_body::UpBody;
+use crate::send_error::SendError;
 use sluice_codec::chunked::{self, ChunkError, Chunked, Step, encode_data};
 use sluice_codec::fields;
 use sluice_codec::request::{BodyLength, RequestHead};
@@ -85,43 +86,6 @@ pub(crate) struct UpResponse {
     pub(crate) status: StatusCode,
     pub(crate) head: UpstreamHead,
     pub(crate) body: UpstreamBody,
-}
-
-/// Why an exchange failed.
-#[derive(Debug)]
-pub(crate) enum SendError<'b> {
-    /// Nothing reached the instance's application: writing the head failed, or a reused
-    /// connection closed before any response byte. The body comes back for another attempt
-    /// when it was not consumed.
-    Unsent {
-        reused: bool,
-        body: Option<UpBody<'b>>,
-    },
-    /// The connection failed after the request (or part of it) went out.
-    Io(io::Error),
-    /// The instance closed the connection before a complete response head.
-    Closed,
-    /// The response head is malformed, too large, or frames its body ambiguously.
-    BadResponse(ResponseError),
-    /// The first chunk-size line of a chunked body is malformed.
-    BadChunk(ChunkError),
-    /// The client's body failed or stalled (`ClientBodyFailed` / `ClientBodyTimedOut`).
-    ClientBody(BoxError),
-}
-
-impl std::fmt::Display for SendError<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Unsent { .. } => {
-                f.write_str("connection closed before the request was sent")
-            }
-            SendError::Io(e) => write!(f, "connection error: {e}"),
-            SendError::Closed => f.write_str("connection closed before a complete response head"),
-            SendError::BadResponse(why) => write!(f, "{why}"),
-            SendError::BadChunk(why) => write!(f, "malformed chunked response body: {why}"),
-            SendError::ClientBody(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 impl UpConn {

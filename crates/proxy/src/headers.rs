@@ -107,6 +107,35 @@ impl<'a> UpstreamFields<'a> {
     }
 }
 
+impl UpstreamFields<'_> {
+    /// The proxy's fields for an HTTP/2 instance: as [`Self::write`] writes them, less `Host`
+    /// (`:authority` carries it) and `Connection` (HTTP/2 has none).
+    pub(crate) fn insert_into(&self, map: &mut http::HeaderMap) {
+        let mut forwarded_for = BytesMut::new();
+        if let Some(prev) = self.forwarded_for {
+            forwarded_for.extend_from_slice(prev);
+            forwarded_for.extend_from_slice(b", ");
+        }
+        forwarded_for.extend_from_slice(self.client_ip.as_bytes());
+        let mut put = |name: &'static str, value: &[u8]| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                map.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("x-forwarded-for", &forwarded_for);
+        put("x-forwarded-proto", self.forwarded_proto.as_bytes());
+        if let Some(host) = self.forwarded_host {
+            put("x-forwarded-host", host);
+        }
+        put("x-request-id", self.request_id.as_bytes());
+        if let Some(tls) = self.identity {
+            for (name, value) in tls.identity_fields() {
+                map.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// The request's id: the client's `x-request-id` when it is 1–128 printable ASCII characters
 /// (its bytes, shared with the request head), else a new random 128-bit id in hex (held inline:
 /// no allocation). It goes to the instance, back to the client and into the access log.

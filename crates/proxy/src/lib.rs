@@ -2,7 +2,8 @@
 //!
 //! Contract:
 //! - [`Proxy::start`] binds every listener of a validated [`sluice_config::Config`] and serves
-//!   HTTP/1.1 and HTTP/2 (prior knowledge) on them; [`Proxy::apply`] swaps in a new
+//!   HTTP/1.1 and HTTP/2 (prior knowledge) on them, speaking HTTP/1.1 or HTTP/2 (`protocol`) to
+//!   instances, gRPC passed through; [`Proxy::apply`] swaps in a new
 //!   configuration atomically (all of it or none of it) without dropping in-flight requests,
 //!   idle upstream connections or instance health; [`Proxy::shutdown`] drains gracefully.
 //! - Every request gets an answer: the instance's, or a JSON error with a precise status
@@ -23,9 +24,12 @@ mod error;
 mod exchange;
 mod failover;
 mod forward;
+mod grpc;
 mod h1;
 mod h2_stream;
+mod h2_up;
 mod headers;
+mod link;
 mod listener;
 mod listener_state;
 pub mod metrics;
@@ -37,6 +41,7 @@ mod response;
 mod retry;
 mod route_rules;
 mod routing;
+mod send_error;
 mod server_h1;
 mod server_h2;
 mod sni;

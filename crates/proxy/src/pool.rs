@@ -1,5 +1,6 @@
 //! Keep-alive connections to one instance: a bounded lock-free queue of idle HTTP/1.1
-//! connections, and the connect path that makes new ones (see `h1` for how they are used).
+//! connections, and the connect path that makes new ones (see `h1` for how they are used;
+//! HTTP/2 instances share the connect path, their connections are `h2_up`'s).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -62,12 +63,22 @@ impl Pool {
     }
 }
 
-/// Opens a new connection to `addr` within `timeout` (TCP, then TLS when configured).
+/// Opens a new HTTP/1.1 connection to `addr` within `timeout` (TCP, then TLS when configured).
 pub(crate) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&sluice_tls::ClientTls>,
 ) -> Result<Box<UpConn>, ProxyError> {
+    connect_io(addr, timeout, tls).await.map(UpConn::new)
+}
+
+/// Opens a byte stream to `addr`: TCP within `timeout`, then the TLS handshake (when
+/// configured) within `timeout` again.
+pub(crate) async fn connect_io(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&sluice_tls::ClientTls>,
+) -> Result<UpIo, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -89,10 +100,10 @@ pub(crate) async fn connect(
     // Small request heads must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return Ok(UpConn::new(UpIo::Plain(stream)));
+        return Ok(UpIo::Plain(stream));
     };
     match tokio::time::timeout(timeout, tls.connect(addr.ip(), stream)).await {
-        Ok(Ok(s)) => Ok(UpConn::new(UpIo::Tls(Box::new(s)))),
+        Ok(Ok(s)) => Ok(UpIo::Tls(Box::new(s))),
         Ok(Err(e)) => Err(ProxyError::new(
             ProxyErrorKind::ConnectFailed,
             format!("TLS handshake with {addr}: {e}"),

@@ -236,12 +236,13 @@ impl Proxy {
         let mut client_tls = HashMap::new();
         for sc in &config.services {
             if let Some(t) = &sc.tls {
-                let loaded = crate::tls::client_tls(&sc.name, t).map_err(|source| {
-                    ApplyError::ServiceTls {
-                        service: sc.name.clone(),
-                        source,
-                    }
-                })?;
+                let loaded =
+                    crate::tls::client_tls(&sc.name, t, sc.protocol).map_err(|source| {
+                        ApplyError::ServiceTls {
+                            service: sc.name.clone(),
+                            source,
+                        }
+                    })?;
                 client_tls.insert(sc.name.as_str(), loaded);
             }
         }
@@ -527,6 +528,7 @@ impl Proxy {
                             requests: i.requests(),
                             failures: i.failures(),
                             idle_connections: i.idle_connections(),
+                            http2_connections: i.h2.open_connections(),
                         }
                     })
                     .collect(),
@@ -679,8 +681,10 @@ pub struct InstanceView {
     pub requests: u64,
     /// Attempts failed.
     pub failures: u64,
-    /// Idle pooled connections.
+    /// Idle pooled connections (HTTP/1.1 services).
     pub idle_connections: usize,
+    /// Open HTTP/2 connections (`protocol = "h2c"` or `"h2"`).
+    pub http2_connections: usize,
 }
 
 /// An instance's active health as the admin API shows it.

@@ -187,6 +187,21 @@ impl<'a> ClientStream<'a> {
         }
     }
 
+    /// The same stream free of the client connection's borrow, when it has none (an HTTP/2
+    /// client's stream): it can then be sent by a task of its own. An HTTP/1.x client's body is
+    /// read by its connection's task and comes back as it was.
+    pub(crate) fn into_owned(self) -> Result<ClientStream<'static>, Self> {
+        match self.inner {
+            RequestBody::H2(body) => Ok(ClientStream {
+                inner: RequestBody::H2(body),
+                stall: self.stall,
+                timer: self.timer,
+                bytes: self.bytes,
+            }),
+            inner @ RequestBody::H1(_) => Err(ClientStream { inner, ..self }),
+        }
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

@@ -24,6 +24,8 @@ use sluice_codec::response::UpstreamHead;
 #[derive(Debug)]
 pub(crate) enum ResponseFields {
     Upstream(UpstreamHead),
+    /// An HTTP/2 instance's, as h2 decoded them.
+    UpstreamH2(HeaderMap),
     /// Sluice's own answer.
     Local(HeaderMap),
 }
@@ -40,6 +42,7 @@ impl ResponseHead {
     pub(crate) fn states_length(&self) -> bool {
         match &self.fields {
             ResponseFields::Upstream(u) => u.content_length.is_some() && !u.transfer_encoding,
+            ResponseFields::UpstreamH2(map) => map.contains_key(header::CONTENT_LENGTH),
             ResponseFields::Local(_) => false,
         }
     }
@@ -83,6 +86,12 @@ impl ProxyResponse {
                     }
                 }
                 if !up.date {
+                    map.insert(header::DATE, http_date());
+                }
+                map
+            }
+            ResponseFields::UpstreamH2(mut map) => {
+                if !map.contains_key(header::DATE) {
                     map.insert(header::DATE, http_date());
                 }
                 map
@@ -140,10 +149,14 @@ pub(crate) fn encode_h1(
             sluice_codec::fields::write_lines(out, &up.buf, up.forwarded(head.status));
             date = !up.date;
         }
-        ResponseFields::Local(map) => {
+        ResponseFields::Local(map) | ResponseFields::UpstreamH2(map) => {
             out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
             out.extend_from_slice(b"\r\n");
             for (name, value) in map {
+                // The request's id is written below (an HTTP/2 instance may send its own).
+                if name == crate::headers::X_REQUEST_ID {
+                    continue;
+                }
                 date &= name != header::DATE;
                 put_field(out, name.as_str().as_bytes(), value.as_bytes());
             }

@@ -267,9 +267,13 @@ pub(crate) async fn admit(
 }
 
 /// Loads `[service.tls]` (files re-read on every apply), warning when verification is off.
+/// ALPN offers the service's protocol alone: an instance that cannot speak it fails the
+/// handshake (or agrees to nothing, which `pool::connect` refuses for HTTP/2) rather than
+/// being spoken to in a protocol it did not choose.
 pub(crate) fn client_tls(
     service: &str,
     t: &sluice_config::ServiceTlsConfig,
+    protocol: sluice_config::UpstreamProtocol,
 ) -> Result<sluice_tls::ClientTls, TlsError> {
     if t.insecure_skip_verify {
         tracing::warn!(
@@ -285,6 +289,10 @@ pub(crate) fn client_tls(
             server_name: t.server_name.clone(),
             insecure_skip_verify: t.insecure_skip_verify,
         },
-        true,
+        if protocol.is_http2() {
+            &[b"h2"]
+        } else {
+            &[b"http/1.1"]
+        },
     )
 }

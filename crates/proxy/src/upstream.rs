@@ -8,13 +8,14 @@ use std::sync::atomic::{
 };
 
 use arc_swap::ArcSwap;
-use sluice_config::{OnDemotion, Serve, ServiceConfig};
+use sluice_config::{OnDemotion, Serve, ServiceConfig, UpstreamProtocol};
 use sluice_health::{Claim, InstanceHealth, OutlierState, PrimaryChoice};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Balancer, Load};
 use crate::error::{ProxyError, ProxyErrorKind};
+use crate::h2_up::H2Pool;
 use crate::metrics::ServiceMetrics;
 use crate::pool::Pool;
 
@@ -34,6 +35,10 @@ pub struct Instance {
     /// Active health; written by this instance's probe task.
     pub(crate) health: InstanceHealth,
     pub(crate) pool: Pool,
+    /// HTTP/2 connections, for services that speak it (`protocol`, fixed for the instance's
+    /// life: a reload that changes it makes a new instance).
+    pub(crate) h2: H2Pool,
+    protocol: UpstreamProtocol,
     requests: AtomicU64,
     failures: AtomicU64,
     /// Cancelled (and replaced) to close every open TCP session to this instance.
@@ -41,7 +46,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub(crate) fn new(addr: SocketAddr, pool_capacity: usize) -> Self {
+    pub(crate) fn new(addr: SocketAddr, pool_capacity: usize, protocol: UpstreamProtocol) -> Self {
         Self {
             addr,
             label: addr.to_string().into(),
@@ -52,6 +57,8 @@ impl Instance {
             outlier: OutlierState::default(),
             health: InstanceHealth::default(),
             pool: Pool::new(pool_capacity),
+            h2: H2Pool::default(),
+            protocol,
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             sessions: ArcSwap::from_pointee(CancellationToken::new()),
@@ -337,9 +344,16 @@ impl Service {
             .iter()
             .map(|i| {
                 existing(i.address)
-                    .filter(|inst| inst.pool.capacity() == config.pool.max_idle_per_instance.max(1))
+                    .filter(|inst| {
+                        inst.pool.capacity() == config.pool.max_idle_per_instance.max(1)
+                            && inst.protocol == config.protocol
+                    })
                     .unwrap_or_else(|| {
-                        Arc::new(Instance::new(i.address, config.pool.max_idle_per_instance))
+                        Arc::new(Instance::new(
+                            i.address,
+                            config.pool.max_idle_per_instance,
+                            config.protocol,
+                        ))
                     })
             })
             .collect();

@@ -22,7 +22,8 @@ fn modules_import_downward_only() {
     for (module, imported) in [
         ("h1", "request_body"),
         ("h1", "headers"),
-        ("body", "h1"),
+        ("body", "link"),
+        ("link", "h2_up"),
         ("forward", "listener_state"),
         ("server_h1", "forward"),
         ("listener", "server_h1"),

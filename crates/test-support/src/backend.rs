@@ -3,11 +3,14 @@
 //!
 //! Paths it understands (any method):
 //! - `/status/NNN` answers NNN; `/delay/MS` answers after MS milliseconds;
-//! - `/echo` echoes the request body; `/big/N` sends N bytes;
+//! - `/echo` echoes the request body; `/stream-echo` sends each piece of the request body back
+//!   as it arrives (both ways at once over HTTP/2); `/big/N` sends N bytes;
 //! - `/stall-body/MS` sends the head, then waits MS before the body;
 //! - `/ws` accepts a WebSocket and echoes every message;
 //! - anything else answers 200 with a JSON description of the request (backend name, method,
-//!   path, query, headers, body length).
+//!   path, query, headers, body length, HTTP version and the URI's authority).
+//!
+//! [`Backend::start_h2c`] starts one that speaks HTTP/2 with prior knowledge instead.
 //!
 //! [`Backend::set_mode`] makes every request fail in a chosen way, to test failover.
 
@@ -24,7 +27,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -85,6 +88,26 @@ impl Backend {
         addr: SocketAddr,
         settings: Option<std::path::PathBuf>,
     ) -> Self {
+        Self::start_speaking(name, addr, settings, false)
+    }
+
+    /// Starts a backend speaking HTTP/2 with prior knowledge (h2c) on a fresh loopback port.
+    pub fn start_h2c(name: &str) -> Self {
+        let addr = "127.0.0.1:0".parse().expect("loopback");
+        Self::start_speaking(name, addr, None, true)
+    }
+
+    /// Starts an h2c backend on a chosen address (to bring one back on the same port).
+    pub fn start_h2c_on(name: &str, addr: SocketAddr) -> Self {
+        Self::start_speaking(name, addr, None, true)
+    }
+
+    fn start_speaking(
+        name: &str,
+        addr: SocketAddr,
+        settings: Option<std::path::PathBuf>,
+        h2c: bool,
+    ) -> Self {
         let std_listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("backend {name}: bind {addr}: {e}"));
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -106,7 +129,7 @@ impl Backend {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(serve(std_listener, s, stop_rx));
+                rt.block_on(serve(std_listener, s, stop_rx, h2c));
             })
             .expect("spawn backend thread");
         Self {
@@ -179,6 +202,7 @@ async fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    h2c: bool,
 ) {
     let listener = TcpListener::from_std(listener).expect("tokio listener");
     let mut tasks = tokio::task::JoinSet::new();
@@ -194,8 +218,18 @@ async fn serve(
                         return; // Reset: drop the connection unanswered.
                     }
                     let svc = service_fn(move |req| handle(req, Arc::clone(&shared)));
+                    let io = TokioIo::new(stream);
+                    if h2c {
+                        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc);
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = stop.changed() => {}
+                        }
+                        return;
+                    }
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection(io, svc)
                         .with_upgrades();
                     tokio::select! {
                         _ = conn => {}
@@ -277,6 +311,14 @@ async fn handle(
             return Ok(full(StatusCode::OK, body));
         }
         "big" => return Ok(full(StatusCode::OK, vec![b'x'; arg.parse().unwrap_or(0)])),
+        "stream-echo" => {
+            // Each piece goes back as it comes; a failed request body ends the answer.
+            let pieces = http_body_util::BodyStream::new(req.into_body())
+                .take_while(|f| std::future::ready(f.is_ok()))
+                .filter_map(|f| std::future::ready(f.ok().and_then(|f| f.into_data().ok())))
+                .map(|data| Ok::<_, Infallible>(Frame::data(data)));
+            return Ok(Response::new(BodyExt::boxed(StreamBody::new(pieces))));
+        }
         "stall-body" => {
             let ms = arg.parse().unwrap_or(0);
             let stream = futures_util::stream::once(async move {
@@ -300,6 +342,13 @@ async fn handle(
         .collect();
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_owned);
+    // As ALPN names them (`h2`, `http/1.1`).
+    let version = match req.version() {
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    };
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     let body = req
         .into_body()
         .collect()
@@ -313,6 +362,8 @@ async fn handle(
         "query": query,
         "headers": headers,
         "body_len": body.len(),
+        "version": version,
+        "authority": authority,
     });
     let mut json = json;
     if let Some(path) = &shared.settings {

@@ -45,8 +45,9 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    /// Reads the files and builds the configuration (ALPN `http/1.1` when `http1`).
-    pub fn load(settings: &ClientTlsSettings, http1: bool) -> Result<Self, TlsError> {
+    /// Reads the files and builds the configuration, offering `alpn` (e.g. `[b"h2"]`; none
+    /// when empty).
+    pub fn load(settings: &ClientTlsSettings, alpn: &[&[u8]]) -> Result<Self, TlsError> {
         let provider = provider();
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -84,9 +85,7 @@ impl ClientTls {
                 ));
             }
         };
-        if http1 {
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        }
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let server_name = match &settings.server_name {
             None => None,
             Some(n) => Some(

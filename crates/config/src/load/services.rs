@@ -19,6 +19,7 @@ impl Cx<'_> {
             let name = s.name.get_ref().as_str();
             self.unique_name(&mut seen, &s.name, "service");
             let balancer = self.balancer(s);
+            let protocol = self.upstream_protocol(s);
             let instances = self.instances(s.instances.as_deref().unwrap_or_default());
             let t = s.timeouts.as_ref();
             let timeouts = Timeouts {
@@ -48,6 +49,12 @@ impl Cx<'_> {
                     p.and_then(|p| p.idle_timeout.as_ref()),
                     d::POOL_IDLE_TIMEOUT,
                 ),
+                http2_max_connections: self.int_in(
+                    p.and_then(|p| p.http2_max_connections.as_ref()),
+                    1,
+                    1024,
+                    d::POOL_HTTP2_MAX_CONNECTIONS as i64,
+                ) as usize,
             };
             let serve = self.choice(
                 s.serve.as_ref(),
@@ -71,6 +78,7 @@ impl Cx<'_> {
             out.push(ServiceConfig {
                 name: name.to_owned(),
                 balancer,
+                protocol,
                 instances,
                 timeouts,
                 retries,
@@ -115,6 +123,37 @@ impl Cx<'_> {
             );
         }
         balancer
+    }
+
+    /// `protocol`, and whether `[service.tls]` agrees with it: `h2` is HTTP/2 over TLS,
+    /// `h2c` over cleartext.
+    fn upstream_protocol(&mut self, s: &RawService) -> UpstreamProtocol {
+        let Some(raw) = &s.protocol else {
+            return UpstreamProtocol::Http1;
+        };
+        let protocol = self.choice(
+            Some(raw),
+            "protocol",
+            &[
+                ("http1", UpstreamProtocol::Http1),
+                ("h2c", UpstreamProtocol::H2c),
+                ("h2", UpstreamProtocol::H2),
+            ],
+        );
+        match (protocol, s.tls.is_some()) {
+            (UpstreamProtocol::H2, false) => self.error_hint(
+                Some(raw.span()),
+                "protocol = \"h2\" is HTTP/2 over TLS, and this service has no [service.tls]",
+                "add [service.tls] (with `ca`), or use protocol = \"h2c\" for cleartext HTTP/2",
+            ),
+            (UpstreamProtocol::H2c, true) => self.error_hint(
+                Some(raw.span()),
+                "protocol = \"h2c\" is cleartext HTTP/2, but this service has [service.tls]",
+                "use protocol = \"h2\" for HTTP/2 over TLS, or remove [service.tls]",
+            ),
+            _ => {}
+        }
+        protocol
     }
 
     pub(super) fn hash_key(&mut self, h: &Spanned<String>) -> HashKey {
