@@ -46,6 +46,8 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Data h2 may hold per stream beyond what the instance's window lets out.
 const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// How often a connection's liveness is checked with a PING, and how long its answer may take.
+const PING_EVERY: Duration = Duration::from_secs(10);
 /// `active` of a connection being closed for idleness: no stream can be taken on it.
 const CLOSING: usize = usize::MAX / 2;
 
@@ -236,14 +238,19 @@ async fn open(
     Ok(conn)
 }
 
-/// Runs a connection until the instance ends it or it has had no stream for `idle`.
+/// Runs a connection until the instance ends it, it has had no stream for `idle`, or a PING
+/// went unanswered for [`PING_EVERY`] (the instance froze, or the path to it died without a
+/// reset: without this every request multiplexed onto it would wait for its own timeout).
 async fn drive(
-    connection: h2::client::Connection<UpIo, Bytes>,
+    mut connection: h2::client::Connection<UpIo, Bytes>,
     conn: Arc<H2Conn>,
     addr: SocketAddr,
     idle: Duration,
 ) {
-    let mut connection = std::pin::pin!(connection);
+    let mut pings = connection.ping_pong();
+    let mut awaiting_pong = false;
+    let mut ping_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
     loop {
         let since = conn.last_used_ms.load(Relaxed);
@@ -261,6 +268,16 @@ async fn drive(
                 if quiet && conn.active.compare_exchange(0, CLOSING, Relaxed, Relaxed).is_ok() {
                     break;
                 }
+            }
+            _ = ping_tick.tick(), if pings.is_some() => {
+                if awaiting_pong {
+                    tracing::warn!(instance = %addr, "HTTP/2 connection to instance closed: no answer to a PING within {}s", PING_EVERY.as_secs());
+                    break;
+                }
+                awaiting_pong = pings.as_mut().is_some_and(|p| p.send_ping(h2::Ping::opaque()).is_ok());
+            }
+            _ = poll_fn(|cx| pings.as_mut().map_or(Poll::Pending, |p| p.poll_pong(cx))), if awaiting_pong => {
+                awaiting_pong = false;
             }
         }
     }

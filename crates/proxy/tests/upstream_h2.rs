@@ -249,3 +249,36 @@ async fn an_http1_instance_behind_h2c_is_a_clear_error() {
         r.text()
     );
 }
+
+/// An instance that stops answering without closing anything (frozen; here a port whose
+/// connections are never accepted): requests on its connection time out as usual, and the
+/// connection itself is closed once a PING goes unanswered, so later requests do not queue
+/// on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_a_frozen_instance_is_closed_after_an_unanswered_ping() {
+    let frozen = sluice_test_support::Blackhole::start();
+    let cfg = config(
+        &[frozen.addr()],
+        "[service.timeouts]\nresponse_header = \"300ms\"\n[service.retries]\nattempts = 0\n\
+         [service.pool]\nidle_timeout = \"120s\"",
+    );
+    let (proxy, addr) = start(&cfg).await;
+    let r = Client::http1()
+        .get(&format!("http://{addr}/"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(proxy.services()[0].instances[0].http2_connections, 1);
+    // PINGs go every 10 s; the one that is still unanswered at the next tick closes it.
+    sluice_test_support::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match proxy.services()[0].instances[0].http2_connections {
+                0 => Ok(()),
+                n => Err(format!("{n} connections still open")),
+            }
+        },
+    )
+    .await;
+}
