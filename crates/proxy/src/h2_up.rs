@@ -384,12 +384,35 @@ fn request_head(
     Ok(head)
 }
 
-/// A request body still being sent.
-type Upload<'b> = Pin<Box<dyn Future<Output = Result<(), SendError<'b>>> + Send + 'b>>;
+/// A request body still being sent, by the request's task while it waits for the response
+/// head. One the proxy owns (an HTTP/2 client's stream) can be handed to a task of its own
+/// when the head comes first (a streaming call); one read from an HTTP/1.x connection cannot.
+enum Upload<'b> {
+    Owned(Pin<Box<dyn Future<Output = Result<(), SendError<'static>>> + Send>>),
+    Borrowed(Pin<Box<dyn Future<Output = Result<(), SendError<'b>>> + Send + 'b>>),
+}
+
+impl<'b> Upload<'b> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<'b>>> {
+        match self {
+            Upload::Owned(f) => f.as_mut().poll(cx),
+            Upload::Borrowed(f) => f.as_mut().poll(cx),
+        }
+    }
+
+    /// The head came before the end of the upload: an owned body goes on in a task of its
+    /// own (its failures reset the stream, which the response then shows); a borrowed one
+    /// ends, as over HTTP/1.1.
+    fn continue_alone(self) {
+        if let Upload::Owned(rest) = self {
+            tokio::spawn(rest);
+        }
+    }
+}
 
 /// Starts sending the body: a whole body is handed to h2 at once (it is small: the retry
-/// buffer bounds it), a stream the proxy owns goes to a task of its own, a client
-/// connection's stream is sent by the request's task ([`await_head`] polls it).
+/// buffer bounds it); a stream is sent by [`await_head`], so a unary call (whose body has
+/// ended before its answer) costs no task of its own.
 fn start_upload<'b>(mut tx: h2::SendStream<Bytes>, body: UpBody<'b>) -> Option<Upload<'b>> {
     match body {
         UpBody::Empty => None,
@@ -398,26 +421,15 @@ fn start_upload<'b>(mut tx: h2::SendStream<Bytes>, body: UpBody<'b>) -> Option<U
             let _ = tx.send_data(bytes.unwrap_or_default(), true);
             None
         }
-        UpBody::Stream(stream) => match stream.into_owned() {
-            Ok(owned) => {
-                let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                tokio::spawn(async move {
-                    let _ = done_tx.send(upload(&mut tx, UpBody::Stream(owned)).await);
-                });
-                // The task's end, as the request's task sees it; a task that vanished (the
-                // runtime shutting down) sent nothing more.
-                Some(Box::pin(async move { done_rx.await.unwrap_or(Ok(())) }))
-            }
-            Err(borrowed) => Some(Box::pin(async move {
-                upload(&mut tx, UpBody::Stream(borrowed)).await
-            })),
-        },
+        UpBody::Stream(stream) => Some(match stream.into_owned() {
+            Ok(owned) => Upload::Owned(Box::pin(upload(tx, UpBody::Stream(owned)))),
+            Err(borrowed) => Upload::Borrowed(Box::pin(upload(tx, UpBody::Stream(borrowed)))),
+        }),
     }
 }
 
 /// Waits for the response head while the upload (if any) goes on; `uploaded` is set when it
-/// finished. A response before the end of an upload the request's task drives ends that
-/// upload (the instance has answered; HTTP/1.x semantics).
+/// finished.
 async fn await_head<'b>(
     mut response: h2::client::ResponseFuture,
     mut upload: Option<Upload<'b>>,
@@ -426,9 +438,9 @@ async fn await_head<'b>(
     if upload.is_none() {
         uploaded.store(true, Relaxed);
     }
-    poll_fn(|cx| {
+    let head = poll_fn(|cx| {
         if let Some(up) = upload.as_mut()
-            && let Poll::Ready(sent) = up.as_mut().poll(cx)
+            && let Poll::Ready(sent) = up.poll(cx)
         {
             sent?;
             upload = None;
@@ -439,12 +451,16 @@ async fn await_head<'b>(
             Err(e) => Poll::Ready(Err(SendError::Stream(e))),
         }
     })
-    .await
+    .await?;
+    if let Some(rest) = upload {
+        rest.continue_alone();
+    }
+    Ok(head)
 }
 
 /// Sends a streamed body as the instance's window opens: data, then trailers or the end.
 async fn upload<'b>(
-    tx: &mut h2::SendStream<Bytes>,
+    mut tx: h2::SendStream<Bytes>,
     mut body: UpBody<'b>,
 ) -> Result<(), SendError<'b>> {
     loop {
@@ -466,7 +482,7 @@ async fn upload<'b>(
                 continue;
             }
         };
-        send_windowed(tx, data).await?;
+        send_windowed(&mut tx, data).await?;
     }
 }
 
