@@ -84,6 +84,9 @@ impl ProbeResult {
     pub fn summary(&self) -> String {
         match (&self.error, self.status) {
             (Some(e), _) => e.to_string(),
+            (None, Some(s)) if self.kind == ProbeKind::Grpc => {
+                format!("serving status {}", serving_status_name(s))
+            }
             (None, Some(s)) => {
                 let body = String::from_utf8_lossy(&self.body_prefix);
                 let body: String = body.chars().take(40).collect();

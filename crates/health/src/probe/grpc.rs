@@ -206,13 +206,16 @@ fn failed(headers: Vec<(String, String)>, message: String) -> Answer {
 }
 
 /// An HTTP/2 failure, said precisely: when the target never sent HTTP/2's SETTINGS, what it
-/// sent instead; else the stream reset, GOAWAY or I/O error with its reason.
+/// did instead; else the stream reset, GOAWAY or I/O error with its reason.
 fn h2_error(e: &h2::Error, first: &FirstBytes) -> ProbeError {
     let seen = first.get();
     if !starts_with_settings(&seen) {
         return ProbeError {
             kind: ProbeErrorKind::Other,
-            message: format!("HTTP/2 handshake failed: {}", not_h2(&seen, e)),
+            message: format!(
+                "HTTP/2 handshake failed: {}: it does not speak HTTP/2 with prior knowledge (h2c)",
+                instead_of_h2(&seen, e)
+            ),
         };
     }
     if let Some(io) = e.get_io() {
@@ -235,23 +238,21 @@ fn starts_with_settings(seen: &[u8]) -> bool {
     seen.get(3) == Some(&0x4)
 }
 
-/// What the target that is not an h2c server did, from its first bytes.
-fn not_h2(seen: &[u8], e: &h2::Error) -> String {
+/// What a target that is not an h2c server did, from its first bytes (an HTTP/1.x server
+/// answers the preface `400`, or closes without a word as hyper's does; a TLS one alerts).
+fn instead_of_h2(seen: &[u8], e: &h2::Error) -> String {
     if seen.is_empty() {
-        return format!("the target sent nothing before the error ({e}): not an h2c server");
+        return format!("the target closed the connection without a byte ({e})");
     }
     if seen.starts_with(b"HTTP/") {
         let line = seen
             .split(|b| *b == b'\r' || *b == b'\n')
             .next()
             .unwrap_or(seen);
-        return format!(
-            "the target answered {:?}: it speaks HTTP/1.x, not HTTP/2 with prior knowledge (h2c)",
-            String::from_utf8_lossy(line)
-        );
+        return format!("the target answered {:?}", String::from_utf8_lossy(line));
     }
     format!(
-        "the target's first bytes are not an HTTP/2 SETTINGS frame ({}): not an h2c server",
+        "the target's first bytes are not an HTTP/2 SETTINGS frame: \"{}\"",
         seen.escape_ascii()
     )
 }
