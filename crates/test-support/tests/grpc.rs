@@ -26,8 +26,9 @@ fn unary_calls_echo_with_metadata_both_ways() {
     assert_eq!(seen.authority.as_deref(), Some(server.target().as_str()));
     assert_eq!(seen.get("x-forwarded-for"), Some("192.0.2.7"));
     let left = seen.deadline_ms.unwrap();
+    // grpc core rounds grpc-timeout up a little and the server reads it on its own clock.
     assert!(
-        left > 5_000 && left <= 10_000,
+        (5_000..=10_500).contains(&left),
         "grpc-timeout arrived: {left} ms left"
     );
     assert_eq!(
