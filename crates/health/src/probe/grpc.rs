@@ -133,6 +133,11 @@ impl Reply {
                 format!("HTTP status {} (gRPC answers 200)", self.status.as_u16()),
             );
         }
+        if self.too_long {
+            let message =
+                format!("the answer is over {MAX_ANSWER_BYTES} bytes: not a HealthCheckResponse");
+            return failed(Vec::new(), message);
+        }
         // A trailers-only answer (an error, usually) carries grpc-status in its only HEADERS.
         let grpc = match &self.trailers {
             Some(trailers) if trailers.contains_key("grpc-status") => trailers,
@@ -148,11 +153,6 @@ impl Reply {
             if let Some((_, detail)) = detail.filter(|(_, d)| !d.is_empty()) {
                 message = format!("{message}: {detail}");
             }
-            return failed(headers, message);
-        }
-        if self.too_long {
-            let message =
-                format!("the answer is over {MAX_ANSWER_BYTES} bytes: not a HealthCheckResponse");
             return failed(headers, message);
         }
         let read = wire::message(&self.data)
@@ -321,5 +321,104 @@ impl AsyncWrite for Recorded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, head: &[(&str, &str)], data: &[u8], trailers: &[(&str, &str)]) -> Reply {
+        let map = |fields: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in fields {
+                let name =
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+                map.append(name, v.parse().unwrap_or_else(|e| panic!("{e}")));
+            }
+            map
+        };
+        Reply {
+            status: StatusCode::from_u16(status).unwrap_or_else(|e| panic!("{e}")),
+            head: map(head),
+            data: data.to_vec(),
+            too_long: false,
+            trailers: (!trailers.is_empty()).then(|| map(trailers)),
+        }
+    }
+
+    fn error(answer: &Answer) -> &str {
+        answer.error.as_ref().map_or("", |e| e.message.as_str())
+    }
+
+    #[test]
+    fn answers_are_read_from_trailers_or_a_trailers_only_head() {
+        let grpc = ("content-type", "application/grpc");
+        let ok = reply(
+            200,
+            &[grpc],
+            &[0, 0, 0, 0, 2, 0x08, 2],
+            &[("grpc-status", "0")],
+        );
+        let answer = ok.into_answer(1);
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (Some(2), &[0x08][..])
+        );
+        assert_eq!(answer.headers, [("grpc-status".to_owned(), "0".to_owned())]);
+
+        let only = reply(
+            200,
+            &[grpc, ("grpc-status", "12"), ("grpc-message", "no%20health")],
+            &[],
+            &[],
+        );
+        let answer = only.into_answer(64);
+        assert_eq!(error(&answer), "grpc-status 12 (UNIMPLEMENTED): no health");
+        assert_eq!(
+            answer.headers[1],
+            ("grpc-message".to_owned(), "no health".to_owned())
+        );
+
+        let no_message = reply(200, &[grpc], &[], &[("grpc-status", "14")]);
+        assert_eq!(
+            error(&no_message.into_answer(64)),
+            "grpc-status 14 (UNAVAILABLE)"
+        );
+    }
+
+    #[test]
+    fn answers_that_are_not_a_health_response_say_why() {
+        let grpc = ("content-type", "application/grpc");
+        let status = ("grpc-status", "0");
+        assert_eq!(
+            error(&reply(404, &[], &[], &[]).into_answer(64)),
+            "HTTP status 404 (gRPC answers 200)"
+        );
+        assert_eq!(
+            error(&reply(200, &[grpc], &[], &[("grpc-status", "OK")]).into_answer(64)),
+            "grpc-status \"OK\" is not a number"
+        );
+        assert_eq!(
+            error(&reply(200, &[grpc], &[0, 0, 0, 0, 2, 0x08], &[status]).into_answer(64)),
+            "malformed HealthCheckResponse: the message frame says 2 bytes, 1 arrived"
+        );
+        let mut long = reply(200, &[grpc], &[0; 10], &[status]);
+        long.too_long = true;
+        assert_eq!(
+            error(&long.into_answer(64)),
+            "the answer is over 16384 bytes: not a HealthCheckResponse"
+        );
+    }
+
+    #[test]
+    fn what_a_target_sent_instead_of_http2_is_named() {
+        let e = h2::Error::from(h2::Reason::PROTOCOL_ERROR);
+        assert_eq!(
+            instead_of_h2(b"\x15\x03\x01\x00\x02\x02\x32", &e),
+            "the target's first bytes are not an HTTP/2 SETTINGS frame: \"\\x15\\x03\\x01\\x00\\x02\\x022\""
+        );
+        assert!(starts_with_settings(&[0, 0, 6, 4, 0]));
+        assert!(!starts_with_settings(b"HTTP/1.1 400"));
     }
 }
