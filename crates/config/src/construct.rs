@@ -34,6 +34,26 @@ pub fn check_path(path: &str) -> Result<(), PathProblem> {
     Ok(())
 }
 
+/// Why a gRPC health check's service name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gRPC service name {service:?} contains whitespace or control characters")]
+pub struct GrpcServiceProblem {
+    pub service: String,
+}
+
+/// `Ok` when `service` can be asked about in a gRPC health check: `""` (the whole server) or a
+/// name without whitespace or control characters. Fully qualified service names
+/// (`package.Service`) never hold them, so one that does is a typo that would only ever be
+/// answered `NOT_FOUND`.
+pub fn check_grpc_service(service: &str) -> Result<(), GrpcServiceProblem> {
+    if service.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(GrpcServiceProblem {
+            service: service.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Why a health check built in code breaks a rule of `[service.health]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HealthCheckProblem {
@@ -52,6 +72,8 @@ pub enum HealthCheckProblem {
     NoCommand,
     #[error("path `{path}` {problem}")]
     Path { path: String, problem: PathProblem },
+    #[error(transparent)]
+    GrpcService(#[from] GrpcServiceProblem),
 }
 
 impl CheckKind {
@@ -71,6 +93,14 @@ impl CheckKind {
         CheckKind::Tcp {
             send: None,
             expect: None,
+        }
+    }
+
+    /// `kind = "grpc"`: the gRPC health service's answer for `service` is `SERVING`; `""`
+    /// asks about the whole server (`grpc_service` left out).
+    pub fn grpc(service: &str) -> Self {
+        CheckKind::Grpc {
+            service: service.to_owned(),
         }
     }
 }
@@ -135,6 +165,7 @@ impl HealthCheckConfig {
                     problem,
                 })
             }
+            CheckKind::Grpc { service } => Ok(check_grpc_service(service)?),
             _ => Ok(()),
         }
     }

@@ -23,7 +23,9 @@ mod tls;
 
 use std::path::Path;
 
-pub use construct::{HealthCheckProblem, PathProblem, check_path};
+pub use construct::{
+    GrpcServiceProblem, HealthCheckProblem, PathProblem, check_grpc_service, check_path,
+};
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use discovery::{
     DISCOVERY_ETCD_PREFIX, DISCOVERY_FALLBACK_POLL_INTERVAL, DISCOVERY_POLL_INTERVAL,

@@ -661,6 +661,12 @@ pub enum CheckKind {
         /// Program and arguments.
         args: Vec<String>,
     },
+    /// The standard gRPC health-checking protocol (`grpc.health.v1.Health/Check`) over
+    /// cleartext HTTP/2: up when the answer is `SERVING`.
+    Grpc {
+        /// The service asked about; `""` asks for the server's overall health.
+        service: String,
+    },
 }
 
 /// `[service.health]`: the active check of every instance of a service.

@@ -137,6 +137,7 @@ pub(crate) struct RawHealth {
     pub(crate) send: Option<S<String>>,
     pub(crate) expect: Option<S<String>>,
     pub(crate) args: Option<Vec<S<String>>>,
+    pub(crate) grpc_service: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use sluice_config::{
-    CheckKind, HealthCheckConfig, HealthCheckProblem, ListenerConfig, PathProblem, parse_str,
+    CheckKind, GrpcServiceProblem, HealthCheckConfig, HealthCheckProblem, ListenerConfig,
+    PathProblem, parse_str,
 };
 
 fn parsed(text: &str) -> sluice_config::Config {
@@ -40,6 +41,14 @@ fn checks_with_defaults_are_what_the_file_gives() {
     assert_eq!(
         health_of("kind = \"http\"\npath = \"/status\"\n"),
         HealthCheckConfig::with_defaults(CheckKind::http_get("/status"))
+    );
+    assert_eq!(
+        health_of("kind = \"grpc\"\n"),
+        HealthCheckConfig::with_defaults(CheckKind::grpc(""))
+    );
+    assert_eq!(
+        health_of("kind = \"grpc\"\ngrpc_service = \"billing.Ledger\"\n"),
+        HealthCheckConfig::with_defaults(CheckKind::grpc("billing.Ledger"))
     );
     assert_eq!(
         health_of("kind = \"tcp\"\ninterval = \"30s\"\n"),
@@ -91,6 +100,19 @@ fn checks_built_in_code_break_the_files_rules_with_a_reason() {
             problem: PathProblem::NotAllowed
         })
     );
+    let spaced = HealthCheckConfig::with_defaults(CheckKind::grpc("billing Ledger"));
+    assert_eq!(
+        spaced.validate(),
+        Err(HealthCheckProblem::GrpcService(GrpcServiceProblem {
+            service: "billing Ledger".into()
+        }))
+    );
+    assert_eq!(
+        spaced.validate().map_err(|e| e.to_string()),
+        Err(
+            "gRPC service name \"billing Ledger\" contains whitespace or control characters".into()
+        )
+    );
     // The file refuses the same values, and takes the default timeout with a short interval.
     health_of("kind = \"tcp\"\ninterval = \"200ms\"\n");
     for table in [
@@ -98,6 +120,7 @@ fn checks_built_in_code_break_the_files_rules_with_a_reason() {
         "kind = \"tcp\"\ntimeout = \"5s\"\n",
         "kind = \"tcp\"\ninterval = \"0s\"\n",
         "kind = \"http\"\npath = \"/health?x=1\"\n",
+        "kind = \"grpc\"\ngrpc_service = \"billing Ledger\"\n",
     ] {
         let text = format!("[[service]]\nname = \"s\"\n[service.health]\n{table}");
         assert!(parse_str("c.toml", &text).is_err(), "accepted: {table}");

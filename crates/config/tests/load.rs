@@ -393,3 +393,90 @@ fn a_service_protocol_agrees_with_its_tls() {
         assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
     }
 }
+
+#[test]
+fn a_grpc_check_asks_about_a_service_or_the_whole_server() {
+    let service = |health: &str| {
+        format!("[[service]]\nname = \"s\"\ninstances = []\n[service.health]\n{health}\n")
+    };
+    let kind = |health: &str| {
+        let cfg = parse_str("g.toml", &service(health)).unwrap_or_else(|e| panic!("{e}"));
+        cfg.services[0].health.as_ref().unwrap().kind.clone()
+    };
+    assert_eq!(
+        kind("kind = \"grpc\""),
+        sluice_config::CheckKind::Grpc {
+            service: String::new()
+        },
+        "no grpc_service: the server's overall health"
+    );
+    assert_eq!(
+        kind("kind = \"grpc\"\ngrpc_service = \"sluice.test.Echo\"\nport = 50051"),
+        sluice_config::CheckKind::Grpc {
+            service: "sluice.test.Echo".into()
+        }
+    );
+    for (health, want) in [
+        (
+            "kind = \"grpc\"\ngrpc_service = \"a\tb\"",
+            "g.toml:6:16: error: gRPC service name \"a\\tb\" contains whitespace or control characters",
+        ),
+        (
+            "kind = \"grpcc\"",
+            "g.toml:5:8: error: unknown health check kind \"grpcc\"\n  hint: did you mean \"grpc\"?",
+        ),
+        (
+            "kind = \"health\"",
+            "choose one of: http, tcp, command, grpc",
+        ),
+        (
+            "timeout = \"1s\"",
+            "add kind = \"http\", \"tcp\", \"command\" or \"grpc\"",
+        ),
+    ] {
+        let shown = parse_str("g.toml", &service(health))
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+    }
+}
+
+/// Keys of one kind given with another are errors at their position: a `grpc` check with a
+/// `path` would otherwise probe something else than its author meant.
+#[test]
+fn keys_of_another_check_kind_are_errors_with_positions() {
+    let text = r#"
+[[service]]
+name = "g"
+instances = []
+[service.health]
+kind = "grpc"
+path = "/healthz"
+expect_status = [200]
+send = "PING"
+args = ["/bin/true"]
+grpc_service = "ok"
+
+[[service]]
+name = "h"
+instances = []
+[service.health]
+kind = "http"
+grpc_service = "billing.Ledger"
+"#;
+    let shown = parse_str("k.toml", text).unwrap_err().to_string();
+    for e in [
+        "k.toml:7:8: error: `path` only applies to kind = \"http\"",
+        "k.toml:8:18: error: `expect_status` only applies to kind = \"http\"",
+        "k.toml:9:8: error: `send` only applies to kind = \"tcp\"",
+        "k.toml:10:9: error: `args` only applies to kind = \"command\"",
+        "k.toml:18:16: error: `grpc_service` only applies to kind = \"grpc\"",
+        "hint: remove it, or change the check's kind",
+    ] {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("k.toml:11:"),
+        "grpc_service belongs to a grpc check:\n{shown}"
+    );
+}

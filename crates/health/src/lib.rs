@@ -1,7 +1,7 @@
 //! Instance health for Sluice.
 //!
 //! Contract:
-//! - **Active**: [`probe::run`] performs one HTTP, TCP or command probe of an instance, bounded
+//! - **Active**: [`probe::run`] performs one HTTP, TCP, command or gRPC probe of an instance, bounded
 //!   by the check's timeout and body cap, and always returns a [`ProbeResult`] (failures are
 //!   data, never errors). An [`Evaluator`] turns it into a [`Verdict`] — up with a role, or down
 //!   with a reason — natively ([`NativeEvaluator`]: the status, body and exit-code rules of the

@@ -1,5 +1,5 @@
-//! Running one probe of one instance: HTTP, TCP or a command, always bounded by the check's
-//! timeout and by the body size kept. A probe never fails in a way that escapes as an error:
+//! Running one probe of one instance: HTTP, TCP, a command or a gRPC health check (`grpc`),
+//! always bounded by the check's timeout and by the body size kept. A probe never fails in a way that escapes as an error:
 //! every problem becomes a [`ProbeResult`] with [`ProbeError`] set.
 
 use std::net::SocketAddr;
@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::verdict::{ProbeError, ProbeErrorKind, ProbeKind, ProbeResult};
+
+mod grpc;
+pub(crate) mod grpc_wire;
 
 /// Where a probe goes and what it is about.
 #[derive(Debug, Clone)]
@@ -33,6 +36,7 @@ pub async fn run(target: &ProbeTarget, check: &HealthCheckConfig) -> ProbeResult
         CheckKind::Http { .. } => ProbeKind::Http,
         CheckKind::Tcp { .. } => ProbeKind::Tcp,
         CheckKind::Command { .. } => ProbeKind::Command,
+        CheckKind::Grpc { .. } => ProbeKind::Grpc,
     };
     let outcome = tokio::time::timeout(check.timeout, async {
         match &check.kind {
@@ -48,6 +52,9 @@ pub async fn run(target: &ProbeTarget, check: &HealthCheckConfig) -> ProbeResult
                 .await
             }
             CheckKind::Command { args } => command(target, args, check.body_bytes).await,
+            CheckKind::Grpc { service } => {
+                grpc::probe(target.addr, service, check.body_bytes).await
+            }
         }
     })
     .await;
@@ -59,7 +66,7 @@ pub async fn run(target: &ProbeTarget, check: &HealthCheckConfig) -> ProbeResult
             headers: answer.headers,
             body_prefix: answer.body,
             latency_us,
-            error: None,
+            error: answer.error,
         },
         Ok(Err(error)) => failed(kind, latency_us, error),
         Err(_) => failed(
@@ -84,10 +91,14 @@ fn failed(kind: ProbeKind, latency_us: u64, error: ProbeError) -> ProbeResult {
     }
 }
 
+/// What a probe got back.
 struct Answer {
     status: Option<u16>,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Set when the answer itself says the probe failed (a gRPC error status): unlike an
+    /// `Err`, the fields received are kept for a policy.
+    error: Option<ProbeError>,
 }
 
 fn io_error(context: &str, e: &std::io::Error) -> ProbeError {
@@ -187,6 +198,7 @@ async fn http(
         status: Some(status),
         headers,
         body,
+        error: None,
     })
 }
 
@@ -218,6 +230,7 @@ async fn tcp(
         status: None,
         headers: Vec::new(),
         body,
+        error: None,
     })
 }
 
@@ -273,6 +286,7 @@ async fn command(
         status: code.and_then(|c| u16::try_from(c).ok()),
         headers: Vec::new(),
         body,
+        error: None,
     })
 }
 

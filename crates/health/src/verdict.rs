@@ -6,6 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use sluice_config::CheckKind;
 
+use crate::probe::grpc_wire::{SERVING, serving_status_name};
+
 /// The kind of probe that produced a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,6 +18,8 @@ pub enum ProbeKind {
     Tcp,
     /// A program.
     Command,
+    /// A gRPC health check (`grpc.health.v1.Health/Check`).
+    Grpc,
 }
 
 /// Why a probe produced no answer.
@@ -41,14 +45,30 @@ pub struct ProbeError {
     pub message: String,
 }
 
+impl fmt::Display for ProbeError {
+    /// `kind: message`, the message as written: gRPC's names (`UNIMPLEMENTED`, `NOT_SERVING`)
+    /// and what a server answered are quoted exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ProbeErrorKind::Timeout => "timeout",
+            ProbeErrorKind::Refused => "refused",
+            ProbeErrorKind::Reset => "reset",
+            ProbeErrorKind::Other => "other",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
 /// Everything one probe observed, handed to the evaluator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeResult {
     /// Probe kind.
     pub kind: ProbeKind,
-    /// HTTP status, or the command's exit status; `None` for TCP or on error.
+    /// HTTP status, the command's exit status, or the gRPC serving status (0 `UNKNOWN`,
+    /// 1 `SERVING`, 2 `NOT_SERVING`, 3 `SERVICE_UNKNOWN`); `None` for TCP or on error.
     pub status: Option<u16>,
-    /// Response headers (HTTP), in order.
+    /// Response headers (HTTP), in order; for gRPC, `grpc-status` and `grpc-message`
+    /// (percent-decoded), kept when the call failed too.
     pub headers: Vec<(String, String)>,
     /// The first bytes of the body (HTTP), of the reply (TCP) or of stdout (command).
     #[serde(skip)]
@@ -63,7 +83,10 @@ impl ProbeResult {
     /// A one-line description for the API and logs.
     pub fn summary(&self) -> String {
         match (&self.error, self.status) {
-            (Some(e), _) => format!("{:?}: {}", e.kind, e.message).to_lowercase(),
+            (Some(e), _) => e.to_string(),
+            (None, Some(s)) if self.kind == ProbeKind::Grpc => {
+                format!("serving status {}", serving_status_name(s))
+            }
             (None, Some(s)) => {
                 let body = String::from_utf8_lossy(&self.body_prefix);
                 let body: String = body.chars().take(40).collect();
@@ -179,7 +202,8 @@ impl EvaluatorSource for NoPolicies {
 
 /// The rules a check states in configuration: for HTTP, the status is one of `expect_status`
 /// and the body prefix contains `expect_body`; for TCP, the connection succeeded and the reply
-/// starts with `expect`; for a command, exit status 0. Roles are always `any`.
+/// starts with `expect`; for a command, exit status 0; for gRPC, serving status `SERVING`.
+/// Roles are always `any`.
 #[derive(Debug, Clone)]
 pub struct NativeEvaluator {
     kind: CheckKind,
@@ -200,7 +224,7 @@ impl Evaluator for NativeEvaluator {
         };
         let down = |reason: String| Evaluation::Verdict(Verdict::Down { reason });
         if let Some(e) = &probe.error {
-            return down(format!("{:?}: {}", e.kind, e.message).to_lowercase());
+            return down(e.to_string());
         }
         match &self.kind {
             CheckKind::Http {
@@ -232,6 +256,11 @@ impl Evaluator for NativeEvaluator {
                 Some(0) => Evaluation::Verdict(up),
                 Some(code) => down(format!("exit status {code}")),
                 None => down("no exit status".to_owned()),
+            },
+            CheckKind::Grpc { .. } => match probe.status {
+                Some(SERVING) => Evaluation::Verdict(up),
+                Some(status) => down(format!("serving status {}", serving_status_name(status))),
+                None => down("no serving status".to_owned()),
             },
         }
     }

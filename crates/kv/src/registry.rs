@@ -59,7 +59,12 @@ fn is_zero(port: &u16) -> bool {
     *port == 0
 }
 
-/// A health check as Consul writes it: exactly one of `http`, `tcp`, `args` says what to probe.
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A health check as Consul writes it: exactly one of `http`, `tcp`, `grpc`, `args` says what
+/// to probe.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CheckDefinition {
     #[serde(
@@ -75,6 +80,13 @@ pub struct CheckDefinition {
     pub http: Option<String>,
     #[serde(default, alias = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
+    /// A gRPC health check's target: `"host:port"` (the server's overall health) or
+    /// `"host:port/service"`.
+    #[serde(default, alias = "GRPC", skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    /// The gRPC check is made over TLS.
+    #[serde(default, alias = "GRPCUseTLS", skip_serializing_if = "is_false")]
+    pub grpc_use_tls: bool,
     #[serde(
         default,
         alias = "Args",
@@ -409,6 +421,31 @@ mod tests {
                 .expect("round trip");
             assert_eq!(&again[0], &defs[0]);
         }
+    }
+
+    #[test]
+    fn grpc_checks_are_read_in_both_spellings() {
+        let lower = r#"{"service": {"name": "ledger", "check": {"grpc": "localhost:50051/billing.Ledger",
+            "grpc_use_tls": true}}}"#;
+        let capitalised = r#"{"Service": {"Name": "ledger", "Check": {"GRPC": "localhost:50051/billing.Ledger",
+            "GRPCUseTLS": true}}}"#;
+        for text in [lower, capitalised] {
+            let defs = parse_service_file(Path::new("ledger.json"), text).expect("valid");
+            let check = defs[0].check.as_ref().expect("check");
+            assert_eq!(
+                (check.grpc.as_deref(), check.grpc_use_tls),
+                (Some("localhost:50051/billing.Ledger"), true),
+                "{text}"
+            );
+            assert!(check.extra.is_empty(), "{:?}", check.extra);
+            let again = parse_service_file(Path::new("ledger.json"), &defs[0].to_file_json())
+                .expect("round trip");
+            assert_eq!(&again[0], &defs[0]);
+        }
+        let plain: CheckDefinition = serde_json::from_str(r#"{"grpc": "x:1"}"#).expect("valid");
+        assert!(!plain.grpc_use_tls, "cleartext unless said");
+        let written = serde_json::to_string(&plain).expect("serializes");
+        assert!(!written.contains("grpc_use_tls"), "{written}");
     }
 
     #[test]

@@ -13,11 +13,15 @@
 //! - **Probed on schedule.** Consul runs a check every `interval` exactly (only its first run
 //!   is staggered), so the jitter the proxy adds is kept small: a dead instance is seen within
 //!   one interval (plus the timeout, for one that hangs).
-//! - **A target per registration.** Consul's `http` URL or `tcp` target names a host and port
-//!   per registration; they become the instance's `check_address` / `check_port`. A loopback
+//! - **A target per registration.** Consul's `http` URL, `tcp` or `grpc` target names a host and
+//!   port per registration; they become the instance's `check_address` / `check_port`. A loopback
 //!   host (`localhost`, `127.0.0.1`) was written from inside the registrant, where it means the
 //!   registrant itself: the instance's registered address is probed, unless that address is
 //!   itself loopback (instances on this machine, told apart by loopback address).
+//! - **gRPC over h2c only.** Consul's `grpc` (`host:port[/service]`) becomes `kind = "grpc"`
+//!   asking about that service; a check with `grpc_use_tls` is refused
+//!   ([`CheckError::GrpcTls`]): the proxy's gRPC probe speaks cleartext HTTP/2, and probing a
+//!   TLS port in cleartext would only ever fail.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -49,8 +53,12 @@ pub fn declared_checks(catalog: &Catalog) -> BTreeMap<&str, &CheckDefinition> {
 pub enum CheckError {
     #[error("`{url}`: only http:// checks are supported")]
     NotHttp { url: String },
-    #[error("{origin}: the check has none of http, tcp, args")]
+    #[error("{origin}: the check has none of http, tcp, grpc, args")]
     NothingToProbe { origin: String },
+    #[error(
+        "{origin}: gRPC check `{target}` uses TLS; the gRPC probe speaks cleartext HTTP/2 (h2c) only"
+    )]
+    GrpcTls { origin: String, target: String },
     #[error("{origin}: {source}")]
     Duration {
         origin: String,
@@ -124,7 +132,8 @@ pub fn health_from_check(check: &CheckDefinition) -> Result<HealthCheckConfig, C
     Ok(health)
 }
 
-/// What the check probes: an HTTP `GET` of the URL's path, a TCP connect, or a program.
+/// What the check probes: an HTTP `GET` of the URL's path, a TCP connect, a gRPC health check
+/// of the target's service, or a program.
 fn check_kind(
     check: &CheckDefinition,
     origin: impl Fn() -> String,
@@ -135,6 +144,14 @@ fn check_kind(
         Ok(CheckKind::http_get(path))
     } else if check.tcp.is_some() {
         Ok(CheckKind::tcp_connect())
+    } else if let Some(target) = &check.grpc {
+        if check.grpc_use_tls {
+            return Err(CheckError::GrpcTls {
+                origin: origin(),
+                target: target.clone(),
+            });
+        }
+        Ok(CheckKind::grpc(split_grpc_target(target).1))
     } else if !check.args.is_empty() {
         Ok(CheckKind::Command {
             args: check.args.clone(),
@@ -171,13 +188,21 @@ fn split_http_url(url: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// The host and port a check names: the URL's authority (port 80 when absent) or the `tcp`
-/// target. `None` for command checks and what [`health_from_check`] rejects.
+/// Consul's `grpc` target, `host:port/service` → (`host:port`, `service`); `""` (the server's
+/// overall health) without a service.
+fn split_grpc_target(target: &str) -> (&str, &str) {
+    target.split_once('/').unwrap_or((target, ""))
+}
+
+/// The host and port a check names: the URL's authority (port 80 when absent), the `tcp`
+/// target or the `grpc` target's authority. `None` for command checks and what
+/// [`health_from_check`] rejects.
 fn check_host_port(check: &CheckDefinition) -> Option<(&str, Option<u16>)> {
-    let (authority, default_port) = match (&check.http, &check.tcp) {
-        (Some(url), _) => (split_http_url(url)?.0, Some(80)),
-        (None, Some(target)) => (target.as_str(), None),
-        (None, None) => return None,
+    let (authority, default_port) = match (&check.http, &check.tcp, &check.grpc) {
+        (Some(url), _, _) => (split_http_url(url)?.0, Some(80)),
+        (None, Some(target), _) => (target.as_str(), None),
+        (None, None, Some(target)) => (split_grpc_target(target).0, None),
+        (None, None, None) => return None,
     };
     // `[::1]:8000` (IPv6 in brackets) or `host:8000`.
     let (host, port) = match authority.strip_prefix('[') {
@@ -337,7 +362,7 @@ mod tests {
         let none = health_from_check(&check("{}")).expect_err("nothing to probe");
         assert_eq!(
             none.to_string(),
-            "check: the check has none of http, tcp, args"
+            "check: the check has none of http, tcp, grpc, args"
         );
         let https = health_from_check(&check(r#"{"http": "https://x/health"}"#))
             .expect_err("only plain http");
@@ -346,6 +371,59 @@ mod tests {
             CheckError::NotHttp {
                 url: "https://x/health".into()
             }
+        );
+    }
+
+    #[test]
+    fn consul_grpc_checks_become_grpc_health_checks() {
+        let whole = health_from_check(&check(
+            r#"{"GRPC": "127.0.0.1:50051", "Interval": "5s", "Timeout": "1s"}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            whole.kind,
+            CheckKind::grpc(""),
+            "the server's overall health"
+        );
+        assert_eq!(
+            (whole.interval, whole.timeout, whole.fall, whole.rise),
+            (Duration::from_secs(5), Duration::from_secs(1), 1, 1),
+            "Consul's durations and thresholds, as for the other kinds"
+        );
+        let named = health_from_check(&check(
+            r#"{"grpc": "ledger.internal:50051/billing.Ledger", "grpc_use_tls": false}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(named.kind, CheckKind::grpc("billing.Ledger"));
+        assert_eq!(named.validate(), Ok(()));
+
+        let tls = health_from_check(&check(
+            r#"{"ID": "ledger-grpc", "GRPC": "10.0.0.3:50051/billing.Ledger", "GRPCUseTLS": true}"#,
+        ))
+        .expect_err("TLS is not spoken by the gRPC probe");
+        assert_eq!(
+            tls,
+            CheckError::GrpcTls {
+                origin: "ledger-grpc".into(),
+                target: "10.0.0.3:50051/billing.Ledger".into()
+            }
+        );
+        assert_eq!(
+            tls.to_string(),
+            "ledger-grpc: gRPC check `10.0.0.3:50051/billing.Ledger` uses TLS; the gRPC probe \
+             speaks cleartext HTTP/2 (h2c) only"
+        );
+        let spaced = health_from_check(&check(r#"{"grpc": "x:1/billing Ledger"}"#))
+            .expect_err("not a service name");
+        assert!(
+            matches!(
+                spaced,
+                CheckError::Invalid {
+                    source: HealthCheckProblem::GrpcService(_),
+                    ..
+                }
+            ),
+            "{spaced:?}"
         );
     }
 
@@ -417,6 +495,14 @@ mod tests {
         assert_eq!(
             target(r#"{"tcp": "[::1]:8000"}"#),
             Some(("::1".into(), Some(8000)))
+        );
+        assert_eq!(
+            target(r#"{"grpc": "10.0.0.3:50051/billing.Ledger"}"#),
+            Some(("10.0.0.3".into(), Some(50051)))
+        );
+        assert_eq!(
+            target(r#"{"GRPC": "[::1]:50051"}"#),
+            Some(("::1".into(), Some(50051)))
         );
         assert_eq!(target(r#"{"args": ["/bin/true"]}"#), None);
 

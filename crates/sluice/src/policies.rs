@@ -163,6 +163,9 @@ impl sluice_health::Evaluator for WasmHealth {
                 sluice_health::ProbeKind::Http => types::ProbeKind::Http,
                 sluice_health::ProbeKind::Tcp => types::ProbeKind::Tcp,
                 sluice_health::ProbeKind::Command => types::ProbeKind::Command,
+                // The policy world (sluice:policy@0.1.0) has no grpc kind: a gRPC check is an
+                // HTTP/2 call, and the policy tells it by its grpc-status header.
+                sluice_health::ProbeKind::Grpc => types::ProbeKind::Http,
             },
             status: probe.status,
             headers: probe.headers.clone(),

@@ -1,6 +1,6 @@
-//! Real parts for Sluice's tests: backends bound to `127.0.0.1:0`, a real HTTP client, child
-//! processes that are stopped when dropped, and polling assertions with deadlines instead of
-//! sleeps.
+//! Real parts for Sluice's tests: backends bound to `127.0.0.1:0`, a real HTTP client, a real
+//! gRPC server and client (grpcio, [`grpc`]), child processes that are stopped when dropped, and
+//! polling assertions with deadlines instead of sleeps.
 //!
 //! Nothing here is a mock: every backend is a real server speaking real protocols on loopback.
 //! Helpers that need an external tool fail with a message naming `scripts/setup.sh`.
@@ -12,6 +12,7 @@ pub mod certs;
 mod client;
 pub mod etcd;
 mod eventually;
+pub mod grpc;
 mod h2_raw;
 mod mirror;
 pub mod module_layers;
@@ -22,6 +23,9 @@ mod process;
 pub use backend::{Backend, Blackhole, Mode};
 pub use client::{Client, Reply};
 pub use eventually::{eventually, eventually_blocking};
+pub use grpc::{
+    GrpcCall, GrpcKind, GrpcOutcome, GrpcServer, GrpcTls, SeenCall, grpc_call, grpc_calls,
+};
 pub use h2_raw::h2c_get_with_widest_windows;
 pub use mirror::{Answer, AnswerKind, MirrorMember, MirrorRole, StatusProbes};
 pub use openssl::s_client_first_line;

@@ -17,79 +17,24 @@ impl Cx<'_> {
             self.error_hint(
                 Some(raw.span()),
                 "health check has no `kind`",
-                "add kind = \"http\", \"tcp\" or \"command\"",
+                "add kind = \"http\", \"tcp\", \"command\" or \"grpc\"",
             );
             return None;
         };
-        let misplaced = |s: &mut Self, applies: &str, fields: &[(&str, Option<Range<usize>>)]| {
-            for (key, span) in fields {
-                if span.is_some() {
-                    s.error_hint(
-                        span.clone(),
-                        format!("`{key}` only applies to kind = \"{applies}\""),
-                        "remove it, or change the check's kind",
-                    );
-                }
-            }
-        };
-        let http_fields = [
-            ("method", h.method.as_ref().map(Spanned::span)),
-            ("path", h.path.as_ref().map(Spanned::span)),
-            ("host", h.host.as_ref().map(Spanned::span)),
-            (
-                "expect_status",
-                h.expect_status
-                    .as_ref()
-                    .and_then(|v| v.first())
-                    .map(Spanned::span),
-            ),
-            ("expect_body", h.expect_body.as_ref().map(Spanned::span)),
-        ];
-        let tcp_fields = [
-            ("send", h.send.as_ref().map(Spanned::span)),
-            ("expect", h.expect.as_ref().map(Spanned::span)),
-        ];
-        let command_fields = [(
-            "args",
-            h.args.as_ref().and_then(|v| v.first()).map(Spanned::span),
-        )];
         let kind = match kind_raw.get_ref().as_str() {
-            "http" => {
-                misplaced(self, "tcp", &tcp_fields);
-                misplaced(self, "command", &command_fields);
-                self.http_check(h)
-            }
-            "tcp" => {
-                misplaced(self, "http", &http_fields);
-                misplaced(self, "command", &command_fields);
-                CheckKind::Tcp {
-                    send: h.send.as_ref().map(|v| v.get_ref().clone()),
-                    expect: h.expect.as_ref().map(|v| v.get_ref().clone()),
-                }
-            }
-            "command" => {
-                misplaced(self, "http", &http_fields);
-                misplaced(self, "tcp", &tcp_fields);
-                let args: Vec<String> = h
-                    .args
-                    .iter()
-                    .flatten()
-                    .map(|a| a.get_ref().clone())
-                    .collect();
-                if args.first().is_none_or(String::is_empty) {
-                    self.error_hint(
-                        Some(raw.span()),
-                        "a command check needs `args`",
-                        "e.g. args = [\"/usr/local/bin/is-primary\", \"{address}\", \"{port}\"]",
-                    );
-                }
-                CheckKind::Command { args }
-            }
+            "http" => self.http_check(h),
+            "tcp" => CheckKind::Tcp {
+                send: h.send.as_ref().map(|v| v.get_ref().clone()),
+                expect: h.expect.as_ref().map(|v| v.get_ref().clone()),
+            },
+            "command" => self.command_check(raw),
+            "grpc" => self.grpc_check(h),
             _ => {
-                self.bad_choice(kind_raw, "health check kind", &["http", "tcp", "command"]);
+                self.bad_choice(kind_raw, "health check kind", KINDS);
                 return None;
             }
         };
+        self.misplaced_fields(h, kind_raw.get_ref());
         let interval = self.duration(h.interval.as_ref(), d::HEALTH_INTERVAL);
         let timeout = self.duration(h.timeout.as_ref(), d::HEALTH_TIMEOUT);
         if let Some(t) = h.timeout.as_ref().filter(|_| timeout > interval) {
@@ -138,6 +83,59 @@ impl Cx<'_> {
     fn threshold(&mut self, raw: Option<&Spanned<i64>>, default: u32) -> u32 {
         let (low, high) = (d::HEALTH_THRESHOLDS.start(), d::HEALTH_THRESHOLDS.end());
         self.int_in(raw, i64::from(*low), i64::from(*high), i64::from(default)) as u32
+    }
+
+    /// Reports every key given that belongs to another kind than `kind`.
+    fn misplaced_fields(&mut self, h: &RawHealth, kind: &str) {
+        for (applies, fields) in kind_only_fields(h) {
+            if applies == kind {
+                continue;
+            }
+            for (key, span) in fields {
+                if span.is_some() {
+                    self.error_hint(
+                        span,
+                        format!("`{key}` only applies to kind = \"{applies}\""),
+                        "remove it, or change the check's kind",
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `kind = "command"` part of a check.
+    fn command_check(&mut self, raw: &Spanned<RawHealth>) -> CheckKind {
+        let args: Vec<String> = raw
+            .get_ref()
+            .args
+            .iter()
+            .flatten()
+            .map(|a| a.get_ref().clone())
+            .collect();
+        if args.first().is_none_or(String::is_empty) {
+            self.error_hint(
+                Some(raw.span()),
+                "a command check needs `args`",
+                "e.g. args = [\"/usr/local/bin/is-primary\", \"{address}\", \"{port}\"]",
+            );
+        }
+        CheckKind::Command { args }
+    }
+
+    /// The `kind = "grpc"` part of a check: `grpc_service`, `""` (the whole server) when absent.
+    fn grpc_check(&mut self, h: &RawHealth) -> CheckKind {
+        let Some(service) = &h.grpc_service else {
+            return CheckKind::grpc("");
+        };
+        if let Err(e) = crate::construct::check_grpc_service(service.get_ref()) {
+            self.error_hint(
+                Some(service.span()),
+                e.to_string(),
+                "use the fully qualified name the server registers, e.g. \"package.Service\", \
+                 or leave grpc_service out to ask about the whole server",
+            );
+        }
+        CheckKind::grpc(service.get_ref())
     }
 
     /// The `kind = "http"` part of a check.
@@ -204,4 +202,52 @@ impl Cx<'_> {
             }
         }
     }
+}
+
+/// The kinds of check, as `kind` names them.
+const KINDS: &[&str] = &["http", "tcp", "command", "grpc"];
+
+/// A key given in a check and where: `None` when absent.
+type Given = (&'static str, Option<Range<usize>>);
+
+/// The keys that belong to one kind only, by kind: any of them given with another kind is an
+/// error (a check that silently ignored `path` would probe something else than meant).
+fn kind_only_fields(h: &RawHealth) -> [(&'static str, Vec<Given>); 4] {
+    let span = |v: Option<&Spanned<String>>| v.map(Spanned::span);
+    [
+        (
+            "http",
+            vec![
+                ("method", span(h.method.as_ref())),
+                ("path", span(h.path.as_ref())),
+                ("host", span(h.host.as_ref())),
+                (
+                    "expect_status",
+                    h.expect_status
+                        .as_ref()
+                        .and_then(|v| v.first())
+                        .map(Spanned::span),
+                ),
+                ("expect_body", span(h.expect_body.as_ref())),
+            ],
+        ),
+        (
+            "tcp",
+            vec![
+                ("send", span(h.send.as_ref())),
+                ("expect", span(h.expect.as_ref())),
+            ],
+        ),
+        (
+            "command",
+            vec![(
+                "args",
+                h.args.as_ref().and_then(|v| v.first()).map(Spanned::span),
+            )],
+        ),
+        (
+            "grpc",
+            vec![("grpc_service", span(h.grpc_service.as_ref()))],
+        ),
+    ]
 }
