@@ -439,17 +439,25 @@ async fn await_head<'b>(
         uploaded.store(true, Relaxed);
     }
     let head = poll_fn(|cx| {
+        // The answer first: an instance may answer (a gRPC error, trailers-only) and close
+        // the stream before the whole body went out, and that answer is what counts.
+        if let Poll::Ready(head) = Pin::new(&mut response).poll(cx) {
+            return Poll::Ready(head.map_err(SendError::Stream));
+        }
         if let Some(up) = upload.as_mut()
             && let Poll::Ready(sent) = up.poll(cx)
         {
-            sent?;
             upload = None;
             uploaded.store(true, Relaxed);
+            match sent {
+                // The client's body failed: nothing the instance says can be passed on.
+                Err(e @ SendError::ClientBody(_)) => return Poll::Ready(Err(e)),
+                // The stream failed under the upload: the response future says how.
+                Err(_) => return Pin::new(&mut response).poll(cx).map_err(SendError::Stream),
+                Ok(()) => {}
+            }
         }
-        match ready!(Pin::new(&mut response).poll(cx)) {
-            Ok(head) => Poll::Ready(Ok(head)),
-            Err(e) => Poll::Ready(Err(SendError::Stream(e))),
-        }
+        Poll::Pending
     })
     .await?;
     if let Some(rest) = upload {
