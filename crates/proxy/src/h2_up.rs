@@ -14,6 +14,8 @@
 //!   task of its own, so the response (a gRPC bidirectional stream) flows while it uploads. An
 //!   HTTP/1.x client's body is read by the connection's task, so it is sent before the
 //!   response head is awaited; an early response ends that upload.
+//! - **Limits.** A response head is held to the HTTP/1.1 side's limit ([`MAX_HEAD_BYTES`],
+//!   decoded); a larger one fails the attempt. Pushes are refused.
 //! - **Retries.** A stream the instance refused (`REFUSED_STREAM`, or beyond a GOAWAY's last
 //!   stream) was not processed, like a request on a closed keep-alive connection: it comes back
 //!   as [`SendError::Unsent`].
@@ -32,6 +34,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
 use http_body::{Body, Frame, SizeHint};
 use sluice_codec::fields::Kind;
+use sluice_codec::response::MAX_HEAD_BYTES;
 use sluice_health::clock;
 
 use crate::error::{ProxyError, ProxyErrorKind};
@@ -214,6 +217,7 @@ async fn open(
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await
@@ -328,7 +332,7 @@ pub(crate) async fn exchange<'b>(
     let upload = start_upload(tx, body);
     let response = await_head(response, upload, uploaded)
         .await
-        .map_err(|e| refused_as_unsent(e, reused))?;
+        .map_err(refused_as_unsent)?;
     let (parts, recv) = response.into_parts();
     let remaining = content_length(&parts.headers);
     Ok(H2Response {
@@ -522,13 +526,21 @@ async fn send_windowed(
 
 /// A stream the instance refused, or that a GOAWAY left unprocessed, was never processed: for
 /// the retry rules it is like a request on a keep-alive connection that closed.
-fn refused_as_unsent(e: SendError<'_>, reused: bool) -> SendError<'_> {
+/// Only the instance's own word counts: h2 also resets a stream with REFUSED_STREAM itself,
+/// for a response head over the size Sluice accepts, and that one was processed.
+fn refused_as_unsent(e: SendError<'_>) -> SendError<'_> {
     match e {
         SendError::Stream(err)
-            if err.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (err.is_go_away() && err.reason() == Some(h2::Reason::NO_ERROR)) =>
+            if err.is_remote()
+                && (err.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (err.is_go_away() && err.reason() == Some(h2::Reason::NO_ERROR))) =>
         {
-            SendError::Unsent { reused, body: None }
+            // As a request on a closed keep-alive connection: it may go again, to the same
+            // instance too, when it can be sent again.
+            SendError::Unsent {
+                reused: true,
+                body: None,
+            }
         }
         e => e,
     }

@@ -282,3 +282,68 @@ async fn a_connection_to_a_frozen_instance_is_closed_after_an_unanswered_ping() 
     )
     .await;
 }
+
+/// What a scripted HTTP/2 instance does with the `n`th stream it is sent.
+#[derive(Clone, Copy)]
+enum H2Act {
+    Refuse,
+    HugeHead,
+    Answer,
+}
+
+/// An HTTP/2 instance made with the h2 crate's server, acting as `script(n)` says for the
+/// `n`th stream (0-based, over all its connections).
+async fn scripted_h2(script: fn(usize) -> H2Act) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let streams = std::sync::Arc::clone(&streams);
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    let n = streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut head = http::Response::builder().status(200);
+                    match script(n) {
+                        H2Act::Refuse => {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        H2Act::HugeHead => head = head.header("x-big", "b".repeat(100 * 1024)),
+                        H2Act::Answer => head = head.header("x-stream", n.to_string()),
+                    }
+                    let _ = respond.send_response(head.body(()).unwrap(), true);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A stream the instance refuses was not processed: a request that can be sent again is, even
+/// to the same instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again() {
+    let instance = scripted_h2(|n| if n == 0 { H2Act::Refuse } else { H2Act::Answer }).await;
+    let (_proxy, addr) = start(&config(&[instance], "")).await;
+    let r = Client::http1()
+        .get(&format!("http://{addr}/"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-stream"], "1");
+}
+
+/// A response head larger than Sluice accepts fails the attempt with a 502; it is not taken
+/// for a refusal (the instance processed the request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_response_head_is_a_bad_gateway() {
+    let instance = scripted_h2(|_| H2Act::HugeHead).await;
+    let (_proxy, addr) = start(&config(&[instance], "[service.retries]\nattempts = 0")).await;
+    let r = Client::http1()
+        .request(Method::POST, &format!("http://{addr}/"), &[], "body")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+}
