@@ -77,6 +77,22 @@ impl Config {
 pub struct AdminConfig {
     /// Address to bind; loopback by default because the API can reload the proxy.
     pub bind: SocketAddr,
+    /// `tokens_file`: bearer tokens, one `SCOPE TOKEN` per line (`read` or `admin`).
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// `token_env`: the name of an environment variable holding an `admin` token.
+    pub token_env: Option<String>,
+    /// `read_token_env`: the name of an environment variable holding a `read` token.
+    pub read_token_env: Option<String>,
+    /// `insecure`: serve a non-loopback `bind` without tokens (anyone who reaches it can
+    /// reload the proxy).
+    pub insecure: bool,
+}
+
+impl AdminConfig {
+    /// Whether requests must present a token (any token source is configured).
+    pub fn authenticates(&self) -> bool {
+        self.tokens_file.is_some() || self.token_env.is_some() || self.read_token_env.is_some()
+    }
 }
 
 /// `[runtime]`.

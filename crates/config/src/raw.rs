@@ -12,6 +12,10 @@ pub(crate) type S<T> = Spanned<T>;
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawAdmin {
     pub(crate) bind: Option<S<String>>,
+    pub(crate) tokens_file: Option<S<String>>,
+    pub(crate) token_env: Option<S<String>>,
+    pub(crate) read_token_env: Option<S<String>>,
+    pub(crate) insecure: Option<S<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -480,3 +480,35 @@ grpc_service = "billing.Ledger"
         "grpc_service belongs to a grpc check:\n{shown}"
     );
 }
+
+#[test]
+fn an_admin_api_off_loopback_needs_tokens_or_says_insecure() {
+    let admin = |body: &str| format!("[admin]\n{body}\n");
+    for ok in [
+        "bind = \"127.0.0.5:9901\"",
+        "bind = \"[::1]:9901\"",
+        "bind = \"0.0.0.0:9901\"\ninsecure = true",
+        "bind = \"0.0.0.0:9901\"\ntoken_env = \"SLUICE_ADMIN_TOKEN\"",
+        "bind = \"10.0.0.1:9901\"\nread_token_env = \"READ\"",
+    ] {
+        let cfg = parse_str("c.toml", &admin(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(cfg.admin.authenticates(), ok.contains("token"), "{ok}");
+    }
+    for (bad, want) in [
+        (
+            "bind = \"0.0.0.0:9901\"",
+            "c.toml:2:8: error: the admin API on 0.0.0.0:9901 would let anyone who reaches it reload the proxy",
+        ),
+        (
+            "token_env = \"\"",
+            "c.toml:2:13: error: `` is not an environment variable name",
+        ),
+        (
+            "tokens_file = \"/nonexistent/tokens\"",
+            "c.toml:2:15: error: cannot read `/nonexistent/tokens`",
+        ),
+    ] {
+        let shown = parse_str("c.toml", &admin(bad)).unwrap_err().to_string();
+        assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+    }
+}

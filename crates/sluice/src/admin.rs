@@ -12,6 +12,11 @@
 //! | GET | `/api/catalog` | the discovery catalog: instances, their source, stale flag and age, each source's state and skipped documents, the last route rebuild |
 //! | GET | `/api/policies` | loaded Wasm policies: world, file, SHA-256, state, call counts |
 //! | POST | `/api/policies/reload` | recompiles every policy from its file, swapping the good ones |
+//!
+//! With tokens configured (`admin_auth`), `GET`s need a `read` token and `POST`s an `admin`
+//! one (`Authorization: Bearer TOKEN`); `/healthz` and `/readyz` stay open. A refused request
+//! gets `401` (no or unknown token) or `403` (a `read` token on an `admin` request), a warning
+//! in the log with the client's address, and `sluice_admin_auth_failures_total{reason}`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,14 +34,18 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::admin_auth::{Denied, Scope};
 use crate::app::{App, ReloadError};
+
+/// Refused admin requests, by `reason` (`missing`, `invalid`, `scope`).
+pub(crate) const ADMIN_AUTH_FAILURES_TOTAL: &str = "sluice_admin_auth_failures_total";
 
 /// Binds the admin address and serves it until the returned task is aborted.
 pub(crate) async fn start(bind: SocketAddr, app: Arc<App>) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(bind).await?;
     Ok(tokio::spawn(async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
@@ -46,13 +55,68 @@ pub(crate) async fn start(bind: SocketAddr, app: Arc<App>) -> std::io::Result<Jo
             };
             let app = Arc::clone(&app);
             tokio::spawn(async move {
-                let service = service_fn(move |req| handle(req, Arc::clone(&app)));
+                let service = service_fn(move |req| guarded(req, Arc::clone(&app), peer));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
     }))
+}
+
+/// Answers `req` once its token allows it.
+async fn guarded(
+    req: Request<Incoming>,
+    app: Arc<App>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let scope = match (req.method(), req.uri().path()) {
+        (_, "/healthz" | "/readyz") => None,
+        (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
+        _ => Some(Scope::Admin),
+    };
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    if let Some(scope) = scope
+        && let Err(denied) = app
+            .admin_auth
+            .check(scope, authorization.map(|v| v.as_bytes()))
+    {
+        return Ok(refused(denied, &req, peer));
+    }
+    handle(req, app).await
+}
+
+/// The answer to a request its token does not allow, logged and counted.
+fn refused(denied: Denied, req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    tracing::warn!(client = %peer, method = %req.method(), path = req.uri().path(), reason = denied.as_str(), "admin request refused");
+    metrics::counter!(ADMIN_AUTH_FAILURES_TOTAL, "reason" => denied.as_str()).increment(1);
+    let (status, detail) = match denied {
+        Denied::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "this API needs `Authorization: Bearer TOKEN`",
+        ),
+        Denied::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            "the token is not one of this API's",
+        ),
+        Denied::Scope => (
+            StatusCode::FORBIDDEN,
+            "a `read` token cannot do this: it needs an `admin` one",
+        ),
+    };
+    let mut resp = json_response(status, &json!({"error": denied.as_str(), "detail": detail}));
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = if denied == Denied::Invalid {
+            "Bearer realm=\"sluice-admin\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"sluice-admin\""
+        };
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(challenge),
+        );
+    }
+    resp
 }
 
 async fn handle(
@@ -112,7 +176,10 @@ async fn handle(
                 StatusCode::BAD_REQUEST,
                 &json!({"status": "invalid", "error": e.to_string()}),
             ),
-            Err(e @ (ReloadError::Apply(_) | ReloadError::Policies(_))) => json_response(
+            Err(
+                e
+                @ (ReloadError::Apply(_) | ReloadError::Policies(_) | ReloadError::AdminTokens(_)),
+            ) => json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &json!({"status": "failed", "error": e.to_string()}),
             ),

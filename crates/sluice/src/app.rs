@@ -15,6 +15,7 @@ use sluice_proxy::{ApplySummary, Proxy};
 use sluice_routing::merge;
 use tokio::sync::{mpsc, watch};
 
+use crate::admin_auth::{AdminAuth, TokenError};
 use crate::discovery::{DiscoveryState, effective_policies, ms_since};
 use crate::discovery_rebuild::{RebuildInputs, Rebuilt};
 use crate::discovery_reload::DiscoveryReload;
@@ -28,6 +29,8 @@ pub(crate) struct App {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: AtomicBool,
     pub(crate) policies: Arc<Policies>,
+    /// The admin API's tokens (`[admin]`), read again on every reload.
+    pub(crate) admin_auth: AdminAuth,
     /// `[[discovery]]`, once configured (at start-up or by a reload; it stays once started,
     /// with no sources if a reload removes them all).
     pub(crate) discovery: std::sync::OnceLock<Arc<DiscoveryState>>,
@@ -55,6 +58,10 @@ pub(crate) enum ReloadError {
         "configuration applied, but policies were rejected and keep their previous version: {0}"
     )]
     Policies(String),
+    /// The configuration was applied; the admin tokens could not be read again and the
+    /// previous ones stay.
+    #[error("configuration applied, but the admin tokens keep their previous value: {0}")]
+    AdminTokens(#[from] TokenError),
 }
 
 impl App {
@@ -64,7 +71,7 @@ impl App {
         config_path: PathBuf,
         metrics: PrometheusHandle,
         policies: Arc<Policies>,
-        base: Config,
+        (base, admin_auth): (Config, AdminAuth),
     ) -> Self {
         App {
             proxy,
@@ -72,6 +79,7 @@ impl App {
             metrics,
             ready: AtomicBool::new(false),
             policies,
+            admin_auth,
             discovery: std::sync::OnceLock::new(),
             base: watch::channel(Arc::new(base)).0,
             rebuilds: std::sync::Mutex::default(),
@@ -181,7 +189,11 @@ impl App {
                 match (applied, policies) {
                     (Err(e), _) => Err(ReloadError::from(e)),
                     (Ok(_), Err(e)) => Err(ReloadError::Policies(e)),
-                    (Ok(summary), Ok(())) => Ok(summary),
+                    (Ok(summary), Ok(())) => self
+                        .admin_auth
+                        .reload()
+                        .map(|()| summary)
+                        .map_err(ReloadError::from),
                 }
             }
         };

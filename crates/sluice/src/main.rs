@@ -5,6 +5,7 @@
 //! policy world a module implements and tries it; `sluice --version`.
 
 mod admin;
+mod admin_auth;
 mod app;
 mod discovery;
 mod discovery_health;

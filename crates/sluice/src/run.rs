@@ -93,6 +93,10 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         }
     }
     let base = cfg.clone();
+    let admin_auth = crate::admin_auth::AdminAuth::load(&cfg.admin)?;
+    if cfg.admin.insecure && !cfg.admin.authenticates() && !admin_bind.ip().is_loopback() {
+        tracing::warn!(admin = %admin_bind, "[admin] insecure = true: the admin API is open to anyone who reaches {admin_bind}, and can reload the proxy");
+    }
     let proxy = Proxy::start_with_policies(
         cfg,
         Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
@@ -100,7 +104,13 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     )
     .await
     .context("starting listeners")?;
-    let app = Arc::new(App::new(proxy, config_path, metrics, policies, base));
+    let app = Arc::new(App::new(
+        proxy,
+        config_path,
+        metrics,
+        policies,
+        (base, admin_auth),
+    ));
     if let Some(state) = discovery {
         app.start_discovery(state);
     }

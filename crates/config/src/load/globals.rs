@@ -13,7 +13,39 @@ impl Cx<'_> {
             Some(b) => self.socket_addr(b).unwrap_or_else(default_admin_bind),
             None => default_admin_bind(),
         };
-        AdminConfig { bind }
+        let admin = AdminConfig {
+            bind,
+            tokens_file: raw.tokens_file.as_ref().map(|f| self.readable_file(f)),
+            token_env: raw.token_env.as_ref().and_then(|v| self.env_name(v)),
+            read_token_env: raw.read_token_env.as_ref().and_then(|v| self.env_name(v)),
+            insecure: raw.insecure.as_ref().is_some_and(|v| *v.get_ref()),
+        };
+        if let Some(b) = &raw.bind
+            && !bind.ip().is_loopback()
+            && !admin.authenticates()
+            && !admin.insecure
+        {
+            self.error_hint(
+                Some(b.span()),
+                format!("the admin API on {bind} would let anyone who reaches it reload the proxy"),
+                "set tokens_file or token_env (bearer tokens), bind a loopback address, or set insecure = true to serve it open",
+            );
+        }
+        admin
+    }
+
+    /// The name of an environment variable (`token_env`, `read_token_env`).
+    fn env_name(&mut self, v: &Spanned<String>) -> Option<String> {
+        let name = v.get_ref();
+        if name.is_empty() || name.contains(['=', '\0']) {
+            self.error_hint(
+                Some(v.span()),
+                format!("`{name}` is not an environment variable name"),
+                "e.g. token_env = \"SLUICE_ADMIN_TOKEN\"",
+            );
+            return None;
+        }
+        Some(name.clone())
     }
 
     pub(super) fn runtime(&mut self, raw: RawRuntime) -> RuntimeConfig {

@@ -221,7 +221,7 @@ impl Cx<'_> {
     }
 
     /// A path resolved against the config file's folder, which must be a readable file.
-    fn readable_file(&mut self, v: &Spanned<String>) -> PathBuf {
+    pub(super) fn readable_file(&mut self, v: &Spanned<String>) -> PathBuf {
         let raw = v.get_ref();
         let path = match self.src.path().parent() {
             Some(dir) if std::path::Path::new(raw).is_relative() => dir.join(raw),
@@ -234,7 +234,7 @@ impl Cx<'_> {
             self.error_hint(
                 Some(v.span()),
                 format!("cannot read `{}`: {e}", path.display()),
-                "give the path of a PEM file (relative paths start at this file's folder)",
+                "give the path of a readable file (relative paths start at this file's folder)",
             );
         }
         path

@@ -1,0 +1,286 @@
+//! Who may use the admin API: bearer tokens with a `read` or an `admin` scope.
+//!
+//! Tokens come from `[admin] tokens_file` (one `SCOPE TOKEN` per line, `#` comments) and from
+//! the environment variables named by `token_env` (admin) and `read_token_env` (read). `GET`s
+//! need `read` (which `admin` includes), everything else `admin`; `/healthz` and `/readyz` stay
+//! open for orchestrators' probes. Without any token source the API is open, which the
+//! configuration allows only on a loopback address or with `insecure = true`.
+//!
+//! Only SHA-256 digests of the tokens are kept, and a presented token is compared by its
+//! digest: the time a comparison takes tells nothing about the secret. The file is read again
+//! on every reload, so tokens can be rotated without a restart; a file that no longer reads
+//! keeps the previous tokens.
+
+use std::path::Path;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use sluice_config::AdminConfig;
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Scope {
+    Read,
+    Admin,
+}
+
+/// Why a token source could not be read; the message names the file and line or the variable.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenError {
+    #[error("admin tokens_file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("admin tokens_file {path}:{line}: {why}")]
+    Line {
+        path: String,
+        line: usize,
+        why: &'static str,
+    },
+    #[error("admin token variable {name}: {why}")]
+    Env { name: String, why: &'static str },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No `Authorization: Bearer` field.
+    Missing,
+    /// A token that is not one of the configured ones.
+    Invalid,
+    /// A `read` token on a request that needs `admin`.
+    Scope,
+}
+
+impl Denied {
+    /// The `reason` label of `sluice_admin_auth_failures_total`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Denied::Missing => "missing",
+            Denied::Invalid => "invalid",
+            Denied::Scope => "scope",
+        }
+    }
+}
+
+/// A token's scope and the SHA-256 digest of the token.
+type Grant = (Scope, [u8; 32]);
+
+/// Shortest token accepted: shorter ones could be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin API's tokens, replaced whole on reload.
+#[derive(Debug)]
+pub(crate) struct AdminAuth {
+    config: AdminConfig,
+    /// `None`: no token source, the API is open.
+    tokens: ArcSwap<Option<Vec<Grant>>>,
+}
+
+impl AdminAuth {
+    /// Reads every token source of `config`.
+    pub(crate) fn load(config: &AdminConfig) -> Result<Self, TokenError> {
+        let tokens = read_tokens(config)?;
+        Ok(AdminAuth {
+            config: config.clone(),
+            tokens: ArcSwap::from_pointee(tokens),
+        })
+    }
+
+    /// Reads the token sources again (the file's content, the variables' values).
+    pub(crate) fn reload(&self) -> Result<(), TokenError> {
+        self.tokens
+            .store(std::sync::Arc::new(read_tokens(&self.config)?));
+        Ok(())
+    }
+
+    /// Whether a request with this `Authorization` value may do what needs `scope`.
+    pub(crate) fn check(&self, scope: Scope, authorization: Option<&[u8]>) -> Result<(), Denied> {
+        let tokens = self.tokens.load();
+        let Some(tokens) = tokens.as_ref() else {
+            return Ok(());
+        };
+        let presented = authorization
+            .and_then(bearer_token)
+            .ok_or(Denied::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let granted = tokens
+            .iter()
+            .filter(|(_, d)| *d == digest)
+            .map(|(s, _)| *s)
+            .max()
+            .ok_or(Denied::Invalid)?;
+        if granted >= scope {
+            Ok(())
+        } else {
+            Err(Denied::Scope)
+        }
+    }
+}
+
+/// The token of `Bearer TOKEN` (scheme case-insensitive, RFC 9110 §11.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+fn read_tokens(config: &AdminConfig) -> Result<Option<Vec<Grant>>, TokenError> {
+    if !config.authenticates() {
+        return Ok(None);
+    }
+    let mut tokens = Vec::new();
+    if let Some(path) = &config.tokens_file {
+        tokens.extend(read_file(path)?);
+    }
+    for (name, scope) in [
+        (&config.token_env, Scope::Admin),
+        (&config.read_token_env, Scope::Read),
+    ] {
+        if let Some(name) = name {
+            tokens.push((scope, digest(&env_token(name)?)));
+        }
+    }
+    if tokens.is_empty() {
+        tracing::warn!(
+            "the admin API has token sources but no token: every request needing one is refused"
+        );
+    }
+    Ok(Some(tokens))
+}
+
+fn read_file(path: &Path) -> Result<Vec<Grant>, TokenError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| TokenError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut tokens = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let at = |why| TokenError::Line {
+            path: shown.clone(),
+            line: i + 1,
+            why,
+        };
+        let line = std::str::from_utf8(line)
+            .map_err(|_| at("not UTF-8"))?
+            .trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (scope, token) = line
+            .split_once(char::is_whitespace)
+            .ok_or(at("expected `read TOKEN` or `admin TOKEN`"))?;
+        let scope = match scope {
+            "read" => Scope::Read,
+            "admin" => Scope::Admin,
+            _ => return Err(at("the scope is `read` or `admin`")),
+        };
+        check_token(token.trim()).map_err(at)?;
+        tokens.push((scope, digest(token.trim())));
+    }
+    Ok(tokens)
+}
+
+fn env_token(name: &str) -> Result<String, TokenError> {
+    let err = |why| TokenError::Env {
+        name: name.to_owned(),
+        why,
+    };
+    let value = match std::env::var(name) {
+        Ok(v) => v,
+        Err(std::env::VarError::NotPresent) => return Err(err("is not set")),
+        Err(std::env::VarError::NotUnicode(_)) => return Err(err("is not UTF-8")),
+    };
+    check_token(value.trim()).map_err(err)?;
+    Ok(value.trim().to_owned())
+}
+
+/// A token as RFC 6750 allows it in `Authorization: Bearer`, long enough not to be guessed.
+fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err("a token needs at least 16 characters");
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+    if !token.chars().all(allowed) {
+        return Err("a token has letters, digits and -._~+/= only");
+    }
+    Ok(())
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn auth_from(file: impl AsRef<[u8]>) -> Result<AdminAuth, TokenError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, file).unwrap();
+        AdminAuth::load(&AdminConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            tokens_file: Some(path),
+            token_env: None,
+            read_token_env: None,
+            insecure: false,
+        })
+    }
+
+    #[test]
+    fn scopes_are_checked_by_digest() {
+        let auth = auth_from("# operators\nadmin aaaaaaaaaaaaaaaa-1\n\nread rrrrrrrrrrrrrrrr-2\n")
+            .unwrap();
+        let bearer = |t: &str| format!("Bearer {t}").into_bytes();
+        assert_eq!(auth.check(Scope::Read, None), Err(Denied::Missing));
+        assert_eq!(
+            auth.check(Scope::Read, Some(b"Basic abc")),
+            Err(Denied::Missing)
+        );
+        assert_eq!(
+            auth.check(Scope::Read, Some(&bearer("nope-nope-nope-nope"))),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            auth.check(Scope::Read, Some(&bearer("rrrrrrrrrrrrrrrr-2"))),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Scope::Admin, Some(&bearer("rrrrrrrrrrrrrrrr-2"))),
+            Err(Denied::Scope)
+        );
+        assert_eq!(
+            auth.check(Scope::Admin, Some(b"bearer   aaaaaaaaaaaaaaaa-1 ")),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Scope::Read, Some(&bearer("aaaaaaaaaaaaaaaa-1"))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_named_by_number() {
+        for (file, want) in [
+            ("admin short\n", ":1: a token needs at least 16 characters"),
+            (
+                "\nwrite aaaaaaaaaaaaaaaa-1\n",
+                ":2: the scope is `read` or `admin`",
+            ),
+            ("admin\n", ":1: expected `read TOKEN` or `admin TOKEN`"),
+            ("read aaaaaaaaaaaaaaaa\u{e9}\n", ":1: a token has letters"),
+        ] {
+            let err = auth_from(file).unwrap_err().to_string();
+            assert!(err.contains(want), "{file:?}: {err}");
+        }
+        let err = auth_from(b"admin \xff\xfe\n").unwrap_err().to_string();
+        assert!(err.ends_with(":1: not UTF-8"), "{err}");
+    }
+}
