@@ -69,6 +69,9 @@ pub enum Kind {
     XForwardedProto,
     XForwardedHost,
     XRequestId,
+    /// W3C Trace Context's `traceparent` and `tracestate`.
+    TraceParent,
+    TraceState,
     Cookie,
     Referer,
     UserAgent,
@@ -92,6 +95,8 @@ impl Kind {
             10 if is("connection") => Kind::Connection,
             10 if is("user-agent") => Kind::UserAgent,
             10 if is("keep-alive") => Kind::KeepAlive,
+            10 if is("tracestate") => Kind::TraceState,
+            11 if is("traceparent") => Kind::TraceParent,
             12 if is("x-request-id") => Kind::XRequestId,
             14 if is("content-length") => Kind::ContentLength,
             15 if is("x-forwarded-for") => Kind::XForwardedFor,

@@ -38,6 +38,8 @@ pub enum BodyLength {
 pub struct Facts {
     host: Option<u16>,
     request_id: Option<u16>,
+    /// The `traceparent` field; `u16::MAX` when there were several (none of them is valid).
+    traceparent: Option<u16>,
     forwarded_for: Option<u16>,
     referer: Option<u16>,
     user_agent: Option<u16>,
@@ -60,6 +62,7 @@ impl Facts {
         Self {
             host: None,
             request_id: None,
+            traceparent: None,
             forwarded_for: None,
             referer: None,
             user_agent: None,
@@ -153,6 +156,11 @@ impl RequestHead {
         self.facts
             .request_id
             .map(|i| self.buf.slice(self.fields[usize::from(i)].value.range()))
+    }
+
+    /// The `traceparent` value, when the request has exactly one.
+    pub fn traceparent(&self) -> Option<&[u8]> {
+        self.field_at(self.facts.traceparent.filter(|&i| i != u16::MAX))
     }
 
     /// The first `X-Forwarded-For` value.
@@ -336,6 +344,12 @@ fn note(
         }
         Kind::XForwardedFor => {
             facts.forwarded_for.get_or_insert(index);
+        }
+        Kind::TraceParent => {
+            let seen = facts.traceparent.replace(index).is_some();
+            if seen {
+                facts.traceparent = Some(u16::MAX);
+            }
         }
         Kind::Referer => {
             facts.referer.get_or_insert(index);

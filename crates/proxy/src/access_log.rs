@@ -203,14 +203,16 @@ pub(crate) struct RequestInfo {
     pub(crate) user_agent: Option<String>,
     /// The connection's TLS session, on TLS listeners.
     pub(crate) tls: Option<Arc<crate::tls::ConnTls>>,
+    /// The W3C trace id (32 hex digits), the client's or started by Sluice.
+    pub(crate) trace_id: [u8; 32],
 }
 
 impl RequestInfo {
     pub(crate) fn new(
         head: &sluice_codec::request::RequestHead,
         client: SocketAddr,
-        listener: &Arc<str>,
-        tls: Option<&Arc<crate::tls::ConnTls>>,
+        (listener, tls): (&Arc<str>, Option<&Arc<crate::tls::ConnTls>>),
+        trace: &crate::trace::TraceContext,
     ) -> Self {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Self {
@@ -223,6 +225,7 @@ impl RequestInfo {
             referer: head.referer().map(text),
             user_agent: head.user_agent().map(text),
             tls: tls.cloned(),
+            trace_id: trace.trace_id().as_bytes().try_into().unwrap_or([b'0'; 32]),
         }
     }
 }
@@ -248,6 +251,7 @@ pub(crate) struct Entry<'a> {
     pub(crate) upstream_ms: Option<f64>,
     pub(crate) retries: u32,
     pub(crate) request_id: &'a str,
+    pub(crate) trace_id: &'a str,
     pub(crate) error: Option<String>,
     pub(crate) completed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

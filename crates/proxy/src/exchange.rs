@@ -151,6 +151,7 @@ impl Exchange {
             upstream_ms: self.upstream_ms.map(round_micros),
             retries: self.retries,
             request_id: self.request_id.as_str(),
+            trace_id: std::str::from_utf8(&info.trace_id).unwrap_or_default(),
             error,
             completed,
             tls: info.tls.as_deref().map(crate::tls::ConnTls::log),

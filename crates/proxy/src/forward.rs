@@ -39,6 +39,7 @@ use crate::retry::{self, Cost, Decision, Outcome, RetryPolicy};
 use crate::route_rules::LocalAnswer;
 use crate::routing::Route;
 use crate::send_error::SendError;
+use crate::trace::TraceContext;
 use crate::upstream::{InFlight, Instance, Picked, Service, Tried};
 use sluice_codec::request::RequestHead;
 use sluice_codec::response::UpstreamHead;
@@ -57,6 +58,7 @@ pub(crate) async fn handle(
         watch.request_started();
     }
     let request_id = RequestId::of(head);
+    let trace = TraceContext::of(head);
     let rt = cx.listener.runtime.load();
     let host = head.host().and_then(|h| std::str::from_utf8(h).ok());
     let route = rt.table.lookup(host, head.path()).cloned();
@@ -64,13 +66,17 @@ pub(crate) async fn handle(
     let log = rt.access_log.enabled().then(|| {
         Box::new((
             rt.access_log.clone(),
-            RequestInfo::new(head, cx.peer, &cx.listener.name, cx.tls.as_ref()),
+            RequestInfo::new(head, cx.peer, (&cx.listener.name, cx.tls.as_ref()), &trace),
         ))
     });
     drop(rt);
     let mut exchange = Exchange::new(start, cx.watch.clone(), request_id.clone(), log);
     let grpc = crate::grpc::is_grpc(head);
-    let answer = Answer { request_id, grpc };
+    let answer = Answer {
+        request_id,
+        grpc,
+        trace,
+    };
 
     let Some(route) = route else {
         cx.listener.unrouted.increment(1);
@@ -90,13 +96,8 @@ pub(crate) async fn handle(
         total = total.min(asked);
     }
     let deadline = start + total;
-    let prepared = Prepared::new(
-        head,
-        &route,
-        cx,
-        &answer.request_id,
-        (deadline, body_timeout),
-    );
+    let ids = (&answer.request_id, &answer.trace);
+    let prepared = Prepared::new(head, &route, cx, ids, (deadline, body_timeout));
     match forward(prepared, body, start, &mut exchange, timer).await {
         Ok(Forwarded {
             response,
@@ -128,10 +129,12 @@ pub(crate) async fn handle(
     }
 }
 
-/// How Sluice answers a request itself: with its id, and as a gRPC error to a gRPC call.
+/// What a request's answers carry: its id and trace, and whether Sluice's own is a gRPC
+/// error (for a gRPC call).
 struct Answer {
     request_id: RequestId,
     grpc: bool,
+    trace: TraceContext,
 }
 
 /// The response for a local answer, logged and counted like every answer.
@@ -182,7 +185,9 @@ fn local_error(
     answer: Answer,
     mut exchange: Exchange,
 ) -> ProxyResponse {
-    let Answer { request_id, grpc } = answer;
+    let Answer {
+        request_id, grpc, ..
+    } = answer;
     let ((status, headers), bytes) = if grpc {
         (crate::grpc::error_head(err), bytes::Bytes::new())
     } else {
@@ -268,7 +273,7 @@ impl<'r> Prepared<'r> {
         head: &'r RequestHead,
         route: &'r Route,
         cx: &'r ConnCtx,
-        request_id: &'r RequestId,
+        (request_id, trace): (&'r RequestId, &'r TraceContext),
         (deadline, body_timeout): (Instant, Duration),
     ) -> Self {
         let service = &*route.service;
@@ -292,7 +297,7 @@ impl<'r> Prepared<'r> {
                 head,
                 &cx.client_ip,
                 (scheme, upgrade),
-                request_id,
+                (request_id, trace),
                 cx.tls.as_deref(),
             ),
             route_host,

@@ -11,6 +11,8 @@ use sluice_codec::fields::put_field;
 use sluice_codec::fields::{Field, Kind};
 use sluice_codec::request::RequestHead;
 
+use crate::trace::TraceContext;
+
 /// `x-request-id`: taken from the client when sane, generated otherwise, always forwarded.
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,6 +34,8 @@ pub(crate) struct UpstreamFields<'a> {
     /// The host the client asked for (`X-Forwarded-Host`).
     forwarded_host: Option<&'a [u8]>,
     request_id: &'a RequestId,
+    /// The request's trace: a started one replaces the client's trace fields.
+    trace: &'a TraceContext,
     /// A protocol switch is asked for: `Upgrade` passes and `Connection: upgrade` is added.
     upgrade: bool,
     /// The TLS session's identity fields (added) and every configured identity field name
@@ -45,7 +49,7 @@ impl<'a> UpstreamFields<'a> {
         head: &'a RequestHead,
         client_ip: &'a HeaderValue,
         (proto, upgrade): (&'static str, bool),
-        request_id: &'a RequestId,
+        (request_id, trace): (&'a RequestId, &'a TraceContext),
         identity: Option<&'a crate::tls::ConnTls>,
     ) -> Self {
         Self {
@@ -56,6 +60,7 @@ impl<'a> UpstreamFields<'a> {
             forwarded_proto: proto,
             forwarded_host: head.host(),
             request_id,
+            trace,
             upgrade,
             identity,
         }
@@ -69,6 +74,7 @@ impl<'a> UpstreamFields<'a> {
             Kind::Upgrade => self.upgrade,
             Kind::Expect | Kind::XForwardedFor | Kind::XForwardedProto | Kind::XRequestId => false,
             Kind::XForwardedHost => self.forwarded_host.is_none(),
+            Kind::TraceParent | Kind::TraceState => !self.trace.started(),
             Kind::Host => !host,
             Kind::Other => {
                 !head.named_by_connection(name)
@@ -96,6 +102,9 @@ impl<'a> UpstreamFields<'a> {
             put_field(out, b"x-forwarded-host", host);
         }
         put_field(out, b"x-request-id", self.request_id.as_bytes());
+        if let Some(traceparent) = self.trace.new_traceparent() {
+            put_field(out, b"traceparent", traceparent);
+        }
         if let Some(tls) = self.identity {
             for (name, value) in tls.identity_fields() {
                 put_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -128,6 +137,9 @@ impl UpstreamFields<'_> {
             put("x-forwarded-host", host);
         }
         put("x-request-id", self.request_id.as_bytes());
+        if let Some(traceparent) = self.trace.new_traceparent() {
+            put("traceparent", traceparent);
+        }
         if let Some(tls) = self.identity {
             for (name, value) in tls.identity_fields() {
                 map.insert(name.clone(), value.clone());
@@ -210,7 +222,8 @@ mod tests {
         let ip = client_ip_value("127.0.0.1".parse().unwrap());
         let id = RequestId::Client(Bytes::from_static(b"id-1"));
         let upgrade = upgrade.unwrap_or(h.is_upgrade());
-        let fields = UpstreamFields::new(&h, &ip, ("http", upgrade), &id, None);
+        let trace = TraceContext::of(&h);
+        let fields = UpstreamFields::new(&h, &ip, ("http", upgrade), (&id, &trace), None);
         let mut out = BytesMut::new();
         let buf = h.buffer();
         let kept = h
@@ -219,11 +232,37 @@ mod tests {
             .filter(|f| fields.keeps(&h, f, f.name.get(buf), host.is_some()));
         sluice_codec::fields::write_lines(&mut out, buf, kept);
         fields.write(&mut out, host);
-        String::from_utf8(out.to_vec())
+        let lines: Vec<String> = String::from_utf8(out.to_vec())
             .unwrap()
             .lines()
             .map(str::to_owned)
+            .collect();
+        // Without a client trace a new one is added after x-request-id (trace.rs tests its
+        // form); the tests below are about the other fields.
+        // Exactly one goes out: the client's or the new one.
+        let started = trace.new_traceparent().is_some();
+        let traceparents = lines.iter().filter(|l| l.starts_with("traceparent: "));
+        assert_eq!(traceparents.count(), 1, "{lines:?}");
+        lines
+            .into_iter()
+            .filter(|l| !(started && l.starts_with("traceparent: ")))
             .collect()
+    }
+
+    #[test]
+    fn a_clients_trace_passes_and_an_invalid_one_is_replaced() {
+        let valid = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let lines = upstream(
+            &format!("GET / HTTP/1.1\r\nHost: a\r\n{valid}\r\ntracestate: v=1\r\n\r\n"),
+            None,
+        );
+        assert!(lines.contains(&valid.to_owned()), "{lines:?}");
+        assert!(lines.contains(&"tracestate: v=1".to_owned()), "{lines:?}");
+        let lines = upstream(
+            "GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-zz\r\ntracestate: v=1\r\n\r\n",
+            None,
+        );
+        assert!(!lines.iter().any(|l| l.starts_with("trace")), "{lines:?}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod server_h2;
 mod sni;
 mod tcp;
 mod tls;
+mod trace;
 mod tunnel;
 mod upstream;
 
