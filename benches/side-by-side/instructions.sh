@@ -11,7 +11,9 @@
 # REQUESTS requests (plus a 1 s warm-up) from `loadgen` at 200 req/s over 20 keep-alive
 # connections; a second run with no requests measures start-up and shutdown, which is
 # subtracted. With KEEP_CALLGRIND=DIR, Sluice's callgrind profiles are copied to DIR (read
-# them with callgrind_annotate).
+# them with callgrind_annotate). CONTENDERS="sluice" runs a subset; SLUICE_ROUTE_EXTRA adds
+# keys to Sluice's route, to count what a route option costs:
+#   SLUICE_ROUTE_EXTRA='rate_limit = { rate = 10000000 }' CONTENDERS=sluice instructions.sh
 set -euo pipefail
 REQUESTS=${1:-2000}
 cd "$(dirname "$0")/../.."
@@ -78,6 +80,7 @@ name = "web"
 bind = "$PROXY"
 [[route]]
 service = "backend"
+${SLUICE_ROUTE_EXTRA:-}
 [[service]]
 name = "backend"
 instances = ["$BACKEND"]
@@ -114,13 +117,14 @@ run() {
 
 printf '| proxy | instructions per request | vs nginx |\n|---|---|---|\n'
 declare -A per
-for name in nginx haproxy sluice; do
+contenders=${CONTENDERS:-nginx haproxy sluice}
+for name in $contenders; do
   base=$(run "$name" 0)
   loaded=$(run "$name" "$REQUESTS")
   # loadgen sends 1 s of warm-up (200 requests) on top of REQUESTS; curl's readiness probes
   # are in both runs and cancel out.
   per[$name]=$(( (loaded - base) / (REQUESTS + 200) ))
 done
-for name in nginx haproxy sluice; do
-  printf '| %s | %s | %s |\n' "$name" "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]}" 'BEGIN {printf "%.2f×", a / b}')"
+for name in $contenders; do
+  printf '| %s | %s | %s |\n' "$name" "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]:-}" 'BEGIN {if (b) printf "%.2f×", a / b; else printf "—"}')"
 done

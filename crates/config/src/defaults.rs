@@ -14,6 +14,14 @@ pub const LOG_LEVEL: &str = "info";
 /// `[access_log] buffer_lines`.
 pub const ACCESS_LOG_BUFFER_LINES: usize = 16_384;
 
+/// `rate_limit.per` on a route.
+pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
+/// `rate_limit.max_keys` on a route: about 4 MB of buckets at most.
+pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
+/// `[service.concurrency] queue_timeout`: the longest a request waits for a place among the
+/// service's requests in flight (haproxy's `timeout queue` is the same order).
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// `[[listener]] max_connections`.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// `[[listener]] header_read_timeout`.

@@ -26,6 +26,7 @@ mod health;
 mod kv;
 mod listeners;
 mod policies;
+mod rate_limit;
 mod route_rules;
 mod routes;
 mod services;
@@ -43,6 +44,7 @@ const SECTIONS: &[&str] = &[
     "kv",
     "discovery",
     "routing",
+    "overload",
 ];
 
 /// What validation may look up outside the text.
@@ -96,6 +98,7 @@ pub(crate) fn parse(source: &Source, lookups: Lookups) -> Result<Config, Diagnos
             "kv" => raw.kv = cx.array(name, value),
             "discovery" => raw.discovery = cx.array(name, value),
             "routing" => raw.routing = cx.section(name, value),
+            "overload" => raw.overload = cx.section(name, value),
             other => {
                 let mut diag = Diagnostic::at(
                     source,
@@ -135,6 +138,7 @@ struct RawFile {
     kv: Vec<Spanned<RawKv>>,
     discovery: Vec<Spanned<RawDiscovery>>,
     routing: Option<RawRouting>,
+    overload: Option<RawOverload>,
 }
 
 struct Cx<'s> {
@@ -308,7 +312,9 @@ impl<'s> Cx<'s> {
             &policies,
             !kv.is_empty(),
         );
+        let overload = self.overload(raw.overload.unwrap_or_default());
         Config {
+            overload,
             admin,
             runtime,
             log,
@@ -553,6 +559,7 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
     match (section, parents) {
         ("admin", []) => fields_of::<RawAdmin>(),
         ("runtime", []) => fields_of::<RawRuntime>(),
+        ("overload", []) => fields_of::<RawOverload>(),
         ("log", []) => fields_of::<RawLog>(),
         ("access_log", []) => fields_of::<RawAccessLog>(),
         ("listener", []) => fields_of::<RawListener>(),
@@ -564,11 +571,13 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("kv", []) => fields_of::<RawKv>(),
         ("route", []) => fields_of::<RawRoute>(),
         ("route", ["redirect"]) => fields_of::<RawRedirect>(),
+        ("route", ["rate_limit"]) => fields_of::<RawRateLimit>(),
         ("service", []) => fields_of::<RawService>(),
         ("service", ["timeouts"]) => fields_of::<RawTimeouts>(),
         ("service", ["retries"]) => fields_of::<RawRetries>(),
         ("service", ["outlier"]) => fields_of::<RawOutlier>(),
         ("service", ["pool"]) => fields_of::<RawPool>(),
+        ("service", ["concurrency"]) => fields_of::<RawConcurrency>(),
         ("service", ["health"]) => fields_of::<RawHealth>(),
         ("service", ["instances"]) => fields_of::<RawInstanceTable>(),
         ("service", ["tls"]) => fields_of::<RawServiceTls>(),
@@ -591,6 +600,7 @@ mod docs_tests {
         let sections: &[(&str, &[&str])] = &[
             ("admin", &[]),
             ("runtime", &[]),
+            ("overload", &[]),
             ("log", &[]),
             ("access_log", &[]),
             ("listener", &[]),
@@ -602,11 +612,13 @@ mod docs_tests {
             ("kv", &[]),
             ("route", &[]),
             ("route", &["redirect"]),
+            ("route", &["rate_limit"]),
             ("service", &[]),
             ("service", &["timeouts"]),
             ("service", &["retries"]),
             ("service", &["outlier"]),
             ("service", &["pool"]),
+            ("service", &["concurrency"]),
             ("service", &["health"]),
             ("service", &["instances"]),
             ("service", &["tls"]),

@@ -31,6 +31,18 @@ pub struct Config {
     pub discovery: Vec<crate::discovery::DiscoveryConfig>,
     /// `[routing]`: how the catalog becomes routes.
     pub routing: crate::discovery::RoutingConfig,
+    /// `[overload]`: process-wide watermarks.
+    pub overload: OverloadConfig,
+}
+
+/// `[overload]`: process-wide watermarks. At 90 % of one, keep-alive is shed; at 100 %, new
+/// requests get `503 overloaded` at once. Unset watermarks are not watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverloadConfig {
+    /// Client connections across every listener.
+    pub max_connections: Option<usize>,
+    /// Resident memory of the process, in MiB.
+    pub max_memory_mb: Option<u64>,
 }
 
 /// Where one `[[kv]]` source reads from.
@@ -296,6 +308,47 @@ pub struct RouteConfig {
     /// `upgrades`: the protocols a client may switch to through this route (`Upgrade`), lower
     /// case. Any other `Upgrade` is removed and the request forwarded as a plain one.
     pub upgrades: Vec<String>,
+    /// `rate_limit`: token buckets per client key (`None`: no limit).
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `rate_limit = { rate, per, burst, key, max_keys }` on a route: each key (a client address,
+/// a header's value or a TLS identity) may send `rate` requests every `per`, and `burst` at
+/// once; past that it gets `429` with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Requests allowed every `per`, on average.
+    pub rate: u32,
+    /// The period `rate` counts over.
+    pub per: Duration,
+    /// Requests a key may send at once after being idle (the bucket's size).
+    pub burst: u32,
+    /// What the buckets are keyed by.
+    pub key: RateLimitKey,
+    /// Most keys held; keys past it share one bucket until idle ones are evicted.
+    pub max_keys: usize,
+}
+
+/// What a route's rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's address (an IPv6 client's /64).
+    Client,
+    /// A request header's value (lower-case name); requests without it count by client.
+    Header(String),
+    /// The verified client certificate's SHA-256 fingerprint; clients without one count by
+    /// address.
+    TlsIdentity,
+}
+
+impl std::fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Client => f.write_str("client"),
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::TlsIdentity => f.write_str("tls_identity"),
+        }
+    }
 }
 
 /// The protocols a route lets clients switch to when it does not say: WebSocket only.
@@ -585,6 +638,21 @@ pub struct ServiceConfig {
     pub on_demotion: OnDemotion,
     /// `[service.tls]`: TLS to instances.
     pub tls: Option<crate::ServiceTlsConfig>,
+    /// `[service.concurrency]`: a bound on the service's requests in flight, if any.
+    pub concurrency: Option<ConcurrencyLimit>,
+}
+
+/// `[service.concurrency]`: at most `max_in_flight` requests of the service are in flight at
+/// once; up to `max_queued` more wait (each at most `queue_timeout`) for one to finish, and
+/// the rest are refused at once with `503 overloaded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyLimit {
+    /// Requests sent or being answered at once, across the service's instances.
+    pub max_in_flight: usize,
+    /// Requests waiting for a place; past it a request is refused at once.
+    pub max_queued: usize,
+    /// The longest a request waits for a place (never past its own deadline).
+    pub queue_timeout: Duration,
 }
 
 impl ServiceConfig {
@@ -626,6 +694,7 @@ impl ServiceConfig {
             health: None,
             on_demotion: OnDemotion::Close,
             tls: None,
+            concurrency: None,
         }
     }
 }

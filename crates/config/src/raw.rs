@@ -25,6 +25,12 @@ pub(crate) struct RawRuntime {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawOverload {
+    pub(crate) max_connections: Option<S<i64>>,
+    pub(crate) max_memory_mb: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawLog {
     pub(crate) level: Option<S<String>>,
     pub(crate) format: Option<S<String>>,
@@ -95,6 +101,17 @@ pub(crate) struct RawRoute {
     pub(crate) deny: Option<S<Vec<S<String>>>>,
     pub(crate) upstream_host: Option<S<String>>,
     pub(crate) upgrades: Option<S<Vec<S<String>>>>,
+    pub(crate) rate_limit: Option<S<RawRateLimit>>,
+}
+
+/// `rate_limit = { rate = 100, per = "1s", burst = 200, key = "client" }` on a route.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRateLimit {
+    pub(crate) rate: Option<S<i64>>,
+    pub(crate) per: Option<S<String>>,
+    pub(crate) burst: Option<S<i64>>,
+    pub(crate) key: Option<S<String>>,
+    pub(crate) max_keys: Option<S<i64>>,
 }
 
 /// `redirect = { code = 301, url = "..." }` on a route.
@@ -119,6 +136,7 @@ pub(crate) struct RawService {
     pub(crate) health: Option<S<RawHealth>>,
     pub(crate) on_demotion: Option<S<String>>,
     pub(crate) tls: Option<RawServiceTls>,
+    pub(crate) concurrency: Option<S<RawConcurrency>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +186,13 @@ pub(crate) struct RawOutlier {
     pub(crate) base_ejection: Option<S<String>>,
     pub(crate) max_ejection: Option<S<String>>,
     pub(crate) max_ejected_percent: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawConcurrency {
+    pub(crate) max_in_flight: Option<S<i64>>,
+    pub(crate) max_queued: Option<S<i64>>,
+    pub(crate) queue_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,9 +1,14 @@
-//! A route's own rules: `redirect`, `allow` / `deny` and `upstream_host`, parsed and refused
-//! with positions.
+//! A route's own rules: `redirect`, `allow` / `deny`, `upstream_host` and `rate_limit`, parsed
+//! and refused with positions.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use sluice_config::{AccessAction, RedirectConfig, ServiceConfig, UpstreamHost, parse_str};
+use std::time::Duration;
+
+use sluice_config::{
+    AccessAction, RateLimitConfig, RateLimitKey, RedirectConfig, ServiceConfig, UpstreamHost,
+    parse_str,
+};
 
 const HEAD: &str =
     "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n[[service]]\nname = \"s\"\n";
@@ -88,4 +93,69 @@ fn bad_rules_are_reported_with_positions() {
 fn a_service_with_defaults_is_what_the_file_gives() {
     let cfg = parse_str("s.toml", HEAD).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.services[0], ServiceConfig::with_defaults("s"));
+}
+
+#[test]
+fn rate_limits_are_parsed_with_their_defaults() {
+    let text = format!(
+        "{HEAD}\
+         [[route]]\npath = \"/a\"\nservice = \"s\"\nrate_limit = {{ rate = 50 }}\n\
+         [[route]]\npath = \"/b\"\nservice = \"s\"\n\
+         rate_limit = {{ rate = 600, per = \"1m\", burst = 5, key = \"header:X-Api-Key\", max_keys = 1000 }}\n\
+         [[route]]\npath = \"/c\"\nservice = \"s\"\nrate_limit = {{ rate = 1, key = \"tls_identity\" }}\n"
+    );
+    let cfg = parse_str("r.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let limit = |i: usize| cfg.routes[i].rate_limit.clone().unwrap();
+    assert_eq!(
+        limit(0),
+        RateLimitConfig {
+            rate: 50,
+            per: Duration::from_secs(1),
+            burst: 50,
+            key: RateLimitKey::Client,
+            max_keys: 100_000,
+        }
+    );
+    assert_eq!(
+        limit(1),
+        RateLimitConfig {
+            rate: 600,
+            per: Duration::from_secs(60),
+            burst: 5,
+            key: RateLimitKey::Header("x-api-key".into()),
+            max_keys: 1000,
+        }
+    );
+    assert_eq!(limit(2).key, RateLimitKey::TlsIdentity);
+}
+
+#[test]
+fn bad_rate_limits_are_reported_with_positions() {
+    let text = format!(
+        "{HEAD}\
+         [[route]]\npath = \"/a\"\nservice = \"s\"\nrate_limit = {{ per = \"1s\" }}\n\
+         [[route]]\npath = \"/b\"\nservice = \"s\"\nrate_limit = {{ rate = 0 }}\n\
+         [[route]]\npath = \"/c\"\nservice = \"s\"\nrate_limit = {{ rate = 5, per = \"2d\" }}\n\
+         [[route]]\npath = \"/d\"\nservice = \"s\"\nrate_limit = {{ rate = 5, key = \"cookie:id\" }}\n\
+         [[route]]\npath = \"/e\"\nservice = \"s\"\nrate_limit = {{ rate = 1000, per = \"100ns\" }}\n\
+         [[route]]\npath = \"/f\"\nservice = \"s\"\nrate_limit = {{ rate = 5, max_keys = 0 }}\n\
+         [[route]]\npath = \"/g\"\nservice = \"s\"\nrate_limit = {{ rate = 5, bucket = 9 }}\n"
+    );
+    let shown = parse_str("bad.toml", &text).unwrap_err().to_string();
+    for expected in [
+        "bad.toml:9:14: error: `rate_limit` needs `rate`",
+        "bad.toml:13:23: error: 0 is out of range",
+        "hint: use a value from 1 to 1000000000",
+        "bad.toml:17:32: error: `per` is longer than a day",
+        "bad.toml:21:32: error: invalid rate limit key `cookie:id`",
+        "hint: use \"client\", \"tls_identity\" or \"header:NAME\"",
+        "bad.toml:25:35: error: 1000 requests per 100ns is faster than one a nanosecond",
+        "bad.toml:29:37: error: 0 is out of range",
+        "bad.toml:33:26: error: unknown key `bucket` in [route.rate_limit]",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
 }

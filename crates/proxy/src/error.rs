@@ -34,17 +34,24 @@ pub enum ProxyErrorKind {
     ClientBodyError,
     /// The route's `allow`/`deny` rules refuse the client's address (403).
     AccessDenied,
+    /// The client's key is over the route's `rate_limit` (429).
+    RateLimited,
+    /// The service has `max_in_flight` requests in flight and no room to queue this one, or
+    /// none came free in time (503).
+    Overloaded,
 }
 
 impl ProxyErrorKind {
     /// Number of kinds (for per-kind arrays).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
 
     /// The status code the client gets.
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoInstance | Self::NoPrimary => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoInstance | Self::NoPrimary | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::ConnectFailed | Self::UpstreamReset | Self::BadResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -54,6 +61,7 @@ impl ProxyErrorKind {
             Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ClientBodyError => StatusCode::BAD_REQUEST,
             Self::AccessDenied => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -72,6 +80,8 @@ impl ProxyErrorKind {
             Self::ClientBodyTimeout => "client_body_timeout",
             Self::ClientBodyError => "client_body_error",
             Self::AccessDenied => "access_denied",
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::headers::RequestId;
 
 use crate::access_log::{AccessLog, Entry, RequestInfo, proto_str, rfc3339_now};
+use crate::admission::Place;
 use crate::conn::ConnWatch;
 use crate::error::ProxyErrorKind;
 use crate::h1::UpConn;
@@ -46,6 +47,9 @@ pub(crate) struct Exchange {
     pub(crate) retries: u32,
     pub(crate) error: Option<ProxyErrorKind>,
     pub(crate) bytes_in: BytesIn,
+    /// The request's place among its service's requests in flight (`[service.concurrency]`),
+    /// given back when the record is dropped.
+    pub(crate) place: Option<Place>,
     request_id: RequestId,
     /// Boxed: only when the access log is on (it is most of this record's size otherwise).
     log: Option<Box<(AccessLog, RequestInfo)>>,
@@ -69,6 +73,7 @@ impl Exchange {
             retries: 0,
             error: None,
             bytes_in: BytesIn::Known(0),
+            place: None,
             request_id,
             log,
             done: false,

@@ -33,6 +33,7 @@ use crate::headers::{RequestId, UpstreamFields};
 use crate::link::{InstanceHead, InstanceResponse, UpLink};
 use crate::listener_state::ConnCtx;
 use crate::pool;
+use crate::rate_limit::KeySource;
 use crate::request_body::{ClientStream, RequestBody, UpBody};
 use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
 use crate::retry::{self, Cost, Decision, Outcome, RetryPolicy};
@@ -78,6 +79,9 @@ pub(crate) async fn handle(
         trace,
     };
 
+    if let Some(err) = cx.listener.overload.refusal() {
+        return local_error(&err, None, answer, exchange);
+    }
     let Some(route) = route else {
         cx.listener.unrouted.increment(1);
         let err = ProxyError::new(
@@ -87,7 +91,16 @@ pub(crate) async fn handle(
         return local_error(&err, None, answer, exchange);
     };
     exchange.route = Some(Arc::clone(&route));
-    if let Some(local) = route.local_answer(cx.peer.ip(), head.path(), head.query()) {
+    let source = KeySource {
+        client: cx.peer.ip(),
+        head,
+        identity: cx
+            .tls
+            .as_ref()
+            .and_then(|t| t.info.identity.as_deref())
+            .map(|id| id.fingerprint_sha256.as_str()),
+    };
+    if let Some(local) = route.local_answer(&source) {
         return local_answer(local, &route, answer, exchange);
     }
     let service = Arc::clone(&route.service);
@@ -96,6 +109,12 @@ pub(crate) async fn handle(
         total = total.min(asked);
     }
     let deadline = start + total;
+    if let Some(gate) = &service.admission {
+        match gate.admit(deadline.into()).await {
+            Ok(place) => exchange.place = Some(place),
+            Err(err) => return local_error(&err, Some(&service.name), answer, exchange),
+        }
+    }
     let ids = (&answer.request_id, &answer.trace);
     let prepared = Prepared::new(head, &route, cx, ids, (deadline, body_timeout));
     match forward(prepared, body, start, &mut exchange, timer).await {
@@ -149,6 +168,14 @@ fn local_answer(
             let service = Some(&*route.service.name).filter(|s| !s.is_empty());
             local_error(&err, service, answer, exchange)
         }
+        LocalAnswer::Limited(err, wait) => {
+            let service = Some(&*route.service.name).filter(|s| !s.is_empty());
+            let mut response = local_error(&err, service, answer, exchange);
+            if let ResponseFields::Local(headers) = &mut response.head.fields {
+                headers.insert(http::header::RETRY_AFTER, retry_after(wait));
+            }
+            response
+        }
         LocalAnswer::Redirect(response) => {
             let (parts, bytes) = response.into_parts();
             exchange.status = parts.status.as_u16();
@@ -163,6 +190,13 @@ fn local_answer(
             }
         }
     }
+}
+
+/// `Retry-After` in whole seconds (RFC 9110 §10.2.3), rounded up: never earlier than the
+/// bucket allows.
+fn retry_after(wait: Duration) -> http::HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    http::HeaderValue::from(secs.max(1))
 }
 
 /// Whether a `101` names at least one protocol in its `Upgrade`, and only protocols the

@@ -52,9 +52,11 @@ pub(crate) fn code(kind: ProxyErrorKind) -> (u8, &'static str) {
             (4, "DEADLINE_EXCEEDED")
         }
         K::AccessDenied => (7, "PERMISSION_DENIED"),
+        K::RateLimited => (8, "RESOURCE_EXHAUSTED"),
         K::ClientBodyError => (13, "INTERNAL"),
         K::NoInstance
         | K::NoPrimary
+        | K::Overloaded
         | K::ConnectFailed
         | K::ConnectTimeout
         | K::UpstreamReset

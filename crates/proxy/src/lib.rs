@@ -16,6 +16,7 @@
 //!   `tests/module_layers.rs`); the wire formats themselves are `sluice-codec`'s.
 
 mod access_log;
+mod admission;
 mod balance;
 mod body;
 mod checks;
@@ -33,9 +34,11 @@ mod link;
 mod listener;
 mod listener_state;
 pub mod metrics;
+mod overload;
 mod pool;
 mod proxy;
 mod proxy_protocol;
+mod rate_limit;
 mod request_body;
 mod response;
 mod retry;

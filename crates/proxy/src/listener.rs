@@ -133,11 +133,17 @@ async fn accept_loop(
         match accepted {
             Ok((mut stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let counted = shared.overload.open();
                 let runtime = shared.runtime.load_full();
                 let shared = Arc::clone(&shared);
                 if runtime.tcp.is_some() {
+                    if shared.overload.refuses_connection() {
+                        tracing::debug!(listener = %shared.name, %peer, "overloaded: TCP connection closed at once");
+                        continue;
+                    }
                     let cut = cut.clone();
                     connections.spawn(async move {
+                        let _counted = counted;
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
                         if let Some(peer) = client_of(&mut stream, peer, &shared, &runtime).await {
@@ -149,6 +155,7 @@ async fn accept_loop(
                 } else {
                     let signals = Arc::clone(&signals);
                     connections.spawn(async move {
+                        let _counted = counted;
                         shared.accepted.increment(1);
                         shared.active.increment(1.0);
                         let Some(peer) = client_of(&mut stream, peer, &shared, &runtime).await

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::access_log::AccessLog;
 use crate::conn::{ClientTimerMetrics, ConnWatch};
 use crate::metrics as m;
+use crate::overload::Overload;
 use crate::routing::RouteTable;
 use crate::tcp::{TcpMetrics, TcpRuntime};
 use crate::tls::{ConnTls, Gate, ListenerTls};
@@ -73,10 +74,12 @@ pub(crate) struct ListenerShared {
     pub(crate) tcp_metrics: Option<TcpMetrics>,
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) limit_size: AtomicUsize,
+    /// The process's watermarks (`[overload]`), shared by every listener.
+    pub(crate) overload: Arc<Overload>,
 }
 
 impl ListenerShared {
-    pub(crate) fn new(name: &str, runtime: ListenerRuntime) -> Self {
+    pub(crate) fn new(name: &str, runtime: ListenerRuntime, overload: Arc<Overload>) -> Self {
         let l = || name.to_owned();
         let limit_size = runtime.config.max_connections;
         let tcp_metrics = runtime.tcp.is_some().then(|| TcpMetrics::new(name));
@@ -91,6 +94,7 @@ impl ListenerShared {
             tcp_metrics,
             limit: Arc::new(Semaphore::new(limit_size)),
             limit_size: AtomicUsize::new(limit_size),
+            overload,
         }
     }
 

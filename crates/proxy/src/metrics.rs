@@ -83,6 +83,24 @@ pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sluice_access_log_dropped_total";
 pub const ROUTE_DENIED_TOTAL: &str = "sluice_route_denied_total";
 /// Requests a `redirect` route answered itself, per route.
 pub const ROUTE_REDIRECTS_TOTAL: &str = "sluice_route_redirects_total";
+/// Requests a route's `rate_limit` refused (429), per route.
+pub const ROUTE_RATE_LIMITED_TOTAL: &str = "sluice_route_rate_limited_total";
+/// Client keys a route's `rate_limit` holds a bucket for, per route.
+pub const ROUTE_RATE_LIMIT_KEYS: &str = "sluice_route_rate_limit_keys";
+/// Requests counted in a route's shared overflow bucket because its `max_keys` were all
+/// busy, per route.
+pub const ROUTE_RATE_LIMIT_OVERFLOW_TOTAL: &str = "sluice_route_rate_limit_overflow_total";
+/// Requests a service's `[service.concurrency]` refused (503 `overloaded`), by `reason`
+/// (`queue_full`, `queue_timeout`).
+pub const SERVICE_OVERLOADED_TOTAL: &str = "sluice_service_overloaded_total";
+/// Requests waiting for a place among a service's requests in flight.
+pub const SERVICE_QUEUED: &str = "sluice_service_queued_requests";
+/// The process's overload level: 0 normal, 1 keep-alive shed, 2 new requests refused.
+pub const OVERLOAD_LEVEL: &str = "sluice_overload_level";
+/// Requests (and TCP connections) refused past an `[overload]` watermark, by `watermark`.
+pub const OVERLOAD_REFUSED_TOTAL: &str = "sluice_overload_refused_total";
+/// The process's resident memory, bytes.
+pub const PROCESS_RESIDENT_BYTES: &str = "sluice_process_resident_bytes";
 /// Configuration reloads, by `result` (`ok`, `invalid`, `failed`).
 pub const RELOADS_TOTAL: &str = "sluice_config_reloads_total";
 
@@ -122,6 +140,14 @@ pub const ALL: &[&str] = &[
     RELOADS_TOTAL,
     ROUTE_DENIED_TOTAL,
     ROUTE_REDIRECTS_TOTAL,
+    ROUTE_RATE_LIMITED_TOTAL,
+    ROUTE_RATE_LIMIT_KEYS,
+    ROUTE_RATE_LIMIT_OVERFLOW_TOTAL,
+    SERVICE_OVERLOADED_TOTAL,
+    SERVICE_QUEUED,
+    OVERLOAD_LEVEL,
+    OVERLOAD_REFUSED_TOTAL,
+    PROCESS_RESIDENT_BYTES,
 ];
 
 /// Per-route handles, registered lazily so unused status classes create no series.

@@ -13,12 +13,15 @@ use sluice_health::clock;
 use sluice_health::{EvaluatorSource, NoPolicies};
 
 use crate::access_log::AccessLog;
+use crate::admission::Admission;
 use crate::checks::{Checker, Services};
 use crate::listener::{self, RunningListener};
 use crate::listener_state::{ListenerRuntime, ListenerShared};
 use crate::metrics::{
     HEALTH_SINCE_CHANGE_SECONDS, INSTANCE_OUTSTANDING, INSTANCES_EJECTED, PRIMARY,
 };
+use crate::overload::Overload;
+use crate::rate_limit::RateLimiter;
 use crate::routing::{Route, RouteTable};
 use crate::tcp::TcpRuntime;
 use crate::upstream::{Service, ServiceShared};
@@ -89,6 +92,8 @@ struct Inner {
     access_log: Mutex<AccessLog>,
     /// Decides `[listener.authz] policy` connections.
     authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
+    /// `[overload]`: the process's watermarks, shared by every listener.
+    overload: Arc<Overload>,
 }
 
 impl Proxy {
@@ -125,8 +130,10 @@ impl Proxy {
                 bound: Mutex::new(HashMap::new()),
                 access_log: Mutex::new(AccessLog::off()),
                 authorizer,
+                overload: Arc::new(Overload::default()),
             }),
         };
+        proxy.inner.overload.spawn_sampler();
         proxy.apply_inner(config, true).await?;
         Ok(proxy)
     }
@@ -152,7 +159,7 @@ impl Proxy {
         let mut running = self.inner.listeners.lock().await;
         let log = self.next_access_log(&config, first)?;
         let services = self.build_services(&config)?;
-        let mut tables = route_tables(&config, &services);
+        let mut tables = route_tables(&config, &services, &running_limiters(&running));
         let mut tls = listener_tls(&config)?;
         let mut sockets = bind_new_listeners(&config, &running)?;
 
@@ -177,6 +184,7 @@ impl Proxy {
         if let Ok(mut all) = self.inner.service_shared.lock() {
             all.retain(|name, _| services.contains_key(name));
         }
+        self.inner.overload.configure(&config.overload);
         let grace = config.runtime.shutdown_grace;
         self.inner.services.store(Arc::new(services));
         self.inner.config.store(Arc::new(config));
@@ -255,6 +263,11 @@ impl Proxy {
                     old.and_then(|o| o.instances().iter().find(|i| i.addr == addr).cloned())
                 });
                 svc.tls = client_tls.remove(sc.name.as_str());
+                svc.admission = sc.concurrency.map(|limit| {
+                    old.and_then(|o| o.admission.clone())
+                        .filter(|kept| *kept.limit() == limit)
+                        .unwrap_or_else(|| Arc::new(Admission::new(limit, &sc.name)))
+                });
                 (sc.name.clone(), Arc::new(svc))
             })
             .collect())
@@ -344,7 +357,8 @@ impl Proxy {
                 return;
             }
         };
-        let shared = Arc::new(ListenerShared::new(&lc.name, runtime));
+        let overload = Arc::clone(&self.inner.overload);
+        let shared = Arc::new(ListenerShared::new(&lc.name, runtime, overload));
         match listener::start(socket, shared, grace) {
             Ok(r) => {
                 if let Ok(mut b) = self.inner.bound.lock() {
@@ -725,10 +739,28 @@ struct NextLog {
     replaced: Option<AccessLog>,
 }
 
-/// Each listener's routes, in file order.
+/// The rate limiters of the running routes, by listener and route name.
+fn running_limiters(
+    running: &HashMap<String, RunningListener>,
+) -> HashMap<(String, Arc<str>), Arc<RateLimiter>> {
+    let mut limiters = HashMap::new();
+    for (listener, r) in running {
+        for route in r.shared.runtime.load().table.routes() {
+            if let Some(limiter) = route.rules.rate_limiter() {
+                let key = (listener.clone(), Arc::clone(&route.name));
+                limiters.insert(key, Arc::clone(limiter));
+            }
+        }
+    }
+    limiters
+}
+
+/// Each listener's routes, in file order; a route keeps its running rate limiter (its
+/// buckets) when its limit is unchanged.
 fn route_tables<'a>(
     config: &'a Config,
     services: &HashMap<String, Arc<Service>>,
+    limiters: &HashMap<(String, Arc<str>), Arc<RateLimiter>>,
 ) -> HashMap<&'a str, Vec<Arc<Route>>> {
     let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
     // Made once, and only when a redirect route names no service.
@@ -741,10 +773,11 @@ fn route_tables<'a>(
             }
             None => continue, // validation guarantees this exists
         };
+        let running = limiters.get(&(rc.listener.clone(), Arc::from(rc.name.as_str())));
         tables
             .entry(rc.listener.as_str())
             .or_default()
-            .push(Arc::new(Route::new(rc, service)));
+            .push(Arc::new(Route::new(rc, service, running)));
     }
     tables
 }

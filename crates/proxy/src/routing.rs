@@ -10,13 +10,13 @@
 //! `path = "/"` route without a host serves whatever more specific hosts do not.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use sluice_config::HostMatch;
 
 use crate::metrics::RouteMetrics;
+use crate::rate_limit::{KeySource, RateLimiter};
 use crate::route_rules::{LocalAnswer, RouteRules};
 use crate::upstream::Service;
 
@@ -41,8 +41,13 @@ pub struct Route {
 }
 
 impl Route {
-    /// The route `rc` describes, sending to `service`.
-    pub(crate) fn new(rc: &sluice_config::RouteConfig, service: &Arc<Service>) -> Self {
+    /// The route `rc` describes, sending to `service`; `running` is the rate limiter of the
+    /// route it replaces, kept when the limit is unchanged.
+    pub(crate) fn new(
+        rc: &sluice_config::RouteConfig,
+        service: &Arc<Service>,
+        running: Option<&Arc<RateLimiter>>,
+    ) -> Self {
         let name: Arc<str> = rc.name.as_str().into();
         Route {
             metrics: RouteMetrics::new(
@@ -56,29 +61,24 @@ impl Route {
             strip: rc.strip.clone(),
             prepend: rc.prepend.clone(),
             service: Arc::clone(service),
-            rules: RouteRules::new(rc),
+            rules: RouteRules::new(rc, running),
         }
     }
 
     /// Sluice's own answer to a request on this route, if it gives one (checked before anything is
     /// sent upstream). `$path` of a redirect is the path the upstream would have seen, after the
     /// route's `strip`/`prepend`.
-    pub(crate) fn local_answer(
-        &self,
-        client: IpAddr,
-        path: &str,
-        query: Option<&str>,
-    ) -> Option<LocalAnswer> {
+    pub(crate) fn local_answer(&self, source: &KeySource<'_>) -> Option<LocalAnswer> {
         let rules = &self.rules;
         if !rules.may_answer() {
             return None;
         }
         let path = if rules.redirects() {
-            self.rewrite_path(path)
+            self.rewrite_path(source.head.path())
         } else {
             Cow::Borrowed("")
         };
-        rules.answer(client, &path, query)
+        rules.answer(source, &path)
     }
 
     /// The path the upstream sees: `strip` removed when the path starts with it (the remainder
@@ -186,7 +186,7 @@ impl RouteTable {
                     None if rc.redirect.is_some() => no_service(),
                     None => return None,
                 };
-                Some(Arc::new(Route::new(rc, &service)))
+                Some(Arc::new(Route::new(rc, &service, None)))
             })
             .collect();
         Self::new(routes)

@@ -22,9 +22,10 @@
 //! ```
 //! The connection is kept after a response when the client wants it (HTTP/1.1 without
 //! `Connection: close`, HTTP/1.0 with `keep-alive`), its request body was read to the end, the
-//! response was delimited and complete, and the listener is not draining; otherwise the
-//! response says `connection: close` and the socket is closed after a lingering read (an RST
-//! would destroy a response the client has not read yet). A `101` response joins the client's
+//! response was delimited and complete, the listener is not draining and the process is not
+//! near an `[overload]` watermark; otherwise the response says `connection: close` and the
+//! socket is closed after a lingering read (an RST would destroy a response the client has not
+//! read yet). A `101` response joins the client's
 //! socket to the instance's in a tunnel. A client opening with the HTTP/2 preface is handed to
 //! [`crate::server_h2`].
 //!
@@ -386,7 +387,8 @@ pub(crate) async fn serve(
         };
         drop(head);
         conn.expect = Continue::None;
-        let draining = drained.is_fired();
+        // Near an `[overload]` watermark keep-alive is shed: this response closes.
+        let draining = drained.is_fired() || cx.listener.overload.sheds_keep_alive();
         let mut sender = Sender {
             timer: &mut timer,
             stall: limits.send_timeout,

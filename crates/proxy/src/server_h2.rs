@@ -86,6 +86,12 @@ async fn accept_streams(
         };
         match accepted {
             Some(Ok((request, respond))) => {
+                // Near an `[overload]` watermark keep-alive is shed: this stream is served,
+                // and the client takes the next ones to a new connection.
+                if !draining && cx.listener.overload.sheds_keep_alive() {
+                    draining = true;
+                    conn.graceful_shutdown();
+                }
                 let cx = Arc::clone(&cx);
                 let limits = Arc::clone(&limits);
                 tokio::spawn(async move { serve_stream(request, respond, &cx, &limits).await });

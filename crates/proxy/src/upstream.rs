@@ -13,6 +13,7 @@ use sluice_health::{Claim, InstanceHealth, OutlierState, PrimaryChoice};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::balance::{Balancer, Load};
 use crate::error::{ProxyError, ProxyErrorKind};
 use crate::h2_up::H2Pool;
@@ -322,6 +323,8 @@ pub struct Service {
     primary: AtomicUsize,
     /// `[service.tls]`, loaded (set by the proxy after construction).
     pub(crate) tls: Option<sluice_tls::ClientTls>,
+    /// `[service.concurrency]`'s gate, kept across reloads that leave the limit unchanged.
+    pub(crate) admission: Option<Arc<Admission>>,
 }
 
 /// An instance chosen for one attempt.
@@ -376,6 +379,7 @@ impl Service {
             shared,
             primary: AtomicUsize::new(0),
             tls: None,
+            admission: None,
         };
         // Reused instances bring their verdicts: know the primary before serving.
         service.recompute_primary(sluice_health::clock::now_ms());

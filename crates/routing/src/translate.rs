@@ -180,6 +180,7 @@ impl Translator<'_> {
             access: rules.access,
             upstream_host: rules.upstream_host,
             upgrades: sluice_config::default_upgrades(),
+            rate_limit: None,
         }
     }
 

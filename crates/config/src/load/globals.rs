@@ -60,6 +60,20 @@ impl Cx<'_> {
         }
     }
 
+    /// `[overload]`: both watermarks optional.
+    pub(super) fn overload(&mut self, raw: RawOverload) -> OverloadConfig {
+        OverloadConfig {
+            max_connections: raw
+                .max_connections
+                .as_ref()
+                .map(|v| self.int_in(Some(v), 1, 100_000_000, 1) as usize),
+            max_memory_mb: raw
+                .max_memory_mb
+                .as_ref()
+                .map(|v| self.int_in(Some(v), 16, 16 << 20, 16) as u64),
+        }
+    }
+
     pub(super) fn log(&mut self, raw: RawLog) -> LogConfig {
         let format = self.choice(
             raw.format.as_ref(),

@@ -117,6 +117,7 @@ impl Cx<'_> {
                     .upgrades
                     .as_ref()
                     .map_or_else(crate::model::default_upgrades, |u| self.upgrades(u)),
+                rate_limit: r.rate_limit.as_ref().and_then(|v| self.rate_limit(v)),
             });
         }
         out

@@ -88,9 +88,30 @@ impl Cx<'_> {
                 health,
                 on_demotion,
                 tls: s.tls.as_ref().and_then(|t| self.service_tls(t, &s.name)),
+                concurrency: s.concurrency.as_ref().and_then(|c| self.concurrency(c)),
             });
         }
         out
+    }
+
+    /// `[service.concurrency]`: `max_in_flight` is required; `max_queued` defaults to it.
+    fn concurrency(&mut self, raw: &Spanned<RawConcurrency>) -> Option<ConcurrencyLimit> {
+        let c = raw.get_ref();
+        let Some(max) = &c.max_in_flight else {
+            self.error_hint(
+                Some(raw.span()),
+                "[service.concurrency] needs `max_in_flight`",
+                "e.g. max_in_flight = 200: at most 200 requests of the service at once",
+            );
+            return None;
+        };
+        let max_in_flight = self.int_in(Some(max), 1, 10_000_000, 1) as usize;
+        Some(ConcurrencyLimit {
+            max_in_flight,
+            max_queued: self.int_in(c.max_queued.as_ref(), 0, 10_000_000, max_in_flight as i64)
+                as usize,
+            queue_timeout: self.duration(c.queue_timeout.as_ref(), d::QUEUE_TIMEOUT),
+        })
     }
 
     pub(super) fn balancer(&mut self, s: &RawService) -> Balancer {
