@@ -11,8 +11,8 @@
 # REQUESTS requests (plus a 1 s warm-up) from `loadgen` at 200 req/s over 20 keep-alive
 # connections; a second run with no requests measures start-up and shutdown, which is
 # subtracted. With KEEP_CALLGRIND=DIR, Sluice's callgrind profiles are copied to DIR (read
-# them with callgrind_annotate). CONTENDERS="sluice" runs a subset; SLUICE_ROUTE_EXTRA adds
-# keys to Sluice's route, to count what a route option costs:
+# them with callgrind_annotate). CONTENDERS="sluice" runs a subset; SLUICE_ROUTE_EXTRA and
+# SLUICE_SERVICE_EXTRA add keys to Sluice's route and service, to count what an option costs:
 #   SLUICE_ROUTE_EXTRA='rate_limit = { rate = 10000000 }' CONTENDERS=sluice instructions.sh
 set -euo pipefail
 REQUESTS=${1:-2000}
@@ -84,6 +84,7 @@ ${SLUICE_ROUTE_EXTRA:-}
 [[service]]
 name = "backend"
 instances = ["$BACKEND"]
+${SLUICE_SERVICE_EXTRA:-}
 EOF
 
 nginx -c "$work/backend.conf" -e "$work/backend.err" &

@@ -8,7 +8,7 @@
 //! instances' full speed.
 //!
 //! **How.** A place is a permit of a Tokio semaphore, taken before the first attempt and held
-//! by the request's [`Exchange`](crate::exchange::Exchange) until its response ends (or, for
+//! by the request's `Exchange` (`exchange.rs`) until its response ends (or, for
 //! a protocol switch, until the `101`), across retries. A request finding no place joins the
 //! queue when fewer than `max_queued` wait, and waits at most `queue_timeout` and never past
 //! its own deadline; places go to waiters in arrival order (the semaphore is fair), so a
