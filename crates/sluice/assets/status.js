@@ -208,7 +208,7 @@ function instanceRow(instance) {
     el("td", {}, instance.address),
     el("td", {}, badge(instance.state), ejectedFor),
     el("td", {}, (health && health.role) || ""),
-    el("td", {}, health ? healthText(health) : "no check"),
+    el("td", { class: "nowrap" }, health ? healthText(health) : "no check"),
     el("td", {}, health && health.last_probe ? probeText(health.last_probe) : ""),
     el("td", { class: "number" }, `${instance.ewma_ms.toFixed(1)} ms`),
     el("td", { class: "number" }, instance.outstanding),
