@@ -1,6 +1,6 @@
 //! The status page through the real binary, with Debian's Chromium (headless) as the browser:
-//! the page draws listeners, routes and services from the admin API and follows an instance
-//! going down and coming back; its files are typed, cached by `ETag` and locked down by a
+//! the page draws listeners, routes, services, policies and discovery sources from the admin
+//! API and follows an instance going down and coming back; its files are typed, cached by `ETag` and locked down by a
 //! Content-Security-Policy; it loads without a token while the data needs one; and
 //! `/api/reloads` remembers what each reload did, shown escaped on the page.
 //!
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use nix::sys::signal::Signal;
+use sluice_policy_test_artifacts::MIRROR_PRIMARY;
 use sluice_test_support::{
     Backend, Client, Reply, SluiceProcess, eventually_blocking, free_port, http_get, http_request,
     require_tool,
@@ -168,6 +169,7 @@ fn header<'a>(reply: &'a Reply, name: &str) -> &'a str {
 
 #[test]
 fn page_follows_an_instance_down_and_back() {
+    require_tool("chromium"); // before anything starts: the failure names scripts/setup.sh
     let (admin, web) = (addr(), addr());
     let a = Backend::start("a");
     let b = Backend::start("b");
@@ -325,6 +327,7 @@ async fn assert_cacheable(url: &str, content_type: &str) {
 
 #[tokio::test]
 async fn page_loads_without_a_token_and_asks_for_one() {
+    require_tool("chromium"); // before anything starts: the failure names scripts/setup.sh
     let (admin, web) = (addr(), addr());
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
@@ -385,6 +388,7 @@ async fn page_loads_without_a_token_and_asks_for_one() {
 
 #[tokio::test]
 async fn reloads_are_remembered_with_their_errors() {
+    require_tool("chromium"); // before anything starts: the failure names scripts/setup.sh
     let (admin, web) = (addr(), addr());
     let cfg = config(admin, web, &[], "");
     let sluice = SluiceProcess::start(BIN.as_ref(), &cfg, admin);
@@ -458,4 +462,33 @@ async fn reloads_are_remembered_with_their_errors() {
         "an error's HTML became markup: {dom}"
     );
     assert!(dom.contains("<td>signal</td>"), "{dom}");
+}
+
+#[test]
+fn page_shows_policies_and_discovery_sources() {
+    require_tool("chromium"); // before anything starts: the failure names scripts/setup.sh
+    let (admin, web) = (addr(), addr());
+    let registry = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[policy]]\nname = \"mirror\"\nfile = {MIRROR_PRIMARY:?}\nworld = \"health\"\n\
+         config = {{ primary_status = 200 }}\n\
+         [[discovery]]\nname = \"registry\"\nkind = \"file\"\ndir = {:?}\npoll_interval = \"100ms\"\n",
+        registry.path().display().to_string()
+    );
+    let cfg = format!("{}{extra}", config(admin, web, &[], ""));
+    let _sluice = SluiceProcess::start(BIN.as_ref(), &cfg, admin);
+
+    let mut dom = String::new();
+    eventually_blocking("the discovery source on the page", WITHIN, || {
+        dom = page_dom(admin);
+        let want = "<td>registry</td><td>file</td><td><span class=\"badge synced\">synced</span>";
+        dom.contains(want)
+            .then_some(())
+            .ok_or(format!("no {want} in {dom}"))
+    });
+    let policy =
+        "<td>mirror</td><td>health</td><td><span class=\"badge active\">active</span></td>";
+    assert!(dom.contains(policy), "{dom}");
+    assert!(dom.contains("Catalog version "), "{dom}");
+    assert!(!dom.contains("No discovery configured."), "{dom}");
 }
