@@ -7,15 +7,19 @@ set -euo pipefail
 # Debian packages: real peers for the tests (curl, openssl, etcd), GNU envsubst (gettext-base),
 # which the sidecar's envsubst mode is compared against, and the benchmarks' tools and
 # side-by-side contenders (nginx with its stream module, haproxy, wrk, h2load, hyperfine, valgrind,
-# iperf3). Debian's python3-grpcio is the real gRPC stack the gRPC tests run (Debian's own
-# /usr/bin/python3 imports it, whatever python3 comes first in PATH).
+# iperf3), and chromium, the headless browser the status page's tests drive. Debian's
+# python3-grpcio is the real gRPC stack the gRPC tests run (Debian's own /usr/bin/python3 imports
+# it, whatever python3 comes first in PATH).
 need=()
-for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind iperf3:iperf3; do
+for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind iperf3:iperf3 chromium:chromium; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
 # nginx's `stream` (TCP proxy) module, for the TCP relay benchmark.
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+# A font for the status page's screenshots. Chromium's fontconfig dependency already pulls one
+# in (fontconfig-config needs fonts-dejavu-core or another); named here so it never goes missing.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need+=(python3-grpcio)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

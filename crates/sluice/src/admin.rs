@@ -8,13 +8,17 @@
 //! | GET | `/api/routes` | every route |
 //! | GET | `/api/services` | every service and its instances' live state |
 //! | GET | `/api/listeners` | listener name → bound address |
+//! | GET | `/` | the status page (status_page.rs), which draws the `/api/*` answers below |
+//! | GET | `/assets/status.js`, `/assets/status.css` | the status page's script and style |
 //! | POST | `/api/reload` | re-reads the configuration file and applies it |
+//! | GET | `/api/reloads` | the last 20 reloads: time, trigger, result, error |
 //! | GET | `/api/catalog` | the discovery catalog: instances, their source, stale flag and age, each source's state and skipped documents, the last route rebuild |
 //! | GET | `/api/policies` | loaded Wasm policies: world, file, SHA-256, state, call counts |
 //! | POST | `/api/policies/reload` | recompiles every policy from its file, swapping the good ones |
 //!
 //! With tokens configured (`admin_auth`), `GET`s need a `read` token and `POST`s an `admin`
-//! one (`Authorization: Bearer TOKEN`); `/healthz` and `/readyz` stay open. A refused request
+//! one (`Authorization: Bearer TOKEN`); `/healthz`, `/readyz` and the status page's files
+//! (`GET`/`HEAD` of `/` and `/assets/*`, which hold no data) stay open. A refused request
 //! gets `401` (no or unknown token) or `403` (a `read` token on an `admin` request), a warning
 //! in the log with the client's address, and `sluice_admin_auth_failures_total{reason}`.
 
@@ -34,8 +38,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::admin_auth::{Denied, Scope};
+use crate::admin_auth::Denied;
 use crate::app::{App, ReloadError};
+use crate::reloads::Trigger;
+use crate::status_page;
 
 /// Refused admin requests, by `reason` (`missing`, `invalid`, `scope`).
 pub(crate) const ADMIN_AUTH_FAILURES_TOTAL: &str = "sluice_admin_auth_failures_total";
@@ -70,11 +76,7 @@ async fn guarded(
     app: Arc<App>,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let scope = match (req.method(), req.uri().path()) {
-        (_, "/healthz" | "/readyz") => None,
-        (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
-        _ => Some(Scope::Admin),
-    };
+    let scope = crate::admin_auth::scope_of(req.method(), req.uri().path());
     let authorization = req.headers().get(header::AUTHORIZATION);
     if let Some(scope) = scope
         && let Err(denied) = app
@@ -123,6 +125,9 @@ async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(page) = status_page::serve(req.method(), req.uri().path(), req.headers()) {
+        return Ok(page);
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
@@ -151,7 +156,10 @@ async fn handle(
         (&Method::GET, "/api/listeners") => {
             json_response(StatusCode::OK, &app.proxy.listener_addrs())
         }
-        (&Method::POST, "/api/reload") => match app.reload().await {
+        (&Method::GET, "/api/reloads") => {
+            json_response(StatusCode::OK, &app.reloads.newest_first())
+        }
+        (&Method::POST, "/api/reload") => match app.reload(Trigger::Api).await {
             Ok(summary) => {
                 json_response(StatusCode::OK, &json!({"status": "ok", "applied": summary}))
             }
@@ -218,6 +226,7 @@ async fn handle(
             | "/api/services"
             | "/api/listeners"
             | "/api/reload"
+            | "/api/reloads"
             | "/api/policies"
             | "/api/catalog"
             | "/api/policies/reload",

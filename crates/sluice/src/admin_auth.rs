@@ -3,7 +3,9 @@
 //! Tokens come from `[admin] tokens_file` (one `SCOPE TOKEN` per line, `#` comments) and from
 //! the environment variables named by `token_env` (admin) and `read_token_env` (read). `GET`s
 //! need `read` (which `admin` includes), everything else `admin`; `/healthz` and `/readyz` stay
-//! open for orchestrators' probes. Without any token source the API is open, which the
+//! open for orchestrators' probes, and so do `GET`/`HEAD` of the status page's files (`/`,
+//! `/assets/*`): they hold no data, and a browser must load them before it can ask for a token
+//! (the page's data comes from `/api/*`, which need one). Without any token source the API is open, which the
 //! configuration allows only on a loopback address or with `insecure = true`.
 //!
 //! Only SHA-256 digests of the tokens are kept, and a presented token is compared by its
@@ -14,6 +16,7 @@
 use std::path::Path;
 
 use arc_swap::ArcSwap;
+use http::Method;
 use sha2::{Digest, Sha256};
 use sluice_config::AdminConfig;
 
@@ -22,6 +25,18 @@ use sluice_config::AdminConfig;
 pub(crate) enum Scope {
     Read,
     Admin,
+}
+
+/// What a request needs: `None` for the open paths (probes, the status page's files), `read`
+/// for reading, `admin` for anything that changes something.
+pub(crate) fn scope_of(method: &Method, path: &str) -> Option<Scope> {
+    let reads = method == Method::GET || method == Method::HEAD;
+    match path {
+        "/healthz" | "/readyz" => None,
+        _ if reads && crate::status_page::is_page_path(path) => None,
+        _ if reads => Some(Scope::Read),
+        _ => Some(Scope::Admin),
+    }
 }
 
 /// Why a token source could not be read; the message names the file and line or the variable.
@@ -264,6 +279,26 @@ mod tests {
             auth.check(Scope::Read, Some(&bearer("aaaaaaaaaaaaaaaa-1"))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn only_probes_and_the_page_files_are_open() {
+        for (method, path, want) in [
+            (Method::GET, "/healthz", None),
+            (Method::POST, "/readyz", None),
+            (Method::GET, "/", None),
+            (Method::HEAD, "/", None),
+            (Method::GET, "/assets/status.js", None),
+            (Method::HEAD, "/assets/status.css", None),
+            (Method::POST, "/", Some(Scope::Admin)),
+            (Method::PUT, "/assets/status.js", Some(Scope::Admin)),
+            (Method::GET, "/api/services", Some(Scope::Read)),
+            (Method::GET, "/api/reloads", Some(Scope::Read)),
+            (Method::GET, "/metrics", Some(Scope::Read)),
+            (Method::POST, "/api/reload", Some(Scope::Admin)),
+        ] {
+            assert_eq!(scope_of(&method, path), want, "{method} {path}");
+        }
     }
 
     #[test]

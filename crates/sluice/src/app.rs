@@ -20,6 +20,7 @@ use crate::discovery::{DiscoveryState, effective_policies, ms_since};
 use crate::discovery_rebuild::{RebuildInputs, Rebuilt};
 use crate::discovery_reload::DiscoveryReload;
 use crate::policies::Policies;
+use crate::reloads::{ReloadHistory, Trigger};
 
 /// Everything the admin API and the signal handlers act on.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub(crate) struct App {
     /// `[[discovery]]`, once configured (at start-up or by a reload; it stays once started,
     /// with no sources if a reload removes them all).
     pub(crate) discovery: std::sync::OnceLock<Arc<DiscoveryState>>,
+    /// The last reloads and how they ended (`GET /api/reloads`).
+    pub(crate) reloads: ReloadHistory,
     /// The configuration file as last loaded, before discovered routes are merged in; the
     /// rebuild task watches it.
     base: watch::Sender<Arc<Config>>,
@@ -81,6 +84,7 @@ impl App {
             policies,
             admin_auth,
             discovery: std::sync::OnceLock::new(),
+            reloads: ReloadHistory::default(),
             base: watch::channel(Arc::new(base)).0,
             rebuilds: std::sync::Mutex::default(),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -141,9 +145,23 @@ impl App {
         }
     }
 
-    /// Re-reads the configuration file and applies it, one reload at a time.
-    pub(crate) async fn reload(self: &Arc<Self>) -> Result<ApplySummary, ReloadError> {
+    /// Re-reads the configuration file and applies it, one reload at a time; logs, counts and
+    /// remembers (`GET /api/reloads`) how it ended.
+    pub(crate) async fn reload(
+        self: &Arc<Self>,
+        trigger: Trigger,
+    ) -> Result<ApplySummary, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        let outcome = self.reload_file().await;
+        let result = log_outcome(&outcome);
+        metrics::counter!(sluice_proxy::metrics::RELOADS_TOTAL, "result" => result).increment(1);
+        let error = outcome.as_ref().err().map(ToString::to_string);
+        self.reloads.record(trigger, result, error);
+        outcome
+    }
+
+    /// Loads the file and applies it (the caller holds `reload_lock`).
+    async fn reload_file(self: &Arc<Self>) -> Result<ApplySummary, ReloadError> {
         let loaded = sluice_config::load_file(&self.config_path)
             .map_err(ReloadError::Invalid)
             .and_then(|cfg| {
@@ -152,71 +170,42 @@ impl App {
                     .map_err(ReloadError::Discovery)?;
                 Ok((cfg, discovery))
             });
-        let outcome = match loaded {
-            Err(e) => Err(e),
-            Ok((cfg, discovery)) => {
-                let current = self.proxy.config();
-                if cfg.admin != current.admin
-                    || cfg.runtime != current.runtime
-                    || cfg.log != current.log
-                {
-                    tracing::warn!(
-                        "[admin], [runtime] and [log] changes take effect at the next restart"
-                    );
-                }
-                // KV before policies, so a policy configured to read a new source finds it.
-                if let Err(e) = self.policies.kv.apply(&cfg.kv).await {
-                    tracing::error!(error = %e, "[[kv]] not applied; the previous sources stay in use");
-                }
-                // Policies first, so new health checks find the policies they name.
-                let policies = self
-                    .apply_policies(effective_policies(&cfg, discovery.state()))
-                    .await;
-                let merged = match discovery.state() {
-                    Some(state) => merge(&cfg, &state.discovered()),
-                    None => cfg.clone(),
-                };
-                let applied = self.proxy.apply(merged).await;
-                if applied.is_ok() {
-                    self.set_base(cfg.clone());
-                    // Sources switch, then the routes are rebuilt against the new file.
-                    discovery
-                        .commit(&cfg, |state| self.start_discovery(state))
-                        .await;
-                } else {
-                    discovery.abandon();
-                }
-                match (applied, policies) {
-                    (Err(e), _) => Err(ReloadError::from(e)),
-                    (Ok(_), Err(e)) => Err(ReloadError::Policies(e)),
-                    (Ok(summary), Ok(())) => self
-                        .admin_auth
-                        .reload()
-                        .map(|()| summary)
-                        .map_err(ReloadError::from),
-                }
-            }
+        let (cfg, discovery) = loaded?;
+        let current = self.proxy.config();
+        if cfg.admin != current.admin || cfg.runtime != current.runtime || cfg.log != current.log {
+            tracing::warn!("[admin], [runtime] and [log] changes take effect at the next restart");
+        }
+        // KV before policies, so a policy configured to read a new source finds it.
+        if let Err(e) = self.policies.kv.apply(&cfg.kv).await {
+            tracing::error!(error = %e, "[[kv]] not applied; the previous sources stay in use");
+        }
+        // Policies first, so new health checks find the policies they name.
+        let policies = self
+            .apply_policies(effective_policies(&cfg, discovery.state()))
+            .await;
+        let merged = match discovery.state() {
+            Some(state) => merge(&cfg, &state.discovered()),
+            None => cfg.clone(),
         };
-        let result = match &outcome {
-            Ok(summary) => {
-                tracing::info!(?summary, "configuration reloaded");
-                "ok"
-            }
-            Err(ReloadError::Invalid(d)) => {
-                tracing::error!("reload rejected, the previous configuration keeps serving:\n{d}");
-                "invalid"
-            }
-            Err(e @ ReloadError::Discovery(_)) => {
-                tracing::error!(error = %e, "reload rejected, the previous configuration keeps serving");
-                "invalid"
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed, the previous configuration keeps serving");
-                "failed"
-            }
-        };
-        metrics::counter!(sluice_proxy::metrics::RELOADS_TOTAL, "result" => result).increment(1);
-        outcome
+        let applied = self.proxy.apply(merged).await;
+        if applied.is_ok() {
+            self.set_base(cfg.clone());
+            // Sources switch, then the routes are rebuilt against the new file.
+            discovery
+                .commit(&cfg, |state| self.start_discovery(state))
+                .await;
+        } else {
+            discovery.abandon();
+        }
+        match (applied, policies) {
+            (Err(e), _) => Err(ReloadError::from(e)),
+            (Ok(_), Err(e)) => Err(ReloadError::Policies(e)),
+            (Ok(summary), Ok(())) => self
+                .admin_auth
+                .reload()
+                .map(|()| summary)
+                .map_err(ReloadError::from),
+        }
     }
 
     /// The configuration file as last applied, without discovered routes.
@@ -254,6 +243,29 @@ impl App {
         match crate::policies::rejected_summary(&report) {
             None => Ok(()),
             Some(rejected) => Err(rejected),
+        }
+    }
+}
+
+/// Logs how a reload ended and names the result: `ok`, `invalid` (refused before anything
+/// changed) or `failed` (the label of `sluice_reloads_total` and the history's `result`).
+fn log_outcome(outcome: &Result<ApplySummary, ReloadError>) -> crate::reloads::Outcome {
+    match outcome {
+        Ok(summary) => {
+            tracing::info!(?summary, "configuration reloaded");
+            "ok"
+        }
+        Err(ReloadError::Invalid(d)) => {
+            tracing::error!("reload rejected, the previous configuration keeps serving:\n{d}");
+            "invalid"
+        }
+        Err(e @ ReloadError::Discovery(_)) => {
+            tracing::error!(error = %e, "reload rejected, the previous configuration keeps serving");
+            "invalid"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed, the previous configuration keeps serving");
+            "failed"
         }
     }
 }

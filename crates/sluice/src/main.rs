@@ -14,7 +14,9 @@ mod discovery_rebuild;
 mod discovery_reload;
 mod kv;
 mod policies;
+mod reloads;
 mod run;
+mod status_page;
 mod tls_watch;
 
 use std::path::PathBuf;

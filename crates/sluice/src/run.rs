@@ -137,7 +137,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = app.reload().await;
+                let _ = app.reload(crate::reloads::Trigger::Signal).await;
             }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: reopening the access log");

@@ -70,7 +70,7 @@ pub(crate) fn spawn(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 now.len() == last.len() && now.iter().zip(&last).all(|((a, _), (b, _))| a == b);
             if same_files && now != last {
                 tracing::info!("a TLS certificate, key or CA file changed: reloading");
-                let _ = app.reload().await;
+                let _ = app.reload(crate::reloads::Trigger::CertificateChange).await;
             }
             last = now;
         }
