@@ -18,6 +18,11 @@ pub const ACCESS_LOG_BUFFER_LINES: usize = 16_384;
 pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
 /// `rate_limit.max_keys` on a route: about 4 MB of buckets at most.
 pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
+/// `[listener.tls.acme] renew_before`: Let's Encrypt's certificates last 90 days, and it
+/// advises renewing with a third of that left.
+pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+/// `[listener.tls.acme] retry_every`: the first wait after a failed attempt (it doubles).
+pub const ACME_RETRY_EVERY: Duration = Duration::from_secs(60);
 /// `[service.concurrency] queue_timeout`: the longest a request waits for a place among the
 /// service's requests in flight (haproxy's `timeout queue` is the same order).
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);

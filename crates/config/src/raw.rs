@@ -315,6 +315,20 @@ pub(crate) struct RawListenerTls {
     pub(crate) min_version: Option<S<String>>,
     pub(crate) handshake_timeout: Option<S<String>>,
     pub(crate) identity_headers: Option<RawIdentityHeaders>,
+    pub(crate) acme: Option<S<RawAcme>>,
+}
+
+/// `[listener.tls.acme]`: certificates from an ACME CA.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAcme {
+    pub(crate) directory: Option<S<String>>,
+    pub(crate) domains: Option<Vec<S<String>>>,
+    pub(crate) contact: Option<Vec<S<String>>>,
+    pub(crate) storage: Option<S<String>>,
+    pub(crate) ca_root: Option<S<String>>,
+    pub(crate) renew_before: Option<S<String>>,
+    pub(crate) retry_every: Option<S<String>>,
+    pub(crate) challenge: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -80,6 +80,56 @@ pub struct ListenerTlsConfig {
     pub handshake_timeout: Duration,
     /// Identity headers to HTTP upstreams.
     pub identity_headers: IdentityHeaders,
+    /// `[listener.tls.acme]`: the first certificate is obtained and renewed from an ACME CA.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[listener.tls.acme]`: a certificate for `domains` obtained from the ACME CA at
+/// `directory` (RFC 8555; HTTP-01 or TLS-ALPN-01), kept in `storage` and renewed
+/// `renew_before` its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (`https://`).
+    pub directory: String,
+    /// DNS names (or IP addresses) the certificate is for; the first is its subject.
+    pub domains: Vec<String>,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// Where the account, the certificate and its key are kept.
+    pub storage: PathBuf,
+    /// Extra root certificate (PEM) trusted for the directory's HTTPS, for private CAs.
+    pub ca_root: Option<PathBuf>,
+    /// Renew once the certificate expires within this.
+    pub renew_before: Duration,
+    /// After a failed attempt, try again after this (doubling up to an hour).
+    pub retry_every: Duration,
+    /// How the CA checks that Sluice serves the names.
+    pub challenge: AcmeChallengeKind,
+}
+
+/// `[listener.tls.acme] challenge`: how the CA validates the names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AcmeChallengeKind {
+    /// HTTP-01 (RFC 8555 §8.3): a plain-HTTP listener on port 80 answers a token.
+    #[default]
+    Http01,
+    /// TLS-ALPN-01 (RFC 8737): this listener, on port 443, answers a special handshake.
+    TlsAlpn01,
+}
+
+impl AcmeConfig {
+    /// The certificate Sluice serves and renews (PEM chain).
+    pub fn cert_path(&self) -> PathBuf {
+        self.storage.join("cert.pem")
+    }
+    /// Its private key (PEM).
+    pub fn key_path(&self) -> PathBuf {
+        self.storage.join("key.pem")
+    }
+    /// The ACME account's credentials (JSON).
+    pub fn account_path(&self) -> PathBuf {
+        self.storage.join("account.json")
+    }
 }
 
 /// `[listener.authz]`: who may connect.

@@ -79,6 +79,11 @@ pub(crate) async fn handle(
         trace,
     };
 
+    if cx.tls.is_none()
+        && let Some(key_authorization) = cx.listener.acme.answer(head.path())
+    {
+        return acme_answer(key_authorization, answer, exchange);
+    }
     if let Some(err) = cx.listener.overload.refusal() {
         return local_error(&err, None, answer, exchange);
     }
@@ -161,7 +166,7 @@ fn local_answer(
     local: LocalAnswer,
     route: &Route,
     answer: Answer,
-    mut exchange: Exchange,
+    exchange: Exchange,
 ) -> ProxyResponse {
     match local {
         LocalAnswer::Denied(err) => {
@@ -176,20 +181,37 @@ fn local_answer(
             }
             response
         }
-        LocalAnswer::Redirect(response) => {
-            let (parts, bytes) = response.into_parts();
-            exchange.status = parts.status.as_u16();
-            ProxyResponse {
-                head: ResponseHead {
-                    status: parts.status,
-                    fields: ResponseFields::Local(parts.headers),
-                },
-                request_id: answer.request_id,
-                body: DownBody::local(bytes, exchange),
-                switched: None,
-            }
-        }
+        LocalAnswer::Redirect(response) => whole_response(response, answer, exchange),
     }
+}
+
+/// Sluice's own complete response.
+fn whole_response(
+    response: http::Response<bytes::Bytes>,
+    answer: Answer,
+    mut exchange: Exchange,
+) -> ProxyResponse {
+    let (parts, bytes) = response.into_parts();
+    exchange.status = parts.status.as_u16();
+    ProxyResponse {
+        head: ResponseHead {
+            status: parts.status,
+            fields: ResponseFields::Local(parts.headers),
+        },
+        request_id: answer.request_id,
+        body: DownBody::local(bytes, exchange),
+        switched: None,
+    }
+}
+
+/// The answer to an ACME HTTP-01 challenge: the key authorization as plain text.
+fn acme_answer(key_authorization: String, answer: Answer, exchange: Exchange) -> ProxyResponse {
+    let mut response = http::Response::new(bytes::Bytes::from(key_authorization));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    whole_response(response, answer, exchange)
 }
 
 /// `Retry-After` in whole seconds (RFC 9110 §10.2.3), rounded up: never earlier than the

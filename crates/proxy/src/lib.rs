@@ -16,6 +16,7 @@
 //!   `tests/module_layers.rs`); the wire formats themselves are `sluice-codec`'s.
 
 mod access_log;
+mod acme_challenge;
 mod admission;
 mod balance;
 mod body;
@@ -55,6 +56,7 @@ mod tunnel;
 mod upstream;
 
 pub use access_log::AccessLog;
+pub use acme_challenge::AcmeChallenges;
 pub use body::DownBody;
 pub use error::{ProxyError, ProxyErrorKind};
 pub use proxy::{

@@ -15,6 +15,7 @@ use sluice_config::ListenerConfig;
 use tokio::sync::Semaphore;
 
 use crate::access_log::AccessLog;
+use crate::acme_challenge::AcmeChallenges;
 use crate::conn::{ClientTimerMetrics, ConnWatch};
 use crate::metrics as m;
 use crate::overload::Overload;
@@ -76,10 +77,19 @@ pub(crate) struct ListenerShared {
     pub(crate) limit_size: AtomicUsize,
     /// The process's watermarks (`[overload]`), shared by every listener.
     pub(crate) overload: Arc<Overload>,
+    /// Pending ACME HTTP-01 challenges, answered on every plain-HTTP listener.
+    pub(crate) acme: Arc<AcmeChallenges>,
 }
 
 impl ListenerShared {
-    pub(crate) fn new(name: &str, runtime: ListenerRuntime, overload: Arc<Overload>) -> Self {
+    /// A listener's shared state; `process` holds what all listeners share (the overload
+    /// watermarks and the ACME challenges).
+    pub(crate) fn new(
+        name: &str,
+        runtime: ListenerRuntime,
+        process: (Arc<Overload>, Arc<AcmeChallenges>),
+    ) -> Self {
+        let (overload, acme) = process;
         let l = || name.to_owned();
         let limit_size = runtime.config.max_connections;
         let tcp_metrics = runtime.tcp.is_some().then(|| TcpMetrics::new(name));
@@ -95,6 +105,7 @@ impl ListenerShared {
             limit: Arc::new(Semaphore::new(limit_size)),
             limit_size: AtomicUsize::new(limit_size),
             overload,
+            acme,
         }
     }
 

@@ -13,6 +13,7 @@ use sluice_health::clock;
 use sluice_health::{EvaluatorSource, NoPolicies};
 
 use crate::access_log::AccessLog;
+use crate::acme_challenge::AcmeChallenges;
 use crate::admission::Admission;
 use crate::checks::{Checker, Services};
 use crate::listener::{self, RunningListener};
@@ -94,6 +95,10 @@ struct Inner {
     authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
     /// `[overload]`: the process's watermarks, shared by every listener.
     overload: Arc<Overload>,
+    /// Pending ACME HTTP-01 challenges, answered by every plain-HTTP listener.
+    acme: Arc<AcmeChallenges>,
+    /// Pending ACME TLS-ALPN-01 challenges, answered by listeners with `[listener.tls.acme]`.
+    acme_alpn: Arc<sluice_tls::AlpnChallenges>,
 }
 
 impl Proxy {
@@ -131,11 +136,25 @@ impl Proxy {
                 access_log: Mutex::new(AccessLog::off()),
                 authorizer,
                 overload: Arc::new(Overload::default()),
+                acme: Arc::default(),
+                acme_alpn: Arc::default(),
             }),
         };
         proxy.inner.overload.spawn_sampler();
         proxy.apply_inner(config, true).await?;
         Ok(proxy)
+    }
+
+    /// The table of pending ACME HTTP-01 challenges, which every plain-HTTP listener answers
+    /// (the binary's ACME client fills it while an order is open).
+    pub fn acme_challenges(&self) -> Arc<AcmeChallenges> {
+        Arc::clone(&self.inner.acme)
+    }
+
+    /// The table of pending ACME TLS-ALPN-01 challenges, which listeners with
+    /// `[listener.tls.acme]` answer.
+    pub fn acme_alpn_challenges(&self) -> Arc<sluice_tls::AlpnChallenges> {
+        Arc::clone(&self.inner.acme_alpn)
     }
 
     /// The configuration being served.
@@ -160,7 +179,7 @@ impl Proxy {
         let log = self.next_access_log(&config, first)?;
         let services = self.build_services(&config)?;
         let mut tables = route_tables(&config, &services, &running_limiters(&running));
-        let mut tls = listener_tls(&config)?;
+        let mut tls = listener_tls(&config, &self.inner.acme_alpn)?;
         let mut sockets = bind_new_listeners(&config, &running)?;
 
         let mut summary = ApplySummary {
@@ -357,8 +376,11 @@ impl Proxy {
                 return;
             }
         };
-        let overload = Arc::clone(&self.inner.overload);
-        let shared = Arc::new(ListenerShared::new(&lc.name, runtime, overload));
+        let process = (
+            Arc::clone(&self.inner.overload),
+            Arc::clone(&self.inner.acme),
+        );
+        let shared = Arc::new(ListenerShared::new(&lc.name, runtime, process));
         match listener::start(socket, shared, grace) {
             Ok(r) => {
                 if let Ok(mut b) = self.inner.bound.lock() {
@@ -783,10 +805,13 @@ fn route_tables<'a>(
 }
 
 /// Every listener's certificates and keys, re-read; a bad one refuses the whole apply.
-fn listener_tls(config: &Config) -> Result<HashMap<&str, crate::tls::ListenerTls>, ApplyError> {
+fn listener_tls<'a>(
+    config: &'a Config,
+    acme: &Arc<sluice_tls::AlpnChallenges>,
+) -> Result<HashMap<&'a str, crate::tls::ListenerTls>, ApplyError> {
     let mut tls = HashMap::new();
     for lc in &config.listeners {
-        let loaded = crate::tls::ListenerTls::load(lc).map_err(|source| ApplyError::Tls {
+        let loaded = crate::tls::ListenerTls::load(lc, acme).map_err(|source| ApplyError::Tls {
             listener: lc.name.clone(),
             source,
         })?;

@@ -14,8 +14,8 @@ use metrics::counter;
 use serde::Serialize;
 use sluice_config::{ClientAuthMode, IdentityHeaders, ListenerConfig, TlsVersion};
 use sluice_tls::{
-    AllowList, CertKeyPaths, ClientAuth, Denied, HandshakeInfo, MaybeTls, MinVersion, PeerFacts,
-    ServerTls, ServerTlsSettings, TlsError,
+    ACME_TLS_ALPN, AllowList, AlpnChallenges, CertKeyPaths, ClientAuth, Denied, HandshakeInfo,
+    MaybeTls, MinVersion, PeerFacts, ServerTls, ServerTlsSettings, TlsError,
 };
 use tokio::net::TcpStream;
 
@@ -32,8 +32,12 @@ pub(crate) struct ListenerTls {
 }
 
 impl ListenerTls {
-    /// Loads the certificates of `lc` (None: a plain listener).
-    pub(crate) fn load(lc: &ListenerConfig) -> Result<Option<Self>, TlsError> {
+    /// Loads the certificates of `lc` (None: a plain listener); a listener with
+    /// `[listener.tls.acme]` also answers the TLS-ALPN-01 challenges in `acme`.
+    pub(crate) fn load(
+        lc: &ListenerConfig,
+        acme: &Arc<AlpnChallenges>,
+    ) -> Result<Option<Self>, TlsError> {
         let Some(t) = &lc.tls else { return Ok(None) };
         let http = lc.tcp.is_none();
         let settings = ServerTlsSettings {
@@ -59,7 +63,10 @@ impl ListenerTls {
             alpn_http1: http,
         };
         Ok(Some(Self {
-            server: ServerTls::load(&settings)?,
+            server: ServerTls::load_with_acme(
+                &settings,
+                t.acme.as_ref().map(|_| Arc::clone(acme)),
+            )?,
             timeout: t.handshake_timeout,
             strip: t
                 .identity_headers
@@ -199,6 +206,11 @@ pub(crate) async fn admit(
     let (stream, conn) = match tls {
         None => (MaybeTls::Plain(stream), None),
         Some(tls) => match tls.server.accept(stream, tls.timeout).await {
+            Ok((_, info)) if info.alpn.as_deref() == Some(ACME_TLS_ALPN) => {
+                // A CA validating a TLS-ALPN-01 challenge: the handshake was the answer.
+                tracing::info!(listener, client = %peer, sni = info.sni.as_deref(), "ACME TLS-ALPN-01 validation handshake answered");
+                return None;
+            }
             Ok((s, info)) => {
                 counter!(TLS_HANDSHAKES_TOTAL, "listener" => listener.to_owned(), "version" => info.version)
                         .increment(1);

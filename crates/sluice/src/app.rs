@@ -15,6 +15,7 @@ use sluice_proxy::{ApplySummary, Proxy};
 use sluice_routing::merge;
 use tokio::sync::{mpsc, watch};
 
+use crate::acme::AcmeManager;
 use crate::admin_auth::{AdminAuth, TokenError};
 use crate::discovery::{DiscoveryState, effective_policies, ms_since};
 use crate::discovery_rebuild::{RebuildInputs, Rebuilt};
@@ -37,6 +38,8 @@ pub(crate) struct App {
     pub(crate) discovery: std::sync::OnceLock<Arc<DiscoveryState>>,
     /// The last reloads and how they ended (`GET /api/reloads`).
     pub(crate) reloads: ReloadHistory,
+    /// The certificate tasks of `[listener.tls.acme]` listeners.
+    pub(crate) acme: AcmeManager,
     /// The configuration file as last loaded, before discovered routes are merged in; the
     /// rebuild task watches it.
     base: watch::Sender<Arc<Config>>,
@@ -77,6 +80,7 @@ impl App {
         (base, admin_auth): (Config, AdminAuth),
     ) -> Self {
         App {
+            acme: AcmeManager::new(proxy.acme_challenges(), proxy.acme_alpn_challenges()),
             proxy,
             config_path,
             metrics,
@@ -187,8 +191,12 @@ impl App {
             Some(state) => merge(&cfg, &state.discovered()),
             None => cfg.clone(),
         };
+        if let Err(e) = crate::acme::prepare(&cfg) {
+            tracing::error!(error = format!("{e:#}"), "ACME storage not ready");
+        }
         let applied = self.proxy.apply(merged).await;
         if applied.is_ok() {
+            self.acme.sync(&cfg);
             self.set_base(cfg.clone());
             // Sources switch, then the routes are rebuilt against the new file.
             discovery

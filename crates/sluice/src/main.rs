@@ -4,6 +4,7 @@
 //! every error with `file:line:col` (exit status 2); `sluice policy check FILE.wasm` tells which
 //! policy world a module implements and tries it; `sluice --version`.
 
+mod acme;
 mod admin;
 mod admin_auth;
 mod app;

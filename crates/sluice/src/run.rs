@@ -97,6 +97,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     if cfg.admin.insecure && !cfg.admin.authenticates() && !admin_bind.ip().is_loopback() {
         tracing::warn!(admin = %admin_bind, "[admin] insecure = true: the admin API is open to anyone who reaches {admin_bind}, and can reload the proxy");
     }
+    crate::acme::prepare(&cfg)?;
     let proxy = Proxy::start_with_policies(
         cfg,
         Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
@@ -111,6 +112,7 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         policies,
         (base, admin_auth),
     ));
+    app.acme.sync(&app.proxy.config());
     if let Some(state) = discovery {
         app.start_discovery(state);
     }

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use sluice_test_support::{Backend, Mode, SluiceProcess, free_port, http_get};
+use sluice_test_support::{Backend, Mode, SluiceProcess, free_port, http_get, metric_value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -205,14 +205,6 @@ fn response_complete(text: &str) -> bool {
         })
         .and_then(Result::ok);
     length.is_some_and(|n| body.len() >= n)
-}
-
-fn metric_value(admin: SocketAddr, line_start: &str) -> Option<f64> {
-    let (_, text) = http_get(admin, "/metrics").unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
 }
 
 #[test]

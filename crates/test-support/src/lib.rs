@@ -29,4 +29,6 @@ pub use grpc::{
 pub use h2_raw::h2c_get_with_widest_windows;
 pub use mirror::{Answer, AnswerKind, MirrorMember, MirrorRole, StatusProbes};
 pub use openssl::s_client_first_line;
-pub use process::{SluiceProcess, free_port, free_port_on, http_get, http_request, require_tool};
+pub use process::{
+    SluiceProcess, free_port, free_port_on, http_get, http_request, metric_value, require_tool,
+};

@@ -166,6 +166,16 @@ impl Drop for SluiceProcess {
     }
 }
 
+/// The value of the first line of the admin API's `/metrics` at `admin` that starts with
+/// `line_start` (a metric name and the start of its labels); `None` when there is none.
+pub fn metric_value(admin: std::net::SocketAddr, line_start: &str) -> Option<f64> {
+    let (_, text) = http_get(admin, "/metrics").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+}
+
 /// A minimal blocking HTTP/1.0 GET for control-plane checks from synchronous code: returns the
 /// status and body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {

@@ -21,12 +21,14 @@
 //! Reloading is the caller's business: build a new [`ServerTls`]; when loading fails, keep the
 //! old one (it holds everything in memory and never re-reads files).
 
+mod acme_alpn;
 mod authz;
 mod client;
 mod identity;
 mod server;
 mod stream;
 
+pub use acme_alpn::{ACME_TLS_ALPN, AlpnChallenges};
 pub use authz::{AllowList, Denied, NoPolicyAuthorizer, PeerFacts, PolicyAuthorizer, PolicyDenied};
 pub use client::{ClientTls, ClientTlsSettings};
 pub use identity::ClientIdentity;

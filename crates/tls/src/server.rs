@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::acme_alpn::{ACME_TLS_ALPN, AlpnChallenges};
 use crate::identity::{ClientIdentity, server_names};
 use crate::{TlsError, file_error, provider, read_certs, read_key, read_roots};
 
@@ -106,13 +107,26 @@ pub struct HandshakeError {
 impl ServerTls {
     /// Reads the files and builds the configuration. Any problem is an error naming the file.
     pub fn load(settings: &ServerTlsSettings) -> Result<Self, TlsError> {
+        Self::load_with_acme(settings, None)
+    }
+
+    /// Like [`ServerTls::load`]; with `acme`, handshakes that offer `acme-tls/1` for a
+    /// pending name get its TLS-ALPN-01 certificate (RFC 8737).
+    pub fn load_with_acme(
+        settings: &ServerTlsSettings,
+        acme: Option<Arc<AlpnChallenges>>,
+    ) -> Result<Self, TlsError> {
         let provider = provider();
         if settings.certs.is_empty() {
             return Err(TlsError::Settings(
                 "a TLS listener needs at least one certificate".into(),
             ));
         }
-        let mut resolver = SniResolver::default();
+        let mut resolver = SniResolver {
+            acme_offered: acme.is_some(),
+            acme,
+            ..SniResolver::default()
+        };
         let mut names = Vec::new();
         for pair in &settings.certs {
             let chain = read_certs(&pair.cert)?;
@@ -161,12 +175,17 @@ impl ServerTls {
                 builder.with_client_cert_verifier(verifier)
             }
         };
+        let resolver_offers_acme = resolver.acme_offered;
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         if settings.alpn_h2 {
             config.alpn_protocols.push(b"h2".to_vec());
         }
         if settings.alpn_http1 {
             config.alpn_protocols.push(b"http/1.1".to_vec());
+        }
+        if resolver_offers_acme {
+            // Last: only a validation handshake, which offers nothing else, agrees to it.
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         }
         // Resumption: the default in-memory session-ID cache, plus stateless tickets.
         config.ticketer =
@@ -259,13 +278,17 @@ fn classify(e: &io::Error) -> HandshakeError {
     HandshakeError { reason, detail }
 }
 
-/// Picks a certificate by SNI: exact name, then `*.parent` wildcard, then the default.
+/// Picks a certificate by SNI: a pending TLS-ALPN-01 challenge's for a validation handshake,
+/// then the exact name, then a `*.parent` wildcard, then the default.
 #[derive(Debug, Default)]
 struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the parent domain of `*.parent`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    acme: Option<Arc<AlpnChallenges>>,
+    /// Whether `acme-tls/1` is offered in ALPN (the listener takes ACME challenges).
+    acme_offered: bool,
 }
 
 impl SniResolver {
@@ -302,6 +325,11 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let (Some(acme), Some(alpn)) = (&self.acme, hello.alpn())
+            && let Some(challenge) = acme.pick(hello.server_name(), alpn)
+        {
+            return Some(challenge);
+        }
         self.pick(hello.server_name())
     }
 }

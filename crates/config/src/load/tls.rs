@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::Cx;
 use crate::defaults as d;
 use crate::policy::{PolicyConfig, PolicyWorld};
-use crate::raw::{RawListenerAuthz, RawListenerTls, RawServiceTls};
+use crate::raw::{RawAcme, RawListenerAuthz, RawListenerTls, RawServiceTls};
 use crate::tls::*;
 
 impl Cx<'_> {
@@ -16,8 +16,14 @@ impl Cx<'_> {
         t: &RawListenerTls,
         listener: &Spanned<String>,
     ) -> Option<ListenerTlsConfig> {
+        let acme = t.acme.as_ref().and_then(|a| self.acme(a));
         let mut certificates = Vec::new();
         match (&t.cert, &t.key) {
+            (Some(v), _) | (None, Some(v)) if t.acme.is_some() => self.error_hint(
+                Some(v.span()),
+                "with [listener.tls.acme] the certificate comes from the CA",
+                "remove `cert` and `key`; more certificates can still be listed in `certificates`",
+            ),
             (Some(cert), Some(key)) => certificates.push((cert.clone(), key.clone())),
             (None, None) => {}
             (Some(v), None) | (None, Some(v)) => self.error_hint(
@@ -36,7 +42,7 @@ impl Cx<'_> {
                 ),
             }
         }
-        if certificates.is_empty() && t.cert.is_none() && t.key.is_none() {
+        if certificates.is_empty() && t.cert.is_none() && t.key.is_none() && t.acme.is_none() {
             self.error_hint(
                 Some(listener.span()),
                 format!(
@@ -46,12 +52,18 @@ impl Cx<'_> {
                 "add cert = \"server.pem\" and key = \"server.key\" (or a certificates list)",
             );
         }
-        let certificates: Vec<CertKeyFiles> = certificates
-            .iter()
-            .map(|(c, k)| CertKeyFiles {
+        // The CA's certificate comes first (the default for unknown SNI); Sluice writes its
+        // files before the listener starts, so they are not required to exist here.
+        let acme_pair = acme.as_ref().map(|a| CertKeyFiles {
+            cert: a.cert_path(),
+            key: a.key_path(),
+        });
+        let certificates: Vec<CertKeyFiles> = acme_pair
+            .into_iter()
+            .chain(certificates.iter().map(|(c, k)| CertKeyFiles {
                 cert: self.readable_file(c),
                 key: self.readable_file(k),
-            })
+            }))
             .collect();
         let client_auth = self.choice(
             t.client_auth.as_ref(),
@@ -110,7 +122,102 @@ impl Cx<'_> {
             handshake_timeout: self
                 .duration(t.handshake_timeout.as_ref(), d::TLS_HANDSHAKE_TIMEOUT),
             identity_headers,
+            acme,
         })
+    }
+
+    /// `[listener.tls.acme]`: `directory`, `domains` and `storage` are required.
+    fn acme(&mut self, raw: &Spanned<RawAcme>) -> Option<AcmeConfig> {
+        let a = raw.get_ref();
+        let required = |this: &mut Self, v: &Option<Spanned<String>>, key: &str| {
+            if v.is_none() {
+                this.error_hint(
+                    Some(raw.span()),
+                    format!("[listener.tls.acme] needs `{key}`"),
+                    "e.g. directory = \"https://acme-v02.api.letsencrypt.org/directory\", domains = [\"www.example.com\"], storage = \"/var/lib/sluice/acme\"",
+                );
+            }
+        };
+        required(self, &a.directory, "directory");
+        required(self, &a.storage, "storage");
+        let directory = a.directory.as_ref()?;
+        if !directory.get_ref().starts_with("https://") {
+            self.error_hint(
+                Some(directory.span()),
+                format!(
+                    "ACME directory `{}` is not an https:// URL",
+                    directory.get_ref()
+                ),
+                "ACME runs over HTTPS (RFC 8555 §6.1)",
+            );
+        }
+        let domains = self.acme_domains(raw)?;
+        Some(AcmeConfig {
+            directory: directory.get_ref().clone(),
+            domains,
+            contact: a
+                .contact
+                .iter()
+                .flatten()
+                .map(|c| c.get_ref().clone())
+                .collect(),
+            storage: self.relative_path(a.storage.as_ref()?),
+            ca_root: a.ca_root.as_ref().map(|v| self.readable_file(v)),
+            renew_before: self.duration(a.renew_before.as_ref(), d::ACME_RENEW_BEFORE),
+            retry_every: self.duration(a.retry_every.as_ref(), d::ACME_RETRY_EVERY),
+            challenge: self.choice(
+                a.challenge.as_ref(),
+                "challenge",
+                &[
+                    ("http-01", AcmeChallengeKind::Http01),
+                    ("tls-alpn-01", AcmeChallengeKind::TlsAlpn01),
+                ],
+            ),
+        })
+    }
+
+    /// `domains`: at least one; each a DNS name or an IP address.
+    fn acme_domains(&mut self, raw: &Spanned<RawAcme>) -> Option<Vec<String>> {
+        let listed = raw.get_ref().domains.as_deref().unwrap_or_default();
+        if listed.is_empty() {
+            self.error_hint(
+                Some(raw.span()),
+                "[listener.tls.acme] needs at least one name in `domains`",
+                "e.g. domains = [\"www.example.com\", \"example.com\"]",
+            );
+            return None;
+        }
+        let mut domains = Vec::with_capacity(listed.len());
+        for v in listed {
+            let name = v.get_ref().to_ascii_lowercase();
+            let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+            let is_dns = !name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !is_ip && !is_dns {
+                self.error_hint(
+                    Some(v.span()),
+                    format!("`{}` is neither a DNS name nor an IP address", v.get_ref()),
+                    "ACME certificates name hosts: \"www.example.com\" (no wildcards: they need DNS-01)",
+                );
+            }
+            domains.push(name);
+        }
+        Some(domains)
+    }
+
+    /// A path from the file, relative to the file's folder; not required to exist.
+    fn relative_path(&self, v: &Spanned<String>) -> PathBuf {
+        let raw = v.get_ref();
+        match self.src.path().parent() {
+            Some(dir) if std::path::Path::new(raw).is_relative() => dir.join(raw),
+            _ => raw.into(),
+        }
     }
 
     pub(super) fn listener_authz(&mut self, a: &RawListenerAuthz) -> ListenerAuthzConfig {
