@@ -558,6 +558,7 @@ fn key_span(tree: &Spanned<DeValue<'_>>, path: &[Segment]) -> Option<Range<usize
 fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
     match (section, parents) {
         ("admin", []) => fields_of::<RawAdmin>(),
+        ("admin", ["tls"]) => fields_of::<RawAdminTls>(),
         ("runtime", []) => fields_of::<RawRuntime>(),
         ("overload", []) => fields_of::<RawOverload>(),
         ("log", []) => fields_of::<RawLog>(),
@@ -600,6 +601,7 @@ mod docs_tests {
         let doc = include_str!("../../../docs/configuration.md");
         let sections: &[(&str, &[&str])] = &[
             ("admin", &[]),
+            ("admin", &["tls"]),
             ("runtime", &[]),
             ("overload", &[]),
             ("log", &[]),

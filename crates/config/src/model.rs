@@ -98,13 +98,43 @@ pub struct AdminConfig {
     /// `insecure`: serve a non-loopback `bind` without tokens (anyone who reaches it can
     /// reload the proxy).
     pub insecure: bool,
+    /// `[admin.tls]`: serve the admin API over HTTPS, optionally taking client certificates.
+    pub tls: Option<AdminTlsConfig>,
 }
 
 impl AdminConfig {
-    /// Whether requests must present a token (any token source is configured).
+    /// Whether requests must present credentials (a token source or a client CA is set).
     pub fn authenticates(&self) -> bool {
+        self.has_token_sources() || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+
+    /// Whether any bearer-token source is configured.
+    pub fn has_token_sources(&self) -> bool {
         self.tokens_file.is_some() || self.token_env.is_some() || self.read_token_env.is_some()
     }
+}
+
+/// `[admin.tls]`: the admin API over HTTPS. With `client_ca`, a client certificate that
+/// chains to it is a credential worth `client_scope`; bearer tokens work as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain of the admin listener.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// CA bundle client certificates are verified against.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// What a verified client certificate allows.
+    pub client_scope: AdminScope,
+}
+
+/// What an admin credential allows: `read` (every `GET`) or `admin` (everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdminScope {
+    /// `GET`s only.
+    Read,
+    /// Everything, reloads included.
+    Admin,
 }
 
 /// `[runtime]`.

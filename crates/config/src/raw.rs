@@ -16,6 +16,15 @@ pub(crate) struct RawAdmin {
     pub(crate) token_env: Option<S<String>>,
     pub(crate) read_token_env: Option<S<String>>,
     pub(crate) insecure: Option<S<bool>>,
+    pub(crate) tls: Option<S<RawAdminTls>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdminTls {
+    pub(crate) cert: Option<S<String>>,
+    pub(crate) key: Option<S<String>>,
+    pub(crate) client_ca: Option<S<String>>,
+    pub(crate) client_scope: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

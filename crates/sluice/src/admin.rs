@@ -21,6 +21,8 @@
 //! (`GET`/`HEAD` of `/` and `/assets/*`, which hold no data) stay open. A refused request
 //! gets `401` (no or unknown token) or `403` (a `read` token on an `admin` request), a warning
 //! in the log with the client's address, and `sluice_admin_auth_failures_total{reason}`.
+//! With `[admin.tls]` the listener speaks HTTPS, and with its `client_ca` a verified client
+//! certificate counts as a credential of `client_scope`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use sluice_tls::{CertKeyPaths, ClientAuth, MinVersion, ServerTls, ServerTlsSettings};
+
 use crate::admin_auth::Denied;
 use crate::app::{App, ReloadError};
 use crate::reloads::Trigger;
@@ -46,8 +50,13 @@ use crate::status_page;
 /// Refused admin requests, by `reason` (`missing`, `invalid`, `scope`).
 pub(crate) const ADMIN_AUTH_FAILURES_TOTAL: &str = "sluice_admin_auth_failures_total";
 
-/// Binds the admin address and serves it until the returned task is aborted.
+/// How long a client has to complete the admin listener's TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds the admin address and serves it (over TLS with `[admin.tls]`) until the returned
+/// task is aborted.
 pub(crate) async fn start(bind: SocketAddr, app: Arc<App>) -> std::io::Result<JoinHandle<()>> {
+    let tls = admin_tls(&app.proxy.config().admin)?;
     let listener = TcpListener::bind(bind).await?;
     Ok(tokio::spawn(async move {
         loop {
@@ -59,29 +68,74 @@ pub(crate) async fn start(bind: SocketAddr, app: Arc<App>) -> std::io::Result<Jo
                     continue;
                 }
             };
-            let app = Arc::clone(&app);
+            let (app, tls) = (Arc::clone(&app), tls.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req| guarded(req, Arc::clone(&app), peer));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let Some(tls) = tls else {
+                    return serve(TokioIo::new(stream), app, peer, false).await;
+                };
+                match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
+                    Ok((stream, info)) => {
+                        let client_cert = info.identity.is_some();
+                        serve(TokioIo::new(stream), app, peer, client_cert).await;
+                    }
+                    Err(e) => {
+                        tracing::info!(client = %peer, reason = e.reason, detail = %e.detail, "admin TLS handshake failed");
+                    }
+                }
             });
         }
     }))
 }
 
-/// Answers `req` once its token allows it.
+/// `[admin.tls]`, loaded: client certificates are asked for, and optional, with `client_ca`.
+fn admin_tls(config: &sluice_config::AdminConfig) -> std::io::Result<Option<ServerTls>> {
+    let Some(t) = &config.tls else {
+        return Ok(None);
+    };
+    let settings = ServerTlsSettings {
+        certs: vec![CertKeyPaths {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }],
+        client_ca: t.client_ca.clone(),
+        client_auth: if t.client_ca.is_some() {
+            ClientAuth::Optional
+        } else {
+            ClientAuth::Off
+        },
+        min_version: MinVersion::Tls12,
+        alpn_h2: false,
+        alpn_http1: true,
+    };
+    ServerTls::load(&settings)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("[admin.tls]: {e}")))
+}
+
+/// Serves one admin connection; `client_cert`: its client certificate was verified.
+async fn serve<IO>(io: IO, app: Arc<App>, peer: SocketAddr, client_cert: bool)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| guarded(req, Arc::clone(&app), peer, client_cert));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+/// Answers `req` once its credentials allow it.
 async fn guarded(
     req: Request<Incoming>,
     app: Arc<App>,
     peer: SocketAddr,
+    client_cert: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let scope = crate::admin_auth::scope_of(req.method(), req.uri().path());
     let authorization = req.headers().get(header::AUTHORIZATION);
     if let Some(scope) = scope
-        && let Err(denied) = app
-            .admin_auth
-            .check(scope, authorization.map(|v| v.as_bytes()))
+        && let Err(denied) =
+            app.admin_auth
+                .check(scope, authorization.map(|v| v.as_bytes()), client_cert)
     {
         return Ok(refused(denied, &req, peer));
     }
@@ -95,7 +149,7 @@ fn refused(denied: Denied, req: &Request<Incoming>, peer: SocketAddr) -> Respons
     let (status, detail) = match denied {
         Denied::Missing => (
             StatusCode::UNAUTHORIZED,
-            "this API needs `Authorization: Bearer TOKEN`",
+            "this API needs `Authorization: Bearer TOKEN` (or a client certificate, where [admin.tls] takes them)",
         ),
         Denied::Invalid => (
             StatusCode::UNAUTHORIZED,
@@ -103,7 +157,7 @@ fn refused(denied: Denied, req: &Request<Incoming>, peer: SocketAddr) -> Respons
         ),
         Denied::Scope => (
             StatusCode::FORBIDDEN,
-            "a `read` token cannot do this: it needs an `admin` one",
+            "a `read` credential cannot do this: it needs an `admin` token or certificate",
         ),
     };
     let mut resp = json_response(status, &json!({"error": denied.as_str(), "detail": detail}));

@@ -110,11 +110,50 @@ impl AdminAuth {
         Ok(())
     }
 
-    /// Whether a request with this `Authorization` value may do what needs `scope`.
-    pub(crate) fn check(&self, scope: Scope, authorization: Option<&[u8]>) -> Result<(), Denied> {
+    /// Whether a request with this `Authorization` value, on a connection whose client
+    /// certificate was verified (`client_cert`) or not, may do what needs `scope`. A verified
+    /// certificate is worth `[admin.tls] client_scope`; a token can still grant more.
+    pub(crate) fn check(
+        &self,
+        scope: Scope,
+        authorization: Option<&[u8]>,
+        client_cert: bool,
+    ) -> Result<(), Denied> {
+        let by_cert = self.cert_scope().filter(|_| client_cert);
+        if by_cert.is_some_and(|granted| granted >= scope) {
+            return Ok(());
+        }
+        let by_token = self.check_token(scope, authorization);
+        match (by_token, by_cert) {
+            // A certificate that allows less than the request needs, and no better token.
+            (Err(Denied::Missing), Some(_)) => Err(Denied::Scope),
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// What a verified client certificate allows, when client certificates are taken.
+    fn cert_scope(&self) -> Option<Scope> {
+        let tls = self.config.tls.as_ref()?;
+        tls.client_ca.as_ref()?;
+        Some(match tls.client_scope {
+            sluice_config::AdminScope::Read => Scope::Read,
+            sluice_config::AdminScope::Admin => Scope::Admin,
+        })
+    }
+
+    /// The bearer-token check: open when there is no credential source at all.
+    fn check_token(&self, scope: Scope, authorization: Option<&[u8]>) -> Result<(), Denied> {
         let tokens = self.tokens.load();
         let Some(tokens) = tokens.as_ref() else {
-            return Ok(());
+            // No token sources: only client certificates authenticate, if anything does.
+            return match (
+                self.config.authenticates(),
+                authorization.and_then(bearer_token),
+            ) {
+                (false, _) => Ok(()),
+                (true, Some(_)) => Err(Denied::Invalid),
+                (true, None) => Err(Denied::Missing),
+            };
         };
         let presented = authorization
             .and_then(bearer_token)
@@ -144,7 +183,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 }
 
 fn read_tokens(config: &AdminConfig) -> Result<Option<Vec<Grant>>, TokenError> {
-    if !config.authenticates() {
+    if !config.has_token_sources() {
         return Ok(None);
     }
     let mut tokens = Vec::new();
@@ -246,6 +285,7 @@ mod tests {
             token_env: None,
             read_token_env: None,
             insecure: false,
+            tls: None,
         })
     }
 
@@ -254,29 +294,29 @@ mod tests {
         let auth = auth_from("# operators\nadmin aaaaaaaaaaaaaaaa-1\n\nread rrrrrrrrrrrrrrrr-2\n")
             .unwrap();
         let bearer = |t: &str| format!("Bearer {t}").into_bytes();
-        assert_eq!(auth.check(Scope::Read, None), Err(Denied::Missing));
+        assert_eq!(auth.check(Scope::Read, None, false), Err(Denied::Missing));
         assert_eq!(
-            auth.check(Scope::Read, Some(b"Basic abc")),
+            auth.check(Scope::Read, Some(b"Basic abc"), false),
             Err(Denied::Missing)
         );
         assert_eq!(
-            auth.check(Scope::Read, Some(&bearer("nope-nope-nope-nope"))),
+            auth.check(Scope::Read, Some(&bearer("nope-nope-nope-nope")), false),
             Err(Denied::Invalid)
         );
         assert_eq!(
-            auth.check(Scope::Read, Some(&bearer("rrrrrrrrrrrrrrrr-2"))),
+            auth.check(Scope::Read, Some(&bearer("rrrrrrrrrrrrrrrr-2")), false),
             Ok(())
         );
         assert_eq!(
-            auth.check(Scope::Admin, Some(&bearer("rrrrrrrrrrrrrrrr-2"))),
+            auth.check(Scope::Admin, Some(&bearer("rrrrrrrrrrrrrrrr-2")), false),
             Err(Denied::Scope)
         );
         assert_eq!(
-            auth.check(Scope::Admin, Some(b"bearer   aaaaaaaaaaaaaaaa-1 ")),
+            auth.check(Scope::Admin, Some(b"bearer   aaaaaaaaaaaaaaaa-1 "), false),
             Ok(())
         );
         assert_eq!(
-            auth.check(Scope::Read, Some(&bearer("aaaaaaaaaaaaaaaa-1"))),
+            auth.check(Scope::Read, Some(&bearer("aaaaaaaaaaaaaaaa-1")), false),
             Ok(())
         );
     }
@@ -317,5 +357,38 @@ mod tests {
         }
         let err = auth_from(b"admin \xff\xfe\n").unwrap_err().to_string();
         assert!(err.ends_with(":1: not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_verified_client_certificate_is_worth_its_scope_and_tokens_add_to_it() {
+        let tls = |scope| sluice_config::AdminTlsConfig {
+            cert: "a.pem".into(),
+            key: "a.key".into(),
+            client_ca: Some("ca.pem".into()),
+            client_scope: scope,
+        };
+        let config = |scope| AdminConfig {
+            bind: "0.0.0.0:9901".parse().unwrap(),
+            tokens_file: None,
+            token_env: None,
+            read_token_env: None,
+            insecure: false,
+            tls: Some(tls(scope)),
+        };
+        let read = AdminAuth::load(&config(sluice_config::AdminScope::Read)).unwrap();
+        assert_eq!(read.check(Scope::Read, None, true), Ok(()));
+        assert_eq!(read.check(Scope::Admin, None, true), Err(Denied::Scope));
+        assert_eq!(
+            read.check(Scope::Read, None, false),
+            Err(Denied::Missing),
+            "no certificate, no token"
+        );
+        let admin = AdminAuth::load(&config(sluice_config::AdminScope::Admin)).unwrap();
+        assert_eq!(admin.check(Scope::Admin, None, true), Ok(()));
+        assert_eq!(
+            admin.check(Scope::Admin, Some(b"Bearer unknown-unknown-1"), false),
+            Err(Denied::Invalid),
+            "a token where none are configured"
+        );
     }
 }

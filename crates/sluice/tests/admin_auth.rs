@@ -1,7 +1,7 @@
 //! The admin API's access control through the binary, with curl as the client: bearer tokens
 //! with `read` and `admin` scopes from a file and from the environment, 401/403 answers that are
-//! logged and counted, token rotation by reload, and the refusal to serve an open admin API on a
-//! non-loopback address.
+//! logged and counted, token rotation by reload, the refusal to serve an open admin API on a
+//! non-loopback address, and the API over HTTPS with client certificates as credentials.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sluice_test_support::certs::{Leaf, TestCa};
 use sluice_test_support::{SluiceProcess, free_port, http_get, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -211,4 +212,143 @@ fn a_token_from_the_environment_must_be_a_real_one() {
     let (code, err) = run_with_env(&cfg, admin, ("UNRELATED", OsStr::new("x"))).unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("SLUICE_TEST_ADMIN_TOKEN: is not set"), "{err}");
+}
+
+/// `curl` to the admin API over HTTPS, trusting `ca`, with an optional client certificate
+/// (`ca`'s files `NAME.pem`/`NAME.key`) and bearer token: the status.
+fn curl_tls(
+    ca: &TestCa,
+    method: &str,
+    url: &str,
+    client: Option<&str>,
+    token: Option<&str>,
+) -> u16 {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        "--cacert",
+    ])
+    .arg(&ca.ca_path);
+    if let Some(name) = client {
+        cmd.arg("--cert")
+            .arg(ca.dir().join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(ca.dir().join(format!("{name}.key")));
+    }
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+/// Starts `sluice run` on `config` and waits until its HTTPS admin API answers `/readyz`.
+fn start_tls_admin(
+    config: &str,
+    ca: &TestCa,
+    admin: SocketAddr,
+) -> (std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = format!("https://localhost:{}/readyz", admin.port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl_tls(ca, "GET", &ready, None, None) != 200 {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the HTTPS admin API did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, dir)
+}
+
+#[test]
+fn client_certificates_are_admin_credentials_over_tls() {
+    let ca = TestCa::new("Admin CA");
+    let server = ca.issue(&Leaf::server("admin", &["localhost"]));
+    ca.issue(&Leaf::client("ops", "ops", &[]));
+    let stranger_ca = TestCa::new("Other CA");
+    stranger_ca.issue(&Leaf::client("ops", "ops", &[]));
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("admin {ADMIN_TOKEN}\n")).unwrap();
+    let tls = |scope: &str| {
+        format!(
+            "tokens_file = {tokens:?}\n[admin.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_scope = \"{scope}\"",
+            server.cert, server.key, ca.ca_path
+        )
+    };
+    let url = |path: &str| format!("https://localhost:{}{path}", admin.port());
+
+    let (mut child, _dir) = start_tls_admin(&config(&admin.to_string(), &tls("admin")), &ca, admin);
+    assert_eq!(
+        curl_tls(&ca, "GET", &url("/api/services"), Some("ops"), None),
+        200
+    );
+    assert_eq!(
+        curl_tls(&ca, "POST", &url("/api/reload"), Some("ops"), None),
+        200
+    );
+    assert_eq!(
+        curl_tls(&ca, "GET", &url("/api/services"), None, None),
+        401,
+        "no credential"
+    );
+    assert_eq!(
+        curl_tls(&ca, "POST", &url("/api/reload"), None, Some(ADMIN_TOKEN)),
+        200,
+        "tokens still work"
+    );
+    // A certificate from another CA fails the handshake: no status at all.
+    assert_eq!(
+        curl_tls(
+            &stranger_ca,
+            "GET",
+            &url("/api/services"),
+            Some("ops"),
+            None
+        ),
+        0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (mut child, _dir) = start_tls_admin(&config(&admin.to_string(), &tls("read")), &ca, admin);
+    assert_eq!(
+        curl_tls(&ca, "GET", &url("/api/services"), Some("ops"), None),
+        200
+    );
+    assert_eq!(
+        curl_tls(&ca, "POST", &url("/api/reload"), Some("ops"), None),
+        403,
+        "a read certificate cannot reload"
+    );
+    assert_eq!(
+        curl_tls(
+            &ca,
+            "POST",
+            &url("/api/reload"),
+            Some("ops"),
+            Some(ADMIN_TOKEN)
+        ),
+        200,
+        "an admin token on top can"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

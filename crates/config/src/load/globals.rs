@@ -19,6 +19,7 @@ impl Cx<'_> {
             token_env: raw.token_env.as_ref().and_then(|v| self.env_name(v)),
             read_token_env: raw.read_token_env.as_ref().and_then(|v| self.env_name(v)),
             insecure: raw.insecure.as_ref().is_some_and(|v| *v.get_ref()),
+            tls: raw.tls.as_ref().and_then(|t| self.admin_tls(t)),
         };
         if let Some(b) = &raw.bind
             && !bind.ip().is_loopback()
@@ -28,10 +29,33 @@ impl Cx<'_> {
             self.error_hint(
                 Some(b.span()),
                 format!("the admin API on {bind} would let anyone who reaches it reload the proxy"),
-                "set tokens_file or token_env (bearer tokens), bind a loopback address, or set insecure = true to serve it open",
+                "set tokens_file or token_env (bearer tokens) or [admin.tls] client_ca (client certificates), bind a loopback address, or set insecure = true to serve it open",
             );
         }
         admin
+    }
+
+    /// `[admin.tls]`: `cert` and `key` required; `client_scope` defaults to `read`.
+    fn admin_tls(&mut self, raw: &Spanned<RawAdminTls>) -> Option<AdminTlsConfig> {
+        let t = raw.get_ref();
+        let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+            self.error_hint(
+                Some(raw.span()),
+                "[admin.tls] needs `cert` and `key`",
+                "the admin listener's certificate: cert = \"admin.pem\", key = \"admin.key\"",
+            );
+            return None;
+        };
+        Some(AdminTlsConfig {
+            cert: self.readable_file(cert),
+            key: self.readable_file(key),
+            client_ca: t.client_ca.as_ref().map(|v| self.readable_file(v)),
+            client_scope: self.choice(
+                t.client_scope.as_ref(),
+                "client_scope",
+                &[("read", AdminScope::Read), ("admin", AdminScope::Admin)],
+            ),
+        })
     }
 
     /// The name of an environment variable (`token_env`, `read_token_env`).
