@@ -1,8 +1,9 @@
 //! `[listener.tls.acme]` against Debian's `pebble`, the ACME test CA, started by each test:
 //! an account is created, the CA's HTTP-01 challenge is answered on the plain-HTTP listener,
 //! the certificate is stored and served (curl verifies it against pebble's root), a restart
-//! serves the stored certificate without a new order, renewal replaces it without a restart,
-//! and with the CA gone the last good certificate keeps serving while the failure is logged.
+//! serves the stored certificate without a new order, renewal replaces it without a restart
+//! or closing open connections, and with the CA gone the last good certificate keeps serving
+//! while the failure is logged.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -243,6 +244,69 @@ fn verified_get(secure: SocketAddr, root: &Path) -> Result<u16, String> {
     }
 }
 
+/// A TLS connection to `secure` held open by `openssl s_client`, to send requests on.
+struct OpenConnection {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl OpenConnection {
+    fn open(secure: SocketAddr) -> Self {
+        let mut child = Command::new(require_tool("openssl"))
+            .args(["s_client", "-quiet", "-connect", &secure.to_string()])
+            .args(["-servername", "localhost"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The status line of the answer to `GET /` sent on this connection.
+    fn get(&mut self) -> String {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                // The previous body has no line end: a status line may follow it directly.
+                Ok(line) if line.contains("HTTP/1.1 ") => {
+                    let at = line.find("HTTP/1.1 ").unwrap_or(0);
+                    return line[at..].trim().to_owned();
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        "no answer on the open connection".to_owned()
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_certificate_is_obtained_served_stored_and_reused_after_a_restart() {
     let Setup {
@@ -321,7 +385,14 @@ fn renewal_replaces_the_certificate_and_a_lost_ca_leaves_the_last_one_serving() 
     let sluice = SluiceProcess::start(BIN.as_ref(), &text, admin);
 
     let first = until_issued(secure, None, &pebble, &sluice);
+    let mut open = OpenConnection::open(secure);
+    assert_eq!(open.get(), "HTTP/1.1 200 OK");
     until_issued(secure, Some(&first), &pebble, &sluice);
+    assert_eq!(
+        open.get(),
+        "HTTP/1.1 200 OK",
+        "a connection opened before the renewal carries on"
+    );
     // Pebble's root, kept past pebble's own folder.
     let root = storage.path().join("pebble-root.pem");
     std::fs::copy(pebble.root().unwrap(), &root).unwrap();
