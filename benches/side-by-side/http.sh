@@ -22,21 +22,14 @@ done
 export PATH="$PATH:/usr/sbin"
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
-. benches/side-by-side/lib.sh   # bench_workdir, nginx_head, haproxy_http_head, ticks, hz
+. benches/side-by-side/lib.sh   # bench_workdir, backend_nginx_conf, nginx_head, haproxy_http_head, ticks, hz
 bench_workdir
 
 BACKEND=127.0.0.1:18000 NGINX=127.0.0.1:18001 HAPROXY=127.0.0.1:18002 SLUICE=127.0.0.1:18003 SLUICE_ADMIN=127.0.0.1:18903
 body=$(printf 'x%.0s' $(seq 1 63))
 
-mkdir -p "$work/backend" "$work/nginx"
-cat > "$work/backend/nginx.conf" <<EOF
-$(nginx_head "$work/backend")
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen $BACKEND; location / { return 200 "$body\n"; } }
-}
-EOF
+mkdir -p "$work/nginx"
+backend_nginx_conf "$work/backend" "$BACKEND" "$body"
 cat > "$work/nginx/nginx.conf" <<EOF
 $(nginx_head "$work/nginx")
 http {

@@ -40,6 +40,20 @@ nginx_head() {
   printf 'worker_processes 1;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\nevents { worker_connections 4096; }\n' "$1" "$1"
 }
 
+# backend_nginx_conf DIR ADDR BODY: DIR/nginx.conf for the one-worker nginx backend answering
+# every request on ADDR with BODY and a newline, keep-alive without a request limit.
+backend_nginx_conf() {
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<EOF
+$(nginx_head "$1")
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen $2; location / { return 200 "$3\n"; } }
+}
+EOF
+}
+
 # The location of every nginx contender: HTTP/1.1 keep-alive to the upstream named `backend`.
 nginx_proxy_location() {
   printf '    location / {\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n    }\n'

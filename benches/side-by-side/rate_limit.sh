@@ -23,7 +23,7 @@ done
 export PATH="$PATH:/usr/sbin"
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
-. benches/side-by-side/lib.sh   # bench_workdir, nginx_head, haproxy_http_head, ticks, hz
+. benches/side-by-side/lib.sh   # bench_workdir, backend_nginx_conf, nginx_head, haproxy_http_head, ticks, hz
 bench_workdir
 
 BACKEND=127.0.0.1:18200
@@ -32,15 +32,8 @@ declare -A addr=([nginx]=127.0.0.1:18201 [nginx_limited]=127.0.0.1:18202
                  [sluice]=127.0.0.1:18205 [sluice_limited]=127.0.0.1:18206)
 body=$(printf 'x%.0s' $(seq 1 63))
 
-mkdir -p "$work/backend" "$work/nginx"
-cat > "$work/backend/nginx.conf" <<EOF
-$(nginx_head "$work/backend")
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen $BACKEND; location / { return 200 "$body\n"; } }
-}
-EOF
+mkdir -p "$work/nginx"
+backend_nginx_conf "$work/backend" "$BACKEND" "$body"
 # One nginx serves both of its contenders: the same worker, one server block with limit_req.
 cat > "$work/nginx/nginx.conf" <<EOF
 $(nginx_head "$work/nginx")

@@ -28,6 +28,11 @@ impl AcmeChallenges {
         self.any.store(true, Relaxed);
     }
 
+    /// Whether no challenge is pending.
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Relaxed)
+    }
+
     /// Stops answering for `token`.
     pub fn remove(&self, token: &str) {
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());

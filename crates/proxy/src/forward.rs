@@ -168,13 +168,11 @@ fn local_answer(
     answer: Answer,
     exchange: Exchange,
 ) -> ProxyResponse {
+    // A redirect route without a service has an empty one: no `service` in the body.
+    let service = Some(&*route.service.name).filter(|s| !s.is_empty());
     match local {
-        LocalAnswer::Denied(err) => {
-            let service = Some(&*route.service.name).filter(|s| !s.is_empty());
-            local_error(&err, service, answer, exchange)
-        }
+        LocalAnswer::Denied(err) => local_error(&err, service, answer, exchange),
         LocalAnswer::Limited(err, wait) => {
-            let service = Some(&*route.service.name).filter(|s| !s.is_empty());
             let mut response = local_error(&err, service, answer, exchange);
             if let ResponseFields::Local(headers) = &mut response.head.fields {
                 headers.insert(http::header::RETRY_AFTER, retry_after(wait));

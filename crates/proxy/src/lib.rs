@@ -9,6 +9,10 @@
 //! - Every request gets an answer: the instance's, or a JSON error with a precise status
 //!   (404 no route, 502 connect failure/reset, 503 no instance, 504 timeout, 408 slow client,
 //!   431 oversized head) within the configured timeouts — never a hang.
+//! - Load beyond what is configured is refused at once, never queued until timeouts fire: a
+//!   route's `rate_limit` answers 429 with `Retry-After`, a service's `[service.concurrency]`
+//!   and the process's `[overload]` watermarks answer 503 `overloaded`; ACME HTTP-01
+//!   challenges ([`AcmeChallenges`]) are answered before routing.
 //! - The request path takes no lock shared between threads: snapshots are read through
 //!   `arc-swap`, instance state is atomics, idle connections sit in lock-free queues.
 //! - Passive health never removes more than `max_ejected_percent` of a service's instances.

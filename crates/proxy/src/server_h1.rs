@@ -25,9 +25,8 @@
 //! response was delimited and complete, the listener is not draining and the process is not
 //! near an `[overload]` watermark; otherwise the response says `connection: close` and the
 //! socket is closed after a lingering read (an RST would destroy a response the client has not
-//! read yet). A `101` response joins the client's
-//! socket to the instance's in a tunnel. A client opening with the HTTP/2 preface is handed to
-//! [`crate::server_h2`].
+//! read yet). A `101` response joins the client's socket to the instance's in a tunnel. A
+//! client opening with the HTTP/2 preface is handed to [`crate::server_h2`].
 //!
 //! Responses are framed for the client: the instance's `Content-Length` passes through,
 //! bodies of unknown length are sent chunked to HTTP/1.1 clients and delimited by the close to

@@ -172,6 +172,24 @@ enum Posted {
     AlpnName(String),
 }
 
+/// The answers posted for one order; withdrawn when dropped, however the order ends (an
+/// error, or the order's timeout dropping it mid-way).
+struct PostedAnswers<'a> {
+    challenges: &'a Challenges,
+    posted: Vec<Posted>,
+}
+
+impl Drop for PostedAnswers<'_> {
+    fn drop(&mut self) {
+        for p in &self.posted {
+            match p {
+                Posted::Token(token) => self.challenges.http.remove(token),
+                Posted::AlpnName(name) => self.challenges.tls_alpn.remove(name),
+            }
+        }
+    }
+}
+
 impl Challenges {
     /// Posts the answer to `challenge` for `name`.
     fn post(
@@ -187,15 +205,6 @@ impl Challenges {
         let (cert, key) = alpn_certificate(name, key_authorization.digest().as_ref())?;
         self.tls_alpn.add(name, cert, key)?;
         Ok(Posted::AlpnName(name.to_owned()))
-    }
-
-    fn withdraw(&self, posted: &[Posted]) {
-        for p in posted {
-            match p {
-                Posted::Token(token) => self.http.remove(token),
-                Posted::AlpnName(name) => self.tls_alpn.remove(name),
-            }
-        }
     }
 }
 
@@ -223,7 +232,7 @@ impl Job {
     async fn run(self) {
         let mut retry = self.acme.retry_every;
         loop {
-            let due_in = renewal_due_in(&self.acme);
+            let due_in = self.renewal_due_in();
             if !due_in.is_zero() {
                 tokio::time::sleep(due_in.min(MAX_SLEEP)).await;
                 continue;
@@ -236,6 +245,7 @@ impl Job {
                 .increment(1);
             match outcome {
                 Ok(expires) => {
+                    self.report_expiry(expires);
                     tracing::info!(listener = %self.listener, domains = ?self.acme.domains, expires = %humantime::format_rfc3339_seconds(expires), "ACME: new certificate stored; the listener serves it from its next reload");
                     retry = self.acme.retry_every;
                     tokio::time::sleep(self.acme.retry_every).await;
@@ -249,6 +259,26 @@ impl Job {
         }
     }
 
+    /// How long until the stored certificate is due for renewal (zero: now); a placeholder,
+    /// a missing or an unreadable certificate is due at once. Reports its expiry.
+    fn renewal_due_in(&self) -> Duration {
+        let Ok(expires) = expiry(&self.acme.cert_path()) else {
+            return Duration::ZERO;
+        };
+        self.report_expiry(expires);
+        expires
+            .checked_sub(self.acme.renew_before)
+            .and_then(|due| due.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default()
+    }
+
+    fn report_expiry(&self, expires: SystemTime) {
+        let seconds = expires
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(ACME_CERT_EXPIRY, "listener" => self.listener.clone()).set(seconds);
+    }
+
     /// Orders and stores a certificate for the listener's domains; returns its expiry.
     async fn order(&self) -> anyhow::Result<SystemTime> {
         let account = self.account().await?;
@@ -260,7 +290,7 @@ impl Job {
             .context("creating the order")?;
         let posted = self.answer_challenges(&mut order).await?;
         let ready = order.poll_ready(&RetryPolicy::default()).await;
-        self.challenges.withdraw(&posted);
+        drop(posted);
         let status = ready.context("waiting for the CA to validate")?;
         if status != OrderStatus::Ready {
             bail!(
@@ -275,50 +305,42 @@ impl Job {
             .context("downloading the certificate")?;
         write_atomically(&self.acme.key_path(), key_pem.as_bytes(), true)?;
         write_atomically(&self.acme.cert_path(), chain_pem.as_bytes(), false)?;
-        let expires = expiry(&self.acme.cert_path())?;
-        metrics::gauge!(ACME_CERT_EXPIRY, "listener" => self.listener.clone())
-            .set(seconds_since_epoch(expires));
-        Ok(expires)
+        expiry(&self.acme.cert_path())
     }
 
     /// Posts the answer to each pending authorization's challenge of the configured kind and
-    /// tells the CA to validate; returns what was posted (withdrawn at once on failure).
+    /// tells the CA to validate; the answers stay posted until what is returned is dropped.
     async fn answer_challenges(
         &self,
         order: &mut instant_acme::Order,
-    ) -> anyhow::Result<Vec<Posted>> {
+    ) -> anyhow::Result<PostedAnswers<'_>> {
         let kind = match self.acme.challenge {
             AcmeChallengeKind::Http01 => ChallengeType::Http01,
             AcmeChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
         };
-        let mut posted = Vec::new();
+        let mut answers = PostedAnswers {
+            challenges: &self.challenges,
+            posted: Vec::new(),
+        };
         let mut authorizations = order.authorizations();
-        let answered: anyhow::Result<()> = async {
-            while let Some(authz) = authorizations.next().await {
-                let mut authz = authz.context("reading an authorization")?;
-                if authz.status != AuthorizationStatus::Pending {
-                    continue;
-                }
-                let name = authz.identifier().to_string();
-                let mut challenge = authz
-                    .challenge(kind.clone())
-                    .with_context(|| format!("the CA offers no {kind:?} challenge for {name}"))?;
-                posted.push(self.challenges.post(&name, &challenge)?);
-                challenge
-                    .set_ready()
-                    .await
-                    .with_context(|| format!("asking the CA to validate {name}"))?;
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.context("reading an authorization")?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
             }
-            Ok(())
+            let name = authz.identifier().to_string();
+            let mut challenge = authz
+                .challenge(kind.clone())
+                .with_context(|| format!("the CA offers no {kind:?} challenge for {name}"))?;
+            answers
+                .posted
+                .push(self.challenges.post(&name, &challenge)?);
+            challenge
+                .set_ready()
+                .await
+                .with_context(|| format!("asking the CA to validate {name}"))?;
         }
-        .await;
-        match answered {
-            Ok(()) => Ok(posted),
-            Err(e) => {
-                self.challenges.withdraw(&posted);
-                Err(e)
-            }
-        }
+        Ok(answers)
     }
 
     /// The account: loaded from `account.json`, or created (and saved) on first use.
@@ -382,18 +404,6 @@ fn identifier(name: &str) -> Identifier {
     }
 }
 
-/// How long until the stored certificate is due for renewal (zero: now). A placeholder, a
-/// missing or unreadable certificate is due at once.
-fn renewal_due_in(acme: &AcmeConfig) -> Duration {
-    match expiry(&acme.cert_path()) {
-        Ok(expires) => expires
-            .checked_sub(acme.renew_before)
-            .and_then(|due| due.duration_since(SystemTime::now()).ok())
-            .unwrap_or_default(),
-        Err(_) => Duration::ZERO,
-    }
-}
-
 /// When the first certificate in the PEM file at `path` expires; an error for the
 /// placeholder.
 fn expiry(path: &Path) -> anyhow::Result<SystemTime> {
@@ -414,7 +424,62 @@ fn expiry(path: &Path) -> anyhow::Result<SystemTime> {
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
 }
 
-fn seconds_since_epoch(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn acme_in(dir: &Path) -> AcmeConfig {
+        AcmeConfig {
+            directory: "https://ca.test/dir".into(),
+            domains: vec!["www.example.com".into()],
+            contact: Vec::new(),
+            storage: dir.to_owned(),
+            ca_root: None,
+            renew_before: Duration::from_secs(30 * 86_400),
+            retry_every: Duration::from_secs(60),
+            challenge: AcmeChallengeKind::Http01,
+        }
+    }
+
+    #[test]
+    fn the_placeholder_is_due_at_once_and_its_key_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let acme = acme_in(dir.path());
+        write_placeholder(&acme).unwrap();
+        let err = expiry(&acme.cert_path()).unwrap_err().to_string();
+        assert!(err.contains("is the placeholder"), "{err}");
+        let mode = std::fs::metadata(acme.key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn posted_answers_are_withdrawn_when_dropped() {
+        let challenges = Challenges {
+            http: Arc::default(),
+            tls_alpn: Arc::default(),
+        };
+        challenges.http.add("tok", "tok.thumb");
+        let (cert, key) = alpn_certificate("www.example.com", &[7; 32]).unwrap();
+        challenges
+            .tls_alpn
+            .add("www.example.com", cert, key)
+            .unwrap();
+        let answers = PostedAnswers {
+            challenges: &challenges,
+            posted: vec![
+                Posted::Token("tok".into()),
+                Posted::AlpnName("www.example.com".into()),
+            ],
+        };
+        // As when the order's timeout drops the future holding them.
+        drop(answers);
+        assert!(challenges.http.is_empty());
+        assert!(challenges.tls_alpn.is_empty());
+    }
 }

@@ -367,6 +367,11 @@ fn a_certificate_is_obtained_served_stored_and_reused_after_a_restart() {
         "no order after the restart: {}",
         sluice.stderr()
     );
+    assert_eq!(
+        metric_value(admin, "sluice_acme_certificate_expiry_timestamp_seconds"),
+        Some(expiry),
+        "the stored certificate's expiry is reported at start"
+    );
 }
 
 #[test]

@@ -214,13 +214,17 @@ fn a_token_from_the_environment_must_be_a_real_one() {
     assert!(err.contains("SLUICE_TEST_ADMIN_TOKEN: is not set"), "{err}");
 }
 
-/// `curl` to the admin API over HTTPS, trusting `ca`, with an optional client certificate
-/// (`ca`'s files `NAME.pem`/`NAME.key`) and bearer token: the status.
+/// A client certificate: the CA that issued it and its file stem there.
+type ClientCert<'a> = (&'a TestCa, &'a str);
+
+/// `curl` to the admin API over HTTPS, trusting `ca` for the server, with an optional client
+/// certificate and bearer token: the status (0 when no HTTP answer came, e.g. a refused
+/// handshake).
 fn curl_tls(
     ca: &TestCa,
     method: &str,
     url: &str,
-    client: Option<&str>,
+    client: Option<ClientCert<'_>>,
     token: Option<&str>,
 ) -> u16 {
     let mut cmd = Command::new(require_tool("curl"));
@@ -235,11 +239,11 @@ fn curl_tls(
         "--cacert",
     ])
     .arg(&ca.ca_path);
-    if let Some(name) = client {
+    if let Some((issuer, name)) = client {
         cmd.arg("--cert")
-            .arg(ca.dir().join(format!("{name}.pem")))
+            .arg(issuer.dir().join(format!("{name}.pem")))
             .arg("--key")
-            .arg(ca.dir().join(format!("{name}.key")));
+            .arg(issuer.dir().join(format!("{name}.key")));
     }
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
@@ -249,13 +253,8 @@ fn curl_tls(
 }
 
 /// Starts `sluice run` on `config` and waits until its HTTPS admin API answers `/readyz`.
-fn start_tls_admin(
-    config: &str,
-    ca: &TestCa,
-    admin: SocketAddr,
-) -> (std::process::Child, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
+fn start_tls_admin(config: &str, ca: &TestCa, admin: SocketAddr) -> std::process::Child {
+    let path = ca.dir().join("sluice.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "-c"])
@@ -273,7 +272,7 @@ fn start_tls_admin(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, dir)
+    child
 }
 
 #[test]
@@ -281,74 +280,99 @@ fn client_certificates_are_admin_credentials_over_tls() {
     let ca = TestCa::new("Admin CA");
     let server = ca.issue(&Leaf::server("admin", &["localhost"]));
     ca.issue(&Leaf::client("ops", "ops", &[]));
-    let stranger_ca = TestCa::new("Other CA");
-    stranger_ca.issue(&Leaf::client("ops", "ops", &[]));
+    let stranger = TestCa::new("Other CA");
+    stranger.issue(&Leaf::client("ops", "ops", &[]));
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
+    let tokens = ca.dir().join("tokens");
     std::fs::write(&tokens, format!("admin {ADMIN_TOKEN}\n")).unwrap();
-    let tls = |scope: &str| {
-        format!(
+    let url = |path: &str| format!("https://localhost:{}{path}", admin.port());
+    let ops = Some((&ca, "ops"));
+    // (client_scope, method, path, certificate, token, expected status, why)
+    let cases = [
+        (
+            "admin",
+            "GET",
+            "/api/services",
+            ops,
+            None,
+            200,
+            "an admin certificate reads",
+        ),
+        (
+            "admin",
+            "POST",
+            "/api/reload",
+            ops,
+            None,
+            200,
+            "and reloads",
+        ),
+        (
+            "admin",
+            "GET",
+            "/api/services",
+            None,
+            None,
+            401,
+            "no credential",
+        ),
+        (
+            "admin",
+            "POST",
+            "/api/reload",
+            None,
+            Some(ADMIN_TOKEN),
+            200,
+            "tokens still work",
+        ),
+        (
+            "admin",
+            "GET",
+            "/api/services",
+            Some((&stranger, "ops")),
+            None,
+            0,
+            "another CA's certificate fails the handshake",
+        ),
+        (
+            "read",
+            "GET",
+            "/api/services",
+            ops,
+            None,
+            200,
+            "a read certificate reads",
+        ),
+        (
+            "read",
+            "POST",
+            "/api/reload",
+            ops,
+            None,
+            403,
+            "but cannot reload",
+        ),
+        (
+            "read",
+            "POST",
+            "/api/reload",
+            ops,
+            Some(ADMIN_TOKEN),
+            200,
+            "an admin token on top can",
+        ),
+    ];
+    for scope in ["admin", "read"] {
+        let tls = format!(
             "tokens_file = {tokens:?}\n[admin.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_scope = \"{scope}\"",
             server.cert, server.key, ca.ca_path
-        )
-    };
-    let url = |path: &str| format!("https://localhost:{}{path}", admin.port());
-
-    let (mut child, _dir) = start_tls_admin(&config(&admin.to_string(), &tls("admin")), &ca, admin);
-    assert_eq!(
-        curl_tls(&ca, "GET", &url("/api/services"), Some("ops"), None),
-        200
-    );
-    assert_eq!(
-        curl_tls(&ca, "POST", &url("/api/reload"), Some("ops"), None),
-        200
-    );
-    assert_eq!(
-        curl_tls(&ca, "GET", &url("/api/services"), None, None),
-        401,
-        "no credential"
-    );
-    assert_eq!(
-        curl_tls(&ca, "POST", &url("/api/reload"), None, Some(ADMIN_TOKEN)),
-        200,
-        "tokens still work"
-    );
-    // A certificate from another CA fails the handshake: no status at all.
-    assert_eq!(
-        curl_tls(
-            &stranger_ca,
-            "GET",
-            &url("/api/services"),
-            Some("ops"),
-            None
-        ),
-        0
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-
-    let (mut child, _dir) = start_tls_admin(&config(&admin.to_string(), &tls("read")), &ca, admin);
-    assert_eq!(
-        curl_tls(&ca, "GET", &url("/api/services"), Some("ops"), None),
-        200
-    );
-    assert_eq!(
-        curl_tls(&ca, "POST", &url("/api/reload"), Some("ops"), None),
-        403,
-        "a read certificate cannot reload"
-    );
-    assert_eq!(
-        curl_tls(
-            &ca,
-            "POST",
-            &url("/api/reload"),
-            Some("ops"),
-            Some(ADMIN_TOKEN)
-        ),
-        200,
-        "an admin token on top can"
-    );
-    let _ = child.kill();
-    let _ = child.wait();
+        );
+        let mut child = start_tls_admin(&config(&admin.to_string(), &tls), &ca, admin);
+        for (_, method, path, cert, token, want, why) in cases.iter().filter(|c| c.0 == scope) {
+            let got = curl_tls(&ca, method, &url(path), *cert, *token);
+            assert_eq!(got, *want, "client_scope = {scope}: {method} {path}: {why}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -3,7 +3,8 @@
 //! them, the rest get `503 overloaded` at once; a queued request gives up after
 //! `queue_timeout`; metrics count both refusals. The process-wide `[overload]` watermarks:
 //! past `max_connections` or `max_memory_mb` new requests get `503 overloaded` at once, near
-//! them keep-alive is shed, and below them everything is as before.
+//! them keep-alive is shed (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY), and below them
+//! everything is as before.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -215,8 +216,7 @@ fn past_max_connections_new_requests_get_503_and_near_it_keep_alive_is_shed() {
     assert_eq!((status, closed), (200, false), "well below the watermark");
 
     // Nine idle connections: with the request's own, ten — at the watermark (90 % and more).
-    let mut idle: Vec<TcpStream> = (0..9).map(|_| TcpStream::connect(web).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(300)); // accepted by now
+    let mut idle = idle_connections(web, 9);
     let (status, closed, _) = get_keep_alive(web);
     assert_eq!(
         (status, closed),
@@ -225,8 +225,7 @@ fn past_max_connections_new_requests_get_503_and_near_it_keep_alive_is_shed() {
     );
 
     // Two more: eleven with the request's — past it.
-    idle.extend((0..2).map(|_| TcpStream::connect(web).unwrap()));
-    std::thread::sleep(Duration::from_millis(300));
+    idle.extend(idle_connections(web, 2));
     let (status, closed, body) = get_keep_alive(web);
     assert_eq!((status, closed), (503, true), "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -238,13 +237,7 @@ fn past_max_connections_new_requests_get_503_and_near_it_keep_alive_is_shed() {
             .contains("past its max_connections of 10"),
         "{body}"
     );
-    assert_eq!(
-        metric_value(
-            sluice.admin,
-            "sluice_overload_refused_total{watermark=\"connections\"}"
-        ),
-        Some(1.0)
-    );
+    assert_eq!(connection_refusals(sluice.admin), Some(1.0));
 
     // The idle clients leave: back to normal.
     drop(idle);
@@ -293,4 +286,89 @@ fn past_max_memory_new_requests_get_503_until_a_reload_raises_it() {
         "{}",
         sluice.stderr()
     );
+}
+
+/// `count` connections to `to` that send nothing, accepted (and counted) by the time this
+/// returns.
+fn idle_connections(to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let idle = (0..count)
+        .map(|_| TcpStream::connect(to).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    idle
+}
+
+/// Requests and TCP connections refused past the connection watermark.
+fn connection_refusals(admin: SocketAddr) -> Option<f64> {
+    metric_value(
+        admin,
+        "sluice_overload_refused_total{watermark=\"connections\"}",
+    )
+}
+
+/// `nghttp -v` (HTTP/2 with prior knowledge) fetching `/` once: its frame log.
+fn nghttp(web: SocketAddr) -> String {
+    let out = std::process::Command::new(sluice_test_support::require_tool("nghttp"))
+        .args(["-nv", "-t", "10", &format!("http://{web}/")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn http2_connections_get_a_goaway_near_the_watermark_and_503_past_it() {
+    let backend = Backend::start("b");
+    let (_sluice, web) = start_with_watermarks(&backend, "max_connections = 4");
+    let log = nghttp(web);
+    assert!(
+        log.contains(":status: 200") && !log.contains("recv GOAWAY"),
+        "{log}"
+    );
+
+    // Three idle connections: with nghttp's own, four — at the watermark.
+    let mut idle = idle_connections(web, 3);
+    let log = nghttp(web);
+    assert!(log.contains(":status: 200"), "the stream is served:\n{log}");
+    assert!(
+        log.contains("recv GOAWAY"),
+        "and the connection told to go:\n{log}"
+    );
+
+    // One more: five with nghttp's — past it.
+    idle.extend(idle_connections(web, 1));
+    let log = nghttp(web);
+    assert!(log.contains(":status: 503"), "{log}");
+    drop(idle);
+}
+
+#[test]
+fn past_max_connections_a_tcp_listener_closes_new_connections_at_once() {
+    let backend = Backend::start("b");
+    let (admin, web, tcp) = (addr(), addr(), addr());
+    let config = format!(
+        "[admin]\nbind = \"{admin}\"\n[overload]\nmax_connections = 2\n\
+         [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
+         [[listener]]\nname = \"raw\"\nbind = \"{tcp}\"\nprotocol = \"tcp\"\nservice = \"s\"\n\
+         [[route]]\nlistener = \"web\"\nservice = \"s\"\n\
+         [[service]]\nname = \"s\"\ninstances = [\"{}\"]\n",
+        backend.addr()
+    );
+    let sluice = SluiceProcess::start(BIN.as_ref(), &config, admin);
+    // An HTTP request relayed byte for byte by the TCP listener: the answer's first bytes.
+    let relayed = || {
+        let mut s = TcpStream::connect(tcp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(relayed().starts_with("HTTP/1.1 200"), "below the watermark");
+    // Two idle connections on the HTTP listener: a third, on the TCP one, is past it.
+    let idle = idle_connections(web, 2);
+    assert_eq!(relayed(), "", "closed at once, nothing relayed");
+    assert_eq!(connection_refusals(sluice.admin), Some(1.0));
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(relayed().starts_with("HTTP/1.1 200"), "below it again");
 }

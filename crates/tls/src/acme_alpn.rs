@@ -44,6 +44,11 @@ impl AlpnChallenges {
         Ok(())
     }
 
+    /// Whether no challenge is pending.
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Relaxed)
+    }
+
     /// Stops serving the challenge for `name`.
     pub fn remove(&self, name: &str) {
         let mut certs = self.certs.write().unwrap_or_else(|p| p.into_inner());

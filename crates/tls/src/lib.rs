@@ -17,6 +17,9 @@
 //!   fingerprint and not-after from a DER certificate (with `x509-parser`).
 //! - [`AllowList`] is the native per-connection authorizer (CN, SAN, fingerprint, source CIDR).
 //! - [`ClientTls::load`] builds the configuration for TLS towards upstream instances.
+//! - [`ServerTls::load_with_acme`] also answers ACME TLS-ALPN-01 validation (RFC 8737): a
+//!   handshake offering `acme-tls/1` for a name pending in [`AlpnChallenges`] gets that
+//!   challenge's certificate.
 //!
 //! Reloading is the caller's business: build a new [`ServerTls`]; when loading fails, keep the
 //! old one (it holds everything in memory and never re-reads files).
