@@ -26,8 +26,8 @@ fn main() {
          world: $world,\n\
          runtime_path: \"::sluice_policy_sdk::__wit_bindgen::rt\",\n\
          with: {{\n\
-         \"sluice:policy/types@0.1.0\": ::sluice_policy_sdk::types,\n\
-         \"sluice:policy/host@0.1.0\": ::sluice_policy_sdk::__bindings::sluice::policy::host,\n\
+         \"sluice:policy/types@0.2.0\": ::sluice_policy_sdk::types,\n\
+         \"sluice:policy/host@0.2.0\": ::sluice_policy_sdk::__bindings::sluice::policy::host,\n\
          }},\n\
          }});\n\
          }};\n\

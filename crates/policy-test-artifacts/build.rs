@@ -31,6 +31,11 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
         "examples/misbehaving_routing.wasm",
     ),
     (
+        "HEADER_GATE",
+        "sluice-policy-test-guests",
+        "examples/header_gate.wasm",
+    ),
+    (
         "WRONG_WORLD",
         "sluice-policy-test-guests",
         "examples/wrong_world.wasm",

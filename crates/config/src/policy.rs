@@ -17,6 +17,8 @@ pub enum PolicyWorld {
     Health,
     /// `authz`: connecting peer → allow or deny.
     Authz,
+    /// `request`: HTTP request → forward (edited) or reply, on routes naming the policy.
+    Request,
 }
 
 impl PolicyWorld {
@@ -26,6 +28,7 @@ impl PolicyWorld {
             PolicyWorld::Routing => "routing",
             PolicyWorld::Health => "health",
             PolicyWorld::Authz => "authz",
+            PolicyWorld::Request => "request",
         }
     }
 }
@@ -33,9 +36,10 @@ impl PolicyWorld {
 /// What a failing (trapping, timing out) policy call results in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
-    /// Deny (authz). The default for authz.
+    /// Deny (authz), answer `503` (request). The default for both.
     Closed,
-    /// Allow (authz) — only for policies whose failure must not lock clients out.
+    /// Allow (authz), forward the request unchanged (request) — only for policies whose
+    /// failure must not lock clients out.
     Open,
     /// Keep the last good result (health: previous verdict, marked stale; routing: last table).
     KeepLast,

@@ -30,8 +30,8 @@ mod health_world {
         path: "../../wit",
         world: "health",
         with: {
-            "sluice:policy/types@0.1.0": super::routing_world::sluice::policy::types,
-            "sluice:policy/host@0.1.0": super::routing_world::sluice::policy::host,
+            "sluice:policy/types@0.2.0": super::routing_world::sluice::policy::types,
+            "sluice:policy/host@0.2.0": super::routing_world::sluice::policy::host,
         },
     });
 }
@@ -47,15 +47,37 @@ mod authz_world {
         path: "../../wit",
         world: "authz",
         with: {
-            "sluice:policy/types@0.1.0": super::routing_world::sluice::policy::types,
-            "sluice:policy/host@0.1.0": super::routing_world::sluice::policy::host,
+            "sluice:policy/types@0.2.0": super::routing_world::sluice::policy::types,
+            "sluice:policy/host@0.2.0": super::routing_world::sluice::policy::host,
+        },
+    });
+}
+
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all
+)]
+mod request_world {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "request",
+        with: {
+            "sluice:policy/types@0.2.0": super::routing_world::sluice::policy::types,
+            "sluice:policy/host@0.2.0": super::routing_world::sluice::policy::host,
         },
     });
 }
 
 pub use routing_world::sluice::policy::types;
 
+/// The `host` interface's name in contract 0.1.0: modules built against it import the same
+/// functions under this name (see `engine::link_host_v0_1`).
+pub(crate) const HOST_V0_1: &str = "sluice:policy/host@0.1.0";
+
 pub(crate) use authz_world::{Authz, AuthzPre};
 pub(crate) use health_world::{Health, HealthPre};
+pub(crate) use request_world::{Request, RequestPre};
 pub(crate) use routing_world::sluice::policy::host as host_imports;
 pub(crate) use routing_world::{Routing, RoutingPre};

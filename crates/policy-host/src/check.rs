@@ -10,12 +10,13 @@ use sluice_config::{
     FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
 };
 
-use crate::bindings::types::{Instance, Peer, ProbeResult};
+use crate::bindings::types::{HttpRequest, Instance, Peer, ProbeResult};
 use crate::engine::{HostConfig, hex, required_exports};
 use crate::error::{HostError, ModuleError};
 use crate::host::{PolicyHost, ReloadOutcome};
 use crate::kv::MemoryKv;
 use crate::policy::{AuthzOutcome, HealthOutcome, RoutingOutcome};
+use crate::request::RequestOutcome;
 
 /// Why a module could not be checked at all (the CLI prints it and exits non-zero).
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +180,7 @@ pub fn check_module(
             max_memory_bytes: POLICY_MAX_MEMORY_BYTES,
         },
         failure_mode: match world {
-            PolicyWorld::Authz => FailureMode::Closed,
+            PolicyWorld::Authz | PolicyWorld::Request => FailureMode::Closed,
             PolicyWorld::Health | PolicyWorld::Routing => FailureMode::KeepLast,
         },
     };
@@ -214,6 +215,7 @@ enum CheckInput {
         probe: ProbeResult,
     },
     Routing(Vec<Instance>),
+    Request(Box<HttpRequest>),
 }
 
 #[derive(serde::Deserialize)]
@@ -243,6 +245,9 @@ fn parse_input(world: PolicyWorld, text: &str) -> Result<CheckInput, CheckError>
         }
         PolicyWorld::Routing => {
             CheckInput::Routing(serde_json::from_str(text).map_err(invalid("array of instances"))?)
+        }
+        PolicyWorld::Request => {
+            CheckInput::Request(serde_json::from_str(text).map_err(invalid("http-request object"))?)
         }
     })
 }
@@ -286,6 +291,17 @@ fn call_once(host: &PolicyHost, input: CheckInput) -> CheckCall {
                     format!("{error} (the proxy would keep its last good table)"),
                 ),
                 None => ("build-routes", false, "policy not loaded".into()),
+            }
+        }
+        CheckInput::Request(request) => {
+            match host.request("check").map(|h| h.on_request(&request)) {
+                Some(RequestOutcome::Decided(action)) => ("on-request", true, json(&action)),
+                Some(RequestOutcome::Failed { error, .. }) => (
+                    "on-request",
+                    false,
+                    format!("{error} (failing closed, the proxy would answer 503)"),
+                ),
+                None => ("on-request", false, "policy not loaded".into()),
             }
         }
     };

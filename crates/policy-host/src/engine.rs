@@ -12,7 +12,9 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Reso
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{AuthzPre, HealthPre, RoutingPre, host_imports, types::LogLevel};
+use crate::bindings::{
+    AuthzPre, HOST_V0_1, HealthPre, RequestPre, RoutingPre, host_imports, types::LogLevel,
+};
 use crate::budget::CrashBudgetConfig;
 use crate::error::{HostError, ModuleError};
 use crate::kv::KvView;
@@ -194,6 +196,7 @@ pub(crate) enum WorldPre {
     Routing(RoutingPre<GuestState>),
     Health(HealthPre<GuestState>),
     Authz(AuthzPre<GuestState>),
+    Request(RequestPre<GuestState>),
 }
 
 /// A compiled, linked and type-checked module. Shared by every policy loading the same bytes.
@@ -211,13 +214,15 @@ pub(crate) fn required_exports(world: PolicyWorld) -> [&'static str; 2] {
         PolicyWorld::Routing => ["configure", "build-routes"],
         PolicyWorld::Health => ["configure", "evaluate"],
         PolicyWorld::Authz => ["configure", "authorize"],
+        PolicyWorld::Request => ["configure", "on-request"],
     }
 }
 
-const WORLDS: [PolicyWorld; 3] = [
+const WORLDS: [PolicyWorld; 4] = [
     PolicyWorld::Routing,
     PolicyWorld::Health,
     PolicyWorld::Authz,
+    PolicyWorld::Request,
 ];
 
 /// The engine, the linker and the compile cache. One per [`crate::PolicyHost`].
@@ -256,6 +261,7 @@ impl EngineShared {
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         host_imports::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        link_host_v0_1(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine, config.epoch_tick);
         Ok(Arc::new(EngineShared {
@@ -307,6 +313,9 @@ impl EngineShared {
                 WorldPre::Health(HealthPre::new(instance_pre).map_err(type_error)?)
             }
             PolicyWorld::Authz => WorldPre::Authz(AuthzPre::new(instance_pre).map_err(type_error)?),
+            PolicyWorld::Request => {
+                WorldPre::Request(RequestPre::new(instance_pre).map_err(type_error)?)
+            }
         };
         let module = Arc::new(CompiledModule {
             sha256,
@@ -372,6 +381,26 @@ impl EngineShared {
             several => Err(ModuleError::SeveralWorlds(several.to_vec())),
         }
     }
+}
+
+/// The `host` imports once more under contract 0.1.0's name, so modules built against it keep
+/// loading: the interface is unchanged since, and component types match by structure, so the
+/// same functions serve both names.
+fn link_host_v0_1(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use host_imports::Host as _;
+    let mut host = linker.instance(HOST_V0_1)?;
+    host.func_wrap("log", |mut cx, (level, message): (LogLevel, String)| {
+        cx.data_mut().log(level, message);
+        Ok(())
+    })?;
+    host.func_wrap("now-ms", |mut cx, (): ()| Ok((cx.data_mut().now_ms(),)))?;
+    host.func_wrap("kv-get", |mut cx, (key,): (String,)| {
+        Ok((cx.data_mut().kv_get(key),))
+    })?;
+    host.func_wrap("loaded-at-ms", |mut cx, (): ()| {
+        Ok((cx.data_mut().loaded_at_ms(),))
+    })?;
+    Ok(())
 }
 
 /// Advances the engine's epoch every `tick` until the engine is dropped. Call deadlines are

@@ -131,6 +131,10 @@ pub enum CallError {
     /// Answered, but with an error (routing: `build-routes` returned `err`).
     #[error("rejected the input: {0}")]
     Rejected(String),
+    /// Answered with something the host must not act on (a `request` policy's header edit of
+    /// a framing field, an oversized reply…).
+    #[error("answered with an invalid action: {0}")]
+    InvalidAnswer(String),
     /// The input exceeds [`crate::HostConfig::max_input_bytes`]; the guest was not called.
     #[error("input of {size} bytes exceeds the limit of {limit} bytes")]
     InputTooLarge {

@@ -242,6 +242,12 @@ impl PolicyHost {
         self.slot(name, PolicyWorld::Routing).map(RoutingHandle)
     }
 
+    /// The `request` policy called `name`, if configured with that world.
+    pub fn request(&self, name: &str) -> Option<crate::RequestHandle> {
+        self.slot(name, PolicyWorld::Request)
+            .map(crate::RequestHandle)
+    }
+
     fn slot(&self, name: &str, world: PolicyWorld) -> Option<Arc<PolicySlot>> {
         self.slots
             .load()

@@ -7,13 +7,19 @@
 //!   atomically. A module failing any step is rejected and the previous version keeps serving.
 //!   [`PolicyHost::reload`] (the admin API) and [`PolicyWatcher`] (file changes) do the same.
 //! - The data plane calls through typed handles — [`AuthzHandle::authorize`],
-//!   [`HealthHandle::evaluate`], [`RoutingHandle::build_routes`] — which never panic and never
+//!   [`HealthHandle::evaluate`], [`RoutingHandle::build_routes`],
+//!   [`RequestHandle::on_request`] — which never panic and never
 //!   block on a lock shared by all threads: instances come from a lock-free pool per version.
 //! - Each call runs under its policy's limits: an epoch deadline, a memory cap, an input size
 //!   bound. A trap or timeout discards the instance, is counted, feeds the crash budget
 //!   (repeated crashes suspend the policy with backoff), and returns the failure mode's answer
 //!   as a typed outcome: authz fails closed (or open if configured), health keeps the previous
-//!   verdict (stale), routing keeps the last good table.
+//!   verdict (stale), routing keeps the last good table, a request policy refuses the request
+//!   (or forwards it unchanged if configured open). A request policy's answer is checked before
+//!   the proxy acts on it: framing and hop-by-hop fields, CR/LF, reply size, services outside the
+//!   route's allowed list are refused as a failed call.
+//! - Modules built against contract 0.1.0 (routing, health, authz) load unchanged: the `host`
+//!   imports are linked under both versions' names.
 //! - Guests get no files, environment, arguments or network: only their inputs, their config,
 //!   and the `host` imports (log, clock, [`KvView`] reads).
 //! - [`check::check_module`] is `sluice policy check`; [`PolicyHost::list`] is
@@ -29,6 +35,7 @@ mod kv;
 pub mod metrics;
 mod nonblocking_io;
 mod policy;
+mod request;
 mod watch;
 
 pub use bindings::types;
@@ -40,6 +47,9 @@ pub use kv::{KvView, MemoryKv};
 pub use policy::{
     AuthzHandle, AuthzOutcome, HealthHandle, HealthOutcome, RouteTable, RoutingHandle,
     RoutingOutcome,
+};
+pub use request::{
+    MAX_HEADER_EDITS, MAX_REPLY_BODY, MAX_RESPONSE_CONTEXT, RequestHandle, RequestOutcome,
 };
 pub use watch::{PolicyWatcher, WatchError};
 

@@ -14,7 +14,7 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use crate::bindings::types::{
     Decision, Instance, Peer, ProbeResult, Route, RouteEntry, RouteError, Verdict,
 };
-use crate::bindings::{Authz, Health, Routing};
+use crate::bindings::{Authz, Health, Request, Routing};
 use crate::budget::CrashBudget;
 use crate::engine::{CompiledModule, EngineShared, GuestState, WorldPre, deadline_ticks, unix_ms};
 use crate::error::{CallError, LoadError};
@@ -29,10 +29,11 @@ struct PooledInstance {
     bindings: WorldBindings,
 }
 
-enum WorldBindings {
+pub(crate) enum WorldBindings {
     Routing(Routing),
     Health(Health),
     Authz(Authz),
+    Request(Request),
 }
 
 /// Why a new instance could not be made ready.
@@ -136,6 +137,7 @@ impl PolicyVersion {
             WorldPre::Routing(pre) => pre.instantiate(&mut store).map(WorldBindings::Routing),
             WorldPre::Health(pre) => pre.instantiate(&mut store).map(WorldBindings::Health),
             WorldPre::Authz(pre) => pre.instantiate(&mut store).map(WorldBindings::Authz),
+            WorldPre::Request(pre) => pre.instantiate(&mut store).map(WorldBindings::Request),
         };
         let bindings = match bindings {
             Ok(bindings) => bindings,
@@ -150,6 +152,7 @@ impl PolicyVersion {
             WorldBindings::Routing(b) => b.call_configure(&mut store, &self.config_json),
             WorldBindings::Health(b) => b.call_configure(&mut store, &self.config_json),
             WorldBindings::Authz(b) => b.call_configure(&mut store, &self.config_json),
+            WorldBindings::Request(b) => b.call_configure(&mut store, &self.config_json),
         };
         match configured {
             Ok(Ok(())) => Ok(PooledInstance { store, bindings }),
@@ -186,7 +189,7 @@ fn classify(
     }
 }
 
-fn truncate(mut text: String) -> String {
+pub(crate) fn truncate(mut text: String) -> String {
     if text.len() > MAX_REASON_BYTES {
         let mut cut = MAX_REASON_BYTES;
         while !text.is_char_boundary(cut) {
@@ -300,7 +303,7 @@ impl PolicySlot {
         }
     }
 
-    fn failure_mode(&self) -> FailureMode {
+    pub(crate) fn failure_mode(&self) -> FailureMode {
         match &*self.current.load() {
             Some(version) => version.config.failure_mode,
             None => self.desired.load().failure_mode,
@@ -308,7 +311,7 @@ impl PolicySlot {
     }
 
     /// Runs one call with the version's limits, recording counters and the crash budget.
-    fn call<R>(
+    pub(crate) fn call<R>(
         &self,
         input_size: usize,
         invoke: impl FnOnce(&WorldBindings, &mut Store<GuestState>) -> Option<wasmtime::Result<R>>,
@@ -623,7 +626,7 @@ fn probe_size(probe: &ProbeResult) -> usize {
         + probe.error.as_ref().map_or(0, |e| e.message.len())
 }
 
-fn peer_size(peer: &Peer) -> usize {
+pub(crate) fn peer_size(peer: &Peer) -> usize {
     64 + peer.listener.len()
         + peer.source_address.len()
         + peer.sni.as_ref().map_or(0, String::len)

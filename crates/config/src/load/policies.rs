@@ -69,22 +69,27 @@ impl Cx<'_> {
                 "routing" => PolicyWorld::Routing,
                 "health" => PolicyWorld::Health,
                 "authz" => PolicyWorld::Authz,
+                "request" => PolicyWorld::Request,
                 _ => {
-                    self.bad_choice(&p.world, "policy world", &["routing", "health", "authz"]);
+                    let worlds = ["routing", "health", "authz", "request"];
+                    self.bad_choice(&p.world, "policy world", &worlds);
                     PolicyWorld::Health
                 }
             };
             let failure_mode = match &p.failure_mode {
-                None if world == PolicyWorld::Authz => FailureMode::Closed,
+                None if matches!(world, PolicyWorld::Authz | PolicyWorld::Request) => {
+                    FailureMode::Closed
+                }
                 None => FailureMode::KeepLast,
                 Some(m) => match (m.get_ref().as_str(), world) {
-                    ("closed", PolicyWorld::Authz) => FailureMode::Closed,
-                    ("open", PolicyWorld::Authz) => FailureMode::Open,
+                    ("closed", PolicyWorld::Authz | PolicyWorld::Request) => FailureMode::Closed,
+                    ("open", PolicyWorld::Authz | PolicyWorld::Request) => FailureMode::Open,
                     ("keep_last", PolicyWorld::Health | PolicyWorld::Routing) => {
                         FailureMode::KeepLast
                     }
-                    (_, PolicyWorld::Authz) => {
-                        self.bad_choice(m, "failure_mode for an authz policy", &["closed", "open"]);
+                    (_, PolicyWorld::Authz | PolicyWorld::Request) => {
+                        let what = format!("failure_mode for a {} policy", world.as_str());
+                        self.bad_choice(m, &what, &["closed", "open"]);
                         FailureMode::Closed
                     }
                     _ => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicyWorld};
 use sluice_policy_host::types::{
-    ClientCertificate, HealthStatus, Instance, Peer, ProbeKind, ProbeResult,
+    ClientCertificate, HealthStatus, HttpRequest, Instance, Peer, ProbeKind, ProbeResult, RouteInfo,
 };
 use sluice_policy_host::{CrashBudgetConfig, HostConfig, KvView, MemoryKv, PolicyHost};
 
@@ -51,7 +51,7 @@ pub fn policy(
             max_memory_bytes: 16 << 20,
         },
         failure_mode: match world {
-            PolicyWorld::Authz => FailureMode::Closed,
+            PolicyWorld::Authz | PolicyWorld::Request => FailureMode::Closed,
             _ => FailureMode::KeepLast,
         },
     }
@@ -96,5 +96,27 @@ pub fn http_probe(status: u16, body: &str) -> ProbeResult {
         body_prefix: body.as_bytes().to_vec(),
         latency_us: 800,
         error: None,
+    }
+}
+
+/// A GET of `path` on route `api` (service `web`, which may switch to `canary`) with `headers`.
+pub fn http_request(path: &str, headers: &[(&str, &str)]) -> HttpRequest {
+    HttpRequest {
+        method: "GET".into(),
+        scheme: "http".into(),
+        host: "example.test".into(),
+        path: path.into(),
+        query: None,
+        headers: headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect(),
+        peer: peer("web", None, "127.0.0.1"),
+        route: RouteInfo {
+            listener: "web".into(),
+            name: "api".into(),
+            service: "web".into(),
+            allowed_services: vec!["canary".into()],
+        },
     }
 }

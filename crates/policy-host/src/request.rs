@@ -1,0 +1,235 @@
+//! Calls of `request` policies: per HTTP request, on the routes that name them.
+//!
+//! What a guest answers is checked here before the proxy acts on it, so that a policy can break
+//! neither the framing of the exchange (no `content-length`, `transfer-encoding` or hop-by-hop
+//! fields, no CR/LF in a value) nor the route's bounds (a service override must be one of the
+//! route's allowed services). An answer that fails a check is a failed call: the policy's
+//! failure mode decides what happens to the request.
+
+use sluice_config::FailureMode;
+
+use crate::bindings::types::{Action, Forward, HeaderEdit, HttpRequest, Reply};
+use crate::error::CallError;
+use crate::policy::{PolicySlot, WorldBindings, peer_size, truncate};
+
+/// Largest body a `reply` may carry.
+pub const MAX_REPLY_BODY: usize = 64 << 10;
+/// Largest `response-context` kept between `on-request` and `on-response`.
+pub const MAX_RESPONSE_CONTEXT: usize = 4 << 10;
+/// Most header edits (or reply fields) one answer may list.
+pub const MAX_HEADER_EDITS: usize = 100;
+/// Longest path a `forward` may rewrite to.
+const MAX_PATH: usize = 8 << 10;
+
+/// Fields a policy may not set or remove: they frame the exchange or belong to one hop, and the
+/// proxy owns them.
+const PROXY_OWNED_FIELDS: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Calls a `request` policy. Cheap to clone; stays valid across reloads (it follows the slot).
+#[derive(Clone)]
+pub struct RequestHandle(pub(crate) std::sync::Arc<PolicySlot>);
+
+impl std::fmt::Debug for RequestHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RequestHandle")
+            .field(&&*self.0.name)
+            .finish()
+    }
+}
+
+/// What became of one `on-request` call.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// The policy answered, and the answer passed the checks.
+    Decided(Action),
+    /// The call failed (or its answer was invalid); `open` tells whether the policy's failure
+    /// mode forwards the request unchanged (`true`) or refuses it (`false`, the default).
+    Failed {
+        /// Why.
+        error: CallError,
+        /// `failure_mode = "open"`.
+        open: bool,
+    },
+}
+
+impl RequestHandle {
+    /// Asks the policy what to do with `request`. Never panics.
+    pub fn on_request(&self, request: &HttpRequest) -> RequestOutcome {
+        let result = self
+            .0
+            .call(request_size(request), |bindings, store| match bindings {
+                WorldBindings::Request(b) => Some(b.call_on_request(store, request)),
+                _ => None,
+            });
+        match result.and_then(|action| checked_action(action, request)) {
+            Ok(action) => RequestOutcome::Decided(action),
+            Err(error) => RequestOutcome::Failed {
+                error,
+                open: self.0.failure_mode() == FailureMode::Open,
+            },
+        }
+    }
+
+    /// Asks the policy for edits of a response head, after `on-request` returned a
+    /// `response-context`. A failed call edits nothing (the response is already on its way).
+    pub fn on_response(
+        &self,
+        status: u16,
+        headers: &[(String, String)],
+        context: &str,
+    ) -> Result<Vec<HeaderEdit>, CallError> {
+        let size = 64 + context.len() + fields_size(headers);
+        let edits = self.0.call(size, |bindings, store| match bindings {
+            WorldBindings::Request(b) => Some(b.call_on_response(store, status, headers, context)),
+            _ => None,
+        })?;
+        check_edits(&edits)?;
+        Ok(edits)
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+fn checked_action(action: Action, request: &HttpRequest) -> Result<Action, CallError> {
+    match &action {
+        Action::Forward(forward) => check_forward(forward, request)?,
+        Action::Reply(reply) => check_reply(reply)?,
+    }
+    Ok(action)
+}
+
+fn invalid(what: String) -> CallError {
+    CallError::InvalidAnswer(truncate(what))
+}
+
+fn check_forward(forward: &Forward, request: &HttpRequest) -> Result<(), CallError> {
+    check_edits(&forward.headers)?;
+    if let Some(path) = &forward.path {
+        check_path(path)?;
+    }
+    if let Some(service) = &forward.service {
+        let allowed = &request.route.allowed_services;
+        if *service != request.route.service && !allowed.contains(service) {
+            return Err(invalid(format!(
+                "service `{service}` is not among the route's policy_services {allowed:?}"
+            )));
+        }
+    }
+    match &forward.response_context {
+        Some(context) if context.len() > MAX_RESPONSE_CONTEXT => Err(invalid(format!(
+            "response-context of {} bytes exceeds {MAX_RESPONSE_CONTEXT}",
+            context.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_reply(reply: &Reply) -> Result<(), CallError> {
+    if !(200..=599).contains(&reply.status) {
+        return Err(invalid(format!(
+            "reply status {} is outside 200–599",
+            reply.status
+        )));
+    }
+    if reply.body.len() > MAX_REPLY_BODY {
+        return Err(invalid(format!(
+            "reply body of {} bytes exceeds {MAX_REPLY_BODY}",
+            reply.body.len()
+        )));
+    }
+    if reply.headers.len() > MAX_HEADER_EDITS {
+        return Err(invalid(format!(
+            "{} reply fields exceed {MAX_HEADER_EDITS}",
+            reply.headers.len()
+        )));
+    }
+    reply
+        .headers
+        .iter()
+        .try_for_each(|(name, value)| check_field(name, Some(value)))
+}
+
+fn check_edits(edits: &[HeaderEdit]) -> Result<(), CallError> {
+    if edits.len() > MAX_HEADER_EDITS {
+        return Err(invalid(format!(
+            "{} header edits exceed {MAX_HEADER_EDITS}",
+            edits.len()
+        )));
+    }
+    edits.iter().try_for_each(|edit| match edit {
+        HeaderEdit::Set((name, value)) | HeaderEdit::Append((name, value)) => {
+            check_field(name, Some(value))
+        }
+        HeaderEdit::Remove(name) => check_field(name, None),
+    })
+}
+
+/// A field name must be an HTTP token the proxy does not own; a value must not end the line.
+fn check_field(name: &str, value: Option<&str>) -> Result<(), CallError> {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(invalid(format!("invalid header name {name:?}")));
+    }
+    if PROXY_OWNED_FIELDS
+        .iter()
+        .any(|owned| owned.eq_ignore_ascii_case(name))
+    {
+        return Err(invalid(format!(
+            "header `{name}` is the proxy's to set (framing or hop-by-hop)"
+        )));
+    }
+    match value {
+        Some(v) if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) => Err(invalid(format!(
+            "the value of header `{name}` contains CR, LF or NUL"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_path(path: &str) -> Result<(), CallError> {
+    let printable = path.bytes().all(|b| b.is_ascii_graphic());
+    if !path.starts_with('/') || !printable || path.len() > MAX_PATH {
+        return Err(invalid(format!(
+            "path {:?} must start with '/', hold no spaces or control bytes and fit {MAX_PATH} bytes",
+            path.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+fn fields_size(fields: &[(String, String)]) -> usize {
+    fields.iter().map(|(k, v)| k.len() + v.len() + 16).sum()
+}
+
+fn request_size(request: &HttpRequest) -> usize {
+    let route = &request.route;
+    128 + request.method.len()
+        + request.host.len()
+        + request.path.len()
+        + request.query.as_ref().map_or(0, String::len)
+        + fields_size(&request.headers)
+        + peer_size(&request.peer)
+        + route.listener.len()
+        + route.name.len()
+        + route.service.len()
+        + route
+            .allowed_services
+            .iter()
+            .map(|s| s.len() + 8)
+            .sum::<usize>()
+}

@@ -1,0 +1,188 @@
+//! The `request` world (contract 0.2.0) on a real guest: forward with edits, reply, the checks
+//! on what a guest answers, failure modes, `on-response`; and a module built against contract
+//! 0.1.0 still loading.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use sluice_config::{FailureMode, PolicyWorld};
+use sluice_policy_host::types::{Action, Decision, HeaderEdit};
+use sluice_policy_host::{AuthzOutcome, CallError, RequestHandle, RequestOutcome};
+use sluice_policy_test_artifacts as artifacts;
+
+fn gate(failure_mode: FailureMode) -> (sluice_policy_host::PolicyHost, RequestHandle) {
+    let host = host();
+    let mut config = policy(
+        "gate",
+        artifacts::HEADER_GATE,
+        PolicyWorld::Request,
+        json!({"key": "sesame"}),
+    );
+    config.failure_mode = failure_mode;
+    let report = host.apply_config(&[config]);
+    assert!(report.is_ok(), "{report:?}");
+    let handle = host.request("gate").expect("loaded as a request policy");
+    (host, handle)
+}
+
+fn edits(outcome: RequestOutcome) -> Vec<HeaderEdit> {
+    match outcome {
+        RequestOutcome::Decided(Action::Forward(f)) => f.headers,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+fn failure(outcome: RequestOutcome) -> (CallError, bool) {
+    match outcome {
+        RequestOutcome::Failed { error, open } => (error, open),
+        other => panic!("expected a failed call, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_matching_key_forwards_with_edits_and_others_get_the_policys_reply() {
+    let (host, gate) = gate(FailureMode::Closed);
+    let passed = gate.on_request(&http_request(
+        "/x",
+        &[("x-api-key", "sesame"), ("x-caller", "ann")],
+    ));
+    assert_eq!(
+        edits(passed),
+        vec![
+            HeaderEdit::Set(("x-gate".into(), "passed".into())),
+            HeaderEdit::Remove("x-api-key".into()),
+            HeaderEdit::Set(("x-caller-name".into(), "ann".into())),
+        ]
+    );
+    let refused = gate.on_request(&http_request("/x", &[("x-api-key", "guess")]));
+    let RequestOutcome::Decided(Action::Reply(reply)) = refused else {
+        panic!("expected a reply, got {refused:?}");
+    };
+    assert_eq!(reply.status, 401);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON body");
+    assert_eq!(body["error"], "unauthorized");
+    assert!(
+        reply
+            .headers
+            .contains(&("content-type".into(), "application/json".into()))
+    );
+    assert!(host_has_no_other_world(&host));
+}
+
+fn host_has_no_other_world(host: &sluice_policy_host::PolicyHost) -> bool {
+    host.authz("gate").is_none() && host.health("gate").is_none()
+}
+
+#[test]
+fn a_service_override_must_be_one_the_route_allows() {
+    let (_host, gate) = gate(FailureMode::Closed);
+    let key = ("x-api-key", "sesame");
+    let allowed = gate.on_request(&http_request("/", &[key, ("x-route-to", "canary")]));
+    let RequestOutcome::Decided(Action::Forward(forward)) = allowed else {
+        panic!("expected a forward, got {allowed:?}");
+    };
+    assert_eq!(forward.service.as_deref(), Some("canary"));
+
+    let outside = gate.on_request(&http_request("/", &[key, ("x-route-to", "billing")]));
+    let (error, open) = failure(outside);
+    assert!(!open, "closed by default");
+    assert!(
+        matches!(&error, CallError::InvalidAnswer(m) if m.contains("`billing`")),
+        "{error}"
+    );
+}
+
+#[test]
+fn answers_that_would_break_framing_or_paths_are_refused() {
+    let (_host, gate) = gate(FailureMode::Closed);
+    let key = ("x-api-key", "sesame");
+    let (error, _) =
+        failure(gate.on_request(&http_request("/", &[key, ("x-misbehave", "framing")])));
+    assert!(
+        matches!(&error, CallError::InvalidAnswer(m) if m.contains("content-length")),
+        "{error}"
+    );
+    let (error, _) =
+        failure(gate.on_request(&http_request("/", &[key, ("x-rewrite", "no-slash")])));
+    assert!(
+        matches!(&error, CallError::InvalidAnswer(m) if m.contains("must start with '/'")),
+        "{error}"
+    );
+    let rewritten = gate.on_request(&http_request("/", &[key, ("x-rewrite", "/v2/x?y=1")]));
+    let RequestOutcome::Decided(Action::Forward(forward)) = rewritten else {
+        panic!("expected a forward, got {rewritten:?}");
+    };
+    assert_eq!(forward.path.as_deref(), Some("/v2/x?y=1"));
+}
+
+#[test]
+fn a_trapping_or_stuck_call_applies_the_failure_mode() {
+    let (_host, closed) = gate(FailureMode::Closed);
+    let (error, open) = failure(closed.on_request(&http_request("/", &[("x-misbehave", "panic")])));
+    assert!(matches!(error, CallError::Trap(_)), "{error}");
+    assert!(!open);
+
+    let (_host, open_gate) = gate(FailureMode::Open);
+    let (error, open) =
+        failure(open_gate.on_request(&http_request("/", &[("x-misbehave", "loop")])));
+    assert!(matches!(error, CallError::Timeout(_)), "{error}");
+    assert!(open, "failure_mode = open forwards unchanged");
+    // The instance that timed out was discarded; the next call is answered normally.
+    let after = open_gate.on_request(&http_request("/", &[("x-api-key", "sesame")]));
+    assert!(
+        matches!(after, RequestOutcome::Decided(Action::Forward(_))),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn on_response_edits_the_response_head_with_the_context_given() {
+    let (_host, gate) = gate(FailureMode::Closed);
+    let asked = gate.on_request(&http_request(
+        "/",
+        &[("x-api-key", "sesame"), ("x-tag-response", "blue")],
+    ));
+    let RequestOutcome::Decided(Action::Forward(forward)) = asked else {
+        panic!("expected a forward, got {asked:?}");
+    };
+    let context = forward
+        .response_context
+        .expect("the guest asked for on-response");
+    let edits = gate
+        .on_response(
+            200,
+            &[("content-type".into(), "text/plain".into())],
+            &context,
+        )
+        .expect("answered");
+    assert_eq!(
+        edits,
+        vec![HeaderEdit::Set(("x-tagged".into(), "blue".into()))]
+    );
+}
+
+#[test]
+fn a_module_built_against_contract_0_1_0_still_loads_and_answers() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ecp_authz_wit_0_1_0.wasm"
+    );
+    let host = host();
+    let report = host.apply_config(&[policy(
+        "old",
+        fixture,
+        PolicyWorld::Authz,
+        json!({"client_systems": "app1"}),
+    )]);
+    assert!(report.is_ok(), "{report:?}");
+    let old = host.authz("old").expect("loaded");
+    assert_eq!(
+        old.authorize(&peer("ecp", Some("app1"), "127.0.0.1")),
+        AuthzOutcome::Decided(Decision::Allow)
+    );
+    assert!(matches!(
+        old.authorize(&peer("ecp", Some("other"), "127.0.0.1")),
+        AuthzOutcome::Decided(Decision::Deny(_))
+    ));
+}
