@@ -298,6 +298,96 @@ impl RequestHead {
     }
 }
 
+/// One change a request policy makes to a head's fields (names compared case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldEdit {
+    /// Replaces every field of that name with one.
+    Set(String, String),
+    /// Adds a field after the others.
+    Append(String, String),
+    /// Removes every field of that name.
+    Remove(String),
+}
+
+impl RequestHead {
+    /// This head with `edits` applied to its fields and, when given, a new target (path and
+    /// query, origin-form). The fields are re-read as a parsed head's are, so the facts
+    /// forwarding relies on (Host, body length, `Connection`) follow the edits; the caller keeps
+    /// framing fields out of `edits`.
+    pub fn edited(&self, edits: &[FieldEdit], target: Option<&str>) -> Result<Self, HeadError> {
+        let mut lines: Vec<(&[u8], &[u8])> = self
+            .fields
+            .iter()
+            .map(|f| (f.name.get(&self.buf), f.value.get(&self.buf)))
+            .collect();
+        for edit in edits {
+            apply_edit(&mut lines, edit);
+        }
+        if lines.len() > MAX_FIELDS {
+            return Err(HeadError::TOO_LARGE);
+        }
+        let authority = self.authority.map(|a| a.get(&self.buf));
+        let (buf, authority, spans) = pack(authority, &lines);
+        let mut facts = Facts::new();
+        let mut fields = Vec::with_capacity(spans.len());
+        for (name, value) in spans {
+            note(&mut facts, &mut fields, &buf, name, value)?;
+        }
+        facts.expect_continue &= self.facts.expect_continue;
+        let target = match target {
+            None => self.target.clone(),
+            Some(t) if t.starts_with('/') => canonical_target(
+                PathAndQuery::try_from(t)
+                    .map_err(|_| HeadError::bad("invalid character in the request target"))?,
+            )?,
+            Some(_) => return Err(HeadError::bad("a rewritten target must start with '/'")),
+        };
+        Ok(RequestHead {
+            method: self.method.clone(),
+            version: self.version,
+            buf,
+            target,
+            authority,
+            fields,
+            facts,
+        })
+    }
+}
+
+fn apply_edit<'a>(lines: &mut Vec<(&'a [u8], &'a [u8])>, edit: &'a FieldEdit) {
+    fn is(line: &(&[u8], &[u8]), name: &str) -> bool {
+        line.0.eq_ignore_ascii_case(name.as_bytes())
+    }
+    match edit {
+        FieldEdit::Set(name, value) => {
+            let at = lines.iter().position(|l| is(l, name));
+            lines.retain(|l| !is(l, name));
+            let at = at.map_or(lines.len(), |i| i.min(lines.len()));
+            lines.insert(at, (name.as_bytes(), value.as_bytes()));
+        }
+        FieldEdit::Append(name, value) => lines.push((name.as_bytes(), value.as_bytes())),
+        FieldEdit::Remove(name) => lines.retain(|l| !is(l, name)),
+    }
+}
+
+/// An authority and field lines copied into one buffer, with their spans.
+fn pack(
+    authority: Option<&[u8]>,
+    lines: &[(&[u8], &[u8])],
+) -> (Bytes, Option<Span>, Vec<(Span, Span)>) {
+    let size = authority.map_or(0, <[u8]>::len)
+        + lines.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+    let mut buf = BytesMut::with_capacity(size);
+    let mut push = |bytes: &[u8]| {
+        let span = Span::new(buf.len(), bytes.len());
+        buf.extend_from_slice(bytes);
+        span
+    };
+    let authority = authority.map(&mut push);
+    let spans = lines.iter().map(|(n, v)| (push(n), push(v))).collect();
+    (buf.freeze(), authority, spans)
+}
+
 /// Notes one field's facts and adds it to `fields`.
 fn note(
     facts: &mut Facts,

@@ -27,6 +27,7 @@ mod kv;
 mod listeners;
 mod policies;
 mod rate_limit;
+mod route_policy;
 mod route_rules;
 mod routes;
 mod services;
@@ -67,6 +68,7 @@ pub(crate) fn parse(source: &Source, lookups: Lookups) -> Result<Config, Diagnos
         tcp_service_refs: Vec::new(),
         health_policy_refs: Vec::new(),
         authz_policy_refs: Vec::new(),
+        request_policy_refs: Vec::new(),
     };
     let (root, syntax_errors) = DeTable::parse_recoverable(source.text());
     if !syntax_errors.is_empty() {
@@ -154,6 +156,8 @@ struct Cx<'s> {
     health_policy_refs: Vec<Spanned<String>>,
     /// `policy` of each `[listener.authz]`, checked once policies are known.
     authz_policy_refs: Vec<Spanned<String>>,
+    /// `[[route]] policy` names, checked once the policies are known.
+    request_policy_refs: Vec<Spanned<String>>,
 }
 
 fn declared_names(section: &str, value: &DeValue<'_>) -> Vec<(String, String)> {
@@ -304,6 +308,7 @@ impl<'s> Cx<'s> {
         let kv = self.kv(&raw.kv);
         self.cross_references(&services, &policies);
         self.authz_policy_references(&policies);
+        self.request_policy_references(&policies);
         let discovery = self.discovery(&raw.discovery);
         let routing = self.routing(
             raw.routing,

@@ -340,6 +340,10 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// `rate_limit`: token buckets per client key (`None`: no limit).
     pub rate_limit: Option<RateLimitConfig>,
+    /// `policy`: the `request` policy asked about every request on the route.
+    pub policy: Option<String>,
+    /// `policy_services`: the services the policy may send a request to instead of `service`.
+    pub policy_services: Vec<String>,
 }
 
 /// `rate_limit = { rate, per, burst, key, max_keys }` on a route: each key (a client address,

@@ -111,6 +111,10 @@ pub(crate) struct RawRoute {
     pub(crate) upstream_host: Option<S<String>>,
     pub(crate) upgrades: Option<S<Vec<S<String>>>>,
     pub(crate) rate_limit: Option<S<RawRateLimit>>,
+    /// A `world = "request"` policy asked about every request on the route.
+    pub(crate) policy: Option<S<String>>,
+    /// Services that policy may send a request to instead of `service`.
+    pub(crate) policy_services: Option<S<Vec<S<String>>>>,
 }
 
 /// `rate_limit = { rate = 100, per = "1s", burst = 200, key = "client" }` on a route.

@@ -39,17 +39,20 @@ pub enum ProxyErrorKind {
     /// The service has `max_in_flight` requests in flight and no room to queue this one, or
     /// none came free in time (503).
     Overloaded,
+    /// The route's `request` policy could not answer (trapped, timed out, not loaded, answered
+    /// something invalid) and fails closed (503).
+    PolicyFailed,
 }
 
 impl ProxyErrorKind {
     /// Number of kinds (for per-kind arrays).
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// The status code the client gets.
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoInstance | Self::NoPrimary | Self::Overloaded => {
+            Self::NoInstance | Self::NoPrimary | Self::Overloaded | Self::PolicyFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::ConnectFailed | Self::UpstreamReset | Self::BadResponse => {
@@ -82,6 +85,7 @@ impl ProxyErrorKind {
             Self::AccessDenied => "access_denied",
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
+            Self::PolicyFailed => "policy_failed",
         }
     }
 

@@ -35,6 +35,7 @@ use crate::listener_state::ConnCtx;
 use crate::pool;
 use crate::rate_limit::KeySource;
 use crate::request_body::{ClientStream, RequestBody, UpBody};
+use crate::request_policy::{PolicyRequest, PolicyStep, RoutePolicy};
 use crate::response::{ProxyResponse, ResponseFields, ResponseHead, Switched};
 use crate::retry::{self, Cost, Decision, Outcome, RetryPolicy};
 use crate::route_rules::LocalAnswer;
@@ -108,7 +109,24 @@ pub(crate) async fn handle(
     if let Some(local) = route.local_answer(&source) {
         return local_answer(local, &route, answer, exchange);
     }
-    let service = Arc::clone(&route.service);
+    let (edited, service, response_context) = match &route.policy {
+        None => (None, Arc::clone(&route.service), None),
+        Some(policy) => match ask_policy(policy, head, &route, cx) {
+            PolicyStep::Forward {
+                head,
+                service,
+                response_context,
+            } => {
+                let service = service.unwrap_or_else(|| Arc::clone(&route.service));
+                (head, service, response_context)
+            }
+            PolicyStep::Reply(response) => return whole_response(response, answer, exchange),
+            PolicyStep::Refuse(err) => {
+                return local_error(&err, Some(&route.service.name), answer, exchange);
+            }
+        },
+    };
+    let head = edited.as_ref().unwrap_or(head);
     let mut total = service.config.timeouts.total;
     if grpc && let Some(asked) = crate::grpc::timeout(head) {
         total = total.min(asked);
@@ -121,7 +139,7 @@ pub(crate) async fn handle(
         }
     }
     let ids = (&answer.request_id, &answer.trace);
-    let prepared = Prepared::new(head, &route, cx, ids, (deadline, body_timeout));
+    let prepared = Prepared::new(head, (&route, &service), cx, ids, (deadline, body_timeout));
     match forward(prepared, body, start, &mut exchange, timer).await {
         Ok(Forwarded {
             response,
@@ -136,11 +154,20 @@ pub(crate) async fn handle(
                 InstanceHead::H1(head) => ResponseFields::Upstream(head),
                 InstanceHead::H2(map) => ResponseFields::UpstreamH2(map),
             };
+            let mut head = ResponseHead {
+                status: response.status,
+                fields,
+            };
+            if let (Some(policy), Some(context)) = (&route.policy, response_context) {
+                let fields = crate::request_policy::response_fields(&head);
+                let status = head.status.as_u16();
+                let edits = policy
+                    .policies
+                    .on_response(&policy.name, status, &fields, &context);
+                crate::request_policy::edit_response(&mut head, &edits);
+            }
             ProxyResponse {
-                head: ResponseHead {
-                    status: response.status,
-                    fields,
-                },
+                head,
                 request_id: answer.request_id,
                 body,
                 switched,
@@ -151,6 +178,30 @@ pub(crate) async fn handle(
             local_error(&err, Some(&service.name), answer, exchange)
         }
     }
+}
+
+/// Asks the route's `request` policy about `head`.
+fn ask_policy(policy: &RoutePolicy, head: &RequestHead, route: &Route, cx: &ConnCtx) -> PolicyStep {
+    let info = cx.tls.as_ref().map(|t| &t.info);
+    let request = PolicyRequest {
+        head,
+        scheme: if cx.tls.is_some() {
+            "https"
+        } else {
+            cx.listener.scheme
+        },
+        peer: sluice_tls::PeerFacts {
+            listener: &cx.listener.name,
+            source: cx.peer,
+            sni: info.and_then(|i| i.sni.as_deref()),
+            alpn: info.and_then(|i| i.alpn.as_deref()),
+            identity: info.and_then(|i| i.identity.as_deref()),
+        },
+        route: &route.name,
+        service: &route.service.name,
+        allowed_services: &policy.allowed_names,
+    };
+    crate::request_policy::ask(policy, &request)
 }
 
 /// What a request's answers carry: its id and trace, and whether Sluice's own is a gRPC
@@ -323,14 +374,14 @@ struct Prepared<'r> {
 }
 
 impl<'r> Prepared<'r> {
+    /// `service` is the route's, or the one its policy picked.
     fn new(
         head: &'r RequestHead,
-        route: &'r Route,
+        (route, service): (&'r Route, &'r Service),
         cx: &'r ConnCtx,
         (request_id, trace): (&'r RequestId, &'r TraceContext),
         (deadline, body_timeout): (Instant, Duration),
     ) -> Self {
-        let service = &*route.service;
         let upgrade = route.rules.allows_upgrade(head);
         let scheme = if cx.tls.is_some() {
             "https"

@@ -57,6 +57,7 @@ pub(crate) fn code(kind: ProxyErrorKind) -> (u8, &'static str) {
         K::NoInstance
         | K::NoPrimary
         | K::Overloaded
+        | K::PolicyFailed
         | K::ConnectFailed
         | K::ConnectTimeout
         | K::UpstreamReset

@@ -13,6 +13,11 @@
 //!   route's `rate_limit` answers 429 with `Retry-After`, a service's `[service.concurrency]`
 //!   and the process's `[overload]` watermarks answer 503 `overloaded`; ACME HTTP-01
 //!   challenges ([`AcmeChallenges`]) are answered before routing.
+//! - A route with a `request` policy asks it about every request ([`RequestPolicies`], the
+//!   binary's Wasm policies) after its own rules and limits and before admission: the policy
+//!   edits the head, rewrites the path, picks one of the route's `policy_services`, or
+//!   replies itself; a policy that cannot answer gets `503 policy_failed` unless configured
+//!   open. Routes without one never call it.
 //! - The request path takes no lock shared between threads: snapshots are read through
 //!   `arc-swap`, instance state is atomics, idle connections sit in lock-free queues.
 //! - Passive health never removes more than `max_ejected_percent` of a service's instances.
@@ -45,6 +50,7 @@ mod proxy;
 mod proxy_protocol;
 mod rate_limit;
 mod request_body;
+mod request_policy;
 mod response;
 mod retry;
 mod route_rules;
@@ -64,8 +70,12 @@ pub use acme_challenge::AcmeChallenges;
 pub use body::DownBody;
 pub use error::{ProxyError, ProxyErrorKind};
 pub use proxy::{
-    ApplyError, ApplySummary, HealthView, InstanceView, LastProbeView, Proxy, RedirectView,
-    RouteView, ServiceView,
+    ApplyError, ApplySummary, HealthView, InstanceView, LastProbeView, Policies, Proxy,
+    RedirectView, RouteView, ServiceView,
+};
+pub use request_policy::{
+    ForwardEdits, NoRequestPolicies, PolicyAnswer, PolicyRequest, RequestPolicies,
 };
 pub use routing::{Route, RouteTable};
+pub use sluice_codec::request::FieldEdit;
 pub use upstream::{Instance, Service};

@@ -23,6 +23,7 @@ use crate::metrics::{
 };
 use crate::overload::Overload;
 use crate::rate_limit::RateLimiter;
+use crate::request_policy::{NoRequestPolicies, RequestPolicies, RoutePolicy};
 use crate::routing::{Route, RouteTable};
 use crate::tcp::TcpRuntime;
 use crate::upstream::{Service, ServiceShared};
@@ -61,6 +62,17 @@ pub enum ApplyError {
     },
 }
 
+/// Who decides what the configuration leaves to policies (the binary passes its Wasm ones).
+#[derive(Debug)]
+pub struct Policies {
+    /// Health checks that name a policy.
+    pub evaluators: Arc<dyn EvaluatorSource>,
+    /// `[listener.authz] policy`.
+    pub authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
+    /// `[[route]] policy`.
+    pub requests: Arc<dyn RequestPolicies>,
+}
+
 /// What a successful apply changed.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ApplySummary {
@@ -93,6 +105,8 @@ struct Inner {
     access_log: Mutex<AccessLog>,
     /// Decides `[listener.authz] policy` connections.
     authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
+    /// Decides requests on routes with a `policy`.
+    request_policies: Arc<dyn RequestPolicies>,
     /// `[overload]`: the process's watermarks, shared by every listener.
     overload: Arc<Overload>,
     /// Pending ACME HTTP-01 challenges, answered by every plain-HTTP listener.
@@ -114,16 +128,25 @@ impl Proxy {
         config: Config,
         evaluators: Arc<dyn EvaluatorSource>,
     ) -> Result<Self, ApplyError> {
-        Self::start_with_policies(config, evaluators, Arc::new(sluice_tls::NoPolicyAuthorizer))
-            .await
+        let policies = Policies {
+            evaluators,
+            authorizer: Arc::new(sluice_tls::NoPolicyAuthorizer),
+            requests: Arc::new(NoRequestPolicies),
+        };
+        Self::start_with_policies(config, policies).await
     }
 
-    /// Like [`Proxy::start_with`], with `[listener.authz] policy` decided by `authorizer`.
+    /// Like [`Proxy::start_with`], with every kind of policy supplied: health evaluators,
+    /// `[listener.authz] policy` and routes' `request` policies.
     pub async fn start_with_policies(
         config: Config,
-        evaluators: Arc<dyn EvaluatorSource>,
-        authorizer: Arc<dyn sluice_tls::PolicyAuthorizer>,
+        policies: Policies,
     ) -> Result<Self, ApplyError> {
+        let Policies {
+            evaluators,
+            authorizer,
+            requests,
+        } = policies;
         let services: Services = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let proxy = Proxy {
             inner: Arc::new(Inner {
@@ -135,6 +158,7 @@ impl Proxy {
                 bound: Mutex::new(HashMap::new()),
                 access_log: Mutex::new(AccessLog::off()),
                 authorizer,
+                request_policies: requests,
                 overload: Arc::new(Overload::default()),
                 acme: Arc::default(),
                 acme_alpn: Arc::default(),
@@ -178,7 +202,9 @@ impl Proxy {
         let mut running = self.inner.listeners.lock().await;
         let log = self.next_access_log(&config, first)?;
         let services = self.build_services(&config)?;
-        let mut tables = route_tables(&config, &services, &running_limiters(&running));
+        let limiters = running_limiters(&running);
+        let policies = &self.inner.request_policies;
+        let mut tables = route_tables(&config, &services, &limiters, policies);
         let mut tls = listener_tls(&config, &self.inner.acme_alpn)?;
         let mut sockets = bind_new_listeners(&config, &running)?;
 
@@ -783,6 +809,7 @@ fn route_tables<'a>(
     config: &'a Config,
     services: &HashMap<String, Arc<Service>>,
     limiters: &HashMap<(String, Arc<str>), Arc<RateLimiter>>,
+    policies: &Arc<dyn RequestPolicies>,
 ) -> HashMap<&'a str, Vec<Arc<Route>>> {
     let mut tables: HashMap<&str, Vec<Arc<Route>>> = HashMap::new();
     // Made once, and only when a redirect route names no service.
@@ -796,10 +823,12 @@ fn route_tables<'a>(
             None => continue, // validation guarantees this exists
         };
         let running = limiters.get(&(rc.listener.clone(), Arc::from(rc.name.as_str())));
+        let mut route = Route::new(rc, service, running);
+        route.policy = RoutePolicy::of(rc, services, policies);
         tables
             .entry(rc.listener.as_str())
             .or_default()
-            .push(Arc::new(Route::new(rc, service, running)));
+            .push(Arc::new(route));
     }
     tables
 }

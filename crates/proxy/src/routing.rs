@@ -17,6 +17,7 @@ use sluice_config::HostMatch;
 
 use crate::metrics::RouteMetrics;
 use crate::rate_limit::{KeySource, RateLimiter};
+use crate::request_policy::RoutePolicy;
 use crate::route_rules::{LocalAnswer, RouteRules};
 use crate::upstream::Service;
 
@@ -38,6 +39,8 @@ pub struct Route {
     pub(crate) metrics: RouteMetrics,
     /// Access rules, redirect and upstream `Host` (route_rules.rs).
     pub(crate) rules: RouteRules,
+    /// `policy`: the `request` policy asked about each request (`None`: no call at all).
+    pub(crate) policy: Option<RoutePolicy>,
 }
 
 impl Route {
@@ -62,6 +65,7 @@ impl Route {
             prepend: rc.prepend.clone(),
             service: Arc::clone(service),
             rules: RouteRules::new(rc, running),
+            policy: None,
         }
     }
 

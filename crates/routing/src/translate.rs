@@ -181,6 +181,8 @@ impl Translator<'_> {
             upstream_host: rules.upstream_host,
             upgrades: sluice_config::default_upgrades(),
             rate_limit: None,
+            policy: None,
+            policy_services: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ mod discovery_reload;
 mod kv;
 mod policies;
 mod reloads;
+mod request_policies;
 mod run;
 mod status_page;
 mod tls_watch;

@@ -93,7 +93,7 @@ impl Policies {
         self.current().and_then(|h| h.routing(name))
     }
 
-    fn current(&self) -> Option<Arc<PolicyHost>> {
+    pub(crate) fn current(&self) -> Option<Arc<PolicyHost>> {
         self.shared_host.get().cloned()
     }
 }
@@ -217,23 +217,7 @@ impl sluice_tls::PolicyAuthorizer for Policies {
                 policy: policy.to_owned(),
             });
         };
-        let wasm_peer = types::Peer {
-            listener: peer.listener.to_owned(),
-            source_address: peer.source.ip().to_canonical().to_string(),
-            source_port: peer.source.port(),
-            sni: peer.sni.map(str::to_owned),
-            alpn: peer.alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
-            client_certificate: peer.identity.map(|id| types::ClientCertificate {
-                subject_cn: id.subject_cn.clone(),
-                dns_sans: id.dns_sans.clone(),
-                uri_sans: id.uri_sans.clone(),
-                issuer: id.issuer.clone(),
-                sha256_fingerprint: id.fingerprint_sha256.clone(),
-                not_before: id.not_before_unix,
-                not_after: id.not_after_unix,
-            }),
-        };
-        let outcome = handle.authorize(&wasm_peer);
+        let outcome = handle.authorize(&wasm_peer(peer));
         if let sluice_policy_host::AuthzOutcome::Failed { error, .. } = &outcome {
             tracing::warn!(policy, %error, "authz policy call failed; applying its failure mode");
         }
@@ -244,5 +228,26 @@ impl sluice_tls::PolicyAuthorizer for Policies {
                 reason: reason.clone(),
             }),
         }
+    }
+}
+
+/// The contract's view of a connection's peer.
+pub(crate) fn wasm_peer(peer: &sluice_tls::PeerFacts<'_>) -> sluice_policy_host::types::Peer {
+    use sluice_policy_host::types;
+    types::Peer {
+        listener: peer.listener.to_owned(),
+        source_address: peer.source.ip().to_canonical().to_string(),
+        source_port: peer.source.port(),
+        sni: peer.sni.map(str::to_owned),
+        alpn: peer.alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+        client_certificate: peer.identity.map(|id| types::ClientCertificate {
+            subject_cn: id.subject_cn.clone(),
+            dns_sans: id.dns_sans.clone(),
+            uri_sans: id.uri_sans.clone(),
+            issuer: id.issuer.clone(),
+            sha256_fingerprint: id.fingerprint_sha256.clone(),
+            not_before: id.not_before_unix,
+            not_after: id.not_after_unix,
+        }),
     }
 }

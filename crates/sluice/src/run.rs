@@ -98,13 +98,14 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
         tracing::warn!(admin = %admin_bind, "[admin] insecure = true: the admin API is open to anyone who reaches {admin_bind}, and can reload the proxy");
     }
     crate::acme::prepare(&cfg)?;
-    let proxy = Proxy::start_with_policies(
-        cfg,
-        Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
-        Arc::clone(&policies) as Arc<dyn sluice_tls::PolicyAuthorizer>,
-    )
-    .await
-    .context("starting listeners")?;
+    let hooks = sluice_proxy::Policies {
+        evaluators: Arc::clone(&policies) as Arc<dyn sluice_health::EvaluatorSource>,
+        authorizer: Arc::clone(&policies) as Arc<dyn sluice_tls::PolicyAuthorizer>,
+        requests: Arc::clone(&policies) as Arc<dyn sluice_proxy::RequestPolicies>,
+    };
+    let proxy = Proxy::start_with_policies(cfg, hooks)
+        .await
+        .context("starting listeners")?;
     let app = Arc::new(App::new(
         proxy,
         config_path,

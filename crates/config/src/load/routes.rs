@@ -118,6 +118,11 @@ impl Cx<'_> {
                     .as_ref()
                     .map_or_else(crate::model::default_upgrades, |u| self.upgrades(u)),
                 rate_limit: r.rate_limit.as_ref().and_then(|v| self.rate_limit(v)),
+                policy: r.policy.as_ref().map(|p| {
+                    self.request_policy_refs.push(p.clone());
+                    p.get_ref().clone()
+                }),
+                policy_services: self.policy_services(r, &service_names),
             });
         }
         out
