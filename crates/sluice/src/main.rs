@@ -68,7 +68,8 @@ enum PolicyCommand {
         /// JSON handed to `configure` (default `{}`).
         #[arg(long, value_name = "JSON")]
         config: Option<String>,
-        /// JSON input for one call (a peer, `{"instance", "probe"}`, or a list of instances).
+        /// JSON input for one call (a peer, `{"instance", "probe"}`, a list of instances, or an
+        /// http-request).
         #[arg(long, value_name = "JSON")]
         input: Option<String>,
     },
