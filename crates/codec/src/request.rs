@@ -688,6 +688,44 @@ mod tests {
         assert!(RequestHead::from_h2(&request.into_parts().0).is_err());
     }
 
+    /// A request policy's edits: fields set in place, appended, removed; a new target made
+    /// canonical; the facts re-read (a new Host counts); a bad value refused like a parsed one.
+    #[test]
+    fn edited_heads_follow_their_edits() {
+        let h = ok("GET /a?x=1 HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nAccept: */*\r\nX-One: 2\r\n\r\n");
+        let edits = [
+            FieldEdit::Set("x-one".into(), "set".into()),
+            FieldEdit::Append("X-Two".into(), "2".into()),
+            FieldEdit::Remove("accept".into()),
+            FieldEdit::Set("host".into(), "b.example".into()),
+        ];
+        let e = h.edited(&edits, Some("/b/./c?y=2")).unwrap();
+        let fields: Vec<(&[u8], &[u8])> = e
+            .field_list()
+            .iter()
+            .map(|f| (f.name.get(e.buffer()), f.value.get(e.buffer())))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"host"[..], &b"b.example"[..]),
+                (b"x-one", b"set"),
+                (b"X-Two", b"2"),
+            ]
+        );
+        assert_eq!((e.path(), e.query()), ("/b/c", Some("y=2")));
+        assert_eq!(e.host(), Some(&b"b.example"[..]));
+        assert_eq!(
+            (e.method.clone(), e.version),
+            (Method::GET, Version::HTTP_11)
+        );
+        let unchanged = h.edited(&[], None).unwrap();
+        assert_eq!(unchanged.target(), "/a?x=1");
+        let bad_host = [FieldEdit::Set("host".into(), "a b".into())];
+        assert_eq!(h.edited(&bad_host, None).unwrap_err().kind, "bad_request");
+        assert!(h.edited(&[], Some("no-slash")).is_err());
+    }
+
     #[test]
     fn origin_form_and_facts() {
         let mut read = BytesMut::from(
