@@ -10,6 +10,7 @@
 //! - The returned [`Config`] is plain data (no spans, no serde types) so the data plane can
 //!   compare two configurations to decide what a reload changes.
 
+mod builtin_policies;
 mod construct;
 pub mod defaults;
 mod diag;
@@ -23,6 +24,7 @@ mod tls;
 
 use std::path::Path;
 
+pub use builtin_policies::BUILTIN_POLICIES;
 pub use construct::{
     GrpcServiceProblem, HealthCheckProblem, PathProblem, check_grpc_service, check_path,
 };
@@ -35,7 +37,8 @@ pub use discovery::{
 pub use model::*;
 pub use overrides::{OverrideLineError, RouteKey, RouteOverride, parse_overrides};
 pub use policy::{
-    FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
+    FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicySource,
+    PolicyWorld,
 };
 pub use tls::*;
 

@@ -1,6 +1,7 @@
 //! `[[policy]]`: Wasm policy modules the proxy loads (see docs/policy-authoring.md).
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -59,8 +60,8 @@ pub struct PolicyLimits {
 pub struct PolicyConfig {
     /// Unique name, referenced by the attachments (`health.policy = "..."`).
     pub name: String,
-    /// The component file (`.wasm`), relative paths resolved against the config file's folder.
-    pub file: PathBuf,
+    /// Where the component comes from: a `.wasm` file or a policy built into the binary.
+    pub file: PolicySource,
     /// The world it must implement.
     pub world: PolicyWorld,
     /// JSON handed to the policy's `configure` export.
@@ -69,6 +70,54 @@ pub struct PolicyConfig {
     pub limits: PolicyLimits,
     /// Behaviour when a call fails.
     pub failure_mode: FailureMode,
+}
+
+/// Where a policy's component comes from (`[[policy]] file`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PolicySource {
+    /// A `.wasm` file: watched and re-read on reload.
+    File(PathBuf),
+    /// `builtin:NAME`: a module compiled into the binary (one of [`BUILTIN_POLICIES`]). It
+    /// never changes while the process runs, so it is neither watched nor reloaded.
+    ///
+    /// [`BUILTIN_POLICIES`]: crate::BUILTIN_POLICIES
+    Builtin(String),
+}
+
+impl PolicySource {
+    /// What marks a built-in policy in `file`.
+    pub const BUILTIN_PREFIX: &'static str = "builtin:";
+
+    /// Reads a `file` value: `builtin:NAME` names a built-in policy (the name is not checked
+    /// here), anything else is a path, made relative to `base` (the config file's folder) when
+    /// it is relative.
+    pub fn parse(text: &str, base: Option<&Path>) -> PolicySource {
+        match text.strip_prefix(Self::BUILTIN_PREFIX) {
+            Some(name) => PolicySource::Builtin(name.to_owned()),
+            None => match base {
+                Some(dir) if Path::new(text).is_relative() => PolicySource::File(dir.join(text)),
+                _ => PolicySource::File(text.into()),
+            },
+        }
+    }
+
+    /// The file, unless the policy is built in.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PolicySource::File(path) => Some(path),
+            PolicySource::Builtin(_) => None,
+        }
+    }
+}
+
+/// A path as it is, a built-in policy as `builtin:NAME` (as written in the config file).
+impl fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicySource::File(path) => write!(f, "{}", path.display()),
+            PolicySource::Builtin(name) => write!(f, "{}{name}", Self::BUILTIN_PREFIX),
+        }
+    }
 }
 
 /// Default per-call deadline.

@@ -105,18 +105,7 @@ impl Cx<'_> {
                     serde_json::Value::Null
                 }),
             };
-            let file = p.file.get_ref();
-            if file.is_empty() {
-                self.error_hint(
-                    Some(p.file.span()),
-                    "policy `file` is empty",
-                    "give the path of a .wasm component",
-                );
-            }
-            let file = match self.src.path().parent() {
-                Some(dir) if std::path::Path::new(file).is_relative() => dir.join(file),
-                _ => file.into(),
-            };
+            let file = self.policy_source(&p.file);
             out.push(PolicyConfig {
                 name: name.to_owned(),
                 file,
@@ -135,5 +124,34 @@ impl Cx<'_> {
             });
         }
         out
+    }
+
+    /// `file`: a path (relative to the config file's folder) or `builtin:NAME`, whose name must
+    /// be one the binary carries.
+    fn policy_source(&mut self, file: &Spanned<String>) -> PolicySource {
+        let text = file.get_ref();
+        if text.is_empty() {
+            self.error_hint(
+                Some(file.span()),
+                "policy `file` is empty",
+                "give the path of a .wasm component, or builtin:NAME",
+            );
+        }
+        let source = PolicySource::parse(text, self.src.path().parent());
+        if let PolicySource::Builtin(name) = &source
+            && !crate::BUILTIN_POLICIES.contains(&name.as_str())
+        {
+            let known = crate::BUILTIN_POLICIES.join(", ");
+            let hint = match closest(name, crate::BUILTIN_POLICIES) {
+                Some(c) => format!("did you mean \"builtin:{c}\"? built-in policies: {known}"),
+                None => format!("built-in policies: {known}"),
+            };
+            self.error_hint(
+                Some(file.span()),
+                format!("unknown built-in policy `{name}`"),
+                hint,
+            );
+        }
+        source
     }
 }
