@@ -46,7 +46,10 @@ fn every_shipped_policy_is_accepted_as_a_builtin() {
 #[test]
 fn an_unknown_builtin_is_an_error_at_its_value_listing_the_known_names() {
     for (file, hint_start) in [
-        ("builtin:mirror-primray", "did you mean \"builtin:mirror-primary\"?"),
+        (
+            "builtin:mirror-primray",
+            "did you mean \"builtin:mirror-primary\"?",
+        ),
         ("builtin:nope", "built-in policies:"),
         ("builtin:", "built-in policies:"),
     ] {

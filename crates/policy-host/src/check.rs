@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::{
-    FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicyWorld,
+    FailureMode, POLICY_MAX_MEMORY_BYTES, POLICY_TIMEOUT, PolicyConfig, PolicyLimits, PolicySource,
+    PolicyWorld,
 };
 
 use crate::bindings::types::{HttpRequest, Instance, Peer, ProbeResult};
+use crate::builtin::{BuiltinModules, ReadError, module_bytes};
 use crate::engine::{HostConfig, hex, required_exports};
 use crate::error::{HostError, ModuleError};
 use crate::host::{PolicyHost, ReloadOutcome};
@@ -29,11 +31,19 @@ pub enum CheckError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `builtin:NAME` names no built-in policy.
+    #[error("no built-in policy `{name}` (built-in policies: {known})")]
+    UnknownBuiltin {
+        /// The name asked for.
+        name: String,
+        /// The names there are, comma-separated.
+        known: String,
+    },
     /// The module is not a policy: which world, export or type is wrong.
-    #[error("{path}: {source}")]
+    #[error("{module}: {source}")]
     Module {
-        /// The file.
-        path: PathBuf,
+        /// The file, or `builtin:NAME`.
+        module: PolicySource,
         /// What is wrong.
         source: ModuleError,
     },
@@ -56,8 +66,8 @@ pub enum CheckError {
 /// What `check` found. Its `Display` is the command's output.
 #[derive(Debug, Clone)]
 pub struct CheckReport {
-    /// The module checked.
-    pub file: PathBuf,
+    /// The module checked: its file or `builtin:NAME`.
+    pub file: PolicySource,
     /// Its SHA-256, hex.
     pub sha256: String,
     /// Its size.
@@ -97,9 +107,7 @@ impl fmt::Display for CheckReport {
         writeln!(
             f,
             "module:    {} ({} bytes, sha256 {})",
-            self.file.display(),
-            self.size_bytes,
-            self.sha256
+            self.file, self.size_bytes, self.sha256
         )?;
         writeln!(f, "compiled:  in {:.1?}", self.compile_time)?;
         writeln!(
@@ -142,27 +150,42 @@ pub fn check_module(
     config_json: Option<&str>,
     input_json: Option<&str>,
 ) -> Result<CheckReport, CheckError> {
+    let source = PolicySource::File(path.to_owned());
+    check_source(&source, &Arc::default(), config_json, input_json)
+}
+
+/// [`check_module`] for a file or a built-in policy (`builtin:NAME`, looked up in `builtins`).
+pub fn check_source(
+    source: &PolicySource,
+    builtins: &Arc<BuiltinModules>,
+    config_json: Option<&str>,
+    input_json: Option<&str>,
+) -> Result<CheckReport, CheckError> {
     let config: serde_json::Value = match config_json {
         Some(text) => serde_json::from_str(text).map_err(|e| CheckError::Config(e.to_string()))?,
         None => serde_json::json!({}),
     };
-    let bytes = std::fs::read(path).map_err(|source| CheckError::Read {
-        path: path.to_owned(),
-        source,
+    let bytes = module_bytes(source, builtins).map_err(|error| match error {
+        ReadError::File { path, error } => CheckError::Read {
+            path,
+            source: error,
+        },
+        ReadError::UnknownBuiltin { name, known } => CheckError::UnknownBuiltin { name, known },
     })?;
     let host_config = HostConfig {
         max_instances: 8,
         prewarm: 1,
         pool_capacity: 1,
+        builtins: Arc::clone(builtins),
         ..HostConfig::default()
     };
     let host = PolicyHost::new(host_config, Arc::new(MemoryKv::new()))?;
     let module = host
         .engine()
         .compile(&bytes, None)
-        .map_err(|source| CheckError::Module {
-            path: path.to_owned(),
-            source,
+        .map_err(|error| CheckError::Module {
+            module: source.clone(),
+            source: error,
         })?;
     let world = module.world;
 
@@ -172,7 +195,7 @@ pub fn check_module(
 
     let policy = PolicyConfig {
         name: "check".into(),
-        file: path.to_owned(),
+        file: source.clone(),
         world,
         config,
         limits: PolicyLimits {
@@ -198,7 +221,7 @@ pub fn check_module(
         _ => None,
     };
     Ok(CheckReport {
-        file: path.to_owned(),
+        file: source.clone(),
         sha256: hex(&module.sha256),
         size_bytes: module.size_bytes,
         compile_time: module.compile_time,

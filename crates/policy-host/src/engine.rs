@@ -16,6 +16,7 @@ use crate::bindings::{
     AuthzPre, HOST_V0_1, HealthPre, RequestPre, RoutingPre, host_imports, types::LogLevel,
 };
 use crate::budget::CrashBudgetConfig;
+use crate::builtin::BuiltinModules;
 use crate::error::{HostError, ModuleError};
 use crate::kv::KvView;
 
@@ -38,6 +39,8 @@ pub struct HostConfig {
     pub max_input_bytes: usize,
     /// When repeated failures suspend a policy, and for how long.
     pub crash_budget: CrashBudgetConfig,
+    /// The modules `builtin:NAME` policies load from (none by default).
+    pub builtins: Arc<BuiltinModules>,
 }
 
 impl Default for HostConfig {
@@ -52,6 +55,7 @@ impl Default for HostConfig {
             prewarm: cores.min(4),
             max_input_bytes: 16 << 20,
             crash_budget: CrashBudgetConfig::default(),
+            builtins: Arc::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_config::PolicyWorld;
+use sluice_config::{PolicySource, PolicyWorld};
 
 /// The engine could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +91,19 @@ pub enum LoadError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `builtin:NAME` names no module the host carries.
+    #[error("no built-in policy `{name}` (built-in policies: {known})")]
+    UnknownBuiltin {
+        /// The name asked for.
+        name: String,
+        /// The names there are, comma-separated.
+        known: String,
+    },
     /// The module is not a policy of the configured world.
-    #[error("{path}: {source}")]
+    #[error("{module}: {source}")]
     Module {
-        /// The policy file.
-        path: PathBuf,
+        /// The policy file, or `builtin:NAME`.
+        module: PolicySource,
         /// What is wrong with the module.
         source: ModuleError,
     },

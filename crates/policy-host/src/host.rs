@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use sluice_config::{PolicyConfig, PolicyWorld};
 
+use crate::builtin::module_bytes;
 use crate::engine::{EngineShared, HostConfig, hex, unix_ms};
 use crate::error::HostError;
 use crate::kv::KvView;
@@ -111,7 +112,7 @@ pub struct PolicyStatus {
     pub name: String,
     /// `routing`, `health` or `authz`.
     pub world: &'static str,
-    /// The file configured.
+    /// The file configured, or `builtin:NAME`.
     pub file: String,
     /// SHA-256 (hex) of the module serving, if any.
     pub sha256: Option<String>,
@@ -179,7 +180,8 @@ impl PolicyHost {
     }
 
     /// Re-reads every policy's file and reloads those whose bytes changed
-    /// (`POST /api/policies/reload`, and the file watcher).
+    /// (`POST /api/policies/reload`, and the file watcher). A built-in policy's module cannot
+    /// change, so it is reported unchanged.
     pub fn reload(&self) -> ReloadReport {
         let configs: Vec<PolicyConfig> = self
             .slots
@@ -212,7 +214,7 @@ impl PolicyHost {
                 PolicyStatus {
                     name: slot.name.to_string(),
                     world: slot.world.as_str(),
-                    file: slot.desired.load().file.display().to_string(),
+                    file: slot.desired.load().file.to_string(),
                     sha256: current.as_ref().map(|v| hex(&v.module.sha256)),
                     state,
                     loaded_at_unix_ms: current.as_ref().map(|v| unix_ms(v.loaded_at)),
@@ -260,12 +262,13 @@ impl PolicyHost {
         &self.engine
     }
 
-    /// The files of the configured policies (what the watcher watches).
+    /// The files of the configured policies (what the watcher watches); built-in policies
+    /// have none.
     pub fn files(&self) -> Vec<std::path::PathBuf> {
         self.slots
             .load()
             .values()
-            .map(|slot| slot.desired.load().file.clone())
+            .filter_map(|slot| slot.desired.load().file.path().map(ToOwned::to_owned))
             .collect()
     }
 }
@@ -273,7 +276,7 @@ impl PolicyHost {
 fn load_into(slot: &PolicySlot, config: PolicyConfig) -> ReloadOutcome {
     // Cheap pre-check: same bytes, config and limits as the version serving → nothing to do.
     if let Some(current) = &*slot.current.load()
-        && let Ok(bytes) = std::fs::read(&config.file)
+        && let Ok(bytes) = module_bytes(&config.file, &slot.engine.config.builtins)
     {
         let sha256: [u8; 32] =
             sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();

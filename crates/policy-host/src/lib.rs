@@ -6,6 +6,9 @@
 //!   mistyped one), instantiated and `configure`d — all off the data path — then swapped in
 //!   atomically. A module failing any step is rejected and the previous version keeps serving.
 //!   [`PolicyHost::reload`] (the admin API) and [`PolicyWatcher`] (file changes) do the same.
+//! - A policy comes from a `.wasm` file or, as `builtin:NAME`, from the [`BuiltinModules`] the
+//!   embedding binary registers in [`HostConfig::builtins`]; a built-in one is never watched
+//!   and a reload leaves it as it is (its bytes cannot change).
 //! - The data plane calls through typed handles — [`AuthzHandle::authorize`],
 //!   [`HealthHandle::evaluate`], [`RoutingHandle::build_routes`],
 //!   [`RequestHandle::on_request`] — which never panic and never
@@ -27,6 +30,7 @@
 
 mod bindings;
 mod budget;
+mod builtin;
 pub mod check;
 mod engine;
 mod error;
@@ -40,6 +44,7 @@ mod watch;
 
 pub use bindings::types;
 pub use budget::CrashBudgetConfig;
+pub use builtin::BuiltinModules;
 pub use engine::HostConfig;
 pub use error::{CallError, HostError, LoadError, ModuleError};
 pub use host::{PolicyHost, PolicyState, PolicyStatus, ReloadEntry, ReloadOutcome, ReloadReport};

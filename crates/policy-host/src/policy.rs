@@ -16,6 +16,7 @@ use crate::bindings::types::{
 };
 use crate::bindings::{Authz, Health, Request, Routing};
 use crate::budget::CrashBudget;
+use crate::builtin::module_bytes;
 use crate::engine::{CompiledModule, EngineShared, GuestState, WorldPre, deadline_ticks, unix_ms};
 use crate::error::{CallError, LoadError};
 use crate::metrics as names;
@@ -70,14 +71,11 @@ impl PolicyVersion {
                 ceiling,
             });
         }
-        let bytes = std::fs::read(&config.file).map_err(|source| LoadError::Read {
-            path: config.file.clone(),
-            source,
-        })?;
+        let bytes = module_bytes(&config.file, &engine.config.builtins)?;
         let module = engine
             .compile(&bytes, Some(config.world))
             .map_err(|source| LoadError::Module {
-                path: config.file.clone(),
+                module: config.file.clone(),
                 source,
             })?;
         let loaded_at = SystemTime::now();
@@ -243,7 +241,7 @@ impl SlotMetrics {
 pub(crate) struct PolicySlot {
     pub(crate) name: Arc<str>,
     pub(crate) world: PolicyWorld,
-    /// What the configuration asks for; `reload` re-reads this file.
+    /// What the configuration asks for; `reload` re-reads its file (a built-in never changes).
     pub(crate) desired: ArcSwap<PolicyConfig>,
     pub(crate) current: ArcSwapOption<PolicyVersion>,
     pub(crate) engine: Arc<EngineShared>,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicyWorld};
+use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicySource, PolicyWorld};
 use sluice_policy_host::types::{
     ClientCertificate, HealthStatus, HttpRequest, Instance, Peer, ProbeKind, ProbeResult, RouteInfo,
 };
@@ -42,7 +42,7 @@ pub fn policy(
 ) -> PolicyConfig {
     PolicyConfig {
         name: name.into(),
-        file: file.as_ref().to_owned(),
+        file: PolicySource::File(file.as_ref().to_owned()),
         world,
         config,
         // Generous: deadlines are wall-clock and tests share two cores; the deadline tests set theirs.
