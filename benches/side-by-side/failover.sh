@@ -38,8 +38,6 @@ else
   cargo build --locked -p sluice -p sluice-test-support --bins >&2
 fi
 bin=$root/target/$PROFILE
-cargo build --release --locked -p mirror-primary --target wasm32-wasip2 >&2
-policy=$root/target/wasm32-wasip2/release/mirror_primary.wasm
 
 work=$(mktemp -d)
 member_pids=() proxy=
@@ -108,7 +106,7 @@ level = "warn"
 [[policy]]
 name = "mirror-primary"
 world = "health"
-file = "$policy"
+file = "builtin:mirror-primary"
 [[listener]]
 name = "web"
 bind = "$SLUICE"

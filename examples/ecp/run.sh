@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# ECP example (seed 000) as plain processes. Builds Sluice, the data-server stand-in and the
-# ecp-authz policy, makes the certificates (gen-certificates.sh) and the KV key
+# ECP example (seed 000) as plain processes. Builds Sluice (the ecp-authz policy is built into
+# it) and the data-server stand-in, makes the certificates (gen-certificates.sh) and the KV key
 # ecp/CLIENT_SYSTEMS (from $CLIENT_SYSTEMS, default "app1;app2"), starts the data server on
 # 127.0.0.21 and Sluice on 127.0.0.20, and waits. Walk through README.md from another
 # terminal; Ctrl-C stops everything. SLUICE_PROFILE=debug uses a debug build of Sluice (much
-# faster to build; the policy is always built in release, where sluice.toml looks for it).
+# faster to build; the embedded policy is compiled in release either way).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
+# Sluice's build compiles its built-in policies to wasm32-wasip2. rust-toolchain.toml names the
+# target, but not every rustup adds it by itself: add it as scripts/setup.sh does.
+if command -v rustup >/dev/null; then rustup target add wasm32-wasip2 >/dev/null; fi
 case "${SLUICE_PROFILE:-release}" in
     release) cargo build --release --locked -p sluice -p sluice-test-support; bin=target/release ;;
     debug) cargo build --locked -p sluice -p sluice-test-support; bin=target/debug ;;
     *) echo "SLUICE_PROFILE must be release or debug" >&2; exit 2 ;;
 esac
-cargo build --release --locked -p ecp-authz --target wasm32-wasip2
 "$here/gen-certificates.sh" "$here/certs"
 mkdir -p "$here/kv/ecp"
 printf '%s\n' "${CLIENT_SYSTEMS:-app1;app2}" > "$here/kv/ecp/CLIENT_SYSTEMS"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # simplemirror: two IRIS mirror sets (simulated) behind one Sluice, as plain processes.
-# Builds Sluice, the member stand-in and the mirror-primary policy, starts the four members on
-# 127.0.0.11-14 and Sluice on 127.0.0.10, and waits. Walk through README.md from another
+# Builds Sluice (the mirror-primary policy is built into it) and the member stand-in, starts the
+# four members on 127.0.0.11-14 and Sluice on 127.0.0.10, and waits. Walk through README.md from another
 # terminal; Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# Sluice's build compiles its built-in policies to wasm32-wasip2. rust-toolchain.toml names the
+# target, but not every rustup adds it by itself: add it as scripts/setup.sh does.
+if command -v rustup >/dev/null; then rustup target add wasm32-wasip2 >/dev/null; fi
 cargo build --release --locked -p sluice -p sluice-test-support
-cargo build --release --locked -p mirror-primary --target wasm32-wasip2
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM

@@ -116,13 +116,10 @@ impl App {
         }
     }
 
-    /// Stops discovery's tasks and removes its files (at shutdown).
+    /// Stops discovery's tasks (at shutdown).
     pub(crate) fn stop_discovery(&self) {
         if let Ok(mut tasks) = self.rebuilds.lock() {
             tasks.drain(..).for_each(|t| t.abort());
-        }
-        if let Some(discovery) = self.discovery.get() {
-            discovery.cleanup();
         }
     }
 

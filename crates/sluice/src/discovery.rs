@@ -13,13 +13,12 @@
 //! the routes are rebuilt (debounced) when an instance goes up or down.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_config::{
-    Config, DiscoverySource, FailureMode, PolicyConfig, PolicyLimits, PolicyWorld,
+    Config, DiscoverySource, FailureMode, PolicyConfig, PolicyLimits, PolicySource, PolicyWorld,
 };
 use sluice_discovery::{Discovery, DiscoveryOptions, SourceConfig, SourceSpec};
 use sluice_kv::registry::ServiceDefinition;
@@ -29,8 +28,8 @@ use sluice_routing::Discovered;
 use crate::discovery_health::HealthFeed;
 use crate::discovery_overrides::KvOverrides;
 
-/// The `urlprefix` routing policy, compiled to `wasm32-wasip2` by `build.rs`.
-const URLPREFIX_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlprefix.wasm"));
+/// The built-in policy discovery routes with unless `[routing] policy` names another.
+const BUILTIN_ROUTING_MODULE: &str = "urlprefix";
 /// The name the embedded policy is loaded under (shown in `/api/policies`).
 pub(crate) const BUILTIN_ROUTING_POLICY: &str = "builtin-urlprefix";
 /// Deadline of one embedded-policy call: a catalog of 10k instances takes milliseconds, far
@@ -107,8 +106,6 @@ pub(crate) fn ms_since(since: Instant) -> f64 {
 #[derive(Debug)]
 pub(crate) struct DiscoveryState {
     pub(crate) discovery: Discovery,
-    /// What the embedded policy file was written as (removed at shutdown).
-    builtin_dir: Option<PathBuf>,
     pub(crate) discovered: std::sync::Mutex<Arc<Discovered>>,
     pub(crate) last_rebuild: std::sync::Mutex<Option<RebuildReport>>,
     /// A reload asks for a rebuild against the new file (its routes and services may differ).
@@ -131,12 +128,8 @@ impl DiscoveryState {
             ..DiscoveryOptions::default()
         };
         let discovery = Discovery::start(sources, options)?;
-        let builtin_dir = std::env::temp_dir().join(format!("sluice-{}", std::process::id()));
-        std::fs::create_dir_all(&builtin_dir)?;
-        std::fs::write(builtin_dir.join("urlprefix.wasm"), URLPREFIX_WASM)?;
         Ok(Some(Arc::new(DiscoveryState {
             discovery,
-            builtin_dir: Some(builtin_dir),
             discovered: std::sync::Mutex::new(Arc::new(Discovered::default())),
             last_rebuild: std::sync::Mutex::new(None),
             rebuild_now: tokio::sync::Notify::new(),
@@ -146,10 +139,10 @@ impl DiscoveryState {
     }
 
     /// The embedded policy's `[[policy]]` entry.
-    fn builtin_policy(&self) -> Option<PolicyConfig> {
-        Some(PolicyConfig {
+    fn builtin_policy(&self) -> PolicyConfig {
+        PolicyConfig {
             name: BUILTIN_ROUTING_POLICY.to_owned(),
-            file: self.builtin_dir.as_ref()?.join("urlprefix.wasm"),
+            file: PolicySource::Builtin(BUILTIN_ROUTING_MODULE.to_owned()),
             world: PolicyWorld::Routing,
             config: json!({}),
             limits: PolicyLimits {
@@ -157,7 +150,7 @@ impl DiscoveryState {
                 max_memory_bytes: BUILTIN_POLICY_MEMORY,
             },
             failure_mode: FailureMode::KeepLast,
-        })
+        }
     }
 
     pub(crate) fn discovered(&self) -> Arc<Discovered> {
@@ -197,12 +190,6 @@ impl DiscoveryState {
         }
         if let Ok(mut last) = self.last_rebuild.lock() {
             *last = Some(report);
-        }
-    }
-
-    pub(crate) fn cleanup(&self) {
-        if let Some(dir) = &self.builtin_dir {
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -285,8 +272,8 @@ pub(crate) fn effective_policies(
     discovery: Option<&DiscoveryState>,
 ) -> Vec<PolicyConfig> {
     let mut policies = cfg.policies.clone();
-    if let Some(builtin) = discovery.and_then(DiscoveryState::builtin_policy) {
-        policies.push(builtin);
+    if let Some(discovery) = discovery {
+        policies.push(discovery.builtin_policy());
     }
     policies
 }

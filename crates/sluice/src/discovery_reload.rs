@@ -56,11 +56,9 @@ impl DiscoveryReload {
         }
     }
 
-    /// The reload was refused after all: sources started for it stop (dropped), files go.
+    /// The reload was refused after all: sources started for it stop (they are dropped).
     pub(crate) fn abandon(self) {
-        if let DiscoveryReload::Start(state) = self {
-            state.cleanup();
-        }
+        drop(self);
     }
 
     /// The reload is applied: switches the sources and asks for a rebuild against `cfg`; a

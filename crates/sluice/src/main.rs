@@ -8,6 +8,7 @@ mod acme;
 mod admin;
 mod admin_auth;
 mod app;
+mod builtin;
 mod discovery;
 mod discovery_health;
 mod discovery_overrides;
@@ -63,7 +64,7 @@ enum PolicyCommand {
     /// Say which world a module implements (or exactly what does not match), run its
     /// `configure`, and make one call on an input, with the time it took.
     Check {
-        /// The component (`.wasm`).
+        /// The component (`.wasm`), or `builtin:NAME` for a policy built into sluice.
         file: PathBuf,
         /// JSON handed to `configure` (default `{}`).
         #[arg(long, value_name = "JSON")]

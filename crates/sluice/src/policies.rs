@@ -7,13 +7,19 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sluice_config::PolicyConfig;
+use sluice_config::{PolicyConfig, PolicySource};
 use sluice_policy_host::{HostConfig, PolicyHost, PolicyStatus, PolicyWatcher, ReloadReport};
 
-/// `sluice policy check`: exit 0 when the module loaded, configured and answered.
+/// `sluice policy check`: exit 0 when the module loaded, configured and answered. `file` may
+/// be `builtin:NAME`.
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]
 pub(crate) fn check(file: &Path, config: Option<&str>, input: Option<&str>) -> ExitCode {
-    match sluice_policy_host::check::check_module(file, config, input) {
+    let source = match file.to_str() {
+        Some(text) => PolicySource::parse(text, None),
+        None => PolicySource::File(file.to_owned()),
+    };
+    let builtins = crate::builtin::modules();
+    match sluice_policy_host::check::check_source(&source, &builtins, config, input) {
         Ok(report) => {
             println!("{report}");
             if report.passed() {
@@ -52,7 +58,11 @@ impl Policies {
             (Some(h), _) => Arc::clone(h),
             (None, false) => {
                 let kv = Arc::clone(&self.kv) as Arc<dyn sluice_policy_host::KvView>;
-                let host = PolicyHost::new(HostConfig::default(), kv)
+                let config = HostConfig {
+                    builtins: crate::builtin::modules(),
+                    ..HostConfig::default()
+                };
+                let host = PolicyHost::new(config, kv)
                     .map_err(|e| format!("cannot start the policy host: {e}"))?;
                 // Should two applies race here, the spare host is dropped and both use the
                 // stored one.
@@ -60,7 +70,8 @@ impl Policies {
             }
         };
         let report = host.apply_config(configs);
-        // The watcher watches the files that exist when it starts: restart it for the new set.
+        // The watcher watches the files that exist when it starts: restart it for the new set
+        // (built-in policies have none).
         let watcher = if configs.is_empty() {
             None
         } else {

@@ -1,5 +1,6 @@
 //! The `examples/ecp` topology (seed 000) end to end: the example's own config file and
-//! `gen-certificates.sh` (run here, into a temp dir), the real `ecp-authz` Wasm policy, the
+//! `gen-certificates.sh` (run here, into a temp dir), the real `ecp-authz` Wasm policy as the
+//! binary carries it (`file = "builtin:ecp-authz"`, as the example names it), the
 //! data-server stand-in on 127.0.0.21 and the `sluice` binary on 127.0.0.20, with
 //! `openssl s_client` as the application servers. It walks the README: app1 and app2 allowed,
 //! app3 refused (reason logged, `sluice_authz_denied_total` counted), then the KV key changed
@@ -14,7 +15,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sluice_policy_test_artifacts::ECP_AUTHZ;
 use sluice_test_support::{MirrorMember, MirrorRole, SluiceProcess, http_get, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -23,10 +23,10 @@ const GEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../examples/ecp/gen-certificates.sh"
 );
-const POLICY_LINE: &str = "file = \"../../target/wasm32-wasip2/release/ecp_authz.wasm\"";
+const POLICY_LINE: &str = "file = \"builtin:ecp-authz\"";
 
-/// The example's config with its relative paths (policy, certificates, KV) made absolute: the
-/// test runs it from another directory.
+/// The example's config with its relative paths (certificates, KV) made absolute: the test runs
+/// it from another directory. The policy is the built-in one, as in the example.
 fn example_config(dir: &Path) -> String {
     for needle in [POLICY_LINE, "path = \"kv\"", "\"certs/"] {
         assert!(
@@ -35,7 +35,6 @@ fn example_config(dir: &Path) -> String {
         );
     }
     EXAMPLE
-        .replace(POLICY_LINE, &format!("file = \"{ECP_AUTHZ}\""))
         .replace(
             "path = \"kv\"",
             &format!("path = \"{}\"", dir.join("kv").display()),

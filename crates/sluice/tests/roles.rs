@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_policy_test_artifacts::MIRROR_PRIMARY;
 use sluice_test_support::{
     Client, MirrorMember, MirrorRole, SluiceProcess, free_port, free_port_on, http_get,
 };
@@ -66,7 +65,7 @@ fn setup_with(on_demotion: &str, app_extra: &str) -> Setup {
     );
     let config = format!(
         "[admin]\nbind = \"{admin}\"\n[access_log]\npath = \"off\"\n\
-         [[policy]]\nname = \"mirror\"\nworld = \"health\"\nfile = \"{MIRROR_PRIMARY}\"\n\
+         [[policy]]\nname = \"mirror\"\nworld = \"health\"\nfile = \"builtin:mirror-primary\"\n\
          [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
          [[listener]]\nname = \"db\"\nbind = \"{tcp}\"\nprotocol = \"tcp\"\nservice = \"db\"\n\
          [[route]]\nlistener = \"web\"\npath = \"/\"\nservice = \"app\"\n\

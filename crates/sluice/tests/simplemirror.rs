@@ -1,5 +1,5 @@
 //! The `examples/simplemirror` topology (seed 001) end to end: the example's own config file,
-//! the real `mirror-primary` Wasm policy, four simulated mirror members on 127.0.0.11-14 and
+//! the real `mirror-primary` Wasm policy as the binary carries it (`builtin:mirror-primary`), four simulated mirror members on 127.0.0.11-14 and
 //! the `sluice` binary on 127.0.0.10. It walks the README's four states and, in the second,
 //! fails over while clients keep sending: no request may fail, and traffic must reach the new
 //! primary within one check interval + timeout (1 s + 500 ms) plus a margin.
@@ -15,12 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_policy_test_artifacts::MIRROR_PRIMARY;
 use sluice_test_support::{Client, MirrorMember, MirrorRole, SluiceProcess, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const EXAMPLE: &str = include_str!("../../../examples/simplemirror/sluice.toml");
-const POLICY_LINE: &str = "file = \"../../target/wasm32-wasip2/release/mirror_primary.wasm\"";
+const POLICY_LINE: &str = "file = \"builtin:mirror-primary\"";
 
 /// Failover bound: check interval + check timeout + margin for scheduling on a busy machine.
 const FAILOVER_BOUND: Duration = Duration::from_millis(1000 + 500 + 500);
@@ -29,13 +28,13 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// The example's config, with the policy path made absolute (the test runs it from a temp dir).
+/// The example's config as it is: its policy is the built-in one, so nothing needs a path.
 fn example_config() -> String {
     assert!(
         EXAMPLE.contains(POLICY_LINE),
-        "the example config no longer names the policy as expected"
+        "the example config no longer names the built-in policy"
     );
-    EXAMPLE.replace(POLICY_LINE, &format!("file = \"{MIRROR_PRIMARY}\""))
+    EXAMPLE.to_owned()
 }
 
 fn member(name: &str, role: MirrorRole, ip: &str) -> MirrorMember {
