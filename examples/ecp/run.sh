@@ -8,9 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
-# Sluice's build compiles its built-in policies to wasm32-wasip2. rust-toolchain.toml names the
-# target, but not every rustup adds it by itself: add it as scripts/setup.sh does.
-if command -v rustup >/dev/null; then rustup target add wasm32-wasip2 >/dev/null; fi
+scripts/wasm-target.sh # the target Sluice's built-in policies compile to (rustup may lack it)
 case "${SLUICE_PROFILE:-release}" in
     release) cargo build --release --locked -p sluice -p sluice-test-support; bin=target/release ;;
     debug) cargo build --locked -p sluice -p sluice-test-support; bin=target/debug ;;

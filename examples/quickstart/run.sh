@@ -7,9 +7,7 @@
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# Sluice's build compiles its built-in policies to wasm32-wasip2. rust-toolchain.toml names the
-# target, but not every rustup adds it by itself: add it as scripts/setup.sh does.
-if command -v rustup >/dev/null; then rustup target add wasm32-wasip2 >/dev/null; fi
+scripts/wasm-target.sh # the target Sluice's built-in policies compile to (rustup may lack it)
 cargo build --release --locked -p sluice -p sluice-test-support
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }

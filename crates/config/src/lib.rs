@@ -5,6 +5,9 @@
 //!   each as a [`Diagnostic`] with `file:line:col`, a message and (when we can tell) a hint.
 //!   Nothing is bound, resolved against the network (except upstream host names) or started here.
 //! - Unknown keys and sections are errors, never silently ignored.
+//! - `[[policy]] file` is a [`PolicySource`]: a path (relative to the config file) or
+//!   `builtin:NAME`, whose name must be one of [`BUILTIN_POLICIES`] — the one table of the
+//!   policies the `sluice` binary embeds (its build script reads the same file).
 //! - Every tunable has a default, defined once in [`defaults`] and documented in
 //!   `docs/configuration.md`.
 //! - The returned [`Config`] is plain data (no spans, no serde types) so the data plane can

@@ -1,6 +1,8 @@
 //! Built-in policies (`builtin:NAME`): loaded from the bytes the embedding binary registers,
 //! shown as `builtin:NAME`, never watched, and never "reloaded" into anything else.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 mod common;
 
 use std::sync::Arc;
