@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicyWorld};
+use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicySource, PolicyWorld};
 use sluice_policy_host::types::{
     ClientCertificate, HealthStatus, Instance, Peer, ProbeKind, ProbeResult,
 };
@@ -20,7 +20,7 @@ use sluice_policy_test_artifacts as artifacts;
 fn policy(name: &str, file: &str, world: PolicyWorld, config: serde_json::Value) -> PolicyConfig {
     PolicyConfig {
         name: name.into(),
-        file: file.into(),
+        file: PolicySource::File(file.into()),
         world,
         config,
         limits: PolicyLimits {
