@@ -208,7 +208,7 @@ pub fn check_source(
                 Ok(answer) => CheckCall {
                     export,
                     answered: true,
-                    result: world_call::json(&answer),
+                    result: world_call::answer_json(&answer),
                     duration,
                 },
                 Err(failure) => CheckCall {

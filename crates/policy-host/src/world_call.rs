@@ -207,7 +207,7 @@ impl Expected {
                 }
             }
             PolicyWorld::Request => Expected::Action(
-                serde_json::from_value(value)
+                serde_json::from_value(body_as_bytes(value))
                     .map_err(invalid("action ({\"Forward\": {…}} or {\"Reply\": {…}})"))?,
             ),
         })
@@ -238,7 +238,7 @@ impl Expected {
         match self {
             Expected::Decision(decision) => json(decision),
             Expected::Verdict(verdict) => json(verdict),
-            Expected::Action(action) => json(action),
+            Expected::Action(action) => json(&readable_action(action)),
             Expected::Routes(routes) => json(routes),
             Expected::Rejected(message) => json(&serde_json::json!({ "rejected": message })),
         }
@@ -248,13 +248,42 @@ impl Expected {
 /// An outcome as pretty JSON in the cases file's format (a failure as `{"failed": …}`).
 pub(crate) fn outcome_json(got: &Result<Answer, Failure>) -> String {
     match got {
-        Ok(answer) => json(answer),
+        Ok(answer) => answer_json(answer),
         Err(Failure {
             error: CallError::Rejected(message),
             ..
         }) => json(&serde_json::json!({ "rejected": message })),
         Err(failure) => json(&serde_json::json!({ "failed": failure.error.to_string() })),
     }
+}
+
+/// An answer as pretty JSON in the cases file's format.
+pub(crate) fn answer_json(answer: &Answer) -> String {
+    match answer {
+        Answer::Action(action) => json(&readable_action(action)),
+        other => json(other),
+    }
+}
+
+/// An action as JSON with a UTF-8 reply body as a string (the cases file may write it so).
+fn readable_action(action: &Action) -> serde_json::Value {
+    let mut value = serde_json::to_value(action).unwrap_or_default();
+    if let Action::Reply(reply) = action
+        && let Ok(text) = std::str::from_utf8(&reply.body)
+    {
+        value["Reply"]["body"] = serde_json::Value::String(text.to_owned());
+    }
+    value
+}
+
+/// A `{"Reply": {"body": "text"}}` written with a string body, as the bytes the type holds.
+fn body_as_bytes(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(body) = value.pointer_mut("/Reply/body")
+        && let Some(text) = body.as_str()
+    {
+        *body = text.bytes().map(serde_json::Value::from).collect();
+    }
+    value
 }
 
 /// Pretty JSON of any answer type (they all derive `Serialize`).

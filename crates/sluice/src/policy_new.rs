@@ -24,6 +24,8 @@ pub(crate) enum World {
     Health,
     /// Connecting peer → allow or deny.
     Authz,
+    /// HTTP request → forward (edited) or reply.
+    Request,
 }
 
 impl World {
@@ -32,6 +34,7 @@ impl World {
             World::Routing => "routing",
             World::Health => "health",
             World::Authz => "authz",
+            World::Request => "request",
         }
     }
 }
@@ -68,6 +71,10 @@ const RUST_HEALTH: &[TemplateFile] = &[
 const RUST_ROUTING: &[TemplateFile] = &[
     template!("src/lib.rs", "rust/routing/src/lib.rs"),
     template!("cases.json", "rust/routing/cases.json"),
+];
+const RUST_REQUEST: &[TemplateFile] = &[
+    template!("src/lib.rs", "rust/request/src/lib.rs"),
+    template!("cases.json", "rust/request/cases.json"),
 ];
 const PYTHON_COMMON: &[TemplateFile] = &[
     template!("README.md", "python/common/README.md"),
@@ -184,6 +191,7 @@ fn templates(
         (Lang::Rust, World::Authz) => Ok((RUST_COMMON, RUST_AUTHZ)),
         (Lang::Rust, World::Health) => Ok((RUST_COMMON, RUST_HEALTH)),
         (Lang::Rust, World::Routing) => Ok((RUST_COMMON, RUST_ROUTING)),
+        (Lang::Rust, World::Request) => Ok((RUST_COMMON, RUST_REQUEST)),
         (Lang::Python, World::Authz) => Ok((PYTHON_COMMON, PYTHON_AUTHZ)),
         (Lang::Python, other) => Err(NewError::NoTemplate {
             lang: "python",

@@ -80,6 +80,21 @@ fn new_and_build(world: &str) -> PathBuf {
         "the generated {world} project builds unchanged: {}",
         text(&out)
     );
+    // The template's own unit tests pass natively too.
+    let out = Command::new(env!("CARGO"))
+        .current_dir(&project)
+        .arg("test")
+        .arg("--target-dir")
+        .arg(work_dir().join("target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the generated {world} project's tests pass: {}",
+        text(&out)
+    );
     let wasm = work_dir()
         .join("target/wasm32-wasip2/release")
         .join(format!("new_{world}.wasm"));
@@ -93,6 +108,7 @@ fn policy_new_projects_build_and_pass_check_and_test_unchanged() {
         ("authz", "authorize"),
         ("health", "evaluate"),
         ("routing", "build-routes"),
+        ("request", "on-request"),
     ] {
         let wasm = new_and_build(world);
         let wasm = wasm.to_str().unwrap();
