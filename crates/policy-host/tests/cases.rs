@@ -1,6 +1,8 @@
 //! `sluice policy test` as a library call: recorded cases run through the real shipped
 //! components, compared with their expected answers.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use sluice_policy_host::cases::{TestError, run_cases};

@@ -325,7 +325,7 @@ fn a_rejected_module_is_one_precise_line_in_check_the_log_and_the_admin_api() {
     for (replacement, expected) in [
         (
             garbage.as_path(),
-            not_wasm.replace(&*garbage.to_string_lossy(), &*served.to_string_lossy()),
+            not_wasm.replace(&*garbage.to_string_lossy(), &served.to_string_lossy()),
         ),
         (Path::new(WRONG_WORLD), wrong_world),
     ] {
