@@ -33,7 +33,10 @@ impl RequestPolicy for Policy {
         if config.required_header.is_empty() {
             return Err("required_header is empty".into());
         }
-        host::info(&format!("configured: requests need `{}`", config.required_header));
+        host::info(&format!(
+            "configured: requests need `{}`",
+            config.required_header
+        ));
         Ok(Policy {
             // Header names reach the policy in lower case.
             required_header: config.required_header.to_ascii_lowercase(),

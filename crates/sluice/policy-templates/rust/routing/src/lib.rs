@@ -36,7 +36,10 @@ impl RoutingPolicy for Policy {
         let config: Config =
             serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         if !config.path_prefix.starts_with('/') {
-            return Err(format!("path_prefix {:?} must start with /", config.path_prefix));
+            return Err(format!(
+                "path_prefix {:?} must start with /",
+                config.path_prefix
+            ));
         }
         let mut path_prefix = config.path_prefix;
         if !path_prefix.ends_with('/') {
@@ -50,7 +53,10 @@ impl RoutingPolicy for Policy {
         let mut services: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
         for instance in catalog {
             if instance.health != HealthStatus::Critical {
-                services.entry(&instance.service).or_default().push(instance);
+                services
+                    .entry(&instance.service)
+                    .or_default()
+                    .push(instance);
             }
         }
         Ok(services
