@@ -80,7 +80,7 @@ enum PolicyCommand {
     /// Run recorded inputs through a module and compare its answers with the expected ones;
     /// exit non-zero, showing a diff per case, on any mismatch.
     Test {
-        /// The component (`.wasm`).
+        /// The component (`.wasm`), or `builtin:NAME` for a policy built into sluice.
         file: PathBuf,
         /// JSON list of cases: `[{"name", "call", "input", "expect"}, …]`.
         #[arg(long, value_name = "FILE")]

@@ -174,6 +174,34 @@ fn policy_test_exits_non_zero_with_a_diff_on_a_mismatch() {
 }
 
 #[test]
+fn policy_test_runs_cases_on_a_built_in_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        r#"[{"name": "backup answers", "call": "evaluate",
+             "input": {"instance": {"id": "a", "service": "s", "address": "127.0.0.1", "port": 1,
+                                    "tags": [], "metadata": [], "health": "Unknown"},
+                       "probe": {"kind": "Http", "status": 503, "headers": [],
+                                 "body_prefix": [70, 65, 73, 76, 69, 68], "latency_us": 5}},
+             "expect": {"Up": {"role": "Backup", "weight": null}}}]"#,
+    )
+    .unwrap();
+    let out = sluice(&[
+        "policy",
+        "test",
+        "builtin:mirror-primary",
+        "--cases",
+        cases.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 1 case passed (builtin:mirror-primary, world health)\n"
+    );
+}
+
+#[test]
 fn policy_new_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let existing = dir.path().join("taken");
