@@ -85,7 +85,9 @@ fn main() {
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CLIPPY_ARGS")
         // Debug info only makes the components bigger and slower to compile in tests.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        // Strip DWARF only: the `name` section stays, so traps name the guest's functions.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     for package in &packages {
         command.args(["-p", package]);
     }

@@ -78,7 +78,9 @@ fn build_policies(workspace: &Path, target_dir: &Path) {
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CLIPPY_ARGS")
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        // Strip DWARF only: the `name` section stays, so traps name the policy's functions.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     let status = command
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the built-in policies: {e}"));

@@ -11,14 +11,13 @@ use sluice_config::{
     PolicyWorld,
 };
 
-use crate::bindings::types::{HttpRequest, Instance, Peer, ProbeResult};
 use crate::builtin::{BuiltinModules, ReadError, module_bytes};
-use crate::engine::{HostConfig, hex, required_exports};
+use crate::engine::{CompiledModule, HostConfig, hex, required_exports};
 use crate::error::{HostError, ModuleError};
 use crate::host::{PolicyHost, ReloadOutcome};
 use crate::kv::MemoryKv;
-use crate::policy::{AuthzOutcome, HealthOutcome, RoutingOutcome};
-use crate::request::RequestOutcome;
+use crate::log_capture::{self, GuestLogLine};
+use crate::world_call::{self, CallInput};
 
 /// Why a module could not be checked at all (the CLI prints it and exits non-zero).
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +79,8 @@ pub struct CheckReport {
     pub configure: Result<Duration, String>,
     /// The call made with `--input`, if any (and if `configure` succeeded).
     pub call: Option<CheckCall>,
+    /// What the guest logged (`host::log`) during `configure` and the call, in order.
+    pub log: Vec<GuestLogLine>,
 }
 
 /// One call made by `check`.
@@ -134,13 +135,31 @@ impl fmt::Display for CheckReport {
             }
             (None, Ok(_)) => write!(f, "call:      skipped (no --input given)"),
             (None, Err(_)) => write!(f, "call:      skipped (configure failed)"),
-        }
+        }?;
+        write_log(f, &self.log)
     }
+}
+
+/// Writes guest log lines under a `log:` heading (or says there were none).
+pub(crate) fn write_log(f: &mut fmt::Formatter<'_>, log: &[GuestLogLine]) -> fmt::Result {
+    if log.is_empty() {
+        return write!(f, "\nlog:       (nothing logged)");
+    }
+    write!(f, "\nlog:       {} line{}", log.len(), plural(log.len()))?;
+    for line in log {
+        write!(f, "\n  {line}")?;
+    }
+    Ok(())
+}
+
+pub(crate) fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// Checks a policy module: detects its world (or names exactly which export or type does not
 /// match), runs `configure` with `config_json` (default `{}`), and — given `input_json` — makes
-/// one call with the default limits, reporting the answer and the time it took.
+/// one call with the default limits, reporting the answer, the time it took and what the guest
+/// logged.
 ///
 /// Input formats (field names as in the WIT with `_` for `-`; enum cases capitalised, e.g.
 /// `"Http"`): `authz` takes a `Peer` object; `health` takes `{"instance": …, "probe": …}`;
@@ -161,6 +180,77 @@ pub fn check_source(
     config_json: Option<&str>,
     input_json: Option<&str>,
 ) -> Result<CheckReport, CheckError> {
+    let loaded = load(source, builtins, config_json)?;
+    let world = loaded.module.world;
+    let input = input_json
+        .map(|text| {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| CheckError::Input {
+                    expected: "JSON value",
+                    detail: e.to_string(),
+                })?;
+            CallInput::parse(world, value).map_err(|e| CheckError::Input {
+                expected: e.expected,
+                detail: e.detail,
+            })
+        })
+        .transpose()?;
+    let mut log = loaded.log;
+    let call = match (&loaded.configure, input) {
+        (Ok(_), Some(input)) => {
+            let started = Instant::now();
+            let (outcome, call_log) =
+                log_capture::capture(|| world_call::call(&loaded.host, POLICY_NAME, &input));
+            log.extend(call_log);
+            let duration = started.elapsed();
+            let export = world_call::call_export(world);
+            Some(match outcome {
+                Ok(answer) => CheckCall {
+                    export,
+                    answered: true,
+                    result: world_call::answer_json(&answer),
+                    duration,
+                },
+                Err(failure) => CheckCall {
+                    export,
+                    answered: false,
+                    result: format!("{} ({})", failure.error, failure.instead),
+                    duration,
+                },
+            })
+        }
+        _ => None,
+    };
+    Ok(CheckReport {
+        file: source.clone(),
+        sha256: hex(&loaded.module.sha256),
+        size_bytes: loaded.module.size_bytes,
+        compile_time: loaded.module.compile_time,
+        world,
+        configure: loaded.configure,
+        call,
+        log,
+    })
+}
+
+/// The name the checked module is loaded under.
+pub(crate) const POLICY_NAME: &str = "check";
+
+/// A module loaded for `check` or `test`: its host (the policy is [`POLICY_NAME`]), the
+/// compiled module, whether `configure` passed, and what the guest logged meanwhile.
+pub(crate) struct Loaded {
+    pub(crate) host: PolicyHost,
+    pub(crate) module: Arc<CompiledModule>,
+    pub(crate) configure: Result<Duration, String>,
+    pub(crate) log: Vec<GuestLogLine>,
+}
+
+/// Reads, compiles and configures the module (a file or `builtin:NAME`) in a host of its own.
+pub(crate) fn load(
+    source: &PolicySource,
+    builtins: &Arc<BuiltinModules>,
+    config_json: Option<&str>,
+) -> Result<Loaded, CheckError> {
     let config: serde_json::Value = match config_json {
         Some(text) => serde_json::from_str(text).map_err(|e| CheckError::Config(e.to_string()))?,
         None => serde_json::json!({}),
@@ -188,13 +278,8 @@ pub fn check_source(
             source: error,
         })?;
     let world = module.world;
-
-    let input = input_json
-        .map(|text| parse_input(world, text))
-        .transpose()?;
-
     let policy = PolicyConfig {
-        name: "check".into(),
+        name: POLICY_NAME.into(),
         file: source.clone(),
         world,
         config,
@@ -208,7 +293,7 @@ pub fn check_source(
         },
     };
     let started = Instant::now();
-    let report = host.apply_config(std::slice::from_ref(&policy));
+    let (report, log) = log_capture::capture(|| host.apply_config(std::slice::from_ref(&policy)));
     let configure = match report.policies.first().map(|entry| &entry.outcome) {
         Some(ReloadOutcome::Loaded { .. } | ReloadOutcome::Unchanged { .. }) => {
             Ok(started.elapsed())
@@ -216,135 +301,10 @@ pub fn check_source(
         Some(ReloadOutcome::Rejected { error }) => Err(error.clone()),
         Some(ReloadOutcome::Removed) | None => Err("the policy was not loaded".into()),
     };
-    let call = match (&configure, input) {
-        (Ok(_), Some(input)) => Some(call_once(&host, input)),
-        _ => None,
-    };
-    Ok(CheckReport {
-        file: source.clone(),
-        sha256: hex(&module.sha256),
-        size_bytes: module.size_bytes,
-        compile_time: module.compile_time,
-        world,
+    Ok(Loaded {
+        host,
+        module,
         configure,
-        call,
+        log,
     })
-}
-
-enum CheckInput {
-    Authz(Peer),
-    Health {
-        instance: Instance,
-        probe: ProbeResult,
-    },
-    Routing(Vec<Instance>),
-    Request(Box<HttpRequest>),
-}
-
-#[derive(serde::Deserialize)]
-struct HealthInput {
-    instance: Instance,
-    probe: ProbeResult,
-}
-
-fn parse_input(world: PolicyWorld, text: &str) -> Result<CheckInput, CheckError> {
-    let invalid = |expected: &'static str| {
-        move |e: serde_json::Error| CheckError::Input {
-            expected,
-            detail: e.to_string(),
-        }
-    };
-    Ok(match world {
-        PolicyWorld::Authz => {
-            CheckInput::Authz(serde_json::from_str(text).map_err(invalid("peer object"))?)
-        }
-        PolicyWorld::Health => {
-            let input: HealthInput = serde_json::from_str(text)
-                .map_err(invalid("{\"instance\": …, \"probe\": …} object"))?;
-            CheckInput::Health {
-                instance: input.instance,
-                probe: input.probe,
-            }
-        }
-        PolicyWorld::Routing => {
-            CheckInput::Routing(serde_json::from_str(text).map_err(invalid("array of instances"))?)
-        }
-        PolicyWorld::Request => {
-            CheckInput::Request(serde_json::from_str(text).map_err(invalid("http-request object"))?)
-        }
-    })
-}
-
-fn call_once(host: &PolicyHost, input: CheckInput) -> CheckCall {
-    let json = |value: &dyn erased::Json| value.to_json();
-    let started = Instant::now();
-    let (export, answered, result) = match input {
-        CheckInput::Authz(peer) => {
-            let outcome = host.authz("check").map(|h| h.authorize(&peer));
-            match outcome {
-                Some(AuthzOutcome::Decided(decision)) => ("authorize", true, json(&decision)),
-                Some(AuthzOutcome::Failed { decision, error }) => (
-                    "authorize",
-                    false,
-                    format!(
-                        "{error} (failing closed, the proxy would apply {})",
-                        json(&decision)
-                    ),
-                ),
-                None => ("authorize", false, "policy not loaded".into()),
-            }
-        }
-        CheckInput::Health { instance, probe } => {
-            match host.health("check").map(|h| h.evaluate(&instance, &probe)) {
-                Some(HealthOutcome::Verdict(verdict)) => ("evaluate", true, json(&verdict)),
-                Some(HealthOutcome::KeepPrevious { error }) => (
-                    "evaluate",
-                    false,
-                    format!("{error} (the proxy would keep the previous verdict, marked stale)"),
-                ),
-                None => ("evaluate", false, "policy not loaded".into()),
-            }
-        }
-        CheckInput::Routing(catalog) => {
-            match host.routing("check").map(|h| h.build_routes(&catalog)) {
-                Some(RoutingOutcome::Routes(table)) => ("build-routes", true, json(&*table)),
-                Some(RoutingOutcome::KeepLast { error, .. }) => (
-                    "build-routes",
-                    false,
-                    format!("{error} (the proxy would keep its last good table)"),
-                ),
-                None => ("build-routes", false, "policy not loaded".into()),
-            }
-        }
-        CheckInput::Request(request) => {
-            match host.request("check").map(|h| h.on_request(&request)) {
-                Some(RequestOutcome::Decided(action)) => ("on-request", true, json(&action)),
-                Some(RequestOutcome::Failed { error, .. }) => (
-                    "on-request",
-                    false,
-                    format!("{error} (failing closed, the proxy would answer 503)"),
-                ),
-                None => ("on-request", false, "policy not loaded".into()),
-            }
-        }
-    };
-    CheckCall {
-        export,
-        answered,
-        result,
-        duration: started.elapsed(),
-    }
-}
-
-mod erased {
-    /// Pretty JSON of any answer type (they all derive `Serialize`).
-    pub(super) trait Json {
-        fn to_json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
-        }
-    }
 }

@@ -255,6 +255,9 @@ impl EngineShared {
             // Compiling on every core would starve the data plane's threads during a reload
             // (and push their policy calls past wall-clock deadlines): compile on one thread.
             .parallel_compilation(false)
+            // Traps name the guest's functions (from the `name` section) and, when the module
+            // carries DWARF, their source lines.
+            .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
 
@@ -298,7 +301,7 @@ impl EngineShared {
         }
         let started = Instant::now();
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
+            .map_err(|e| ModuleError::not_a_component(bytes, &e))?;
         let compile_time = started.elapsed();
         let world = self.detect_world(&component, expected)?;
         let instance_pre = self

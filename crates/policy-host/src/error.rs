@@ -63,6 +63,57 @@ pub enum ModuleError {
     },
 }
 
+/// The WebAssembly magic number every module and component starts with.
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+/// The version and layer fields of a core module (version 1, layer 0).
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+impl ModuleError {
+    /// Describes why `bytes` did not compile as a component, in one line: what the file starts
+    /// with when it is not WebAssembly at all, a core module named as such, else wasmtime's
+    /// message with its line breaks and debug-printed byte arrays flattened.
+    pub(crate) fn not_a_component(bytes: &[u8], error: &wasmtime::Error) -> Self {
+        let head = &bytes[..bytes.len().min(4)];
+        let detail = if head != WASM_MAGIC {
+            format!(
+                "not WebAssembly: the file ({} bytes) starts with {}, not the magic number \\0asm (00 61 73 6d)",
+                bytes.len(),
+                if head.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    hex_bytes(head)
+                }
+            )
+        } else if bytes.get(4..8) == Some(&CORE_MODULE_VERSION[..]) {
+            "a core WebAssembly module, not a component: build for `wasm32-wasip2` (or wrap it \
+             with `wasm-tools component new`)"
+                .to_owned()
+        } else {
+            one_line(&format!("{error:#}"))
+        };
+        ModuleError::NotAComponent(detail)
+    }
+}
+
+/// Bytes as space-separated hex pairs.
+fn hex_bytes(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `text` on one line: runs of whitespace (line breaks and the indentation of pretty-printed
+/// debug output) become one space, and a space after `[` or before `]`/`,` goes.
+pub(crate) fn one_line(text: &str) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    joined
+        .replace("[ ", "[")
+        .replace(" ]", "]")
+        .replace(" ,", ",")
+}
+
 fn quoted(names: &[&str]) -> String {
     names
         .iter()

@@ -25,22 +25,28 @@
 //!   imports are linked under both versions' names.
 //! - Guests get no files, environment, arguments or network: only their inputs, their config,
 //!   and the `host` imports (log, clock, [`KvView`] reads).
-//! - [`check::check_module`] is `sluice policy check`; [`PolicyHost::list`] is
-//!   `GET /api/policies`. Metric names are in [`metrics`].
+//! - [`check::check_module`] is `sluice policy check` (it shows what the guest logged);
+//!   [`cases::run_cases`] is `sluice policy test` (recorded inputs against expected answers);
+//!   [`PolicyHost::list`] is `GET /api/policies`. Metric names are in [`metrics`].
+//! - A trap is reported on one line with the guest's function names (its backtrace) and what
+//!   it wrote to stderr; a module that is not a component says why in one line.
 
 mod bindings;
 mod budget;
 mod builtin;
+pub mod cases;
 pub mod check;
 mod engine;
 mod error;
 mod host;
 mod kv;
+mod log_capture;
 pub mod metrics;
 mod nonblocking_io;
 mod policy;
 mod request;
 mod watch;
+mod world_call;
 
 pub use bindings::types;
 pub use budget::CrashBudgetConfig;
@@ -49,6 +55,7 @@ pub use engine::HostConfig;
 pub use error::{CallError, HostError, LoadError, ModuleError};
 pub use host::{PolicyHost, PolicyState, PolicyStatus, ReloadEntry, ReloadOutcome, ReloadReport};
 pub use kv::{KvView, MemoryKv};
+pub use log_capture::GuestLogLine;
 pub use policy::{
     AuthzHandle, AuthzOutcome, HealthHandle, HealthOutcome, RouteTable, RoutingHandle,
     RoutingOutcome,

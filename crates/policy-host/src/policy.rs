@@ -9,7 +9,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 use sluice_config::{FailureMode, PolicyConfig, PolicyWorld};
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, WasmBacktrace};
 
 use crate::bindings::types::{
     Decision, Instance, Peer, ProbeResult, Route, RouteEntry, RouteError, Verdict,
@@ -18,7 +18,7 @@ use crate::bindings::{Authz, Health, Request, Routing};
 use crate::budget::CrashBudget;
 use crate::builtin::module_bytes;
 use crate::engine::{CompiledModule, EngineShared, GuestState, WorldPre, deadline_ticks, unix_ms};
-use crate::error::{CallError, LoadError};
+use crate::error::{CallError, LoadError, one_line};
 use crate::metrics as names;
 
 /// Longest deny reason or down reason kept from a guest.
@@ -173,18 +173,109 @@ fn classify(
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::Timeout(timeout),
         trap => {
-            let detail = match trap {
+            let mut detail = match trap {
                 Some(trap) => trap.to_string(),
-                None => format!("{error}"),
+                None => one_line(&format!("{error}")),
             };
             let stderr = state.stderr_text();
-            if stderr.is_empty() {
-                CallError::Trap(detail)
-            } else {
-                CallError::Trap(truncate(format!("{detail}; guest stderr: {stderr}")))
+            if !stderr.is_empty() {
+                detail.push_str("; guest stderr: ");
+                detail.push_str(&stderr_line(&stderr));
             }
+            if let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() {
+                detail.push_str(&backtrace_line(backtrace));
+            }
+            CallError::Trap(truncate(detail))
         }
     }
+}
+
+/// A guest's stderr on one line, without Rust's hint about `RUST_BACKTRACE` (the host shows
+/// the backtrace itself).
+fn stderr_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        .collect();
+    one_line(&lines.join(" "))
+}
+
+/// Frames of the Rust runtime's panic and allocation machinery, left out of the innermost end
+/// of a backtrace so the policy's own functions come first.
+const RUNTIME_FRAME_PREFIXES: &[&str] = &[
+    "std::",
+    "core::",
+    "alloc::",
+    "__rust",
+    "rust_panic",
+    "rust_begin_unwind",
+    "panic_abort::",
+    "abort",
+    "<std::",
+    "<core::",
+    "<alloc::",
+];
+
+/// Most frames named in a trap message.
+const MAX_BACKTRACE_FRAMES: usize = 12;
+
+/// `; backtrace (innermost first): f <- g <- …` with the guest's function names (from its
+/// `name` section; `wasm-function[N]` without one) and source lines when it carries DWARF.
+fn backtrace_line(backtrace: &WasmBacktrace) -> String {
+    let frames = backtrace.frames();
+    let name = |frame: &wasmtime::FrameInfo| -> String {
+        let mut text = match frame.func_name() {
+            Some(name) => demangled(name),
+            None => format!("wasm-function[{}]", frame.func_index()),
+        };
+        if let Some(symbol) = frame.symbols().first()
+            && let (Some(file), Some(line)) = (symbol.file(), symbol.line())
+        {
+            text.push_str(&format!(" ({file}:{line})"));
+        }
+        text
+    };
+    let runtime = frames
+        .iter()
+        .take_while(|frame| {
+            frame.func_name().is_some_and(|name| {
+                let name = demangled(name);
+                RUNTIME_FRAME_PREFIXES
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+            })
+        })
+        .count();
+    // A trap inside the runtime alone (no policy frame after it) keeps every frame.
+    let skipped = if runtime == frames.len() { 0 } else { runtime };
+    let shown: Vec<String> = frames[skipped..]
+        .iter()
+        .take(MAX_BACKTRACE_FRAMES)
+        .map(name)
+        .collect();
+    if shown.is_empty() {
+        return String::new();
+    }
+    let mut note = String::new();
+    if skipped > 0 {
+        note.push_str(&format!(", {skipped} Rust runtime frames left out"));
+    }
+    let more = frames.len() - skipped - shown.len();
+    let tail = if more > 0 {
+        format!(" <- … {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "; backtrace (innermost first{note}): {}{tail}",
+        shown.join(" <- ")
+    )
+}
+
+/// A Rust symbol (legacy or v0 mangling) as a path without its hash; other names unchanged.
+fn demangled(name: &str) -> String {
+    format!("{:#}", rustc_demangle::demangle(name))
 }
 
 pub(crate) fn truncate(mut text: String) -> String {

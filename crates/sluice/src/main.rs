@@ -2,7 +2,9 @@
 //!
 //! `sluice run -c FILE` serves a configuration; `sluice check -c FILE` validates one and prints
 //! every error with `file:line:col` (exit status 2); `sluice policy check FILE.wasm` tells which
-//! policy world a module implements and tries it; `sluice --version`.
+//! policy world a module implements and tries it; `sluice policy test FILE.wasm --cases FILE`
+//! compares its answers with recorded ones; `sluice policy new NAME --world W` creates a policy
+//! project; `sluice --version`.
 
 mod acme;
 mod admin;
@@ -16,6 +18,7 @@ mod discovery_rebuild;
 mod discovery_reload;
 mod kv;
 mod policies;
+mod policy_new;
 mod reloads;
 mod request_policies;
 mod run;
@@ -74,6 +77,34 @@ enum PolicyCommand {
         #[arg(long, value_name = "JSON")]
         input: Option<String>,
     },
+    /// Run recorded inputs through a module and compare its answers with the expected ones;
+    /// exit non-zero, showing a diff per case, on any mismatch.
+    Test {
+        /// The component (`.wasm`), or `builtin:NAME` for a policy built into sluice.
+        file: PathBuf,
+        /// JSON list of cases: `[{"name", "call", "input", "expect"}, …]`.
+        #[arg(long, value_name = "FILE")]
+        cases: PathBuf,
+        /// JSON handed to `configure` (default `{}`).
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+    },
+    /// Create a policy project in directory NAME that builds and passes `policy check` and
+    /// `policy test` unchanged.
+    New {
+        /// The project's directory; its last component is the package name.
+        name: PathBuf,
+        /// The world the policy implements.
+        #[arg(long, value_enum)]
+        world: policy_new::World,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: policy_new::Lang,
+        /// Rust: the SDK's location, a Sluice checkout or its `crates/policy-sdk` (default: the
+        /// checkout this binary was built from).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 // Request handling allocates many small, short-lived objects across threads (header maps,
@@ -97,6 +128,23 @@ fn main() -> ExitCode {
                     input,
                 },
         } => policies::check(&file, config.as_deref(), input.as_deref()),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    file,
+                    cases,
+                    config,
+                },
+        } => policies::test(&file, &cases, config.as_deref()),
+        Command::Policy {
+            command:
+                PolicyCommand::New {
+                    name,
+                    world,
+                    lang,
+                    sdk,
+                },
+        } => policy_new::run(&name, world, lang, sdk.as_deref()),
         Command::Run { config } => match sluice_config::load_file(&config) {
             Err(diags) => {
                 report_invalid(&diags);

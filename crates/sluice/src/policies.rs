@@ -8,16 +8,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sluice_config::{PolicyConfig, PolicySource};
+use sluice_policy_host::check::CheckError;
 use sluice_policy_host::{HostConfig, PolicyHost, PolicyStatus, PolicyWatcher, ReloadReport};
 
 /// `sluice policy check`: exit 0 when the module loaded, configured and answered. `file` may
 /// be `builtin:NAME`.
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]
 pub(crate) fn check(file: &Path, config: Option<&str>, input: Option<&str>) -> ExitCode {
-    let source = match file.to_str() {
-        Some(text) => PolicySource::parse(text, None),
-        None => PolicySource::File(file.to_owned()),
-    };
+    let source = source_of(file);
     let builtins = crate::builtin::modules();
     match sluice_policy_host::check::check_source(&source, &builtins, config, input) {
         Ok(report) => {
@@ -29,8 +27,52 @@ pub(crate) fn check(file: &Path, config: Option<&str>, input: Option<&str>) -> E
             }
         }
         Err(e) => {
+            eprintln!("sluice: {}", CheckErrorLine(file, &e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A module argument: a file, or `builtin:NAME`.
+fn source_of(file: &Path) -> PolicySource {
+    match file.to_str() {
+        Some(text) => PolicySource::parse(text, None),
+        None => PolicySource::File(file.to_owned()),
+    }
+}
+
+/// `sluice policy test`: exit 0 when every case passed. `file` may be `builtin:NAME`.
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+pub(crate) fn test(file: &Path, cases: &Path, config: Option<&str>) -> ExitCode {
+    let builtins = crate::builtin::modules();
+    match sluice_policy_host::cases::run_cases_on(&source_of(file), &builtins, cases, config) {
+        Ok(report) => {
+            println!("{report}");
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(sluice_policy_host::cases::TestError::Module(e)) => {
+            eprintln!("sluice: {}", CheckErrorLine(file, &e));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("sluice: {}: {e}", file.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A `check` error prefixed with the module's path, unless the error names it already.
+struct CheckErrorLine<'a>(&'a Path, &'a CheckError);
+
+impl std::fmt::Display for CheckErrorLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            CheckError::Read { .. } | CheckError::Module { .. } => write!(f, "{}", self.1),
+            other => write!(f, "{}: {other}", self.0.display()),
         }
     }
 }
