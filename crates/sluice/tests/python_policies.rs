@@ -1,0 +1,109 @@
+//! Python policies in the real binary: the `examples/policies-python/authz` policy, built with
+//! componentize-py by its own `build.sh` (cached by source hash under the target directory),
+//! tried with `sluice policy check` as the guide shows, then deciding mutual-TLS connections of
+//! `openssl s_client` clients on a TCP listener.
+//!
+//! componentize-py must be installed (scripts/setup.sh); without it these tests fail saying so.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use sluice_policy_test_artifacts::python_example;
+use sluice_test_support::certs::{Leaf, TestCa};
+use sluice_test_support::{
+    MirrorMember, MirrorRole, SluiceProcess, eventually_blocking, free_port, http_get, require_tool,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+/// A debug build compiles the 18 MB Python component in about 20 s on a busy machine.
+const START_WITHIN: Duration = Duration::from_secs(120);
+
+#[test]
+fn policy_check_runs_the_python_authz_example_on_a_peer() {
+    let file = python_example("authz");
+    let peer = r#"{"listener": "db", "source_address": "10.1.2.3", "source_port": 40000,
+        "client_certificate": {"subject_cn": "app2", "dns_sans": [], "uri_sans": [], "issuer": "CN=CA",
+        "sha256_fingerprint": "ab", "not_before": 0, "not_after": 4000000000}}"#;
+    let out = Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&file)
+        .args([
+            "--config",
+            r#"{"allowed_cns": ["app1", "app2"], "source_cidrs": ["10.0.0.0/8"]}"#,
+            "--input",
+            peer,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("world:     authz (exports configure, authorize)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("configure: ok"), "{stdout}");
+    assert!(stdout.contains("authorize: \"Allow\""), "{stdout}");
+}
+
+#[test]
+fn python_authz_policy_decides_mutual_tls_connections() {
+    require_tool("openssl");
+    let file = python_example("authz");
+    let ca = TestCa::new("Python CA");
+    let server = ca.issue(&Leaf::server("data", &["data.test"]));
+    ca.issue(&Leaf::client("app1", "app1", &[]));
+    ca.issue(&Leaf::client("app3", "app3", &[]));
+    let member = MirrorMember::start("datasrv", MirrorRole::Primary);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let db: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[admin]\nbind = \"{admin}\"\n[runtime]\nworker_threads = 2\nshutdown_grace = \"1s\"\n[access_log]\npath = \"off\"\n\
+         [[policy]]\nname = \"py\"\nfile = {file:?}\nworld = \"authz\"\ntimeout = \"50ms\"\n\
+         config = {{ allowed_cns = [\"app1\", \"app2\"], source_cidrs = [\"127.0.0.0/8\"] }}\n\
+         [[listener]]\nname = \"db\"\nbind = \"{db}\"\nprotocol = \"tcp\"\nservice = \"data\"\n\
+         [listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_auth = \"required\"\n\
+         [listener.authz]\npolicy = \"py\"\n\
+         [[service]]\nname = \"data\"\ninstances = [\"{}\"]\n",
+        server.cert,
+        server.key,
+        ca.ca_path,
+        member.tcp()
+    );
+    let mut p = SluiceProcess::start_within(Path::new(BIN), &config, admin, START_WITHIN);
+    let connect = |client: &str| {
+        sluice_test_support::s_client_first_line(
+            db,
+            "data.test",
+            &ca.ca_path,
+            &ca.dir().join(format!("{client}.pem")),
+            &ca.dir().join(format!("{client}.key")),
+        )
+    };
+    assert_eq!(connect("app1"), "datasrv", "app1 is on the allow-list");
+    assert_eq!(connect("app3"), "", "app3 is not");
+    eventually_blocking("denial counted and logged", Duration::from_secs(10), || {
+        let metrics = http_get(admin, "/metrics").map_err(|e| e.to_string())?.1;
+        if metrics.contains(r#"sluice_authz_denied_total{listener="db",reason="policy"} 1"#) {
+            Ok(())
+        } else {
+            Err(metrics)
+        }
+    });
+    let stderr = p.stderr();
+    assert!(
+        stderr.contains("connection denied by [listener.authz]")
+            && stderr.contains("client `app3` is not in the allow-list"),
+        "{stderr}"
+    );
+    // The guest's own log line from `configure`, tagged with the policy's name.
+    assert!(stderr.contains("allowing 2 CNs"), "{stderr}");
+    assert!(p.terminate(Duration::from_secs(5)).success());
+}
