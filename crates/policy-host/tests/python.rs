@@ -1,6 +1,7 @@
 //! Policies written in Python (componentize-py, `sdk/python`): the examples in
-//! `examples/policies-python/` built by their own `build.sh` (cached by source hash), loaded by
-//! the host under the default limits, and asked for decisions.
+//! `examples/policies-python/` (an `authz` and a `request` policy) built by their own `build.sh`
+//! (cached by source hash), loaded by the host under the default limits, and asked for
+//! decisions; bad configs and a too small memory cap rejected with precise errors.
 //!
 //! componentize-py must be installed (scripts/setup.sh); without it these tests fail saying so.
 //! One host per test: compiling an 18 MB Python component takes seconds, and the host's compile
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use common::*;
 use serde_json::json;
 use sluice_config::{POLICY_MAX_MEMORY_BYTES, PolicyWorld};
-use sluice_policy_host::types::Decision;
-use sluice_policy_host::{AuthzOutcome, MemoryKv, PolicyState};
+use sluice_policy_host::types::{Action, Decision, HeaderEdit};
+use sluice_policy_host::{AuthzOutcome, MemoryKv, PolicyState, RequestOutcome};
 use sluice_policy_test_artifacts::python_example;
 
 #[test]
@@ -72,9 +73,17 @@ fn python_authz_allows_listed_cns_from_allowed_sources_and_denies_the_rest() {
 }
 
 #[test]
-fn python_authz_rejects_a_bad_config_with_the_guests_message() {
+fn python_authz_rejects_bad_configs_and_a_memory_cap_below_its_heap_precisely() {
     let host = host();
     let file = python_example("authz");
+    // The interpreter's heap snapshot is 12.3 MiB of initial linear memory: 8 MiB cannot hold it.
+    let mut small_cap = policy(
+        "small-cap",
+        &file,
+        PolicyWorld::Authz,
+        json!({"allowed_cns": ["app1"]}),
+    );
+    small_cap.limits.max_memory_bytes = 8 << 20;
     // A good policy first: it keeps the compiled module alive, so the rejected ones reuse it.
     let report = host.apply_config(&[
         policy(
@@ -91,9 +100,15 @@ fn python_authz_rejects_a_bad_config_with_the_guests_message() {
         ),
         policy("nobody", &file, PolicyWorld::Authz, json!({})),
         policy("not-json-object", &file, PolicyWorld::Authz, json!([1, 2])),
+        small_cap,
     ]);
     let errors: std::collections::BTreeMap<&str, &str> = report.rejected().collect();
-    assert_eq!(errors.len(), 3, "{report:?}");
+    assert_eq!(errors.len(), 4, "{report:?}");
+    assert!(
+        errors["small-cap"].contains("memory"),
+        "{}",
+        errors["small-cap"]
+    );
     assert!(
         errors["bad-cidr"].starts_with(
             "configure rejected the config: `source_cidrs`: '10.0.0.0/33' is not a CIDR range"
@@ -109,4 +124,95 @@ fn python_authz_rejects_a_bad_config_with_the_guests_message() {
         errors["not-json-object"],
         "configure rejected the config: config must be a JSON object, not list"
     );
+}
+
+fn forwarded(outcome: RequestOutcome) -> sluice_policy_host::types::Forward {
+    match outcome {
+        RequestOutcome::Decided(Action::Forward(forward)) => forward,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+/// The reply's status and its JSON body.
+fn replied(outcome: RequestOutcome) -> (u16, serde_json::Value) {
+    match outcome {
+        RequestOutcome::Decided(Action::Reply(reply)) => {
+            assert!(
+                reply
+                    .headers
+                    .contains(&("content-type".into(), "application/json".into())),
+                "{reply:?}"
+            );
+            let body = serde_json::from_slice(&reply.body).expect("a JSON body");
+            (reply.status, body)
+        }
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn python_request_policy_checks_the_api_key_edits_headers_and_answers_401() {
+    let kv = Arc::new(MemoryKv::new());
+    let host = host_with_kv(kv.clone());
+    let report = host.apply_config(&[policy(
+        "keys",
+        python_example("request"),
+        PolicyWorld::Request,
+        json!({"api_key": "sesame", "api_key_kv_key": "keys/API_KEY"}),
+    )]);
+    assert!(report.is_ok(), "{report:?}");
+    let keys = host.request("keys").expect("loaded as a request policy");
+
+    let passed = forwarded(keys.on_request(&http_request(
+        "/x",
+        &[("x-api-key", "sesame"), ("accept", "*/*")],
+    )));
+    assert_eq!(
+        passed.headers,
+        vec![
+            HeaderEdit::Remove("x-api-key".into()),
+            HeaderEdit::Set(("x-authenticated".into(), "api-key".into())),
+        ]
+    );
+    assert_eq!((passed.path, passed.service), (None, None));
+    let context = passed.response_context.expect("asks for on-response");
+    assert_eq!(
+        keys.on_response(
+            200,
+            &[("content-type".into(), "text/plain".into())],
+            &context
+        ),
+        Ok(vec![HeaderEdit::Set((
+            "x-policy".into(),
+            "python-request".into()
+        ))])
+    );
+
+    // `canary` is among the route's allowed services (tests/common's route).
+    let canary = forwarded(keys.on_request(&http_request(
+        "/x",
+        &[("x-api-key", "sesame"), ("x-canary", "1")],
+    )));
+    assert_eq!(canary.service.as_deref(), Some("canary"));
+
+    assert_eq!(
+        replied(keys.on_request(&http_request("/x", &[]))),
+        (
+            401,
+            json!({"error": "unauthorized", "reason": "missing x-api-key"})
+        )
+    );
+    assert_eq!(
+        replied(keys.on_request(&http_request("/x", &[("x-api-key", "guess")]))),
+        (
+            401,
+            json!({"error": "unauthorized", "reason": "wrong x-api-key"})
+        )
+    );
+
+    // The key rotates through KV, without a reload.
+    kv.set("keys/API_KEY", "rotated");
+    let old = keys.on_request(&http_request("/x", &[("x-api-key", "sesame")]));
+    assert_eq!(replied(old).0, 401);
+    forwarded(keys.on_request(&http_request("/x", &[("x-api-key", "rotated")])));
 }
