@@ -54,6 +54,34 @@ fn policy_check_runs_the_python_authz_example_on_a_peer() {
 }
 
 #[test]
+fn policy_check_runs_the_python_request_example_on_a_request() {
+    let file = python_example("request");
+    let request = r#"{"method": "GET", "scheme": "http", "host": "api.test", "path": "/v1",
+        "headers": [["accept", "*/*"]],
+        "peer": {"listener": "web", "source_address": "127.0.0.1", "source_port": 40000},
+        "route": {"listener": "web", "name": "api", "service": "api", "allowed_services": []}}"#;
+    let out = Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&file)
+        .args(["--config", r#"{"api_key": "sesame"}"#, "--input", request])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("world:     request"), "{stdout}");
+    assert!(stdout.contains("configure: ok"), "{stdout}");
+    // No key: the policy answers 401 itself.
+    assert!(
+        stdout.contains("on-request:") && stdout.contains("401"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn python_authz_policy_decides_mutual_tls_connections() {
     require_tool("openssl");
     let file = python_example("authz");
