@@ -1,7 +1,8 @@
-//! Python policies in the real binary: the `examples/policies-python/authz` policy, built with
-//! componentize-py by its own `build.sh` (cached by source hash under the target directory),
-//! tried with `sluice policy check` as the guide shows, then deciding mutual-TLS connections of
-//! `openssl s_client` clients on a TCP listener.
+//! Python policies in the real binary: the examples in `examples/policies-python/`, built with
+//! componentize-py by their own `build.sh` (cached by source hash under the target directory),
+//! tried with `sluice policy check` as the guide shows; then the `authz` one deciding mutual-TLS
+//! connections of `openssl s_client` clients on a TCP listener, and the `request` one gating an
+//! HTTP route by API key for curl (401 JSON, header edits, a canary pick, a response header).
 //!
 //! componentize-py must be installed (scripts/setup.sh); without it these tests fail saying so.
 
@@ -15,7 +16,8 @@ use std::time::Duration;
 use sluice_policy_test_artifacts::python_example;
 use sluice_test_support::certs::{Leaf, TestCa};
 use sluice_test_support::{
-    MirrorMember, MirrorRole, SluiceProcess, eventually_blocking, free_port, http_get, require_tool,
+    Backend, MirrorMember, MirrorRole, SluiceProcess, eventually_blocking, free_port, http_get,
+    require_tool,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -134,4 +136,70 @@ fn python_authz_policy_decides_mutual_tls_connections() {
     // The guest's own log line from `configure`, tagged with the policy's name.
     assert!(stderr.contains("allowing 2 CNs"), "{stderr}");
     assert!(p.terminate(Duration::from_secs(5)).success());
+}
+
+/// One answer as curl saw it: status, response fields (lower-case), body.
+fn curl(url: &str, headers: &[&str]) -> (u16, String, String) {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-sS", "--max-time", "10", "-D", "-"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[test]
+fn python_request_policy_gates_a_route_by_api_key() {
+    let file = python_example("request");
+    let (main, canary) = (Backend::start("main"), Backend::start("canary"));
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[admin]\nbind = \"{admin}\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
+         [[service]]\nname = \"main\"\ninstances = [\"{}\"]\n\
+         [[service]]\nname = \"canary\"\ninstances = [\"{}\"]\n\
+         [[policy]]\nname = \"keys\"\nworld = \"request\"\nfile = {file:?}\ntimeout = \"50ms\"\n\
+         config = {{ api_key = \"sesame\" }}\n\
+         [[route]]\npath = \"/api\"\nservice = \"main\"\npolicy = \"keys\"\n\
+         policy_services = [\"canary\"]\n",
+        main.addr(),
+        canary.addr(),
+    );
+    let _sluice = SluiceProcess::start_within(Path::new(BIN), &config, admin, START_WITHIN);
+    let url = format!("http://{web}/api/x");
+
+    let (status, fields, body) = curl(&url, &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        fields.contains("content-type: application/json"),
+        "{fields}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "unauthorized", "reason": "missing x-api-key"})
+    );
+    assert_eq!(curl(&url, &["x-api-key: guess"]).0, 401);
+
+    let (status, fields, body) = curl(&url, &["x-api-key: sesame"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(fields.contains("x-policy: python-request"), "{fields}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["backend"], "main", "{seen}");
+    assert_eq!(seen["headers"]["x-authenticated"], "api-key", "{seen}");
+    assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+
+    let (_, _, body) = curl(&url, &["x-api-key: sesame", "x-canary: 1"]);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["backend"], "canary", "{seen}");
 }
