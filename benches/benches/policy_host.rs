@@ -12,10 +12,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use sluice_config::{FailureMode, PolicyConfig, PolicyLimits, PolicySource, PolicyWorld};
 use sluice_policy_host::types::{
-    ClientCertificate, Decision, HealthStatus, Instance, Peer, ProbeKind, ProbeResult,
+    Action, ClientCertificate, Decision, HealthStatus, HttpRequest, Instance, Peer, ProbeKind,
+    ProbeResult, RouteInfo,
 };
 use sluice_policy_host::{
-    AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RoutingOutcome,
+    AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RequestOutcome, RoutingOutcome,
 };
 use sluice_policy_test_artifacts as artifacts;
 
@@ -29,7 +30,7 @@ fn policy(name: &str, file: &str, world: PolicyWorld, config: serde_json::Value)
             timeout: Duration::from_millis(100),
             max_memory_bytes: 64 << 20,
         },
-        failure_mode: if world == PolicyWorld::Authz {
+        failure_mode: if matches!(world, PolicyWorld::Authz | PolicyWorld::Request) {
             FailureMode::Closed
         } else {
             FailureMode::KeepLast
@@ -96,6 +97,51 @@ fn authz_peer() -> Peer {
             not_before: 0,
             not_after: 4_000_000_000,
         }),
+    }
+}
+
+/// A header check per request: the Rust test guest `header_gate` and the Python request example,
+/// both forwarding a request whose `x-api-key` matches (two header edits).
+fn bench_on_request(c: &mut Criterion) {
+    let python = artifacts::python_example("request").display().to_string();
+    let request = HttpRequest {
+        method: "GET".into(),
+        scheme: "http".into(),
+        host: "api.example".into(),
+        path: "/v1/items".into(),
+        query: Some("page=2".into()),
+        headers: [
+            ("accept", "application/json"),
+            ("user-agent", "curl/8.5.0"),
+            ("x-api-key", "sesame"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .to_vec(),
+        peer: authz_peer(),
+        route: RouteInfo {
+            listener: "web".into(),
+            name: "api".into(),
+            service: "api".into(),
+            allowed_services: vec![],
+        },
+    };
+    for (name, file, config) in [
+        (
+            "header_gate",
+            artifacts::HEADER_GATE.to_owned(),
+            json!({"key": "sesame"}),
+        ),
+        ("python request", python, json!({"api_key": "sesame"})),
+    ] {
+        let host = host(&[policy(name, &file, PolicyWorld::Request, config)]);
+        let gate = host.request(name).expect("request");
+        assert!(matches!(
+            gate.on_request(&request),
+            RequestOutcome::Decided(Action::Forward(_))
+        ));
+        c.bench_function(&format!("policy/on_request_warm ({name})"), |b| {
+            b.iter(|| gate.on_request(black_box(&request)))
+        });
     }
 }
 
@@ -238,6 +284,7 @@ fn bench_reconfigure(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_authorize,
+    bench_on_request,
     bench_evaluate,
     bench_build_routes,
     bench_load,
