@@ -21,6 +21,8 @@ done
 # in (fontconfig-config needs fonts-dejavu-core or another); named here so it never goes missing.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need+=(python3-grpcio)
+# venv (with ensurepip) for the Python policy toolchain below; Debian splits it from python3.
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -33,6 +35,17 @@ fi
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../rust-toolchain.toml")
 rustup toolchain install "$toolchain" --profile minimal --component rustfmt --component clippy >/dev/null 2>&1 || true
 rustup target add --toolchain "$toolchain" wasm32-wasip2 >/dev/null
+
+# Python policies (sdk/python): componentize-py at the version pinned in
+# sdk/python/requirements.txt, in its own venv (Debian's python3 refuses `pip install` outside
+# one, PEP 668). sdk/python/build.sh looks for it there.
+pinned=$(sed -n 's/^componentize-py==\(.*\)$/\1/p' "$(dirname "$0")/../sdk/python/requirements.txt")
+venv="${XDG_DATA_HOME:-$HOME/.local/share}/sluice/componentize-py"
+if [ "$("$venv/bin/componentize-py" --version 2>/dev/null)" != "componentize-py $pinned" ]; then
+  echo "setup: installing componentize-py $pinned into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$pinned"
+fi
 
 # Fuzzing (scripts/fuzz.sh): libFuzzer's instrumentation needs the nightly toolchain, and
 # cargo-fuzz drives it. Both only when absent: `rustup toolchain install nightly` on an installed

@@ -10,5 +10,13 @@
 //! `health` by the instance id or the text its probe read, `routing` by an instance id in the
 //! catalog — `loop`, `greedy` (grab memory until the cap) or `panic`. Their `configure` fails
 //! when the config JSON has `"configure": "fail"`, panics with `"panic"` and loops with `"loop"`.
+//!
+//! [`python_example`] builds a Python policy from `examples/policies-python/` with componentize-py
+//! at run time (cached by source hash under the target directory); it panics with the install
+//! hint when componentize-py is missing, so only the tests that use it need it.
+
+mod python;
+
+pub use python::python_example;
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));

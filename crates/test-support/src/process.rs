@@ -65,6 +65,17 @@ impl SluiceProcess {
     /// Writes `config` to a temp dir and starts `binary run -c` on it; waits until `/readyz`
     /// answers 200 (panics with the process's stderr after 10 s).
     pub fn start(binary: &Path, config: &str, admin: std::net::SocketAddr) -> Self {
+        Self::start_within(binary, config, admin, Duration::from_secs(10))
+    }
+
+    /// [`SluiceProcess::start`], waiting up to `within` for readiness: for configs whose start
+    /// takes longer (a Python policy compiles for seconds in a debug build).
+    pub fn start_within(
+        binary: &Path,
+        config: &str,
+        admin: std::net::SocketAddr,
+        within: Duration,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("sluice.toml");
         std::fs::write(&cfg, config).expect("write config");
@@ -84,7 +95,7 @@ impl SluiceProcess {
             dir,
             admin,
         };
-        p.wait_ready(Duration::from_secs(10));
+        p.wait_ready(within);
         p
     }
 
