@@ -267,6 +267,7 @@ pub(crate) fn load(
         prewarm: 1,
         pool_capacity: 1,
         builtins: Arc::clone(builtins),
+        parallel_compilation: true,
         ..HostConfig::default()
     };
     let host = PolicyHost::new(host_config, Arc::new(MemoryKv::new()))?;

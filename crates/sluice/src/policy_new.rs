@@ -86,6 +86,10 @@ const PYTHON_AUTHZ: &[TemplateFile] = &[
     template!("app.py", "python/authz/app.py"),
     template!("cases.json", "python/authz/cases.json"),
 ];
+const PYTHON_REQUEST: &[TemplateFile] = &[
+    template!("app.py", "python/request/app.py"),
+    template!("cases.json", "python/request/cases.json"),
+];
 
 /// Where the SDK of the checkout this binary was built from would be.
 const BUILT_FROM_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy-sdk");
@@ -193,10 +197,11 @@ fn templates(
         (Lang::Rust, World::Routing) => Ok((RUST_COMMON, RUST_ROUTING)),
         (Lang::Rust, World::Request) => Ok((RUST_COMMON, RUST_REQUEST)),
         (Lang::Python, World::Authz) => Ok((PYTHON_COMMON, PYTHON_AUTHZ)),
+        (Lang::Python, World::Request) => Ok((PYTHON_COMMON, PYTHON_REQUEST)),
         (Lang::Python, other) => Err(NewError::NoTemplate {
             lang: "python",
             world: other.as_str(),
-            available: "authz",
+            available: "authz, request",
         }),
     }
 }
