@@ -15,6 +15,7 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
     ("MIRROR_PRIMARY", "mirror-primary", "mirror_primary.wasm"),
     ("URLPREFIX", "urlprefix", "urlprefix.wasm"),
     ("ECP_AUTHZ", "ecp-authz", "ecp_authz.wasm"),
+    ("JWT", "jwt", "jwt.wasm"),
     (
         "MISBEHAVING_AUTHZ",
         "sluice-policy-test-guests",

@@ -1,9 +1,10 @@
 //! Paths of the real WebAssembly components the policy host is tested and benchmarked with.
 //!
 //! Contract: each constant is the absolute path of a `wasm32-wasip2` component compiled by this
-//! crate's build script from the sources in this repository — the three shipped policies and
-//! the test-only guests that misbehave on purpose (loop forever, grab memory, panic) or
-//! implement the wrong world. Building this crate fails, naming `scripts/setup.sh`, when the
+//! crate's build script from the sources in this repository — the shipped policies
+//! (`mirror-primary`, `urlprefix`, `ecp-authz`, `jwt`) and the test-only guests that misbehave
+//! on purpose (loop forever, grab memory, panic), implement the wrong world, or check a header
+//! (`header_gate`). Building this crate fails, naming `scripts/setup.sh`, when the
 //! target is not installed; it never hands out a stale or missing file.
 //!
 //! The misbehaving guests answer normally unless asked: `authz` by the peer's listener name,

@@ -1,0 +1,260 @@
+//! `jwt`: a `request` policy that verifies JSON Web Tokens and maps their claims to request
+//! headers (seed 003 signs the requests between its parts with a shared secret).
+//!
+//! Contract:
+//! - The token is read from the field `header` (default `authorization`) after the `scheme`
+//!   (default `Bearer`; empty: the whole value). It must be a compact JWS signed with one of
+//!   `algorithms`: HS256 with `secret` or the KV key `secret_kv_key` (read on every request, so
+//!   a KV change rotates the secret without a reload), RS256 or ES256 with a key of the JWKS in
+//!   the KV key `jwks_kv_key` (parsed again only when its text changes). `alg: none` and every
+//!   algorithm not listed are refused; a key only ever verifies its own algorithm.
+//! - Claims: `exp` must lie ahead (unless `require_exp = false` and it is absent), `nbf` must
+//!   not, both with `clock_skew` seconds of leeway; `iss` must be one of `issuer` and `aud`
+//!   (string or list) must contain one of `audience`, when those are configured.
+//! - A valid token forwards the request with each `claims_to_headers` field set from its claim
+//!   (or removed when the claim is absent: a client never forges them), and the token's field
+//!   removed when `forward_token = false`.
+//! - Refusals: `401` JSON `{"error":"missing_token"|"invalid_token","detail":REASON}` with an
+//!   RFC 6750 `WWW-Authenticate`; `503` `{"error":"jwt_keys_unavailable"}` when the keys cannot be
+//!   read (KV key absent, JWKS malformed), logged at `warn` once per distinct cause.
+//! - Nothing panics on input; `configure` rejects a bad config with an error naming the key.
+
+pub mod config;
+pub mod keys;
+pub mod token;
+
+use std::cell::RefCell;
+
+use sluice_policy_sdk::{Action, HttpRequest, RequestPolicy, host, request};
+
+use crate::config::{Alg, Config, SecretSource};
+use crate::keys::{Jwks, shown};
+use crate::token::Token;
+
+/// The configured policy, with its per-instance JWKS cache.
+#[derive(Debug)]
+pub struct JwtPolicy {
+    config: Config,
+    /// The JWKS text last read from KV and what it parsed to.
+    jwks: RefCell<Option<(String, Result<Jwks, String>)>>,
+    /// The last "keys unavailable" cause logged, so a missing key logs once, not per request.
+    last_warning: RefCell<Option<String>>,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// No token where the config says it is (401 `missing_token`).
+    Missing(String),
+    /// A token that does not verify or whose claims fail (401 `invalid_token`).
+    Invalid(String),
+    /// The keys cannot be read: not the client's fault (503, logged).
+    KeysUnavailable(String),
+}
+
+impl RequestPolicy for JwtPolicy {
+    fn configure(config: &str) -> Result<Self, String> {
+        Ok(JwtPolicy {
+            config: config::parse(config)?,
+            jwks: RefCell::new(None),
+            last_warning: RefCell::new(None),
+        })
+    }
+
+    fn on_request(&self, request: &HttpRequest) -> Action {
+        match self.verified_claims(request) {
+            Ok(claims) => self.forward(&claims),
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+impl JwtPolicy {
+    /// The claims of the request's token, once its signature and claims are checked.
+    fn verified_claims(
+        &self,
+        request: &HttpRequest,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+        let text = self.token_text(request)?;
+        let token = Token::parse(text).map_err(Refusal::Invalid)?;
+        let alg = self.accepted_alg(&token.alg)?;
+        if !self.signature_verifies(alg, &token)? {
+            return Err(Refusal::Invalid("bad signature".into()));
+        }
+        let claims = token.claims().map_err(Refusal::Invalid)?;
+        token::check_claims(&claims, &self.config, host::now_ms()).map_err(Refusal::Invalid)?;
+        Ok(claims)
+    }
+
+    /// The token as the client sent it, after the scheme.
+    fn token_text<'r>(&self, request: &'r HttpRequest) -> Result<&'r str, Refusal> {
+        let field = &self.config.header;
+        let value = request
+            .header(field)
+            .ok_or_else(|| Refusal::Missing(format!("no `{field}` field")))?
+            .trim();
+        let scheme = &self.config.scheme;
+        if scheme.is_empty() {
+            return non_empty(value, field);
+        }
+        match value.split_once(' ') {
+            Some((given, token)) if given.eq_ignore_ascii_case(scheme) => {
+                non_empty(token.trim_start(), field)
+            }
+            _ => Err(Refusal::Missing(format!(
+                "`{field}` does not carry a {scheme} token"
+            ))),
+        }
+    }
+
+    fn accepted_alg(&self, name: &str) -> Result<Alg, Refusal> {
+        if name.eq_ignore_ascii_case("none") {
+            return Err(Refusal::Invalid(
+                "unsigned tokens (alg none) are refused".into(),
+            ));
+        }
+        Alg::parse(name)
+            .filter(|alg| self.config.algorithms.contains(alg))
+            .ok_or_else(|| {
+                let accepted: Vec<&str> = self.config.algorithms.iter().map(|a| a.name()).collect();
+                Refusal::Invalid(format!(
+                    "alg `{}` is not accepted (accepted: {})",
+                    shown(name),
+                    accepted.join(", ")
+                ))
+            })
+    }
+
+    /// Whether the token's signature verifies with the key for `alg`.
+    fn signature_verifies(&self, alg: Alg, token: &Token<'_>) -> Result<bool, Refusal> {
+        let input = token.signing_input.as_bytes();
+        if alg == Alg::Hs256 {
+            let from_kv;
+            let secret: &[u8] = match &self.config.secret {
+                Some(SecretSource::Inline(secret)) => secret,
+                Some(SecretSource::Kv(key)) => {
+                    from_kv = self.kv_text(key, "secret_kv_key")?;
+                    from_kv.as_bytes()
+                }
+                // `configure` accepts HS256 only with a secret source.
+                None => return Err(Refusal::KeysUnavailable("no HS256 secret".into())),
+            };
+            if secret.is_empty() {
+                return Err(Refusal::KeysUnavailable(
+                    "the HS256 secret read from KV is empty".into(),
+                ));
+            }
+            return Ok(keys::hs256_verifies(secret, input, &token.signature));
+        }
+        let Some(key_name) = &self.config.jwks_kv_key else {
+            return Err(Refusal::KeysUnavailable("no JWKS configured".into()));
+        };
+        let text = self.kv_text(key_name, "jwks_kv_key")?;
+        let mut cache = self.jwks.borrow_mut();
+        if cache.as_ref().is_none_or(|(cached, _)| *cached != text) {
+            let parsed = Jwks::parse(&text);
+            if let Ok(jwks) = &parsed {
+                jwks.skipped.iter().for_each(|skipped| {
+                    host::warn(&format!("jwt: JWKS in KV key `{key_name}`: {skipped}"));
+                });
+            }
+            *cache = Some((text, parsed));
+        }
+        let Some((_, parsed)) = cache.as_ref() else {
+            return Err(Refusal::KeysUnavailable("JWKS cache empty".into()));
+        };
+        let jwks = parsed.as_ref().map_err(|e| {
+            Refusal::KeysUnavailable(format!("the JWKS in KV key `{key_name}` is malformed: {e}"))
+        })?;
+        let key = jwks
+            .select(alg, token.kid.as_deref())
+            .map_err(Refusal::Invalid)?;
+        Ok(key.verifies(input, &token.signature))
+    }
+
+    fn kv_text(&self, key: &str, config_key: &str) -> Result<String, Refusal> {
+        host::kv_get(key).ok_or_else(|| {
+            Refusal::KeysUnavailable(format!("KV key `{key}` ({config_key}) is absent"))
+        })
+    }
+
+    /// Forwards with the mapped claims set (or their fields removed) and maybe the token dropped.
+    fn forward(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Action {
+        *self.last_warning.borrow_mut() = None;
+        let mut forward = request::forward();
+        for (claim, field) in &self.config.claims_to_headers {
+            match claims.get(claim).and_then(token::header_value) {
+                Some(value) if value.chars().any(char::is_control) => {
+                    return self.refuse(Refusal::Invalid(format!(
+                        "claim `{claim}` holds control characters: it cannot be a header value"
+                    )));
+                }
+                Some(value) => forward = forward.set_header(field, &value),
+                None => forward = forward.remove_header(field),
+            }
+        }
+        if !self.config.forward_token {
+            forward = forward.remove_header(&self.config.header);
+        }
+        forward.into()
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Action {
+        match refusal {
+            Refusal::Missing(detail) => unauthorized("missing_token", &detail, "Bearer".into()),
+            Refusal::Invalid(detail) => {
+                let challenge = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    quotable(&detail)
+                );
+                unauthorized("invalid_token", &detail, challenge)
+            }
+            Refusal::KeysUnavailable(cause) => {
+                let mut last = self.last_warning.borrow_mut();
+                if last.as_deref() != Some(cause.as_str()) {
+                    host::warn(&format!("jwt: cannot verify tokens: {cause}"));
+                    *last = Some(cause);
+                }
+                request::error_reply(
+                    503,
+                    "jwt_keys_unavailable",
+                    "the proxy cannot read the keys to verify tokens",
+                )
+            }
+        }
+    }
+}
+
+fn non_empty<'r>(token: &'r str, field: &str) -> Result<&'r str, Refusal> {
+    if token.is_empty() {
+        Err(Refusal::Missing(format!(
+            "`{field}` carries an empty token"
+        )))
+    } else {
+        Ok(token)
+    }
+}
+
+/// A 401 with the JSON body and the `WWW-Authenticate` challenge given.
+fn unauthorized(code: &str, detail: &str, challenge: String) -> Action {
+    let mut action = request::error_reply(401, code, detail);
+    if let Action::Reply(reply) = &mut action {
+        reply.headers.push(("www-authenticate".into(), challenge));
+    }
+    action
+}
+
+/// `text` with the characters RFC 6750 §3 forbids in `error_description` replaced by `?`.
+fn quotable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+sluice_policy_sdk::export_request!(crate::JwtPolicy);
+
+#[cfg(test)]
+mod tests;
