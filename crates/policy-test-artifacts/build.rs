@@ -47,7 +47,13 @@ fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.join("../..");
     // The root manifest too: the policies' dependencies and their features are declared there.
-    for input in ["wit", "crates/policy-sdk", "wasm-policies", "Cargo.lock", "Cargo.toml"] {
+    for input in [
+        "wit",
+        "crates/policy-sdk",
+        "wasm-policies",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
         println!(
             "cargo::rerun-if-changed={}",
             workspace.join(input).display()
