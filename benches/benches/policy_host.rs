@@ -3,7 +3,8 @@
 //! over 10k instances under 50 ms; `on-request` under 2 µs for a header check (test guest
 //! `header_gate`) and under 10 µs for the shipped `jwt` policy verifying an HS256 token. The
 //! Python authz example (`examples/policies-python/authz`, componentize-py) is measured next to
-//! the Rust `ecp-authz` on the same peer and an equivalent config: warm call, cold load, and a reconfigure (new instances of a compiled module).
+//! the Rust `ecp-authz` on the same peer and an equivalent config: warm call, cold load, and a
+//! reconfigure (new instances of a compiled module).
 
 use std::hint::black_box;
 use std::sync::Arc;
