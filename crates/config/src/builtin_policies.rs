@@ -5,4 +5,4 @@
 // an inner doc comment would not survive the `include!`.
 
 /// The policies built into `sluice`, loadable as `file = "builtin:NAME"`, in name order.
-pub const BUILTIN_POLICIES: &[&str] = &["ecp-authz", "mirror-primary", "urlprefix"];
+pub const BUILTIN_POLICIES: &[&str] = &["ecp-authz", "jwt", "mirror-primary", "urlprefix"];

@@ -1,0 +1,263 @@
+//! The shipped `jwt` request policy (seed 003) through the binary: real tokens made with the
+//! `jsonwebtoken` library, curl as the client, the secret and the JWKS in a real etcd. Valid
+//! tokens pass with their claims as request fields (a client's forged copy replaced); missing,
+//! expired, wrongly signed or wrong-audience tokens get `401` JSON with `WWW-Authenticate`;
+//! an etcd change rotates the secret without a reload; RS256 and ES256 tokens verify against
+//! the JWKS by `kid`.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use sluice_test_support::etcd::Etcd;
+use sluice_test_support::eventually_blocking;
+use sluice_test_support::{Backend, SluiceProcess, free_port, http_get, require_tool};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../wasm-policies/jwt/tests/fixtures"
+);
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+struct Setup {
+    web: SocketAddr,
+    admin: SocketAddr,
+    etcd: Etcd,
+    _sluice: SluiceProcess,
+    _backend: Backend,
+}
+
+/// Sluice with two JWT routes: `/api` (HS256, secret in etcd) and `/keys` (RS256/ES256, JWKS
+/// in etcd), both for issuer `seed-003` and audience `api`.
+fn start() -> Setup {
+    let etcd = Etcd::start();
+    etcd.put("jwt/SECRET", "first-secret-0123456789abcdef");
+    let jwks = std::fs::read_to_string(format!("{FIXTURES}/jwks.json")).unwrap();
+    etcd.put("jwt/JWKS", &jwks);
+    let (admin, web) = (addr(), addr());
+    let backend = Backend::start("api");
+    let checks = "issuer = \"seed-003\", audience = \"api\", \
+                  claims_to_headers = { sub = \"x-user\", role = \"x-role\" }";
+    let config = format!(
+        "[admin]\nbind = \"{admin}\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
+         [[service]]\nname = \"api\"\ninstances = [\"{}\"]\n\
+         [[kv]]\nsource = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"jwt/\"\n\
+         [[policy]]\nname = \"hs\"\nworld = \"request\"\nfile = \"builtin:jwt\"\n\
+         config = {{ secret_kv_key = \"jwt/SECRET\", {checks} }}\n\
+         [[policy]]\nname = \"keys\"\nworld = \"request\"\nfile = \"builtin:jwt\"\n\
+         config = {{ jwks_kv_key = \"jwt/JWKS\", {checks} }}\n\
+         [[route]]\npath = \"/api\"\nservice = \"api\"\npolicy = \"hs\"\n\
+         [[route]]\npath = \"/keys\"\nservice = \"api\"\npolicy = \"keys\"\n",
+        backend.addr(),
+        etcd.endpoint(),
+    );
+    let sluice = SluiceProcess::start(BIN.as_ref(), &config, admin);
+    Setup {
+        web,
+        admin,
+        etcd,
+        _sluice: sluice,
+        _backend: backend,
+    }
+}
+
+fn claims(sub: &str, exp_in: i64) -> Value {
+    json!({"sub": sub, "role": "reader", "iss": "seed-003", "aud": "api", "exp": now() + exp_in})
+}
+
+fn hs256(claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn signed(alg: Algorithm, kid: &str, pem: &str, claims: &Value) -> String {
+    let pem = std::fs::read(format!("{FIXTURES}/{pem}")).unwrap();
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    encode(&header, claims, &key).unwrap()
+}
+
+/// One answer as curl saw it: status, response fields (lower-case), body.
+struct Seen {
+    status: u16,
+    fields: String,
+    body: String,
+}
+
+impl Seen {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn get(url: &str, headers: &[String]) -> Seen {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-sS", "--max-time", "10", "-D", "-"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    Seen {
+        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        fields: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+fn refused(seen: &Seen, error: &str, detail_has: &str) {
+    assert_eq!(seen.status, 401, "{}", seen.body);
+    let body = seen.json();
+    assert_eq!(body["error"], error, "{body}");
+    let detail = body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        detail.contains(detail_has),
+        "detail {detail:?} should mention {detail_has:?}"
+    );
+    assert!(
+        seen.fields.contains("www-authenticate: bearer"),
+        "{}",
+        seen.fields
+    );
+}
+
+#[test]
+fn hs256_tokens_pass_with_their_claims_and_bad_ones_get_401() {
+    let s = start();
+    let url = format!("http://{}/api/orders", s.web);
+    let secret = "first-secret-0123456789abcdef";
+
+    let token = hs256(&claims("alice", 300), secret);
+    let seen = get(&url, &[bearer(&token), "x-user: mallory".into()]);
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    let headers = &seen.json()["headers"];
+    assert_eq!(
+        headers["x-user"], "alice",
+        "the claim replaces a forged field: {headers}"
+    );
+    assert_eq!(headers["x-role"], "reader");
+
+    refused(&get(&url, &[]), "missing_token", "");
+    refused(
+        &get(&url, &[bearer(&hs256(&claims("alice", -600), secret))]),
+        "invalid_token",
+        "expired",
+    );
+    refused(
+        &get(
+            &url,
+            &[bearer(&hs256(&claims("alice", 300), "another-secret"))],
+        ),
+        "invalid_token",
+        "signature",
+    );
+    let mut wrong_aud = claims("alice", 300);
+    wrong_aud["aud"] = json!("billing");
+    refused(
+        &get(&url, &[bearer(&hs256(&wrong_aud, secret))]),
+        "invalid_token",
+        "aud",
+    );
+    refused(&get(&url, &[bearer("not.a.token")]), "invalid_token", "");
+}
+
+#[test]
+fn an_etcd_change_rotates_the_secret_without_a_reload() {
+    let s = start();
+    let url = format!("http://{}/api/x", s.web);
+    let old = hs256(&claims("alice", 300), "first-secret-0123456789abcdef");
+    let new = hs256(&claims("alice", 300), "second-secret-0123456789abcdef");
+    assert_eq!(get(&url, &[bearer(&old)]).status, 200);
+    assert_eq!(get(&url, &[bearer(&new)]).status, 401);
+    let reloads_before = http_get(s.admin, "/api/reloads").unwrap().1;
+
+    s.etcd.put("jwt/SECRET", "second-secret-0123456789abcdef");
+    eventually_blocking(
+        "the new secret verifies",
+        Duration::from_secs(10),
+        || match get(&url, &[bearer(&new)]).status {
+            200 => Ok(()),
+            other => Err(format!("new token: {other}")),
+        },
+    );
+    assert_eq!(
+        get(&url, &[bearer(&old)]).status,
+        401,
+        "the old secret no longer verifies"
+    );
+    assert_eq!(
+        http_get(s.admin, "/api/reloads").unwrap().1,
+        reloads_before,
+        "no reload happened"
+    );
+}
+
+#[test]
+fn rs256_and_es256_tokens_verify_against_the_jwks_by_kid() {
+    let s = start();
+    let url = format!("http://{}/keys/x", s.web);
+    let rs = signed(
+        Algorithm::RS256,
+        "rsa-1",
+        "rsa_private.pem",
+        &claims("bob", 300),
+    );
+    let es = signed(
+        Algorithm::ES256,
+        "ec-1",
+        "ec_private.pem",
+        &claims("carol", 300),
+    );
+    for (token, user) in [(rs, "bob"), (es, "carol")] {
+        let seen = get(&url, &[bearer(&token)]);
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        assert_eq!(seen.json()["headers"]["x-user"], user);
+    }
+    let unknown = signed(
+        Algorithm::ES256,
+        "ec-9",
+        "ec_private.pem",
+        &claims("carol", 300),
+    );
+    refused(&get(&url, &[bearer(&unknown)]), "invalid_token", "kid");
+    // An HS256 token on a JWKS-only route is refused whatever its secret (no alg confusion).
+    let hs = hs256(&claims("alice", 300), "first-secret-0123456789abcdef");
+    refused(&get(&url, &[bearer(&hs)]), "invalid_token", "");
+}
