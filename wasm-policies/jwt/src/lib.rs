@@ -17,6 +17,11 @@
 //! - Refusals: `401` JSON `{"error":"missing_token"|"invalid_token","detail":REASON}` with an
 //!   RFC 6750 `WWW-Authenticate`; `503` `{"error":"jwt_keys_unavailable"}` when the keys cannot be
 //!   read (KV key absent, JWKS malformed), logged at `warn` once per distinct cause.
+//! - A token that verified is remembered by its exact text (per instance, at most
+//!   1,024): a client sends one token with many requests, and its signature and JSON are not
+//!   worked through again while the key it verified against is unchanged. The claims are
+//!   checked again on every request, so an expired token stops passing on time, and a rotated
+//!   secret or JWKS forgets what verified against the old one.
 //! - Nothing panics on input; `configure` rejects a bad config with an error naming the key.
 
 pub mod config;
@@ -24,6 +29,9 @@ pub mod keys;
 pub mod token;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
+use std::rc::Rc;
 
 use sluice_policy_sdk::{Action, HttpRequest, RequestPolicy, host, request};
 
@@ -39,7 +47,25 @@ pub struct JwtPolicy {
     jwks: RefCell<Option<(String, Result<Jwks, String>)>>,
     /// The last "keys unavailable" cause logged, so a missing key logs once, not per request.
     last_warning: RefCell<Option<String>>,
+    /// Tokens that verified, by their text.
+    verified: RefCell<HashMap<String, Verified>>,
 }
+
+/// Claims as a map, shared between the cache and the call that uses them.
+type Claims = Rc<serde_json::Map<String, serde_json::Value>>;
+
+/// A token that verified: with which algorithm, against which key text (a hash of the secret
+/// or the JWKS), and its claims.
+#[derive(Debug)]
+struct Verified {
+    alg: Alg,
+    key: u64,
+    claims: Claims,
+}
+
+/// Verified tokens remembered per instance; past this the memory starts over (a flood of
+/// valid tokens needs the signing key, so only their holders can fill it).
+const MAX_VERIFIED: usize = 1024;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +84,7 @@ impl RequestPolicy for JwtPolicy {
             config: config::parse(config)?,
             jwks: RefCell::new(None),
             last_warning: RefCell::new(None),
+            verified: RefCell::new(HashMap::new()),
         })
     }
 
@@ -71,19 +98,71 @@ impl RequestPolicy for JwtPolicy {
 
 impl JwtPolicy {
     /// The claims of the request's token, once its signature and claims are checked.
-    fn verified_claims(
-        &self,
-        request: &HttpRequest,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+    fn verified_claims(&self, request: &HttpRequest) -> Result<Claims, Refusal> {
         let text = self.token_text(request)?;
+        let claims = match self.remembered(text)? {
+            Some(claims) => claims,
+            None => self.verify(text)?,
+        };
+        token::check_claims(&claims, &self.config, host::now_ms()).map_err(Refusal::Invalid)?;
+        Ok(claims)
+    }
+
+    /// The claims of `text` if it verified before against the key that is current now.
+    fn remembered(&self, text: &str) -> Result<Option<Claims>, Refusal> {
+        let Some(alg) = self.verified.borrow().get(text).map(|v| v.alg) else {
+            return Ok(None);
+        };
+        let key = self.key_hash(alg)?;
+        let mut verified = self.verified.borrow_mut();
+        match verified.get(text) {
+            Some(v) if v.key == key => Ok(Some(Rc::clone(&v.claims))),
+            _ => {
+                verified.remove(text);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Verifies `text` in full and remembers it.
+    fn verify(&self, text: &str) -> Result<Claims, Refusal> {
         let token = Token::parse(text).map_err(Refusal::Invalid)?;
         let alg = self.accepted_alg(&token.alg)?;
         if !self.signature_verifies(alg, &token)? {
             return Err(Refusal::Invalid("bad signature".into()));
         }
-        let claims = token.claims().map_err(Refusal::Invalid)?;
-        token::check_claims(&claims, &self.config, host::now_ms()).map_err(Refusal::Invalid)?;
+        let claims = Rc::new(token.claims().map_err(Refusal::Invalid)?);
+        let key = self.key_hash(alg)?;
+        let mut verified = self.verified.borrow_mut();
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        let entry = Verified {
+            alg,
+            key,
+            claims: Rc::clone(&claims),
+        };
+        verified.insert(text.to_owned(), entry);
         Ok(claims)
+    }
+
+    /// A hash of the key text `alg` verifies with now: the secret, or the JWKS document.
+    fn key_hash(&self, alg: Alg) -> Result<u64, Refusal> {
+        let mut hasher = DefaultHasher::new();
+        match (alg, &self.config.secret) {
+            (Alg::Hs256, Some(SecretSource::Inline(secret))) => hasher.write(secret),
+            (Alg::Hs256, Some(SecretSource::Kv(key))) => {
+                hasher.write(self.kv_text(key, "secret_kv_key")?.as_bytes());
+            }
+            (Alg::Hs256, None) => return Err(Refusal::KeysUnavailable("no HS256 secret".into())),
+            _ => {
+                let Some(key) = &self.config.jwks_kv_key else {
+                    return Err(Refusal::KeysUnavailable("no JWKS configured".into()));
+                };
+                hasher.write(self.kv_text(key, "jwks_kv_key")?.as_bytes());
+            }
+        }
+        Ok(hasher.finish())
     }
 
     /// The token as the client sent it, after the scheme.

@@ -596,6 +596,19 @@ fn a_secret_rotated_in_kv_applies_at_the_next_request() {
 }
 
 #[test]
+fn a_remembered_token_still_expires_on_time() {
+    let policy = configured(json!({"secret": "shared"}));
+    let token = hs256_with("shared", &claims(json!({})));
+    forwarded(bearer(&policy, &token));
+    forwarded(bearer(&policy, &token));
+    // exp is NOW + 60, with the default 60 s of skew.
+    testing::set_now_ms(Some((NOW + 121) * 1000));
+    let detail = invalid_detail(bearer(&policy, &token));
+    assert!(detail.contains("expired"), "{detail}");
+    testing::set_now_ms(Some(NOW * 1000));
+}
+
+#[test]
 fn error_descriptions_are_quotable() {
     let policy = configured(json!({"jwks_kv_key": "jwt/jwks"}));
     let token = mint(Algorithm::RS256, Some("k\"i\\d\u{e9}"), &claims(json!({})));
