@@ -159,12 +159,12 @@ pub(crate) async fn handle(
                 fields,
             };
             if let (Some(policy), Some(context)) = (&route.policy, response_context) {
-                let fields = crate::request_policy::response_fields(&head);
+                let fields = crate::response::response_fields(&head);
                 let status = head.status.as_u16();
                 let edits = policy
                     .policies
                     .on_response(&policy.name, status, &fields, &context);
-                crate::request_policy::edit_response(&mut head, &edits);
+                crate::response::edit_response(&mut head, &edits);
             }
             ProxyResponse {
                 head,

@@ -18,6 +18,7 @@ use crate::body::DownBody;
 use crate::h1::UpConn;
 use crate::headers::RequestId;
 use sluice_codec::fields::{itoa_u64, put_field};
+use sluice_codec::request::FieldEdit;
 use sluice_codec::response::UpstreamHead;
 
 /// Where a response head's fields come from.
@@ -189,6 +190,73 @@ pub(crate) enum ConnectionField {
     Close,
     /// For HTTP/1.0 clients that asked to keep the connection.
     KeepAlive,
+}
+
+/// Applies a policy's edits to the response head it was shown (after `on-response`): the
+/// fields become a map, as an HTTP/2 instance's are, and framing stays the proxy's.
+pub(crate) fn edit_response(head: &mut ResponseHead, edits: &[FieldEdit]) {
+    let mut map = match std::mem::replace(&mut head.fields, ResponseFields::Local(HeaderMap::new()))
+    {
+        ResponseFields::Upstream(up) => upstream_map(&up, head.status),
+        ResponseFields::UpstreamH2(map) | ResponseFields::Local(map) => map,
+    };
+    for edit in edits {
+        apply_to_map(&mut map, edit);
+    }
+    head.fields = ResponseFields::UpstreamH2(map);
+}
+
+/// The response head's fields as (name, value) text, for `on-response`.
+pub(crate) fn response_fields(head: &ResponseHead) -> Vec<(String, String)> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match &head.fields {
+        ResponseFields::Upstream(up) => up
+            .forwarded(head.status)
+            .map(|f| (text(f.name.get(&up.buf)), text(f.value.get(&up.buf))))
+            .collect(),
+        ResponseFields::UpstreamH2(map) | ResponseFields::Local(map) => map
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), text(v.as_bytes())))
+            .collect(),
+    }
+}
+
+fn upstream_map(up: &UpstreamHead, status: http::StatusCode) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(up.fields.len() + 2);
+    for f in up.forwarded(status) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name.get(&up.buf)),
+            HeaderValue::from_bytes(f.value.get(&up.buf)),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+fn apply_to_map(map: &mut HeaderMap, edit: &FieldEdit) {
+    let parse = |name: &str, value: Option<&str>| {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let value = value.map(HeaderValue::from_str).transpose().ok()?;
+        Some((name, value))
+    };
+    match edit {
+        FieldEdit::Set(n, v) => {
+            if let Some((name, Some(value))) = parse(n, Some(v)) {
+                map.insert(name, value);
+            }
+        }
+        FieldEdit::Append(n, v) => {
+            if let Some((name, Some(value))) = parse(n, Some(v)) {
+                map.append(name, value);
+            }
+        }
+        FieldEdit::Remove(n) => {
+            if let Some((name, _)) = parse(n, None) {
+                map.remove(name);
+            }
+        }
+    }
 }
 
 thread_local! {

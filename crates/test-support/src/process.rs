@@ -26,7 +26,22 @@ pub fn require_tool(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; fine for tests on one machine).
+///
+/// Picked at random below the kernel's ephemeral range (32768 and up on Linux): a port from
+/// that range can be taken, between this check and the test's own bind, as the source port of
+/// any outgoing connection (a proxy's upstream connection, curl), which made tests fail now
+/// and then with "Address already in use".
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    static PICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..1000 {
+        let pick = PICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let random = RandomState::new().hash_one((pick, std::process::id()));
+        let port = 10_000 + (random % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
