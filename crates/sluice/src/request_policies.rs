@@ -60,7 +60,11 @@ fn http_request(request: &PolicyRequest<'_>) -> types::HttpRequest {
         query: request.query().map(str::to_owned),
         headers: request
             .fields()
-            .map(|(name, value)| (text(name).to_ascii_lowercase(), text(value)))
+            .map(|(name, value)| {
+                let mut name = text(name);
+                name.make_ascii_lowercase();
+                (name, text(value))
+            })
             .collect(),
         peer: wasm_peer(&request.peer),
         route: types::RouteInfo {

@@ -8,14 +8,13 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sluice_test_support::etcd::Etcd;
 use sluice_test_support::eventually_blocking;
-use sluice_test_support::{Backend, SluiceProcess, free_port, http_get, require_tool};
+use sluice_test_support::{Backend, CurlAnswer, SluiceProcess, curl, free_port, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const FIXTURES: &str = concat!(
@@ -101,45 +100,17 @@ fn signed(alg: Algorithm, kid: &str, pem: &str, claims: &Value) -> String {
     encode(&header, claims, &key).unwrap()
 }
 
-/// One answer as curl saw it: status, response fields (lower-case), body.
-struct Seen {
-    status: u16,
-    fields: String,
-    body: String,
-}
-
-impl Seen {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-fn get(url: &str, headers: &[String]) -> Seen {
-    let mut cmd = Command::new(require_tool("curl"));
-    cmd.args(["-sS", "--max-time", "10", "-D", "-"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    Seen {
-        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        fields: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-    }
+/// A GET of `url` with `headers`.
+fn get(url: &str, headers: &[String]) -> CurlAnswer {
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    curl(url, &headers, &[])
 }
 
 fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
 
-fn refused(seen: &Seen, error: &str, detail_has: &str) {
+fn refused(seen: &CurlAnswer, error: &str, detail_has: &str) {
     assert_eq!(seen.status, 401, "{}", seen.body);
     let body = seen.json();
     assert_eq!(body["error"], error, "{body}");

@@ -16,8 +16,8 @@ use std::time::Duration;
 use sluice_policy_test_artifacts::python_example;
 use sluice_test_support::certs::{Leaf, TestCa};
 use sluice_test_support::{
-    Backend, MirrorMember, MirrorRole, SluiceProcess, eventually_blocking, free_port, http_get,
-    require_tool,
+    Backend, MirrorMember, MirrorRole, SluiceProcess, curl, eventually_blocking, free_port,
+    http_get, require_tool,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -138,25 +138,6 @@ fn python_authz_policy_decides_mutual_tls_connections() {
     assert!(p.terminate(Duration::from_secs(5)).success());
 }
 
-/// One answer as curl saw it: status, response fields (lower-case), body.
-fn curl(url: &str, headers: &[&str]) -> (u16, String, String) {
-    let mut cmd = Command::new(require_tool("curl"));
-    cmd.args(["-sS", "--max-time", "10", "-D", "-"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_owned())
-}
-
 #[test]
 fn python_request_policy_gates_a_route_by_api_key() {
     let file = python_example("request");
@@ -178,28 +159,31 @@ fn python_request_policy_gates_a_route_by_api_key() {
     let _sluice = SluiceProcess::start_within(Path::new(BIN), &config, admin, START_WITHIN);
     let url = format!("http://{web}/api/x");
 
-    let (status, fields, body) = curl(&url, &[]);
-    assert_eq!(status, 401, "{body}");
+    let refused = curl(&url, &[], &[]);
+    assert_eq!(refused.status, 401, "{}", refused.body);
     assert!(
-        fields.contains("content-type: application/json"),
-        "{fields}"
+        refused.fields.contains("content-type: application/json"),
+        "{}",
+        refused.fields
     );
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        body,
+        refused.json(),
         serde_json::json!({"error": "unauthorized", "reason": "missing x-api-key"})
     );
-    assert_eq!(curl(&url, &["x-api-key: guess"]).0, 401);
+    assert_eq!(curl(&url, &["x-api-key: guess"], &[]).status, 401);
 
-    let (status, fields, body) = curl(&url, &["x-api-key: sesame"]);
-    assert_eq!(status, 200, "{body}");
-    assert!(fields.contains("x-policy: python-request"), "{fields}");
-    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let passed = curl(&url, &["x-api-key: sesame"], &[]);
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    assert!(
+        passed.fields.contains("x-policy: python-request"),
+        "{}",
+        passed.fields
+    );
+    let seen = passed.json();
     assert_eq!(seen["backend"], "main", "{seen}");
     assert_eq!(seen["headers"]["x-authenticated"], "api-key", "{seen}");
     assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
 
-    let (_, _, body) = curl(&url, &["x-api-key: sesame", "x-canary: 1"]);
-    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let seen = curl(&url, &["x-api-key: sesame", "x-canary: 1"], &[]).json();
     assert_eq!(seen["backend"], "canary", "{seen}");
 }

@@ -8,7 +8,7 @@
 //! - `/stall-body/MS` sends the head, then waits MS before the body;
 //! - `/ws` accepts a WebSocket and echoes every message;
 //! - anything else answers 200 with a JSON description of the request (backend name, method,
-//!   path, query, headers, body length, HTTP version and the URI's authority).
+//!   path, query, headers (a value that is not UTF-8 as `\xNN` per byte), body length, HTTP version and the URI's authority).
 //!
 //! [`Backend::start_h2c`] starts one that speaks HTTP/2 with prior knowledge instead.
 //!
@@ -336,7 +336,12 @@ async fn handle(
         .map(|(k, v)| {
             (
                 k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                // A value that is not UTF-8 is shown byte for byte, so a test can tell the
+                // bytes a proxy forwarded.
+                match std::str::from_utf8(v.as_bytes()) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => v.as_bytes().iter().map(|b| format!("\\x{b:02x}")).collect(),
+                },
             )
         })
         .collect();

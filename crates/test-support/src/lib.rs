@@ -1,4 +1,4 @@
-//! Real parts for Sluice's tests: backends bound to `127.0.0.1:0`, a real HTTP client, a real
+//! Real parts for Sluice's tests: backends bound to `127.0.0.1:0`, a real HTTP client (and curl), a real
 //! gRPC server and client (grpcio, [`grpc`]), child processes that are stopped when dropped, and
 //! polling assertions with deadlines instead of sleeps.
 //!
@@ -10,6 +10,7 @@
 mod backend;
 pub mod certs;
 mod client;
+mod curl;
 pub mod etcd;
 mod eventually;
 pub mod grpc;
@@ -22,6 +23,7 @@ mod process;
 
 pub use backend::{Backend, Blackhole, Mode};
 pub use client::{Client, Reply};
+pub use curl::{CurlAnswer, curl};
 pub use eventually::{eventually, eventually_blocking};
 pub use grpc::{
     GrpcCall, GrpcKind, GrpcOutcome, GrpcServer, GrpcTls, SeenCall, grpc_call, grpc_calls,

@@ -1,4 +1,5 @@
-//! `request` guest: forwards requests whose `x-api-key` matches the configured key, adding
+//! `request` guest: forwards requests whose `x-api-key` (or query `key=`, for load generators
+//! that send no fields) matches the configured key, adding
 //! `x-gate: passed` (and the caller's name from `x-caller`, if any); refuses others with 401 JSON.
 //!
 //! For the proxy's tests: `x-route-to: SERVICE` asks for a service override, `x-rewrite: PATH`
@@ -32,7 +33,11 @@ impl RequestPolicy for HeaderGate {
             }
             sluice_policy_test_guests::misbehave_on(how);
         }
-        if req.header("x-api-key") != Some(self.key.as_str()) {
+        let in_query = req.query.as_deref().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv.strip_prefix("key=") == Some(&self.key))
+        });
+        if req.header("x-api-key") != Some(self.key.as_str()) && !in_query {
             return request::error_reply(401, "unauthorized", "missing or wrong x-api-key");
         }
         let mut forward = request::forward()
