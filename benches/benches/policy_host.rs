@@ -37,6 +37,7 @@ fn policy(name: &str, file: &str, world: PolicyWorld, config: serde_json::Value)
         } else {
             FailureMode::KeepLast
         },
+        request_fields: None,
     }
 }
 
@@ -107,10 +108,12 @@ fn authz_peer() -> Peer {
 }
 
 /// A header check per request: the Rust test guest `header_gate` and the Python request example,
-/// both forwarding a request whose `x-api-key` matches (two header edits).
+/// both forwarding a request whose `x-api-key` matches (two header edits), next to a policy
+/// that reads nothing. Two requests: from a client with a verified certificate (mutual TLS),
+/// and plain HTTP with a few more fields (`http_request`).
 fn bench_on_request(c: &mut Criterion) {
     let python = artifacts::python_example("request").display().to_string();
-    let request = HttpRequest {
+    let mutual_tls = HttpRequest {
         method: "GET".into(),
         scheme: "http".into(),
         host: "api.example".into(),
@@ -132,6 +135,12 @@ fn bench_on_request(c: &mut Criterion) {
         },
     };
     for (name, file, config) in [
+        // The floor: the same request passed in, an empty `forward` back.
+        (
+            "noop_request",
+            artifacts::NOOP_REQUEST.to_owned(),
+            json!({}),
+        ),
         (
             "header_gate",
             artifacts::HEADER_GATE.to_owned(),
@@ -141,13 +150,16 @@ fn bench_on_request(c: &mut Criterion) {
     ] {
         let host = host(&[policy(name, &file, PolicyWorld::Request, config)]);
         let gate = host.request(name).expect("request");
-        assert!(matches!(
-            gate.on_request(&request),
-            RequestOutcome::Decided(Action::Forward(_))
-        ));
-        c.bench_function(&format!("policy/on_request_warm ({name})"), |b| {
-            b.iter(|| gate.on_request(black_box(&request)))
-        });
+        let plain = http_request(&[("x-api-key", "sesame")]);
+        for (label, request) in [("mutual TLS", &mutual_tls), ("plain", &plain)] {
+            assert!(matches!(
+                gate.on_request(request),
+                RequestOutcome::Decided(Action::Forward(_))
+            ));
+            c.bench_function(&format!("policy/on_request_warm ({name}, {label})"), |b| {
+                b.iter(|| gate.on_request(black_box(request)))
+            });
+        }
     }
 }
 

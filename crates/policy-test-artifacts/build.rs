@@ -37,6 +37,11 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
         "examples/header_gate.wasm",
     ),
     (
+        "NOOP_REQUEST",
+        "sluice-policy-test-guests",
+        "examples/noop_request.wasm",
+    ),
+    (
         "WRONG_WORLD",
         "sluice-policy-test-guests",
         "examples/wrong_world.wasm",

@@ -9,6 +9,15 @@ pub const ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const WORKER_THREADS: usize = 0;
 /// `[runtime] shutdown_grace`.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// `[runtime] policy_cache`: where wasmtime's own tools keep theirs, under `sluice/`:
+/// `$XDG_CACHE_HOME/sluice/policies`, else `$HOME/.cache/sluice/policies`; none without either.
+pub fn policy_cache() -> Option<std::path::PathBuf> {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let base = non_empty("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| std::path::Path::new(&home).join(".cache")))?;
+    Some(base.join("sluice").join("policies"))
+}
 /// `[log] level`.
 pub const LOG_LEVEL: &str = "info";
 /// `[access_log] buffer_lines`.

@@ -144,6 +144,8 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Folder of the policies' compile cache; `None`: policies compile on every load.
+    pub policy_cache: Option<std::path::PathBuf>,
 }
 
 /// `[log]`.

@@ -70,6 +70,9 @@ pub struct PolicyConfig {
     pub limits: PolicyLimits,
     /// Behaviour when a call fails.
     pub failure_mode: FailureMode,
+    /// `request` policies: the only request fields shown to `on-request` (lower-case names);
+    /// `None` shows them all. Every field crosses into the guest as two strings per call.
+    pub request_fields: Option<Vec<String>>,
 }
 
 /// Where a policy's component comes from (`[[policy]] file`).
@@ -134,6 +137,7 @@ pub(crate) struct RawPolicy {
     pub(crate) timeout: Option<S<String>>,
     pub(crate) max_memory_bytes: Option<S<i64>>,
     pub(crate) failure_mode: Option<S<String>>,
+    pub(crate) request_fields: Option<S<Vec<S<String>>>>,
 }
 
 /// The policy's `config` may be a TOML table (converted to JSON) or a string of JSON text.

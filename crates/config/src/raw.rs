@@ -31,6 +31,7 @@ pub(crate) struct RawAdminTls {
 pub(crate) struct RawRuntime {
     pub(crate) worker_threads: Option<S<i64>>,
     pub(crate) shutdown_grace: Option<S<String>>,
+    pub(crate) policy_cache: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

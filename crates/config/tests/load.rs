@@ -512,3 +512,28 @@ fn an_admin_api_off_loopback_needs_tokens_or_says_insecure() {
         assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
     }
 }
+
+#[test]
+fn the_policy_compile_cache_defaults_to_the_user_cache_and_can_be_moved_or_turned_off() {
+    let cache = |runtime: &str| {
+        let text = format!("[runtime]\n{runtime}\n{GOOD}");
+        parse_str("/etc/sluice/sluice.toml", &text)
+            .expect("valid")
+            .runtime
+            .policy_cache
+    };
+    let default = cache("");
+    assert_eq!(default, sluice_config::defaults::policy_cache());
+    if std::env::var_os("HOME").is_some() {
+        assert!(default.unwrap().ends_with("sluice/policies"));
+    }
+    assert_eq!(cache("policy_cache = \"\""), None);
+    assert_eq!(
+        cache("policy_cache = \"cache\"").as_deref(),
+        Some(std::path::Path::new("/etc/sluice/cache"))
+    );
+    assert_eq!(
+        cache("policy_cache = \"/var/cache/sluice\"").as_deref(),
+        Some(std::path::Path::new("/var/cache/sluice"))
+    );
+}

@@ -21,7 +21,7 @@ use sluice_config::{PolicySource, PolicyWorld};
 use crate::builtin::BuiltinModules;
 use crate::check::{CheckError, POLICY_NAME, load, plural};
 use crate::log_capture::{self, GuestLogLine};
-use crate::world_call::{self, CallInput, Expected, call_export, outcome_json};
+use crate::world_call::{self, CallInput, Expected, ON_RESPONSE, call_export, outcome_json};
 
 /// One case as written in the cases file.
 #[derive(Debug, Deserialize)]
@@ -218,19 +218,30 @@ fn parse_cases(
                 name: spec.name.clone(),
                 problem,
             };
-            if let Some(call) = &spec.call
+            let call = spec.call.as_deref();
+            let second = world_call::calls_on_response(world, call);
+            if let Some(call) = call
                 && call != export
+                && !second
             {
+                let calls = if world == PolicyWorld::Request {
+                    format!("calls are `{export}` and `{ON_RESPONSE}`")
+                } else {
+                    format!("call is `{export}`")
+                };
                 return Err(problem(format!(
-                    "calls `{call}`, but the module implements world `{}`, whose call is `{export}`",
+                    "calls `{call}`, but the module implements world `{}`, whose {calls}",
                     world.as_str()
                 )));
             }
-            let input = CallInput::parse(world, spec.input.clone()).map_err(|e| {
+            let input = CallInput::parse_call(world, call, spec.input.clone()).map_err(|e| {
                 problem(format!("input is not a valid {}: {}", e.expected, e.detail))
             })?;
-            let expected = Expected::parse(world, spec.expect.clone()).map_err(|e| {
-                problem(format!("expect is not a valid {}: {}", e.expected, e.detail))
+            let expected = Expected::parse_call(world, call, spec.expect.clone()).map_err(|e| {
+                problem(format!(
+                    "expect is not a valid {}: {}",
+                    e.expected, e.detail
+                ))
             })?;
             Ok((spec.name, input, expected))
         })

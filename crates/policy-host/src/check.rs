@@ -71,8 +71,10 @@ pub struct CheckReport {
     pub sha256: String,
     /// Its size.
     pub size_bytes: usize,
-    /// Time to compile it to native code.
+    /// Time to compile it to native code (or to read it from the compile cache).
     pub compile_time: Duration,
+    /// The native code came from the compile cache ([`HostConfig::compile_cache`]).
+    pub from_compile_cache: bool,
     /// The world it implements.
     pub world: PolicyWorld,
     /// `Ok(time to instantiate and configure)` or the error `configure` reported.
@@ -110,7 +112,12 @@ impl fmt::Display for CheckReport {
             "module:    {} ({} bytes, sha256 {})",
             self.file, self.size_bytes, self.sha256
         )?;
-        writeln!(f, "compiled:  in {:.1?}", self.compile_time)?;
+        let cached = if self.from_compile_cache {
+            " (machine code from the compile cache)"
+        } else {
+            ""
+        };
+        writeln!(f, "compiled:  in {:.1?}{cached}", self.compile_time)?;
         writeln!(
             f,
             "world:     {} (exports {})",
@@ -226,6 +233,7 @@ pub fn check_source(
         sha256: hex(&loaded.module.sha256),
         size_bytes: loaded.module.size_bytes,
         compile_time: loaded.module.compile_time,
+        from_compile_cache: loaded.module.from_compile_cache,
         world,
         configure: loaded.configure,
         call,
@@ -268,6 +276,8 @@ pub(crate) fn load(
         pool_capacity: 1,
         builtins: Arc::clone(builtins),
         parallel_compilation: true,
+        // As `sluice run` does by default: a policy checked once loads fast after.
+        compile_cache: sluice_config::defaults::policy_cache(),
         ..HostConfig::default()
     };
     let host = PolicyHost::new(host_config, Arc::new(MemoryKv::new()))?;
@@ -292,6 +302,7 @@ pub(crate) fn load(
             PolicyWorld::Authz | PolicyWorld::Request => FailureMode::Closed,
             PolicyWorld::Health | PolicyWorld::Routing => FailureMode::KeepLast,
         },
+        request_fields: None,
     };
     let started = Instant::now();
     let (report, log) = log_capture::capture(|| host.apply_config(std::slice::from_ref(&policy)));

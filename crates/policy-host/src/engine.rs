@@ -2,6 +2,7 @@
 //! the host imports, the guest's store state and limits, and the compile cache.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,10 @@ pub struct HostConfig {
     pub parallel_compilation: bool,
     /// The modules `builtin:NAME` policies load from (none by default).
     pub builtins: Arc<BuiltinModules>,
+    /// Folder of wasmtime's compile cache: machine code of modules compiled before, by a hash
+    /// of their bytes and of the engine's settings, so a restart or `policy check` does not
+    /// compile them again (a Python policy takes seconds). `None`: compile every time.
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -61,6 +66,7 @@ impl Default for HostConfig {
             crash_budget: CrashBudgetConfig::default(),
             parallel_compilation: false,
             builtins: Arc::default(),
+            compile_cache: None,
         }
     }
 }
@@ -215,6 +221,8 @@ pub(crate) struct CompiledModule {
     pub(crate) world: PolicyWorld,
     pub(crate) pre: WorldPre,
     pub(crate) compile_time: Duration,
+    /// The machine code came from the compile cache.
+    pub(crate) from_compile_cache: bool,
 }
 
 /// Required exports per world, as written in the WIT.
@@ -234,6 +242,9 @@ const WORLDS: [PolicyWorld; 4] = [
     PolicyWorld::Request,
 ];
 
+/// `SLUICE_POLICY_PERFMAP=1` writes `/tmp/perf-PID.map`, so that `perf` names guest functions.
+pub(crate) const PERF_MAP_ENV: &str = "SLUICE_POLICY_PERFMAP";
+
 /// The engine, the linker and the compile cache. One per [`crate::PolicyHost`].
 pub(crate) struct EngineShared {
     pub(crate) engine: Engine,
@@ -242,6 +253,8 @@ pub(crate) struct EngineShared {
     pub(crate) kv: Arc<dyn KvView>,
     /// Compiled modules by SHA-256 of their bytes; weak so unused versions are freed.
     cache: Mutex<HashMap<[u8; 32], Weak<CompiledModule>>>,
+    /// The on-disk compile cache, when configured (its hit counter tells a hit from a compile).
+    disk_cache: Option<wasmtime::Cache>,
     /// Monotonic origin of the crash budget's clock.
     pub(crate) started: Instant,
 }
@@ -264,6 +277,12 @@ impl EngineShared {
             // carries DWARF, their source lines.
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let disk_cache = config.compile_cache.as_deref().and_then(disk_cache);
+        wasm.cache(disk_cache.clone());
+        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+            // Names the guest's compiled functions for `perf report` (/tmp/perf-PID.map).
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
@@ -282,6 +301,7 @@ impl EngineShared {
             config,
             kv,
             cache: Mutex::new(HashMap::new()),
+            disk_cache,
             started: Instant::now(),
         }))
     }
@@ -305,9 +325,16 @@ impl EngineShared {
             return Ok(module);
         }
         let started = Instant::now();
+        let hits_before = self.disk_cache.as_ref().map(wasmtime::Cache::cache_hits);
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| ModuleError::not_a_component(bytes, &e))?;
         let compile_time = started.elapsed();
+        // Another thread's hit in between would count here too: only a log line depends on it.
+        let from_compile_cache = hits_before.is_some_and(|before| {
+            self.disk_cache
+                .as_ref()
+                .is_some_and(|cache| cache.cache_hits() > before)
+        });
         let world = self.detect_world(&component, expected)?;
         let instance_pre = self
             .linker
@@ -335,6 +362,7 @@ impl EngineShared {
             world,
             pre,
             compile_time,
+            from_compile_cache,
         });
         let mut cache = self
             .cache
@@ -413,6 +441,26 @@ fn link_host_v0_1(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         Ok((cx.data_mut().loaded_at_ms(),))
     })?;
     Ok(())
+}
+
+/// wasmtime's compile cache in `folder`, or `None` (with a warning) when it cannot be used:
+/// policies then compile on every load, which costs time but nothing else.
+fn disk_cache(folder: &Path) -> Option<wasmtime::Cache> {
+    // wasmtime creates the folder, and wants its path absolute.
+    let ready = std::path::absolute(folder)
+        .map_err(|e| e.to_string())
+        .and_then(|absolute| {
+            let mut config = wasmtime::CacheConfig::new();
+            config.with_directory(absolute);
+            wasmtime::Cache::new(config).map_err(|e| format!("{e:#}"))
+        });
+    match ready {
+        Ok(cache) => Some(cache),
+        Err(error) => {
+            tracing::warn!(folder = %folder.display(), %error, "policy compile cache unavailable: policies compile on every load");
+            None
+        }
+    }
 }
 
 /// Advances the engine's epoch every `tick` until the engine is dropped. Call deadlines are

@@ -61,7 +61,8 @@ pub use policy::{
     RoutingOutcome,
 };
 pub use request::{
-    MAX_HEADER_EDITS, MAX_REPLY_BODY, MAX_RESPONSE_CONTEXT, RequestHandle, RequestOutcome,
+    FieldFilter, MAX_HEADER_EDITS, MAX_REPLY_BODY, MAX_RESPONSE_CONTEXT, RequestHandle,
+    RequestOutcome,
 };
 pub use watch::{PolicyWatcher, WatchError};
 

@@ -368,6 +368,8 @@ impl PolicySlot {
         match PolicyVersion::load(&self.engine, &self.name, &config) {
             Ok(version) => {
                 let sha256 = version.module.sha256;
+                let compile_ms = version.module.compile_time.as_millis() as u64;
+                let from_compile_cache = version.module.from_compile_cache;
                 self.current.store(Some(version));
                 self.budget.reset();
                 self.last_load_error.store(None);
@@ -375,6 +377,8 @@ impl PolicySlot {
                 tracing::info!(
                     policy = &*self.name,
                     world = self.world.as_str(),
+                    compile_ms,
+                    from_compile_cache,
                     "policy loaded"
                 );
                 Ok(Some(sha256))

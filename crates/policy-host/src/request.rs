@@ -6,7 +6,9 @@
 //! route's allowed services). An answer that fails a check is a failed call: the policy's
 //! failure mode decides what happens to the request.
 
-use sluice_config::FailureMode;
+use std::sync::Arc;
+
+use sluice_config::{FailureMode, PolicyConfig};
 
 use crate::bindings::types::{Action, Forward, HeaderEdit, HttpRequest, Reply};
 use crate::error::CallError;
@@ -99,6 +101,31 @@ impl RequestHandle {
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.0.name
+    }
+
+    /// Which request fields to show the policy: its `request_fields`, as configured for the
+    /// version that answers now.
+    pub fn field_filter(&self) -> FieldFilter {
+        let config = match self.0.current.load().as_ref() {
+            Some(version) => Arc::clone(&version.config),
+            None => self.0.desired.load_full(),
+        };
+        FieldFilter(config)
+    }
+}
+
+/// The request fields a `request` policy is shown (`[[policy]] request_fields`; all without).
+#[derive(Debug, Clone)]
+pub struct FieldFilter(Arc<PolicyConfig>);
+
+impl FieldFilter {
+    /// Whether the field called `name` (any case) is shown.
+    pub fn shows(&self, name: &[u8]) -> bool {
+        self.0.request_fields.as_ref().is_none_or(|names| {
+            names
+                .iter()
+                .any(|shown| shown.as_bytes().eq_ignore_ascii_case(name))
+        })
     }
 }
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use sluice_config::PolicyWorld;
 
 use crate::bindings::types::{
-    Action, Decision, HttpRequest, Instance, Peer, ProbeResult, Route, RouteError, Verdict,
+    Action, Decision, HeaderEdit, HttpRequest, Instance, Peer, ProbeResult, Route, RouteError,
+    Verdict,
 };
 use crate::error::CallError;
 use crate::host::PolicyHost;
@@ -24,7 +25,22 @@ pub(crate) enum CallInput {
     },
     Routing(Vec<Instance>),
     Request(Box<HttpRequest>),
+    /// A response head shown to `on-response`, with the context `on-request` returned.
+    Response(ResponseInput),
 }
+
+/// The input of an `on-response` call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResponseInput {
+    status: u16,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    context: String,
+}
+
+/// The second export of the `request` world, which test cases may call by name.
+pub(crate) const ON_RESPONSE: &str = "on-response";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +97,36 @@ impl CallInput {
             ),
         })
     }
+
+    /// Parses `value` as the input of `call` (the world's main export when `None`); only the
+    /// `request` world has a second one, `on-response`.
+    pub(crate) fn parse_call(
+        world: PolicyWorld,
+        call: Option<&str>,
+        value: serde_json::Value,
+    ) -> Result<Self, InputError> {
+        if calls_on_response(world, call) {
+            let expected =
+                "{\"status\": …, \"headers\": [[name, value], …], \"context\": …} object";
+            return from_json(value, expected).map(CallInput::Response);
+        }
+        Self::parse(world, value)
+    }
+}
+
+/// Whether a case's `call` is the `request` world's second export.
+pub(crate) fn calls_on_response(world: PolicyWorld, call: Option<&str>) -> bool {
+    world == PolicyWorld::Request && call == Some(ON_RESPONSE)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    expected: &'static str,
+) -> Result<T, InputError> {
+    serde_json::from_value(value).map_err(|e| InputError {
+        expected,
+        detail: e.to_string(),
+    })
 }
 
 /// A policy's answer to one call.
@@ -91,6 +137,7 @@ pub(crate) enum Answer {
     Verdict(Verdict),
     Routes(RouteTable),
     Action(Action),
+    Edits(Vec<HeaderEdit>),
 }
 
 /// A call that produced no policy answer.
@@ -146,6 +193,16 @@ pub(crate) fn call(host: &PolicyHost, name: &str, input: &CallInput) -> Result<A
             }),
             None => Err(not_loaded()),
         },
+        CallInput::Response(response) => {
+            let handle = host.request(name).ok_or_else(not_loaded)?;
+            handle
+                .on_response(response.status, &response.headers, &response.context)
+                .map(Answer::Edits)
+                .map_err(|error| Failure {
+                    error,
+                    instead: "the response would go on unedited".into(),
+                })
+        }
     }
 }
 
@@ -158,6 +215,8 @@ pub(crate) enum Expected {
     /// `build-routes` returned `err(message)`.
     Rejected(String),
     Action(Action),
+    /// `on-response`'s header edits.
+    Edits(Vec<HeaderEdit>),
 }
 
 /// A routing answer: routes and per-entry errors, both optional in the cases file.
@@ -213,12 +272,27 @@ impl Expected {
         })
     }
 
+    /// Parses `value` as the answer of `call` (see [`CallInput::parse_call`]).
+    pub(crate) fn parse_call(
+        world: PolicyWorld,
+        call: Option<&str>,
+        value: serde_json::Value,
+    ) -> Result<Self, InputError> {
+        if calls_on_response(world, call) {
+            let expected =
+                "list of header edits ([{\"Set\": [name, value]}, {\"Remove\": name}, …])";
+            return from_json(value, expected).map(Expected::Edits);
+        }
+        Self::parse(world, value)
+    }
+
     /// Whether the call's outcome is this answer.
     pub(crate) fn matches(&self, got: &Result<Answer, Failure>) -> bool {
         match (self, got) {
             (Expected::Decision(want), Ok(Answer::Decision(got))) => want == got,
             (Expected::Verdict(want), Ok(Answer::Verdict(got))) => want == got,
             (Expected::Action(want), Ok(Answer::Action(got))) => want == got,
+            (Expected::Edits(want), Ok(Answer::Edits(got))) => want == got,
             (Expected::Routes(want), Ok(Answer::Routes(got))) => {
                 want.routes == got.routes && want.errors == got.errors
             }
@@ -239,6 +313,7 @@ impl Expected {
             Expected::Decision(decision) => json(decision),
             Expected::Verdict(verdict) => json(verdict),
             Expected::Action(action) => json(&readable_action(action)),
+            Expected::Edits(edits) => json(edits),
             Expected::Routes(routes) => json(routes),
             Expected::Rejected(message) => json(&serde_json::json!({ "rejected": message })),
         }

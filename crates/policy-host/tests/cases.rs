@@ -169,3 +169,53 @@ fn bad_cases_are_refused_before_any_runs_naming_the_case() {
         "{configure}"
     );
 }
+
+#[test]
+fn request_cases_call_on_response_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = Path::new(artifacts::HEADER_GATE);
+    let config = Some(r#"{"key": "sesame"}"#);
+    let response = |context: &str, expect: &str| {
+        format!(
+            r#"[{{"name": "tagged", "call": "on-response",
+                 "input": {{"status": 200, "headers": [["content-type", "text/plain"]],
+                           "context": "{context}"}},
+                 "expect": {expect}}}]"#
+        )
+    };
+    let passing = cases_file(
+        &dir,
+        &response("blue", r#"[{"Set": ["x-tagged", "blue"]}]"#),
+    );
+    let report = run_cases(module, &passing, config).unwrap();
+    assert!(report.passed(), "{report}");
+
+    let failing = cases_file(&dir, &response("blue", r#"[{"Remove": "x-tagged"}]"#));
+    let report = run_cases(module, &failing, config).unwrap();
+    assert!(!report.passed());
+    let shown = report.to_string();
+    assert!(
+        shown.contains("-     \"Remove\": \"x-tagged\"") && shown.contains("+       \"x-tagged\","),
+        "{shown}"
+    );
+
+    let wrong_input = cases_file(
+        &dir,
+        r#"[{"name": "x", "call": "on-response", "input": {"status": 200}, "expect": []}]"#,
+    );
+    let error = run_cases(module, &wrong_input, config)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("missing field `context`"), "{error}");
+    let wrong_call = cases_file(
+        &dir,
+        r#"[{"name": "x", "call": "authorize", "input": {}, "expect": []}]"#,
+    );
+    let error = run_cases(module, &wrong_call, config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.ends_with("whose calls are `on-request` and `on-response`"),
+        "{error}"
+    );
+}

@@ -3,8 +3,8 @@
 //! Contract: each constant is the absolute path of a `wasm32-wasip2` component compiled by this
 //! crate's build script from the sources in this repository — the shipped policies
 //! (`mirror-primary`, `urlprefix`, `ecp-authz`, `jwt`) and the test-only guests that misbehave
-//! on purpose (loop forever, grab memory, panic), implement the wrong world, or check a header
-//! (`header_gate`). Building this crate fails, naming `scripts/setup.sh`, when the
+//! on purpose (loop forever, grab memory, panic), implement the wrong world, check a header
+//! (`header_gate`) or forward every request without reading it (`noop_request`). Building this crate fails, naming `scripts/setup.sh`, when the
 //! target is not installed; it never hands out a stale or missing file.
 //!
 //! The misbehaving guests answer normally unless asked: `authz` by the peer's listener name,

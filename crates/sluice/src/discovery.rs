@@ -150,6 +150,7 @@ impl DiscoveryState {
                 max_memory_bytes: BUILTIN_POLICY_MEMORY,
             },
             failure_mode: FailureMode::KeepLast,
+            request_fields: None,
         }
     }
 

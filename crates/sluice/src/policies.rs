@@ -89,9 +89,19 @@ pub(crate) struct Policies {
     /// per-connection authz path and every probe read it without taking a lock.
     shared_host: Arc<OnceLock<Arc<PolicyHost>>>,
     watcher: Mutex<Option<PolicyWatcher>>,
+    /// `[runtime] policy_cache`, read when the host starts (with the first policy).
+    compile_cache: Option<std::path::PathBuf>,
 }
 
 impl Policies {
+    /// No policies yet; the host will keep compiled modules in `compile_cache`.
+    pub(crate) fn new(compile_cache: Option<std::path::PathBuf>) -> Self {
+        Policies {
+            compile_cache,
+            ..Policies::default()
+        }
+    }
+
     /// Loads, reloads or removes policies to match `configs` (blocking: compiles modules).
     /// Rejected policies keep their previous version, if any; the report says which.
     pub(crate) fn apply(&self, configs: &[PolicyConfig]) -> Result<ReloadReport, String> {
@@ -102,6 +112,7 @@ impl Policies {
                 let kv = Arc::clone(&self.kv) as Arc<dyn sluice_policy_host::KvView>;
                 let config = HostConfig {
                     builtins: crate::builtin::modules(),
+                    compile_cache: self.compile_cache.clone(),
                     ..HostConfig::default()
                 };
                 let host = PolicyHost::new(config, kv)

@@ -86,6 +86,14 @@ const PYTHON_AUTHZ: &[TemplateFile] = &[
     template!("app.py", "python/authz/app.py"),
     template!("cases.json", "python/authz/cases.json"),
 ];
+const PYTHON_HEALTH: &[TemplateFile] = &[
+    template!("app.py", "python/health/app.py"),
+    template!("cases.json", "python/health/cases.json"),
+];
+const PYTHON_ROUTING: &[TemplateFile] = &[
+    template!("app.py", "python/routing/app.py"),
+    template!("cases.json", "python/routing/cases.json"),
+];
 const PYTHON_REQUEST: &[TemplateFile] = &[
     template!("app.py", "python/request/app.py"),
     template!("cases.json", "python/request/cases.json"),
@@ -103,12 +111,6 @@ pub(crate) enum NewError {
     BadName(String),
     #[error("{0} already exists; choose another name or remove it")]
     Exists(PathBuf),
-    #[error("no {lang} template for world `{world}` yet (available: {available})")]
-    NoTemplate {
-        lang: &'static str,
-        world: &'static str,
-        available: &'static str,
-    },
     #[error(
         "cannot find the Rust SDK (package sluice-policy-sdk, not on crates.io){tried}: pass --sdk PATH, the path of a Sluice checkout or of its crates/policy-sdk"
     )]
@@ -152,7 +154,7 @@ fn create(dir: &Path, world: World, lang: Lang, sdk: Option<&Path>) -> Result<St
         return Err(NewError::Exists(dir.to_owned()));
     }
     let crate_name = name.replace('-', "_");
-    let (common, specific) = templates(lang, world)?;
+    let (common, specific) = templates(lang, world);
     let sdk = match lang {
         Lang::Rust => find_sdk(sdk)?.display().to_string(),
         Lang::Python => String::new(),
@@ -187,22 +189,16 @@ fn create(dir: &Path, world: World, lang: Lang, sdk: Option<&Path>) -> Result<St
     Ok(summary(dir, &crate_name, world, lang, &sdk, &written))
 }
 
-fn templates(
-    lang: Lang,
-    world: World,
-) -> Result<(&'static [TemplateFile], &'static [TemplateFile]), NewError> {
+fn templates(lang: Lang, world: World) -> (&'static [TemplateFile], &'static [TemplateFile]) {
     match (lang, world) {
-        (Lang::Rust, World::Authz) => Ok((RUST_COMMON, RUST_AUTHZ)),
-        (Lang::Rust, World::Health) => Ok((RUST_COMMON, RUST_HEALTH)),
-        (Lang::Rust, World::Routing) => Ok((RUST_COMMON, RUST_ROUTING)),
-        (Lang::Rust, World::Request) => Ok((RUST_COMMON, RUST_REQUEST)),
-        (Lang::Python, World::Authz) => Ok((PYTHON_COMMON, PYTHON_AUTHZ)),
-        (Lang::Python, World::Request) => Ok((PYTHON_COMMON, PYTHON_REQUEST)),
-        (Lang::Python, other) => Err(NewError::NoTemplate {
-            lang: "python",
-            world: other.as_str(),
-            available: "authz, request",
-        }),
+        (Lang::Rust, World::Authz) => (RUST_COMMON, RUST_AUTHZ),
+        (Lang::Rust, World::Health) => (RUST_COMMON, RUST_HEALTH),
+        (Lang::Rust, World::Routing) => (RUST_COMMON, RUST_ROUTING),
+        (Lang::Rust, World::Request) => (RUST_COMMON, RUST_REQUEST),
+        (Lang::Python, World::Authz) => (PYTHON_COMMON, PYTHON_AUTHZ),
+        (Lang::Python, World::Health) => (PYTHON_COMMON, PYTHON_HEALTH),
+        (Lang::Python, World::Routing) => (PYTHON_COMMON, PYTHON_ROUTING),
+        (Lang::Python, World::Request) => (PYTHON_COMMON, PYTHON_REQUEST),
     }
 }
 

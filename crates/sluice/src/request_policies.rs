@@ -2,8 +2,8 @@
 //! the request as the contract's `http-request`, the policy's answer as the proxy's.
 
 use bytes::Bytes;
-use sluice_policy_host::RequestOutcome;
 use sluice_policy_host::types::{self, Action, HeaderEdit};
+use sluice_policy_host::{FieldFilter, RequestOutcome};
 use sluice_proxy::{FieldEdit, ForwardEdits, PolicyAnswer, PolicyRequest, RequestPolicies};
 
 use crate::policies::{Policies, wasm_peer};
@@ -16,7 +16,7 @@ impl RequestPolicies for Policies {
                 error: "not loaded".into(),
             };
         };
-        match handle.on_request(&http_request(request)) {
+        match handle.on_request(&http_request(request, &handle.field_filter())) {
             RequestOutcome::Decided(action) => answer(action),
             RequestOutcome::Failed { error, open: true } => {
                 tracing::warn!(policy, %error, "request policy call failed; failure_mode = open: forwarding unchanged");
@@ -49,9 +49,13 @@ impl RequestPolicies for Policies {
 }
 
 /// The contract's view of a request: text fields, non-UTF-8 bytes replaced (documented in
-/// the WIT).
-fn http_request(request: &PolicyRequest<'_>) -> types::HttpRequest {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+/// the WIT), only the fields the policy's `request_fields` name.
+fn http_request(request: &PolicyRequest<'_>, shown: &FieldFilter) -> types::HttpRequest {
+    // Checked first as whole UTF-8 (fast for the usual ASCII); replaced only when it is not.
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    };
     types::HttpRequest {
         method: request.method().to_owned(),
         scheme: request.scheme.to_owned(),
@@ -60,6 +64,7 @@ fn http_request(request: &PolicyRequest<'_>) -> types::HttpRequest {
         query: request.query().map(str::to_owned),
         headers: request
             .fields()
+            .filter(|(name, _)| shown.shows(name))
             .map(|(name, value)| {
                 let mut name = text(name);
                 name.make_ascii_lowercase();

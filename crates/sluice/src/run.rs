@@ -71,7 +71,9 @@ async fn serve(config_path: PathBuf, cfg: Config, metrics: PrometheusHandle) -> 
     // routing policy is loaded with the others.
     let discovery = crate::discovery::DiscoveryState::start(&cfg).context("starting discovery")?;
     // Policies first: health checks that name one evaluate through it from their first probe.
-    let policies = Arc::new(crate::policies::Policies::default());
+    let policies = Arc::new(crate::policies::Policies::new(
+        cfg.runtime.policy_cache.clone(),
+    ));
     policies
         .kv
         .apply(&cfg.kv)

@@ -206,7 +206,7 @@ fn policy_new_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let existing = dir.path().join("taken");
     std::fs::create_dir(&existing).unwrap();
-    let cases: [(PathBuf, &[&str], String); 4] = [
+    let cases: [(PathBuf, &[&str], String); 3] = [
         (
             existing.clone(),
             &["--world", "authz"],
@@ -216,11 +216,6 @@ fn policy_new_refuses_what_it_cannot_do() {
             dir.path().join("9lives"),
             &["--world", "authz"],
             "is not a usable project name".into(),
-        ),
-        (
-            dir.path().join("py-health"),
-            &["--world", "health", "--lang", "python"],
-            "no python template for world `health` yet (available: authz, request)".into(),
         ),
         (
             dir.path().join("no-sdk"),
@@ -287,7 +282,7 @@ fn componentize_py() -> PathBuf {
 fn policy_new_python_projects_build_and_pass_check_and_test() {
     let tool = componentize_py();
     let dir = tempfile::tempdir().unwrap();
-    for world in ["authz", "request"] {
+    for world in ["authz", "health", "routing", "request"] {
         let project = dir.path().join(format!("py-{world}"));
         let out = sluice(&[
             "policy",
@@ -442,4 +437,82 @@ fn a_rejected_module_is_one_precise_line_in_check_the_log_and_the_admin_api() {
             "one log line names the problem: {stderr}"
         );
     }
+}
+
+/// A fresh folder for a compile cache under the target directory.
+fn empty_cache_folder(name: &str) -> PathBuf {
+    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&folder);
+    folder
+}
+
+fn files_under(folder: &Path) -> usize {
+    std::fs::read_dir(folder).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    files_under(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn a_restarted_proxy_loads_its_policies_from_the_compile_cache() {
+    let cache = empty_cache_folder("compile-cache-run");
+    let loaded_line = |sluice: &SluiceProcess| {
+        let mut found = String::new();
+        eventually_blocking("the policy is loaded", Duration::from_secs(30), || {
+            let stderr = sluice.stderr();
+            let line = stderr.lines().find(|line| line.contains("policy loaded"));
+            found = line.ok_or("no `policy loaded` line yet")?.to_owned();
+            Ok(())
+        });
+        found
+    };
+    for (start, from_cache) in [(1, false), (2, true)] {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "[runtime]\npolicy_cache = \"{}\"\n{}",
+            cache.display(),
+            authz_config(admin, listener, Path::new(MISBEHAVING_AUTHZ))
+        );
+        let sluice = SluiceProcess::start(Path::new(BIN), &config, admin);
+        let line = loaded_line(&sluice);
+        assert!(
+            line.contains(&format!("from_compile_cache={from_cache}")),
+            "start {start}: {line}"
+        );
+        assert!(
+            files_under(&cache) > 0,
+            "start {start}: nothing in {cache:?}"
+        );
+    }
+}
+
+#[test]
+fn policy_check_reads_machine_code_from_the_compile_cache_the_second_time() {
+    let cache_home = empty_cache_folder("compile-cache-check");
+    let check = || {
+        let out = Command::new(BIN)
+            .args(["policy", "check", MISBEHAVING_AUTHZ])
+            .env("XDG_CACHE_HOME", &cache_home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let first = check();
+    assert!(!first.contains("compile cache"), "{first}");
+    assert!(files_under(&cache_home.join("sluice/policies")) > 0);
+    let second = check();
+    assert!(
+        second.contains("(machine code from the compile cache)"),
+        "{second}"
+    );
 }

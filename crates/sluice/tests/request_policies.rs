@@ -36,11 +36,15 @@ fn start(failure_mode: &str) -> Setup {
          failure_mode = \"{failure_mode}\"\ntimeout = \"100ms\"\nconfig = {{ key = \"sesame\" }}\n\
          [[route]]\npath = \"/api\"\nservice = \"main\"\npolicy = \"gate\"\n\
          policy_services = [\"canary\"]\n\
-         [[route]]\npath = \"/open\"\nservice = \"main\"\n",
+         [[route]]\npath = \"/open\"\nservice = \"main\"\n\
+         [[policy]]\nname = \"key_only\"\nworld = \"request\"\nfile = \"{gate}\"\n\
+         request_fields = [\"X-Api-Key\"]\nconfig = {{ key = \"sesame\" }}\n\
+         [[route]]\npath = \"/fields\"\nservice = \"main\"\npolicy = \"key_only\"\n",
         main.addr(),
         canary.addr(),
         canary.addr(),
         sluice_policy_test_artifacts::HEADER_GATE,
+        gate = sluice_policy_test_artifacts::HEADER_GATE,
     );
     let sluice = SluiceProcess::start(BIN.as_ref(), &config, admin);
     Setup {
@@ -176,6 +180,18 @@ fn a_route_naming_a_policy_of_another_world_or_none_is_a_config_error() {
             "`policy_services` without a `policy`",
             4,
         ),
+        (
+            "[[policy]]\nname = \"a\"\nworld = \"authz\"\nfile = \"a.wasm\"\n\
+             request_fields = [\"authorization\"]\n",
+            "`request_fields` is for request policies, not authz",
+            5,
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nworld = \"request\"\nfile = \"a.wasm\"\n\
+             request_fields = [\"ok\", \"bad name\"]\n",
+            "`bad name` is not a field name",
+            5,
+        ),
     ];
     for (routes, message, line) in cases {
         let path = dir.path().join("sluice.toml");
@@ -197,6 +213,27 @@ fn a_route_naming_a_policy_of_another_world_or_none_is_a_config_error() {
             "line {line}: {stderr}"
         );
     }
+}
+
+/// `request_fields`: the policy sees only the fields named (in any case); the instance still
+/// gets every field the client sent.
+#[test]
+fn a_policy_is_shown_only_its_request_fields() {
+    let s = start("closed");
+    let url = format!("http://{}/fields/x", s.web);
+    let passed = curl(&url, &["x-api-key: sesame", "x-caller: ann"], &[]);
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    let seen = passed.json();
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-gate"], "passed", "{seen}");
+    assert!(
+        headers.get("x-caller-name").is_none(),
+        "the policy was not shown x-caller: {seen}"
+    );
+    assert_eq!(headers["x-caller"], "ann", "{seen}");
+
+    let refused = curl(&url, &["x-caller: ann"], &[]);
+    assert_eq!(refused.status, 401, "{}", refused.body);
 }
 
 /// Bodies past 1 KiB go through a policy route whose policy edits the head and rewrites the

@@ -30,8 +30,10 @@ pub mod token;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::rc::Rc;
+
+use rustc_hash::FxHasher;
 
 use sluice_policy_sdk::{Action, HttpRequest, RequestPolicy, host, request};
 
@@ -47,8 +49,55 @@ pub struct JwtPolicy {
     jwks: RefCell<Option<(String, Result<Jwks, String>)>>,
     /// The last "keys unavailable" cause logged, so a missing key logs once, not per request.
     last_warning: RefCell<Option<String>>,
-    /// Tokens that verified, by their text.
-    verified: RefCell<HashMap<String, Verified>>,
+    /// Tokens that verified, by a hash of their text (see [`TokenMemory`]).
+    verified: RefCell<TokenMemory>,
+    /// The hash of the inline secret, worked out once (a KV secret is hashed per request).
+    inline_key_hash: Option<u64>,
+}
+
+/// Verified tokens by a seeded 64-bit hash of their text. The hash is cheap where SipHash over
+/// a 150-byte token is not, and the seed (random per instance) keeps clients from choosing
+/// tokens that collide; a collision only replaces an entry, because a hit compares the text.
+#[derive(Debug)]
+struct TokenMemory {
+    seed: u64,
+    entries: HashMap<u64, Verified, BuildHasherDefault<FxHasher>>,
+}
+
+impl TokenMemory {
+    fn new() -> Self {
+        TokenMemory {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
+            entries: HashMap::default(),
+        }
+    }
+
+    fn hash(&self, text: &str) -> u64 {
+        let mut hasher = FxHasher::with_seed(self.seed as usize);
+        hasher.write(text.as_bytes());
+        hasher.finish()
+    }
+
+    /// The entry remembered for exactly `text`.
+    fn get(&self, hash: u64, text: &str) -> Option<&Verified> {
+        self.entries.get(&hash).filter(|v| same_text(&v.text, text))
+    }
+}
+
+/// Equality of two texts, eight bytes at a time: WebAssembly's `memcmp` compares byte by byte,
+/// and every remembered token is compared in full on every request.
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = a_words.remainder() == b_words.remainder();
+    tails_equal
+        && a_words.zip(b_words).all(|(x, y)| {
+            u64::from_ne_bytes(x.try_into().unwrap_or_default())
+                == u64::from_ne_bytes(y.try_into().unwrap_or_default())
+        })
 }
 
 /// Claims as a map, shared between the cache and the call that uses them.
@@ -58,6 +107,8 @@ type Claims = Rc<serde_json::Map<String, serde_json::Value>>;
 /// or the JWKS), and its claims.
 #[derive(Debug)]
 struct Verified {
+    /// The token's text, compared on a hit of its hash.
+    text: Box<str>,
     alg: Alg,
     key: u64,
     claims: Claims,
@@ -80,11 +131,17 @@ enum Refusal {
 
 impl RequestPolicy for JwtPolicy {
     fn configure(config: &str) -> Result<Self, String> {
+        let config = config::parse(config)?;
+        let inline_key_hash = match &config.secret {
+            Some(SecretSource::Inline(secret)) => Some(text_hash(secret)),
+            _ => None,
+        };
         Ok(JwtPolicy {
-            config: config::parse(config)?,
+            config,
             jwks: RefCell::new(None),
             last_warning: RefCell::new(None),
-            verified: RefCell::new(HashMap::new()),
+            verified: RefCell::new(TokenMemory::new()),
+            inline_key_hash,
         })
     }
 
@@ -110,18 +167,21 @@ impl JwtPolicy {
 
     /// The claims of `text` if it verified before against the key that is current now.
     fn remembered(&self, text: &str) -> Result<Option<Claims>, Refusal> {
-        let Some(alg) = self.verified.borrow().get(text).map(|v| v.alg) else {
-            return Ok(None);
-        };
-        let key = self.key_hash(alg)?;
-        let mut verified = self.verified.borrow_mut();
-        match verified.get(text) {
-            Some(v) if v.key == key => Ok(Some(Rc::clone(&v.claims))),
-            _ => {
-                verified.remove(text);
-                Ok(None)
+        let (hash, remembered) = {
+            let memory = self.verified.borrow();
+            let hash = memory.hash(text);
+            match memory.get(hash, text) {
+                Some(v) => (hash, (v.alg, v.key, Rc::clone(&v.claims))),
+                None => return Ok(None),
             }
+        };
+        let (alg, key, claims) = remembered;
+        // Outside the borrow: a KV secret is read through the host.
+        if self.key_hash(alg)? == key {
+            return Ok(Some(claims));
         }
+        self.verified.borrow_mut().entries.remove(&hash);
+        Ok(None)
     }
 
     /// Verifies `text` in full and remembers it.
@@ -133,36 +193,38 @@ impl JwtPolicy {
         }
         let claims = Rc::new(token.claims().map_err(Refusal::Invalid)?);
         let key = self.key_hash(alg)?;
-        let mut verified = self.verified.borrow_mut();
-        if verified.len() >= MAX_VERIFIED {
-            verified.clear();
+        let mut memory = self.verified.borrow_mut();
+        if memory.entries.len() >= MAX_VERIFIED {
+            memory.entries.clear();
         }
         let entry = Verified {
+            text: text.into(),
             alg,
             key,
             claims: Rc::clone(&claims),
         };
-        verified.insert(text.to_owned(), entry);
+        let hash = memory.hash(text);
+        memory.entries.insert(hash, entry);
         Ok(claims)
     }
 
     /// A hash of the key text `alg` verifies with now: the secret, or the JWKS document.
     fn key_hash(&self, alg: Alg) -> Result<u64, Refusal> {
-        let mut hasher = DefaultHasher::new();
         match (alg, &self.config.secret) {
-            (Alg::Hs256, Some(SecretSource::Inline(secret))) => hasher.write(secret),
+            (Alg::Hs256, Some(SecretSource::Inline(_))) => self
+                .inline_key_hash
+                .ok_or_else(|| Refusal::KeysUnavailable("no HS256 secret".into())),
             (Alg::Hs256, Some(SecretSource::Kv(key))) => {
-                hasher.write(self.kv_text(key, "secret_kv_key")?.as_bytes());
+                Ok(text_hash(self.kv_text(key, "secret_kv_key")?.as_bytes()))
             }
-            (Alg::Hs256, None) => return Err(Refusal::KeysUnavailable("no HS256 secret".into())),
+            (Alg::Hs256, None) => Err(Refusal::KeysUnavailable("no HS256 secret".into())),
             _ => {
                 let Some(key) = &self.config.jwks_kv_key else {
                     return Err(Refusal::KeysUnavailable("no JWKS configured".into()));
                 };
-                hasher.write(self.kv_text(key, "jwks_kv_key")?.as_bytes());
+                Ok(text_hash(self.kv_text(key, "jwks_kv_key")?.as_bytes()))
             }
         }
-        Ok(hasher.finish())
     }
 
     /// The token as the client sent it, after the scheme.
@@ -302,6 +364,14 @@ impl JwtPolicy {
             }
         }
     }
+}
+
+/// A hash of key text: a changed secret or JWKS changes it (SipHash, as collisions here would
+/// let a token outlive a rotated key).
+fn text_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 fn non_empty<'r>(token: &'r str, field: &str) -> Result<&'r str, Refusal> {

@@ -609,6 +609,37 @@ fn a_remembered_token_still_expires_on_time() {
 }
 
 #[test]
+fn a_changed_copy_of_a_remembered_token_is_verified_again() {
+    let policy = configured(json!({"secret": "shared"}));
+    let token = hs256_with("shared", &claims(json!({})));
+    forwarded(bearer(&policy, &token));
+    // Same length, one byte changed: in the signature's last word, then in the header's first.
+    for at in [token.len() - 1, 0] {
+        let mut bytes = token.clone().into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).expect("ASCII");
+        let detail = invalid_detail(bearer(&policy, &tampered));
+        assert!(!detail.is_empty(), "byte {at} changed: {detail}");
+    }
+    forwarded(bearer(&policy, &token));
+}
+
+#[test]
+fn texts_compare_equal_only_when_every_byte_is() {
+    for (a, b, equal) in [
+        ("", "", true),
+        ("abcdefgh", "abcdefgh", true),
+        ("abcdefghij", "abcdefghij", true),
+        ("abcdefghij", "abcdefghik", false),
+        ("xbcdefghij", "abcdefghij", false),
+        ("abcdefgh", "abcdefg", false),
+        ("abcdefgh", "abcdefgi", false),
+    ] {
+        assert_eq!(crate::same_text(a, b), equal, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
 fn error_descriptions_are_quotable() {
     let policy = configured(json!({"jwks_kv_key": "jwt/jwks"}));
     let token = mint(Algorithm::RS256, Some("k\"i\\d\u{e9}"), &claims(json!({})));

@@ -81,6 +81,17 @@ impl Cx<'_> {
                 d::WORKER_THREADS as i64,
             ) as usize,
             shutdown_grace: self.duration(raw.shutdown_grace.as_ref(), d::SHUTDOWN_GRACE),
+            policy_cache: match raw.policy_cache {
+                None => d::policy_cache(),
+                Some(folder) if folder.get_ref().is_empty() => None,
+                Some(folder) => {
+                    let path = std::path::Path::new(folder.get_ref());
+                    Some(match self.src.path().parent() {
+                        Some(base) if path.is_relative() => base.join(path),
+                        _ => path.to_owned(),
+                    })
+                }
+            },
         }
     }
 

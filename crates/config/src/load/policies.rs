@@ -106,6 +106,7 @@ impl Cx<'_> {
                 }),
             };
             let file = self.policy_source(&p.file);
+            let request_fields = self.request_fields(p.request_fields.as_ref(), world);
             out.push(PolicyConfig {
                 name: name.to_owned(),
                 file,
@@ -121,9 +122,46 @@ impl Cx<'_> {
                     ) as usize,
                 },
                 failure_mode,
+                request_fields,
             });
         }
         out
+    }
+
+    /// `request_fields`: only for `request` policies; field names, kept in lower case.
+    fn request_fields(
+        &mut self,
+        raw: Option<&Spanned<Vec<Spanned<String>>>>,
+        world: PolicyWorld,
+    ) -> Option<Vec<String>> {
+        let list = raw?;
+        if world != PolicyWorld::Request {
+            self.error_hint(
+                Some(list.span()),
+                format!(
+                    "`request_fields` is for request policies, not {}",
+                    world.as_str()
+                ),
+                "remove it, or set world = \"request\"",
+            );
+            return None;
+        }
+        let is_token = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        let mut names = Vec::new();
+        for name in list.get_ref() {
+            if is_token(name.get_ref()) {
+                names.push(name.get_ref().to_ascii_lowercase());
+            } else {
+                let shown = name.get_ref();
+                self.error(Some(name.span()), format!("`{shown}` is not a field name"));
+            }
+        }
+        Some(names)
     }
 
     /// `file`: a path (relative to the config file's folder) or `builtin:NAME`, whose name must

@@ -54,6 +54,7 @@ pub fn policy(
             PolicyWorld::Authz | PolicyWorld::Request => FailureMode::Closed,
             _ => FailureMode::KeepLast,
         },
+        request_fields: None,
     }
 }
 
