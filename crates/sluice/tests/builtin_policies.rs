@@ -92,15 +92,7 @@ fn builtin_mirror_primary_and_ecp_authz_load_by_name_and_decide() {
     });
 
     // ecp-authz: the allow-list in its config decides who may connect.
-    let first_line = |client: &str| {
-        sluice_test_support::s_client_first_line(
-            db,
-            "data.test",
-            &ca.ca_path,
-            &ca.dir().join(format!("{client}.pem")),
-            &ca.dir().join(format!("{client}.key")),
-        )
-    };
+    let first_line = |client: &str| sluice_test_support::s_client_first_line_as(db, &ca, client);
     assert_eq!(first_line("app1"), "a", "app1 is on the allow-list");
     assert_eq!(first_line("app3"), "", "app3 is not");
 

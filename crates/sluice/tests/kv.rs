@@ -9,20 +9,11 @@ use std::time::Duration;
 
 use sluice_test_support::certs::{Leaf, TestCa};
 use sluice_test_support::etcd::Etcd;
-use sluice_test_support::{MirrorMember, MirrorRole, SluiceProcess, free_port, http_get};
+use sluice_test_support::{
+    MirrorMember, MirrorRole, SluiceProcess, free_port, http_get, s_client_first_line_as,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-/// The first line a TLS client reads from `addr` (empty when the proxy closed the connection).
-fn s_client_first_line(addr: SocketAddr, ca: &TestCa, client: &str) -> String {
-    sluice_test_support::s_client_first_line(
-        addr,
-        "data.test",
-        &ca.ca_path,
-        &ca.dir().join(format!("{client}.pem")),
-        &ca.dir().join(format!("{client}.key")),
-    )
-}
 
 fn eventually_true(what: &str, check: impl FnMut() -> Result<(), String>) {
     sluice_test_support::eventually_blocking(what, Duration::from_secs(15), check);
@@ -81,9 +72,9 @@ fn allow_list_in_a_kv_file_changes_at_run_time_without_a_reload() {
     let kv = format!("[[kv]]\nsource = \"file\"\npath = {kv_file:?}\npoll = \"200ms\"\n");
     let mut p = SluiceProcess::start(Path::new(BIN), &config(&s, &kv), s.admin);
 
-    assert_eq!(s_client_first_line(s.db, &s.ca, "app1"), "datasrv");
+    assert_eq!(s_client_first_line_as(s.db, &s.ca, "app1"), "datasrv");
     assert_eq!(
-        s_client_first_line(s.db, &s.ca, "app3"),
+        s_client_first_line_as(s.db, &s.ca, "app3"),
         "",
         "app3 is not listed yet"
     );
@@ -91,7 +82,7 @@ fn allow_list_in_a_kv_file_changes_at_run_time_without_a_reload() {
     std::fs::write(&kv_file, "[ecp]\nCLIENT_SYSTEMS = \"app1;app2;app3\"\n").unwrap();
     eventually_true(
         "app3 admitted after the KV change",
-        || match s_client_first_line(s.db, &s.ca, "app3").as_str() {
+        || match s_client_first_line_as(s.db, &s.ca, "app3").as_str() {
             "datasrv" => Ok(()),
             other => Err(format!("got {other:?}")),
         },
@@ -119,7 +110,7 @@ fn allow_list_in_a_kv_file_changes_at_run_time_without_a_reload() {
     std::fs::write(&kv_file, "[ecp]\nCLIENT_SYSTEMS = \"app2\"\n").unwrap();
     eventually_true(
         "app1 refused after the KV change",
-        || match s_client_first_line(s.db, &s.ca, "app1").as_str() {
+        || match s_client_first_line_as(s.db, &s.ca, "app1").as_str() {
             "" => Ok(()),
             other => Err(format!("got {other:?}")),
         },
@@ -145,13 +136,13 @@ fn allow_list_in_etcd_changes_at_run_time_and_survives_an_etcd_outage() {
     let mut p = SluiceProcess::start(Path::new(BIN), &config(&s, &kv), s.admin);
     let up = format!("sluice_kv_source_up{{source=\"etcd {}\"}}", etcd.endpoint());
 
-    assert_eq!(s_client_first_line(s.db, &s.ca, "app2"), "datasrv");
-    assert_eq!(s_client_first_line(s.db, &s.ca, "app3"), "");
+    assert_eq!(s_client_first_line_as(s.db, &s.ca, "app2"), "datasrv");
+    assert_eq!(s_client_first_line_as(s.db, &s.ca, "app3"), "");
 
     etcd.put("ecp/CLIENT_SYSTEMS", "app1;app2;app3");
     eventually_true(
         "app3 admitted after the etcd put",
-        || match s_client_first_line(s.db, &s.ca, "app3").as_str() {
+        || match s_client_first_line_as(s.db, &s.ca, "app3").as_str() {
             "datasrv" => Ok(()),
             other => Err(format!("got {other:?}")),
         },
@@ -169,7 +160,7 @@ fn allow_list_in_etcd_changes_at_run_time_and_survives_an_etcd_outage() {
         }
     });
     assert_eq!(
-        s_client_first_line(s.db, &s.ca, "app3"),
+        s_client_first_line_as(s.db, &s.ca, "app3"),
         "datasrv",
         "the last values stay in use while etcd is down"
     );
@@ -185,7 +176,7 @@ fn allow_list_in_etcd_changes_at_run_time_and_survives_an_etcd_outage() {
     etcd.put("ecp/CLIENT_SYSTEMS", "app2");
     eventually_true(
         "app3 refused after the next change",
-        || match s_client_first_line(s.db, &s.ca, "app3").as_str() {
+        || match s_client_first_line_as(s.db, &s.ca, "app3").as_str() {
             "" => Ok(()),
             other => Err(format!("got {other:?}")),
         },

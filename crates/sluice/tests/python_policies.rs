@@ -24,29 +24,31 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// A debug build compiles the 18 MB Python component in about 20 s on a busy machine.
 const START_WITHIN: Duration = Duration::from_secs(120);
 
+/// `sluice policy check FILE --config CONFIG --input INPUT`, which must pass; its stdout.
+fn policy_check(file: &Path, config: &str, input: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(file)
+        .args(["--config", config, "--input", input])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn policy_check_runs_the_python_authz_example_on_a_peer() {
     let file = python_example("authz");
     let peer = r#"{"listener": "db", "source_address": "10.1.2.3", "source_port": 40000,
         "client_certificate": {"subject_cn": "app2", "dns_sans": [], "uri_sans": [], "issuer": "CN=CA",
         "sha256_fingerprint": "ab", "not_before": 0, "not_after": 4000000000}}"#;
-    let out = Command::new(BIN)
-        .args(["policy", "check"])
-        .arg(&file)
-        .args([
-            "--config",
-            r#"{"allowed_cns": ["app1", "app2"], "source_cidrs": ["10.0.0.0/8"]}"#,
-            "--input",
-            peer,
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = r#"{"allowed_cns": ["app1", "app2"], "source_cidrs": ["10.0.0.0/8"]}"#;
+    let stdout = policy_check(&file, config, peer);
     assert!(
         stdout.contains("world:     authz (exports configure, authorize)"),
         "{stdout}"
@@ -62,18 +64,7 @@ fn policy_check_runs_the_python_request_example_on_a_request() {
         "headers": [["accept", "*/*"]],
         "peer": {"listener": "web", "source_address": "127.0.0.1", "source_port": 40000},
         "route": {"listener": "web", "name": "api", "service": "api", "allowed_services": []}}"#;
-    let out = Command::new(BIN)
-        .args(["policy", "check"])
-        .arg(&file)
-        .args(["--config", r#"{"api_key": "sesame"}"#, "--input", request])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = policy_check(&file, r#"{"api_key": "sesame"}"#, request);
     assert!(stdout.contains("world:     request"), "{stdout}");
     assert!(stdout.contains("configure: ok"), "{stdout}");
     // No key: the policy answers 401 itself.
@@ -108,15 +99,7 @@ fn python_authz_policy_decides_mutual_tls_connections() {
         member.tcp()
     );
     let mut p = SluiceProcess::start_within(Path::new(BIN), &config, admin, START_WITHIN);
-    let connect = |client: &str| {
-        sluice_test_support::s_client_first_line(
-            db,
-            "data.test",
-            &ca.ca_path,
-            &ca.dir().join(format!("{client}.pem")),
-            &ca.dir().join(format!("{client}.key")),
-        )
-    };
+    let connect = |client: &str| sluice_test_support::s_client_first_line_as(db, &ca, client);
     assert_eq!(connect("app1"), "datasrv", "app1 is on the allow-list");
     assert_eq!(connect("app3"), "", "app3 is not");
     eventually_blocking("denial counted and logged", Duration::from_secs(10), || {

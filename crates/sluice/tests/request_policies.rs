@@ -216,24 +216,39 @@ fn a_route_naming_a_policy_of_another_world_or_none_is_a_config_error() {
 }
 
 /// `request_fields`: the policy sees only the fields named (in any case); the instance still
-/// gets every field the client sent.
+/// gets every field the client sent, over HTTP/1.1 and HTTP/2, bytes that are not UTF-8 too.
 #[test]
 fn a_policy_is_shown_only_its_request_fields() {
+    use std::io::{Read as _, Write as _};
     let s = start("closed");
     let url = format!("http://{}/fields/x", s.web);
-    let passed = curl(&url, &["x-api-key: sesame", "x-caller: ann"], &[]);
-    assert_eq!(passed.status, 200, "{}", passed.body);
-    let seen = passed.json();
-    let headers = &seen["headers"];
-    assert_eq!(headers["x-gate"], "passed", "{seen}");
-    assert!(
-        headers.get("x-caller-name").is_none(),
-        "the policy was not shown x-caller: {seen}"
-    );
-    assert_eq!(headers["x-caller"], "ann", "{seen}");
-
-    let refused = curl(&url, &["x-caller: ann"], &[]);
-    assert_eq!(refused.status, 401, "{}", refused.body);
+    for protocol in [&[][..], &["--http2-prior-knowledge"][..]] {
+        let passed = curl(&url, &["x-api-key: sesame", "x-caller: ann"], protocol);
+        assert_eq!(passed.status, 200, "{protocol:?}: {}", passed.body);
+        let seen = passed.json();
+        let headers = &seen["headers"];
+        assert_eq!(headers["x-gate"], "passed", "{seen}");
+        assert!(
+            headers.get("x-caller-name").is_none(),
+            "{protocol:?}: the policy was not shown x-caller: {seen}"
+        );
+        assert_eq!(headers["x-caller"], "ann", "{seen}");
+        let refused = curl(&url, &["x-caller: ann"], protocol);
+        assert_eq!(refused.status, 401, "{protocol:?}: {}", refused.body);
+    }
+    // A field left out that is not UTF-8 still reaches the instance byte for byte.
+    let mut stream = std::net::TcpStream::connect(s.web).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /fields/x HTTP/1.1\r\nHost: t\r\nX-API-KEY: sesame\r\nX-Bytes: a\xff\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""x-bytes":"\\x61\\xff""#), "{text}");
 }
 
 /// Bodies past 1 KiB go through a policy route whose policy edits the head and rewrites the

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use sluice_test_support::certs::{Leaf, TestCa};
-use sluice_test_support::{Backend, SluiceProcess, free_port, http_get, require_tool};
+use sluice_test_support::{
+    Backend, SluiceProcess, free_port, http_get, require_tool, s_client_first_line_as,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -195,17 +197,6 @@ fn https_with_curl_sni_h2_identity_headers_failures_and_certificate_reload() {
     assert!(p.terminate(Duration::from_secs(5)).success());
 }
 
-/// The first line a TLS client reads from `addr` (empty when the proxy closed the connection).
-fn s_client_first_line(addr: SocketAddr, ca: &TestCa, client: &str) -> String {
-    sluice_test_support::s_client_first_line(
-        addr,
-        "data.test",
-        &ca.ca_path,
-        &ca.dir().join(format!("{client}.pem")),
-        &ca.dir().join(format!("{client}.key")),
-    )
-}
-
 #[test]
 fn ecp_authz_wasm_policy_decides_mutual_tls_tcp_connections() {
     require_tool("openssl");
@@ -234,11 +225,11 @@ fn ecp_authz_wasm_policy_decides_mutual_tls_tcp_connections() {
     );
     let mut p = SluiceProcess::start(Path::new(BIN), &config, admin);
     assert_eq!(
-        s_client_first_line(db, &ca, "app1"),
+        s_client_first_line_as(db, &ca, "app1"),
         "datasrv",
         "app1 is on the allow-list"
     );
-    assert_eq!(s_client_first_line(db, &ca, "app3"), "", "app3 is not");
+    assert_eq!(s_client_first_line_as(db, &ca, "app3"), "", "app3 is not");
     eventually_true("denial counted and logged", || {
         let metrics = http_get(admin, "/metrics").map_err(|e| e.to_string())?.1;
         if metrics.contains(r#"sluice_authz_denied_total{listener="db",reason="policy"} 1"#) {

@@ -30,7 +30,7 @@ pub use grpc::{
 };
 pub use h2_raw::h2c_get_with_widest_windows;
 pub use mirror::{Answer, AnswerKind, MirrorMember, MirrorRole, StatusProbes};
-pub use openssl::s_client_first_line;
+pub use openssl::{s_client_first_line, s_client_first_line_as};
 pub use process::{
     SluiceProcess, free_port, free_port_on, http_get, http_request, metric_value, require_tool,
 };

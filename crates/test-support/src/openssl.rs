@@ -4,7 +4,20 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::certs::TestCa;
 use crate::require_tool;
+
+/// [`s_client_first_line`] as `client`, a leaf `ca` issued (its `<client>.pem` and
+/// `<client>.key`), to a listener whose certificate is for `data.test` from the same CA.
+pub fn s_client_first_line_as(addr: SocketAddr, ca: &TestCa, client: &str) -> String {
+    s_client_first_line(
+        addr,
+        "data.test",
+        &ca.ca_path,
+        &ca.dir().join(format!("{client}.pem")),
+        &ca.dir().join(format!("{client}.key")),
+    )
+}
 
 /// The first line a mutual-TLS `openssl s_client` reads from `addr`, presenting `cert`/`key`,
 /// sending `server_name` and verifying the server against `ca` (a failed verification fails the
