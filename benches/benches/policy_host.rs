@@ -18,7 +18,8 @@ use sluice_policy_host::types::{
     ProbeResult, RouteInfo,
 };
 use sluice_policy_host::{
-    AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RequestOutcome, RoutingOutcome,
+    AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RequestOutcome, RequestView,
+    RoutingOutcome,
 };
 use sluice_policy_test_artifacts as artifacts;
 
@@ -107,10 +108,12 @@ fn authz_peer() -> Peer {
     }
 }
 
-/// A header check per request: the Rust test guest `header_gate` and the Python request example,
-/// both forwarding a request whose `x-api-key` matches (two header edits), next to a policy
-/// that reads nothing. Two requests: from a client with a verified certificate (mutual TLS),
-/// and plain HTTP with a few more fields (`http_request`).
+/// A header check per request: the guide's example `key_check`, the Rust test guest
+/// `header_gate` and the Python request example, all forwarding a request whose `x-api-key`
+/// matches (two header edits), next to a policy that reads nothing. Two requests: from a client with a verified certificate (mutual TLS),
+/// and plain HTTP with a few more fields (`http_request`). Each iteration refills one reused
+/// view, as the proxy does per request. The same two Rust guests built against contract 0.2.0
+/// (the request copied whole into the guest) show what the request resource saves.
 fn bench_on_request(c: &mut Criterion) {
     let python = artifacts::python_example("request").display().to_string();
     let mutual_tls = HttpRequest {
@@ -141,12 +144,29 @@ fn bench_on_request(c: &mut Criterion) {
             artifacts::NOOP_REQUEST.to_owned(),
             json!({}),
         ),
+        // The guide's header check: one field read, two edits.
+        (
+            "key_check",
+            artifacts::KEY_CHECK.to_owned(),
+            json!({"key": "sesame"}),
+        ),
+        // A test guest: the same check, plus five more fields read (its test hooks).
         (
             "header_gate",
             artifacts::HEADER_GATE.to_owned(),
             json!({"key": "sesame"}),
         ),
         ("python request", python, json!({"api_key": "sesame"})),
+        (
+            "noop_request 0.2.0",
+            contract_0_2_0("noop_request"),
+            json!({}),
+        ),
+        (
+            "header_gate 0.2.0",
+            contract_0_2_0("header_gate"),
+            json!({"key": "sesame"}),
+        ),
     ] {
         let host = host(&[policy(name, &file, PolicyWorld::Request, config)]);
         let gate = host.request(name).expect("request");
@@ -156,8 +176,12 @@ fn bench_on_request(c: &mut Criterion) {
                 gate.on_request(request),
                 RequestOutcome::Decided(Action::Forward(_))
             ));
+            let mut view = RequestView::default();
             c.bench_function(&format!("policy/on_request_warm ({name}, {label})"), |b| {
-                b.iter(|| gate.on_request(black_box(request)))
+                b.iter(|| {
+                    view.copy_from(black_box(request));
+                    gate.on_request_view(&mut view)
+                })
             });
         }
     }
@@ -187,6 +211,15 @@ fn bench_evaluate(c: &mut Criterion) {
     c.bench_function("policy/evaluate_warm (mirror-primary)", |b| {
         b.iter(|| mirror.evaluate(black_box(&member), black_box(&probe)))
     });
+}
+
+/// A test guest (or the `jwt` policy) as built against contract 0.2.0, kept as a fixture of the
+/// policy host's tests.
+fn contract_0_2_0(guest: &str) -> String {
+    format!(
+        "{}/../crates/policy-host/tests/fixtures/{guest}_wit_0_2_0.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 /// A GET with the usual client fields plus `extra`, on a route of service `orders`.
@@ -225,7 +258,8 @@ fn http_request(extra: &[(&str, &str)]) -> HttpRequest {
     }
 }
 
-/// The shipped `jwt` policy verifying an HS256 token (secret in config, then in KV).
+/// The shipped `jwt` policy verifying an HS256 token (secret in config, then in KV), and the same
+/// policy as built against contract 0.2.0 (the request copied whole) with the secret in config.
 fn bench_on_request_jwt(c: &mut Criterion) {
     let secret = "seed-003-shared-secret";
     let day_ahead = SystemTime::now()
@@ -241,19 +275,26 @@ fn bench_on_request_jwt(c: &mut Criterion) {
     .expect("signs");
     let signed = http_request(&[("authorization", &format!("Bearer {token}"))]);
     let mapping = json!({"sub": "x-user", "role": "x-role"});
-    for (label, config) in [
-        ("secret", json!({"secret": secret})),
-        ("secret_kv_key", json!({"secret_kv_key": "jwt/secret"})),
+    let contract_0_2_0 = contract_0_2_0("jwt");
+    for (label, file, config) in [
+        ("secret", artifacts::JWT, json!({"secret": secret})),
+        (
+            "secret_kv_key",
+            artifacts::JWT,
+            json!({"secret_kv_key": "jwt/secret"}),
+        ),
+        (
+            "secret, 0.2.0",
+            contract_0_2_0.as_str(),
+            json!({"secret": secret}),
+        ),
     ] {
         let mut config = config;
         config["audience"] = json!("orders");
         config["claims_to_headers"] = mapping.clone();
         let kv = MemoryKv::new();
         kv.set("jwt/secret", secret);
-        let jwt_host = host_with_kv(
-            &[policy("jwt", artifacts::JWT, PolicyWorld::Request, config)],
-            kv,
-        );
+        let jwt_host = host_with_kv(&[policy("jwt", file, PolicyWorld::Request, config)], kv);
         let jwt = jwt_host.request("jwt").expect("request");
         assert!(matches!(
             jwt.on_request(&signed),
@@ -261,7 +302,13 @@ fn bench_on_request_jwt(c: &mut Criterion) {
         ));
         c.bench_function(
             &format!("policy/on_request_warm (jwt HS256, {label})"),
-            |b| b.iter(|| jwt.on_request(black_box(&signed))),
+            |b| {
+                let mut view = RequestView::default();
+                b.iter(|| {
+                    view.copy_from(black_box(&signed));
+                    jwt.on_request_view(&mut view)
+                })
+            },
         );
     }
     bench_jwt_public_keys(c, day_ahead);

@@ -42,6 +42,16 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
         "examples/noop_request.wasm",
     ),
     (
+        "KEY_CHECK",
+        "sluice-policy-test-guests",
+        "examples/key_check.wasm",
+    ),
+    (
+        "REQUEST_READER",
+        "sluice-policy-test-guests",
+        "examples/request_reader.wasm",
+    ),
+    (
         "WRONG_WORLD",
         "sluice-policy-test-guests",
         "examples/wrong_world.wasm",

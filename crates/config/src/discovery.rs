@@ -74,7 +74,23 @@ pub struct RoutingConfig {
     /// A `[[kv]]` key holding more commands (same language), watched and applied after
     /// `overrides`.
     pub overrides_key: Option<String>,
+    /// `request_policies = { SERVICE = "POLICY", "*" = "POLICY" }`: the `request` policy each
+    /// discovered route of that service gets (`"*"`: of any service not named).
+    pub request_policies: BTreeMap<String, String>,
 }
+
+impl RoutingConfig {
+    /// The `request` policy a discovered route of `service` is attached to, if any.
+    pub fn request_policy_for(&self, service: &str) -> Option<&str> {
+        self.request_policies
+            .get(service)
+            .or_else(|| self.request_policies.get(ANY_SERVICE))
+            .map(String::as_str)
+    }
+}
+
+/// The key of `[routing] request_policies` that stands for every service not named.
+pub(crate) const ANY_SERVICE: &str = "*";
 
 impl Default for RoutingConfig {
     fn default() -> Self {
@@ -85,6 +101,7 @@ impl Default for RoutingConfig {
             tcp_bind: ROUTING_TCP_BIND,
             overrides: Vec::new(),
             overrides_key: None,
+            request_policies: BTreeMap::new(),
         }
     }
 }
@@ -121,4 +138,5 @@ pub(crate) struct RawRouting {
     pub(crate) tcp_bind: Option<S<String>>,
     pub(crate) overrides: Option<S<String>>,
     pub(crate) overrides_key: Option<S<String>>,
+    pub(crate) request_policies: Option<S<BTreeMap<String, S<String>>>>,
 }

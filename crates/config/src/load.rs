@@ -156,8 +156,9 @@ struct Cx<'s> {
     health_policy_refs: Vec<Spanned<String>>,
     /// `policy` of each `[listener.authz]`, checked once policies are known.
     authz_policy_refs: Vec<Spanned<String>>,
-    /// `[[route]] policy` names, checked once the policies are known.
-    request_policy_refs: Vec<Spanned<String>>,
+    /// Request policy names (`[[route]] policy`, `[routing] request_policies`) with who names
+    /// them, checked once the policies are known.
+    request_policy_refs: Vec<(&'static str, Spanned<String>)>,
 }
 
 fn declared_names(section: &str, value: &DeValue<'_>) -> Vec<(String, String)> {
@@ -308,7 +309,6 @@ impl<'s> Cx<'s> {
         let kv = self.kv(&raw.kv);
         self.cross_references(&services, &policies);
         self.authz_policy_references(&policies);
-        self.request_policy_references(&policies);
         let discovery = self.discovery(&raw.discovery);
         let routing = self.routing(
             raw.routing,
@@ -317,6 +317,8 @@ impl<'s> Cx<'s> {
             &policies,
             !kv.is_empty(),
         );
+        // After `routing`: `[routing] request_policies` names request policies too.
+        self.request_policy_references(&policies);
         let overload = self.overload(raw.overload.unwrap_or_default());
         Config {
             overload,

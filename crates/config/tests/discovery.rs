@@ -205,3 +205,43 @@ overrides_key = "sluice/overrides"
         "{shown}"
     );
 }
+
+#[test]
+fn request_policies_of_discovered_routes_name_request_policies() {
+    let head = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:18080"
+
+[[policy]]
+name = "jwt"
+world = "request"
+file = "builtin:jwt"
+config = { secret = "s" }
+
+[[policy]]
+name = "mirror"
+world = "health"
+file = "builtin:mirror-primary"
+"#;
+    let good = format!(
+        "{head}\n[[discovery]]\nkind = \"static\"\n[[discovery.instances]]\nname = \"api\"\naddress = \"127.0.0.1\"\nport = 9\n\n[routing]\nrequest_policies = {{ api = \"jwt\", \"*\" = \"jwt\" }}\n"
+    );
+    let config = parse_str("good.toml", &good).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.routing.request_policy_for("api"), Some("jwt"));
+    assert_eq!(config.routing.request_policy_for("other"), Some("jwt"));
+
+    let bad = format!(
+        "{head}\n[routing]\nrequest_policies = {{ api = \"jtw\", web = \"mirror\", \"\" = \"jwt\" }}\n"
+    );
+    let shown = parse_str("bad.toml", &bad).unwrap_err().to_string();
+    let expect = [
+        "bad.toml:17:20: error: [routing] request_policies applies to discovered routes, and there is no [[discovery]] source",
+        "bad.toml:17:56: error: [routing] request_policies has an empty service name",
+        "bad.toml:17:28: error: [routing] request_policies refers to unknown policy `jtw`",
+        "hint: did you mean `jwt`?",
+        "bad.toml:17:41: error: policy `mirror` is a health policy, not a request policy",
+    ];
+    for e in expect {
+        assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
+    }
+}

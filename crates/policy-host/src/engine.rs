@@ -14,12 +14,14 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{
-    AuthzPre, HOST_V0_1, HealthPre, RequestPre, RoutingPre, host_imports, types::LogLevel,
+    AuthzPre, HealthPre, OLDER_HOST_NAMES, RequestCopiedPre, RequestPre, RoutingPre, host_imports,
+    http_imports, types::LogLevel,
 };
 use crate::budget::CrashBudgetConfig;
 use crate::builtin::BuiltinModules;
 use crate::error::{HostError, ModuleError};
 use crate::kv::KvView;
+use crate::request_view::RequestView;
 
 /// Engine-wide settings. Per-policy limits come from `[[policy]]` ([`sluice_config::PolicyLimits`]).
 #[derive(Debug, Clone)]
@@ -83,6 +85,9 @@ pub(crate) struct GuestState {
     /// Set when the limiter refused a memory growth: a trap that follows is the memory cap.
     pub(crate) memory_denied: bool,
     log_lines_this_call: u32,
+    /// The request an `on-request` call is deciding on (swapped in for the call's duration):
+    /// what the `http.request` resource's methods read.
+    pub(crate) request: RequestView,
 }
 
 /// Guest log lines longer than this are cut (a guest must not flood the proxy's log).
@@ -115,6 +120,7 @@ impl GuestState {
             max_memory_bytes,
             memory_denied: false,
             log_lines_this_call: 0,
+            request: RequestView::default(),
         }
     }
 
@@ -212,6 +218,8 @@ pub(crate) enum WorldPre {
     Health(HealthPre<GuestState>),
     Authz(AuthzPre<GuestState>),
     Request(RequestPre<GuestState>),
+    /// A `request` policy built against contract 0.2.0 (the request copied whole).
+    RequestCopied(RequestCopiedPre<GuestState>),
 }
 
 /// A compiled, linked and type-checked module. Shared by every policy loading the same bytes.
@@ -292,7 +300,9 @@ impl EngineShared {
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         host_imports::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        link_host_v0_1(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        http_imports::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        link_older_host_names(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine, config.epoch_tick);
         Ok(Arc::new(EngineShared {
@@ -352,9 +362,7 @@ impl EngineShared {
                 WorldPre::Health(HealthPre::new(instance_pre).map_err(type_error)?)
             }
             PolicyWorld::Authz => WorldPre::Authz(AuthzPre::new(instance_pre).map_err(type_error)?),
-            PolicyWorld::Request => {
-                WorldPre::Request(RequestPre::new(instance_pre).map_err(type_error)?)
-            }
+            PolicyWorld::Request => request_pre(instance_pre).map_err(type_error)?,
         };
         let module = Arc::new(CompiledModule {
             sha256,
@@ -423,23 +431,43 @@ impl EngineShared {
     }
 }
 
-/// The `host` imports once more under contract 0.1.0's name, so modules built against it keep
-/// loading: the interface is unchanged since, and component types match by structure, so the
-/// same functions serve both names.
-fn link_host_v0_1(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+/// A `request` module in the form of this contract (the request as a resource) or, failing
+/// that, of contract 0.2.0 (the request copied whole). The error names both mismatches.
+fn request_pre(
+    instance_pre: wasmtime::component::InstancePre<GuestState>,
+) -> wasmtime::Result<WorldPre> {
+    let resource_form = match RequestPre::new(instance_pre.clone()) {
+        Ok(pre) => return Ok(WorldPre::Request(pre)),
+        Err(e) => e,
+    };
+    RequestCopiedPre::new(instance_pre)
+        .map(WorldPre::RequestCopied)
+        .map_err(|copied_form| {
+            wasmtime::format_err!(
+                "{resource_form:#} (nor does it match contract 0.2.0's form: {copied_form:#})"
+            )
+        })
+}
+
+/// The `host` imports once more under the names of contracts 0.1.0 and 0.2.0, so modules built
+/// against them keep loading: the interface is unchanged since, and component types match by
+/// structure, so the same functions serve every name.
+fn link_older_host_names(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     use host_imports::Host as _;
-    let mut host = linker.instance(HOST_V0_1)?;
-    host.func_wrap("log", |mut cx, (level, message): (LogLevel, String)| {
-        cx.data_mut().log(level, message);
-        Ok(())
-    })?;
-    host.func_wrap("now-ms", |mut cx, (): ()| Ok((cx.data_mut().now_ms(),)))?;
-    host.func_wrap("kv-get", |mut cx, (key,): (String,)| {
-        Ok((cx.data_mut().kv_get(key),))
-    })?;
-    host.func_wrap("loaded-at-ms", |mut cx, (): ()| {
-        Ok((cx.data_mut().loaded_at_ms(),))
-    })?;
+    for name in OLDER_HOST_NAMES {
+        let mut host = linker.instance(name)?;
+        host.func_wrap("log", |mut cx, (level, message): (LogLevel, String)| {
+            cx.data_mut().log(level, message);
+            Ok(())
+        })?;
+        host.func_wrap("now-ms", |mut cx, (): ()| Ok((cx.data_mut().now_ms(),)))?;
+        host.func_wrap("kv-get", |mut cx, (key,): (String,)| {
+            Ok((cx.data_mut().kv_get(key),))
+        })?;
+        host.func_wrap("loaded-at-ms", |mut cx, (): ()| {
+            Ok((cx.data_mut().loaded_at_ms(),))
+        })?;
+    }
     Ok(())
 }
 

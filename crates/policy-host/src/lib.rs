@@ -21,8 +21,12 @@
 //!   (or forwards it unchanged if configured open). A request policy's answer is checked before
 //!   the proxy acts on it: framing and hop-by-hop fields, CR/LF, reply size, services outside the
 //!   route's allowed list are refused as a failed call.
-//! - Modules built against contract 0.1.0 (routing, health, authz) load unchanged: the `host`
-//!   imports are linked under both versions' names.
+//! - A `request` policy reads the request on demand through the `http.request` resource: the
+//!   caller fills a reusable [`RequestView`], lent to the guest for the call, and only the parts
+//!   the guest asks for are copied into it.
+//! - Modules built against contracts 0.1.0 (routing, health, authz) and 0.2.0 load unchanged:
+//!   the `host` imports are linked under every version's name, and a 0.2.0 `request` module
+//!   (the request copied whole) is recognised by its export's type and called that way.
 //! - Guests get no files, environment, arguments or network: only their inputs, their config,
 //!   and the `host` imports (log, clock, [`KvView`] reads).
 //! - [`check::check_module`] is `sluice policy check` (it shows what the guest logged);
@@ -45,6 +49,7 @@ pub mod metrics;
 mod nonblocking_io;
 mod policy;
 mod request;
+mod request_view;
 mod watch;
 mod world_call;
 
@@ -64,6 +69,7 @@ pub use request::{
     FieldFilter, MAX_HEADER_EDITS, MAX_REPLY_BODY, MAX_RESPONSE_CONTEXT, RequestHandle,
     RequestOutcome,
 };
+pub use request_view::{RequestView, empty_peer, lossy_text, set_text};
 pub use watch::{PolicyWatcher, WatchError};
 
 impl PolicyHost {

@@ -14,7 +14,7 @@ use wasmtime::{ResourceLimiter, Store, Trap, WasmBacktrace};
 use crate::bindings::types::{
     Decision, Instance, Peer, ProbeResult, Route, RouteEntry, RouteError, Verdict,
 };
-use crate::bindings::{Authz, Health, Request, Routing};
+use crate::bindings::{Authz, Health, Request, RequestCopied, Routing};
 use crate::budget::CrashBudget;
 use crate::builtin::module_bytes;
 use crate::engine::{CompiledModule, EngineShared, GuestState, WorldPre, deadline_ticks, unix_ms};
@@ -35,6 +35,7 @@ pub(crate) enum WorldBindings {
     Health(Health),
     Authz(Authz),
     Request(Request),
+    RequestCopied(RequestCopied),
 }
 
 /// Why a new instance could not be made ready.
@@ -136,6 +137,9 @@ impl PolicyVersion {
             WorldPre::Health(pre) => pre.instantiate(&mut store).map(WorldBindings::Health),
             WorldPre::Authz(pre) => pre.instantiate(&mut store).map(WorldBindings::Authz),
             WorldPre::Request(pre) => pre.instantiate(&mut store).map(WorldBindings::Request),
+            WorldPre::RequestCopied(pre) => pre
+                .instantiate(&mut store)
+                .map(WorldBindings::RequestCopied),
         };
         let bindings = match bindings {
             Ok(bindings) => bindings,
@@ -151,6 +155,7 @@ impl PolicyVersion {
             WorldBindings::Health(b) => b.call_configure(&mut store, &self.config_json),
             WorldBindings::Authz(b) => b.call_configure(&mut store, &self.config_json),
             WorldBindings::Request(b) => b.call_configure(&mut store, &self.config_json),
+            WorldBindings::RequestCopied(b) => b.call_configure(&mut store, &self.config_json),
         };
         match configured {
             Ok(Ok(())) => Ok(PooledInstance { store, bindings }),

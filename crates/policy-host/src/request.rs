@@ -10,9 +10,12 @@ use std::sync::Arc;
 
 use sluice_config::{FailureMode, PolicyConfig};
 
-use crate::bindings::types::{Action, Forward, HeaderEdit, HttpRequest, Reply};
+use wasmtime::component::Resource;
+
+use crate::bindings::types::{Action, Forward, HeaderEdit, HttpRequest, Reply, RouteInfo};
 use crate::error::CallError;
-use crate::policy::{PolicySlot, WorldBindings, peer_size, truncate};
+use crate::policy::{PolicySlot, WorldBindings, truncate};
+use crate::request_view::RequestView;
 
 /// Largest body a `reply` may carry.
 pub const MAX_REPLY_BODY: usize = 64 << 10;
@@ -64,21 +67,38 @@ pub enum RequestOutcome {
 }
 
 impl RequestHandle {
-    /// Asks the policy what to do with `request`. Never panics.
-    pub fn on_request(&self, request: &HttpRequest) -> RequestOutcome {
+    /// Asks the policy what to do with `request`. Never panics. The view is lent to the guest
+    /// for the call and handed back as it was, so the caller may reuse its buffers.
+    pub fn on_request_view(&self, request: &mut RequestView) -> RequestOutcome {
         let result = self
             .0
-            .call(request_size(request), |bindings, store| match bindings {
-                WorldBindings::Request(b) => Some(b.call_on_request(store, request)),
+            .call(request.size(), |bindings, store| match bindings {
+                WorldBindings::Request(b) => {
+                    std::mem::swap(&mut store.data_mut().request, request);
+                    // The one request lent at a time: the resource's methods read the store's view.
+                    let answer = b.call_on_request(&mut *store, Resource::new_borrow(0));
+                    std::mem::swap(&mut store.data_mut().request, request);
+                    Some(answer)
+                }
+                WorldBindings::RequestCopied(b) => {
+                    Some(b.call_on_request(store, &request.to_http_request()))
+                }
                 _ => None,
             });
-        match result.and_then(|action| checked_action(action, request)) {
+        match result.and_then(|action| checked_action(action, &request.route)) {
             Ok(action) => RequestOutcome::Decided(action),
             Err(error) => RequestOutcome::Failed {
                 error,
                 open: self.0.failure_mode() == FailureMode::Open,
             },
         }
+    }
+
+    /// [`RequestHandle::on_request_view`] on a whole request (tests, `policy test` cases).
+    pub fn on_request(&self, request: &HttpRequest) -> RequestOutcome {
+        let mut view = RequestView::default();
+        view.copy_from(request);
+        self.on_request_view(&mut view)
     }
 
     /// Asks the policy for edits of a response head, after `on-request` returned a
@@ -92,6 +112,9 @@ impl RequestHandle {
         let size = 64 + context.len() + fields_size(headers);
         let edits = self.0.call(size, |bindings, store| match bindings {
             WorldBindings::Request(b) => Some(b.call_on_response(store, status, headers, context)),
+            WorldBindings::RequestCopied(b) => {
+                Some(b.call_on_response(store, status, headers, context))
+            }
             _ => None,
         })?;
         check_edits(&edits)?;
@@ -129,9 +152,9 @@ impl FieldFilter {
     }
 }
 
-fn checked_action(action: Action, request: &HttpRequest) -> Result<Action, CallError> {
+fn checked_action(action: Action, route: &RouteInfo) -> Result<Action, CallError> {
     match &action {
-        Action::Forward(forward) => check_forward(forward, request)?,
+        Action::Forward(forward) => check_forward(forward, route)?,
         Action::Reply(reply) => check_reply(reply)?,
     }
     Ok(action)
@@ -141,14 +164,14 @@ fn invalid(what: String) -> CallError {
     CallError::InvalidAnswer(truncate(what))
 }
 
-fn check_forward(forward: &Forward, request: &HttpRequest) -> Result<(), CallError> {
+fn check_forward(forward: &Forward, route: &RouteInfo) -> Result<(), CallError> {
     check_edits(&forward.headers)?;
     if let Some(path) = &forward.path {
         check_path(path)?;
     }
     if let Some(service) = &forward.service {
-        let allowed = &request.route.allowed_services;
-        if *service != request.route.service && !allowed.contains(service) {
+        let allowed = &route.allowed_services;
+        if *service != route.service && !allowed.contains(service) {
             return Err(invalid(format!(
                 "service `{service}` is not among the route's policy_services {allowed:?}"
             )));
@@ -241,22 +264,4 @@ fn check_path(path: &str) -> Result<(), CallError> {
 
 fn fields_size(fields: &[(String, String)]) -> usize {
     fields.iter().map(|(k, v)| k.len() + v.len() + 16).sum()
-}
-
-fn request_size(request: &HttpRequest) -> usize {
-    let route = &request.route;
-    128 + request.method.len()
-        + request.host.len()
-        + request.path.len()
-        + request.query.as_ref().map_or(0, String::len)
-        + fields_size(&request.headers)
-        + peer_size(&request.peer)
-        + route.listener.len()
-        + route.name.len()
-        + route.service.len()
-        + route
-            .allowed_services
-            .iter()
-            .map(|s| s.len() + 8)
-            .sum::<usize>()
 }

@@ -1,6 +1,6 @@
-//! The `request` world (contract 0.2.0) on a real guest: forward with edits, reply, the checks
-//! on what a guest answers, failure modes, `on-response`; and a module built against contract
-//! 0.1.0 still loading.
+//! The `request` world (contract 0.3.0) on real guests: forward with edits, reply, the checks
+//! on what a guest answers, failure modes, `on-response`, what the request resource shows; and
+//! modules built against contracts 0.1.0 and 0.2.0 still loading.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::*;
 use serde_json::json;
 use sluice_config::{FailureMode, PolicyWorld};
 use sluice_policy_host::types::{Action, Decision, HeaderEdit};
-use sluice_policy_host::{AuthzOutcome, CallError, RequestHandle, RequestOutcome};
+use sluice_policy_host::{AuthzOutcome, CallError, RequestHandle, RequestOutcome, RequestView};
 use sluice_policy_test_artifacts as artifacts;
 
 fn gate(failure_mode: FailureMode) -> (sluice_policy_host::PolicyHost, RequestHandle) {
@@ -33,16 +33,8 @@ fn edits(outcome: RequestOutcome) -> Vec<HeaderEdit> {
     }
 }
 
-fn failure(outcome: RequestOutcome) -> (CallError, bool) {
-    match outcome {
-        RequestOutcome::Failed { error, open } => (error, open),
-        other => panic!("expected a failed call, got {other:?}"),
-    }
-}
-
-#[test]
-fn a_matching_key_forwards_with_edits_and_others_get_the_policys_reply() {
-    let (host, gate) = gate(FailureMode::Closed);
+/// `header_gate` forwards a request with the right key, the key removed and the caller named.
+fn passes_the_key_with_edits(gate: &RequestHandle) {
     let passed = gate.on_request(&http_request(
         "/x",
         &[("x-api-key", "sesame"), ("x-caller", "ann")],
@@ -55,6 +47,19 @@ fn a_matching_key_forwards_with_edits_and_others_get_the_policys_reply() {
             HeaderEdit::Set(("x-caller-name".into(), "ann".into())),
         ]
     );
+}
+
+fn failure(outcome: RequestOutcome) -> (CallError, bool) {
+    match outcome {
+        RequestOutcome::Failed { error, open } => (error, open),
+        other => panic!("expected a failed call, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_matching_key_forwards_with_edits_and_others_get_the_policys_reply() {
+    let (host, gate) = gate(FailureMode::Closed);
+    passes_the_key_with_edits(&gate);
     let refused = gate.on_request(&http_request("/x", &[("x-api-key", "guess")]));
     let RequestOutcome::Decided(Action::Reply(reply)) = refused else {
         panic!("expected a reply, got {refused:?}");
@@ -185,4 +190,93 @@ fn a_module_built_against_contract_0_1_0_still_loads_and_answers() {
         old.authorize(&peer("ecp", Some("other"), "127.0.0.1")),
         AuthzOutcome::Decided(Decision::Deny(_))
     ));
+}
+
+/// The reply body of the `request_reader` guest for `view`, as JSON.
+fn read_back(handle: &RequestHandle, view: &mut RequestView) -> serde_json::Value {
+    match handle.on_request_view(view) {
+        RequestOutcome::Decided(Action::Reply(reply)) => {
+            serde_json::from_slice(&reply.body).expect("the reader answers JSON")
+        }
+        other => panic!("expected the reader's reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_request_resource_shows_each_part_and_field_bytes_as_sent() {
+    let host = host();
+    let report = host.apply_config(&[policy(
+        "reader",
+        artifacts::REQUEST_READER,
+        PolicyWorld::Request,
+        json!({}),
+    )]);
+    assert!(report.is_ok(), "{report:?}");
+    let reader = host.request("reader").expect("loaded");
+    let mut view = RequestView::default();
+    view.copy_from(&http_request("/a/b", &[]));
+    view.set_request_line("POST", "https", Some(b"api.test"), "/a/b", Some("q=1"));
+    view.push_field(b"X-Probe", b"caf\xc3\xa9");
+    view.push_field(b"accept", b"*/*");
+    view.push_field(b"x-probe", b"raw\xff");
+    let seen = read_back(&reader, &mut view);
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["scheme"], "https");
+    assert_eq!(seen["host"], "api.test");
+    assert_eq!(
+        (&seen["path"], &seen["query"]),
+        (&json!("/a/b"), &json!("q=1"))
+    );
+    assert_eq!(seen["header"], "café");
+    assert_eq!(seen["header_values"], json!(["café", "raw\u{fffd}"]));
+    assert_eq!(seen["header_bytes"], json!(b"caf\xc3\xa9".to_vec()));
+    assert_eq!(
+        seen["headers"],
+        json!([
+            ["x-probe", "café"],
+            ["accept", "*/*"],
+            ["x-probe", "raw\u{fffd}"]
+        ])
+    );
+    assert_eq!(seen["peer"]["listener"], "web");
+    assert_eq!(seen["route"]["allowed_services"], json!(["canary"]));
+
+    // The view comes back as it was lent, and a request without the field shows none.
+    view.set_request_line("GET", "http", None, "/", None);
+    view.push_field(b"x-read", b"x-absent");
+    let seen = read_back(&reader, &mut view);
+    assert_eq!(
+        (&seen["header"], &seen["query"]),
+        (&json!(null), &json!(null))
+    );
+    assert_eq!(seen["header_values"], json!([]));
+    assert_eq!(seen["host"], "");
+}
+
+#[test]
+fn a_request_module_built_against_contract_0_2_0_still_loads_and_answers() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/header_gate_wit_0_2_0.wasm"
+    );
+    let host = host();
+    let report = host.apply_config(&[policy(
+        "old",
+        fixture,
+        PolicyWorld::Request,
+        json!({"key": "sesame"}),
+    )]);
+    assert!(report.is_ok(), "{report:?}");
+    let old = host.request("old").expect("loaded");
+    passes_the_key_with_edits(&old);
+    let refused = old.on_request(&http_request("/x", &[("x-api-key", "guess")]));
+    assert!(
+        matches!(&refused, RequestOutcome::Decided(Action::Reply(r)) if r.status == 401),
+        "{refused:?}"
+    );
+    let edits = old.on_response(200, &[], "blue").expect("answered");
+    assert_eq!(
+        edits,
+        vec![HeaderEdit::Set(("x-tagged".into(), "blue".into()))]
+    );
 }

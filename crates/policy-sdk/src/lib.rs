@@ -48,6 +48,8 @@ pub use types::{
     RouteTarget, TlsOptions, Up, Verdict,
 };
 
+pub use request::Request;
+
 /// A policy of the `routing` world: catalog → routes.
 pub trait RoutingPolicy: Sized + 'static {
     /// Builds the policy from its `[[policy]] config` (JSON text). An error rejects the module.
@@ -76,8 +78,8 @@ pub trait AuthzPolicy: Sized + 'static {
 pub trait RequestPolicy: Sized + 'static {
     /// Builds the policy from its `[[policy]] config` (JSON text). An error rejects the module.
     fn configure(config: &str) -> Result<Self, String>;
-    /// What to do with `request`.
-    fn on_request(&self, request: &HttpRequest) -> Action;
+    /// What to do with `request`. Read only the parts you need: each read asks the host.
+    fn on_request(&self, request: &Request<'_>) -> Action;
     /// Edits of the response head, called only when [`RequestPolicy::on_request`] forwarded
     /// with a `response_context` (which is handed back here). Edits nothing by default.
     fn on_response(
@@ -271,11 +273,14 @@ macro_rules! export_request {
                     ::std::result::Result::Ok(())
                 }
 
-                fn on_request(request: $crate::types::HttpRequest) -> $crate::types::Action {
+                fn on_request(
+                    request: &$crate::__bindings::sluice::policy::http::RequestHead,
+                ) -> $crate::types::Action {
                     POLICY.with(|slot| match &*slot.borrow() {
-                        ::std::option::Option::Some(policy) => {
-                            $crate::RequestPolicy::on_request(policy, &request)
-                        }
+                        ::std::option::Option::Some(policy) => $crate::RequestPolicy::on_request(
+                            policy,
+                            &$crate::Request::from_host(request),
+                        ),
                         ::std::option::Option::None => $crate::request::error_reply(
                             503,
                             "policy_unavailable",

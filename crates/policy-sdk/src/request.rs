@@ -1,17 +1,139 @@
-//! Reading an [`HttpRequest`] and building a request policy's answers.
+//! Reading a [`Request`] and building a request policy's answers.
 //!
 //! ```
-//! use sluice_policy_sdk::{Action, HttpRequest, request};
+//! use sluice_policy_sdk::{Action, HttpRequest, Request, request};
 //!
-//! fn on_request(req: &HttpRequest) -> Action {
-//!     match req.header("x-api-key") {
+//! fn on_request(req: &Request<'_>) -> Action {
+//!     match req.header("x-api-key").as_deref() {
 //!         Some("letmein") => request::forward().set_header("x-user", "demo").into(),
 //!         _ => request::error_reply(401, "unauthorized", "missing or wrong x-api-key"),
 //!     }
 //! }
+//!
+//! // In a unit test, a `Request` reads a whole `HttpRequest` built by the test.
+//! let get = sluice_policy_sdk::testing::http_request("/", &[("x-api-key", "letmein")]);
+//! assert!(matches!(on_request(&Request::from(&get)), Action::Forward(_)));
 //! ```
 
-use crate::types::{Action, Forward, HeaderEdit, HttpRequest, Reply};
+use crate::__bindings::sluice::policy::http::RequestHead;
+use crate::types::{Action, Forward, HeaderEdit, HttpRequest, Peer, Reply, RouteInfo};
+
+/// The request a `request` policy decides on (its head: no body).
+///
+/// In WebAssembly it reads from the host on demand: each method call asks the host once and
+/// copies only what it returns, so read a field once and keep the value. In native unit tests
+/// it reads an [`HttpRequest`] the test built (`Request::from(&http_request)`).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a>(Source<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Host(&'a RequestHead),
+    Copied(&'a HttpRequest),
+}
+
+impl<'a> From<&'a HttpRequest> for Request<'a> {
+    fn from(request: &'a HttpRequest) -> Self {
+        Request(Source::Copied(request))
+    }
+}
+
+impl<'a> Request<'a> {
+    /// The request the host lends to `on-request` (used by [`crate::export_request!`]).
+    #[doc(hidden)]
+    pub fn from_host(head: &'a RequestHead) -> Self {
+        Request(Source::Host(head))
+    }
+
+    /// `GET`, `POST`, ...
+    pub fn method(&self) -> String {
+        match self.0 {
+            Source::Host(head) => head.method(),
+            Source::Copied(request) => request.method.clone(),
+        }
+    }
+
+    /// `http` or `https`: how the client reached Sluice.
+    pub fn scheme(&self) -> String {
+        match self.0 {
+            Source::Host(head) => head.scheme(),
+            Source::Copied(request) => request.scheme.clone(),
+        }
+    }
+
+    /// The `Host` (or `:authority`) as sent; empty when absent.
+    pub fn host(&self) -> String {
+        match self.0 {
+            Source::Host(head) => head.host(),
+            Source::Copied(request) => request.host.clone(),
+        }
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> String {
+        match self.0 {
+            Source::Host(head) => head.path(),
+            Source::Copied(request) => request.path.clone(),
+        }
+    }
+
+    /// The query without `?`; `None` when the target has no `?`.
+    pub fn query(&self) -> Option<String> {
+        match self.0 {
+            Source::Host(head) => head.query(),
+            Source::Copied(request) => request.query.clone(),
+        }
+    }
+
+    /// The first value of the field `name` (any case). Bytes that are not UTF-8 come as U+FFFD.
+    pub fn header(&self, name: &str) -> Option<String> {
+        match self.0 {
+            Source::Host(head) => head.header(name),
+            Source::Copied(request) => request.header(name).map(str::to_owned),
+        }
+    }
+
+    /// Every value of the field `name` (any case), in the order received.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        match self.0 {
+            Source::Host(head) => head.header_values(name),
+            Source::Copied(request) => request.headers_named(name).map(str::to_owned).collect(),
+        }
+    }
+
+    /// The first value of the field `name` (any case), its bytes as the client sent them.
+    pub fn header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        match self.0 {
+            Source::Host(head) => head.header_bytes(name),
+            Source::Copied(request) => request.header(name).map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    /// Every field, names in lower case, in the order received. Copies them all: prefer
+    /// [`Request::header`] for the fields you need.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        match self.0 {
+            Source::Host(head) => head.headers(),
+            Source::Copied(request) => request.headers.clone(),
+        }
+    }
+
+    /// The connection the request came on.
+    pub fn peer(&self) -> Peer {
+        match self.0 {
+            Source::Host(head) => head.peer(),
+            Source::Copied(request) => request.peer.clone(),
+        }
+    }
+
+    /// The route the request matched.
+    pub fn route(&self) -> RouteInfo {
+        match self.0 {
+            Source::Host(head) => head.route(),
+            Source::Copied(request) => request.route.clone(),
+        }
+    }
+}
 
 impl HttpRequest {
     /// The first value of the field `name` (case-insensitive), if present.

@@ -70,3 +70,38 @@ pub(crate) fn now_ms() -> u64 {
             .map_or(0, |elapsed| elapsed.as_millis() as u64)
     })
 }
+
+/// A `GET` of `path` (a `?` starts the query) with `fields`, from `127.0.0.1:40000` on the
+/// listener `web`, matched by the route `web` to the service `web`: the usual request of a unit
+/// test, to change where the test needs (`Request::from(&request)` reads it).
+pub fn http_request(path: &str, fields: &[(&str, &str)]) -> crate::HttpRequest {
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (path, None),
+    };
+    crate::HttpRequest {
+        method: "GET".into(),
+        scheme: "http".into(),
+        host: "example.test".into(),
+        path: path.into(),
+        query,
+        headers: fields
+            .iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), (*value).to_owned()))
+            .collect(),
+        peer: crate::Peer {
+            listener: "web".into(),
+            source_address: "127.0.0.1".into(),
+            source_port: 40000,
+            sni: None,
+            alpn: None,
+            client_certificate: None,
+        },
+        route: crate::RouteInfo {
+            listener: "web".into(),
+            name: "web".into(),
+            service: "web".into(),
+            allowed_services: Vec::new(),
+        },
+    }
+}

@@ -4,8 +4,10 @@
 //! crate's build script from the sources in this repository — the shipped policies
 //! (`mirror-primary`, `urlprefix`, `ecp-authz`, `jwt`) and the test-only guests that misbehave
 //! on purpose (loop forever, grab memory, panic), implement the wrong world, check a header
-//! (`header_gate`) or forward every request without reading it (`noop_request`). Building this crate fails, naming `scripts/setup.sh`, when the
-//! target is not installed; it never hands out a stale or missing file.
+//! (`header_gate`; `key_check`, the guide's example), forward every request without reading it (`noop_request`) or answer with a
+//! report of everything the request resource showed them (`request_reader`). Building this
+//! crate fails, naming `scripts/setup.sh`, when the target is not installed; it never hands out
+//! a stale or missing file.
 //!
 //! The misbehaving guests answer normally unless asked: `authz` by the peer's listener name,
 //! `health` by the instance id or the text its probe read, `routing` by an instance id in the

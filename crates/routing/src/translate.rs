@@ -181,7 +181,12 @@ impl Translator<'_> {
             upstream_host: rules.upstream_host,
             upgrades: sluice_config::default_upgrades(),
             rate_limit: None,
-            policy: None,
+            policy: self
+                .scope
+                .base
+                .routing
+                .request_policy_for(&route.service)
+                .map(str::to_owned),
             policy_services: Vec::new(),
         }
     }

@@ -378,3 +378,44 @@ async fn parked_instances_stay_where_the_checker_probes_them() {
     let routed: Vec<&str> = found.routes.iter().map(|r| r.service.as_str()).collect();
     assert_eq!(routed, ["web"], "no route is made for a parked instance");
 }
+
+#[tokio::test]
+async fn discovered_routes_get_the_request_policy_named_for_their_service() {
+    let base = sluice_config::parse_str(
+        "t.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n\
+         [[policy]]\nname = \"jwt\"\nworld = \"request\"\nfile = \"builtin:jwt\"\nconfig = { secret = \"s\" }\n\
+         [[policy]]\nname = \"gate\"\nworld = \"request\"\nfile = \"builtin:jwt\"\nconfig = { secret = \"t\" }\n\
+         [[discovery]]\nkind = \"static\"\n\
+         [[discovery.instances]]\nname = \"api\"\naddress = \"127.0.0.1\"\nport = 3\n\
+         [routing]\nrequest_policies = { api = \"jwt\", \"*\" = \"gate\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let catalog = Catalog::empty();
+    let routes = [route("/api", "api", &[3]), route("/web", "web", &[4])];
+    let (found, skipped) = routes_to_config(&routes, scope(&base, &catalog)).await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let policy_of = |path: &str| {
+        found
+            .routes
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("a route for {path}"))
+            .policy
+            .clone()
+    };
+    assert_eq!(policy_of("/api").as_deref(), Some("jwt"));
+    assert_eq!(
+        policy_of("/web").as_deref(),
+        Some("gate"),
+        "\"*\" for the rest"
+    );
+
+    let without = sluice_config::parse_str(
+        "t.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (found, _) = routes_to_config(&routes, scope(&without, &catalog)).await;
+    assert!(found.routes.iter().all(|r| r.policy.is_none()));
+}

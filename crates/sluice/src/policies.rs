@@ -297,14 +297,35 @@ impl sluice_tls::PolicyAuthorizer for Policies {
 
 /// The contract's view of a connection's peer.
 pub(crate) fn wasm_peer(peer: &sluice_tls::PeerFacts<'_>) -> sluice_policy_host::types::Peer {
-    use sluice_policy_host::types;
-    types::Peer {
-        listener: peer.listener.to_owned(),
-        source_address: peer.source.ip().to_canonical().to_string(),
-        source_port: peer.source.port(),
-        sni: peer.sni.map(str::to_owned),
-        alpn: peer.alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
-        client_certificate: peer.identity.map(|id| types::ClientCertificate {
+    let mut wasm = sluice_policy_host::empty_peer();
+    fill_peer(&mut wasm, peer);
+    wasm
+}
+
+/// Makes `wasm` describe `peer`, reusing its buffers (and its certificate when it is the same
+/// one, as on every request of a keep-alive mutual-TLS connection).
+pub(crate) fn fill_peer(
+    wasm: &mut sluice_policy_host::types::Peer,
+    peer: &sluice_tls::PeerFacts<'_>,
+) {
+    use sluice_policy_host::{lossy_text, set_text, types};
+    use std::fmt::Write as _;
+    set_text(&mut wasm.listener, peer.listener);
+    wasm.source_address.clear();
+    let _ = write!(wasm.source_address, "{}", peer.source.ip().to_canonical());
+    wasm.source_port = peer.source.port();
+    set_optional_text(&mut wasm.sni, peer.sni);
+    set_optional_text(&mut wasm.alpn, peer.alpn.map(lossy_text).as_deref());
+    let Some(id) = peer.identity else {
+        wasm.client_certificate = None;
+        return;
+    };
+    let same = wasm
+        .client_certificate
+        .as_ref()
+        .is_some_and(|known| known.sha256_fingerprint == id.fingerprint_sha256);
+    if !same {
+        wasm.client_certificate = Some(types::ClientCertificate {
             subject_cn: id.subject_cn.clone(),
             dns_sans: id.dns_sans.clone(),
             uri_sans: id.uri_sans.clone(),
@@ -312,6 +333,13 @@ pub(crate) fn wasm_peer(peer: &sluice_tls::PeerFacts<'_>) -> sluice_policy_host:
             sha256_fingerprint: id.fingerprint_sha256.clone(),
             not_before: id.not_before_unix,
             not_after: id.not_after_unix,
-        }),
+        });
+    }
+}
+
+fn set_optional_text(slot: &mut Option<String>, text: Option<&str>) {
+    match (slot.as_mut(), text) {
+        (Some(kept), Some(text)) => sluice_policy_host::set_text(kept, text),
+        (_, text) => *slot = text.map(str::to_owned),
     }
 }

@@ -1,12 +1,20 @@
 //! `[[route]] policy`: the proxy's [`RequestPolicies`] answered by the Wasm `request` policies —
-//! the request as the contract's `http-request`, the policy's answer as the proxy's.
+//! the request as the policy host's [`RequestView`], the policy's answer as the proxy's.
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
-use sluice_policy_host::types::{self, Action, HeaderEdit};
-use sluice_policy_host::{FieldFilter, RequestOutcome};
+use sluice_policy_host::types::{Action, HeaderEdit};
+use sluice_policy_host::{FieldFilter, RequestOutcome, RequestView, set_text};
 use sluice_proxy::{FieldEdit, ForwardEdits, PolicyAnswer, PolicyRequest, RequestPolicies};
 
-use crate::policies::{Policies, wasm_peer};
+use crate::policies::{Policies, fill_peer};
+
+thread_local! {
+    /// One view per data-plane thread, refilled for each request: its buffers keep their
+    /// capacity, so a warm request builds it without allocating.
+    static VIEW: RefCell<RequestView> = RefCell::new(RequestView::default());
+}
 
 impl RequestPolicies for Policies {
     /// Fails closed when the policy is not loaded; applies its failure mode when a call fails.
@@ -16,7 +24,20 @@ impl RequestPolicies for Policies {
                 error: "not loaded".into(),
             };
         };
-        match handle.on_request(&http_request(request, &handle.field_filter())) {
+        let filter = handle.field_filter();
+        let outcome = VIEW.with(|view| match view.try_borrow_mut() {
+            Ok(mut view) => {
+                fill_view(&mut view, request, &filter);
+                handle.on_request_view(&mut view)
+            }
+            // Not reached (a policy call never calls a policy), but a fresh view is as right.
+            Err(_) => {
+                let mut view = RequestView::default();
+                fill_view(&mut view, request, &filter);
+                handle.on_request_view(&mut view)
+            }
+        });
+        match outcome {
             RequestOutcome::Decided(action) => answer(action),
             RequestOutcome::Failed { error, open: true } => {
                 tracing::warn!(policy, %error, "request policy call failed; failure_mode = open: forwarding unchanged");
@@ -48,36 +69,25 @@ impl RequestPolicies for Policies {
     }
 }
 
-/// The contract's view of a request: text fields, non-UTF-8 bytes replaced (documented in
-/// the WIT), only the fields the policy's `request_fields` name.
-fn http_request(request: &PolicyRequest<'_>, shown: &FieldFilter) -> types::HttpRequest {
-    // Checked first as whole UTF-8 (fast for the usual ASCII); replaced only when it is not.
-    let text = |b: &[u8]| match std::str::from_utf8(b) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
-    };
-    types::HttpRequest {
-        method: request.method().to_owned(),
-        scheme: request.scheme.to_owned(),
-        host: request.host().map(text).unwrap_or_default(),
-        path: request.path().to_owned(),
-        query: request.query().map(str::to_owned),
-        headers: request
-            .fields()
-            .filter(|(name, _)| shown.shows(name))
-            .map(|(name, value)| {
-                let mut name = text(name);
-                name.make_ascii_lowercase();
-                (name, text(value))
-            })
-            .collect(),
-        peer: wasm_peer(&request.peer),
-        route: types::RouteInfo {
-            listener: request.peer.listener.to_owned(),
-            name: request.route.to_owned(),
-            service: request.service.to_owned(),
-            allowed_services: request.allowed_services.to_vec(),
-        },
+/// The contract's view of a request: only the fields the policy's `request_fields` name.
+fn fill_view(view: &mut RequestView, request: &PolicyRequest<'_>, shown: &FieldFilter) {
+    view.set_request_line(
+        request.method(),
+        request.scheme,
+        request.host(),
+        request.path(),
+        request.query(),
+    );
+    for (name, value) in request.fields().filter(|(name, _)| shown.shows(name)) {
+        view.push_field(name, value);
+    }
+    fill_peer(&mut view.peer, &request.peer);
+    let route = &mut view.route;
+    set_text(&mut route.listener, request.peer.listener);
+    set_text(&mut route.name, request.route);
+    set_text(&mut route.service, request.service);
+    if route.allowed_services != request.allowed_services {
+        route.allowed_services = request.allowed_services.to_vec();
     }
 }
 

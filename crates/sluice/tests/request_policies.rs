@@ -350,3 +350,55 @@ async fn an_open_loop_with_hundreds_in_flight_passes_the_policy() {
         "{max_in_flight} in flight at most\n{summary}"
     );
 }
+
+/// `curl` until `url` is routed (no longer 404), within ten seconds.
+fn until_routed(url: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while curl(url, &[], &[]).status == 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} was not routed within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn discovered_routes_get_the_request_policy_named_for_their_service() {
+    let (admin, web) = (addr(), addr());
+    let (found, other) = (Backend::start("found"), Backend::start("other"));
+    let instance = |name: &str, backend: &Backend, path: &str| {
+        format!(
+            "[[discovery.instances]]\nname = \"{name}\"\nid = \"{name}-1\"\naddress = \"127.0.0.1\"\n\
+             port = {}\ntags = [\"urlprefix-{path}\"]\n",
+            backend.addr().port()
+        )
+    };
+    let config = format!(
+        "[admin]\nbind = \"{admin}\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
+         [[policy]]\nname = \"gate\"\nworld = \"request\"\nfile = \"{}\"\nconfig = {{ key = \"sesame\" }}\n\
+         [[discovery]]\nkind = \"static\"\n{}{}\
+         [routing]\nrequest_policies = {{ found = \"gate\" }}\n",
+        sluice_policy_test_artifacts::HEADER_GATE,
+        instance("found", &found, "/found"),
+        instance("other", &other, "/other"),
+    );
+    let _sluice = SluiceProcess::start(BIN.as_ref(), &config, admin);
+    let guarded = format!("http://{web}/found/x");
+    until_routed(&guarded);
+    until_routed(&format!("http://{web}/other/x"));
+
+    let refused = curl(&guarded, &[], &[]);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let passed = curl(&guarded, &["x-api-key: sesame"], &[]);
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    assert_eq!(passed.json()["backend"], "found");
+    assert_eq!(passed.json()["headers"]["x-gate"], "passed");
+    let h2 = ["--http2-prior-knowledge"];
+    assert_eq!(curl(&guarded, &[], &h2).status, 401);
+
+    let unguarded = curl(&format!("http://{web}/other/x"), &[], &[]);
+    assert_eq!(unguarded.status, 200, "a service not named has no policy");
+    assert!(unguarded.json()["headers"].get("x-gate").is_none());
+}

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import wit_world
 from wit_world.imports import host, types
+from wit_world.imports.http import RequestHead
 
 import sluice_policy as sp
 
@@ -38,7 +39,7 @@ class WitWorld(wit_world.WitWorld):
         if not _api_key and not _kv_key:
             raise sp.Err("give `api_key` or `api_key_kv_key`")
 
-    def on_request(self, request: types.HttpRequest) -> types.Action:
+    def on_request(self, request: RequestHead) -> types.Action:
         presented = sp.header(request, _header)
         if presented is None:
             return unauthorized(f"missing {_header}")
@@ -46,7 +47,7 @@ class WitWorld(wit_world.WitWorld):
         if expected is None or not hmac.compare_digest(presented.encode(), expected.encode()):
             return unauthorized(f"wrong {_header}")
         service = None
-        if sp.header(request, "x-canary") == "1" and "canary" in request.route.allowed_services:
+        if sp.header(request, "x-canary") == "1" and "canary" in request.route().allowed_services:
             service = "canary"
         return sp.forward(
             headers=[sp.remove_header(_header), sp.set_header("x-authenticated", "api-key")],

@@ -9,8 +9,10 @@ the few things every policy needs and the bindings leave verbose:
 - configuration: `config_object` (the `configure` text as a dict, or a clean `Err`),
   `cidrs` (a list of CIDR strings as `ipaddress` networks, or a clean `Err`);
 - authz: `allow`, `deny`, `client_cn`, `source_in`;
-- request (world `request`, package 0.2.0): `header`, `header_values`, `forward`, `reply`,
-  `reply_json`, `set_header`, `append_header`, `remove_header`.
+- request (world `request`, package 0.3.0): `header`, `header_values`, `forward`, `reply`,
+  `reply_json`, `set_header`, `append_header`, `remove_header`. `on_request` receives a
+  `RequestHead` (from `wit_world.imports.http`) whose methods ask the host for one part each
+  (`request.header("x-api-key")`, `request.path()`, `request.route()`); read what you need once.
 
 Raising `componentize_py_types.Err(message)` from `configure` rejects the policy with that
 message. Any other exception escaping an export traps the call: the host reports the traceback
@@ -138,8 +140,11 @@ def _headers_of(request_or_headers: Any) -> Headers:
 
 
 def header(request_or_headers: Any, name: str) -> Optional[str]:
-    """The first value of header `name` (any case), or `None`. Takes an `HttpRequest` or a list
-    of (name, value) pairs."""
+    """The first value of header `name` (any case), or `None`. Takes the `RequestHead` that
+    `on_request` receives (one question to the host), an `HttpRequest`, or a list of
+    (name, value) pairs."""
+    if callable(getattr(request_or_headers, "header", None)):
+        return request_or_headers.header(name)
     wanted = name.lower()
     for field, value in _headers_of(request_or_headers):
         if field.lower() == wanted:
@@ -149,6 +154,8 @@ def header(request_or_headers: Any, name: str) -> Optional[str]:
 
 def header_values(request_or_headers: Any, name: str) -> List[str]:
     """Every value of header `name` (any case), in the order received."""
+    if callable(getattr(request_or_headers, "header_values", None)):
+        return request_or_headers.header_values(name)
     wanted = name.lower()
     return [v for f, v in _headers_of(request_or_headers) if f.lower() == wanted]
 

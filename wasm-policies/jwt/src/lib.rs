@@ -35,7 +35,7 @@ use std::rc::Rc;
 
 use rustc_hash::FxHasher;
 
-use sluice_policy_sdk::{Action, HttpRequest, RequestPolicy, host, request};
+use sluice_policy_sdk::{Action, Request, RequestPolicy, host, request};
 
 use crate::config::{Alg, Config, SecretSource};
 use crate::keys::{Jwks, shown};
@@ -145,7 +145,7 @@ impl RequestPolicy for JwtPolicy {
         })
     }
 
-    fn on_request(&self, request: &HttpRequest) -> Action {
+    fn on_request(&self, request: &Request<'_>) -> Action {
         match self.verified_claims(request) {
             Ok(claims) => self.forward(&claims),
             Err(refusal) => self.refuse(refusal),
@@ -155,8 +155,12 @@ impl RequestPolicy for JwtPolicy {
 
 impl JwtPolicy {
     /// The claims of the request's token, once its signature and claims are checked.
-    fn verified_claims(&self, request: &HttpRequest) -> Result<Claims, Refusal> {
-        let text = self.token_text(request)?;
+    fn verified_claims(&self, request: &Request<'_>) -> Result<Claims, Refusal> {
+        let field = &self.config.header;
+        let value = request
+            .header(field)
+            .ok_or_else(|| Refusal::Missing(format!("no `{field}` field")))?;
+        let text = self.token_text(&value)?;
         let claims = match self.remembered(text)? {
             Some(claims) => claims,
             None => self.verify(text)?,
@@ -227,13 +231,10 @@ impl JwtPolicy {
         }
     }
 
-    /// The token as the client sent it, after the scheme.
-    fn token_text<'r>(&self, request: &'r HttpRequest) -> Result<&'r str, Refusal> {
+    /// The token in the field's value, after the scheme.
+    fn token_text<'v>(&self, value: &'v str) -> Result<&'v str, Refusal> {
         let field = &self.config.header;
-        let value = request
-            .header(field)
-            .ok_or_else(|| Refusal::Missing(format!("no `{field}` field")))?
-            .trim();
+        let value = value.trim();
         let scheme = &self.config.scheme;
         if scheme.is_empty() {
             return non_empty(value, field);

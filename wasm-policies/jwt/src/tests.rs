@@ -9,7 +9,7 @@ use rsa::pkcs8::DecodePrivateKey as _;
 use rsa::traits::PublicKeyParts as _;
 use serde_json::{Value, json};
 use sluice_policy_sdk::{
-    Action, Forward, HeaderEdit, HttpRequest, LogLevel, Peer, Reply, RouteInfo, testing,
+    Action, Forward, HeaderEdit, HttpRequest, LogLevel, Reply, Request, testing,
 };
 
 use super::*;
@@ -68,35 +68,18 @@ fn configured(config: Value) -> JwtPolicy {
 }
 
 fn request(headers: &[(&str, &str)]) -> HttpRequest {
-    HttpRequest {
-        method: "GET".into(),
-        scheme: "http".into(),
-        host: "api.test".into(),
-        path: "/orders".into(),
-        query: None,
-        headers: headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect(),
-        peer: Peer {
-            listener: "web".into(),
-            source_address: "127.0.0.1".into(),
-            source_port: 40000,
-            sni: None,
-            alpn: None,
-            client_certificate: None,
-        },
-        route: RouteInfo {
-            listener: "web".into(),
-            name: "api".into(),
-            service: "orders".into(),
-            allowed_services: vec![],
-        },
-    }
+    let mut request = testing::http_request("/orders", headers);
+    request.host = "api.test".into();
+    request.route.name = "api".into();
+    request.route.service = "orders".into();
+    request
 }
 
 fn bearer(policy: &JwtPolicy, token: &str) -> Action {
-    policy.on_request(&request(&[("authorization", &format!("Bearer {token}"))]))
+    policy.on_request(&Request::from(&request(&[(
+        "authorization",
+        &format!("Bearer {token}"),
+    )])))
 }
 
 fn forwarded(action: Action) -> Forward {
@@ -447,32 +430,41 @@ fn missing_or_unreadable_keys_answer_503_and_log_once() {
 fn a_missing_or_wrongly_framed_token_is_a_missing_token() {
     let policy = configured(all_keys());
     assert_eq!(
-        refused(policy.on_request(&request(&[]))),
+        refused(policy.on_request(&Request::from(&request(&[])))),
         ("missing_token".into(), "no `authorization` field".into())
     );
     assert_eq!(
-        refused(policy.on_request(&request(&[("authorization", "Basic dXNlcjpwdw==")]))),
+        refused(policy.on_request(&Request::from(&request(&[(
+            "authorization",
+            "Basic dXNlcjpwdw=="
+        )])))),
         (
             "missing_token".into(),
             "`authorization` does not carry a Bearer token".into()
         )
     );
     assert_eq!(
-        refused(policy.on_request(&request(&[("authorization", "Bearer ")]))).0,
+        refused(policy.on_request(&Request::from(&request(&[("authorization", "Bearer ")])))).0,
         "missing_token"
     );
     // The scheme is case-insensitive (RFC 7235 §2.1).
     let token = mint(Algorithm::HS256, None, &claims(json!({})));
-    forwarded(policy.on_request(&request(&[("Authorization", &format!("bearer {token}"))])));
+    forwarded(policy.on_request(&Request::from(&request(&[(
+        "Authorization",
+        &format!("bearer {token}"),
+    )]))));
 }
 
 #[test]
 fn another_field_and_an_empty_scheme_take_the_whole_value() {
     let policy = configured(json!({"secret": SECRET, "header": "X-Service-Token", "scheme": ""}));
     let token = mint(Algorithm::HS256, None, &claims(json!({})));
-    forwarded(policy.on_request(&request(&[("x-service-token", &token)])));
+    forwarded(policy.on_request(&Request::from(&request(&[("x-service-token", &token)]))));
     assert_eq!(
-        refused(policy.on_request(&request(&[("authorization", &format!("Bearer {token}"))]))),
+        refused(policy.on_request(&Request::from(&request(&[(
+            "authorization",
+            &format!("Bearer {token}")
+        )])))),
         ("missing_token".into(), "no `x-service-token` field".into())
     );
 }
@@ -552,11 +544,11 @@ fn claims_are_mapped_to_fields_and_forged_fields_removed() {
         None,
         &claims(json!({"role": ["reader", "writer"], "admin": false, "level": 3})),
     );
-    let forward = forwarded(policy.on_request(&request(&[
+    let forward = forwarded(policy.on_request(&Request::from(&request(&[
         ("authorization", &format!("Bearer {token}")),
         ("x-user", "forged-admin"),
         ("x-tenant", "forged-tenant"),
-    ])));
+    ]))));
     let mut edits = forward.headers;
     edits.sort_by_key(|edit| format!("{edit:?}"));
     let set = |n: &str, v: &str| HeaderEdit::Set((n.into(), v.into()));

@@ -1,6 +1,6 @@
 //! `[[discovery]]` sources and `[routing]`, from catalog to routes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use toml::Spanned;
 
@@ -345,6 +345,7 @@ impl Cx<'_> {
             }
             key.get_ref().clone()
         });
+        let request_policies = self.routing_request_policies(&raw, discovery);
         RoutingConfig {
             listener,
             policy,
@@ -352,7 +353,41 @@ impl Cx<'_> {
             tcp_bind,
             overrides,
             overrides_key,
+            request_policies,
         }
+    }
+
+    /// `[routing] request_policies`: service names (or `"*"`) to `request` policies, checked
+    /// with the routes' `policy` references.
+    fn routing_request_policies(
+        &mut self,
+        raw: &RawRouting,
+        discovery: &[DiscoveryConfig],
+    ) -> BTreeMap<String, String> {
+        let Some(table) = &raw.request_policies else {
+            return BTreeMap::new();
+        };
+        if discovery.is_empty() {
+            self.error_hint(
+                Some(table.span()),
+                "[routing] request_policies applies to discovered routes, and there is no [[discovery]] source",
+                "add a [[discovery]] source, or attach the policy to [[route]]s with policy = \"NAME\"",
+            );
+        }
+        let mut out = BTreeMap::new();
+        for (service, policy) in table.get_ref() {
+            if service.is_empty() {
+                self.error_hint(
+                    Some(policy.span()),
+                    "[routing] request_policies has an empty service name",
+                    "name a catalog service, or \"*\" for every service not named",
+                );
+            }
+            self.request_policy_refs
+                .push(("[routing] request_policies", policy.clone()));
+            out.insert(service.clone(), policy.get_ref().clone());
+        }
+        out
     }
 
     /// The file offset of byte `offset` of a string value's content. The value is the parsed

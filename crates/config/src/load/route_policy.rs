@@ -43,14 +43,20 @@ impl Cx<'_> {
         out
     }
 
-    /// Every `[[route]] policy` names a `world = "request"` policy.
+    /// Every `[[route]] policy` (and `[routing] request_policies` value) names a
+    /// `world = "request"` policy.
     pub(super) fn request_policy_references(&mut self, policies: &[PolicyConfig]) {
-        for p in std::mem::take(&mut self.request_policy_refs) {
-            self.request_policy_reference(&p, policies);
+        for (referrer, p) in std::mem::take(&mut self.request_policy_refs) {
+            self.request_policy_reference(referrer, &p, policies);
         }
     }
 
-    fn request_policy_reference(&mut self, p: &Spanned<String>, policies: &[PolicyConfig]) {
+    fn request_policy_reference(
+        &mut self,
+        referrer: &str,
+        p: &Spanned<String>,
+        policies: &[PolicyConfig],
+    ) {
         let name = p.get_ref().as_str();
         match policies.iter().find(|q| q.name == name) {
             Some(q) if q.world == PolicyWorld::Request => {}
@@ -60,7 +66,7 @@ impl Cx<'_> {
                     "policy `{name}` is a {} policy, not a request policy",
                     q.world.as_str()
                 ),
-                "a route's `policy` needs a [[policy]] with world = \"request\"",
+                "a route's `policy` (or [routing] request_policies) needs a [[policy]] with world = \"request\"",
             ),
             None => {
                 let names: Vec<&str> = policies.iter().map(|q| q.name.as_str()).collect();
@@ -70,7 +76,7 @@ impl Cx<'_> {
                 );
                 self.error_hint(
                     Some(p.span()),
-                    format!("route refers to unknown policy `{name}`"),
+                    format!("{referrer} refers to unknown policy `{name}`"),
                     hint,
                 );
             }

@@ -119,7 +119,7 @@ impl Cx<'_> {
                     .map_or_else(crate::model::default_upgrades, |u| self.upgrades(u)),
                 rate_limit: r.rate_limit.as_ref().and_then(|v| self.rate_limit(v)),
                 policy: r.policy.as_ref().map(|p| {
-                    self.request_policy_refs.push(p.clone());
+                    self.request_policy_refs.push(("route", p.clone()));
                     p.get_ref().clone()
                 }),
                 policy_services: self.policy_services(r, &service_names),

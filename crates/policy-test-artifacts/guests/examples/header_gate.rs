@@ -8,7 +8,7 @@
 //! `x-misbehave: framing` answers with an edit of `content-length` (an invalid action).
 //! Config: `{"key": "..."}`.
 
-use sluice_policy_sdk::{Action, HeaderEdit, HttpRequest, RequestPolicy, request};
+use sluice_policy_sdk::{Action, HeaderEdit, Request, RequestPolicy, request};
 
 struct HeaderGate {
     key: String,
@@ -26,33 +26,36 @@ impl RequestPolicy for HeaderGate {
         Ok(HeaderGate { key })
     }
 
-    fn on_request(&self, req: &HttpRequest) -> Action {
+    fn on_request(&self, req: &Request<'_>) -> Action {
         if let Some(how) = req.header("x-misbehave") {
             if how == "framing" {
                 return request::forward().set_header("content-length", "0").into();
             }
-            sluice_policy_test_guests::misbehave_on(how);
+            sluice_policy_test_guests::misbehave_on(&how);
         }
-        let in_query = req.query.as_deref().is_some_and(|q| {
-            q.split('&')
-                .any(|kv| kv.strip_prefix("key=") == Some(&self.key))
-        });
-        if req.header("x-api-key") != Some(self.key.as_str()) && !in_query {
+        let key_in_field = req.header("x-api-key").as_deref() == Some(self.key.as_str());
+        let key_in_query = || {
+            req.query().is_some_and(|q| {
+                q.split('&')
+                    .any(|kv| kv.strip_prefix("key=") == Some(&self.key))
+            })
+        };
+        if !key_in_field && !key_in_query() {
             return request::error_reply(401, "unauthorized", "missing or wrong x-api-key");
         }
         let mut forward = request::forward()
             .set_header("x-gate", "passed")
             .remove_header("x-api-key");
         if let Some(caller) = req.header("x-caller") {
-            forward = forward.set_header("x-caller-name", caller);
+            forward = forward.set_header("x-caller-name", &caller);
         }
         if let Some(service) = req.header("x-route-to") {
-            forward = forward.to_service(service);
+            forward = forward.to_service(&service);
         }
         if let Some(path) = req.header("x-rewrite") {
-            forward = forward.with_path(path);
+            forward = forward.with_path(&path);
         }
-        forward.response_context = req.header("x-tag-response").map(str::to_owned);
+        forward.response_context = req.header("x-tag-response");
         forward.into()
     }
 

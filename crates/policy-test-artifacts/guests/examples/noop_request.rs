@@ -2,7 +2,7 @@
 //! `on-request` call costs before the policy does anything (the benchmarks' floor).
 //! Config: anything.
 
-use sluice_policy_sdk::{Action, HttpRequest, RequestPolicy, request};
+use sluice_policy_sdk::{Action, Request, RequestPolicy, request};
 
 struct Noop;
 
@@ -11,7 +11,7 @@ impl RequestPolicy for Noop {
         Ok(Noop)
     }
 
-    fn on_request(&self, _request: &HttpRequest) -> Action {
+    fn on_request(&self, _request: &Request<'_>) -> Action {
         request::forward().into()
     }
 }

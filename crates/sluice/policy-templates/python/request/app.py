@@ -10,6 +10,7 @@ import json
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import host
+from wit_world.imports.http import RequestHead
 from wit_world.imports.types import (
     Action_Forward,
     Action_Reply,
@@ -45,9 +46,11 @@ class WitWorld(wit_world.WitWorld):
         REQUIRED_HEADER = header.lower()
         host.log(LogLevel.INFO, f"configured: requests need `{REQUIRED_HEADER}`")
 
-    def on_request(self, request):
-        if not any(name == REQUIRED_HEADER for name, _ in request.headers):
-            host.log(LogLevel.INFO, f"refused {request.method} {request.path}")
+    # `request` is read on demand: each method (`header`, `path`, ...) asks the host for that
+    # part only.
+    def on_request(self, request: RequestHead):
+        if request.header(REQUIRED_HEADER) is None:
+            host.log(LogLevel.INFO, f"refused {request.method()} {request.path()}")
             body = json.dumps(
                 {"error": "unauthorized", "detail": f"missing {REQUIRED_HEADER}"},
                 separators=(",", ":"),

@@ -3,7 +3,7 @@
 //! `x-checked-by: {{name}}` added; others are answered `401` with Sluice's JSON error shape.
 
 use serde::Deserialize;
-use sluice_policy_sdk::{Action, HttpRequest, RequestPolicy, host, request};
+use sluice_policy_sdk::{Action, Request, RequestPolicy, host, request};
 
 /// `[[policy]] config`.
 #[derive(Debug, Deserialize)]
@@ -43,9 +43,10 @@ impl RequestPolicy for Policy {
         })
     }
 
-    fn on_request(&self, request: &HttpRequest) -> Action {
+    // Each read of the request (`header`, `path`, ...) asks the host for that part only.
+    fn on_request(&self, request: &Request<'_>) -> Action {
         if request.header(&self.required_header).is_none() {
-            host::info(&format!("refused {} {}", request.method, request.path));
+            host::info(&format!("refused {} {}", request.method(), request.path()));
             return request::error_reply(
                 401,
                 "unauthorized",
@@ -63,45 +64,19 @@ sluice_policy_sdk::export_request!(Policy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_policy_sdk::{Peer, RouteInfo};
-
-    fn get(headers: &[(&str, &str)]) -> HttpRequest {
-        HttpRequest {
-            method: "GET".into(),
-            scheme: "http".into(),
-            host: "example.test".into(),
-            path: "/".into(),
-            query: None,
-            headers: headers
-                .iter()
-                .map(|(name, value)| ((*name).into(), (*value).into()))
-                .collect(),
-            peer: Peer {
-                listener: "web".into(),
-                source_address: "127.0.0.1".into(),
-                source_port: 40000,
-                sni: None,
-                alpn: None,
-                client_certificate: None,
-            },
-            route: RouteInfo {
-                listener: "web".into(),
-                name: "api".into(),
-                service: "api".into(),
-                allowed_services: Vec::new(),
-            },
-        }
-    }
+    use sluice_policy_sdk::testing::http_request;
 
     #[test]
     fn requests_without_the_header_get_401() {
         let policy = Policy::configure("{}").unwrap();
+        let bare = http_request("/", &[]);
         assert!(matches!(
-            policy.on_request(&get(&[])),
+            policy.on_request(&Request::from(&bare)),
             Action::Reply(reply) if reply.status == 401
         ));
+        let signed = http_request("/", &[("authorization", "Bearer x")]);
         assert!(matches!(
-            policy.on_request(&get(&[("authorization", "Bearer x")])),
+            policy.on_request(&Request::from(&signed)),
             Action::Forward(_)
         ));
     }
