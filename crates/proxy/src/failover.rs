@@ -130,7 +130,12 @@ impl Service {
         match (self.primary(), failed) {
             (Some(_), None) => Some(Settled::Primary),
             (Some(_), Some(f)) if generation != f.generation => Some(Settled::Primary),
-            (Some(primary), Some(f)) if primary.health.probe_sent_ms() > f.at_ms => {
+            // A probe sent after the failure speaks for the primary only while its verdict
+            // still says primary: the service's choice of primary follows a verdict a moment
+            // later, and in between a stopped primary would look confirmed.
+            (Some(primary), Some(f))
+                if primary.health.probe_sent_ms() > f.at_ms && primary.health.is_primary() =>
+            {
                 Some(match f.next {
                     NextPrimary::Confirmed => Settled::Primary,
                     NextPrimary::New => Settled::Unchanged,
