@@ -20,73 +20,32 @@ mod routing_world {
     });
 }
 
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    clippy::all
-)]
-mod health_world {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "health",
-        with: {
-            "sluice:policy/types@0.3.0": super::routing_world::sluice::policy::types,
-            "sluice:policy/host@0.3.0": super::routing_world::sluice::policy::host,
-        },
-    });
+/// The bindings of one more world, reusing the `routing` world's `types` and `host`.
+macro_rules! world_bindings {
+    ($module:ident, $world:literal) => {
+        #[allow(
+            missing_docs,
+            missing_debug_implementations,
+            unreachable_pub,
+            clippy::all
+        )]
+        mod $module {
+            wasmtime::component::bindgen!({
+                path: "../../wit",
+                world: $world,
+                with: {
+                    "sluice:policy/types@0.3.0": super::routing_world::sluice::policy::types,
+                    "sluice:policy/host@0.3.0": super::routing_world::sluice::policy::host,
+                },
+            });
+        }
+    };
 }
 
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    clippy::all
-)]
-mod authz_world {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "authz",
-        with: {
-            "sluice:policy/types@0.3.0": super::routing_world::sluice::policy::types,
-            "sluice:policy/host@0.3.0": super::routing_world::sluice::policy::host,
-        },
-    });
-}
-
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    clippy::all
-)]
-mod request_world {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "request",
-        with: {
-            "sluice:policy/types@0.3.0": super::routing_world::sluice::policy::types,
-            "sluice:policy/host@0.3.0": super::routing_world::sluice::policy::host,
-        },
-    });
-}
-
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    clippy::all
-)]
-mod request_copied_world {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "request-copied",
-        with: {
-            "sluice:policy/types@0.3.0": super::routing_world::sluice::policy::types,
-            "sluice:policy/host@0.3.0": super::routing_world::sluice::policy::host,
-        },
-    });
-}
+world_bindings!(health_world, "health");
+world_bindings!(authz_world, "authz");
+world_bindings!(request_world, "request");
+world_bindings!(request_copied_world, "request-copied");
 
 pub use routing_world::sluice::policy::types;
 

@@ -237,3 +237,79 @@ pub(crate) async fn holding<F: Future>(permit: Option<OwnedSemaphorePermit>, wor
     }
     work.await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sluice_health::{ProbeKind, ProbeResult, Role, Verdict};
+
+    use super::*;
+
+    /// A mirror pair as `examples/simplemirror` declares it (interval 1 s, timeout 500 ms).
+    fn mirror_pair() -> Service {
+        let config = sluice_config::parse_str(
+            "t.toml",
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n\
+             [[route]]\npath = \"/\"\nservice = \"ap1\"\n\
+             [[policy]]\nname = \"mirror-primary\"\nworld = \"health\"\nfile = \"builtin:mirror-primary\"\n\
+             [[service]]\nname = \"ap1\"\ninstances = [\"127.0.0.11:1\", \"127.0.0.12:1\"]\n\
+             serve = \"primary\"\nhealth = { kind = \"http\", path = \"/s\", policy = \"mirror-primary\", \
+             interval = \"1s\", timeout = \"500ms\" }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Service::new(config.services[0].clone(), Arc::default(), |_| None)
+    }
+
+    fn verdict_on(service: &Service, member: usize, verdict: &Verdict, at_ms: u64) {
+        let probe = ProbeResult {
+            kind: ProbeKind::Http,
+            status: Some(200),
+            headers: Vec::new(),
+            body_prefix: Vec::new(),
+            latency_us: 0,
+            error: None,
+        };
+        service.instances()[member]
+            .health
+            .record(verdict, &probe, at_ms, 1, 1);
+    }
+
+    #[test]
+    fn a_verdict_that_ends_the_primary_role_does_not_confirm_the_failed_primary() {
+        let service = mirror_pair();
+        let primary = Verdict::Up {
+            role: Role::Primary,
+            weight: None,
+        };
+        let rounds = (Duration::from_secs(1), Duration::from_millis(1500));
+        verdict_on(&service, 0, &primary, 1_000);
+        service.recompute_primary(1_000);
+        let failed = FailedOn {
+            generation: service.primary_generation(),
+            at_ms: 1_500,
+            next: NextPrimary::New,
+        };
+        assert_eq!(
+            service.settled(Some(failed), rounds),
+            None,
+            "no probe since"
+        );
+
+        // A probe sent after the failure finds the primary stopped; the service's choice of
+        // primary follows a moment later. In between, the request must keep waiting.
+        let down = Verdict::Down {
+            reason: "connection refused".into(),
+        };
+        verdict_on(&service, 0, &down, 1_600);
+        assert!(service.primary().is_some(), "not recomputed yet");
+        assert_eq!(service.settled(Some(failed), rounds), None);
+
+        // A probe after the failure that still says primary does confirm it: no failover.
+        verdict_on(&service, 0, &primary, 1_700);
+        assert_eq!(
+            service.settled(Some(failed), rounds),
+            Some(Settled::Unchanged)
+        );
+    }
+}
