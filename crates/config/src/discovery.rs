@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::raw::S;
 
@@ -74,18 +75,29 @@ pub struct RoutingConfig {
     /// A `[[kv]]` key holding more commands (same language), watched and applied after
     /// `overrides`.
     pub overrides_key: Option<String>,
-    /// `request_policies = { SERVICE = "POLICY", "*" = "POLICY" }`: the `request` policy each
-    /// discovered route of that service gets (`"*"`: of any service not named).
-    pub request_policies: BTreeMap<String, String>,
+    /// `request_policies = { SERVICE = "POLICY", "*" = { policy = "POLICY", services = [..] } }`:
+    /// the `request` policy each discovered route of that service gets (`"*"`: of any service
+    /// not named).
+    pub request_policies: BTreeMap<String, DiscoveredRoutePolicy>,
+}
+
+/// The `request` policy of a discovered route, and the services it may send a request to
+/// instead of the route's own (a route's `policy_services`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredRoutePolicy {
+    /// A `[[policy]]` with `world = "request"`.
+    pub policy: String,
+    /// Services of the routing table by name: a `[[service]]` of the file, or a catalog
+    /// service that has routes. A name the table lacks is left out of what the policy may pick.
+    pub services: Vec<String>,
 }
 
 impl RoutingConfig {
     /// The `request` policy a discovered route of `service` is attached to, if any.
-    pub fn request_policy_for(&self, service: &str) -> Option<&str> {
+    pub fn request_policy_for(&self, service: &str) -> Option<&DiscoveredRoutePolicy> {
         self.request_policies
             .get(service)
             .or_else(|| self.request_policies.get(ANY_SERVICE))
-            .map(String::as_str)
     }
 }
 
@@ -138,5 +150,51 @@ pub(crate) struct RawRouting {
     pub(crate) tcp_bind: Option<S<String>>,
     pub(crate) overrides: Option<S<String>>,
     pub(crate) overrides_key: Option<S<String>>,
-    pub(crate) request_policies: Option<S<BTreeMap<String, S<String>>>>,
+    pub(crate) request_policies: Option<S<BTreeMap<String, S<RawRoutePolicy>>>>,
+}
+
+/// A `[routing] request_policies` value: `"POLICY"` or `{ policy = "POLICY", services = [..] }`.
+#[derive(Debug)]
+pub(crate) struct RawRoutePolicy {
+    pub(crate) policy: S<String>,
+    pub(crate) services: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRoutePolicyTable {
+    pub(crate) policy: S<String>,
+    pub(crate) services: Option<S<Vec<S<String>>>>,
+}
+
+impl<'de> Deserialize<'de> for RawRoutePolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RoutePolicyVisitor;
+
+        impl<'de> Visitor<'de> for RoutePolicyVisitor {
+            type Value = RawRoutePolicy;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"a policy name like "jwt" or a table { policy = "jwt", services = ["canary"] }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRoutePolicy, E> {
+                // The span of a bare string is the enclosing `Spanned`'s; the loader copies it.
+                Ok(RawRoutePolicy {
+                    policy: S::new(0..0, v.to_owned()),
+                    services: None,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRoutePolicy, A::Error> {
+                let table =
+                    RawRoutePolicyTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawRoutePolicy {
+                    policy: table.policy,
+                    services: table.services,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(RoutePolicyVisitor)
+    }
 }

@@ -34,8 +34,8 @@ pub use construct::{
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use discovery::{
     DISCOVERY_ETCD_PREFIX, DISCOVERY_FALLBACK_POLL_INTERVAL, DISCOVERY_POLL_INTERVAL,
-    DISCOVERY_REQUEST_TIMEOUT, DiscoveryConfig, DiscoverySource, ROUTING_DEBOUNCE,
-    ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
+    DISCOVERY_REQUEST_TIMEOUT, DiscoveredRoutePolicy, DiscoveryConfig, DiscoverySource,
+    ROUTING_DEBOUNCE, ROUTING_TCP_BIND, RoutingConfig, StaticInstance,
 };
 pub use model::*;
 pub use overrides::{OverrideLineError, RouteKey, RouteOverride, parse_overrides};

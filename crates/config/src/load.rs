@@ -594,6 +594,7 @@ fn known_keys(section: &str, parents: &[&str]) -> &'static [&'static str] {
         ("discovery", []) => fields_of::<RawDiscovery>(),
         ("discovery", ["instances"]) => fields_of::<RawStaticInstance>(),
         ("routing", []) => fields_of::<RawRouting>(),
+        ("routing", ["request_policies", _]) => fields_of::<RawRoutePolicyTable>(),
         _ => &[],
     }
 }
@@ -636,6 +637,7 @@ mod docs_tests {
             ("discovery", &[]),
             ("discovery", &["instances"]),
             ("routing", &[]),
+            ("routing", &["request_policies", "api"]),
         ];
         let mut missing = Vec::new();
         for (section, parents) in sections {

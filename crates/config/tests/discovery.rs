@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sluice_config::{DiscoverySource, parse_str};
+use sluice_config::{DiscoveredRoutePolicy, DiscoverySource, parse_str};
 
 #[test]
 fn sources_get_defaults_and_routing_takes_the_first_http_listener() {
@@ -227,21 +227,58 @@ file = "builtin:mirror-primary"
         "{head}\n[[discovery]]\nkind = \"static\"\n[[discovery.instances]]\nname = \"api\"\naddress = \"127.0.0.1\"\nport = 9\n\n[routing]\nrequest_policies = {{ api = \"jwt\", \"*\" = \"jwt\" }}\n"
     );
     let config = parse_str("good.toml", &good).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.routing.request_policy_for("api"), Some("jwt"));
-    assert_eq!(config.routing.request_policy_for("other"), Some("jwt"));
+    let jwt = DiscoveredRoutePolicy {
+        policy: "jwt".into(),
+        services: vec![],
+    };
+    assert_eq!(config.routing.request_policy_for("api"), Some(&jwt));
+    assert_eq!(config.routing.request_policy_for("other"), Some(&jwt));
+
+    let with_services = good.replace(
+        "api = \"jwt\"",
+        "api = { policy = \"jwt\", services = [\"api-canary\", \"web\"] }",
+    );
+    let config = parse_str("good.toml", &with_services).unwrap_or_else(|e| panic!("{e}"));
+    let picks = DiscoveredRoutePolicy {
+        policy: "jwt".into(),
+        services: vec!["api-canary".into(), "web".into()],
+    };
+    assert_eq!(config.routing.request_policy_for("api"), Some(&picks));
+    assert_eq!(config.routing.request_policy_for("other"), Some(&jwt));
 
     let bad = format!(
         "{head}\n[routing]\nrequest_policies = {{ api = \"jtw\", web = \"mirror\", \"\" = \"jwt\" }}\n"
     );
-    let shown = parse_str("bad.toml", &bad).unwrap_err().to_string();
-    let expect = [
-        "bad.toml:17:20: error: [routing] request_policies applies to discovered routes, and there is no [[discovery]] source",
-        "bad.toml:17:56: error: [routing] request_policies has an empty service name",
-        "bad.toml:17:28: error: [routing] request_policies refers to unknown policy `jtw`",
-        "hint: did you mean `jwt`?",
-        "bad.toml:17:41: error: policy `mirror` is a health policy, not a request policy",
-    ];
-    for e in expect {
+    assert_reports(
+        &bad,
+        &[
+            "bad.toml:17:20: error: [routing] request_policies applies to discovered routes, and there is no [[discovery]] source",
+            "bad.toml:17:56: error: [routing] request_policies has an empty service name",
+            "bad.toml:17:28: error: [routing] request_policies refers to unknown policy `jtw`",
+            "hint: did you mean `jwt`?",
+            "bad.toml:17:41: error: policy `mirror` is a health policy, not a request policy",
+        ],
+    );
+
+    let bad_table = format!(
+        "{head}\n[[discovery]]\nkind = \"static\"\n\n[routing.request_policies.shop]\n\
+         policy = \"jwt\"\nservices = [\"a\", \"\", \"a\"]\npolcy = 1\n"
+    );
+    assert_reports(
+        &bad_table,
+        &[
+            "bad.toml:21:18: error: an empty service name in `services`",
+            "bad.toml:21:22: error: service `a` is listed twice",
+            "bad.toml:22:1: error: unknown key `polcy` in [routing.request_policies.shop]",
+            "hint: did you mean `policy`?",
+        ],
+    );
+}
+
+/// `text`, loaded as `bad.toml`, is refused with every one of `expected` in the report.
+fn assert_reports(text: &str, expected: &[&str]) {
+    let shown = parse_str("bad.toml", text).unwrap_err().to_string();
+    for e in expected {
         assert!(shown.contains(e), "missing {e:?} in:\n{shown}");
     }
 }

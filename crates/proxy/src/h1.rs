@@ -44,12 +44,12 @@ use sluice_codec::response::{
 
 use crate::headers::UpstreamFields;
 
-/// Room made in the read buffer before each read.
+/// Room made in the read buffer before a read, at first.
 const READ_CHUNK: usize = 16 * 1024;
-/// The most a response body read asks for at once. A body whose reads keep filling the room
-/// made for them doubles it up to this: a large body then costs a quarter of the system calls
-/// (and of the segments written on to the client), while a connection that carries small
-/// answers never holds more than [`READ_CHUNK`].
+/// The most a read asks for at once. Reads that keep filling the room made for them double it
+/// up to this (see [`ReadSize`]): a large body then costs a quarter of the system calls (and of
+/// the segments written on to the client), while a connection that carries small answers goes
+/// back to [`READ_CHUNK`].
 const MAX_BODY_READ: usize = 64 * 1024;
 /// Request bodies up to this size are copied behind the head and sent in one write.
 const COALESCE_BODY: usize = 16 * 1024;
@@ -68,6 +68,45 @@ pub(crate) struct UpConn {
     /// Whether it carried a request before (a closed reused connection is the keep-alive race,
     /// not the instance failing).
     reused: bool,
+    /// How much the next read asks for.
+    read_size: ReadSize,
+}
+
+/// How much room a read from an instance asks for, kept with the connection: the answers one
+/// instance gives on it tend to be alike. A read that fills the room doubles it, up to
+/// [`MAX_BODY_READ`]; an exchange whose reads never used a quarter of it halves it, down to
+/// [`READ_CHUNK`]. A connection carrying 20 KiB answers thus reads each one, head and body, in
+/// one read once the first has filled 16 KiB.
+#[derive(Debug, Clone, Copy)]
+struct ReadSize {
+    room: usize,
+    /// The largest read of the current exchange.
+    largest: usize,
+}
+
+impl ReadSize {
+    const fn new() -> Self {
+        ReadSize {
+            room: READ_CHUNK,
+            largest: 0,
+        }
+    }
+
+    /// A read took `got` bytes.
+    fn read(&mut self, got: usize) {
+        self.largest = self.largest.max(got);
+        if got >= self.room {
+            self.room = (self.room * 2).min(MAX_BODY_READ);
+        }
+    }
+
+    /// A new exchange starts: the last one's reads tell whether the room was too large.
+    fn next_exchange(&mut self) {
+        if self.largest < self.room / 4 {
+            self.room = (self.room / 2).max(READ_CHUNK);
+        }
+        self.largest = 0;
+    }
 }
 
 /// The request as it goes to an instance: the client's head, the path the instance sees, the
@@ -97,6 +136,7 @@ impl UpConn {
             read: BytesMut::new(),
             write: BytesMut::new(),
             reused: false,
+            read_size: ReadSize::new(),
         })
     }
 
@@ -135,6 +175,7 @@ impl UpConn {
         uploaded: &AtomicBool,
     ) -> Result<UpResponse, SendError<'b>> {
         let reused = std::mem::replace(&mut self.reused, true);
+        self.read_size.next_exchange();
         let chunked = self.encode_head(req, &body);
         let mut early_response = false;
         if let UpBody::Full(bytes) = &mut body
@@ -201,7 +242,6 @@ impl UpConn {
                 conn: Some(self),
                 framing: parsed.framing,
                 reusable,
-                read_size: READ_CHUNK,
             },
         })
     }
@@ -283,19 +323,22 @@ impl UpConn {
                     }
                 }
                 // Waiting on the client or on the socket: has the instance answered already?
-                self.read.reserve(READ_CHUNK);
+                self.read.reserve(self.read_size.room);
                 return match tokio_util::io::poll_read_buf(
                     Pin::new(&mut self.io),
                     cx,
                     &mut self.read,
                 ) {
                     Poll::Ready(Ok(0)) => Poll::Ready(Err(SendError::Closed)),
-                    Poll::Ready(Ok(_)) => match only_interim(&mut self.read) {
-                        // An unasked `100 Continue` (servers may send one): keep uploading.
-                        Ok(true) => continue,
-                        Ok(false) => Poll::Ready(Ok(true)),
-                        Err(e) => Poll::Ready(Err(SendError::BadResponse(e))),
-                    },
+                    Poll::Ready(Ok(n)) => {
+                        self.read_size.read(n);
+                        match only_interim(&mut self.read) {
+                            // An unasked `100 Continue` (servers may send one): keep uploading.
+                            Ok(true) => continue,
+                            Ok(false) => Poll::Ready(Ok(true)),
+                            Err(e) => Poll::Ready(Err(SendError::BadResponse(e))),
+                        }
+                    }
                     Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Io(e))),
                     Poll::Pending => Poll::Pending,
                 };
@@ -306,22 +349,30 @@ impl UpConn {
 
     /// Reads until a complete final response head (interim `1xx` other than `101` skipped).
     async fn read_head(&mut self, is_head: bool) -> Result<ParsedResponse, SendError<'static>> {
+        let too_large = || SendError::BadResponse(ResponseError::TooLarge);
         loop {
-            if !self.read.is_empty()
+            let buffered = self.read.len();
+            if buffered > 0
                 && let Some(parsed) =
                     parse_response(&mut self.read, is_head).map_err(SendError::BadResponse)?
             {
+                // A read may bring in more than the limit at once: the head (with any interim
+                // heads before it) is measured, not only the buffer before a read.
+                if buffered - self.read.len() > MAX_HEAD_BYTES {
+                    return Err(too_large());
+                }
                 return Ok(parsed);
             }
-            if self.read.len() >= MAX_HEAD_BYTES {
-                return Err(SendError::BadResponse(ResponseError::TooLarge));
+            if buffered >= MAX_HEAD_BYTES {
+                return Err(too_large());
             }
-            self.read.reserve(READ_CHUNK);
+            self.read.reserve(self.read_size.room);
             let n = poll_fn(|cx| {
                 tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
             })
             .await
             .map_err(SendError::Io)?;
+            self.read_size.read(n);
             if n == 0 {
                 return Err(SendError::Closed);
             }
@@ -335,8 +386,6 @@ pub(crate) struct UpstreamBody {
     conn: Option<Box<UpConn>>,
     framing: Framing,
     reusable: bool,
-    /// Room to make before the next read: grows while reads fill it.
-    read_size: usize,
 }
 
 /// Why reading a response body failed.
@@ -441,14 +490,12 @@ impl Body for UpstreamBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            conn.read.reserve(this.read_size);
+            conn.read.reserve(conn.read_size.room);
             let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read);
             let error = match read {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    if n >= this.read_size {
-                        this.read_size = (this.read_size * 2).min(MAX_BODY_READ);
-                    }
+                    conn.read_size.read(n);
                     continue;
                 }
                 Poll::Ready(Ok(_)) => None,
@@ -490,5 +537,43 @@ impl Body for UpstreamBody {
             Framing::Done | Framing::Switched => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exchanges of one connection: the sizes of each one's reads.
+    fn rooms_after(exchanges: &[&[usize]]) -> Vec<usize> {
+        let mut size = ReadSize::new();
+        exchanges
+            .iter()
+            .map(|reads| {
+                size.next_exchange();
+                reads.iter().for_each(|&got| size.read(got));
+                size.room
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_read_room_follows_the_answers_a_connection_carries() {
+        let k = 1024;
+        // 20 KiB answers: the first fills 16 KiB, the next ones fit in one read of 32 KiB.
+        assert_eq!(
+            rooms_after(&[&[16 * k, 4 * k], &[20 * k], &[20 * k]]),
+            [32 * k, 32 * k, 32 * k]
+        );
+        // A large body grows it to the cap and keeps it there.
+        assert_eq!(
+            rooms_after(&[&[16 * k, 32 * k, 64 * k, 64 * k, 64 * k], &[64 * k, 60 * k]]),
+            [64 * k, 64 * k]
+        );
+        // Small answers after large ones halve it, as each next exchange starts, to the floor.
+        assert_eq!(
+            rooms_after(&[&[16 * k, 32 * k, 64 * k], &[300], &[300], &[300], &[300]]),
+            [64 * k, 64 * k, 32 * k, 16 * k, 16 * k]
+        );
     }
 }

@@ -165,6 +165,7 @@ impl Translator<'_> {
         host: HostMatch,
         rules: Rules,
     ) -> RouteConfig {
+        let attached = self.scope.base.routing.request_policy_for(&route.service);
         RouteConfig {
             name: format!("discovered:{label}"),
             listener: self.scope.listener.to_owned(),
@@ -181,13 +182,8 @@ impl Translator<'_> {
             upstream_host: rules.upstream_host,
             upgrades: sluice_config::default_upgrades(),
             rate_limit: None,
-            policy: self
-                .scope
-                .base
-                .routing
-                .request_policy_for(&route.service)
-                .map(str::to_owned),
-            policy_services: Vec::new(),
+            policy: attached.map(|p| p.policy.clone()),
+            policy_services: attached.map(|p| p.services.clone()).unwrap_or_default(),
         }
     }
 

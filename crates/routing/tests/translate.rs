@@ -388,7 +388,7 @@ async fn discovered_routes_get_the_request_policy_named_for_their_service() {
          [[policy]]\nname = \"gate\"\nworld = \"request\"\nfile = \"builtin:jwt\"\nconfig = { secret = \"t\" }\n\
          [[discovery]]\nkind = \"static\"\n\
          [[discovery.instances]]\nname = \"api\"\naddress = \"127.0.0.1\"\nport = 3\n\
-         [routing]\nrequest_policies = { api = \"jwt\", \"*\" = \"gate\" }\n",
+         [routing]\nrequest_policies = { api = { policy = \"jwt\", services = [\"web\", \"api-next\"] }, \"*\" = \"gate\" }\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let catalog = Catalog::empty();
@@ -396,19 +396,21 @@ async fn discovered_routes_get_the_request_policy_named_for_their_service() {
     let (found, skipped) = routes_to_config(&routes, scope(&base, &catalog)).await;
     assert!(skipped.is_empty(), "{skipped:?}");
     let policy_of = |path: &str| {
-        found
+        let r = found
             .routes
             .iter()
             .find(|r| r.path == path)
-            .unwrap_or_else(|| panic!("a route for {path}"))
-            .policy
-            .clone()
+            .unwrap_or_else(|| panic!("a route for {path}"));
+        (r.policy.clone(), r.policy_services.clone())
     };
-    assert_eq!(policy_of("/api").as_deref(), Some("jwt"));
     assert_eq!(
-        policy_of("/web").as_deref(),
-        Some("gate"),
-        "\"*\" for the rest"
+        policy_of("/api"),
+        (Some("jwt".into()), vec!["web".into(), "api-next".into()])
+    );
+    assert_eq!(
+        policy_of("/web"),
+        (Some("gate".into()), vec![]),
+        "\"*\" for the rest, without services"
     );
 
     let without = sluice_config::parse_str(

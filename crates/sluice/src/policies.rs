@@ -298,21 +298,27 @@ impl sluice_tls::PolicyAuthorizer for Policies {
 /// The contract's view of a connection's peer.
 pub(crate) fn wasm_peer(peer: &sluice_tls::PeerFacts<'_>) -> sluice_policy_host::types::Peer {
     let mut wasm = sluice_policy_host::empty_peer();
-    fill_peer(&mut wasm, peer);
+    fill_peer(&mut wasm, peer, &mut None);
     wasm
 }
 
 /// Makes `wasm` describe `peer`, reusing its buffers (and its certificate when it is the same
-/// one, as on every request of a keep-alive mutual-TLS connection).
+/// one, as on every request of a keep-alive mutual-TLS connection). `shown_ip` is the address
+/// `wasm.source_address` spells now, if known: the text is written again only when it changes.
 pub(crate) fn fill_peer(
     wasm: &mut sluice_policy_host::types::Peer,
     peer: &sluice_tls::PeerFacts<'_>,
+    shown_ip: &mut Option<std::net::IpAddr>,
 ) {
     use sluice_policy_host::{lossy_text, set_text, types};
     use std::fmt::Write as _;
     set_text(&mut wasm.listener, peer.listener);
-    wasm.source_address.clear();
-    let _ = write!(wasm.source_address, "{}", peer.source.ip().to_canonical());
+    let ip = peer.source.ip().to_canonical();
+    if *shown_ip != Some(ip) {
+        wasm.source_address.clear();
+        let _ = write!(wasm.source_address, "{ip}");
+        *shown_ip = Some(ip);
+    }
     wasm.source_port = peer.source.port();
     set_optional_text(&mut wasm.sni, peer.sni);
     set_optional_text(&mut wasm.alpn, peer.alpn.map(lossy_text).as_deref());
@@ -341,5 +347,54 @@ fn set_optional_text(slot: &mut Option<String>, text: Option<&str>) {
     match (slot.as_mut(), text) {
         (Some(kept), Some(text)) => sluice_policy_host::set_text(kept, text),
         (_, text) => *slot = text.map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn facts(source: &str) -> sluice_tls::PeerFacts<'static> {
+        sluice_tls::PeerFacts {
+            listener: "web",
+            source: source.parse().unwrap(),
+            sni: None,
+            alpn: None,
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn a_refilled_peer_spells_each_new_client_address_and_keeps_an_unchanged_one() {
+        let mut wasm = sluice_policy_host::empty_peer();
+        let mut shown = None;
+        let seen: Vec<(String, u16)> = [
+            "127.0.0.1:4000",
+            "127.0.0.1:4001",
+            "[::ffff:10.0.0.2]:5000",
+            "[2001:db8::7]:443",
+            "127.0.0.1:4000",
+        ]
+        .into_iter()
+        .map(|source| {
+            fill_peer(&mut wasm, &facts(source), &mut shown);
+            let fresh = wasm_peer(&facts(source));
+            assert_eq!(fresh.source_address, wasm.source_address, "{source}");
+            (wasm.source_address.clone(), wasm.source_port)
+        })
+        .collect();
+        let expected = [
+            ("127.0.0.1", 4000),
+            ("127.0.0.1", 4001),
+            ("10.0.0.2", 5000),
+            ("2001:db8::7", 443),
+            ("127.0.0.1", 4000),
+        ];
+        let expected: Vec<(String, u16)> =
+            expected.iter().map(|(a, p)| (a.to_string(), *p)).collect();
+        assert_eq!(seen, expected);
+        let last: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(shown, Some(last.ip()));
     }
 }

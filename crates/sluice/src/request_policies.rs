@@ -2,6 +2,7 @@
 //! the request as the policy host's [`RequestView`], the policy's answer as the proxy's.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use sluice_policy_host::types::{Action, HeaderEdit};
@@ -13,7 +14,15 @@ use crate::policies::{Policies, fill_peer};
 thread_local! {
     /// One view per data-plane thread, refilled for each request: its buffers keep their
     /// capacity, so a warm request builds it without allocating.
-    static VIEW: RefCell<RequestView> = RefCell::new(RequestView::default());
+    static VIEW: RefCell<ThreadView> = RefCell::new(ThreadView::default());
+}
+
+/// A thread's view, with the client address its peer text spells: requests in a row from one
+/// client (a keep-alive connection) do not format the address again.
+#[derive(Default)]
+struct ThreadView {
+    view: RequestView,
+    shown_ip: Option<IpAddr>,
 }
 
 impl RequestPolicies for Policies {
@@ -26,14 +35,15 @@ impl RequestPolicies for Policies {
         };
         let filter = handle.field_filter();
         let outcome = VIEW.with(|view| match view.try_borrow_mut() {
-            Ok(mut view) => {
-                fill_view(&mut view, request, &filter);
-                handle.on_request_view(&mut view)
+            Ok(mut kept) => {
+                let ThreadView { view, shown_ip } = &mut *kept;
+                fill_view(view, shown_ip, request, &filter);
+                handle.on_request_view(view)
             }
             // Not reached (a policy call never calls a policy), but a fresh view is as right.
             Err(_) => {
                 let mut view = RequestView::default();
-                fill_view(&mut view, request, &filter);
+                fill_view(&mut view, &mut None, request, &filter);
                 handle.on_request_view(&mut view)
             }
         });
@@ -70,7 +80,12 @@ impl RequestPolicies for Policies {
 }
 
 /// The contract's view of a request: only the fields the policy's `request_fields` name.
-fn fill_view(view: &mut RequestView, request: &PolicyRequest<'_>, shown: &FieldFilter) {
+fn fill_view(
+    view: &mut RequestView,
+    shown_ip: &mut Option<IpAddr>,
+    request: &PolicyRequest<'_>,
+    shown: &FieldFilter,
+) {
     view.set_request_line(
         request.method(),
         request.scheme,
@@ -81,7 +96,7 @@ fn fill_view(view: &mut RequestView, request: &PolicyRequest<'_>, shown: &FieldF
     for (name, value) in request.fields().filter(|(name, _)| shown.shows(name)) {
         view.push_field(name, value);
     }
-    fill_peer(&mut view.peer, &request.peer);
+    fill_peer(&mut view.peer, &request.peer, shown_ip);
     let route = &mut view.route;
     set_text(&mut route.listener, request.peer.listener);
     set_text(&mut route.name, request.route);

@@ -364,9 +364,10 @@ fn until_routed(url: &str) {
 }
 
 #[test]
-fn discovered_routes_get_the_request_policy_named_for_their_service() {
+fn discovered_routes_get_the_request_policy_named_for_their_service_and_its_services() {
     let (admin, web) = (addr(), addr());
     let (found, other) = (Backend::start("found"), Backend::start("other"));
+    let fallback = Backend::start("fallback");
     let instance = |name: &str, backend: &Backend, path: &str| {
         format!(
             "[[discovery.instances]]\nname = \"{name}\"\nid = \"{name}-1\"\naddress = \"127.0.0.1\"\n\
@@ -378,9 +379,11 @@ fn discovered_routes_get_the_request_policy_named_for_their_service() {
         "[admin]\nbind = \"{admin}\"\n\
          [[listener]]\nname = \"web\"\nbind = \"{web}\"\n\
          [[policy]]\nname = \"gate\"\nworld = \"request\"\nfile = \"{}\"\nconfig = {{ key = \"sesame\" }}\n\
+         [[service]]\nname = \"fallback\"\ninstances = [\"{}\"]\n\
          [[discovery]]\nkind = \"static\"\n{}{}\
-         [routing]\nrequest_policies = {{ found = \"gate\" }}\n",
+         [routing]\nrequest_policies = {{ found = {{ policy = \"gate\", services = [\"other\", \"fallback\", \"gone\"] }} }}\n",
         sluice_policy_test_artifacts::HEADER_GATE,
+        fallback.addr(),
         instance("found", &found, "/found"),
         instance("other", &other, "/other"),
     );
@@ -397,6 +400,25 @@ fn discovered_routes_get_the_request_policy_named_for_their_service() {
     assert_eq!(passed.json()["headers"]["x-gate"], "passed");
     let h2 = ["--http2-prior-knowledge"];
     assert_eq!(curl(&guarded, &[], &h2).status, 401);
+
+    let picked = curl(&guarded, &["x-api-key: sesame", "x-route-to: other"], &[]);
+    assert_eq!(
+        picked.json()["backend"],
+        "other",
+        "a listed service with routes"
+    );
+    let picked = curl(
+        &guarded,
+        &["x-api-key: sesame", "x-route-to: fallback"],
+        &[],
+    );
+    assert_eq!(picked.json()["backend"], "fallback", "a listed [[service]]");
+    for absent in ["gone", "elsewhere"] {
+        let pick = format!("x-route-to: {absent}");
+        let refused = curl(&guarded, &["x-api-key: sesame", &pick], &[]);
+        assert_eq!(refused.status, 503, "{absent}: {}", refused.body);
+        assert_eq!(refused.json()["error"], "policy_failed");
+    }
 
     let unguarded = curl(&format!("http://{web}/other/x"), &[], &[]);
     assert_eq!(unguarded.status, 200, "a service not named has no policy");

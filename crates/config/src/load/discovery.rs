@@ -9,6 +9,7 @@ use crate::diag::closest;
 use crate::discovery::*;
 use crate::model::*;
 use crate::policy::*;
+use crate::raw::S;
 
 impl Cx<'_> {
     pub(super) fn discovery(&mut self, raw: &[Spanned<RawDiscovery>]) -> Vec<DiscoveryConfig> {
@@ -358,12 +359,12 @@ impl Cx<'_> {
     }
 
     /// `[routing] request_policies`: service names (or `"*"`) to `request` policies, checked
-    /// with the routes' `policy` references.
+    /// with the routes' `policy` references, each with the services it may pick.
     fn routing_request_policies(
         &mut self,
         raw: &RawRouting,
         discovery: &[DiscoveryConfig],
-    ) -> BTreeMap<String, String> {
+    ) -> BTreeMap<String, DiscoveredRoutePolicy> {
         let Some(table) = &raw.request_policies else {
             return BTreeMap::new();
         };
@@ -375,7 +376,11 @@ impl Cx<'_> {
             );
         }
         let mut out = BTreeMap::new();
-        for (service, policy) in table.get_ref() {
+        for (service, entry) in table.get_ref() {
+            let mut policy = entry.get_ref().policy.clone();
+            if policy.span() == (0..0) {
+                policy = Spanned::new(entry.span(), policy.into_inner());
+            }
             if service.is_empty() {
                 self.error_hint(
                     Some(policy.span()),
@@ -383,9 +388,34 @@ impl Cx<'_> {
                     "name a catalog service, or \"*\" for every service not named",
                 );
             }
+            let services = self.discovered_policy_services(entry.get_ref().services.as_ref());
+            let name = policy.get_ref().clone();
             self.request_policy_refs
-                .push(("[routing] request_policies", policy.clone()));
-            out.insert(service.clone(), policy.get_ref().clone());
+                .push(("[routing] request_policies", policy));
+            out.insert(
+                service.clone(),
+                DiscoveredRoutePolicy {
+                    policy: name,
+                    services,
+                },
+            );
+        }
+        out
+    }
+
+    /// `services = [...]` of a `[routing] request_policies` entry: names, each once. Catalog
+    /// services come and go, so a name is not checked against them here.
+    fn discovered_policy_services(&mut self, list: Option<&S<Vec<S<String>>>>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in list.map(|l| l.get_ref().as_slice()).unwrap_or_default() {
+            let name = s.get_ref();
+            if name.is_empty() {
+                self.error(Some(s.span()), "an empty service name in `services`");
+            } else if out.contains(name) {
+                self.error(Some(s.span()), format!("service `{name}` is listed twice"));
+            } else {
+                out.push(name.clone());
+            }
         }
         out
     }
