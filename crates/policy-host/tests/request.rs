@@ -173,14 +173,12 @@ fn a_module_built_against_contract_0_1_0_still_loads_and_answers() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/ecp_authz_wit_0_1_0.wasm"
     );
-    let host = host();
-    let report = host.apply_config(&[policy(
+    let host = host_loading(policy(
         "old",
         fixture,
         PolicyWorld::Authz,
         json!({"client_systems": "app1"}),
-    )]);
-    assert!(report.is_ok(), "{report:?}");
+    ));
     let old = host.authz("old").expect("loaded");
     assert_eq!(
         old.authorize(&peer("ecp", Some("app1"), "127.0.0.1")),
@@ -204,14 +202,12 @@ fn read_back(handle: &RequestHandle, view: &mut RequestView) -> serde_json::Valu
 
 #[test]
 fn the_request_resource_shows_each_part_and_field_bytes_as_sent() {
-    let host = host();
-    let report = host.apply_config(&[policy(
+    let host = host_loading(policy(
         "reader",
         artifacts::REQUEST_READER,
         PolicyWorld::Request,
         json!({}),
-    )]);
-    assert!(report.is_ok(), "{report:?}");
+    ));
     let reader = host.request("reader").expect("loaded");
     let mut view = RequestView::default();
     view.copy_from(&http_request("/a/b", &[]));
@@ -259,14 +255,12 @@ fn a_request_module_built_against_contract_0_2_0_still_loads_and_answers() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/header_gate_wit_0_2_0.wasm"
     );
-    let host = host();
-    let report = host.apply_config(&[policy(
+    let host = host_loading(policy(
         "old",
         fixture,
         PolicyWorld::Request,
         json!({"key": "sesame"}),
-    )]);
-    assert!(report.is_ok(), "{report:?}");
+    ));
     let old = host.request("old").expect("loaded");
     passes_the_key_with_edits(&old);
     let refused = old.on_request(&http_request("/x", &[("x-api-key", "guess")]));

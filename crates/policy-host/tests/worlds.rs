@@ -71,14 +71,12 @@ fn authz_allow_list_in_kv_changes_without_reload() {
 
 #[test]
 fn health_mirror_primary_tells_primary_backup_and_down() {
-    let host = host();
-    let report = host.apply_config(&[policy(
+    let host = host_loading(policy(
         "mirror",
         artifacts::MIRROR_PRIMARY,
         PolicyWorld::Health,
         json!({}),
-    )]);
-    assert!(report.is_ok(), "{report:?}");
+    ));
     let mirror = host.health("mirror").unwrap();
     let member = instance("ap1a", "ap1", &[]);
     assert_eq!(
@@ -114,14 +112,12 @@ fn health_mirror_primary_tells_primary_backup_and_down() {
 
 #[test]
 fn routing_urlprefix_builds_routes_and_reports_bad_tags_per_entry() {
-    let host = host();
-    let report = host.apply_config(&[policy(
+    let host = host_loading(policy(
         "tags",
         artifacts::URLPREFIX,
         PolicyWorld::Routing,
         json!({}),
-    )]);
-    assert!(report.is_ok(), "{report:?}");
+    ));
     let tags = host.routing("tags").unwrap();
     let catalog = [
         instance("web-1", "web", &["urlprefix-/web strip=/web"]),

@@ -407,12 +407,14 @@ fn discovered_routes_get_the_request_policy_named_for_their_service_and_its_serv
         "other",
         "a listed service with routes"
     );
-    let picked = curl(
-        &guarded,
-        &["x-api-key: sesame", "x-route-to: fallback"],
-        &[],
-    );
-    assert_eq!(picked.json()["backend"], "fallback", "a listed [[service]]");
+    for client in [&[][..], &h2[..]] {
+        let picked = curl(
+            &guarded,
+            &["x-api-key: sesame", "x-route-to: fallback"],
+            client,
+        );
+        assert_eq!(picked.json()["backend"], "fallback", "a listed [[service]]");
+    }
     for absent in ["gone", "elsewhere"] {
         let pick = format!("x-route-to: {absent}");
         let refused = curl(&guarded, &["x-api-key: sesame", &pick], &[]);

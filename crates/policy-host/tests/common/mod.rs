@@ -30,6 +30,14 @@ pub fn host() -> PolicyHost {
     PolicyHost::new(host_config(), Arc::new(MemoryKv::new())).expect("engine starts")
 }
 
+/// A host with one policy loaded; a rejected load fails the test with the host's report.
+pub fn host_loading(config: PolicyConfig) -> PolicyHost {
+    let host = host();
+    let report = host.apply_config(&[config]);
+    assert!(report.is_ok(), "{report:?}");
+    host
+}
+
 pub fn host_with_kv(kv: Arc<dyn KvView>) -> PolicyHost {
     PolicyHost::new(host_config(), kv).expect("engine starts")
 }
