@@ -18,8 +18,8 @@ use sluice_policy_host::types::{
     ProbeResult, RouteInfo,
 };
 use sluice_policy_host::{
-    AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RequestOutcome, RequestView,
-    RoutingOutcome,
+    AnswerMemory, AuthzOutcome, HealthOutcome, HostConfig, MemoryKv, PolicyHost, RequestOutcome,
+    RequestView, RoutingOutcome,
 };
 use sluice_policy_test_artifacts as artifacts;
 
@@ -148,7 +148,7 @@ fn bench_on_request(c: &mut Criterion) {
         (
             "key_check",
             artifacts::KEY_CHECK.to_owned(),
-            json!({"key": "sesame"}),
+            json!({"api_key": "sesame"}),
         ),
         // A test guest: the same check, plus five more fields read (its test hooks).
         (
@@ -307,6 +307,18 @@ fn bench_on_request_jwt(c: &mut Criterion) {
                 b.iter(|| {
                     view.copy_from(black_box(&signed));
                     jwt.on_request_view(&mut view)
+                })
+            },
+        );
+        // What the proxy does: the answer the policy let it reuse, given without a call.
+        c.bench_function(
+            &format!("policy/on_request_remembered (jwt HS256, {label})"),
+            |b| {
+                let mut view = RequestView::default();
+                let mut memory = AnswerMemory::new();
+                b.iter(|| {
+                    view.copy_from(black_box(&signed));
+                    jwt.on_request_remembered(&mut view, &mut memory)
                 })
             },
         );

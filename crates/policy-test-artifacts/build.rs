@@ -52,6 +52,11 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
         "examples/request_reader.wasm",
     ),
     (
+        "REUSING_REQUEST",
+        "sluice-policy-test-guests",
+        "examples/reusing_request.wasm",
+    ),
+    (
         "WRONG_WORLD",
         "sluice-policy-test-guests",
         "examples/wrong_world.wasm",

@@ -21,6 +21,7 @@ use crate::budget::CrashBudgetConfig;
 use crate::builtin::BuiltinModules;
 use crate::error::{HostError, ModuleError};
 use crate::kv::KvView;
+use crate::reads::ReadLog;
 use crate::request_view::RequestView;
 
 /// Engine-wide settings. Per-policy limits come from `[[policy]]` ([`sluice_config::PolicyLimits`]).
@@ -88,6 +89,8 @@ pub(crate) struct GuestState {
     /// The request an `on-request` call is deciding on (swapped in for the call's duration):
     /// what the `http.request` resource's methods read.
     pub(crate) request: RequestView,
+    /// What the call in progress read, for answers it lets the host reuse.
+    pub(crate) reads: ReadLog,
 }
 
 /// Guest log lines longer than this are cut (a guest must not flood the proxy's log).
@@ -121,11 +124,13 @@ impl GuestState {
             memory_denied: false,
             log_lines_this_call: 0,
             request: RequestView::default(),
+            reads: ReadLog::default(),
         }
     }
 
     pub(crate) fn begin_call(&mut self) {
         self.log_lines_this_call = 0;
+        self.reads.clear();
     }
 
     /// What the guest wrote to stderr (a Rust panic message, typically), trimmed.
@@ -198,7 +203,9 @@ impl host_imports::Host for GuestState {
     }
 
     fn kv_get(&mut self, key: String) -> Option<String> {
-        self.kv.get(&key)
+        let value = self.kv.get(&key);
+        self.reads.read_kv(key, value.as_deref());
+        value
     }
 
     fn loaded_at_ms(&mut self) -> u64 {
@@ -234,12 +241,12 @@ pub(crate) struct CompiledModule {
 }
 
 /// Required exports per world, as written in the WIT.
-pub(crate) fn required_exports(world: PolicyWorld) -> [&'static str; 2] {
+pub(crate) fn required_exports(world: PolicyWorld) -> &'static [&'static str] {
     match world {
-        PolicyWorld::Routing => ["configure", "build-routes"],
-        PolicyWorld::Health => ["configure", "evaluate"],
-        PolicyWorld::Authz => ["configure", "authorize"],
-        PolicyWorld::Request => ["configure", "on-request"],
+        PolicyWorld::Routing => &["configure", "build-routes"],
+        PolicyWorld::Health => &["configure", "evaluate"],
+        PolicyWorld::Authz => &["configure", "authorize"],
+        PolicyWorld::Request => &["configure", "on-request", "on-response"],
     }
 }
 
@@ -401,7 +408,8 @@ impl EngineShared {
             .collect();
         let missing = |world: PolicyWorld| -> Vec<&'static str> {
             required_exports(world)
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|name| !exports.iter().any(|export| export == name))
                 .collect()
         };

@@ -129,6 +129,8 @@ pub struct PolicyStatus {
     pub traps: u64,
     /// Calls stopped at their deadline.
     pub timeouts: u64,
+    /// Requests given an earlier answer again without a call (`cache-answer`).
+    pub answers_reused: u64,
     /// The last call error.
     pub last_error: Option<String>,
     /// Why the last (re)load was rejected, if it was.
@@ -222,6 +224,7 @@ impl PolicyHost {
                     errors: read(&stats.errors),
                     traps: read(&stats.traps),
                     timeouts: read(&stats.timeouts),
+                    answers_reused: read(&stats.reused),
                     last_error: slot.last_call_error.load_full().map(|e| e.to_string()),
                     last_load_error: slot.last_load_error.load_full().map(|e| e.to_string()),
                 }

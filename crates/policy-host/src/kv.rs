@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -12,6 +13,13 @@ use arc_swap::ArcSwap;
 pub trait KvView: Send + Sync + 'static {
     /// The value of `key`, or `None` when absent.
     fn get(&self, key: &str) -> Option<String>;
+
+    /// A number that changes after any value changes, if the view keeps one. An answer a policy
+    /// lets the host reuse (`cache-answer`) after reading KV is keyed by it, so any change ends
+    /// the reuse; without one (`None`, the default) it is keyed by the values it read.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An in-memory [`KvView`]: a snapshot map swapped atomically on every change, so readers never
@@ -19,6 +27,8 @@ pub trait KvView: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryKv {
     entries: ArcSwap<HashMap<String, String>>,
+    /// Bumped after every change.
+    generation: AtomicU64,
 }
 
 impl MemoryKv {
@@ -34,6 +44,7 @@ impl MemoryKv {
             entries.insert(key.to_owned(), value.to_owned());
             entries
         });
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Removes `key`.
@@ -43,17 +54,23 @@ impl MemoryKv {
             entries.remove(key);
             entries
         });
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Replaces every entry at once.
     pub fn replace_all(&self, entries: HashMap<String, String>) {
         self.entries.store(Arc::new(entries));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
 impl KvView for MemoryKv {
     fn get(&self, key: &str) -> Option<String> {
         self.entries.load().get(key).cloned()
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
     }
 }
 

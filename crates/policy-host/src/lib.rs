@@ -35,6 +35,7 @@
 //! - A trap is reported on one line with the guest's function names (its backtrace) and what
 //!   it wrote to stderr; a module that is not a component says why in one line.
 
+mod answer_memory;
 mod bindings;
 mod budget;
 mod builtin;
@@ -48,11 +49,13 @@ mod log_capture;
 pub mod metrics;
 mod nonblocking_io;
 mod policy;
+mod reads;
 mod request;
 mod request_view;
 mod watch;
 mod world_call;
 
+pub use answer_memory::AnswerMemory;
 pub use bindings::types;
 pub use budget::CrashBudgetConfig;
 pub use builtin::BuiltinModules;
@@ -65,6 +68,7 @@ pub use policy::{
     AuthzHandle, AuthzOutcome, HealthHandle, HealthOutcome, RouteTable, RoutingHandle,
     RoutingOutcome,
 };
+pub use reads::MAX_ANSWER_REUSE;
 pub use request::{
     FieldFilter, MAX_HEADER_EDITS, MAX_REPLY_BODY, MAX_RESPONSE_CONTEXT, RequestHandle,
     RequestOutcome,

@@ -14,6 +14,9 @@ pub const POLICY_TRAPS: &str = "sluice_policy_traps_total";
 pub const POLICY_TIMEOUTS: &str = "sluice_policy_timeouts_total";
 /// Histogram: seconds spent in a call, instance checkout included.
 pub const POLICY_CALL_DURATION: &str = "sluice_policy_call_duration_seconds";
+/// Counter: requests a `request` policy's earlier answer was given to again, without a call,
+/// because the policy allowed it (`cache-answer`).
+pub const POLICY_ANSWERS_REUSED: &str = "sluice_policy_answers_reused_total";
 /// Counter: successful (re)loads of a module version.
 pub const POLICY_RELOADS: &str = "sluice_policy_reloads_total";
 /// Counter: rejected (re)loads; the previous version keeps serving.

@@ -302,6 +302,7 @@ pub(crate) struct Stats {
     pub(crate) errors: AtomicU64,
     pub(crate) traps: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    pub(crate) reused: AtomicU64,
 }
 
 struct SlotMetrics {
@@ -310,6 +311,7 @@ struct SlotMetrics {
     traps: metrics::Counter,
     timeouts: metrics::Counter,
     duration: metrics::Histogram,
+    reused: metrics::Counter,
     reloads: metrics::Counter,
     reload_failures: metrics::Counter,
 }
@@ -326,6 +328,7 @@ impl SlotMetrics {
             traps: metrics::counter!(names::POLICY_TRAPS, &labels),
             timeouts: metrics::counter!(names::POLICY_TIMEOUTS, &labels),
             duration: metrics::histogram!(names::POLICY_CALL_DURATION, &labels),
+            reused: metrics::counter!(names::POLICY_ANSWERS_REUSED, &labels),
             reloads: metrics::counter!(names::POLICY_RELOADS, &labels),
             reload_failures: metrics::counter!(names::POLICY_RELOAD_FAILURES, &labels),
         }
@@ -476,6 +479,12 @@ impl PolicySlot {
                 "module does not implement this world".into(),
             )),
         }
+    }
+
+    /// A request answered again from an answer the policy let the host reuse.
+    pub(crate) fn record_reuse(&self) {
+        self.stats.reused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reused.increment(1);
     }
 
     fn record_failure(&self, error: &CallError) {

@@ -7,14 +7,17 @@
 //! failure mode decides what happens to the request.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sluice_config::{FailureMode, PolicyConfig};
 
 use wasmtime::component::Resource;
 
+use crate::answer_memory::AnswerMemory;
 use crate::bindings::types::{Action, Forward, HeaderEdit, HttpRequest, Reply, RouteInfo};
 use crate::error::CallError;
 use crate::policy::{PolicySlot, WorldBindings, truncate};
+use crate::reads::ReadLog;
 use crate::request_view::RequestView;
 
 /// Largest body a `reply` may carry.
@@ -70,6 +73,49 @@ impl RequestHandle {
     /// Asks the policy what to do with `request`. Never panics. The view is lent to the guest
     /// for the call and handed back as it was, so the caller may reuse its buffers.
     pub fn on_request_view(&self, request: &mut RequestView) -> RequestOutcome {
+        self.decide(request, None)
+    }
+
+    /// [`RequestHandle::on_request_view`], giving again an answer in `memory` when the policy
+    /// let the host reuse it (`cache-answer`) and `request` agrees with the one it answered on
+    /// every part that call read. Such an answer is checked against `request`'s route again;
+    /// the policy is not called, and the reuse is counted in
+    /// `sluice_policy_answers_reused_total` instead of its calls.
+    pub fn on_request_remembered(
+        &self,
+        request: &mut RequestView,
+        memory: &mut AnswerMemory,
+    ) -> RequestOutcome {
+        let current = self.0.current.load();
+        let Some(version) = current.as_ref() else {
+            return self.decide(request, None);
+        };
+        let kv = &*self.0.engine.kv;
+        // Read before the call, so that a KV change during it keys its answer to before.
+        let kv_generation = kv.generation();
+        let now = Instant::now();
+        let recalled = memory
+            .of(&self.0, version)
+            .recall(request, kv, kv_generation, now)
+            .and_then(|action| checked_action(action, &request.route).ok());
+        if let Some(action) = recalled {
+            memory.reused += 1;
+            self.0.record_reuse();
+            return RequestOutcome::Decided(action);
+        }
+        let mut reads = std::mem::take(&mut memory.reads);
+        let outcome = self.decide(request, Some(&mut reads));
+        if let RequestOutcome::Decided(action) = &outcome {
+            memory
+                .of(&self.0, version)
+                .remember(&reads, request, kv_generation, action, now);
+        }
+        memory.reads = reads;
+        outcome
+    }
+
+    /// Calls the policy; hands what the call read to `reads` when asked.
+    fn decide(&self, request: &mut RequestView, reads: Option<&mut ReadLog>) -> RequestOutcome {
         let result = self
             .0
             .call(request.size(), |bindings, store| match bindings {
@@ -78,6 +124,9 @@ impl RequestHandle {
                     // The one request lent at a time: the resource's methods read the store's view.
                     let answer = b.call_on_request(&mut *store, Resource::new_borrow(0));
                     std::mem::swap(&mut store.data_mut().request, request);
+                    if let Some(reads) = reads {
+                        std::mem::swap(&mut store.data_mut().reads, reads);
+                    }
                     Some(answer)
                 }
                 WorldBindings::RequestCopied(b) => {

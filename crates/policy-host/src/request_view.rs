@@ -12,6 +12,7 @@ use wasmtime::component::Resource;
 use crate::bindings::http_imports::{self, RequestHead};
 use crate::bindings::types::{HttpRequest, Peer, RouteInfo};
 use crate::engine::GuestState;
+use crate::reads::Part;
 
 /// One request as `request` policies see it. Build it with the setters, or from a whole
 /// [`HttpRequest`] with [`RequestView::copy_from`].
@@ -175,6 +176,33 @@ impl RequestView {
                 .sum::<usize>()
     }
 
+    /// Appends the bytes of `part` to an answer's key: each value length-prefixed, so that no
+    /// two different requests write the same key.
+    pub(crate) fn write_part(&self, part: &Part, key: &mut Vec<u8>) {
+        match part {
+            Part::Method => put(key, self.method.as_bytes()),
+            Part::Scheme => put(key, self.scheme.as_bytes()),
+            Part::Host => put(key, self.host.as_bytes()),
+            Part::Path => put(key, self.path.as_bytes()),
+            Part::Query => put_optional(key, self.query.as_deref().map(str::as_bytes)),
+            Part::Field(name) => put_all(key, self.values_named(name)),
+            Part::AllFields => put_all(
+                key,
+                self.fields.iter().flat_map(|field| {
+                    [field.name.clone(), field.value.clone()].map(|at| &self.field_bytes[at])
+                }),
+            ),
+            Part::Peer => write_peer(&self.peer, key),
+            Part::Route => {
+                let route = &self.route;
+                for text in [&route.listener, &route.name, &route.service] {
+                    put(key, text.as_bytes());
+                }
+                put_all(key, route.allowed_services.iter().map(|s| s.as_bytes()));
+            }
+        }
+    }
+
     fn values_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.fields
             .iter()
@@ -194,57 +222,116 @@ impl RequestView {
     }
 }
 
+/// `bytes`, after its length.
+fn put(key: &mut Vec<u8>, bytes: &[u8]) {
+    key.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    key.extend_from_slice(bytes);
+}
+
+/// How many items, then each one after its length.
+fn put_all<'a>(key: &mut Vec<u8>, items: impl Iterator<Item = &'a [u8]>) {
+    let count_at = key.len();
+    key.extend_from_slice(&0u32.to_le_bytes());
+    let mut count = 0u32;
+    for item in items {
+        put(key, item);
+        count += 1;
+    }
+    key[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+}
+
+fn put_optional(key: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            key.push(1);
+            put(key, bytes);
+        }
+        None => key.push(0),
+    }
+}
+
+fn write_peer(peer: &Peer, key: &mut Vec<u8>) {
+    for text in [&peer.listener, &peer.source_address] {
+        put(key, text.as_bytes());
+    }
+    key.extend_from_slice(&peer.source_port.to_le_bytes());
+    put_optional(key, peer.sni.as_deref().map(str::as_bytes));
+    put_optional(key, peer.alpn.as_deref().map(str::as_bytes));
+    // A certificate is told apart by its fingerprint: every other field is signed into it.
+    let certificate = peer.client_certificate.as_ref();
+    put_optional(key, certificate.map(|c| c.sha256_fingerprint.as_bytes()));
+}
+
 impl http_imports::Host for GuestState {}
 
 /// The `request-head` resource's methods. Only one request is ever lent to a guest at a time (the
 /// one of the call in progress), so every handle reads the same view.
 impl http_imports::HostRequestHead for GuestState {
     fn method(&mut self, _: Resource<RequestHead>) -> String {
+        self.reads.read(Part::Method);
         self.request.method.clone()
     }
 
     fn scheme(&mut self, _: Resource<RequestHead>) -> String {
+        self.reads.read(Part::Scheme);
         self.request.scheme.clone()
     }
 
     fn host(&mut self, _: Resource<RequestHead>) -> String {
+        self.reads.read(Part::Host);
         self.request.host.clone()
     }
 
     fn path(&mut self, _: Resource<RequestHead>) -> String {
+        self.reads.read(Part::Path);
         self.request.path.clone()
     }
 
     fn query(&mut self, _: Resource<RequestHead>) -> Option<String> {
+        self.reads.read(Part::Query);
         self.request.query.clone()
     }
 
     fn header(&mut self, _: Resource<RequestHead>, name: String) -> Option<String> {
-        let value = self.request.values_named(&name).next()?;
-        Some(lossy_text(value).into_owned())
+        let value = self.request.values_named(&name).next().map(lossy_text);
+        let value = value.map(std::borrow::Cow::into_owned);
+        self.reads.read_field(name);
+        value
     }
 
     fn header_values(&mut self, _: Resource<RequestHead>, name: String) -> Vec<String> {
-        self.request
+        let values = self
+            .request
             .values_named(&name)
             .map(|value| lossy_text(value).into_owned())
-            .collect()
+            .collect();
+        self.reads.read_field(name);
+        values
     }
 
     fn header_bytes(&mut self, _: Resource<RequestHead>, name: String) -> Option<Vec<u8>> {
-        self.request.values_named(&name).next().map(<[u8]>::to_vec)
+        let value = self.request.values_named(&name).next().map(<[u8]>::to_vec);
+        self.reads.read_field(name);
+        value
     }
 
     fn headers(&mut self, _: Resource<RequestHead>) -> Vec<(String, String)> {
+        self.reads.read(Part::AllFields);
         self.request.all_fields().collect()
     }
 
     fn peer(&mut self, _: Resource<RequestHead>) -> Peer {
+        self.reads.read(Part::Peer);
         self.request.peer.clone()
     }
 
     fn route(&mut self, _: Resource<RequestHead>) -> RouteInfo {
+        self.reads.read(Part::Route);
         self.request.route.clone()
+    }
+
+    fn cache_answer(&mut self, _: Resource<RequestHead>, ttl_ms: u32) {
+        self.reads.allow_reuse(ttl_ms);
     }
 
     /// The host lends requests only as borrows, which the guest never drops.

@@ -1,18 +1,19 @@
 //! The shipped `jwt` policy, compiled to WebAssembly, on real tokens minted by `jsonwebtoken`:
 //! HS256 with a secret in KV, RS256 and ES256 with the JWKS in KV, refusals, and a secret and a
-//! JWKS changed in KV taking effect at the next request without a reload.
+//! JWKS changed in KV taking effect at the next request without a reload, and a verified
+//! token's answer given again by the host until the secret rotates or the token expires.
 
 mod common;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sluice_config::PolicyWorld;
 use sluice_policy_host::types::{Action, HeaderEdit, Reply};
-use sluice_policy_host::{MemoryKv, RequestHandle, RequestOutcome};
+use sluice_policy_host::{AnswerMemory, MemoryKv, RequestHandle, RequestOutcome, RequestView};
 use sluice_policy_test_artifacts as artifacts;
 
 /// The jwt policy's test keys and their JWKS (see that directory's README).
@@ -190,4 +191,64 @@ fn keys_missing_from_kv_answer_503_not_401() {
     let (unavailable, body) = reply(call(&jwt, &hs256("first-secret", &valid_claims()), &[]));
     assert_eq!(unavailable.status, 503);
     assert_eq!(body["error"], "jwt_keys_unavailable");
+}
+
+fn remembered(jwt: &RequestHandle, memory: &mut AnswerMemory, token: &str) -> Action {
+    let mut view = RequestView::default();
+    let value = format!("Bearer {token}");
+    view.copy_from(&http_request("/orders", &[("authorization", &value)]));
+    match jwt.on_request_remembered(&mut view, memory) {
+        RequestOutcome::Decided(action) => action,
+        other => panic!("the policy did not answer: {other:?}"),
+    }
+}
+
+#[test]
+fn a_verified_token_is_answered_again_until_the_secret_rotates_or_the_token_expires() {
+    let kv = kv_with_keys("first-secret");
+    let (host, jwt) = loaded(&kv);
+    let calls = || host.list()[0].calls;
+    let mut memory = AnswerMemory::new();
+    let token = hs256("first-secret", &valid_claims());
+    for _ in 0..3 {
+        let edits = forward_edits(remembered(&jwt, &mut memory, &token));
+        assert_eq!(
+            edits,
+            vec![HeaderEdit::Set(("x-user".into(), "svc-a".into()))]
+        );
+    }
+    assert_eq!((calls(), memory.reused()), (1, 2));
+
+    // Refusals are not reused: a client cannot fill the memory with tokens that fail.
+    let forged = hs256("guessed-secret", &valid_claims());
+    for _ in 0..2 {
+        assert_eq!(reply(remembered(&jwt, &mut memory, &forged)).0.status, 401);
+    }
+    assert_eq!((calls(), memory.reused()), (3, 2));
+
+    kv.set("seed003/jwt-secret", "second-secret");
+    let (refused, body) = reply(remembered(&jwt, &mut memory, &token));
+    assert_eq!(
+        (refused.status, &body["detail"]),
+        (401, &json!("bad signature"))
+    );
+
+    // With no clock skew, a token's answer lasts until its `exp` and not a moment more.
+    let strict = policy(
+        "jwt",
+        artifacts::JWT,
+        PolicyWorld::Request,
+        json!({"secret": "s3", "clock_skew": 0}),
+    );
+    assert!(host.apply_config(&[strict]).is_ok());
+    let jwt = host.request("jwt").expect("reloaded");
+    let expires_soon = hs256("s3", &json!({"sub": "b", "exp": now_secs() + 2}));
+    forward_edits(remembered(&jwt, &mut memory, &expires_soon));
+    forward_edits(remembered(&jwt, &mut memory, &expires_soon));
+    assert_eq!(memory.reused(), 3);
+    // `exp` is at most 2 s after the token was minted.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (expired, body) = reply(remembered(&jwt, &mut memory, &expires_soon));
+    assert_eq!(expired.status, 401, "{body}");
+    assert_eq!(memory.reused(), 3);
 }

@@ -4,8 +4,10 @@
 //! crate's build script from the sources in this repository — the shipped policies
 //! (`mirror-primary`, `urlprefix`, `ecp-authz`, `jwt`) and the test-only guests that misbehave
 //! on purpose (loop forever, grab memory, panic), implement the wrong world, check a header
-//! (`header_gate`; `key_check`, the guide's example), forward every request without reading it (`noop_request`) or answer with a
-//! report of everything the request resource showed them (`request_reader`). Building this
+//! (`header_gate`; `key_check`, the guide's example), forward every request without reading it
+//! (`noop_request`), answer with a report of everything the request resource showed them
+//! (`request_reader`), or read the parts their config names and let the host reuse the answer
+//! (`reusing_request`). Building this
 //! crate fails, naming `scripts/setup.sh`, when the target is not installed; it never hands out
 //! a stale or missing file.
 //!

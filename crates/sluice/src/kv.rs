@@ -11,6 +11,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -43,6 +44,8 @@ pub(crate) struct KvLayers {
     /// Bumped whenever a key may have changed (a source reported changed keys, or the sources
     /// were swapped), so readers outside the policy host (`[routing] overrides_key`) re-read.
     changed: tokio::sync::watch::Sender<u64>,
+    /// The same count for policies (`KvView::generation`), read without a lock on their path.
+    generation: Arc<AtomicU64>,
 }
 
 impl Default for KvLayers {
@@ -51,6 +54,7 @@ impl Default for KvLayers {
             current: ArcSwap::default(),
             applying: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::channel(0).0,
+            generation: Arc::default(),
         }
     }
 }
@@ -84,6 +88,7 @@ fn layer(config: &KvConfig) -> Result<KvLayer, String> {
 fn report(
     describe: String,
     notify: tokio::sync::watch::Sender<u64>,
+    generation: Arc<AtomicU64>,
 ) -> impl FnMut(LayerEvent) -> ControlFlow<()> + Send + 'static {
     let up = metrics::gauge!(KV_SOURCE_UP, "source" => describe.clone());
     let changes = metrics::counter!(KV_CHANGES_TOTAL, "source" => describe.clone());
@@ -106,6 +111,7 @@ fn report(
         let changed = event.changed;
         if !changed.is_empty() {
             changes.increment(changed.len() as u64);
+            generation.fetch_add(1, Ordering::Release);
             notify.send_modify(|n| *n = n.wrapping_add(1));
             tracing::info!(source = %describe, keys = ?changed, "KV keys changed");
         }
@@ -124,7 +130,10 @@ impl KvLayers {
             return Ok(());
         }
         let layers = sluice_kv::KvLayers::new(configs.iter().map(layer).collect::<Result<_, _>>()?);
-        layers.start(|_, layer| report(layer.describe(), self.changed.clone()));
+        layers.start(|_, layer| {
+            let generation = Arc::clone(&self.generation);
+            report(layer.describe(), self.changed.clone(), generation)
+        });
         if !layers.wait_synced(FIRST_SYNC_WAIT).await {
             for (layer, why) in layers.unsynced() {
                 tracing::warn!(source = %layer.describe(), reason = %why, "KV source not read yet; its keys are absent for policies until it answers");
@@ -137,6 +146,7 @@ impl KvLayers {
             configs: configs.to_vec(),
             layers,
         }));
+        self.generation.fetch_add(1, Ordering::Release);
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
@@ -154,6 +164,10 @@ impl sluice_policy_host::KvView for KvLayers {
             .layers
             .get(key)
             .map(|e| e.value_str().into_owned())
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
     }
 }
 

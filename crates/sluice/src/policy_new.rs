@@ -157,7 +157,7 @@ fn create(dir: &Path, world: World, lang: Lang, sdk: Option<&Path>) -> Result<St
     let (common, specific) = templates(lang, world);
     let sdk = match lang {
         Lang::Rust => find_sdk(sdk)?.display().to_string(),
-        Lang::Python => String::new(),
+        Lang::Python => find_python_sdk(sdk).map_or_else(String::new, |p| p.display().to_string()),
     };
     let fill = |text: &str| {
         text.replace("{{name}}", &name)
@@ -200,6 +200,30 @@ fn templates(lang: Lang, world: World) -> (&'static [TemplateFile], &'static [Te
         (Lang::Python, World::Routing) => (PYTHON_COMMON, PYTHON_ROUTING),
         (Lang::Python, World::Request) => (PYTHON_COMMON, PYTHON_REQUEST),
     }
+}
+
+/// The Python helpers (`sdk/python`, the `sluice_policy` module) of `--sdk` (a checkout) or of
+/// the checkout this binary was built from; the templates do without them.
+fn find_python_sdk(asked: Option<&Path>) -> Option<PathBuf> {
+    let checkout = match asked {
+        Some(path) => path.to_owned(),
+        None => Path::new(BUILT_FROM_SDK).join("../.."),
+    };
+    let sdk = checkout.join("sdk/python");
+    sdk.join("sluice_policy/__init__.py")
+        .is_file()
+        .then(|| sdk.canonicalize().ok())
+        .flatten()
+}
+
+/// Where the Python helpers are, and how a build finds them.
+fn python_sdk_note(sdk: &str) -> String {
+    if sdk.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nSDK:     {sdk} (the `sluice_policy` helpers; to `import sluice_policy`, build with `-p . -p {sdk}`)"
+    )
 }
 
 /// The SDK directory: `--sdk` (a checkout or the SDK itself), else the checkout this binary
@@ -250,7 +274,7 @@ fn summary(
                 "componentize-py --wit-path wit --world {world} componentize app -o {crate_name}.wasm"
             ),
             format!("{crate_name}.wasm"),
-            String::new(),
+            python_sdk_note(sdk),
         ),
     };
     format!(

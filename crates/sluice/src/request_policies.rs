@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use sluice_policy_host::types::{Action, HeaderEdit};
-use sluice_policy_host::{FieldFilter, RequestOutcome, RequestView, set_text};
+use sluice_policy_host::{AnswerMemory, FieldFilter, RequestOutcome, RequestView, set_text};
 use sluice_proxy::{FieldEdit, ForwardEdits, PolicyAnswer, PolicyRequest, RequestPolicies};
 
 use crate::policies::{Policies, fill_peer};
@@ -17,12 +17,14 @@ thread_local! {
     static VIEW: RefCell<ThreadView> = RefCell::new(ThreadView::default());
 }
 
-/// A thread's view, with the client address its peer text spells: requests in a row from one
-/// client (a keep-alive connection) do not format the address again.
+/// A thread's view, with the client address its peer text spells (requests in a row from one
+/// client, a keep-alive connection, do not format the address again), and the answers the
+/// thread's policies let it give again.
 #[derive(Default)]
 struct ThreadView {
     view: RequestView,
     shown_ip: Option<IpAddr>,
+    answers: AnswerMemory,
 }
 
 impl RequestPolicies for Policies {
@@ -36,9 +38,13 @@ impl RequestPolicies for Policies {
         let filter = handle.field_filter();
         let outcome = VIEW.with(|view| match view.try_borrow_mut() {
             Ok(mut kept) => {
-                let ThreadView { view, shown_ip } = &mut *kept;
+                let ThreadView {
+                    view,
+                    shown_ip,
+                    answers,
+                } = &mut *kept;
                 fill_view(view, shown_ip, request, &filter);
-                handle.on_request_view(view)
+                handle.on_request_remembered(view, answers)
             }
             // Not reached (a policy call never calls a policy), but a fresh view is as right.
             Err(_) => {

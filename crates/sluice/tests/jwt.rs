@@ -2,7 +2,8 @@
 //! `jsonwebtoken` library, curl as the client, the secret and the JWKS in a real etcd. Valid
 //! tokens pass with their claims as request fields (a client's forged copy replaced); missing,
 //! expired, wrongly signed or wrong-audience tokens get `401` JSON with `WWW-Authenticate`;
-//! an etcd change rotates the secret without a reload; RS256 and ES256 tokens verify against
+//! an etcd change rotates the secret without a reload, ending the reuse of the answers given
+//! to tokens that verified before it; RS256 and ES256 tokens verify against
 //! the JWKS by `kid`.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
@@ -14,7 +15,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sluice_test_support::etcd::Etcd;
 use sluice_test_support::eventually_blocking;
-use sluice_test_support::{Backend, CurlAnswer, SluiceProcess, curl, free_port, http_get};
+use sluice_test_support::{
+    Backend, CurlAnswer, SluiceProcess, curl, free_port, http_get, metric_value,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const FIXTURES: &str = concat!(
@@ -175,7 +178,12 @@ fn an_etcd_change_rotates_the_secret_without_a_reload() {
     let url = format!("http://{}/api/x", s.web);
     let old = hs256(&claims("alice", 300), "first-secret-0123456789abcdef");
     let new = hs256(&claims("alice", 300), "second-secret-0123456789abcdef");
-    assert_eq!(get(&url, &[bearer(&old)]).status, 200);
+    // The old token's answer is given again without a call while the secret stays.
+    for _ in 0..4 {
+        assert_eq!(get(&url, &[bearer(&old)]).status, 200);
+    }
+    let reused = metric_value(s.admin, "sluice_policy_answers_reused_total{policy=\"hs\"");
+    assert!(reused.is_some_and(|n| n >= 1.0), "reused: {reused:?}");
     assert_eq!(get(&url, &[bearer(&new)]).status, 401);
     let reloads_before = http_get(s.admin, "/api/reloads").unwrap().1;
 

@@ -108,7 +108,7 @@ fn policy_new_projects_build_and_pass_check_and_test_unchanged() {
         ("authz", "authorize"),
         ("health", "evaluate"),
         ("routing", "build-routes"),
-        ("request", "on-request"),
+        ("request", "on-request, on-response"),
     ] {
         let wasm = new_and_build(world);
         let wasm = wasm.to_str().unwrap();
@@ -257,9 +257,21 @@ fn policy_new_python_writes_the_contract_and_an_app() {
     assert_eq!(wit, ours, "the WIT is copied verbatim");
     let app = std::fs::read_to_string(project.join("app.py")).unwrap();
     assert!(app.contains("class WitWorld(wit_world.WitWorld):"), "{app}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(
         "componentize-py --wit-path wit --world authz componentize app -o py_authz.wasm"
     ));
+    // Where the guide's `sluice_policy` helpers are, and how a build finds them.
+    let sdk = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("SDK:     "))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no SDK line: {printed}"));
+    assert!(
+        Path::new(sdk).join("sluice_policy/__init__.py").is_file(),
+        "{printed}"
+    );
+    assert!(printed.contains(&format!("-p . -p {sdk}")), "{printed}");
 }
 
 /// The componentize-py that scripts/setup.sh installs (or one on PATH); fails saying how to get

@@ -61,9 +61,11 @@ pub struct Config {
     /// (claim, request field in lower case), in the order configured.
     pub claims_to_headers: Vec<(String, String)>,
     pub forward_token: bool,
+    /// `cache_seconds`: how long the host may give a verified token's answer again.
+    pub cache_secs: u64,
 }
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "header",
     "scheme",
     "secret",
@@ -76,6 +78,7 @@ const KEYS: [&str; 12] = [
     "clock_skew",
     "claims_to_headers",
     "forward_token",
+    "cache_seconds",
 ];
 
 /// Fields the proxy owns (the host refuses edits of them) or that carry the request's target.
@@ -93,6 +96,8 @@ const RESERVED_FIELDS: [&str; 9] = [
 
 /// Longest `clock_skew` accepted: a day. More would make `exp` meaningless.
 const MAX_CLOCK_SKEW_SECS: u64 = 86_400;
+/// Longest `cache_seconds`: the host's limit on giving one answer again.
+const MAX_CACHE_SECS: u64 = 600;
 
 /// Parses and checks `text`, the policy's config as JSON.
 pub fn parse(text: &str) -> Result<Config, String> {
@@ -122,7 +127,8 @@ pub fn parse(text: &str) -> Result<Config, String> {
         require_exp: boolean(&map, "require_exp", true)?,
         issuers: strings(&map, "issuer")?,
         audiences: strings(&map, "audience")?,
-        clock_skew_secs: clock_skew(&map)?,
+        clock_skew_secs: seconds(&map, "clock_skew", 60, MAX_CLOCK_SKEW_SECS)?,
+        cache_secs: seconds(&map, "cache_seconds", 60, MAX_CACHE_SECS)?,
         claims_to_headers,
         forward_token: boolean(&map, "forward_token", true)?,
         header,
@@ -218,17 +224,13 @@ fn claims_to_headers(
     Ok(pairs)
 }
 
-fn clock_skew(map: &Map<String, Value>) -> Result<u64, String> {
-    match map.get("clock_skew") {
-        None | Some(Value::Null) => Ok(60),
-        Some(value) => value
-            .as_u64()
-            .filter(|secs| *secs <= MAX_CLOCK_SKEW_SECS)
-            .ok_or_else(|| {
-                format!(
-                    "jwt: `clock_skew` must be a whole number of seconds from 0 to {MAX_CLOCK_SKEW_SECS}"
-                )
-            }),
+/// A whole number of seconds from 0 to `max` under `key`, or `default`.
+fn seconds(map: &Map<String, Value>, key: &str, default: u64, max: u64) -> Result<u64, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => value.as_u64().filter(|secs| *secs <= max).ok_or_else(|| {
+            format!("jwt: `{key}` must be a whole number of seconds from 0 to {max}")
+        }),
     }
 }
 

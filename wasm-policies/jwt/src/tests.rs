@@ -681,6 +681,10 @@ fn bad_configs_are_rejected_naming_the_key() {
         "jwt: `clock_skew` must be a whole number of seconds from 0 to 86400"
     );
     assert_eq!(
+        error(json!({"secret": "s", "cache_seconds": 601})),
+        "jwt: `cache_seconds` must be a whole number of seconds from 0 to 600"
+    );
+    assert_eq!(
         error(json!({"secret": "s", "audience": 3})),
         "jwt: `audience` must be a string or a list of strings"
     );
@@ -724,4 +728,29 @@ fn the_default_algorithms_follow_the_configured_keys() {
     assert_eq!(algs(json!({"secret": "s"})), [Alg::Hs256]);
     assert_eq!(algs(json!({"jwks_kv_key": "k"})), [Alg::Rs256, Alg::Es256]);
     assert_eq!(algs(all_keys()), [Alg::Hs256, Alg::Rs256, Alg::Es256]);
+}
+
+#[test]
+fn an_answer_is_reused_for_cache_seconds_but_never_past_exp_and_its_skew() {
+    let lifetime = |config: Value, claims: Value| {
+        let config = config::parse(&config.to_string()).expect("config");
+        let claims = claims.as_object().cloned().expect("object");
+        token::answer_lifetime_ms(&claims, &config, NOW * 1000)
+    };
+    let default = json!({"secret": SECRET});
+    assert_eq!(
+        lifetime(default.clone(), json!({"exp": NOW + 3600})),
+        60_000
+    );
+    // exp 10 s ahead plus 5 s of skew.
+    let skew = json!({"secret": SECRET, "clock_skew": 5});
+    assert_eq!(lifetime(skew, json!({"exp": NOW + 10})), 15_000);
+    let strict = json!({"secret": SECRET, "clock_skew": 0, "cache_seconds": 600});
+    assert_eq!(lifetime(strict.clone(), json!({"exp": NOW + 10})), 10_000);
+    assert_eq!(lifetime(strict.clone(), json!({"exp": NOW - 1})), 0);
+    assert_eq!(lifetime(strict, json!({"exp": NOW as f64 + 0.25})), 250);
+    let never = json!({"secret": SECRET, "cache_seconds": 0, "require_exp": false});
+    assert_eq!(lifetime(never, json!({"sub": "a"})), 0);
+    let no_exp = json!({"secret": SECRET, "require_exp": false});
+    assert_eq!(lifetime(no_exp, json!({"sub": "a", "nbf": NOW})), 60_000);
 }

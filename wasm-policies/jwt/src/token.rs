@@ -127,6 +127,23 @@ pub fn check_claims(
     Ok(())
 }
 
+/// How long, from `now_ms`, the answer for a token with `claims` that passed
+/// [`check_claims`] stays the same: `cache_seconds`, but never past `exp` (with the skew).
+/// `nbf` needs no bound: a token valid now stays valid until `exp`.
+pub fn answer_lifetime_ms(claims: &Map<String, Value>, config: &Config, now_ms: u64) -> u64 {
+    let limit_ms = config.cache_secs.saturating_mul(1000);
+    match numeric_date(claims, "exp") {
+        Ok(Some(exp)) => {
+            let ends_ms = (exp + config.clock_skew_secs as f64) * 1000.0;
+            let left_ms = (ends_ms - now_ms as f64).max(0.0);
+            // `as` saturates, and an hour's bound keeps the float exact enough.
+            limit_ms.min(left_ms as u64)
+        }
+        Ok(None) => limit_ms,
+        Err(_) => 0,
+    }
+}
+
 /// A NumericDate claim (seconds since the epoch, possibly fractional).
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, String> {
     match claims.get(name) {

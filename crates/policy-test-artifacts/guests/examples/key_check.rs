@@ -1,7 +1,7 @@
 //! `request` guest: the header check of the policy guide (docs/policy-authoring.md, "A request
 //! policy"), as an author writes it from the docs. A request whose `x-api-key` matches the
 //! configured key is forwarded with the key removed and `x-authenticated: api-key` set; others
-//! are answered 401 with Sluice's JSON error shape. Config: `{"key": "..."}`. The benchmarks'
+//! are answered 401 with Sluice's JSON error shape. Config: `{"api_key": "..."}`. The benchmarks'
 //! header check.
 
 use sluice_policy_sdk::{Action, Request, RequestPolicy, request};
@@ -13,9 +13,9 @@ struct ApiKey {
 impl RequestPolicy for ApiKey {
     fn configure(config: &str) -> Result<Self, String> {
         let v: serde_json::Value = serde_json::from_str(config).map_err(|e| e.to_string())?;
-        let key = v["key"]
+        let key = v["api_key"]
             .as_str()
-            .ok_or("config needs a string `key`")?
+            .ok_or("config needs a string `api_key`")?
             .to_owned();
         Ok(ApiKey { key })
     }
