@@ -118,7 +118,11 @@ impl<'a> UpstreamFields<'a> {
 
 impl UpstreamFields<'_> {
     /// The proxy's fields for an HTTP/2 instance: as [`Self::write`] writes them, less `Host`
-    /// (`:authority` carries it) and `Connection` (HTTP/2 has none).
+    /// (`:authority` carries it) and `Connection` (HTTP/2 has none). Values new on every
+    /// request (`x-request-id`, `traceparent`) are marked sensitive, which the `h2` crate
+    /// encodes as HPACK literals never indexed (RFC 7541 §6.2.3): entered in the connection's
+    /// table, each would evict fields that do repeat, and lengthen the chain of same-name
+    /// entries the encoder compares on every request.
     pub(crate) fn insert_into(&self, map: &mut http::HeaderMap) {
         let mut forwarded_for = BytesMut::new();
         if let Some(prev) = self.forwarded_for {
@@ -126,19 +130,20 @@ impl UpstreamFields<'_> {
             forwarded_for.extend_from_slice(b", ");
         }
         forwarded_for.extend_from_slice(self.client_ip.as_bytes());
-        let mut put = |name: &'static str, value: &[u8]| {
-            if let Ok(v) = HeaderValue::from_bytes(value) {
+        let mut put = |name: &'static str, value: &[u8], per_request: bool| {
+            if let Ok(mut v) = HeaderValue::from_bytes(value) {
+                v.set_sensitive(per_request);
                 map.insert(HeaderName::from_static(name), v);
             }
         };
-        put("x-forwarded-for", &forwarded_for);
-        put("x-forwarded-proto", self.forwarded_proto.as_bytes());
+        put("x-forwarded-for", &forwarded_for, false);
+        put("x-forwarded-proto", self.forwarded_proto.as_bytes(), false);
         if let Some(host) = self.forwarded_host {
-            put("x-forwarded-host", host);
+            put("x-forwarded-host", host, false);
         }
-        put("x-request-id", self.request_id.as_bytes());
+        put("x-request-id", self.request_id.as_bytes(), true);
         if let Some(traceparent) = self.trace.new_traceparent() {
-            put("traceparent", traceparent);
+            put("traceparent", traceparent, true);
         }
         if let Some(tls) = self.identity {
             for (name, value) in tls.identity_fields() {
@@ -194,8 +199,13 @@ impl RequestId {
     }
 
     /// As a header value (for HTTP/2 responses).
+    /// The id as a field value, marked never to be indexed by HPACK (see
+    /// [`UpstreamFields::insert_into`]).
     pub(crate) fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        let mut value = HeaderValue::from_bytes(self.as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        value.set_sensitive(true);
+        value
     }
 }
 
@@ -247,6 +257,23 @@ mod tests {
             .into_iter()
             .filter(|l| !(started && l.starts_with("traceparent: ")))
             .collect()
+    }
+
+    #[test]
+    fn per_request_values_are_never_indexed_by_hpack_and_the_others_may_be() {
+        let h = head("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let ip = client_ip_value("127.0.0.1".parse().unwrap());
+        let id = RequestId::of(&h);
+        let trace = TraceContext::of(&h);
+        let fields = UpstreamFields::new(&h, &ip, ("http", false), (&id, &trace), None);
+        let mut map = http::HeaderMap::new();
+        fields.insert_into(&mut map);
+        let sensitive = |name: &str| map.get(name).map(HeaderValue::is_sensitive);
+        assert_eq!(sensitive("x-request-id"), Some(true));
+        assert_eq!(sensitive("traceparent"), Some(true));
+        assert_eq!(sensitive("x-forwarded-for"), Some(false));
+        assert_eq!(sensitive("x-forwarded-proto"), Some(false));
+        assert!(id.header_value().is_sensitive(), "the response's copy too");
     }
 
     #[test]
