@@ -138,10 +138,13 @@ impl<'a> Request<'a> {
     /// requests that agree with this one on every part this call read through `self` and every
     /// KV key it read: the host then answers them without calling the policy. Call it only when
     /// the answer depends on nothing else (not on the policy's own state, nor on the clock
-    /// beyond `ttl`). Does nothing in native unit tests.
+    /// beyond `ttl`). In native unit tests it is recorded for [`crate::testing::take_cache_answer`].
     pub fn cache_answer(&self, ttl: std::time::Duration) {
-        if let Source::Host(head) = self.0 {
-            head.cache_answer(u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX));
+        match self.0 {
+            Source::Host(head) => {
+                head.cache_answer(u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX));
+            }
+            Source::Copied(_) => crate::testing::record_cache_answer(ttl),
         }
     }
 }

@@ -13,6 +13,17 @@ thread_local! {
     static NOW_MS: Cell<Option<u64>> = const { Cell::new(None) };
     static LOGS: RefCell<Vec<(LogLevel, String)>> = const { RefCell::new(Vec::new()) };
     static LOADED_AT_MS: Cell<Option<u64>> = const { Cell::new(None) };
+    static CACHE_ANSWER: Cell<Option<std::time::Duration>> = const { Cell::new(None) };
+}
+
+/// What the last [`crate::Request::cache_answer`] on a test request asked for on this thread,
+/// if any; taking it clears it (take it after each call under test).
+pub fn take_cache_answer() -> Option<std::time::Duration> {
+    CACHE_ANSWER.with(Cell::take)
+}
+
+pub(crate) fn record_cache_answer(ttl: std::time::Duration) {
+    CACHE_ANSWER.with(|asked| asked.set(Some(ttl)));
 }
 
 /// Sets what [`crate::host::loaded_at_ms`] answers on this thread.

@@ -754,3 +754,18 @@ fn an_answer_is_reused_for_cache_seconds_but_never_past_exp_and_its_skew() {
     let no_exp = json!({"secret": SECRET, "require_exp": false});
     assert_eq!(lifetime(no_exp, json!({"sub": "a", "nbf": NOW})), 60_000);
 }
+
+#[test]
+fn only_a_verified_token_lets_the_host_reuse_the_answer() {
+    let policy = configured(json!({"secret": SECRET, "clock_skew": 0}));
+    testing::take_cache_answer();
+    let token = mint(Algorithm::HS256, None, &claims(json!({"exp": NOW + 20})));
+    forwarded(bearer(&policy, &token));
+    assert_eq!(
+        testing::take_cache_answer(),
+        Some(std::time::Duration::from_secs(20))
+    );
+    let forged = hs256_with("another-secret", &claims(json!({})));
+    invalid_detail(bearer(&policy, &forged));
+    assert_eq!(testing::take_cache_answer(), None);
+}
