@@ -105,9 +105,13 @@ declare -A pid=([haproxy]=$haproxy_pid [haproxy_jwt]=$haproxy_pid [sluice]=$slui
                 [sluice_jwt]=$sluice_jwt_pid [sluice_jwt_calls]=$sluice_jwt_calls_pid)
 
 # Every contender must accept the token, and the checking ones refuse a bad one.
+# (A new binary compiles its built-in policies at start: give it up to 10 s to listen.)
 for who in $contenders; do
-  curl -fsS -H "Authorization: Bearer $TOKEN" "http://${addr[$who]}/" >/dev/null \
-    || { echo "$who refuses the token or does not answer" >&2; cat "$work"/*.log >&2; exit 1; }
+  for _ in $(seq 1 50); do
+    curl -fsS -H "Authorization: Bearer $TOKEN" "http://${addr[$who]}/" >/dev/null 2>&1 && continue 2
+    sleep 0.2
+  done
+  echo "$who refuses the token or does not answer" >&2; cat "$work"/*.log >&2; exit 1
 done
 for who in sluice_jwt sluice_jwt_calls haproxy_jwt; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN}x" "http://${addr[$who]}/")
