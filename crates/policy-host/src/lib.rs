@@ -24,6 +24,10 @@
 //! - A `request` policy reads the request on demand through the `http.request` resource: the
 //!   caller fills a reusable [`RequestView`], lent to the guest for the call, and only the parts
 //!   the guest asks for are copied into it.
+//! - A `request` policy may let the host give an answer again (`cache-answer`): through
+//!   [`RequestHandle::on_request_remembered`] and a caller-owned [`AnswerMemory`] per thread,
+//!   later requests that agree on every part the call read (request parts, fields, KV keys by
+//!   the [`KvView`]'s generation) get it without a call, until its time is up or a reload.
 //! - Modules built against contracts 0.1.0 (routing, health, authz) and 0.2.0 load unchanged:
 //!   the `host` imports are linked under every version's name, and a 0.2.0 `request` module
 //!   (the request copied whole) is recognised by its export's type and called that way.
