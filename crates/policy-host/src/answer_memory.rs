@@ -216,20 +216,19 @@ fn write_key(
     for part in &shape.parts {
         request.write_part(part, key);
     }
-    if shape.kv_keys.is_empty() {
-        return;
-    }
-    if let KvState::Generation(generation) = kv {
-        key.extend_from_slice(&generation.to_le_bytes());
-        return;
-    }
     for name in &shape.kv_keys {
-        let hash = match kv {
-            KvState::Seen(reads) => reads.iter().find(|(k, _)| k == name).map(|(_, h)| *h),
-            KvState::Now(view) => Some(kv_value_hash(view.get(name).as_deref())),
-            KvState::Generation(_) => None,
-        };
-        key.extend_from_slice(&hash.unwrap_or_default().to_le_bytes());
+        key.extend_from_slice(&kv.state_of(name).to_le_bytes());
+    }
+}
+
+impl KvState<'_> {
+    /// What the key holds for the KV key `name`.
+    fn state_of(self, name: &str) -> u64 {
+        match self {
+            KvState::Generation(generation) => generation,
+            KvState::Seen(reads) => reads.iter().find(|(k, _)| k == name).map_or(0, |(_, h)| *h),
+            KvState::Now(view) => kv_value_hash(view.get(name).as_deref()),
+        }
     }
 }
 

@@ -223,3 +223,23 @@ fn the_memory_of_one_policy_stays_bounded() {
     );
     assert_eq!(counts(&host), (301, 0));
 }
+
+#[test]
+fn field_values_are_keyed_by_their_bytes_not_by_the_text_the_policy_was_shown() {
+    let (host, handle) = reusing(Arc::new(MemoryKv::new()), &["field:x-key"], 60_000);
+    let mut memory = AnswerMemory::new();
+    // Both values read as "a\u{fffd}" to the policy; only the same bytes may share an answer.
+    let ask_bytes = |memory: &mut AnswerMemory, value: &[u8]| {
+        let mut view = RequestView::default();
+        view.set_request_line("GET", "http", Some(b"example.test"), "/", None);
+        view.push_field(b"x-key", value);
+        match handle.on_request_remembered(&mut view, memory) {
+            RequestOutcome::Decided(Action::Forward(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    ask_bytes(&mut memory, b"a\xff");
+    ask_bytes(&mut memory, b"a\xff");
+    ask_bytes(&mut memory, b"a\xfe");
+    assert_eq!(counts(&host), (2, 1));
+}

@@ -147,6 +147,12 @@ fn hs256_tokens_pass_with_their_claims_and_bad_ones_get_401() {
         "the claim replaces a forged field: {headers}"
     );
     assert_eq!(headers["x-role"], "reader");
+    // The same over HTTP/2, where the second request is answered from the first's answer.
+    for _ in 0..2 {
+        let h2 = curl(&url, &[&bearer(&token)], &["--http2-prior-knowledge"]);
+        assert_eq!(h2.status, 200, "{}", h2.body);
+        assert_eq!(h2.json()["headers"]["x-user"], "alice");
+    }
 
     refused(&get(&url, &[]), "missing_token", "");
     refused(
@@ -239,4 +245,68 @@ fn rs256_and_es256_tokens_verify_against_the_jwks_by_kid() {
     // An HS256 token on a JWKS-only route is refused whatever its secret (no alg confusion).
     let hs = hs256(&claims("alice", 300), "first-secret-0123456789abcdef");
     refused(&get(&url, &[bearer(&hs)]), "invalid_token", "");
+}
+
+/// Under an open loop of 400 requests a second with more than 200 in flight (the instance
+/// answers after 600 ms), every request with a valid token passes, most on a reused answer;
+/// once the rotated secret shows, no request sent after that passes on an answer a worker
+/// thread kept from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_an_open_loop_a_rotated_secret_ends_the_reuse_on_every_worker_at_once() {
+    use sluice_test_support::Mode;
+    use sluice_test_support::open_loop::{self, OpenLoop, Outcome, Summary, Target};
+    open_loop::ensure_open_files(8192);
+    let s = start();
+    s._backend.set_mode(Mode::Delay(600));
+    let url = format!("http://{}/api/x", s.web);
+    let token = hs256(&claims("alice", 300), "first-secret-0123456789abcdef");
+    let target =
+        Target::http_get(s.web, "/api/x").with_field("authorization", &format!("Bearer {token}"));
+    let load = OpenLoop::new(target, 400.0)
+        .max_duration(Duration::from_secs(4))
+        .start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rotated_at = std::time::Instant::now();
+    s.etcd.put("jwt/SECRET", "second-secret-0123456789abcdef");
+    let shown_at = tokio::task::spawn_blocking(move || {
+        eventually_blocking(
+            "the old token is refused",
+            Duration::from_secs(10),
+            || match get(&url, &[bearer(&token)]).status {
+                401 => Ok(()),
+                other => Err(format!("old token: {other}")),
+            },
+        );
+        std::time::Instant::now()
+    })
+    .await
+    .unwrap();
+    // `finish` ends the schedule: let it run its 4 s first.
+    tokio::time::sleep_until((load.started() + Duration::from_secs(4)).into()).await;
+    let records = load.finish().await;
+    let summary = Summary::of(&records);
+    let status = |r: &open_loop::Record| match &r.outcome {
+        Outcome::Http { status, .. } => *status,
+        _ => panic!("{}: {}\n{summary}", r.kind(), r.detail()),
+    };
+    let settle = Duration::from_millis(50);
+    for r in &records {
+        if r.sent + settle < rotated_at {
+            assert_eq!(status(r), 200, "sent before the rotation\n{summary}");
+        } else if r.sent > shown_at + settle {
+            assert_eq!(status(r), 401, "sent after the rotation showed\n{summary}");
+        }
+    }
+    let after = records
+        .iter()
+        .filter(|r| r.sent > shown_at + settle)
+        .count();
+    assert!(
+        after >= 100,
+        "{after} requests after the rotation\n{summary}"
+    );
+    let (max_in_flight, _) = open_loop::max_in_flight(&records);
+    assert!(max_in_flight >= 200, "{max_in_flight} in flight\n{summary}");
+    let reused = metric_value(s.admin, "sluice_policy_answers_reused_total{policy=\"hs\"");
+    assert!(reused.is_some_and(|n| n >= 400.0), "reused: {reused:?}");
 }

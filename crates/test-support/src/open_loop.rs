@@ -41,6 +41,8 @@ pub enum Target {
         addr: SocketAddr,
         /// Request target (path and query).
         path: String,
+        /// More request fields, each a `name: value` line ([`Target::with_field`]).
+        fields: String,
     },
     /// A superserver session (see `MirrorMember`): connect, read the greeting line (the
     /// member's name), send a line, read it back, close.
@@ -70,7 +72,16 @@ impl Target {
         Self::HttpGet {
             addr,
             path: path.to_owned(),
+            fields: String::new(),
         }
+    }
+
+    /// The same `GET`, sending the field `name: value` too (no effect on other targets).
+    pub fn with_field(mut self, name: &str, value: &str) -> Self {
+        if let Self::HttpGet { fields, .. } = &mut self {
+            fields.push_str(&format!("{name}: {value}\r\n"));
+        }
+        self
     }
 
     /// A greeting-and-echo session on `addr`.
@@ -494,7 +505,9 @@ async fn one(index: usize, scheduled: Instant, target: Target, timeout: Duration
     let greeting = OnceLock::new();
     let run = async {
         match &target {
-            Target::HttpGet { addr, path } => http_get(*addr, path, &stage, &answered).await,
+            Target::HttpGet { addr, path, fields } => {
+                http_get(*addr, path, fields, &stage, &answered).await
+            }
             Target::TcpEcho { addr } => tcp_echo(*addr, index, &stage, &answered, &greeting).await,
             Target::H2Put {
                 clients,
@@ -534,6 +547,7 @@ fn io(e: std::io::Error) -> String {
 async fn http_get(
     addr: SocketAddr,
     path: &str,
+    fields: &str,
     stage: &AtomicUsize,
     answered: &OnceLock<Instant>,
 ) -> Result<Outcome, String> {
@@ -541,7 +555,8 @@ async fn http_get(
     let _ = s.set_nodelay(true);
     stage.store(SEND, SeqCst);
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{fields}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .map_err(io)?;
