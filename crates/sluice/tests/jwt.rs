@@ -113,6 +113,18 @@ fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
 
+/// Waits (10 s at most) until a GET of `url` with `token` is answered `status`: a KV change
+/// has reached the policy.
+fn until_answered(url: &str, token: &str, status: u16) {
+    let what = format!("{url} with the token answers {status}");
+    eventually_blocking(&what, Duration::from_secs(10), || {
+        match get(url, &[bearer(token)]).status {
+            seen if seen == status => Ok(()),
+            other => Err(format!("answered {other}")),
+        }
+    });
+}
+
 fn refused(seen: &CurlAnswer, error: &str, detail_has: &str) {
     assert_eq!(seen.status, 401, "{}", seen.body);
     let body = seen.json();
@@ -194,14 +206,7 @@ fn an_etcd_change_rotates_the_secret_without_a_reload() {
     let reloads_before = http_get(s.admin, "/api/reloads").unwrap().1;
 
     s.etcd.put("jwt/SECRET", "second-secret-0123456789abcdef");
-    eventually_blocking(
-        "the new secret verifies",
-        Duration::from_secs(10),
-        || match get(&url, &[bearer(&new)]).status {
-            200 => Ok(()),
-            other => Err(format!("new token: {other}")),
-        },
-    );
+    until_answered(&url, &new, 200);
     assert_eq!(
         get(&url, &[bearer(&old)]).status,
         401,
@@ -269,14 +274,7 @@ async fn under_an_open_loop_a_rotated_secret_ends_the_reuse_on_every_worker_at_o
     let rotated_at = std::time::Instant::now();
     s.etcd.put("jwt/SECRET", "second-secret-0123456789abcdef");
     let shown_at = tokio::task::spawn_blocking(move || {
-        eventually_blocking(
-            "the old token is refused",
-            Duration::from_secs(10),
-            || match get(&url, &[bearer(&token)]).status {
-                401 => Ok(()),
-                other => Err(format!("old token: {other}")),
-            },
-        );
+        until_answered(&url, &token, 401);
         std::time::Instant::now()
     })
     .await
