@@ -1,11 +1,6 @@
 //! What client connections share whatever their protocol: the closing counters, the
-//! connection timer, and for HTTP/2 the socket wrapper that closes idle connections.
-//!
-//! HTTP/2 connections are served by the h2 crate; [`H2Io`] sits under it, replays the bytes read
-//! while telling HTTP/2 from HTTP/1.x, and ends the connection (as an end of stream, which
-//! h2 takes as a quiet close) when no stream has been open for `keepalive_timeout`
-//! (`header_read_timeout` for a connection that never opened one). The request handler tells
-//! it, through [`ConnWatch`], when streams start and finish.
+//! connection timer, the drain signal, and for HTTP/2 what the request handler tells the
+//! connection's socket ([`ConnWatch`], read by `h2_io`) about its streams.
 
 use std::future::Future;
 use std::io;
@@ -16,11 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
-use bytes::{Buf, BytesMut};
 use metrics::{Counter, counter};
-use sluice_tls::MaybeTls;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
@@ -60,6 +51,25 @@ impl ConnWatch {
     /// Whether the client's socket is backed up (see `socket_blocked`).
     pub(crate) fn socket_blocked(&self) -> bool {
         self.socket_blocked.load(Relaxed)
+    }
+
+    /// What the socket's last write found (pending: backed up).
+    pub(crate) fn set_socket_blocked(&self, blocked: bool) {
+        self.socket_blocked.store(blocked, Relaxed);
+    }
+
+    /// While no stream is open, how many times the connection went idle (a change starts a
+    /// new idle period); `None` while streams are open, and then the task is woken when the
+    /// last one finishes.
+    pub(crate) fn idle_since(&self, cx: &mut Context<'_>) -> Option<u64> {
+        if self.in_flight.load(Relaxed) > 0 {
+            self.reader.register(cx.waker());
+            // The last stream may have finished between the load and the registration.
+            if self.in_flight.load(Relaxed) > 0 {
+                return None;
+            }
+        }
+        Some(self.went_idle.load(Relaxed))
     }
 }
 
@@ -118,163 +128,6 @@ impl ConnTimer {
     }
 }
 
-/// An HTTP/2 client socket: the bytes already read come first, it reads as closed once the
-/// connection idled out, and its writes fail once the client has taken no bytes for
-/// `send_timeout` (h2 then ends the connection).
-#[derive(Debug)]
-pub(crate) struct H2Io {
-    stream: MaybeTls<TcpStream>,
-    replay: BytesMut,
-    watch: Arc<ConnWatch>,
-    keepalive_timeout: Duration,
-    /// When the connection closes if no stream opens; `None` while streams are open.
-    idle_until: Option<Instant>,
-    /// `ConnWatch::went_idle` as last seen; a change starts a new idle period.
-    seen_idle: u64,
-    timer: ConnTimer,
-    send_timeout: Duration,
-    /// When a write that cannot proceed fails; `None` while writes make progress.
-    send_stalled_until: Option<Instant>,
-    /// The send timeout has passed: every later write fails at once (counted once).
-    send_timed_out: bool,
-    /// Separate from the idle timer: reads and writes wait at once, for different deadlines.
-    send_timer: ConnTimer,
-    metrics: ClientTimerMetrics,
-}
-
-impl H2Io {
-    pub(crate) fn new(
-        stream: MaybeTls<TcpStream>,
-        replay: BytesMut,
-        watch: Arc<ConnWatch>,
-        timeouts: H2Timeouts,
-        metrics: ClientTimerMetrics,
-    ) -> Self {
-        Self {
-            stream,
-            replay,
-            watch,
-            keepalive_timeout: timeouts.keepalive,
-            // A new connection that never opens a stream gets the head timeout, not keep-alive.
-            idle_until: Some(Instant::now() + timeouts.header),
-            seen_idle: 0,
-            timer: ConnTimer::default(),
-            send_timeout: timeouts.send,
-            send_stalled_until: None,
-            send_timed_out: false,
-            send_timer: ConnTimer::default(),
-            metrics,
-        }
-    }
-
-    /// What a write (or flush) returned, under `send_timeout`: progress clears the stall, a
-    /// write that cannot proceed waits for the client or fails when the timeout passes.
-    fn under_send_timeout<T>(
-        &mut self,
-        polled: Poll<io::Result<T>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<T>> {
-        self.watch
-            .socket_blocked
-            .store(polled.is_pending(), Relaxed);
-        if !polled.is_pending() {
-            self.send_stalled_until = None;
-            return polled;
-        }
-        if !self.send_timed_out {
-            let at = *self
-                .send_stalled_until
-                .get_or_insert_with(|| Instant::now() + self.send_timeout);
-            ready!(self.send_timer.poll_until(at, cx));
-            // h2 may still try to shut the socket down (TLS: flush and close_notify),
-            // which stalls the same way: that is the same timeout, not another one.
-            self.send_timed_out = true;
-            self.metrics.closed("send_timeout");
-        }
-        Poll::Ready(Err(send_timed_out(self.send_timeout)))
-    }
-
-    /// The idle deadline that applies now, if no stream is open.
-    fn idle_deadline(&mut self, cx: &mut Context<'_>) -> Option<Instant> {
-        if self.watch.in_flight.load(Relaxed) > 0 {
-            self.watch.reader.register(cx.waker());
-            // The last stream may have finished between the load and the registration.
-            if self.watch.in_flight.load(Relaxed) > 0 {
-                return None;
-            }
-        }
-        let went_idle = self.watch.went_idle.load(Relaxed);
-        if went_idle != self.seen_idle {
-            self.seen_idle = went_idle;
-            self.idle_until = Some(Instant::now() + self.keepalive_timeout);
-        }
-        self.idle_until
-    }
-}
-
-impl AsyncRead for H2Io {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !this.replay.is_empty() {
-            let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(&this.replay[..n]);
-            this.replay.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Pending => {
-                let Some(at) = this.idle_deadline(cx) else {
-                    return Poll::Pending;
-                };
-                ready!(this.timer.poll_until(at, cx));
-                this.metrics.keepalive_closes.increment(1);
-                // End of stream while idle: h2 closes the connection quietly.
-                Poll::Ready(Ok(()))
-            }
-            ready => ready,
-        }
-    }
-}
-
-impl AsyncWrite for H2Io {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.under_send_timeout(polled, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.under_send_timeout(polled, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.stream).poll_flush(cx);
-        self.under_send_timeout(polled, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // TLS sends what it holds back (and close_notify) first: that too can stall.
-        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
-        self.under_send_timeout(polled, cx)
-    }
-}
-
 /// The error of a write to a client that took no bytes for `send_timeout`.
 pub(crate) fn send_timed_out(send_timeout: Duration) -> io::Error {
     io::Error::new(
@@ -284,17 +137,6 @@ pub(crate) fn send_timed_out(send_timeout: Duration) -> io::Error {
             send_timeout.as_millis()
         ),
     )
-}
-
-/// The client-side timeouts of an HTTP/2 connection (from the listener's config).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct H2Timeouts {
-    /// Until the first stream opens.
-    pub(crate) header: Duration,
-    /// Between streams.
-    pub(crate) keepalive: Duration,
-    /// While the client takes no bytes.
-    pub(crate) send: Duration,
 }
 
 /// A one-way signal from a listener to its connections (drain, cut off), cheap to check per

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{ConnWatch, H2Io, Signal};
+use crate::conn::{ConnWatch, Signal};
 use crate::listener_state::{ConnCtx, ListenerRuntime, ListenerShared};
 use tokio_util::task::TaskTracker;
 
@@ -350,11 +350,11 @@ async fn serve_connection(
     let watch = Arc::new(ConnWatch::default());
     cx.watch = Some(Arc::clone(&watch));
     let limits = crate::server_h2::stream_limits(config, Arc::clone(&watch));
-    let io = H2Io::new(
+    let socket = crate::h2_io::h2_socket(
         stream,
         replay,
         watch,
-        crate::conn::H2Timeouts {
+        crate::h2_io::H2Timeouts {
             header: config.header_read_timeout,
             keepalive: config.keepalive_timeout,
             send: config.send_timeout,
@@ -362,7 +362,7 @@ async fn serve_connection(
         shared.timer_metrics.clone(),
     );
     Box::pin(crate::server_h2::serve(
-        io,
+        socket,
         Arc::new(cx),
         &runtime.h2,
         limits,

@@ -7,15 +7,18 @@
 //! hyper's server used to sit here; it only polls a response body when the client's window
 //! has room, so a stream whose window the client kept shut was never released.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::Request;
 use sluice_config::ListenerConfig;
 
 use crate::body::DownBody;
-use crate::conn::{ConnTimer, ConnWatch, H2Io, Signal};
+use crate::conn::{ConnTimer, ConnWatch, Signal};
 use crate::forward;
+use crate::h2_io::{H2Io, H2Out};
 use crate::h2_stream::{self, StallGate, StreamLimits};
 use crate::listener_state::ConnCtx;
 use crate::request_body::{H2Body, RequestBody};
@@ -51,33 +54,37 @@ pub(crate) fn builder(config: &ListenerConfig) -> h2::server::Builder {
 /// the listener drains, the client is told to open no new streams (GOAWAY) and the open ones
 /// finish.
 pub(crate) async fn serve(
-    io: H2Io,
+    socket: (H2Io, H2Out),
     cx: Arc<ConnCtx>,
     builder: &h2::server::Builder,
     limits: StreamLimits,
     drain: &Signal,
 ) {
     let peer = cx.peer;
-    if let Err(e) = accept_streams(io, cx, builder, limits, drain).await {
+    if let Err(e) = accept_streams(socket, cx, builder, limits, drain).await {
         tracing::debug!(client = %peer, error = %e, "HTTP/2 client connection ended with an error");
     }
 }
 
 async fn accept_streams(
-    io: H2Io,
+    (io, out): (H2Io, H2Out),
     cx: Arc<ConnCtx>,
     builder: &h2::server::Builder,
     limits: StreamLimits,
     drain: &Signal,
-) -> Result<(), h2::Error> {
+) -> Result<(), ConnError> {
     let mut drained = drain.watch();
-    let mut conn = builder.handshake::<_, bytes::Bytes>(io).await?;
+    let mut conn = builder
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .map_err(ConnError::H2)?;
+    out.hold_writes();
     let limits = Arc::new(limits);
     let mut draining = false;
     loop {
-        // Accepting also drives the connection: it sends what the streams queued.
+        // Accepting also drives the connection: it queues what the streams answered.
         let accepted = tokio::select! {
-            accepted = conn.accept() => accepted,
+            accepted = poll_fn(|cx| poll_accept(&mut conn, &out, cx)) => accepted,
             () = drained.fired(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
@@ -101,6 +108,44 @@ async fn accept_streams(
         }
     }
 }
+
+/// The next stream the client opened. Before waiting for one, what h2 queued since the last
+/// wait (the answers of every stream that finished meanwhile) goes out in one write.
+fn poll_accept(
+    conn: &mut h2::server::Connection<H2Io, bytes::Bytes>,
+    out: &H2Out,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Accepted, ConnError>>> {
+    let accepted = conn.poll_accept(cx);
+    if accepted.is_pending() {
+        // A socket that failed (or took nothing for `send_timeout`) ends the connection:
+        // h2 believes those bytes were written and would never notice.
+        ready!(out.poll_write_out(cx)).map_err(ConnError::Socket)?;
+    }
+    accepted.map(|a| a.map(|a| a.map_err(ConnError::H2)))
+}
+
+/// Why an HTTP/2 client connection ended early.
+#[derive(Debug)]
+enum ConnError {
+    H2(h2::Error),
+    /// Writing out what h2 queued failed.
+    Socket(std::io::Error),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::H2(e) => e.fmt(f),
+            ConnError::Socket(e) => e.fmt(f),
+        }
+    }
+}
+
+type Accepted = (
+    Request<h2::RecvStream>,
+    h2::server::SendResponse<bytes::Bytes>,
+);
 
 /// One stream: the handler's answer, sent under the stream's deadlines.
 async fn serve_stream(

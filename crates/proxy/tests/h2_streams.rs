@@ -361,3 +361,77 @@ async fn draining_finishes_open_streams_and_refuses_new_ones() {
         started.elapsed()
     );
 }
+
+/// Answers of many streams finishing together go out in shared writes (`h2_io`): each stream
+/// still gets its own body, whole and in order, at every size from one byte to beyond the
+/// bytes a connection holds back (64 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_answered_together_each_get_their_own_body_whole() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "")).await;
+    let sizes = [
+        1,
+        64,
+        300,
+        1024,
+        5000,
+        16 * 1024,
+        16 * 1024 + 7,
+        70_000,
+        200_000,
+    ];
+    let mut streams = Vec::new();
+    for connection in 0..3 {
+        let send = h2_connect(addr, 65_535).await;
+        for i in 0..60 {
+            let send = send.clone();
+            let size = sizes[i % sizes.len()];
+            // Bytes no other stream sends: the stream's number, then a counter.
+            let body: Vec<u8> = (0..size).map(|n| (connection * 61 + i + n) as u8).collect();
+            streams.push(tokio::spawn(async move {
+                let echoed = post(&send, addr, "/echo", Bytes::from(body.clone())).await;
+                assert!(
+                    echoed == body,
+                    "stream {connection}/{i}: its {size} bytes came back changed"
+                );
+            }));
+        }
+    }
+    for s in streams {
+        s.await.unwrap();
+    }
+}
+
+/// POSTs `body` and reads the answer's body.
+async fn post(
+    send: &h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+) -> Vec<u8> {
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap();
+    let (response, mut upload) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    let mut rest = body;
+    while !rest.is_empty() {
+        upload.reserve_capacity(rest.len());
+        let room = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        upload
+            .send_data(rest.split_to(room.min(rest.len())), false)
+            .unwrap();
+    }
+    upload.send_data(Bytes::new(), true).unwrap();
+    let r = response.await.unwrap();
+    assert_eq!(r.status(), 200);
+    read_body(&mut r.into_body()).await.unwrap()
+}
