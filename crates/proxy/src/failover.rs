@@ -25,15 +25,15 @@
 //! hundred new connections a second, not all at once. The queue for permits is bounded by the
 //! request's own deadline. Requests that arrive after the failover do not queue.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sluice_health::clock;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
-
-use std::future::Future;
-
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::NextPrimary;
@@ -197,45 +197,122 @@ impl Service {
     /// Work still waiting a check's timeout after `since` asks the probes to look at once: a
     /// primary that hangs is found one probe timeout after its first stuck request, not only
     /// at its next scheduled probe. Other services just run `work`.
-    pub(crate) async fn unless_demoted<F: Future>(
-        &self,
+    pub(crate) fn unless_demoted<'a, F: Future>(
+        &'a self,
         instance: &Instance,
-        demotion: &CancellationToken,
+        demotion: &'a CancellationToken,
         since: std::time::Instant,
         work: F,
-    ) -> Option<F::Output> {
+    ) -> UnlessDemoted<'a, F> {
         let Some(check) = self.config.health.as_ref().filter(|_| self.fails_over()) else {
-            return Some(work.await);
+            return UnlessDemoted::new(work, Demotion::NotWatched);
         };
         // Demoted between the pick and the token's creation: the token would never fire.
         if !self.primary().is_some_and(|p| std::ptr::eq(&**p, instance)) {
-            return None;
+            return UnlessDemoted::new(work, Demotion::Already);
         }
-        let slow = async {
-            tokio::time::sleep_until(Instant::from_std(since + check.timeout)).await;
-            self.kick(clock::now_ms());
-            std::future::pending::<std::convert::Infallible>().await
+        let timeout = check.timeout;
+        let watched = async move {
+            let slow = async {
+                tokio::time::sleep_until(Instant::from_std(since + timeout)).await;
+                self.kick(clock::now_ms());
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = demotion.cancelled() => {}
+                () = slow => {}
+            }
         };
-        tokio::select! {
-            out = work => Some(out),
-            () = demotion.cancelled() => None,
-            never = slow => match never {},
+        UnlessDemoted::new(work, Demotion::Watched(Box::pin(watched)))
+    }
+}
+
+/// Whether the instance's demotion ends [`UnlessDemoted`]'s work.
+enum Demotion<'a> {
+    /// Not a service that fails over.
+    NotWatched,
+    /// No longer the primary when the work was to start.
+    Already,
+    /// Ready once the instance is demoted. Boxed: only failing-over services watch.
+    Watched(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Service::unless_demoted`]. Written out rather than as an `async fn`,
+    /// which kept `work` twice in its state (and so every request's future twice as big).
+    pub(crate) struct UnlessDemoted<'a, F> {
+        #[pin]
+        work: F,
+        demotion: Demotion<'a>,
+    }
+}
+
+impl<'a, F> UnlessDemoted<'a, F> {
+    fn new(work: F, demotion: Demotion<'a>) -> Self {
+        Self { work, demotion }
+    }
+}
+
+impl<F: Future> Future for UnlessDemoted<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // A demotion wins over an answer that came at the same moment: the instance is no
+        // longer the one to answer.
+        let demoted = match this.demotion {
+            Demotion::NotWatched => false,
+            Demotion::Already => true,
+            Demotion::Watched(demotion) => demotion.as_mut().poll(cx).is_ready(),
+        };
+        if demoted {
+            return Poll::Ready(None);
         }
+        this.work.poll(cx).map(Some)
     }
 }
 
 /// Runs `work` — the attempt of a request released by a failover — holding its permit (if
 /// any) until `work` ends or for [`RELEASE_HOLD`], whichever comes first.
-pub(crate) async fn holding<F: Future>(permit: Option<OwnedSemaphorePermit>, work: F) -> F::Output {
-    let Some(permit) = permit else {
-        return work.await;
-    };
-    let mut work = std::pin::pin!(work);
-    tokio::select! {
-        out = &mut work => return out,
-        () = tokio::time::sleep(RELEASE_HOLD) => drop(permit),
+pub(crate) fn holding<F: Future>(permit: Option<OwnedSemaphorePermit>, work: F) -> Holding<F> {
+    Holding {
+        work,
+        permit,
+        hold: None,
     }
-    work.await
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`holding`]. Written out rather than as an `async fn`, which kept `work`
+    /// three times over in its state (6.5 KB for an HTTP attempt, copied with every
+    /// request's future).
+    pub(crate) struct Holding<F> {
+        #[pin]
+        work: F,
+        permit: Option<OwnedSemaphorePermit>,
+        hold: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F: Future> Future for Holding<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
+            return Poll::Ready(out);
+        }
+        if this.permit.is_some() {
+            let hold = this
+                .hold
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RELEASE_HOLD)));
+            if hold.as_mut().poll(cx).is_ready() {
+                *this.permit = None;
+                *this.hold = None;
+            }
+        }
+        Poll::Pending
+    }
 }
 
 #[cfg(test)]

@@ -536,15 +536,19 @@ async fn forward<'a>(
         }
         attempts.tried.push(picked.index);
         let generation = service.primary_generation();
-        let attempt = attempt(
-            &prepared,
-            &mut plan,
-            &picked,
-            attempt_start,
-            timer,
-            exchange,
-        );
-        let end = crate::failover::holding(attempts.release.take(), attempt).await;
+        // Not bound to a name first: a named future would be kept twice in this one's state.
+        let end = crate::failover::holding(
+            attempts.release.take(),
+            attempt(
+                &prepared,
+                &mut plan,
+                &picked,
+                attempt_start,
+                timer,
+                exchange,
+            ),
+        )
+        .await;
         let (failure, answer) = match end.judge(picked.instance.addr, generation) {
             Judged::Answer(forwarded) => return Ok(forwarded),
             Judged::Fatal(err) => return Err(err),
