@@ -9,6 +9,7 @@
 #   h1     HTTP/1.1 keep-alive, wrk -t1 -c20
 #   h2c    HTTP/2 with prior knowledge, h2load -t1 -c20 -m10
 #   https  HTTP/1.1 over TLS 1.3 (ECDSA P-256), wrk -t1 -c20 (handshakes only at connect)
+#   h2     HTTP/2 over TLS 1.3 (ALPN h2), h2load -t1 -c20 -m10
 # Per cell and round: a 1 s warm-up, then SECONDS of load; req/s from the load generator, proxy
 # CPU µs per request from /proc (utime + stime over the run / requests). For h1 cells, then
 # SECONDS of `loadgen` open-loop at a fixed rate below every contender's ceiling (RATES, per
@@ -20,7 +21,7 @@ set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-5}
 SIZES=${SIZES:-64 1024 16384 131072 1048576}
-PROTOS=${PROTOS:-h1 h2c https}
+PROTOS=${PROTOS:-h1 h2c https h2}
 CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
 # Fixed request rate per body size for the h1 latency run (size:rate).
 RATES=${RATES:-64:20000 1024:20000 16384:15000 131072:5000 1048576:600}
@@ -43,9 +44,9 @@ quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyo
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
 BACKEND=127.0.0.1:18100
-# Ports: nginx 1811x, haproxy 1812x, sluice 1813x; x = 1 h1, 2 h2c, 3 https.
+# Ports: nginx 1811x, haproxy 1812x, sluice 1813x; x = 1 h1, 2 h2c, 3 https, 4 h2.
 declare -A base=([nginx]=1811 [haproxy]=1812 [sluice]=1813)
-declare -A slot=([h1]=1 [h2c]=2 [https]=3)
+declare -A slot=([h1]=1 [h2c]=2 [https]=3 [h2]=4)
 
 cat > "$work/backend/nginx.conf" <<EOF
 $(nginx_head "$work/backend")
@@ -66,6 +67,7 @@ http {
     listen 127.0.0.1:18111;
     listen 127.0.0.1:18112 http2;
     listen 127.0.0.1:18113 ssl;
+    listen 127.0.0.1:18114 ssl http2;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
 $(nginx_proxy_location)
@@ -78,6 +80,7 @@ frontend fe
   bind 127.0.0.1:18121
   bind 127.0.0.1:18122 proto h2
   bind 127.0.0.1:18123 ssl crt $work/haproxy.pem alpn http/1.1
+  bind 127.0.0.1:18124 ssl crt $work/haproxy.pem alpn h2
   default_backend be
 backend be
   server b1 $BACKEND
@@ -96,6 +99,12 @@ bind = "127.0.0.1:18133"
 [listener.tls]
 cert = "$work/cert.pem"
 key = "$work/key.pem"
+[[listener]]
+name = "h2"
+bind = "127.0.0.1:18134"
+[listener.tls]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
 [[route]]
 listener = "h1"
 service = "backend"
@@ -104,6 +113,9 @@ listener = "h2c"
 service = "backend"
 [[route]]
 listener = "https"
+service = "backend"
+[[route]]
+listener = "h2"
 service = "backend"
 [[service]]
 name = "backend"
@@ -122,7 +134,7 @@ load() {
       out=$(taskset -c 1 wrk -t1 -c20 -d"${3}s" "$2")
       if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "0 0"; return; fi
       awk '/requests in/ {n=$1} /^Requests\/sec/ {r=$2} END {print n, r}' <<<"$out" ;;
-    h2c)
+    h2c|h2)
       out=$(taskset -c 1 h2load -t1 -c20 -m10 -D "$3" "$2" 2>&1)
       awk '/^requests:/ {n=$8; bad=$10+$12} /^finished in/ {gsub(",", "", $4); r=$4} END {if (bad > 0) print 0, 0; else print n, r}' <<<"$out" ;;
   esac
@@ -134,9 +146,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for proto in $PROTOS; do
     for size in $SIZES; do
       for who in $CONTENDERS; do
-        scheme=http; [ "$proto" = https ] && scheme=https
+        scheme=http; [ "$proto" = https ] || [ "$proto" = h2 ] && scheme=https
         url="$scheme://127.0.0.1:${base[$who]}${slot[$proto]}/$size"
         prior=(); [ "$proto" = h2c ] && prior=(--http2-prior-knowledge)
+        [ "$proto" = h2 ] && prior=(--http2)
         got=$(curl -ksS "${prior[@]}" "$url" | wc -c)
         [ "$got" = "$size" ] || { echo "$who $proto: $url gave $got bytes, want $size" >&2; exit 1; }
         load "$proto" "$url" 1 >/dev/null
@@ -169,7 +182,7 @@ print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the b
       "(nginx or haproxy: highest req/s, lowest CPU per request). Sluice's target: req/s ≥ 1.05×, CPU ≤ 0.9×.\n")
 print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs best peer | nginx req/s | nginx µs/req | haproxy req/s | haproxy µs/req |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https"].index(k[0]), k[1])):
+for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])):
     med = {w: (statistics.median(r for r, _, _ in v), statistics.median(c for _, c, _ in v)) for w, v in cells[(proto, size)].items()}
     peers = [med[w] for w in ("nginx", "haproxy") if w in med]
     s = med.get("sluice")
