@@ -197,14 +197,17 @@ impl Service {
     /// Work still waiting a check's timeout after `since` asks the probes to look at once: a
     /// primary that hangs is found one probe timeout after its first stuck request, not only
     /// at its next scheduled probe. Other services just run `work`.
+    /// `demotion` is the instance's session token ([`Instance::session_token`]); callers
+    /// need not make one for services that do not fail over.
     pub(crate) fn unless_demoted<'a, F: Future>(
         &'a self,
         instance: &Instance,
-        demotion: &'a CancellationToken,
+        demotion: Option<&'a CancellationToken>,
         since: std::time::Instant,
         work: F,
     ) -> UnlessDemoted<'a, F> {
-        let Some(check) = self.config.health.as_ref().filter(|_| self.fails_over()) else {
+        let check = self.config.health.as_ref().filter(|_| self.fails_over());
+        let (Some(check), Some(demotion)) = (check, demotion) else {
             return UnlessDemoted::new(work, Demotion::NotWatched);
         };
         // Demoted between the pick and the token's creation: the token would never fire.

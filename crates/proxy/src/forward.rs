@@ -700,12 +700,21 @@ async fn attempt<'a>(
     let now_ms = clock::to_ms(attempt_start);
     // In primary mode a member that loses the role (frozen, or demoted by its mirror) may
     // never answer, nor even accept: stop waiting on it, so the request can move.
-    let demotion = picked.instance.session_token();
+    // Only a service that fails over watches for demotion: the token is a child of the
+    // instance's, made under a lock all threads share.
+    let demotion = service
+        .fails_over()
+        .then(|| picked.instance.session_token());
     let mut stale_rounds = 0;
     loop {
         let connecting = connection(service, &in_flight, now_ms, p.deadline);
         let conn = match service
-            .unless_demoted(&picked.instance, &demotion, attempt_start, connecting)
+            .unless_demoted(
+                &picked.instance,
+                demotion.as_ref(),
+                attempt_start,
+                connecting,
+            )
             .await
         {
             Some(Ok(conn)) => conn,
@@ -733,7 +742,7 @@ async fn attempt<'a>(
         let streamed = matches!(body, UpBody::Stream(_));
         let sending = send(p, conn, body, streamed, sent_at, picked, timer);
         let Some(result) = service
-            .unless_demoted(&picked.instance, &demotion, attempt_start, sending)
+            .unless_demoted(&picked.instance, demotion.as_ref(), attempt_start, sending)
             .await
         else {
             return AttemptEnd::Failed(Outcome::Demoted, demoted(picked).sent());

@@ -411,8 +411,12 @@ async fn connect(service: &Service, peer: SocketAddr) -> Result<Connected, NotCo
         let in_flight = InFlight::new(Arc::clone(&picked.instance));
         let demotion = picked.instance.session_token();
         let connecting = connect_once(service, &picked.instance, remaining);
-        let connecting =
-            service.unless_demoted(&picked.instance, &demotion, Instant::now(), connecting);
+        let connecting = service.unless_demoted(
+            &picked.instance,
+            Some(&demotion),
+            Instant::now(),
+            connecting,
+        );
         // A failover's release permit, held while the new primary accepts (failover.rs).
         let connected = crate::failover::holding(tries.release.take(), connecting)
             .await
@@ -591,7 +595,7 @@ async fn first_byte(
         }
     };
     service
-        .unless_demoted(instance, demotion, Instant::now(), flowing)
+        .unless_demoted(instance, Some(demotion), Instant::now(), flowing)
         .await
         .unwrap_or(Start::Demoted)
 }
