@@ -39,6 +39,7 @@ use sluice_health::clock;
 
 use crate::error::{ProxyError, ProxyErrorKind};
 use crate::h1::{OutgoingRequest, UpIo};
+use crate::held_writes::{HeldIo, HeldOut, held_writes};
 use crate::pool;
 use crate::request_body::UpBody;
 use crate::send_error::SendError;
@@ -213,6 +214,7 @@ async fn open(
             format!("{addr} did not agree to HTTP/2 in the TLS handshake (ALPN h2)"),
         ));
     }
+    let (io, out) = held_writes(io);
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -233,8 +235,9 @@ async fn open(
         last_used_ms: AtomicU64::new(clock::now_ms()),
         closed: AtomicBool::new(false),
     });
+    out.hold_writes();
     tokio::spawn(drive(
-        connection,
+        (connection, out),
         Arc::clone(&conn),
         addr,
         settings.idle_timeout,
@@ -246,7 +249,7 @@ async fn open(
 /// went unanswered for [`PING_EVERY`] (the instance froze, or the path to it died without a
 /// reset: without this every request multiplexed onto it would wait for its own timeout).
 async fn drive(
-    mut connection: h2::client::Connection<UpIo, Bytes>,
+    (mut connection, out): (h2::client::Connection<HeldIo<UpIo>, Bytes>, HeldOut<UpIo>),
     conn: Arc<H2Conn>,
     addr: SocketAddr,
     idle: Duration,
@@ -261,7 +264,7 @@ async fn drive(
         let wait =
             Duration::from_millis((since.saturating_add(idle_ms)).saturating_sub(clock::now_ms()));
         tokio::select! {
-            ended = &mut connection => {
+            ended = poll_fn(|cx| poll_connection(&mut connection, &out, cx)) => {
                 if let Err(e) = ended {
                     tracing::debug!(instance = %addr, error = %e, "HTTP/2 connection to instance ended");
                 }
@@ -286,6 +289,21 @@ async fn drive(
         }
     }
     conn.closed.store(true, Relaxed);
+}
+
+/// Drives the connection; before it waits, what h2 queued since the last wait (the requests
+/// and bodies of every stream that wrote meanwhile) goes out in one write.
+fn poll_connection(
+    connection: &mut h2::client::Connection<HeldIo<UpIo>, Bytes>,
+    out: &HeldOut<UpIo>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), String>> {
+    let polled = Pin::new(connection).poll(cx).map_err(|e| e.to_string());
+    if polled.is_pending() {
+        // A failed write ends the connection: h2 believes those bytes were written.
+        ready!(out.poll_write_out(cx)).map_err(|e| e.to_string())?;
+    }
+    polled
 }
 
 /// The response to one request, with its body still to read.

@@ -41,6 +41,7 @@ mod h2_io;
 mod h2_stream;
 mod h2_up;
 mod headers;
+mod held_writes;
 mod link;
 mod listener;
 mod listener_state;

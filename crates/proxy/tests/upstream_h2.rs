@@ -347,3 +347,40 @@ async fn an_oversized_response_head_is_a_bad_gateway() {
         .unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
 }
+
+/// Uploads of many streams sharing one connection to the instance, whose frames go out
+/// together (held writes): each body reaches the instance, and comes back, whole and its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_sharing_a_connection_each_arrive_whole() {
+    let backend = Backend::start_h2c("h2-a");
+    let cfg = config(
+        &[backend.addr()],
+        "[service.pool]\nhttp2_max_connections = 1",
+    );
+    let (_proxy, addr) = start(&cfg).await;
+    let client = Client::h2c();
+    let sizes = [1, 300, 1024, 5000, 16 * 1024 + 3, 70_000, 200_000];
+    let calls = (0..120).map(|i| {
+        let client = client.clone();
+        let url = format!("http://{addr}/echo");
+        // Bytes no other request sends: the request's number, then a counter.
+        let body: Vec<u8> = (0..sizes[i % sizes.len()])
+            .map(|n| (i * 7 + n) as u8)
+            .collect();
+        tokio::spawn(async move {
+            let r = client
+                .request(Method::POST, &url, &[], body.clone())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert!(
+                r.body == body,
+                "request {i}: its {} bytes came back changed",
+                body.len()
+            );
+        })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        call.unwrap();
+    }
+}
