@@ -3,17 +3,19 @@
 # (proto h2), one worker each, HTTP/2 on both sides, in front of the same backend.
 #
 #   benches/side-by-side/grpc.sh [ROUNDS] [SECONDS]
+#   MESSAGE=1024 benches/side-by-side/grpc.sh 3 5   # requests with a 1 KiB message
 #
 # The backend is nginx answering every call as a unary gRPC method does: HTTP/2, `content-type:
 # application/grpc`, a small message, and `grpc-status: 0` in trailers (proxies relay the
 # bytes; none of them parses the messages). The load is h2load -t1 -c20 -m10 sending POSTs
-# with a framed 100-byte message, `content-type: application/grpc` and `te: trailers`, as a
-# gRPC client's unary call looks on the wire. Per round and contender: a 1 s warm-up, SECONDS
+# with a framed MESSAGE-byte message (100 unless set), `content-type: application/grpc` and
+# `te: trailers`, as a gRPC client's unary call looks on the wire. Per round and contender: a 1 s warm-up, SECONDS
 # of load, req/s from h2load and proxy CPU µs per call from /proc. Medians over ROUNDS
 # interleaved rounds, and ratios against the best peer. Pinning: proxies on CPU 0, backend and
 # h2load on CPU 1.
 set -euo pipefail
 ROUNDS=${1:-3}
+MESSAGE=${MESSAGE:-100}
 SECS=${2:-5}
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
@@ -28,8 +30,10 @@ mkdir -p "$work/backend" "$work/nginx"
 
 BACKEND=127.0.0.1:18200
 declare -A port=([nginx]=18212 [haproxy]=18222 [sluice]=18232)
-# A unary call's request: the 5-byte gRPC frame header (uncompressed, length 100), 100 bytes.
-{ printf '\0\0\0\0\144'; head -c 100 /dev/zero | tr '\0' 'm'; } > "$work/call.bin"
+# A unary call's request: the 5-byte gRPC frame header (uncompressed, the length big-endian),
+# then the message.
+python3 -c 'import sys; n = int(sys.argv[1]); sys.stdout.buffer.write(b"\0" + n.to_bytes(4, "big") + b"m" * n)' \
+  "$MESSAGE" > "$work/call.bin"
 
 cat > "$work/backend/nginx.conf" <<EOF
 $(nginx_head "$work/backend")
@@ -112,7 +116,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 python3 - "$results" "$ROUNDS" "$SECS" <<'PY'
-import math, statistics, sys
+import math, os, statistics, sys
 path, rounds, secs = sys.argv[1:4]
 runs = {}
 for line in open(path):
@@ -123,7 +127,7 @@ med = {w: (statistics.median(r for r, _, _ in v), statistics.median(c for _, c, 
 best_rps = max(med[w][0] for w in ("nginx", "haproxy"))
 best_cpu = min(med[w][1] for w in ("nginx", "haproxy"))
 s = med["sluice"]
-print(f"gRPC unary calls, h2load -c20 -m10, medians of {rounds} interleaved rounds of {secs} s.\n")
+print(f"gRPC unary calls ({os.environ.get('MESSAGE', '100')}-byte messages), h2load -c20 -m10, medians of {rounds} interleaved rounds of {secs} s.\n")
 print(f"Sluice vs the best peer: {s[0] / best_rps:.2f}× calls/s, {s[1] / best_cpu:.2f}× CPU per call.\n")
 print("| proxy | calls/s | CPU µs per call | failed calls (all rounds) |")
 print("|---|---|---|---|")
