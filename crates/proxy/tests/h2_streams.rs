@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use sluice_test_support::Backend;
+use sluice_test_support::{Backend, Client};
 
 const MIB: usize = 1024 * 1024;
 
@@ -258,16 +258,7 @@ async fn a_client_that_reads_gets_whole_bodies_uploads_and_trailers() {
     }
 
     // An upload of 3 MB (streamed to the instance), ending with trailers.
-    let request = http::Request::post(format!("http://{addr}/echo"))
-        .body(())
-        .unwrap();
-    let (response, mut upload) = send
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(request, false)
-        .unwrap();
+    let (response, mut upload) = open_upload(&send, addr, "/echo").await;
     let sent = tokio::spawn(async move {
         for _ in 0..30 {
             upload.reserve_capacity(100_000);
@@ -402,6 +393,23 @@ async fn streams_answered_together_each_get_their_own_body_whole() {
     }
 }
 
+/// A POST whose body is still to send: the answer to come, and the body's stream.
+async fn open_upload(
+    send: &h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap();
+    send.clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap()
+}
+
 /// POSTs `body` and reads the answer's body.
 async fn post(
     send: &h2::client::SendRequest<Bytes>,
@@ -409,16 +417,7 @@ async fn post(
     path: &str,
     body: Bytes,
 ) -> Vec<u8> {
-    let request = http::Request::post(format!("http://{addr}{path}"))
-        .body(())
-        .unwrap();
-    let (response, mut upload) = send
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(request, false)
-        .unwrap();
+    let (response, mut upload) = open_upload(send, addr, path).await;
     let mut rest = body;
     while !rest.is_empty() {
         upload.reserve_capacity(rest.len());
@@ -434,4 +433,148 @@ async fn post(
     let r = response.await.unwrap();
     assert_eq!(r.status(), 200);
     read_body(&mut r.into_body()).await.unwrap()
+}
+
+/// One raw HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The client preface and an empty SETTINGS frame.
+fn preface() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out
+}
+
+/// Reads until the proxy closes the connection (or `within` passes): the bytes, and how long
+/// that took.
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, Duration) {
+    let t = Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    while t.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    (got, t.elapsed())
+}
+
+/// A client that floods PINGs and reads none of the PONGs: the PONGs Sluice owes it back up,
+/// and the connection ends at `send_timeout` (here within a second), not at the head timeout
+/// (60 s) nor never. Other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_from_a_client_that_never_reads_ends_at_the_send_timeout() {
+    let b = Backend::start("b");
+    let listener = "send_timeout = \"500ms\"\nheader_read_timeout = \"60s\"";
+    let (_p, addr) = start(&config(b.addr(), listener)).await;
+    let s = TcpStream::connect(addr).unwrap();
+    let ping = frame(0x6, 0, 0, b"12345678");
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 4096)
+        .collect();
+    // Up to 700 MB of PINGs, far beyond every buffer on the way: the writes block once Sluice
+    // stops reading, and fail once it closes.
+    let mut writer = s.try_clone().unwrap();
+    let (done, flooded) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let mut sent = 0usize;
+        let mut ok = writer.write_all(&preface()).is_ok();
+        while ok && sent < 10_000 {
+            ok = writer.write_all(&burst).is_ok();
+            sent += 1;
+        }
+        let _ = done.send((ok, sent));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = Client::h2c()
+        .get(&format!("http://{addr}/ok"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "another client is served during the flood");
+    let (still_open, sent) = flooded
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the flood neither blocked for good nor ended: the proxy kept reading it");
+    assert!(
+        !still_open,
+        "the proxy read all {sent} bursts of PINGs from a client that took none of its PONGs"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "closed {elapsed:?} after the flood began ({sent} bursts), not at the send timeout"
+    );
+}
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, in a loop. The connection
+/// is ended with GOAWAY (ENHANCE_YOUR_CALM) long before the streams reach the instance in
+/// numbers, and other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_ends_the_connection_with_goaway() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "")).await;
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = preface();
+    // GET / on authority "x": :method GET, :scheme http, :path /, :authority x (HPACK).
+    let head = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    for i in 0..5000u32 {
+        let stream = 2 * i + 1;
+        out.extend(frame(0x1, 0x5, stream, &head)); // HEADERS, END_STREAM | END_HEADERS
+        out.extend(frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let mut writer = s.try_clone().unwrap();
+    let writing = std::thread::spawn(move || {
+        let _ = writer.write_all(&out);
+    });
+    let (got, after) = read_until_closed(&mut s, Duration::from_secs(10));
+    let _ = writing.join();
+    assert!(after < Duration::from_secs(5), "closed after {after:?}");
+    assert!(
+        contains_goaway(&got, 0xb),
+        "GOAWAY with ENHANCE_YOUR_CALM ({} bytes read)",
+        got.len()
+    );
+    assert!(
+        b.hits() < 1000,
+        "{} of 5000 reset streams reached the instance",
+        b.hits()
+    );
+    let r = Client::h2c()
+        .get(&format!("http://{addr}/ok"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// Whether `bytes`, read from the start of a connection, hold a GOAWAY frame with `code`.
+fn contains_goaway(bytes: &[u8], code: u32) -> bool {
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = usize::from(bytes[at]) << 16
+            | usize::from(bytes[at + 1]) << 8
+            | usize::from(bytes[at + 2]);
+        let end = at + 9 + len;
+        if end > bytes.len() {
+            return false;
+        }
+        if bytes[at + 3] == 0x7 && len >= 8 {
+            let got = u32::from_be_bytes(bytes[at + 13..at + 17].try_into().unwrap());
+            if got == code {
+                return true;
+            }
+        }
+        at = end;
+    }
+    false
 }
