@@ -11,9 +11,10 @@
 #   https  HTTP/1.1 over TLS 1.3 (ECDSA P-256), wrk -t1 -c20 (handshakes only at connect)
 #   h2     HTTP/2 over TLS 1.3 (ALPN h2), h2load -t1 -c20 -m10
 # Per cell and round: a 1 s warm-up, then SECONDS of load; req/s from the load generator, proxy
-# CPU µs per request from /proc (utime + stime over the run / requests). For h1 cells, then
-# SECONDS of `loadgen` open-loop at a fixed rate below every contender's ceiling (RATES, per
-# size), for p50/p99 latency measured from each request's intended send time. Contenders run one
+# CPU µs per request from /proc (utime + stime over the run / requests). Then SECONDS of
+# `loadgen` open-loop at a fixed rate below every contender's ceiling (RATES, per size; the same
+# for every protocol, 20 connections, HTTP/2 sending each request as its own stream at its time),
+# for p50/p99 latency measured from each request's intended send time. Contenders run one
 # after another, interleaved over ROUNDS rounds; medians are reported, and ratios against the
 # best peer of the cell (highest req/s, lowest CPU per request of nginx and haproxy).
 # Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
@@ -23,7 +24,7 @@ SECS=${2:-5}
 SIZES=${SIZES:-64 1024 16384 131072 1048576}
 PROTOS=${PROTOS:-h1 h2c https h2}
 CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
-# Fixed request rate per body size for the h1 latency run (size:rate).
+# Fixed request rate per body size for the latency run (size:rate); empty skips it.
 RATES=${RATES:-64:20000 1024:20000 16384:15000 131072:5000 1048576:600}
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
@@ -40,7 +41,8 @@ mkdir -p "$work/files" "$work/backend" "$work/nginx"
 chmod 755 "$work" "$work/files"   # nginx's workers run as an unprivileged user
 for size in $SIZES; do head -c "$size" /dev/zero | tr '\0' 'x' > "$work/files/$size"; done
 quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
-  -out "$work/cert.pem" -days 30 -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test"
+  -out "$work/cert.pem" -days 30 -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
+  -addext "basicConstraints=critical,CA:FALSE"
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
 BACKEND=127.0.0.1:18100
@@ -159,8 +161,10 @@ for round in $(seq 1 "$ROUNDS"); do
         cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "nan"}')
         lat="{}"
         rate=$(tr ' ' '\n' <<<"$RATES" | awk -F: -v s="$size" '$1 == s {print $2}')
-        if [ "$proto" = h1 ] && [ -n "$rate" ]; then
-          lat=$(taskset -c 1 target/release/loadgen --url "$url" --rate "$rate" --connections 20 --duration "$SECS")
+        if [ -n "$rate" ]; then
+          h2=(); [ "$proto" = h2c ] || [ "$proto" = h2 ] && h2=(--http2)
+          lat=$(taskset -c 1 target/release/loadgen --url "$url" --rate "$rate" --connections 20 \
+            --duration "$SECS" --ca "$work/cert.pem" --server-name bench.test "${h2[@]}")
         fi
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$rps" "$cpu" "$lat" >> "$results"
         echo "round $round $proto $size $who: $rps req/s, $cpu µs CPU/req" >&2
@@ -182,7 +186,8 @@ print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the b
       "(nginx or haproxy: highest req/s, lowest CPU per request). Sluice's target: req/s ≥ 1.05×, CPU ≤ 0.9×.\n")
 print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs best peer | nginx req/s | nginx µs/req | haproxy req/s | haproxy µs/req |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])):
+order = lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])
+for (proto, size) in sorted(cells, key=order):
     med = {w: (statistics.median(r for r, _, _ in v), statistics.median(c for _, c, _ in v)) for w, v in cells[(proto, size)].items()}
     peers = [med[w] for w in ("nginx", "haproxy") if w in med]
     s = med.get("sluice")
@@ -196,11 +201,12 @@ for (proto, size) in sorted(cells, key=lambda k: (["h1", "h2c", "https", "h2"].i
     cr = f"{s[1] / best_cpu:.2f}×" if best_cpu > 0 and not math.isnan(s[1]) else "—"
     print(f"| {proto} | {human(size)} | {s[0]:.0f} | {rr} | {s[1]:.2f} | {cr} | {nr} | {nc} | {hr} | {hc} |")
 
-latency = [(k, v) for k, v in sorted(cells.items()) if k[0] == "h1" and any(l for _, _, l in v.get("sluice", []))]
+latency = [(k, v) for k, v in sorted(cells.items(), key=lambda kv: order(kv[0])) if any(l for _, _, l in v.get("sluice", []))]
 if latency:
-    print("\nh1 at a fixed rate (loadgen, open loop, 20 connections): medians of p50 / p99 in µs, and errors.\n")
-    print("| body | rate/s | Sluice p50 / p99 | nginx p50 / p99 | haproxy p50 / p99 |")
-    print("|---|---|---|---|---|")
+    print("\nAt a fixed rate (loadgen, open loop, 20 connections): medians of p50 / p99 in µs, and errors; "
+          "p99 ratio against the best peer's.\n")
+    print("| protocol | body | rate/s | Sluice p50 / p99 | p99 vs best peer | nginx p50 / p99 | haproxy p50 / p99 |")
+    print("|---|---|---|---|---|---|---|")
     for (proto, size), by in latency:
         def cell(w):
             runs = [l for _, _, l in by.get(w, []) if l]
@@ -210,7 +216,12 @@ if latency:
             p99 = statistics.median(l["p99_us"] for l in runs)
             errors = sum(l["errors"] for l in runs)
             return f"{p50:.0f} / {p99:.0f}" + (f" ({errors} errors)" if errors else "")
+        def p99(w):
+            runs = [l["p99_us"] for _, _, l in by.get(w, []) if l]
+            return statistics.median(runs) if runs else None
+        peers = [p for p in (p99("nginx"), p99("haproxy")) if p]
+        ratio = f"{p99('sluice') / min(peers):.2f}×" if peers and p99("sluice") else "—"
         rates = [l["target_rate"] for _, _, l in by.get("sluice", []) if l]
         rate = f"{statistics.median(rates):.0f}" if rates else "—"
-        print(f"| {human(size)} | {rate} | {cell('sluice')} | {cell('nginx')} | {cell('haproxy')} |")
+        print(f"| {proto} | {human(size)} | {rate} | {cell('sluice')} | {ratio} | {cell('nginx')} | {cell('haproxy')} |")
 PY
