@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header;
 use http_body::{Body, Frame};
 use metrics::counter;
 use tokio::time::{Instant, Sleep};
@@ -181,12 +181,12 @@ pub(crate) async fn respond(
     }
 }
 
-/// The response head as h2 sends it: without HTTP/1.x connection fields (h2 refuses them),
-/// with a `content-length` when the body's length is known.
+/// The response head as h2 sends it (its fields already without HTTP/1.x connection fields:
+/// [`crate::response::ProxyResponse::into_h2`]), with a `content-length` when the body's length
+/// is known.
 fn h2_head(parts: http::response::Parts, body: &DownBody) -> http::Response<()> {
     let mut head = http::Response::from_parts(parts, ());
     let headers = head.headers_mut();
-    strip_connection_fields(headers);
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, crate::response::http_date());
     }
@@ -197,22 +197,6 @@ fn h2_head(parts: http::response::Parts, body: &DownBody) -> http::Response<()> 
         headers.insert(header::CONTENT_LENGTH, n.into());
     }
     head
-}
-
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.remove(header::CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
-    }
-    for name in [header::TRANSFER_ENCODING, header::UPGRADE, header::TE] {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(HeaderName::from_static(name));
-    }
 }
 
 async fn send_body(

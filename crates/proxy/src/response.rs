@@ -70,21 +70,15 @@ pub(crate) struct ProxyResponse {
 }
 
 impl ProxyResponse {
-    /// The response as hyper's HTTP/2 server takes it.
-    pub(crate) fn into_hyper(self) -> http::Response<DownBody> {
+    /// The response as an HTTP/2 client gets it: without HTTP/1.x connection fields, which h2
+    /// refuses to send.
+    pub(crate) fn into_h2(self) -> http::Response<DownBody> {
         let mut headers = match self.head.fields {
-            ResponseFields::Local(map) => map,
             ResponseFields::Upstream(up) => {
-                let mut map = HeaderMap::with_capacity(up.fields.len() + 2);
-                for f in up.forwarded(self.head.status) {
-                    // httparse accepted both, so these hold; a field that does not is dropped
-                    // rather than failing the response.
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(f.name.get(&up.buf)),
-                        HeaderValue::from_bytes(f.value.get(&up.buf)),
-                    ) {
-                        map.append(n, v);
-                    }
+                let mut map = upstream_map(&up, self.head.status);
+                // `forwarded` passed connection fields on only for a protocol switch.
+                if self.head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    strip_connection_fields(&mut map);
                 }
                 if !up.date {
                     map.insert(header::DATE, http_date());
@@ -92,9 +86,14 @@ impl ProxyResponse {
                 map
             }
             ResponseFields::UpstreamH2(mut map) => {
+                strip_connection_fields(&mut map);
                 if !map.contains_key(header::DATE) {
                     map.insert(header::DATE, http_date());
                 }
+                map
+            }
+            ResponseFields::Local(mut map) => {
+                strip_connection_fields(&mut map);
                 map
             }
         };
@@ -221,12 +220,34 @@ pub(crate) fn response_fields(head: &ResponseHead) -> Vec<(String, String)> {
     }
 }
 
+/// Removes the fields that describe an HTTP/1.x connection (RFC 9113 §8.2.2), and those the
+/// `Connection` field names.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in [header::TRANSFER_ENCODING, header::UPGRADE, header::TE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(HeaderName::from_static(name));
+    }
+}
+
+/// The fields passed on, as a map. Each value shares the head's buffer rather than copying it
+/// (an allocation and a copy fewer per field, on every HTTP/2 client's response).
 fn upstream_map(up: &UpstreamHead, status: http::StatusCode) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(up.fields.len() + 2);
     for f in up.forwarded(status) {
+        // httparse accepted both, so these hold; a field that does not is dropped rather than
+        // failing the response.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(f.name.get(&up.buf)),
-            HeaderValue::from_bytes(f.value.get(&up.buf)),
+            HeaderValue::from_maybe_shared(up.buf.slice(f.value.range())),
         ) {
             map.append(n, v);
         }

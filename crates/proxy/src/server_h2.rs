@@ -101,7 +101,11 @@ async fn accept_streams(
                 }
                 let cx = Arc::clone(&cx);
                 let limits = Arc::clone(&limits);
-                tokio::spawn(async move { serve_stream(request, respond, &cx, &limits).await });
+                // Boxed: tokio keeps a task's future inline in the task and copies the whole
+                // of it when it spawns and when it finishes; a stream's future is kilobytes.
+                tokio::spawn(Box::pin(async move {
+                    serve_stream(request, respond, &cx, &limits).await;
+                }));
             }
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
@@ -167,7 +171,7 @@ async fn serve_stream(
             // A client that resets the stream (or a connection that ends) while the instance
             // has not answered yet: the request is dropped, which releases the instance.
             match h2_stream::unless_reset(&mut respond, handled).await {
-                Some(response) => response.into_hyper(),
+                Some(response) => response.into_h2(),
                 None => return,
             }
         }

@@ -33,14 +33,23 @@ impl TraceContext {
 
     fn start() -> Self {
         let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        loop {
-            hex_random(&mut traceparent[3..35]);
-            hex_random(&mut traceparent[36..52]);
-            // All-zero ids are invalid; one in 2^64 draws, but a draw costs nothing.
-            if trace_id(&traceparent).is_some() {
-                return TraceContext::Started { traceparent };
+        // All-zero ids are invalid: one draw in 2^64 (2^128 for the trace id) is drawn again.
+        let (high, low) = loop {
+            let id = (fastrand::u64(..), fastrand::u64(..));
+            if id != (0, 0) {
+                break id;
             }
-        }
+        };
+        let parent = loop {
+            let id = fastrand::u64(..);
+            if id != 0 {
+                break id;
+            }
+        };
+        put_hex(&mut traceparent[3..19], high);
+        put_hex(&mut traceparent[19..35], low);
+        put_hex(&mut traceparent[36..52], parent);
+        TraceContext::Started { traceparent }
     }
 
     /// Whether the trace was started here (the client's trace fields then stay behind).
@@ -86,14 +95,11 @@ fn trace_id(value: &[u8]) -> Option<[u8; 32]> {
     valid.then(|| trace.try_into().ok()).flatten()
 }
 
-fn hex_random(out: &mut [u8]) {
+/// `n` as 16 lowercase hex digits into `out`, most significant first.
+fn put_hex(out: &mut [u8], n: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for chunk in out.chunks_mut(16) {
-        let mut n = fastrand::u64(..);
-        for b in chunk {
-            *b = HEX[(n & 0xf) as usize];
-            n >>= 4;
-        }
+    for (i, b) in out.iter_mut().enumerate().take(16) {
+        *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
 }
 
@@ -141,5 +147,14 @@ mod tests {
         assert!(value.ends_with(b"-01"));
         assert_ne!(a.trace_id(), b.trace_id());
         assert_eq!(a.trace_id().len(), 32);
+    }
+
+    #[test]
+    fn ids_are_written_as_hex_most_significant_digit_first() {
+        let mut out = [b'.'; 17];
+        put_hex(&mut out, 0x0123_4567_89ab_cdef);
+        assert_eq!(&out, b"0123456789abcdef.");
+        put_hex(&mut out, 0xf000_0000_0000_000a);
+        assert_eq!(&out, b"f00000000000000a.");
     }
 }

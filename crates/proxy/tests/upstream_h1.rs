@@ -589,6 +589,35 @@ async fn repeated_content_lengths_are_forwarded_once() {
     assert_eq!(seen.body, b"hello");
 }
 
+/// An HTTP/2 client gets the instance's fields without those of its HTTP/1.1 connection (h2
+/// refuses to send them, RFC 9113 §8.2.2), including the ones its `Connection` field names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_gets_the_fields_without_the_instances_connection_fields() {
+    let instance = Scripted::start(|_, _| {
+        Act::Reply(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Hop\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Hop: 1\r\n\
+              X-Kept: yes\r\nCache-Control: max-age=60\r\n\r\nok"
+                .to_vec(),
+        )
+    });
+    let (_p, addr) = proxy_for(&instance, "").await;
+    for _ in 0..2 {
+        let reply = sluice_test_support::Client::h2c()
+            .get(&format!("http://{addr}/x"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.text(), "ok");
+        for gone in ["connection", "keep-alive", "proxy-connection", "x-hop"] {
+            assert!(!reply.headers.contains_key(gone), "{gone}: {reply:?}");
+        }
+        assert_eq!(reply.headers["x-kept"], "yes", "{reply:?}");
+        assert_eq!(reply.headers["cache-control"], "max-age=60", "{reply:?}");
+        assert!(reply.headers.contains_key("date"), "{reply:?}");
+    }
+}
+
 /// Issue 18 (1): an `Upgrade` the route does not allow never reaches the instance, so an
 /// instance that would switch cannot open a tunnel past the route's access rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
