@@ -6,19 +6,24 @@
 # docs/benchmarks.md).
 #
 #   benches/side-by-side/instructions.sh [REQUESTS]
+#   PROTO=h2c SLUICE=/tmp/sluice-old CONTENDERS=sluice benches/side-by-side/instructions.sh
 #
 # Each proxy runs under callgrind in front of the same nginx backend (64-byte body) and gets
 # REQUESTS requests (plus a 1 s warm-up) from `loadgen` at 200 req/s over 20 keep-alive
-# connections; a second run with no requests measures start-up and shutdown, which is
+# connections, on the client protocol PROTO: h1 (the default), h2c (HTTP/2 with prior
+# knowledge), https (HTTP/1.1 over TLS 1.3) or h2 (ALPN h2); every proxy speaks HTTP/1.1 to
+# the backend. SLUICE names the Sluice binary (target/release/sluice, built first, by default); a second run with no requests measures start-up and shutdown, which is
 # subtracted. With KEEP_CALLGRIND=DIR, Sluice's callgrind profiles are copied to DIR (read
 # them with callgrind_annotate). CONTENDERS="sluice" runs a subset; SLUICE_ROUTE_EXTRA and
 # SLUICE_SERVICE_EXTRA add keys to Sluice's route and service, to count what an option costs:
 #   SLUICE_ROUTE_EXTRA='rate_limit = { rate = 10000000 }' CONTENDERS=sluice instructions.sh
 set -euo pipefail
 REQUESTS=${1:-2000}
+PROTO=${PROTO:-h1}
+SLUICE=${SLUICE:-target/release/sluice}
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
-for tool in nginx haproxy valgrind; do
+for tool in nginx haproxy valgrind curl openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
 done
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
@@ -28,7 +33,30 @@ backend_pid=""
 cleanup() { [ -n "$backend_pid" ] && kill "$backend_pid" 2>/dev/null; wait 2>/dev/null || true; [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work"/cg.sluice.* "$KEEP_CALLGRIND"/ 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-BACKEND=127.0.0.1:18100 PROXY=127.0.0.1:18101 ADMIN=127.0.0.1:18901
+BACKEND=127.0.0.1:18100 PROXY=127.0.0.1:18101 PROXY_PORT=18101 ADMIN=127.0.0.1:18901
+tls=false scheme=http
+case $PROTO in
+  h1|h2c) ;;
+  https|h2) tls=true scheme=https ;;
+  *) echo "PROTO must be h1, h2c, https or h2" >&2; exit 1 ;;
+esac
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+  -out "$work/cert.pem" -days 30 -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
+  -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+declare -A nginx_listen=([h1]="" [h2c]=" http2" [https]=" ssl" [h2]=" ssl http2")
+declare -A haproxy_bind=([h1]="" [h2c]=" proto h2" [https]=" ssl crt $work/haproxy.pem alpn http/1.1" [h2]=" ssl crt $work/haproxy.pem alpn h2")
+sluice_tls=""
+$tls && sluice_tls=$(printf '[listener.tls]\ncert = "%s"\nkey = "%s"' "$work/cert.pem" "$work/key.pem")
+# How curl (readiness) and loadgen speak PROTO.
+curl_flags=(-fsS -o /dev/null) loadgen_flags=()
+case $PROTO in
+  h2c) curl_flags+=(--http2-prior-knowledge); loadgen_flags+=(--http2) ;;
+  https) curl_flags+=(--cacert "$work/cert.pem" --connect-to "bench.test:$PROXY_PORT:$PROXY") ;;
+  h2) curl_flags+=(--http2 --cacert "$work/cert.pem" --connect-to "bench.test:$PROXY_PORT:$PROXY")
+      loadgen_flags+=(--http2) ;;
+esac
+$tls && loadgen_flags+=(--ca "$work/cert.pem" --server-name bench.test)
 body=$(printf 'x%.0s' $(seq 1 63))
 cat > "$work/backend.conf" <<EOF
 worker_processes 1;
@@ -48,7 +76,9 @@ error_log $work/nginx.err warn;
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   upstream backend { server $BACKEND; keepalive 64; }
-  server { listen $PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+  server { listen $PROXY${nginx_listen[$PROTO]};
+    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
 cat > "$work/haproxy.cfg" <<EOF
 global
@@ -61,7 +91,7 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind $PROXY
+  bind $PROXY${haproxy_bind[$PROTO]}
   default_backend be
 backend be
   server b1 $BACKEND
@@ -78,6 +108,7 @@ level = "warn"
 [[listener]]
 name = "web"
 bind = "$PROXY"
+$sluice_tls
 [[route]]
 service = "backend"
 ${SLUICE_ROUTE_EXTRA:-}
@@ -87,6 +118,8 @@ instances = ["$BACKEND"]
 ${SLUICE_SERVICE_EXTRA:-}
 EOF
 
+url="$scheme://$PROXY/" curl_url="$scheme://$PROXY/"
+$tls && curl_url="$scheme://bench.test:$PROXY_PORT/"
 nginx -c "$work/backend.conf" -e "$work/backend.err" &
 backend_pid=$!
 sleep 0.5
@@ -95,15 +128,15 @@ sleep 0.5
 run() {
   local name=$1 n=$2 out="$work/cg.$1.$2" cmd stop
   case $name in
-    sluice) cmd=(target/release/sluice run -c "$work/sluice.toml"); stop=INT ;;
+    sluice) cmd=("$SLUICE" run -c "$work/sluice.toml"); stop=INT ;;
     nginx) cmd=(nginx -c "$work/nginx.conf" -e "$work/nginx.err"); stop=QUIT ;;
     haproxy) cmd=(haproxy -db -q -f "$work/haproxy.cfg"); stop=USR1 ;;
   esac
   valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$work/vg.$name.log" &
   local vp=$!
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$PROXY/" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 100); do curl "${curl_flags[@]}" "$curl_url" 2>/dev/null && break; sleep 0.1; done
   if [ "$n" -gt 0 ]; then
-    target/release/loadgen --url "http://$PROXY/" --rate 200 --connections 20 --duration $((n / 200)) >&2
+    target/release/loadgen --url "$url" "${loadgen_flags[@]}" --rate 200 --connections 20 --duration $((n / 200)) >&2
   fi
   kill -"$stop" "$vp"; wait "$vp" 2>/dev/null || true
   # The metrics exporter calibrates its clock at start-up for a varying number of rounds
