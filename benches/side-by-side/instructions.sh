@@ -12,7 +12,11 @@
 # REQUESTS requests (plus a 1 s warm-up) from `loadgen` at 200 req/s over 20 keep-alive
 # connections, on the client protocol PROTO: h1 (the default), h2c (HTTP/2 with prior
 # knowledge), https (HTTP/1.1 over TLS 1.3) or h2 (ALPN h2); every proxy speaks HTTP/1.1 to
-# the backend. SLUICE names the Sluice binary (target/release/sluice, built first, by default); a second run with no requests measures start-up and shutdown, which is
+# the backend. SLUICE names the Sluice binary (target/release/sluice, built first, by default).
+# LOAD=closed counts at saturation instead, where HTTP/2 streams and reads come in batches:
+# h2load with 20 connections (10 streams each on HTTP/2), 4,000 requests of warm-up, then the
+# counters are zeroed (callgrind_control -z) and REQUESTS requests counted (try 20000).
+# Otherwise (LOAD=open, the default) a second run with no requests measures start-up and shutdown, which is
 # subtracted. With KEEP_CALLGRIND=DIR, Sluice's callgrind profiles are copied to DIR (read
 # them with callgrind_annotate). CONTENDERS="sluice" runs a subset; SLUICE_ROUTE_EXTRA and
 # SLUICE_SERVICE_EXTRA add keys to Sluice's route and service, to count what an option costs:
@@ -20,10 +24,11 @@
 set -euo pipefail
 REQUESTS=${1:-2000}
 PROTO=${PROTO:-h1}
+LOAD=${LOAD:-open}
 SLUICE=${SLUICE:-target/release/sluice}
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
-for tool in nginx haproxy valgrind curl openssl; do
+for tool in nginx haproxy valgrind curl openssl h2load callgrind_control; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
 done
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
@@ -149,10 +154,42 @@ run() {
   echo $((total - ${calibration:-0}))
 }
 
+# closed_load REQUESTS: h2load at saturation; fails unless every request succeeded.
+closed_load() {
+  local flags=(-t1 -c20 -m10) done_
+  case $PROTO in h1|https) flags=(--h1 -t1 -c20) ;; esac
+  done_=$(h2load "${flags[@]}" -n "$1" "$url" | awk '/^requests:/ {print $8}')
+  [ "$done_" = "$1" ] || { echo "h2load: $done_ of $1 requests succeeded" >&2; exit 1; }
+}
+
+# run_closed NAME REQUESTS: instructions per request at saturation, start-up left out.
+run_closed() {
+  local name=$1 out="$work/cg.$1.closed" cmd stop
+  case $name in
+    sluice) cmd=("$SLUICE" run -c "$work/sluice.toml"); stop=INT ;;
+    nginx) cmd=(nginx -c "$work/nginx.conf" -e "$work/nginx.err"); stop=QUIT ;;
+    haproxy) cmd=(haproxy -db -q -f "$work/haproxy.cfg"); stop=USR1 ;;
+  esac
+  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$work/vg.$name.log" &
+  local vp=$!
+  for _ in $(seq 1 100); do curl "${curl_flags[@]}" "$curl_url" 2>/dev/null && break; sleep 0.1; done
+  closed_load 4000
+  callgrind_control -z "$vp" >/dev/null 2>&1
+  closed_load "$2"
+  callgrind_control -d "$vp" >/dev/null 2>&1
+  kill -"$stop" "$vp"; wait "$vp" 2>/dev/null || true
+  # The dump taken after the counted requests is the file's first part.
+  echo $(( $(awk '/^summary:/ {print $2}' "$out.1" | head -1) / $2 ))
+}
+
 printf '| proxy | instructions per request | vs nginx |\n|---|---|---|\n'
 declare -A per
 contenders=${CONTENDERS:-nginx haproxy sluice}
 for name in $contenders; do
+  if [ "$LOAD" = closed ]; then
+    per[$name]=$(run_closed "$name" "$REQUESTS")
+    continue
+  fi
   base=$(run "$name" 0)
   loaded=$(run "$name" "$REQUESTS")
   # loadgen sends 1 s of warm-up (200 requests) on top of REQUESTS; curl's readiness probes
