@@ -129,21 +129,30 @@ nginx -c "$work/backend.conf" -e "$work/backend.err" &
 backend_pid=$!
 sleep 0.5
 
-# run NAME REQUESTS: total instructions of one proxy run.
-run() {
-  local name=$1 n=$2 out="$work/cg.$1.$2" cmd stop
-  case $name in
+# start_counted NAME OUT: starts proxy NAME under callgrind (profile to OUT) and waits until it
+# answers; sets `counted` (valgrind's pid) and `stop` (the signal that ends the proxy cleanly).
+start_counted() {
+  local cmd
+  case $1 in
     sluice) cmd=("$SLUICE" run -c "$work/sluice.toml"); stop=INT ;;
     nginx) cmd=(nginx -c "$work/nginx.conf" -e "$work/nginx.err"); stop=QUIT ;;
     haproxy) cmd=(haproxy -db -q -f "$work/haproxy.cfg"); stop=USR1 ;;
   esac
-  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$work/vg.$name.log" &
-  local vp=$!
+  valgrind --tool=callgrind --callgrind-out-file="$2" "${cmd[@]}" 2>"$work/vg.$1.log" &
+  counted=$!
   for _ in $(seq 1 100); do curl "${curl_flags[@]}" "$curl_url" 2>/dev/null && break; sleep 0.1; done
+}
+
+stop_counted() { kill -"$stop" "$counted"; wait "$counted" 2>/dev/null || true; }
+
+# run NAME REQUESTS: total instructions of one proxy run.
+run() {
+  local name=$1 n=$2 out="$work/cg.$1.$2"
+  start_counted "$name" "$out"
   if [ "$n" -gt 0 ]; then
     target/release/loadgen --url "$url" "${loadgen_flags[@]}" --rate 200 --connections 20 --duration $((n / 200)) >&2
   fi
-  kill -"$stop" "$vp"; wait "$vp" 2>/dev/null || true
+  stop_counted
   # The metrics exporter calibrates its clock at start-up for a varying number of rounds
   # (~6-11M instructions): that work is left out so it cannot leak into the difference
   # between the two runs.
@@ -159,25 +168,17 @@ closed_load() {
   local flags=(-t1 -c20 -m10) done_
   case $PROTO in h1|https) flags=(--h1 -t1 -c20) ;; esac
   done_=$(h2load "${flags[@]}" -n "$1" "$url" | awk '/^requests:/ {print $8}')
-  [ "$done_" = "$1" ] || { echo "h2load: $done_ of $1 requests succeeded" >&2; exit 1; }
+  [ "$done_" = "$1" ] || { echo "h2load: $done_ of $1 requests succeeded" >&2; return 1; }
 }
 
 # run_closed NAME REQUESTS: instructions per request at saturation, start-up left out.
 run_closed() {
-  local name=$1 out="$work/cg.$1.closed" cmd stop
-  case $name in
-    sluice) cmd=("$SLUICE" run -c "$work/sluice.toml"); stop=INT ;;
-    nginx) cmd=(nginx -c "$work/nginx.conf" -e "$work/nginx.err"); stop=QUIT ;;
-    haproxy) cmd=(haproxy -db -q -f "$work/haproxy.cfg"); stop=USR1 ;;
-  esac
-  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" 2>"$work/vg.$name.log" &
-  local vp=$!
-  for _ in $(seq 1 100); do curl "${curl_flags[@]}" "$curl_url" 2>/dev/null && break; sleep 0.1; done
-  closed_load 4000
-  callgrind_control -z "$vp" >/dev/null 2>&1
-  closed_load "$2"
-  callgrind_control -d "$vp" >/dev/null 2>&1
-  kill -"$stop" "$vp"; wait "$vp" 2>/dev/null || true
+  local out="$work/cg.$1.closed"
+  start_counted "$1" "$out"
+  closed_load 4000 && callgrind_control -z "$counted" >/dev/null 2>&1 &&
+    closed_load "$2" && callgrind_control -d "$counted" >/dev/null 2>&1 ||
+    { stop_counted; return 1; }
+  stop_counted
   # The dump taken after the counted requests is the file's first part.
   echo $(( $(awk '/^summary:/ {print $2}' "$out.1" | head -1) / $2 ))
 }
