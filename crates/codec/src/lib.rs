@@ -13,6 +13,9 @@
 //!   fields on as received without copying them into maps.
 //! - Request paths are brought to one canonical form ([`path`]: unreserved escapes decoded,
 //!   `//` merged, dot segments removed) before anything routes on them.
+//! - [`h2`] is HTTP/2's framing and HPACK: frames checked as the RFC asks of each on its own,
+//!   field blocks decoded against the peer's dynamic table, and answers' fields encoded with
+//!   no table at all.
 //! - [`client_hello`] reads the server name of a TLS ClientHello; [`proxy_protocol`] reads the
 //!   PROXY protocol header (versions 1 and 2) a load balancer in front may send.
 //!
@@ -22,6 +25,7 @@
 pub mod chunked;
 pub mod client_hello;
 pub mod fields;
+pub mod h2;
 pub mod path;
 pub mod proxy_protocol;
 pub mod request;
