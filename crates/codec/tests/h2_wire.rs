@@ -1,21 +1,26 @@
-//! The HTTP/2 framing and HPACK code against real clients on loopback: curl (nghttp2's
-//! encoder, which Huffman-codes and indexes fields) and the `h2` crate (a second, independent
-//! implementation, which also sends never-indexed fields). A small server built only from
-//! `sluice_codec::h2` decodes each request's field block and answers with a head encoded by
-//! it; the clients check the answer, and the answer's body lists the fields as decoded.
+//! Sluice's own HTTP/2 server code (`sluice_codec::h2`: frames, HPACK, the server connection)
+//! against real clients on loopback: curl and nghttp (nghttp2, which Huffman-codes and indexes
+//! fields), h2load (hundreds of streams in flight, uploads beyond the windows) and the `h2`
+//! crate (a second, independent implementation, which also sends never-indexed fields). A small
+//! blocking server drives a `ServerConn` per connection; each answer's body lists the request's
+//! fields as decoded and how many body bytes arrived, so the clients check both directions.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
 
-use sluice_codec::h2::frame::{self, ErrorCode, Frame, setting};
-use sluice_codec::h2::hpack::{self, Decoder, encode};
+use sluice_codec::h2::head::Head;
+use sluice_codec::h2::server::{Config, Event, ServerConn};
 
 /// A value long enough that the answer's field block needs CONTINUATION frames.
 const LONG: usize = 40_000;
+/// The size of the answer to `/big`: more than the client's initial windows.
+const BIG: usize = 1 << 20;
 
-/// Serves every connection accepted on `listener` (one thread each) until the test ends.
+/// Serves every connection accepted on a new loopback port (one thread each) until the test
+/// ends; the port.
 fn start_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     let port = listener.local_addr().expect("bound").port();
@@ -27,129 +32,180 @@ fn start_server() -> u16 {
     port
 }
 
+/// What one connection's streams have received so far, and what is left to send.
+#[derive(Default)]
+struct StreamState {
+    listed: String,
+    path: String,
+    body_bytes: usize,
+    unsent: Vec<u8>,
+}
+
+/// An event, owned, so the connection can be answered after `receive` returns.
+enum Owned {
+    Request(u32, Head, bool),
+    Data(u32, usize, bool),
+    Trailers(u32, Head),
+    TooLarge(u32),
+    Reset(u32),
+    Writable(u32),
+}
+
+fn owned(e: Event<'_>) -> Option<Owned> {
+    Some(match e {
+        Event::Request {
+            stream,
+            head,
+            end_stream,
+        } => Owned::Request(stream, head, end_stream),
+        Event::Data {
+            stream,
+            data,
+            end_stream,
+        } => Owned::Data(stream, data.len(), end_stream),
+        Event::Trailers { stream, trailers } => Owned::Trailers(stream, trailers),
+        Event::HeadTooLarge { stream } => Owned::TooLarge(stream),
+        Event::Reset { stream, .. } => Owned::Reset(stream),
+        Event::Writable { stream } => Owned::Writable(stream),
+        Event::Refused { .. } => return None,
+    })
+}
+
 fn serve(mut socket: TcpStream) {
+    let mut conn = ServerConn::new(Config {
+        max_concurrent_streams: 200,
+        max_header_list_size: 16 * 1024,
+        stream_window: 256 * 1024,
+        connection_window: 1024 * 1024,
+        max_frame_size: 16_384,
+        reset_budget: 100,
+    });
+    let mut streams: HashMap<u32, StreamState> = HashMap::new();
     let mut input = Vec::new();
-    if read_at_least(&mut socket, &mut input, frame::PREFACE.len()).is_err()
-        || &input[..24] != frame::PREFACE
-    {
-        return;
-    }
-    input.drain(..24);
-    let mut out = Vec::new();
-    frame::write_settings(&mut out, &[(setting::MAX_CONCURRENT_STREAMS, 100)]);
-    let mut conn = Conn {
-        decoder: Decoder::new(hpack::DEFAULT_TABLE_SIZE),
-        block: Vec::new(),
-        peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
-    };
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        while let Some((f, taken)) =
-            frame::read(&input, frame::DEFAULT_MAX_FRAME_SIZE).expect("clients send valid frames")
-        {
-            let go_on = conn.on_frame(f, &mut out);
-            input.drain(..taken);
-            if !go_on {
-                let _ = socket.write_all(&out);
-                return;
-            }
-        }
-        if socket.write_all(&out).is_err() {
+        if socket.write_all(conn.output()).is_err() || conn.is_finished() {
             return;
         }
-        out.clear();
-        let mut chunk = [0u8; 16_384];
-        match socket.read(&mut chunk) {
+        let n = conn.output().len();
+        conn.advance_output(n);
+        let got = match socket.read(&mut chunk) {
             Ok(0) | Err(_) => return,
-            Ok(n) => input.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn read_at_least(socket: &mut TcpStream, input: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
-    let mut chunk = [0u8; 1024];
-    while input.len() < n {
-        let got = socket.read(&mut chunk)?;
-        if got == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
+            Ok(got) => got,
+        };
         input.extend_from_slice(&chunk[..got]);
-    }
-    Ok(())
-}
-
-struct Conn {
-    decoder: Decoder,
-    block: Vec<u8>,
-    peer_max_frame: u32,
-}
-
-impl Conn {
-    /// Handles one frame; false once the client goes away.
-    fn on_frame(&mut self, f: Frame<'_>, out: &mut Vec<u8>) -> bool {
-        match f {
-            Frame::Settings(s) => {
-                for (id, value) in s.iter() {
-                    if id == setting::MAX_FRAME_SIZE {
-                        self.peer_max_frame = value;
-                    }
-                }
-                frame::write_settings_ack(out);
-            }
-            Frame::Ping {
-                ack: false,
-                payload,
-            } => frame::write_ping_ack(out, payload),
-            Frame::Headers {
-                stream,
-                end_headers,
-                block,
-                ..
-            }
-            | Frame::Continuation {
-                stream,
-                end_headers,
-                block,
-            } => {
-                self.block.extend_from_slice(block);
-                if end_headers {
-                    self.answer(stream, out);
-                }
-            }
-            Frame::GoAway { .. } => return false,
-            _ => {}
-        }
-        true
-    }
-
-    /// Answers a request with its own fields, as decoded, in the body.
-    fn answer(&mut self, stream: u32, out: &mut Vec<u8>) {
-        let mut listed = String::new();
-        let mut path = String::new();
-        let block = std::mem::take(&mut self.block);
-        let decoded = self.decoder.decode(&block, |f| {
-            let name = String::from_utf8_lossy(f.name);
-            let value = String::from_utf8_lossy(f.value);
-            if name == ":path" {
-                path = value.to_string();
-            }
-            let mark = if f.sensitive { " (never indexed)" } else { "" };
-            listed.push_str(&format!("{name}: {value}{mark}\n"));
-        });
-        if decoded.is_err() {
-            frame::write_goaway(out, stream, ErrorCode::COMPRESSION_ERROR);
+        let mut events = Vec::new();
+        let Ok(read) = conn.receive(&input, &mut |e| events.extend(owned(e))) else {
+            let _ = socket.write_all(conn.output());
             return;
+        };
+        input.drain(..read);
+        for event in events {
+            on_event(&mut conn, &mut streams, event);
         }
-        let mut head = Vec::new();
-        encode::status(&mut head, if path == "/teapot" { 418 } else { 200 });
-        encode::field(&mut head, b"Content-Type", b"text/plain", false);
-        encode::field(&mut head, b"X-Mixed-Case", b"Value As Sent", false);
-        encode::field(&mut head, b"set-cookie", b"session=42", true);
-        if path == "/long" {
-            encode::field(&mut head, b"x-long", &vec![b'v'; LONG], false);
+    }
+}
+
+fn on_event(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, event: Owned) {
+    match event {
+        Owned::Request(stream, head, end_stream) => {
+            let state = streams.entry(stream).or_default();
+            state.path = String::from_utf8_lossy(head.path().unwrap_or_default()).into_owned();
+            state.listed = list(&head);
+            if end_stream {
+                answer(conn, streams, stream);
+            }
         }
-        frame::write_headers(out, stream, &head, false, self.peer_max_frame);
-        frame::write_data_header(out, stream, listed.len(), true);
-        out.extend_from_slice(listed.as_bytes());
+        Owned::Data(stream, len, end_stream) => {
+            conn.release(stream, len);
+            if let Some(state) = streams.get_mut(&stream) {
+                state.body_bytes += len;
+            }
+            if end_stream {
+                answer(conn, streams, stream);
+            }
+        }
+        Owned::Trailers(stream, trailers) => {
+            if let Some(state) = streams.get_mut(&stream) {
+                state
+                    .listed
+                    .push_str(&format!("trailers: {}\n", trailers.field_count()));
+            }
+            answer(conn, streams, stream);
+        }
+        Owned::TooLarge(stream) => {
+            let _ = conn.send_head(stream, 431, [], true);
+        }
+        Owned::Reset(stream) => {
+            streams.remove(&stream);
+        }
+        Owned::Writable(stream) => send_more(conn, streams, stream),
+    }
+}
+
+/// The request's fields as decoded, one per line.
+fn list(head: &Head) -> String {
+    let mut listed = String::new();
+    let pseudo = [
+        (":method", Some(head.method())),
+        (":scheme", head.scheme()),
+        (":authority", head.authority()),
+        (":path", head.path()),
+    ];
+    for (name, value) in pseudo {
+        if let Some(value) = value {
+            listed.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value)));
+        }
+    }
+    for (name, value, sensitive) in head.fields() {
+        let mark = if sensitive { " (never indexed)" } else { "" };
+        let (name, value) = (
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value),
+        );
+        listed.push_str(&format!("{name}: {value}{mark}\n"));
+    }
+    listed
+}
+
+/// Answers a request with its own fields, as decoded, and its body's length, in the body.
+fn answer(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, stream: u32) {
+    let Some(state) = streams.get_mut(&stream) else {
+        return;
+    };
+    let status = if state.path == "/teapot" { 418 } else { 200 };
+    let long = vec![b'v'; LONG];
+    let mut fields: Vec<(&[u8], &[u8], bool)> = vec![
+        (b"Content-Type", b"text/plain", false),
+        (b"X-Mixed-Case", b"Value As Sent", false),
+        (b"set-cookie", b"session=42", true),
+    ];
+    if state.path == "/long" {
+        fields.push((b"x-long", &long, false));
+    }
+    state.unsent = format!("{}body: {}\n", state.listed, state.body_bytes).into_bytes();
+    if state.path == "/big" {
+        state.unsent.resize(BIG, b'b');
+    }
+    if conn.send_head(stream, status, fields, false).is_ok() {
+        send_more(conn, streams, stream);
+    }
+}
+
+fn send_more(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, stream: u32) {
+    let Some(state) = streams.get_mut(&stream) else {
+        return;
+    };
+    match conn.send_data(stream, &state.unsent, true) {
+        Ok(n) if n == state.unsent.len() => {
+            streams.remove(&stream);
+        }
+        Ok(n) => {
+            state.unsent.drain(..n);
+        }
+        Err(_) => {
+            streams.remove(&stream);
+        }
     }
 }
 
@@ -297,4 +353,76 @@ fn the_h2_crates_requests_decode_and_answers_encode() {
             );
         }
     });
+}
+
+/// `h2load` output's "requests: ... N succeeded" count.
+fn succeeded(h2load_output: &str) -> Option<usize> {
+    let line = h2load_output.lines().find(|l| l.starts_with("requests:"))?;
+    let before = line.split(" succeeded").next()?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn h2load_with_hundreds_of_streams_in_flight_and_uploads_beyond_the_windows() {
+    let port = start_server();
+    let url = format!("http://127.0.0.1:{port}/many");
+    // 4 connections × 100 streams in flight, 4,000 requests.
+    let args = ["-c", "4", "-m", "100", "-n", "4000", &url].map(String::from);
+    let text = run("h2load", &args);
+    assert_eq!(succeeded(&text), Some(4000), "{text}");
+    // Uploads of 100 KiB on 50 streams at once: 5 MiB in flight against a 1 MiB connection
+    // window, which reopens only as the server releases what it read.
+    let upload = std::env::temp_dir().join(format!("h2-wire-upload-{port}"));
+    std::fs::write(&upload, vec![b'u'; 100 * 1024]).expect("a temporary file");
+    let upload_path = upload.display().to_string();
+    let args = ["-c", "1", "-m", "50", "-n", "200", "-d", &upload_path, &url].map(String::from);
+    let text = run("h2load", &args);
+    let _ = std::fs::remove_file(&upload);
+    assert_eq!(succeeded(&text), Some(200), "{text}");
+}
+
+#[test]
+fn curl_uploads_and_downloads_past_the_windows_and_oversized_heads_get_431() {
+    let port = start_server();
+    let mut args = ["-sS", "--http2-prior-knowledge", "--data-binary", "@-"]
+        .map(String::from)
+        .to_vec();
+    args.push(format!("http://127.0.0.1:{port}/upload"));
+    let mut child = Command::new("curl")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs (install it with scripts/setup.sh)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(&vec![b'u'; 3 * 1024 * 1024])
+        .expect("upload written");
+    drop(stdin);
+    let output = child.wait_with_output().expect("curl finishes");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("body: {}\n", 3 * 1024 * 1024)),
+        "{text}"
+    );
+    let args = ["-sS", "--http2-prior-knowledge", "-o", "-"].map(String::from);
+    let mut download = args.to_vec();
+    download.push(format!("http://127.0.0.1:{port}/big"));
+    assert_eq!(run("curl", &download).len(), BIG);
+    let mut oversized = [
+        "-sS",
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ]
+    .map(String::from)
+    .to_vec();
+    // 24 KB of fields against a 16 KiB limit (nghttp2 itself sends no more than 64 KiB).
+    for i in 0..4 {
+        oversized.extend(["-H".into(), format!("x-huge-{i}: {}", "h".repeat(6_000))]);
+    }
+    oversized.push(format!("http://127.0.0.1:{port}/"));
+    assert_eq!(run("curl", &oversized), "431");
 }
