@@ -96,9 +96,17 @@ pub struct HeadBuilder {
 
 impl HeadBuilder {
     /// A request head's fields; `trailers` for a trailer section (no pseudo-fields at all).
-    pub fn new(max_list_size: usize, trailers: bool) -> Self {
+    /// `block_len` (the compressed block's length) sizes the buffers once, up front.
+    pub fn new(max_list_size: usize, trailers: bool, block_len: usize) -> Self {
+        // Decoded fields run from about the block's size (Huffman-coded literals) to many
+        // times it (table references); a head rarely has more than 16 fields.
+        let bytes = (2 * block_len).clamp(256, max_list_size.max(256));
         Self {
-            head: Head::default(),
+            head: Head {
+                buf: Vec::with_capacity(bytes),
+                fields: Vec::with_capacity(16),
+                pseudo: Default::default(),
+            },
             max_list_size,
             list_size: 0,
             trailers,
@@ -207,10 +215,10 @@ fn check_name(name: &[u8]) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty field name");
     }
-    let ok = name
+    if name
         .iter()
-        .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok {
+        .all(|&b| BYTE_CLASS[usize::from(b)] & NAME_BYTE != 0)
+    {
         Ok(())
     } else {
         Err("field name with uppercase or non-token characters")
@@ -220,7 +228,10 @@ fn check_name(name: &[u8]) -> Result<(), &'static str> {
 /// No controls but HTAB, none of them at either end with spaces (RFC 9113 §8.2.1, RFC 9110
 /// §5.5). Bytes above 0x7f (obs-text) pass as they are.
 fn check_value(value: &[u8]) -> Result<(), &'static str> {
-    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+    if !value
+        .iter()
+        .all(|&b| BYTE_CLASS[usize::from(b)] & VALUE_BYTE != 0)
+    {
         return Err("field value with a control character");
     }
     let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
@@ -228,6 +239,44 @@ fn check_value(value: &[u8]) -> Result<(), &'static str> {
         return Err("field value with whitespace at an end");
     }
     Ok(())
+}
+
+/// What each byte may be part of: one table lookup per byte instead of a chain of tests.
+const NAME_BYTE: u8 = 1;
+const VALUE_BYTE: u8 = 2;
+const BYTE_CLASS: [u8; 256] = byte_classes();
+
+const fn byte_classes() -> [u8; 256] {
+    let mut classes = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if (byte >= 0x20 && byte != 0x7f) || byte == b'\t' {
+            classes[b] |= VALUE_BYTE;
+        }
+        let token_mark = matches!(
+            byte,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        );
+        if byte.is_ascii_lowercase() || byte.is_ascii_digit() || token_mark {
+            classes[b] |= NAME_BYTE;
+        }
+        b += 1;
+    }
+    classes
 }
 
 /// RFC 9113 §8.2.2.
@@ -246,7 +295,7 @@ mod tests {
     use super::*;
 
     fn build(fields: &[(&str, &str)], trailers: bool) -> Result<Head, HeadError> {
-        let mut b = HeadBuilder::new(1024, trailers);
+        let mut b = HeadBuilder::new(1024, trailers, 0);
         for (name, value) in fields {
             b.push(Field {
                 name: name.as_bytes(),
@@ -334,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_list_over_the_limit_is_too_large_however_it_arrives() {
-        let mut b = HeadBuilder::new(100, false);
+        let mut b = HeadBuilder::new(100, false, 0);
         for _ in 0..3 {
             b.push(Field {
                 name: b"x",
@@ -348,7 +397,7 @@ mod tests {
         fields.push(("x-big", &value));
         assert_eq!(build(&fields, false).unwrap_err(), HeadError::TooLarge);
         // Non-UTF-8 bytes (obs-text) are values like any other.
-        let mut b = HeadBuilder::new(1024, true);
+        let mut b = HeadBuilder::new(1024, true, 0);
         b.push(Field {
             name: b"x-latin1",
             value: b"caf\xe9",

@@ -20,8 +20,6 @@
 //! owner's timers), and the size of [`ServerConn::output`]: an owner that cannot write it out
 //! stops reading, which stops PING and SETTINGS floods from growing it.
 
-use std::collections::HashMap;
-
 use super::frame::{self, ErrorCode, Frame, FrameError, MAX_WINDOW, setting};
 use super::head::{Head, HeadBuilder, HeadError};
 use super::hpack::{self, Decoder, encode};
@@ -141,7 +139,7 @@ pub struct ServerConn {
     config: Config,
     phase: Phase,
     decoder: Decoder,
-    streams: HashMap<u32, Stream>,
+    streams: Streams,
     /// The highest stream the client opened.
     last_stream: u32,
     pending: Option<PendingBlock>,
@@ -193,7 +191,7 @@ impl ServerConn {
         Self {
             phase: Phase::Preface,
             decoder: Decoder::new(hpack::DEFAULT_TABLE_SIZE),
-            streams: HashMap::new(),
+            streams: Streams::default(),
             last_stream: 0,
             pending: None,
             peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -353,6 +351,9 @@ type Failure = (ErrorCode, &'static str);
 
 mod receiving;
 mod sending;
+mod streams;
+
+use streams::Streams;
 
 pub use sending::OutField;
 

@@ -70,7 +70,7 @@ impl ServerConn {
         block: &[u8],
         on: &mut impl FnMut(Event<'_>),
     ) -> Result<(), Failure> {
-        if let Some(s) = self.streams.get(&stream) {
+        if let Some(s) = self.streams.get(stream) {
             let receiving = s.receiving;
             let decoded = self.decode(block, true)?;
             if !receiving {
@@ -129,7 +129,8 @@ impl ServerConn {
 
     /// Decodes a block; an HPACK error ends the connection, a bad field list only the stream.
     fn decode(&mut self, block: &[u8], trailers: bool) -> Result<Result<Head, HeadError>, Failure> {
-        let mut builder = HeadBuilder::new(self.config.max_header_list_size as usize, trailers);
+        let max = self.config.max_header_list_size as usize;
+        let mut builder = HeadBuilder::new(max, trailers, block.len());
         self.decoder
             .decode(block, |f| builder.push(f))
             .map_err(|_| (ErrorCode::COMPRESSION_ERROR, "field block does not decode"))?;
@@ -168,7 +169,7 @@ impl ServerConn {
             ));
         }
         self.conn_recv_window -= flow;
-        let Some(s) = self.streams.get_mut(&stream) else {
+        let Some(s) = self.streams.get_mut(stream) else {
             if stream > self.last_stream {
                 return Err((ErrorCode::PROTOCOL_ERROR, "DATA on a stream never opened"));
             }
@@ -206,7 +207,7 @@ impl ServerConn {
     /// Windows are given back once half of them is used, in one WINDOW_UPDATE each. Only what
     /// was handed out counts; a stream that ended gave its bytes back when it did.
     pub fn release(&mut self, stream: u32, n: usize) {
-        let Some(s) = self.streams.get_mut(&stream) else {
+        let Some(s) = self.streams.get_mut(stream) else {
             return;
         };
         let n = u32::try_from(n).unwrap_or(u32::MAX).min(s.held);
@@ -221,7 +222,7 @@ impl ServerConn {
         }
         self.release_connection(n);
         let half = self.config.stream_window / 2;
-        if let Some(s) = self.streams.get_mut(&stream)
+        if let Some(s) = self.streams.get_mut(stream)
             && s.receiving
         {
             s.unannounced += n;
@@ -263,14 +264,14 @@ impl ServerConn {
                 .streams
                 .iter()
                 .filter(|(_, s)| s.blocked && s.send_window > 0)
-                .map(|(&id, _)| id)
+                .map(|(id, _)| id)
                 .collect();
             for stream in blocked {
                 self.wake(stream, on);
             }
             return Ok(());
         }
-        let Some(s) = self.streams.get_mut(&stream) else {
+        let Some(s) = self.streams.get_mut(stream) else {
             if stream > self.last_stream {
                 return Err((
                     ErrorCode::PROTOCOL_ERROR,
@@ -290,7 +291,7 @@ impl ServerConn {
     }
 
     fn wake(&mut self, stream: u32, on: &mut impl FnMut(Event<'_>)) {
-        if let Some(s) = self.streams.get_mut(&stream) {
+        if let Some(s) = self.streams.get_mut(stream) {
             s.blocked = false;
             on(Event::Writable { stream });
         }
@@ -345,7 +346,7 @@ impl ServerConn {
         let delta = i64::from(value) - self.peer_initial_window;
         self.peer_initial_window = i64::from(value);
         let mut woken = Vec::new();
-        for (&id, s) in &mut self.streams {
+        for (id, s) in self.streams.iter_mut() {
             s.send_window += delta;
             if s.send_window > i64::from(MAX_WINDOW) {
                 return Err((ErrorCode::FLOW_CONTROL_ERROR, "stream window above 2^31-1"));
@@ -395,7 +396,7 @@ impl ServerConn {
         reason: &'static str,
         on: &mut impl FnMut(Event<'_>),
     ) -> Result<(), ConnError> {
-        if self.streams.contains_key(&stream) {
+        if self.streams.contains(stream) {
             self.reset_known(stream, code, on)
                 .map_err(|(code, reason)| self.fail(code, reason))
         } else {
@@ -420,14 +421,14 @@ impl ServerConn {
     /// Removes a stream; the body bytes the owner still holds give their connection window
     /// back (the owner drops them with the stream).
     pub(super) fn drop_stream(&mut self, stream: u32) -> Option<Stream> {
-        let s = self.streams.remove(&stream)?;
+        let s = self.streams.remove(stream)?;
         self.release_connection(s.held);
         Some(s)
     }
 
     /// The client ended its side of `stream`.
     fn end_receiving(&mut self, stream: u32) {
-        if let Some(s) = self.streams.get_mut(&stream) {
+        if let Some(s) = self.streams.get_mut(stream) {
             s.receiving = false;
         }
     }

@@ -15,7 +15,7 @@ impl ServerConn {
         fields: impl IntoIterator<Item = OutField<'a>>,
         end_stream: bool,
     ) -> Result<(), SendError> {
-        let s = self.streams.get_mut(&stream).ok_or(SendError::StreamGone)?;
+        let s = self.streams.get_mut(stream).ok_or(SendError::StreamGone)?;
         if s.sending != Sending::Head {
             return Err(SendError::HeadAlreadySent);
         }
@@ -26,7 +26,7 @@ impl ServerConn {
 
     /// How many body bytes `stream` may send now.
     pub fn send_window(&self, stream: u32) -> usize {
-        self.streams.get(&stream).map_or(0, |s| {
+        self.streams.get(stream).map_or(0, |s| {
             s.send_window.min(self.conn_send_window).max(0) as usize
         })
     }
@@ -42,7 +42,7 @@ impl ServerConn {
         end_stream: bool,
     ) -> Result<usize, SendError> {
         let window = self.send_window(stream);
-        let s = self.streams.get_mut(&stream).ok_or(SendError::StreamGone)?;
+        let s = self.streams.get_mut(stream).ok_or(SendError::StreamGone)?;
         if s.sending != Sending::Body {
             return Err(SendError::NoHead);
         }
@@ -73,7 +73,7 @@ impl ServerConn {
         stream: u32,
         fields: impl IntoIterator<Item = OutField<'a>>,
     ) -> Result<(), SendError> {
-        let s = self.streams.get(&stream).ok_or(SendError::StreamGone)?;
+        let s = self.streams.get(stream).ok_or(SendError::StreamGone)?;
         if s.sending != Sending::Body {
             return Err(SendError::NoHead);
         }
