@@ -248,51 +248,76 @@ impl RequestHead {
     /// An HTTP/2 request (parsed by hyper) in the same shape: its target, `:authority` and
     /// fields are copied into one buffer.
     pub fn from_h2(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
-        let authority = parts.uri.authority().map(|a| a.as_str());
-        if authority.is_some_and(|a| !fields::valid_host(a.as_bytes())) {
-            return Err(HeadError::bad("invalid :authority"));
-        }
-        let size = authority.map_or(0, str::len)
-            + parts
+        let target = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+        let fields = || {
+            parts
                 .headers
                 .iter()
-                .map(|(n, v)| n.as_str().len() + v.len())
-                .sum::<usize>();
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        };
+        Self::h2_shaped(parts.method.clone(), target, authority, fields)
+    }
+
+    /// An HTTP/2 request as Sluice's own server decoded and checked it, in the same shape.
+    pub fn from_h2_head(head: &crate::h2::head::Head) -> Result<RequestHead, HeadError> {
+        let method =
+            Method::from_bytes(head.method()).map_err(|_| HeadError::bad("invalid :method"))?;
+        let target = match head.path() {
+            Some(path) => PathAndQuery::try_from(path)
+                .map_err(|_| HeadError::bad("invalid character in the request target"))?,
+            None => PathAndQuery::from_static("/"),
+        };
+        let fields = || head.fields().map(|(name, value, _)| (name, value));
+        Self::h2_shaped(method, target, head.authority(), fields)
+    }
+
+    /// An HTTP/2 request's parts in the shape of an HTTP/1.x head; `fields` lists the fields
+    /// (it is called twice: to size the buffer, then to fill it).
+    fn h2_shaped<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
+        method: Method,
+        target: PathAndQuery,
+        authority: Option<&[u8]>,
+        fields: impl Fn() -> I,
+    ) -> Result<RequestHead, HeadError> {
+        if authority.is_some_and(|a| !fields::valid_host(a)) {
+            return Err(HeadError::bad("invalid :authority"));
+        }
+        let size = authority.map_or(0, <[u8]>::len)
+            + fields().map(|(n, v)| n.len() + v.len()).sum::<usize>();
         let mut buf = BytesMut::with_capacity(size);
-        let mut spans = Vec::with_capacity(parts.headers.len());
+        let mut spans = Vec::with_capacity(fields().size_hint().0);
         let mut push = |bytes: &[u8]| {
             let span = Span::new(buf.len(), bytes.len());
             buf.extend_from_slice(bytes);
             span
         };
-        let authority = authority.map(|a| push(a.as_bytes()));
-        for (name, value) in &parts.headers {
-            let name_span = push(name.as_str().as_bytes());
-            let value_span = push(value.as_bytes());
+        let authority = authority.map(&mut push);
+        for (name, value) in fields() {
+            let name_span = push(name);
+            let value_span = push(value);
             spans.push((name_span, value_span));
         }
         let buf = buf.freeze();
         let mut facts = Facts::new();
-        let mut fields = Vec::with_capacity(spans.len());
+        let mut kept = Vec::with_capacity(spans.len());
         for (name, value) in spans {
-            note(&mut facts, &mut fields, &buf, name, value)?;
+            note(&mut facts, &mut kept, &buf, name, value)?;
         }
-        // hyper has checked the body against `content-length`; a body without one is sent
-        // chunked by the upstream side.
+        // The HTTP/2 layer checks the body against `content-length`; a body without one is
+        // sent chunked by the upstream side.
         facts.expect_continue = false;
         Ok(RequestHead {
-            method: parts.method.clone(),
+            method,
             version: Version::HTTP_2,
             buf,
-            target: canonical_target(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            )?,
+            target: canonical_target(target)?,
             authority,
-            fields,
+            fields: kept,
             facts,
         })
     }

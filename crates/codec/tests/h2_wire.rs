@@ -355,13 +355,6 @@ fn the_h2_crates_requests_decode_and_answers_encode() {
     });
 }
 
-/// `h2load` output's "requests: ... N succeeded" count.
-fn succeeded(h2load_output: &str) -> Option<usize> {
-    let line = h2load_output.lines().find(|l| l.starts_with("requests:"))?;
-    let before = line.split(" succeeded").next()?;
-    before.rsplit(' ').next()?.parse().ok()
-}
-
 #[test]
 fn h2load_with_hundreds_of_streams_in_flight_and_uploads_beyond_the_windows() {
     let port = start_server();
@@ -369,7 +362,11 @@ fn h2load_with_hundreds_of_streams_in_flight_and_uploads_beyond_the_windows() {
     // 4 connections × 100 streams in flight, 4,000 requests.
     let args = ["-c", "4", "-m", "100", "-n", "4000", &url].map(String::from);
     let text = run("h2load", &args);
-    assert_eq!(succeeded(&text), Some(4000), "{text}");
+    assert_eq!(
+        sluice_test_support::h2load_succeeded(&text),
+        Some(4000),
+        "{text}"
+    );
     // Uploads of 100 KiB on 50 streams at once: 5 MiB in flight against a 1 MiB connection
     // window, which reopens only as the server releases what it read.
     let upload = std::env::temp_dir().join(format!("h2-wire-upload-{port}"));
@@ -378,7 +375,11 @@ fn h2load_with_hundreds_of_streams_in_flight_and_uploads_beyond_the_windows() {
     let args = ["-c", "1", "-m", "50", "-n", "200", "-d", &upload_path, &url].map(String::from);
     let text = run("h2load", &args);
     let _ = std::fs::remove_file(&upload);
-    assert_eq!(succeeded(&text), Some(200), "{text}");
+    assert_eq!(
+        sluice_test_support::h2load_succeeded(&text),
+        Some(200),
+        "{text}"
+    );
 }
 
 #[test]

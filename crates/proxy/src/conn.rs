@@ -196,9 +196,4 @@ impl SignalWatch<'_> {
     pub(crate) fn is_fired(&self) -> bool {
         self.signal.is_fired()
     }
-
-    /// Waits until the signal fires.
-    pub(crate) async fn fired(&mut self) {
-        std::future::poll_fn(|cx| self.poll_fired(cx)).await;
-    }
 }

@@ -1,8 +1,9 @@
 //! Sending one HTTP/2 answer: the head, then the body as the client's flow-control window lets
 //! it through, under the stream's deadlines.
 //!
-//! A body chunk is sent only as far as the window the client granted (h2 buffers nothing
-//! beyond it), so "the client took bytes" and "the stream progressed" are the same thing.
+//! A body chunk is sent only as far as the window the client granted (nothing is queued
+//! beyond it, [`crate::h2_conn::StreamHandle`]), so "the client took bytes" and "the stream
+//! progressed" are the same thing.
 //! While a stream waits for window:
 //! - `send_timeout` after the wait began, or at the request's total deadline, the stream is
 //!   reset (CANCEL), like nginx's `send_timeout` on a stream blocked by flow control;
@@ -20,14 +21,16 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header;
 use http_body::{Body, Frame};
 use metrics::counter;
+use sluice_codec::h2::frame::ErrorCode;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::DownBody;
 use crate::conn::ConnWatch;
+use crate::h2_conn::{StreamGone, StreamHandle};
 use crate::metrics::HTTP2_STREAM_RESETS_TOTAL;
 use crate::request_body::BoxError;
 
@@ -85,21 +88,21 @@ enum Cut {
     /// The instance's body failed (already recorded by the body itself).
     Upstream(BoxError),
     /// The client reset the stream, or the connection ended.
-    ClientGone(Option<h2::Error>),
+    ClientGone(StreamGone),
 }
 
 impl Cut {
     /// The reset sent to the client and the `reason` it is counted under, if Sluice ends the
     /// stream (rather than the client).
-    fn reset(&self) -> Option<(h2::Reason, Option<&'static str>)> {
+    fn reset(&self) -> Option<(ErrorCode, Option<&'static str>)> {
         match self {
-            Cut::SendTimeout(_) => Some((h2::Reason::CANCEL, Some("send_timeout"))),
-            Cut::Deadline => Some((h2::Reason::CANCEL, Some("deadline"))),
+            Cut::SendTimeout(_) => Some((ErrorCode::CANCEL, Some("send_timeout"))),
+            Cut::Deadline => Some((ErrorCode::CANCEL, Some("deadline"))),
             // Not REFUSED_STREAM: that tells the client the request was not processed and may
             // be retried anywhere (RFC 9113 §8.7), and this one was. Not GOAWAY: the
             // connection's other streams may be well-behaved.
-            Cut::TooManyStalled => Some((h2::Reason::ENHANCE_YOUR_CALM, Some("stalled_streams"))),
-            Cut::Upstream(_) => Some((h2::Reason::INTERNAL_ERROR, None)),
+            Cut::TooManyStalled => Some((ErrorCode::ENHANCE_YOUR_CALM, Some("stalled_streams"))),
+            Cut::Upstream(_) => Some((ErrorCode::INTERNAL_ERROR, None)),
             Cut::ClientGone(_) => None,
         }
     }
@@ -120,57 +123,54 @@ impl fmt::Display for Cut {
                 "too many streams of this connection wait for window (http2_max_stalled_streams)",
             ),
             Cut::Upstream(e) => write!(f, "{e}"),
-            Cut::ClientGone(Some(e)) => write!(f, "the client's stream ended: {e}"),
-            Cut::ClientGone(None) => f.write_str("the client's stream ended"),
+            Cut::ClientGone(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl From<h2::Error> for Cut {
-    fn from(e: h2::Error) -> Self {
-        Cut::ClientGone(Some(e))
+impl From<StreamGone> for Cut {
+    fn from(e: StreamGone) -> Self {
+        Cut::ClientGone(e)
     }
 }
 
 /// `fut`'s output, or `None` once the client resets the stream or the connection ends.
-pub(crate) async fn unless_reset<F: Future>(
-    respond: &mut h2::server::SendResponse<Bytes>,
-    fut: F,
-) -> Option<F::Output> {
+pub(crate) async fn unless_reset<F: Future>(stream: &StreamHandle, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
     poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        respond.poll_reset(cx).map(|_| None)
+        stream.poll_reset(cx).map(|_| None)
     })
     .await
 }
 
 /// Sends `response` on the stream; resets the stream when its answer cannot be finished.
 pub(crate) async fn respond(
-    mut respond: h2::server::SendResponse<Bytes>,
+    stream: StreamHandle,
     response: http::Response<DownBody>,
     limits: &StreamLimits,
     listener: &str,
 ) {
     let (parts, mut body) = response.into_parts();
     let end = body.is_end_stream();
-    let mut tx = match respond.send_response(h2_head(parts, &body), end) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::debug!(error = %e, "HTTP/2 response head not sent");
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
-            body.abandon(&e);
-            return;
-        }
-    };
+    let head = h2_head(parts, &body);
+    let fields = head
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes(), v.is_sensitive()));
+    if let Err(e) = stream.send_head(head.status().as_u16(), fields, end) {
+        tracing::debug!(error = %e, "HTTP/2 response head not sent");
+        body.abandon(&e);
+        return;
+    }
     if end {
         return;
     }
-    if let Err(cut) = send_body(&mut body, &mut tx, limits).await {
-        if let Some((reason, counted)) = cut.reset() {
-            tx.send_reset(reason);
+    if let Err(cut) = send_body(&mut body, &stream, limits).await {
+        if let Some((code, counted)) = cut.reset() {
+            stream.reset(code);
             if let Some(label) = counted {
                 counter!(HTTP2_STREAM_RESETS_TOTAL, "listener" => listener.to_owned(), "reason" => label)
                     .increment(1);
@@ -201,26 +201,26 @@ fn h2_head(parts: http::response::Parts, body: &DownBody) -> http::Response<()> 
 
 async fn send_body(
     body: &mut DownBody,
-    tx: &mut h2::SendStream<Bytes>,
+    stream: &StreamHandle,
     limits: &StreamLimits,
 ) -> Result<(), Cut> {
     let mut pace = Pace::new(limits, body.deadline());
     loop {
-        let Some(frame) = next_frame(body, tx).await? else {
-            tx.send_data(Bytes::new(), true)?;
+        let Some(frame) = next_frame(body, stream).await? else {
+            stream.send_data(&[], true)?;
             return Ok(());
         };
         match frame.into_data() {
             Ok(data) => {
                 let end = body.is_end_stream();
-                pace.send(tx, data, end).await?;
+                pace.send(stream, data, end).await?;
                 if end {
                     return Ok(());
                 }
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    tx.send_trailers(trailers)?;
+                    stream.send_trailers(&trailers)?;
                     return Ok(());
                 }
             }
@@ -231,17 +231,13 @@ async fn send_body(
 /// The body's next frame; the client resetting the stream meanwhile ends the wait.
 async fn next_frame(
     body: &mut DownBody,
-    tx: &mut h2::SendStream<Bytes>,
+    stream: &StreamHandle,
 ) -> Result<Option<Frame<Bytes>>, Cut> {
     poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
         Poll::Ready(Some(Ok(frame))) => Poll::Ready(Ok(Some(frame))),
         Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Cut::Upstream(e))),
         Poll::Ready(None) => Poll::Ready(Ok(None)),
-        Poll::Pending => match tx.poll_reset(cx) {
-            Poll::Ready(Ok(_)) => Poll::Ready(Err(Cut::ClientGone(None))),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
-            Poll::Pending => Poll::Pending,
-        },
+        Poll::Pending => stream.poll_reset(cx).map(|gone| Err(gone.into())),
     })
     .await
 }
@@ -273,18 +269,18 @@ impl<'a> Pace<'a> {
     /// Sends `chunk` as the window opens; `end` marks its last piece as the end of the stream.
     async fn send(
         &mut self,
-        tx: &mut h2::SendStream<Bytes>,
+        stream: &StreamHandle,
         mut chunk: Bytes,
         end: bool,
     ) -> Result<(), Cut> {
         if chunk.is_empty() {
-            return Ok(tx.send_data(chunk, end)?);
+            stream.send_data(&[], end)?;
+            return Ok(());
         }
         while !chunk.is_empty() {
-            tx.reserve_capacity(chunk.len());
-            let granted = poll_fn(|cx| self.poll_window(tx, cx)).await?;
-            let piece = chunk.split_to(granted.min(chunk.len()));
-            tx.send_data(piece, end && chunk.is_empty())?;
+            poll_fn(|cx| self.poll_window(stream, cx)).await?;
+            let sent = stream.send_data(&chunk, end)?;
+            chunk.advance(sent);
         }
         Ok(())
     }
@@ -292,30 +288,18 @@ impl<'a> Pace<'a> {
     /// The window the client granted, once there is some.
     fn poll_window(
         &mut self,
-        tx: &mut h2::SendStream<Bytes>,
+        stream: &StreamHandle,
         cx: &mut Context<'_>,
     ) -> Poll<Result<usize, Cut>> {
-        loop {
-            let granted = tx.capacity();
-            if granted > 0 {
+        match stream.poll_window(cx) {
+            Poll::Ready(Ok(granted)) => {
                 self.waiting_since = None;
                 self.slot = None;
-                return Poll::Ready(Ok(granted));
+                Poll::Ready(Ok(granted))
             }
-            match tx.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
-                // The stream can no longer send: the client reset it.
-                Poll::Ready(None) => return Poll::Ready(Err(Cut::ClientGone(None))),
-                Poll::Pending => break,
-            }
+            Poll::Ready(Err(gone)) => Poll::Ready(Err(gone.into())),
+            Poll::Pending => self.poll_stall(cx).map(Err),
         }
-        match tx.poll_reset(cx) {
-            Poll::Ready(Ok(_)) => return Poll::Ready(Err(Cut::ClientGone(None))),
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Pending => {}
-        }
-        self.poll_stall(cx).map(Err)
     }
 
     /// Ready with the reason to give up once a deadline of the current wait passes. The timer

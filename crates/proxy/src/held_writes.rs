@@ -1,5 +1,5 @@
 //! Writes held back and written out together, under an HTTP/2 connection of the `h2` crate
-//! (to clients and to instances alike).
+//! (to instances; clients are served by Sluice's own HTTP/2, which gathers its writes itself).
 //!
 //! h2 writes every DATA frame of 256 bytes or more on its own, one system call each, because
 //! it hands the payload over without copying it and queues nothing behind it. Twenty streams
@@ -196,5 +196,94 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HeldIo<IO> {
         let mut held = lock(&self.0);
         ready!(held.poll_write_out(cx))?;
         Pin::new(&mut held.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair on loopback: the socket as h2 and the connection loop see it, and the
+    /// peer's end.
+    async fn pair() -> (HeldIo<TcpStream>, HeldOut<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap());
+        let (peer, accepted) = tokio::join!(peer, listener.accept());
+        let (io, out) = held_writes(accepted.unwrap().0);
+        (io, out, peer.unwrap())
+    }
+
+    /// What the peer can read within 100 ms.
+    async fn readable_now(peer: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 256 * 1024];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), peer.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// Writes `bufs` as h2 does: vectored, then a flush.
+    async fn h2_writes(io: &mut HeldIo<TcpStream>, bufs: &[&[u8]]) {
+        let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        // The test's writes fit the held room or the socket's buffer, so the socket takes each
+        // whole, and says so: the count is of these bytes only, never of what was held.
+        let written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &slices)).await;
+        assert_eq!(written.unwrap(), len);
+        io.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn writes_are_held_until_the_connection_loop_writes_them_out_together() {
+        let (mut io, out, mut peer) = pair().await;
+        // Before `hold_writes` (the handshake), a flush writes.
+        h2_writes(&mut io, &[b"settings"]).await;
+        assert_eq!(readable_now(&mut peer).await, b"settings");
+
+        out.hold_writes();
+        let frame = vec![b'x'; 1024];
+        for stream in [b"head1", b"head2", b"head3"] {
+            h2_writes(&mut io, &[stream, &frame]).await;
+        }
+        assert!(
+            readable_now(&mut peer).await.is_empty(),
+            "h2's flushes write nothing while writes are held"
+        );
+        poll_fn(|cx| out.poll_write_out(cx)).await.unwrap();
+        let got = readable_now(&mut peer).await;
+        let want: Vec<u8> = [b"head1", b"head2", b"head3"]
+            .iter()
+            .flat_map(|h| h.iter().chain(&frame).copied())
+            .collect();
+        assert_eq!(got, want, "three answers, in order, in one write-out");
+    }
+
+    #[tokio::test]
+    async fn a_write_beyond_the_held_room_goes_out_at_once_behind_what_is_held() {
+        let (mut io, out, mut peer) = pair().await;
+        out.hold_writes();
+        let first = vec![b'a'; HELD_MAX - 100];
+        let second = vec![b'b'; 16 * 1024];
+        h2_writes(&mut io, &[&first]).await;
+        h2_writes(&mut io, &[b"frame head", &second]).await;
+        let got = readable_now(&mut peer).await;
+        assert_eq!(got.len(), first.len() + 10 + second.len());
+        assert!(got.starts_with(&first) && got.ends_with(&second));
+        assert_eq!(&got[first.len()..first.len() + 10], b"frame head");
+        // Nothing is left to write out.
+        poll_fn(|cx| out.poll_write_out(cx)).await.unwrap();
+        assert!(readable_now(&mut peer).await.is_empty());
     }
 }

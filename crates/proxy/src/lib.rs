@@ -37,6 +37,7 @@ mod failover;
 mod forward;
 mod grpc;
 mod h1;
+mod h2_conn;
 mod h2_io;
 mod h2_stream;
 mod h2_up;

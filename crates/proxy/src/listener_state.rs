@@ -34,7 +34,7 @@ pub(crate) struct ListenerRuntime {
     /// The TLS handshake and `[listener.authz]` checks of a new connection.
     pub(crate) gate: Gate,
     /// The HTTP/2 server's settings for this listener.
-    pub(crate) h2: h2::server::Builder,
+    pub(crate) h2: sluice_codec::h2::server::Config,
 }
 
 impl ListenerRuntime {
@@ -44,7 +44,7 @@ impl ListenerRuntime {
         access_log: AccessLog,
         tcp: Option<TcpRuntime>,
         tls: Option<ListenerTls>,
-        h2: h2::server::Builder,
+        h2: sluice_codec::h2::server::Config,
     ) -> Self {
         Self {
             gate: Gate {

@@ -374,7 +374,7 @@ impl Proxy {
             log.clone(),
             tcp,
             tls,
-            crate::server_h2::builder(lc),
+            crate::server_h2::config(lc),
         );
         runtime.gate.policy = lc
             .authz

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use sluice_codec::h2::frame::ErrorCode;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ClientBodyTimedOut;
@@ -46,50 +47,62 @@ pub(crate) enum RequestBody<'a> {
     H2(H2Body),
 }
 
-/// An HTTP/2 request body: the stream's data, then its trailers. The client's flow-control
-/// window is reopened as data is taken (not as it arrives), so a slow instance slows the
-/// client down instead of filling memory.
-#[derive(Debug)]
-pub(crate) struct H2Body {
-    recv: h2::RecvStream,
-    /// What `content-length` announced, less the data taken (h2 checks the two agree).
-    remaining: Option<u64>,
-    data_done: bool,
+/// Where an HTTP/2 request body comes from: the stream as the connection's driver receives it
+/// (`h2_conn::StreamBody`). The trait keeps this module below the connection's.
+pub(crate) trait H2BodySource: std::fmt::Debug + Send {
+    /// The next frame: data (taking it reopens the client's window), then trailers, if any.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+    /// Whether the body ended (or failed).
+    fn is_end_stream(&self) -> bool;
+    /// Ends the stream with `code`: the body broke the protocol.
+    fn reset(&mut self, code: ErrorCode);
 }
 
+/// An HTTP/2 request body: the stream's data, then its trailers. The client's flow-control
+/// window is reopened as data is taken (not as it arrives), so a slow instance slows the
+/// client down instead of filling memory. A body longer or shorter than its `content-length`
+/// is malformed (RFC 9113 §8.1.1): the stream is reset (PROTOCOL_ERROR) and the body fails.
+#[derive(Debug)]
+pub(crate) struct H2Body {
+    source: Box<dyn H2BodySource>,
+    /// What `content-length` announced, less the data taken.
+    remaining: Option<u64>,
+}
+
+/// A request body that does not match its `content-length`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body {0} than its content-length")]
+struct LengthMismatch(&'static str);
+
 impl H2Body {
-    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
+    pub(crate) fn new(source: Box<dyn H2BodySource>, content_length: Option<u64>) -> Self {
         Self {
-            recv,
+            source,
             remaining: content_length,
-            data_done: false,
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if !self.data_done {
-            match std::task::ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Fails only if the stream is already gone, which the next poll reports.
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    if let Some(n) = &mut self.remaining {
-                        *n = n.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => self.data_done = true,
+        let frame = std::task::ready!(self.source.poll_frame(cx));
+        let mismatch = match (&frame, &mut self.remaining) {
+            (Some(Ok(f)), Some(n)) if f.is_data() => {
+                let len = f.data_ref().map_or(0, |d| d.len() as u64);
+                let over = len > *n;
+                *n = n.saturating_sub(len);
+                over.then_some("longer")
             }
+            (None | Some(Ok(_)), Some(n)) if *n > 0 => Some("shorter"),
+            _ => None,
+        };
+        if let Some(how) = mismatch {
+            self.source.reset(ErrorCode::PROTOCOL_ERROR);
+            return Poll::Ready(Some(Err(LengthMismatch(how).into())));
         }
-        match std::task::ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
+        Poll::Ready(frame)
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -578,3 +578,224 @@ fn contains_goaway(bytes: &[u8], code: u32) -> bool {
     }
     false
 }
+
+/// Hundreds of streams in flight at once, on four connections, and uploads larger than the
+/// connection's window on a hundred streams at once: every request is answered, and every one
+/// reaches the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_streams_in_flight_are_all_answered() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "")).await;
+    let url = format!("http://{addr}/many");
+    let got = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || sluice_test_support::h2load(&["-c", "4", "-m", "100", "-n", "4000", &url])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sluice_test_support::h2load_succeeded(&got),
+        Some(4000),
+        "{got}"
+    );
+    assert_eq!(b.hits(), 4000);
+    let upload = std::env::temp_dir().join(format!("sluice-h2-upload-{}", addr.port()));
+    std::fs::write(&upload, vec![b'u'; 64 * 1024]).unwrap();
+    let path = upload.display().to_string();
+    let got = tokio::task::spawn_blocking(move || {
+        sluice_test_support::h2load(&["-c", "1", "-m", "100", "-n", "400", "-d", &path, &url])
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&upload);
+    assert_eq!(
+        sluice_test_support::h2load_succeeded(&got),
+        Some(400),
+        "{got}"
+    );
+    assert!(got.contains("status codes: 400 2xx"), "{got}");
+    assert_eq!(b.hits(), 4400);
+}
+
+/// A raw HTTP/2 client on one connection: what it reads back, frame by frame.
+struct RawClient {
+    socket: TcpStream,
+    read: Vec<u8>,
+    decoder: sluice_codec::h2::hpack::Decoder,
+}
+
+/// One frame the proxy sent: type, flags, stream, payload.
+type RawFrame = (u8, u8, u32, Vec<u8>);
+/// A field as a raw client sends it: name and value, any bytes.
+type RawField<'a> = (&'a [u8], &'a [u8]);
+
+impl RawClient {
+    fn connect(addr: SocketAddr) -> Self {
+        let mut socket = TcpStream::connect(addr).unwrap();
+        socket.write_all(&preface()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Self {
+            socket,
+            read: Vec::new(),
+            decoder: sluice_codec::h2::hpack::Decoder::new(4096),
+        }
+    }
+
+    /// Sends a request with `fields` (raw HPACK literals, any bytes) and, if given, a body.
+    fn send(&mut self, stream: u32, fields: &[RawField<'_>], body: Option<&[u8]>) {
+        let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'x']; // GET http / authority x
+        if body.is_some() {
+            block[0] = 0x83; // POST
+        }
+        for (name, value) in fields {
+            block.push(0x00);
+            block.push(u8::try_from(name.len()).unwrap());
+            block.extend_from_slice(name);
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend_from_slice(value);
+        }
+        let flags = if body.is_some() { 0x4 } else { 0x5 };
+        let mut out = frame(0x1, flags, stream, &block);
+        if let Some(body) = body {
+            out.extend(frame(0x0, 0x1, stream, body));
+        }
+        self.socket.write_all(&out).unwrap();
+    }
+
+    /// Frames until one on `stream` ends it (END_STREAM or RST_STREAM).
+    fn until_stream_ends(&mut self, stream: u32) -> Vec<RawFrame> {
+        let mut frames = Vec::new();
+        loop {
+            while self.read.len() >= 9 {
+                let len = usize::from(self.read[0]) << 16
+                    | usize::from(self.read[1]) << 8
+                    | usize::from(self.read[2]);
+                if self.read.len() < 9 + len {
+                    break;
+                }
+                let f: Vec<u8> = self.read.drain(..9 + len).collect();
+                let id = u32::from_be_bytes(f[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                let (kind, flags) = (f[3], f[4]);
+                let ends = id == stream && (kind == 0x3 || flags & 0x1 != 0 && kind <= 0x1);
+                frames.push((kind, flags, id, f[9..].to_vec()));
+                if ends {
+                    return frames;
+                }
+            }
+            let mut buf = [0u8; 64 * 1024];
+            let n = self
+                .socket
+                .read(&mut buf)
+                .expect("the proxy answers in time");
+            assert!(n > 0, "connection closed; frames so far: {frames:?}");
+            self.read.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The `:status` and body of `stream`'s answer in `frames`, or its RST_STREAM code.
+    fn answer(&mut self, frames: &[RawFrame], stream: u32) -> Result<(String, Vec<u8>), u32> {
+        let mut status = String::new();
+        let mut body = Vec::new();
+        for (kind, _, id, payload) in frames.iter().filter(|f| f.2 == stream) {
+            match kind {
+                0x1 => self
+                    .decoder
+                    .decode(payload, |f| {
+                        if f.name == b":status" {
+                            status = String::from_utf8_lossy(f.value).into_owned();
+                        }
+                    })
+                    .unwrap(),
+                0x0 => body.extend_from_slice(payload),
+                0x3 => return Err(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+                _ => {}
+            }
+            let _ = id;
+        }
+        Ok((status, body))
+    }
+}
+
+/// Hostile and odd requests on one connection: each malformed one is reset
+/// (PROTOCOL_ERROR, RFC 9113 §8.1.1, §8.2) and the connection goes on serving; a value that
+/// is not UTF-8 reaches the instance byte for byte. Malformed heads never reach the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_reset_and_odd_bytes_pass_through() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "")).await;
+    tokio::task::spawn_blocking(move || {
+        let mut c = RawClient::connect(addr);
+        let protocol_error = 0x1;
+        let cases: [(&[RawField<'_>], Option<&[u8]>); 5] = [
+            (&[(b"X-Upper", b"1")], None),
+            (&[(b"connection", b"close")], None),
+            (&[(b"x-bad", b"a\r\nb")], None),
+            (&[(b"content-length", b"5")], None),
+            (&[(b"content-length", b"5")], Some(b"toolong")),
+        ];
+        let mut stream = 1;
+        for (fields, body) in cases {
+            c.send(stream, fields, body);
+            let frames = c.until_stream_ends(stream);
+            assert_eq!(c.answer(&frames, stream), Err(protocol_error), "{fields:?}");
+            stream += 2;
+        }
+        c.send(stream, &[(b"x-latin1", b"caf\xe9")], None);
+        let frames = c.until_stream_ends(stream);
+        let (status, body) = c.answer(&frames, stream).unwrap();
+        assert_eq!(status, "200");
+        let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        // The test instance writes a value that is not UTF-8 as escapes, byte by byte.
+        assert_eq!(
+            echoed["headers"]["x-latin1"], "\\x63\\x61\\x66\\xe9",
+            "{echoed}"
+        );
+        stream += 2;
+        c.send(stream, &[(b"content-length", b"3")], Some(b"abc"));
+        let frames = c.until_stream_ends(stream);
+        let (status, body) = c.answer(&frames, stream).unwrap();
+        assert_eq!(status, "200");
+        let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echoed["body_len"], 3);
+    })
+    .await
+    .unwrap();
+    // The two well-formed requests, and maybe the head of the one whose body ran past its
+    // `content-length`: bodies are streamed, so its head may have gone on before the body
+    // failed (its instance connection is then closed). No other reaches the instance.
+    let hits = b.hits();
+    assert!(
+        (2..=3).contains(&hits),
+        "{hits} requests reached the instance"
+    );
+}
+
+/// A request whose fields exceed `max_header_bytes` (32 KiB) gets 431, as over HTTP/1.1, and
+/// never reaches the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_http2_head_gets_431() {
+    let b = Backend::start("b");
+    let (_p, addr) = start(&config(b.addr(), "")).await;
+    let fields: Vec<String> = (0..4)
+        .map(|i| format!("x-big-{i}: {}", "b".repeat(10_000)))
+        .collect();
+    let answer = tokio::task::spawn_blocking(move || {
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        sluice_test_support::curl(
+            &format!("http://{addr}/"),
+            &fields,
+            &["--http2-prior-knowledge"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 431, "{}", answer.body);
+    assert!(
+        answer.body.contains("request_head_too_large"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(b.hits(), 0);
+}

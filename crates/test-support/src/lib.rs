@@ -15,6 +15,7 @@ pub mod etcd;
 mod eventually;
 pub mod grpc;
 mod h2_raw;
+mod h2load;
 mod mirror;
 pub mod module_layers;
 pub mod open_loop;
@@ -29,6 +30,7 @@ pub use grpc::{
     GrpcCall, GrpcKind, GrpcOutcome, GrpcServer, GrpcTls, SeenCall, grpc_call, grpc_calls,
 };
 pub use h2_raw::h2c_get_with_widest_windows;
+pub use h2load::{h2load, h2load_succeeded};
 pub use mirror::{Answer, AnswerKind, MirrorMember, MirrorRole, StatusProbes};
 pub use openssl::{s_client_first_line, s_client_first_line_as};
 pub use process::{

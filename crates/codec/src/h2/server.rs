@@ -213,6 +213,25 @@ impl ServerConn {
         &self.out
     }
 
+    /// Moves the bytes to write into `into` (after what it holds).
+    pub fn take_output(&mut self, into: &mut Vec<u8>) {
+        if into.is_empty() {
+            std::mem::swap(into, &mut self.out);
+        } else {
+            into.append(&mut self.out);
+        }
+    }
+
+    /// Whether there are bytes to write.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Whether `stream` is open (the client's request not yet answered in full or reset).
+    pub fn is_open(&self, stream: u32) -> bool {
+        self.streams.contains(stream)
+    }
+
     /// `n` bytes of [`Self::output`] were written.
     pub fn advance_output(&mut self, n: usize) {
         self.out.drain(..n.min(self.out.len()));

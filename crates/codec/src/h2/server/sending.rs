@@ -24,6 +24,18 @@ impl ServerConn {
         Ok(())
     }
 
+    /// How many body bytes `stream` may send now; when none, the stream is noted as waiting,
+    /// and [`super::Event::Writable`] comes once the client opens window for it.
+    pub fn wait_for_window(&mut self, stream: u32) -> usize {
+        let window = self.send_window(stream);
+        if window == 0
+            && let Some(s) = self.streams.get_mut(stream)
+        {
+            s.blocked = true;
+        }
+        window
+    }
+
     /// How many body bytes `stream` may send now.
     pub fn send_window(&self, stream: u32) -> usize {
         self.streams.get(stream).map_or(0, |s| {

@@ -606,3 +606,21 @@ fn a_streams_unreleased_body_gives_the_connection_window_back_when_the_stream_en
     // Stream 1's 64,000 came back when it was reset: 80,000 is past half the window.
     assert_eq!(updates, [(0, 80_000u32.to_be_bytes().to_vec())]);
 }
+
+#[test]
+fn a_stream_that_waits_for_window_before_sending_anything_is_woken() {
+    let mut conn = connected(config());
+    let mut seen = Seen::default();
+    let mut input = Vec::new();
+    frame::write_settings(&mut input, &[(setting::INITIAL_WINDOW_SIZE, 0)]);
+    input.extend(headers(1, &request_block("GET", "/", &[]), true));
+    feed(&mut conn, &input, &mut seen).unwrap();
+    conn.send_head(1, 200, [], false).unwrap();
+    assert_eq!(conn.wait_for_window(1), 0);
+    seen.events.clear();
+    input.clear();
+    frame::write_window_update(&mut input, 1, 10);
+    feed(&mut conn, &input, &mut seen).unwrap();
+    assert_eq!(seen.events, ["writable 1"]);
+    assert_eq!(conn.send_data(1, b"0123456789abc", true), Ok(10));
+}
