@@ -79,6 +79,7 @@ pub(crate) async fn serve(
         draining: false,
         drained: drain.watch(),
         events: Vec::new(),
+        data_at: Vec::new(),
         failed: None,
     };
     let ended = poll_fn(|task| driver.poll_drive(task)).await;
@@ -101,8 +102,10 @@ struct Driver<'a> {
     written: usize,
     draining: bool,
     drained: SignalWatch<'a>,
-    /// What the last read meant, handed out once the connection's lock is released.
+    /// What the last read meant, handed out once the connection's lock is released, and
+    /// where its body data is in the read buffer (offset, length), in order.
     events: Vec<Owned>,
+    data_at: Vec<(usize, usize)>,
     /// The connection error the client caused, once its GOAWAY is queued.
     failed: Option<ConnError>,
 }
@@ -182,22 +185,27 @@ impl Driver<'_> {
     /// Hands the bytes read to the connection, then acts on what they meant. A connection
     /// error is kept until its GOAWAY is written.
     fn receive(&mut self) {
-        let mut data_at = Vec::new();
         let base = self.read.as_ptr() as usize;
-        let events = &mut self.events;
+        let (events, data_at) = (&mut self.events, &mut self.data_at);
         let received = {
             let mut s = h2_conn::lock(&self.shared);
             s.conn.receive(&self.read, &mut |e| {
-                events.push(own(e, base, &mut data_at));
+                events.push(own(e, base, data_at));
             })
         };
         // Whatever was read before an error still counts; the GOAWAY is in the output.
         let read = received.as_ref().map_or(self.read.len(), |n| *n);
         let taken = self.read.split_to(read).freeze();
-        let mut data = data_at.into_iter();
-        for event in std::mem::take(&mut self.events) {
-            self.act(event, &taken, &mut data);
+        let mut events = std::mem::take(&mut self.events);
+        let mut data_at = std::mem::take(&mut self.data_at);
+        let mut places = data_at.drain(..);
+        for event in events.drain(..) {
+            self.act(event, &taken, &mut places);
         }
+        drop(places);
+        // Kept for the next read, with their room.
+        self.events = events;
+        self.data_at = data_at;
         self.failed = received.err();
     }
 
@@ -233,6 +241,10 @@ impl Driver<'_> {
         // client takes the next ones to a new connection.
         if !self.draining && self.cx.listener.overload.sheds_keep_alive() {
             self.go_away();
+        }
+        if !h2_conn::lock(&self.shared).conn.is_open(stream) {
+            // Reset by the client in the same read (rapid reset): nothing to start.
+            return;
         }
         let length = content_length(head);
         if end && length.is_some_and(|n| n > 0) {
