@@ -272,7 +272,21 @@ impl RequestHead {
                 .map_err(|_| HeadError::bad("invalid character in the request target"))?,
             None => PathAndQuery::from_static("/"),
         };
-        let fields = || head.fields().map(|(name, value, _)| (name, value));
+        // HTTP/2 may split `cookie` into one field per crumb; an HTTP/1.1 instance gets them
+        // joined into one field by "; " (RFC 9113 §8.2.3), after the other fields.
+        let is_cookie = |name: &[u8]| name == b"cookie";
+        let crumbs: Vec<&[u8]> = head
+            .fields()
+            .filter(|(name, _, _)| is_cookie(name))
+            .map(|(_, value, _)| value)
+            .collect();
+        let cookie = crumbs.join(&b"; "[..]);
+        let fields = || {
+            head.fields()
+                .filter(|(name, _, _)| !is_cookie(name))
+                .map(|(name, value, _)| (name, value))
+                .chain((!crumbs.is_empty()).then_some((&b"cookie"[..], &cookie[..])))
+        };
         Self::h2_shaped(method, target, head.authority(), fields)
     }
 
@@ -680,6 +694,43 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn http2_cookie_crumbs_reach_http1_as_one_field() {
+        use crate::h2::head::HeadBuilder;
+        use crate::h2::hpack::Field;
+        let mut b = HeadBuilder::new(4096, false, 0);
+        for (name, value) in [
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"example.test"),
+            (b":path", b"/"),
+            (b"cookie", b"a=1"),
+            (b"accept", b"*/*"),
+            (b"cookie", b"b=2"),
+        ] {
+            b.push(Field {
+                name,
+                value,
+                sensitive: false,
+            });
+        }
+        let head = RequestHead::from_h2_head(&b.finish().unwrap()).unwrap();
+        let buf = head.buffer();
+        let fields: Vec<(&[u8], &[u8])> = head
+            .field_list()
+            .iter()
+            .map(|f| (f.name.get(buf), f.value.get(buf)))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"accept"[..], &b"*/*"[..]),
+                (&b"cookie"[..], &b"a=1; b=2"[..])
+            ]
+        );
+        assert_eq!(head.host(), Some(&b"example.test"[..]));
+    }
 
     fn parse(text: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut read = BytesMut::from(text.as_bytes());
