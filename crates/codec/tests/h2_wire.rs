@@ -41,36 +41,6 @@ struct StreamState {
     unsent: Vec<u8>,
 }
 
-/// An event, owned, so the connection can be answered after `receive` returns.
-enum Owned {
-    Request(u32, Head, bool),
-    Data(u32, usize, bool),
-    Trailers(u32, Head),
-    TooLarge(u32),
-    Reset(u32),
-    Writable(u32),
-}
-
-fn owned(e: Event<'_>) -> Option<Owned> {
-    Some(match e {
-        Event::Request {
-            stream,
-            head,
-            end_stream,
-        } => Owned::Request(stream, head, end_stream),
-        Event::Data {
-            stream,
-            data,
-            end_stream,
-        } => Owned::Data(stream, data.len(), end_stream),
-        Event::Trailers { stream, trailers } => Owned::Trailers(stream, trailers),
-        Event::HeadTooLarge { stream } => Owned::TooLarge(stream),
-        Event::Reset { stream, .. } => Owned::Reset(stream),
-        Event::Writable { stream } => Owned::Writable(stream),
-        Event::Refused { .. } => return None,
-    })
-}
-
 fn serve(mut socket: TcpStream) {
     let mut conn = ServerConn::new(Config {
         max_concurrent_streams: 200,
@@ -95,7 +65,7 @@ fn serve(mut socket: TcpStream) {
         };
         input.extend_from_slice(&chunk[..got]);
         let mut events = Vec::new();
-        let Ok(read) = conn.receive(&input, &mut |e| events.extend(owned(e))) else {
+        let Ok(read) = conn.receive(&input, &mut |e| events.push(e)) else {
             let _ = socket.write_all(conn.output());
             return;
         };
@@ -106,9 +76,13 @@ fn serve(mut socket: TcpStream) {
     }
 }
 
-fn on_event(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, event: Owned) {
+fn on_event(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, event: Event) {
     match event {
-        Owned::Request(stream, head, end_stream) => {
+        Event::Request {
+            stream,
+            head,
+            end_stream,
+        } => {
             let state = streams.entry(stream).or_default();
             state.path = String::from_utf8_lossy(head.path().unwrap_or_default()).into_owned();
             state.listed = list(&head);
@@ -116,7 +90,12 @@ fn on_event(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, even
                 answer(conn, streams, stream);
             }
         }
-        Owned::Data(stream, len, end_stream) => {
+        Event::Data {
+            stream,
+            at,
+            end_stream,
+        } => {
+            let len = at.len();
             conn.release(stream, len);
             if let Some(state) = streams.get_mut(&stream) {
                 state.body_bytes += len;
@@ -125,7 +104,7 @@ fn on_event(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, even
                 answer(conn, streams, stream);
             }
         }
-        Owned::Trailers(stream, trailers) => {
+        Event::Trailers { stream, trailers } => {
             if let Some(state) = streams.get_mut(&stream) {
                 state
                     .listed
@@ -133,13 +112,14 @@ fn on_event(conn: &mut ServerConn, streams: &mut HashMap<u32, StreamState>, even
             }
             answer(conn, streams, stream);
         }
-        Owned::TooLarge(stream) => {
+        Event::HeadTooLarge { stream } => {
             let _ = conn.send_head(stream, 431, [], true);
         }
-        Owned::Reset(stream) => {
+        Event::Reset { stream, .. } => {
             streams.remove(&stream);
         }
-        Owned::Writable(stream) => send_more(conn, streams, stream),
+        Event::Writable { stream } => send_more(conn, streams, stream),
+        Event::Refused { .. } => {}
     }
 }
 

@@ -79,7 +79,6 @@ pub(crate) async fn serve(
         draining: false,
         drained: drain.watch(),
         events: Vec::new(),
-        data_at: Vec::new(),
         failed: None,
     };
     let ended = poll_fn(|task| driver.poll_drive(task)).await;
@@ -102,24 +101,10 @@ struct Driver<'a> {
     written: usize,
     draining: bool,
     drained: SignalWatch<'a>,
-    /// What the last read meant, handed out once the connection's lock is released, and
-    /// where its body data is in the read buffer (offset, length), in order.
-    events: Vec<Owned>,
-    data_at: Vec<(usize, usize)>,
+    /// What the last read meant, handed out once the connection's lock is released.
+    events: Vec<Event>,
     /// The connection error the client caused, once its GOAWAY is queued.
     failed: Option<ConnError>,
-}
-
-/// An event of the connection, owned (body data as a slice of the read buffer).
-enum Owned {
-    Request(u32, Head, bool),
-    /// Body data: where it is in the read buffer comes in order with the events.
-    Data(u32, bool),
-    Trailers(u32, Head),
-    TooLarge(u32),
-    Refused(u32, &'static str),
-    Reset(u32, ErrorCode),
-    Writable(u32),
 }
 
 impl Driver<'_> {
@@ -185,53 +170,49 @@ impl Driver<'_> {
     /// Hands the bytes read to the connection, then acts on what they meant. A connection
     /// error is kept until its GOAWAY is written.
     fn receive(&mut self) {
-        let base = self.read.as_ptr() as usize;
-        let (events, data_at) = (&mut self.events, &mut self.data_at);
+        let events = &mut self.events;
         let received = {
             let mut s = h2_conn::lock(&self.shared);
-            s.conn.receive(&self.read, &mut |e| {
-                events.push(own(e, base, data_at));
-            })
+            s.conn.receive(&self.read, &mut |e| events.push(e))
         };
         // Whatever was read before an error still counts; the GOAWAY is in the output.
         let read = received.as_ref().map_or(self.read.len(), |n| *n);
         let taken = self.read.split_to(read).freeze();
         let mut events = std::mem::take(&mut self.events);
-        let mut data_at = std::mem::take(&mut self.data_at);
-        let mut places = data_at.drain(..);
         for event in events.drain(..) {
-            self.act(event, &taken, &mut places);
+            self.act(event, &taken);
         }
-        drop(places);
-        // Kept for the next read, with their room.
+        // Kept for the next read, with its room.
         self.events = events;
-        self.data_at = data_at;
         self.failed = received.err();
     }
 
-    fn act(
-        &mut self,
-        event: Owned,
-        taken: &Bytes,
-        data_at: &mut impl Iterator<Item = (usize, usize)>,
-    ) {
+    /// Acts on one event; body data is a slice of `taken`, the bytes the event came from.
+    fn act(&mut self, event: Event, taken: &Bytes) {
         match event {
-            Owned::Request(stream, head, end) => self.start(stream, &head, end),
-            Owned::Data(stream, end) => {
-                let (at, len) = data_at.next().unwrap_or_default();
-                let data = taken.slice(at..at + len);
-                h2_conn::lock(&self.shared).data(stream, data, end);
+            Event::Request {
+                stream,
+                head,
+                end_stream,
+            } => self.start(stream, &head, end_stream),
+            Event::Data {
+                stream,
+                at,
+                end_stream,
+            } => {
+                let data = taken.slice(at);
+                h2_conn::lock(&self.shared).data(stream, data, end_stream);
             }
-            Owned::Trailers(stream, trailers) => {
+            Event::Trailers { stream, trailers } => {
                 let map = header_map(&trailers);
                 h2_conn::lock(&self.shared).trailers(stream, map);
             }
-            Owned::TooLarge(stream) => self.too_large(stream),
-            Owned::Refused(stream, reason) => {
+            Event::HeadTooLarge { stream } => self.too_large(stream),
+            Event::Refused { stream, reason } => {
                 tracing::debug!(client = %self.cx.peer, stream, reason, "HTTP/2 stream refused");
             }
-            Owned::Reset(stream, code) => h2_conn::lock(&self.shared).reset(stream, code),
-            Owned::Writable(stream) => h2_conn::lock(&self.shared).writable(stream),
+            Event::Reset { stream, code } => h2_conn::lock(&self.shared).reset(stream, code),
+            Event::Writable { stream } => h2_conn::lock(&self.shared).writable(stream),
         }
     }
 
@@ -322,30 +303,6 @@ impl Driver<'_> {
         }
         std::task::ready!(self.poll_write(task))?;
         Poll::Ready(Ok(()))
-    }
-}
-
-/// An event with its body data noted as a place in the read buffer.
-fn own(e: Event<'_>, base: usize, data_at: &mut Vec<(usize, usize)>) -> Owned {
-    match e {
-        Event::Request {
-            stream,
-            head,
-            end_stream,
-        } => Owned::Request(stream, head, end_stream),
-        Event::Data {
-            stream,
-            data,
-            end_stream,
-        } => {
-            data_at.push((data.as_ptr() as usize - base, data.len()));
-            Owned::Data(stream, end_stream)
-        }
-        Event::Trailers { stream, trailers } => Owned::Trailers(stream, trailers),
-        Event::HeadTooLarge { stream } => Owned::TooLarge(stream),
-        Event::Refused { stream, reason } => Owned::Refused(stream, reason),
-        Event::Reset { stream, code } => Owned::Reset(stream, code),
-        Event::Writable { stream } => Owned::Writable(stream),
     }
 }
 

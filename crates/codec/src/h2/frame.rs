@@ -106,6 +106,8 @@ pub enum Frame<'a> {
         stream: u32,
         end_stream: bool,
         data: &'a [u8],
+        /// Where `data` starts in the frame's bytes (after the header and any pad length).
+        offset: usize,
         /// The whole payload's length, padding included: what flow control counts.
         flow_len: u32,
     },
@@ -233,10 +235,12 @@ fn parse(head: FrameHeader, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
         kind::DATA => {
             on_stream()?;
             let data = unpad(head.flags, payload)?;
+            let padded = head.flags & flags::PADDED != 0;
             Ok(Frame::Data {
                 stream,
                 end_stream: head.flags & flags::END_STREAM != 0,
                 data,
+                offset: HEADER_LEN + usize::from(padded),
                 flow_len: head.len,
             })
         }
@@ -588,6 +592,7 @@ mod tests {
                 stream: 5,
                 end_stream: true,
                 data: b"abc",
+                offset: 9,
                 flow_len: 3
             }
         );
@@ -664,6 +669,7 @@ mod tests {
                 stream: 1,
                 end_stream: false,
                 data: b"ab",
+                offset: 10,
                 flow_len: 5
             }
         );

@@ -20,6 +20,8 @@
 //! owner's timers), and the size of [`ServerConn::output`]: an owner that cannot write it out
 //! stops reading, which stops PING and SETTINGS floods from growing it.
 
+use std::ops::Range;
+
 use super::frame::{self, ErrorCode, Frame, FrameError, MAX_WINDOW, setting};
 use super::head::{Head, HeadBuilder, HeadError};
 use super::hpack::{self, Decoder, encode};
@@ -42,18 +44,19 @@ pub struct Config {
 
 /// What the client's bytes meant.
 #[derive(Debug)]
-pub enum Event<'a> {
+pub enum Event {
     /// A new request's head. `end_stream`: it has no body.
     Request {
         stream: u32,
         head: Head,
         end_stream: bool,
     },
-    /// Body bytes; the owner calls [`ServerConn::release`] with their length once it has
-    /// passed them on, which reopens the client's windows.
+    /// Body bytes, at `at` in the input given to [`ServerConn::receive`]; the owner calls
+    /// [`ServerConn::release`] with their length once it has passed them on, which reopens
+    /// the client's windows.
     Data {
         stream: u32,
-        data: &'a [u8],
+        at: Range<usize>,
         end_stream: bool,
     },
     /// The request's trailer section, which ends it.
@@ -262,7 +265,7 @@ impl ServerConn {
     pub fn receive(
         &mut self,
         input: &[u8],
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<usize, ConnError> {
         let mut read = 0;
         if self.phase == Phase::Failed {
@@ -298,13 +301,19 @@ impl ServerConn {
                     continue;
                 }
             };
-            read += taken;
-            self.on_frame(f, on)
+            self.on_frame(f, read, on)
                 .map_err(|(code, reason)| self.fail(code, reason))?;
+            read += taken;
         }
     }
 
-    fn on_frame(&mut self, f: Frame<'_>, on: &mut impl FnMut(Event<'_>)) -> Result<(), Failure> {
+    /// One frame, which starts at `at` in the input.
+    fn on_frame(
+        &mut self,
+        f: Frame<'_>,
+        at: usize,
+        on: &mut impl FnMut(Event),
+    ) -> Result<(), Failure> {
         if self.phase == Phase::FirstSettings {
             if !matches!(f, Frame::Settings(_)) {
                 return Err((ErrorCode::PROTOCOL_ERROR, "first frame is not SETTINGS"));
@@ -330,8 +339,13 @@ impl ServerConn {
                 stream,
                 end_stream,
                 data,
+                offset,
                 flow_len,
-            } => self.on_data(stream, end_stream, data, flow_len, on),
+            } => {
+                let start = at + offset;
+                let data = start..start + data.len();
+                self.on_data(stream, end_stream, data, flow_len, on)
+            }
             Frame::WindowUpdate { stream, increment } => {
                 self.on_window_update(stream, increment, on)
             }

@@ -1,5 +1,7 @@
 //! What the client sends: field blocks, bodies, windows, resets and settings.
 
+use std::ops::Range;
+
 use super::{
     ConnError, ErrorCode, Event, Failure, Head, HeadBuilder, HeadError, MAX_WINDOW, PendingBlock,
     Phase, Sending, ServerConn, Stream, frame, setting,
@@ -16,7 +18,7 @@ impl ServerConn {
         end_stream: bool,
         end_headers: bool,
         block: &[u8],
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         if end_headers {
             return self.on_block(stream, end_stream, block, on);
@@ -34,7 +36,7 @@ impl ServerConn {
         &mut self,
         end_headers: bool,
         part: &[u8],
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         let Some(pending) = &mut self.pending else {
             return Err((
@@ -68,7 +70,7 @@ impl ServerConn {
         stream: u32,
         end_stream: bool,
         block: &[u8],
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         if let Some(s) = self.streams.get(stream) {
             let receiving = s.receiving;
@@ -157,9 +159,9 @@ impl ServerConn {
         &mut self,
         stream: u32,
         end_stream: bool,
-        data: &[u8],
+        data: Range<usize>,
         flow_len: u32,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         let flow = i64::from(flow_len);
         if flow > self.conn_recv_window {
@@ -196,7 +198,7 @@ impl ServerConn {
         if !discard && (!data.is_empty() || end_stream) {
             on(Event::Data {
                 stream,
-                data,
+                at: data,
                 end_stream,
             });
         }
@@ -250,7 +252,7 @@ impl ServerConn {
         &mut self,
         stream: u32,
         increment: u32,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         if stream == 0 {
             self.conn_send_window += i64::from(increment);
@@ -290,7 +292,7 @@ impl ServerConn {
         Ok(())
     }
 
-    fn wake(&mut self, stream: u32, on: &mut impl FnMut(Event<'_>)) {
+    fn wake(&mut self, stream: u32, on: &mut impl FnMut(Event)) {
         if let Some(s) = self.streams.get_mut(stream) {
             s.blocked = false;
             on(Event::Writable { stream });
@@ -301,7 +303,7 @@ impl ServerConn {
         &mut self,
         stream: u32,
         code: ErrorCode,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         let Some(s) = self.drop_stream(stream) else {
             if stream > self.last_stream {
@@ -323,7 +325,7 @@ impl ServerConn {
     pub(super) fn on_settings(
         &mut self,
         settings: impl Iterator<Item = (u16, u32)>,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         for (id, value) in settings {
             match id {
@@ -341,7 +343,7 @@ impl ServerConn {
     fn new_initial_window(
         &mut self,
         value: u32,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         let delta = i64::from(value) - self.peer_initial_window;
         self.peer_initial_window = i64::from(value);
@@ -366,7 +368,7 @@ impl ServerConn {
         &mut self,
         stream: u32,
         code: ErrorCode,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         frame::write_rst_stream(&mut self.out, stream, code);
         if self.drop_stream(stream).is_some() {
@@ -381,7 +383,7 @@ impl ServerConn {
         stream: u32,
         code: ErrorCode,
         reason: &'static str,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), Failure> {
         frame::write_rst_stream(&mut self.out, stream, code);
         on(Event::Refused { stream, reason });
@@ -394,7 +396,7 @@ impl ServerConn {
         stream: u32,
         code: ErrorCode,
         reason: &'static str,
-        on: &mut impl FnMut(Event<'_>),
+        on: &mut impl FnMut(Event),
     ) -> Result<(), ConnError> {
         if self.streams.contains(stream) {
             self.reset_known(stream, code, on)

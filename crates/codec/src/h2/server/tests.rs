@@ -35,7 +35,7 @@ fn feed(conn: &mut ServerConn, input: &[u8], seen: &mut Seen) -> Result<usize, C
     conn.receive(input, &mut |e| seen.events.push(describe(&e)))
 }
 
-fn describe(e: &Event<'_>) -> String {
+fn describe(e: &Event) -> String {
     match e {
         Event::Request {
             stream,
@@ -48,9 +48,9 @@ fn describe(e: &Event<'_>) -> String {
         ),
         Event::Data {
             stream,
-            data,
+            at,
             end_stream,
-        } => format!("data {stream} {} end={end_stream}", data.len()),
+        } => format!("data {stream} {} end={end_stream}", at.len()),
         Event::Trailers { stream, trailers } => {
             format!("trailers {stream} {}", trailers.field_count())
         }
@@ -623,4 +623,29 @@ fn a_stream_that_waits_for_window_before_sending_anything_is_woken() {
     feed(&mut conn, &input, &mut seen).unwrap();
     assert_eq!(seen.events, ["writable 1"]);
     assert_eq!(conn.send_data(1, b"0123456789abc", true), Ok(10));
+}
+
+#[test]
+fn body_data_is_found_where_the_event_says_padding_or_not() {
+    let mut conn = connected(config());
+    let mut input = headers(1, &request_block("POST", "/", &[]), false);
+    frame::write_data_header(&mut input, 1, 3, false);
+    input.extend_from_slice(b"abc");
+    // Padded: pad length 2, "defg", two bytes of padding.
+    frame::FrameHeader {
+        len: 7,
+        kind: frame::kind::DATA,
+        flags: frame::flags::PADDED | frame::flags::END_STREAM,
+        stream: 1,
+    }
+    .write(&mut input);
+    input.extend_from_slice(b"\x02defg\0\0");
+    let mut bodies = Vec::new();
+    conn.receive(&input, &mut |e| {
+        if let Event::Data { at, end_stream, .. } = e {
+            bodies.push((input[at].to_vec(), end_stream));
+        }
+    })
+    .unwrap();
+    assert_eq!(bodies, [(b"abc".to_vec(), false), (b"defg".to_vec(), true)]);
 }
