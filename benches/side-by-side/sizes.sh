@@ -10,13 +10,17 @@
 #   h2c    HTTP/2 with prior knowledge, h2load -t1 -c20 -m10
 #   https  HTTP/1.1 over TLS 1.3 (ECDSA P-256), wrk -t1 -c20 (handshakes only at connect)
 #   h2     HTTP/2 over TLS 1.3 (ALPN h2), h2load -t1 -c20 -m10
-# Per cell and round: a 1 s warm-up, then SECONDS of load; req/s from the load generator, proxy
-# CPU µs per request from /proc (utime + stime over the run / requests). Then SECONDS of
-# `loadgen` open-loop at a fixed rate below every contender's ceiling (RATES, per size; the same
-# for every protocol, 20 connections, HTTP/2 sending each request as its own stream at its time),
-# for p50/p99 latency measured from each request's intended send time. Contenders run one
-# after another, interleaved over ROUNDS rounds; medians are reported, and ratios against the
-# best peer of the cell (highest req/s, lowest CPU per request of nginx and haproxy).
+# Two phases, each with contenders one after another, interleaved over ROUNDS rounds:
+# - ceilings: per cell and round a 1 s warm-up, then SECONDS of closed-loop load; req/s from the
+#   load generator, proxy CPU µs per request from /proc (utime + stime over the run / requests);
+# - latency: SECONDS of `loadgen` open loop at a fixed rate (20 connections, HTTP/2 sending each
+#   request as its own stream at its time), for p50/p99 measured from each request's intended
+#   send time. The rate of a cell is FRACTION (default 0.5) of the lowest contender's median
+#   ceiling in the cell, measured in the first phase of the same run, so that every contender
+#   can keep up whatever the host's speed that day; RATES="size:rate ..." fixes rates instead,
+#   and RATES=none skips the phase.
+# Medians are reported, and ratios against the best peer of the cell (highest req/s, lowest CPU
+# per request, lowest p99 of nginx and haproxy).
 # Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -24,8 +28,10 @@ SECS=${2:-5}
 SIZES=${SIZES:-64 1024 16384 131072 1048576}
 PROTOS=${PROTOS:-h1 h2c https h2}
 CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
-# Fixed request rate per body size for the latency run (size:rate); empty skips it.
-RATES=${RATES:-64:20000 1024:20000 16384:15000 131072:5000 1048576:600}
+# Fixed request rates per body size for the latency phase (size:rate), or none; unset derives
+# them from the ceilings (FRACTION of the slowest contender's).
+RATES=${RATES:-}
+FRACTION=${FRACTION:-0.5}
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
 for tool in nginx haproxy wrk h2load openssl taskset; do
@@ -142,14 +148,19 @@ load() {
   esac
 }
 
+url_of() {  # url_of WHO PROTO SIZE
+  local scheme=http
+  [ "$2" = https ] || [ "$2" = h2 ] && scheme=https
+  echo "$scheme://127.0.0.1:${base[$1]}${slot[$2]}/$3"
+}
+
 results="$work/results.tsv"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
   for proto in $PROTOS; do
     for size in $SIZES; do
       for who in $CONTENDERS; do
-        scheme=http; [ "$proto" = https ] || [ "$proto" = h2 ] && scheme=https
-        url="$scheme://127.0.0.1:${base[$who]}${slot[$proto]}/$size"
+        url=$(url_of "$who" "$proto" "$size")
         prior=(); [ "$proto" = h2c ] && prior=(--http2-prior-knowledge)
         [ "$proto" = h2 ] && prior=(--http2)
         got=$(curl -ksS "${prior[@]}" "$url" | wc -c)
@@ -159,27 +170,64 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r n rps < <(load "$proto" "$url" "$SECS")
         after=$(ticks "${pid[$who]}")
         cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "nan"}')
-        lat="{}"
-        rate=$(tr ' ' '\n' <<<"$RATES" | awk -F: -v s="$size" '$1 == s {print $2}')
-        if [ -n "$rate" ]; then
-          h2=(); [ "$proto" = h2c ] || [ "$proto" = h2 ] && h2=(--http2)
-          lat=$(taskset -c 1 target/release/loadgen --url "$url" --rate "$rate" --connections 20 \
-            --duration "$SECS" --ca "$work/cert.pem" --server-name bench.test "${h2[@]}")
-        fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$rps" "$cpu" "$lat" >> "$results"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$rps" "$cpu" >> "$results"
         echo "round $round $proto $size $who: $rps req/s, $cpu µs CPU/req" >&2
       done
     done
   done
 done
 
-python3 - "$results" "$ROUNDS" "$SECS" <<'PY'
+# rate_of PROTO SIZE: the fixed rate of a cell's latency phase.
+rate_of() {
+  if [ -n "$RATES" ]; then
+    tr ' ' '\n' <<<"$RATES" | awk -F: -v s="$2" '$1 == s {print $2}'
+    return
+  fi
+  python3 - "$results" "$1" "$2" "$FRACTION" <<'PY'
+import statistics, sys
+path, proto, size, fraction = sys.argv[1:5]
+ceilings = {}
+for line in open(path):
+    _, p, s, who, rps, _ = line.rstrip("\n").split("\t")
+    if (p, s) == (proto, size):
+        ceilings.setdefault(who, []).append(float(rps))
+low = min((statistics.median(r) for r in ceilings.values()), default=0)
+if low > 0:
+    print(int(low * float(fraction)))
+PY
+}
+
+latencies="$work/latency.tsv"
+: > "$latencies"
+if [ "$RATES" != none ]; then
+  for round in $(seq 1 "$ROUNDS"); do
+    for proto in $PROTOS; do
+      for size in $SIZES; do
+        rate=$(rate_of "$proto" "$size")
+        [ -n "$rate" ] || continue
+        h2=(); [ "$proto" = h2c ] || [ "$proto" = h2 ] && h2=(--http2)
+        for who in $CONTENDERS; do
+          lat=$(taskset -c 1 target/release/loadgen --url "$(url_of "$who" "$proto" "$size")" \
+            --rate "$rate" --connections 20 --duration "$SECS" --ca "$work/cert.pem" \
+            --server-name bench.test "${h2[@]}")
+          printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$lat" >> "$latencies"
+          echo "round $round $proto $size $who at $rate/s: $lat" >&2
+        done
+      done
+    done
+  done
+fi
+
+python3 - "$results" "$latencies" "$ROUNDS" "$SECS" <<'PY'
 import json, math, statistics, sys
-path, rounds, secs = sys.argv[1:4]
+path, latency_path, rounds, secs = sys.argv[1:5]
 cells = {}
 for line in open(path):
-    _, proto, size, who, rps, cpu, lat = line.rstrip("\n").split("\t")
-    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu), json.loads(lat)))
+    _, proto, size, who, rps, cpu = line.rstrip("\n").split("\t")
+    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu), {}))
+for line in open(latency_path):
+    _, proto, size, who, lat = line.rstrip("\n").split("\t")
+    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((math.nan, math.nan, json.loads(lat)))
 def human(n):
     return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
 print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the best peer of the cell "
@@ -188,7 +236,8 @@ print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs
 print("|---|---|---|---|---|---|---|---|---|---|")
 order = lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])
 for (proto, size) in sorted(cells, key=order):
-    med = {w: (statistics.median(r for r, _, _ in v), statistics.median(c for _, c, _ in v)) for w, v in cells[(proto, size)].items()}
+    med = {w: (statistics.median(r for r, _, l in v if not l), statistics.median(c for _, c, l in v if not l))
+           for w, v in cells[(proto, size)].items()}
     peers = [med[w] for w in ("nginx", "haproxy") if w in med]
     s = med.get("sluice")
     if not s or not peers:
@@ -215,7 +264,9 @@ if latency:
             p50 = statistics.median(l["p50_us"] for l in runs)
             p99 = statistics.median(l["p99_us"] for l in runs)
             errors = sum(l["errors"] for l in runs)
-            return f"{p50:.0f} / {p99:.0f}" + (f" ({errors} errors)" if errors else "")
+            behind = statistics.median(l["achieved_rate"] / l["target_rate"] for l in runs)
+            notes = ([f"{errors} errors"] if errors else []) + ([f"{behind:.0%} of the rate"] if behind < 0.95 else [])
+            return f"{p50:.0f} / {p99:.0f}" + (f" ({', '.join(notes)})" if notes else "")
         def p99(w):
             runs = [l["p99_us"] for _, _, l in by.get(w, []) if l]
             return statistics.median(runs) if runs else None

@@ -5,8 +5,8 @@
 //! checks RFC 9112 asks of a server: one `Host` (required in HTTP/1.1), a body length that can
 //! be determined (`Content-Length` digits, or `Transfer-Encoding: chunked` alone — both at once
 //! is refused, as it is the shape of request smuggling), and an origin-form or absolute-form
-//! target. HTTP/2 requests (parsed by hyper) are brought to the same shape by [`RequestHead::from_h2`],
-//! so forwarding has one code path.
+//! target. HTTP/2 requests, as Sluice's HTTP/2 server decoded and checked them, are brought to the
+//! same shape by [`RequestHead::from_h2_head`], so forwarding has one code path.
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -245,25 +245,8 @@ impl RequestHead {
         &self.buf
     }
 
-    /// An HTTP/2 request (parsed by hyper) in the same shape: its target, `:authority` and
-    /// fields are copied into one buffer.
-    pub fn from_h2(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
-        let target = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
-        let fields = || {
-            parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        };
-        Self::h2_shaped(parts.method.clone(), target, authority, fields)
-    }
-
-    /// An HTTP/2 request as Sluice's own server decoded and checked it, in the same shape.
+    /// An HTTP/2 request as Sluice's own server decoded and checked it, in the shape of an
+    /// HTTP/1.x head: its target, `:authority` and fields are copied into one buffer.
     pub fn from_h2_head(head: &crate::h2::head::Head) -> Result<RequestHead, HeadError> {
         let method =
             Method::from_bytes(head.method()).map_err(|_| HeadError::bad("invalid :method"))?;
@@ -695,27 +678,33 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn http2_cookie_crumbs_reach_http1_as_one_field() {
+    /// An HTTP/2 request from decoded fields, checked as Sluice's server checks them.
+    fn h2_request(fields: &[(&str, &str)]) -> Result<RequestHead, HeadError> {
         use crate::h2::head::HeadBuilder;
         use crate::h2::hpack::Field;
         let mut b = HeadBuilder::new(4096, false, 0);
-        for (name, value) in [
-            (&b":method"[..], &b"GET"[..]),
-            (b":scheme", b"https"),
-            (b":authority", b"example.test"),
-            (b":path", b"/"),
-            (b"cookie", b"a=1"),
-            (b"accept", b"*/*"),
-            (b"cookie", b"b=2"),
-        ] {
+        for (name, value) in fields {
             b.push(Field {
-                name,
-                value,
+                name: name.as_bytes(),
+                value: value.as_bytes(),
                 sensitive: false,
             });
         }
-        let head = RequestHead::from_h2_head(&b.finish().unwrap()).unwrap();
+        RequestHead::from_h2_head(&b.finish().unwrap())
+    }
+
+    #[test]
+    fn http2_cookie_crumbs_reach_http1_as_one_field() {
+        let head = h2_request(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "example.test"),
+            (":path", "/"),
+            ("cookie", "a=1"),
+            ("accept", "*/*"),
+            ("cookie", "b=2"),
+        ])
+        .unwrap();
         let buf = head.buffer();
         let fields: Vec<(&[u8], &[u8])> = head
             .field_list()
@@ -755,13 +744,16 @@ mod tests {
         );
         let h = ok("GET http://a/b/%2e%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.target(), "/admin");
-        let request = http::Request::get("http://a/x//../admin/s")
-            .body(())
-            .unwrap();
-        let h = RequestHead::from_h2(&request.into_parts().0).unwrap();
-        assert_eq!(h.target(), "/admin/s");
-        let request = http::Request::get("http://a/b%zz").body(()).unwrap();
-        assert!(RequestHead::from_h2(&request.into_parts().0).is_err());
+        let h2 = |path| {
+            h2_request(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "a"),
+                (":path", path),
+            ])
+        };
+        assert_eq!(h2("/x//../admin/s").unwrap().target(), "/admin/s");
+        assert!(h2("/b%zz").is_err());
     }
 
     /// A request policy's edits: fields set in place, appended, removed; a new target made

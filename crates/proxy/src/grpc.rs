@@ -103,17 +103,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use sluice_codec::h2::head::HeadBuilder;
+    use sluice_codec::h2::hpack::Field;
 
     fn h2_head(fields: &[(&str, &str)]) -> RequestHead {
-        let mut b = http::Request::builder()
-            .method("POST")
-            .uri("http://svc/pkg.Svc/Call")
-            .version(Version::HTTP_2);
-        for (n, v) in fields {
-            b = b.header(*n, *v);
+        let pseudo = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "svc"),
+            (":path", "/pkg.Svc/Call"),
+        ];
+        let mut b = HeadBuilder::new(4096, false, 0);
+        for (name, value) in pseudo.iter().chain(fields) {
+            b.push(Field {
+                name: name.as_bytes(),
+                value: value.as_bytes(),
+                sensitive: false,
+            });
         }
-        let (parts, ()) = b.body(()).unwrap().into_parts();
-        RequestHead::from_h2(&parts).unwrap()
+        RequestHead::from_h2_head(&b.finish().unwrap()).unwrap()
     }
 
     #[test]
