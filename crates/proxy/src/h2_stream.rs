@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::header;
 use http_body::{Body, Frame};
 use metrics::counter;
 use sluice_codec::h2::frame::ErrorCode;
@@ -33,6 +32,7 @@ use crate::conn::ConnWatch;
 use crate::h2_conn::{StreamGone, StreamHandle};
 use crate::metrics::HTTP2_STREAM_RESETS_TOTAL;
 use crate::request_body::BoxError;
+use crate::response::H2Answer;
 
 /// What every stream of one HTTP/2 connection is held to.
 #[derive(Debug)]
@@ -146,21 +146,18 @@ pub(crate) async fn unless_reset<F: Future>(stream: &StreamHandle, fut: F) -> Op
     .await
 }
 
-/// Sends `response` on the stream; resets the stream when its answer cannot be finished.
+/// Sends `answer` on the stream; resets the stream when its answer cannot be finished.
 pub(crate) async fn respond(
     stream: StreamHandle,
-    response: http::Response<DownBody>,
+    answer: H2Answer,
     limits: &StreamLimits,
     listener: &str,
 ) {
-    let (parts, mut body) = response.into_parts();
-    let end = body.is_end_stream();
-    let head = h2_head(parts, &body);
-    let fields = head
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes(), v.is_sensitive()));
-    if let Err(e) = stream.send_head(head.status().as_u16(), fields, end) {
+    let end = answer.body.is_end_stream();
+    let status = answer.head.status.as_u16();
+    let sent = answer.send_head(|fields| stream.send_head(status, fields, end));
+    let mut body = answer.body;
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "HTTP/2 response head not sent");
         body.abandon(&e);
         return;
@@ -179,24 +176,6 @@ pub(crate) async fn respond(
         tracing::debug!(error = %cut, "HTTP/2 response cut off");
         body.abandon(&cut);
     }
-}
-
-/// The response head as h2 sends it (its fields already without HTTP/1.x connection fields:
-/// [`crate::response::ProxyResponse::into_h2`]), with a `content-length` when the body's length
-/// is known.
-fn h2_head(parts: http::response::Parts, body: &DownBody) -> http::Response<()> {
-    let mut head = http::Response::from_parts(parts, ());
-    let headers = head.headers_mut();
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, crate::response::http_date());
-    }
-    if !body.is_end_stream()
-        && !headers.contains_key(header::CONTENT_LENGTH)
-        && let Some(n) = body.size_hint().exact()
-    {
-        headers.insert(header::CONTENT_LENGTH, n.into());
-    }
-    head
 }
 
 async fn send_body(

@@ -197,16 +197,6 @@ impl RequestId {
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
-
-    /// As a header value (for HTTP/2 responses).
-    /// The id as a field value, marked never to be indexed by HPACK (see
-    /// [`UpstreamFields::insert_into`]).
-    pub(crate) fn header_value(&self) -> HeaderValue {
-        let mut value = HeaderValue::from_bytes(self.as_bytes())
-            .unwrap_or_else(|_| HeaderValue::from_static("-"));
-        value.set_sensitive(true);
-        value
-    }
 }
 
 #[cfg(test)]
@@ -273,7 +263,6 @@ mod tests {
         assert_eq!(sensitive("traceparent"), Some(true));
         assert_eq!(sensitive("x-forwarded-for"), Some(false));
         assert_eq!(sensitive("x-forwarded-proto"), Some(false));
-        assert!(id.header_value().is_sensitive(), "the response's copy too");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The response head sent back to the client: the instance's, kept as the bytes it sent, or
 //! one Sluice makes itself (errors, redirects).
 //!
-//! An instance's head is written to an HTTP/1.x client field by field from its buffer, leaving
-//! out what describes the upstream hop (hop-by-hop fields, the instance's framing when it is
-//! re-framed, its `x-request-id`); HTTP/2 clients get it as hyper's header map. Either way the
-//! client gets the request's `x-request-id`, and a `Date` when the instance sent none
-//! (RFC 9110 §6.6.1).
+//! An instance's head is written to the client field by field from its buffer, leaving out
+//! what describes the upstream hop (hop-by-hop fields, the instance's framing when it is
+//! re-framed, its `x-request-id`): as HTTP/1.x text, or encoded for an HTTP/2 stream
+//! ([`H2Answer`]). Either way the client gets the request's `x-request-id`, and a `Date` when
+//! the instance sent none (RFC 9110 §6.6.1).
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +17,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::body::DownBody;
 use crate::h1::UpConn;
 use crate::headers::RequestId;
+use http_body::Body;
 use sluice_codec::fields::{itoa_u64, put_field};
+use sluice_codec::h2::server::OutField;
 use sluice_codec::request::FieldEdit;
 use sluice_codec::response::UpstreamHead;
 
@@ -47,6 +49,16 @@ impl ResponseHead {
             ResponseFields::Local(_) => false,
         }
     }
+
+    /// Whether the fields have a `Date`.
+    fn states_date(&self) -> bool {
+        match &self.fields {
+            ResponseFields::Upstream(u) => u.date,
+            ResponseFields::UpstreamH2(map) | ResponseFields::Local(map) => {
+                map.contains_key(header::DATE)
+            }
+        }
+    }
 }
 
 /// An upgraded connection to an instance (`101 Switching Protocols`), to be joined with the
@@ -69,39 +81,100 @@ pub(crate) struct ProxyResponse {
     pub(crate) switched: Option<Box<Switched>>,
 }
 
+/// A response as an HTTP/2 stream sends it: the head, whose fields [`H2Answer::send_head`]
+/// encodes straight from where they are, and the body.
+#[derive(Debug)]
+pub(crate) struct H2Answer {
+    pub(crate) head: ResponseHead,
+    /// The request's id, sent back as `x-request-id` (none on Sluice's answers to requests it
+    /// could not read).
+    pub(crate) request_id: Option<RequestId>,
+    pub(crate) body: DownBody,
+}
+
 impl ProxyResponse {
-    /// The response as an HTTP/2 client gets it: without HTTP/1.x connection fields, which h2
-    /// refuses to send.
-    pub(crate) fn into_h2(self) -> http::Response<DownBody> {
-        let mut headers = match self.head.fields {
-            ResponseFields::Upstream(up) => {
-                let mut map = upstream_map(&up, self.head.status);
-                // `forwarded` passed connection fields on only for a protocol switch.
-                if self.head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    strip_connection_fields(&mut map);
-                }
-                if !up.date {
-                    map.insert(header::DATE, http_date());
-                }
-                map
-            }
-            ResponseFields::UpstreamH2(mut map) => {
-                strip_connection_fields(&mut map);
-                if !map.contains_key(header::DATE) {
-                    map.insert(header::DATE, http_date());
-                }
-                map
-            }
-            ResponseFields::Local(mut map) => {
-                strip_connection_fields(&mut map);
-                map
-            }
+    /// The response as an HTTP/2 client gets it: a map's HTTP/1.x connection fields, which
+    /// HTTP/2 forbids (RFC 9113 §8.2.2), are removed now; an instance's HTTP/1.1 head leaves
+    /// them out as it is sent.
+    pub(crate) fn into_h2(self) -> H2Answer {
+        let mut head = self.head;
+        if let ResponseFields::UpstreamH2(map) | ResponseFields::Local(map) = &mut head.fields {
+            strip_connection_fields(map);
+        }
+        H2Answer {
+            head,
+            request_id: Some(self.request_id),
+            body: self.body,
+        }
+    }
+}
+
+impl H2Answer {
+    /// Sluice's own answer, with no request id.
+    pub(crate) fn local(status: StatusCode, fields: HeaderMap, body: DownBody) -> Self {
+        let head = ResponseHead {
+            status,
+            fields: ResponseFields::Local(fields),
         };
-        headers.insert(crate::headers::X_REQUEST_ID, self.request_id.header_value());
-        let mut response = http::Response::new(self.body);
-        *response.status_mut() = self.head.status;
-        *response.headers_mut() = headers;
-        response
+        H2Answer {
+            head,
+            request_id: None,
+            body,
+        }
+    }
+
+    /// Hands `send` the answer's fields as HTTP/2 sends them (name, value, never indexed): an
+    /// instance's HTTP/1.1 fields from its head's bytes, without the hop-by-hop ones (even on a
+    /// `101`: HTTP/2 has no protocol switch); then a `Date` when the instance sent none
+    /// (RFC 9110 §6.6.1), a `content-length` when the fields state none and the body's length
+    /// is known, and the request's `x-request-id`.
+    pub(crate) fn send_head<R>(
+        &self,
+        send: impl FnOnce(&mut dyn Iterator<Item = OutField<'_>>) -> R,
+    ) -> R {
+        let fields = &self.head.fields;
+        let date = (!self.head.states_date()).then(http_date);
+        let mut digits = [0u8; 20];
+        let length = match self.body.size_hint().exact() {
+            Some(n) if !self.body.is_end_stream() && !stated_length(fields) => {
+                Some(itoa_u64(n, &mut digits))
+            }
+            _ => None,
+        };
+        let id = self.request_id.as_ref().map(RequestId::as_bytes);
+        let added = date
+            .iter()
+            .map(|d| (&b"date"[..], d.as_bytes(), false))
+            .chain(length.map(|n| (&b"content-length"[..], n, false)))
+            .chain(id.map(|id| (&b"x-request-id"[..], id, true)));
+        match fields {
+            ResponseFields::Upstream(up) => {
+                let mut all = up
+                    .forwarded(StatusCode::OK)
+                    .map(|f| (f.name.get(&up.buf), f.value.get(&up.buf), false))
+                    .chain(added);
+                send(&mut all)
+            }
+            ResponseFields::UpstreamH2(map) | ResponseFields::Local(map) => {
+                let mut all = map
+                    .iter()
+                    .filter(|(name, _)| id.is_none() || **name != crate::headers::X_REQUEST_ID)
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes(), v.is_sensitive()))
+                    .chain(added);
+                send(&mut all)
+            }
+        }
+    }
+}
+
+/// Whether an HTTP/2 answer's fields have a `content-length` (Sluice's own answers may, when a
+/// policy wrote them).
+fn stated_length(fields: &ResponseFields) -> bool {
+    match fields {
+        ResponseFields::Upstream(u) => u.content_length.is_some() && !u.transfer_encoding,
+        ResponseFields::UpstreamH2(map) | ResponseFields::Local(map) => {
+            map.contains_key(header::CONTENT_LENGTH)
+        }
     }
 }
 
@@ -341,5 +414,108 @@ mod tests {
             text.ends_with("x-request-id: id-1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
             "{text}"
         );
+    }
+
+    /// The fields an HTTP/2 client gets, as `send_head` hands them over.
+    fn h2_fields(answer: &H2Answer) -> Vec<(String, String, bool)> {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        answer.send_head(|fields| fields.map(|(n, v, s)| (text(n), text(v), s)).collect())
+    }
+
+    fn instance_answer(head: &str, body: &'static [u8]) -> H2Answer {
+        let mut read = BytesMut::from(head);
+        let parsed = sluice_codec::response::parse_response(&mut read, false)
+            .unwrap()
+            .unwrap();
+        H2Answer {
+            head: ResponseHead {
+                status: parsed.status,
+                fields: ResponseFields::Upstream(parsed.head),
+            },
+            request_id: Some(RequestId::Client(Bytes::from_static(b"id-1"))),
+            body: DownBody::bare(Bytes::from_static(body)),
+        }
+    }
+
+    /// An instance's HTTP/1.1 head reaches an HTTP/2 client from its own bytes: without what
+    /// HTTP/2 forbids or what described the instance's hop, with the request's id (never
+    /// indexed), a `date` and the body's length added.
+    #[test]
+    fn instance_heads_reach_http2_clients_without_hop_fields() {
+        let answer = instance_answer(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+             X-Hop: 1\r\nTransfer-Encoding: chunked\r\nX-Request-Id: theirs\r\nSet-Cookie: a=1\r\n\r\n",
+            b"hello",
+        );
+        let fields = h2_fields(&answer);
+        let names: Vec<&str> = fields.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Server",
+                "Set-Cookie",
+                "date",
+                "content-length",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(fields[3].1, "5");
+        assert_eq!(fields[4], ("x-request-id".into(), "id-1".into(), true));
+
+        let answer = instance_answer(
+            "HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 10:00:00 GMT\r\nContent-Length: 5\r\n\r\n",
+            b"hello",
+        );
+        let names: Vec<String> = h2_fields(&answer).into_iter().map(|f| f.0).collect();
+        assert_eq!(names, ["Date", "Content-Length", "x-request-id"]);
+    }
+
+    /// A `101` has no meaning on HTTP/2: its `Connection` and `Upgrade` do not go out.
+    #[test]
+    fn a_switch_reaches_http2_clients_without_its_connection_fields() {
+        let answer = instance_answer(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"",
+        );
+        let names: Vec<String> = h2_fields(&answer).into_iter().map(|f| f.0).collect();
+        assert_eq!(names, ["date", "x-request-id"]);
+    }
+
+    /// Maps (Sluice's own answers, an HTTP/2 instance's, a policy's edits) lose the connection
+    /// fields once, and the request's id replaces an instance's.
+    #[test]
+    fn mapped_heads_reach_http2_clients_with_one_request_id() {
+        let mut map = HeaderMap::new();
+        map.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        map.insert("x-hop", HeaderValue::from_static("1"));
+        map.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        map.insert(
+            crate::headers::X_REQUEST_ID,
+            HeaderValue::from_static("theirs"),
+        );
+        let response = ProxyResponse {
+            head: ResponseHead {
+                status: StatusCode::OK,
+                fields: ResponseFields::UpstreamH2(map),
+            },
+            request_id: RequestId::Client(Bytes::from_static(b"id-1")),
+            body: DownBody::bare(Bytes::new()),
+            switched: None,
+        };
+        let names: Vec<String> = h2_fields(&response.into_h2())
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
+        assert_eq!(names, ["x-content-type-options", "date", "x-request-id"]);
+        let local = H2Answer::local(
+            StatusCode::NOT_FOUND,
+            HeaderMap::new(),
+            DownBody::bare(Bytes::from_static(b"{}")),
+        );
+        let names: Vec<String> = h2_fields(&local).into_iter().map(|f| f.0).collect();
+        assert_eq!(names, ["date", "content-length"]);
     }
 }

@@ -32,6 +32,7 @@ use crate::h2_io::ClientSocket;
 use crate::h2_stream::{self, StallGate, StreamLimits};
 use crate::listener_state::ConnCtx;
 use crate::request_body::{H2Body, RequestBody};
+use crate::response::H2Answer;
 
 /// What hyper's server used (and Sluice offered) before: 1 MiB windows so one stream can fill
 /// a fast link, 16 KiB frames.
@@ -256,7 +257,7 @@ impl Driver<'_> {
         h2_conn::lock(&self.shared).open(stream, true);
         let handle = StreamHandle::new(Arc::clone(&self.shared), stream);
         let body = "{\"error\":\"request_head_too_large\",\"detail\":\"request fields larger than max_header_bytes\"}\n";
-        let response = error_response(
+        let response = local_answer(
             http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             body.into(),
         );
@@ -331,20 +332,20 @@ async fn serve_stream(
         }
         Err(e) => {
             let body = format!("{{\"error\":\"{}\",\"detail\":\"{}\"}}\n", e.kind, e.detail);
-            error_response(e.status, body.into())
+            local_answer(e.status, body.into())
         }
     };
     h2_stream::respond(stream, response, limits, &cx.listener.name).await;
 }
 
-fn error_response(status: http::StatusCode, body: Bytes) -> http::Response<DownBody> {
-    let mut response = http::Response::new(DownBody::bare(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
+/// One of Sluice's own answers, a JSON error.
+fn local_answer(status: http::StatusCode, body: Bytes) -> H2Answer {
+    let mut fields = http::HeaderMap::with_capacity(1);
+    fields.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    response
+    H2Answer::local(status, fields, DownBody::bare(body))
 }
 
 /// `content-length`, when the client sent exactly one valid value.
