@@ -140,6 +140,15 @@ impl UpConn {
         })
     }
 
+    /// Lets go of the buffers' memory, for a connection that may wait unused a while (the
+    /// surplus of a burst, `pool`); the next exchange reserves what it needs again.
+    pub(crate) fn shed_buffers(&mut self) {
+        if self.read.is_empty() {
+            self.read = BytesMut::new();
+        }
+        self.write = BytesMut::new();
+    }
+
     /// For the pool: whether an idle connection can carry a request. The peer closing it, or
     /// sending anything unasked, rules it out. Never waits (the read is polled once).
     pub(crate) fn usable_when_idle(&mut self) -> bool {

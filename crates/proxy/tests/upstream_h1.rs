@@ -734,3 +734,44 @@ async fn access_rules_hold_for_every_spelling_of_a_path() {
     let reply = get(addr, "/a%zz");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
 }
+
+/// A burst beyond `max_idle_per_instance` keeps its connections a while: the next burst reuses
+/// them rather than opening as many again (connects by the thousand after every burst fill an
+/// instance's accept queue). Left unused past the linger (here `idle_timeout`), they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursts_connections_are_reused_by_the_next_burst_then_let_go() {
+    let instance = Scripted::start(|_, _| {
+        // Every request of a burst is at the instance at once.
+        std::thread::sleep(Duration::from_millis(300));
+        Act::Reply(ok("slow"))
+    });
+    let pool = "[service.pool]\nmax_idle_per_instance = 2\nidle_timeout = \"1s\"";
+    let (_p, addr) = proxy_for(&instance, pool).await;
+    let burst = || {
+        let clients: Vec<_> = (0..10)
+            .map(|_| std::thread::spawn(move || get(addr, "/")))
+            .collect();
+        for client in clients {
+            assert_eq!(body_of(&client.join().unwrap()), "slow");
+        }
+    };
+    burst();
+    assert_eq!(
+        instance.connections(),
+        10,
+        "one connection per request in flight"
+    );
+    burst();
+    assert_eq!(
+        instance.connections(),
+        10,
+        "the second burst reuses the first's connections, beyond the idle bound of 2"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    burst();
+    assert_eq!(
+        instance.connections(),
+        20,
+        "connections unused past idle_timeout are not reused"
+    );
+}
