@@ -177,25 +177,28 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# rate_of PROTO SIZE: the fixed rate of a cell's latency phase.
-rate_of() {
-  if [ -n "$RATES" ]; then
-    tr ' ' '\n' <<<"$RATES" | awk -F: -v s="$2" '$1 == s {print $2}'
-    return
-  fi
-  python3 - "$results" "$1" "$2" "$FRACTION" <<'PY'
+# The latency phase's rate per cell ("proto size" → req/s): RATES's, or FRACTION of the slowest
+# contender's median ceiling measured above.
+declare -A rate=()
+while read -r proto size r; do rate["$proto $size"]=$r; done < <(
+  python3 - "$results" "$FRACTION" "$RATES" <<'PY'
 import statistics, sys
-path, proto, size, fraction = sys.argv[1:5]
+path, fraction, fixed = sys.argv[1:4]
+fixed = dict(pair.split(":") for pair in fixed.split()) if fixed not in ("", "none") else None
 ceilings = {}
 for line in open(path):
-    _, p, s, who, rps, _ = line.rstrip("\n").split("\t")
-    if (p, s) == (proto, size):
-        ceilings.setdefault(who, []).append(float(rps))
-low = min((statistics.median(r) for r in ceilings.values()), default=0)
-if low > 0:
-    print(int(low * float(fraction)))
+    _, proto, size, who, rps, _ = line.rstrip("\n").split("\t")
+    ceilings.setdefault((proto, size), {}).setdefault(who, []).append(float(rps))
+for (proto, size), by in ceilings.items():
+    if fixed is not None:
+        r = fixed.get(size)
+    else:
+        low = min(statistics.median(v) for v in by.values())
+        r = int(low * float(fraction)) if low > 0 else None
+    if r:
+        print(proto, size, r)
 PY
-}
+)
 
 latencies="$work/latency.tsv"
 : > "$latencies"
@@ -203,15 +206,15 @@ if [ "$RATES" != none ]; then
   for round in $(seq 1 "$ROUNDS"); do
     for proto in $PROTOS; do
       for size in $SIZES; do
-        rate=$(rate_of "$proto" "$size")
-        [ -n "$rate" ] || continue
+        cell_rate=${rate["$proto $size"]:-}
+        [ -n "$cell_rate" ] || continue
         h2=(); [ "$proto" = h2c ] || [ "$proto" = h2 ] && h2=(--http2)
         for who in $CONTENDERS; do
           lat=$(taskset -c 1 target/release/loadgen --url "$(url_of "$who" "$proto" "$size")" \
-            --rate "$rate" --connections 20 --duration "$SECS" --ca "$work/cert.pem" \
+            --rate "$cell_rate" --connections 20 --duration "$SECS" --ca "$work/cert.pem" \
             --server-name bench.test "${h2[@]}")
           printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$lat" >> "$latencies"
-          echo "round $round $proto $size $who at $rate/s: $lat" >&2
+          echo "round $round $proto $size $who at $cell_rate/s: $lat" >&2
         done
       done
     done

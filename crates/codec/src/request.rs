@@ -680,17 +680,8 @@ mod tests {
 
     /// An HTTP/2 request from decoded fields, checked as Sluice's server checks them.
     fn h2_request(fields: &[(&str, &str)]) -> Result<RequestHead, HeadError> {
-        use crate::h2::head::HeadBuilder;
-        use crate::h2::hpack::Field;
-        let mut b = HeadBuilder::new(4096, false, 0);
-        for (name, value) in fields {
-            b.push(Field {
-                name: name.as_bytes(),
-                value: value.as_bytes(),
-                sensitive: false,
-            });
-        }
-        RequestHead::from_h2_head(&b.finish().unwrap())
+        let bytes = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        RequestHead::from_h2_head(&crate::h2::head::Head::checked(bytes, 4096, false).unwrap())
     }
 
     #[test]

@@ -103,8 +103,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use sluice_codec::h2::head::HeadBuilder;
-    use sluice_codec::h2::hpack::Field;
+    use sluice_codec::h2::head::Head;
 
     fn h2_head(fields: &[(&str, &str)]) -> RequestHead {
         let pseudo = [
@@ -113,15 +112,11 @@ mod tests {
             (":authority", "svc"),
             (":path", "/pkg.Svc/Call"),
         ];
-        let mut b = HeadBuilder::new(4096, false, 0);
-        for (name, value) in pseudo.iter().chain(fields) {
-            b.push(Field {
-                name: name.as_bytes(),
-                value: value.as_bytes(),
-                sensitive: false,
-            });
-        }
-        RequestHead::from_h2_head(&b.finish().unwrap()).unwrap()
+        let bytes = pseudo
+            .iter()
+            .chain(fields)
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        RequestHead::from_h2_head(&Head::checked(bytes, 4096, false).unwrap()).unwrap()
     }
 
     #[test]

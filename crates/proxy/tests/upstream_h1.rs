@@ -589,15 +589,16 @@ async fn repeated_content_lengths_are_forwarded_once() {
     assert_eq!(seen.body, b"hello");
 }
 
-/// An HTTP/2 client gets the instance's fields without those of its HTTP/1.1 connection (h2
-/// refuses to send them, RFC 9113 §8.2.2), including the ones its `Connection` field names.
+/// An HTTP/2 client gets the instance's fields (a value that is not UTF-8 byte for byte) and
+/// none of its HTTP/1.1 connection's, which HTTP/2 forbids (RFC 9113 §8.2.2), including the
+/// ones its `Connection` field names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_gets_the_fields_without_the_instances_connection_fields() {
     let instance = Scripted::start(|_, _| {
         Act::Reply(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Hop\r\n\
               Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Hop: 1\r\n\
-              X-Kept: yes\r\nCache-Control: max-age=60\r\n\r\nok"
+              X-Kept: yes\r\nCache-Control: max-age=60\r\nX-Latin: caf\xe9\r\n\r\nok"
                 .to_vec(),
         )
     });
@@ -614,6 +615,8 @@ async fn an_http2_client_gets_the_fields_without_the_instances_connection_fields
         }
         assert_eq!(reply.headers["x-kept"], "yes", "{reply:?}");
         assert_eq!(reply.headers["cache-control"], "max-age=60", "{reply:?}");
+        // A value that is not UTF-8 passes byte for byte.
+        assert_eq!(reply.headers["x-latin"].as_bytes(), b"caf\xe9", "{reply:?}");
         assert!(reply.headers.contains_key("date"), "{reply:?}");
     }
 }

@@ -83,6 +83,26 @@ impl Head {
     }
 }
 
+impl Head {
+    /// A head from fields already decoded (tests, tools), checked as [`HeadBuilder`] checks
+    /// fields off the wire; `trailers` for a trailer section.
+    pub fn checked<'a>(
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        max_list_size: usize,
+        trailers: bool,
+    ) -> Result<Head, HeadError> {
+        let mut b = HeadBuilder::new(max_list_size, trailers, 0);
+        for (name, value) in fields {
+            b.push(Field {
+                name,
+                value,
+                sensitive: false,
+            });
+        }
+        b.finish()
+    }
+}
+
 /// Collects decoded fields into a [`Head`], checking each as it comes.
 #[derive(Debug)]
 pub struct HeadBuilder {
@@ -295,15 +315,8 @@ mod tests {
     use super::*;
 
     fn build(fields: &[(&str, &str)], trailers: bool) -> Result<Head, HeadError> {
-        let mut b = HeadBuilder::new(1024, trailers, 0);
-        for (name, value) in fields {
-            b.push(Field {
-                name: name.as_bytes(),
-                value: value.as_bytes(),
-                sensitive: false,
-            });
-        }
-        b.finish()
+        let bytes = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        Head::checked(bytes, 1024, trailers)
     }
 
     const GET: [(&str, &str); 4] = [
