@@ -70,11 +70,59 @@ sluice_head() {
 }
 
 # Starts the backend nginx (CPU 1) and the three contenders (CPU 0) from the files in $work;
-# sets nginx_pid, haproxy_pid and sluice_pid.
+# sets nginx_pid, haproxy_pid and sluice_pid. SLUICE_BIN names another Sluice binary to run.
 start_contenders() {
   taskset -c 1 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
   taskset -c 0 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!); nginx_pid=$!
   taskset -c 0 haproxy -q -f "$work/haproxy.cfg" & pids+=($!); haproxy_pid=$!
-  taskset -c 0 target/release/sluice run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
+  taskset -c 0 "${SLUICE_BIN:-target/release/sluice}" run -c "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!); sluice_pid=$!
   sleep 1
+}
+
+# bench_cert: a self-signed ECDSA P-256 certificate for bench.test in $work: cert.pem, key.pem,
+# and haproxy.pem (the two together, as haproxy reads them).
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+    -out "$work/cert.pem" -days 30 -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
+    -addext "basicConstraints=critical,CA:FALSE" 2>"$work/openssl.log" \
+    || { cat "$work/openssl.log" >&2; return 1; }
+  cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+}
+
+# files_backend_conf DIR ADDR ROOT [BACKLOG]: DIR/nginx.conf for the one-worker nginx backend
+# serving ROOT's files on ADDR (sendfile, keep-alive without a request limit), with an accept
+# queue of BACKLOG (nginx's own default, 511, when not given).
+files_backend_conf() {
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<CONF
+$(nginx_head "$1")
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  server { listen $2${4:+ backlog=$4}; root $3; }
+}
+CONF
+}
+
+# nginx_proxy_conf DIR BACKEND LISTEN...: DIR/nginx.conf for the nginx contender, one `listen`
+# line per LISTEN argument ("127.0.0.1:1 ssl http2"; bench_cert's certificate serves TLS), and
+# HTTP/1.1 keep-alive to BACKEND.
+nginx_proxy_conf() {
+  local dir=$1 backend=$2 listen tls=""
+  shift 2
+  mkdir -p "$dir"
+  {
+    nginx_head "$dir"
+    printf 'http {\n  access_log off;\n  keepalive_requests 1000000;\n'
+    printf '  upstream backend { server %s; keepalive 128; }\n  server {\n' "$backend"
+    for listen in "$@"; do
+      printf '    listen %s;\n' "$listen"
+      [[ $listen == *ssl* ]] && tls=yes
+    done
+    [ -n "$tls" ] && printf '    ssl_certificate %s;\n    ssl_certificate_key %s;\n' \
+      "$work/cert.pem" "$work/key.pem"
+    nginx_proxy_location
+    printf '  }\n}\n'
+  } > "$dir/nginx.conf"
 }

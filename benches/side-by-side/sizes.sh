@@ -39,49 +39,22 @@ for tool in nginx haproxy wrk h2load openssl taskset; do
 done
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
-. benches/side-by-side/lib.sh   # bench_workdir, nginx_head, haproxy_http_head, ticks, hz
+. benches/side-by-side/lib.sh   # bench_workdir, bench_cert, *_conf, haproxy_http_head, ticks, hz
 bench_workdir
-quiet() { local log; log=$("$@" 2>&1) || { echo "$log" >&2; return 1; }; }
 
-mkdir -p "$work/files" "$work/backend" "$work/nginx"
+mkdir -p "$work/files"
 chmod 755 "$work" "$work/files"   # nginx's workers run as an unprivileged user
 for size in $SIZES; do head -c "$size" /dev/zero | tr '\0' 'x' > "$work/files/$size"; done
-quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
-  -out "$work/cert.pem" -days 30 -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
-  -addext "basicConstraints=critical,CA:FALSE"
-cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+bench_cert
 
 BACKEND=127.0.0.1:18100
 # Ports: nginx 1811x, haproxy 1812x, sluice 1813x; x = 1 h1, 2 h2c, 3 https, 4 h2.
 declare -A base=([nginx]=1811 [haproxy]=1812 [sluice]=1813)
 declare -A slot=([h1]=1 [h2c]=2 [https]=3 [h2]=4)
 
-cat > "$work/backend/nginx.conf" <<EOF
-$(nginx_head "$work/backend")
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  server { listen $BACKEND; root $work/files; }
-}
-EOF
-cat > "$work/nginx/nginx.conf" <<EOF
-$(nginx_head "$work/nginx")
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server $BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:18111;
-    listen 127.0.0.1:18112 http2;
-    listen 127.0.0.1:18113 ssl;
-    listen 127.0.0.1:18114 ssl http2;
-    ssl_certificate $work/cert.pem;
-    ssl_certificate_key $work/key.pem;
-$(nginx_proxy_location)
-  }
-}
-EOF
+files_backend_conf "$work/backend" "$BACKEND" "$work/files"
+nginx_proxy_conf "$work/nginx" "$BACKEND" 127.0.0.1:18111 "127.0.0.1:18112 http2" \
+  "127.0.0.1:18113 ssl" "127.0.0.1:18114 ssl http2"
 cat > "$work/haproxy.cfg" <<EOF
 $(haproxy_http_head)
 frontend fe

@@ -89,6 +89,9 @@ pub const OUTLIER_MAX_EJECTED_PERCENT: u8 = 50;
 pub const POOL_MAX_IDLE: usize = 256;
 /// `[service.pool] idle_timeout`.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[service.pool] max_connecting`: well under the accept queue a server is commonly given
+/// (128 for many runtimes, 511 for nginx), so a burst of connects does not overflow it.
+pub const POOL_MAX_CONNECTING: usize = 64;
 /// `[service.pool] http2_max_connections`. HTTP/2 connections per instance: each carries the instance's stream limit (commonly 100 or
 /// more), so a few cover thousands of requests in flight, and a second one spreads the
 /// framing work over more than one core.

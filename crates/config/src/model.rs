@@ -622,6 +622,10 @@ pub struct PoolConfig {
     pub max_idle_per_instance: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
+    /// HTTP/1.1 services: connects in progress to one instance at most. A request that finds
+    /// no idle connection past it waits (within the connect timeout) for a connection to come
+    /// back or a connect to finish, so a burst cannot overflow the instance's accept queue.
+    pub max_connecting: usize,
     /// HTTP/2 services: connections per instance at most. One carries as many streams as
     /// the instance allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`); another opens only when
     /// every open one is full, and past this bound requests wait for a free stream.
@@ -724,6 +728,7 @@ impl ServiceConfig {
             pool: PoolConfig {
                 max_idle_per_instance: d::POOL_MAX_IDLE,
                 idle_timeout: d::POOL_IDLE_TIMEOUT,
+                max_connecting: d::POOL_MAX_CONNECTING,
                 http2_max_connections: d::POOL_HTTP2_MAX_CONNECTIONS,
             },
             serve: Serve::Any,

@@ -213,6 +213,7 @@ pub(crate) struct RawConcurrency {
 pub(crate) struct RawPool {
     pub(crate) max_idle_per_instance: Option<S<i64>>,
     pub(crate) idle_timeout: Option<S<String>>,
+    pub(crate) max_connecting: Option<S<i64>>,
     pub(crate) http2_max_connections: Option<S<i64>>,
 }
 

@@ -352,6 +352,9 @@ fn a_service_protocol_agrees_with_its_tls() {
         sluice_config::UpstreamProtocol::Http1
     );
     assert_eq!(cfg.services[0].pool.http2_max_connections, 4);
+    assert_eq!(cfg.services[0].pool.max_connecting, 64);
+    let cfg = parse_str("c.toml", &service("[service.pool]\nmax_connecting = 8")).expect("valid");
+    assert_eq!(cfg.services[0].pool.max_connecting, 8);
     let cfg = parse_str(
         "c.toml",
         &service("protocol = \"h2c\"\n[service.pool]\nhttp2_max_connections = 2"),
@@ -385,6 +388,10 @@ fn a_service_protocol_agrees_with_its_tls() {
         (
             "[service.pool]\nhttp2_max_connections = 0".to_owned(),
             "c.toml:10:25: error:",
+        ),
+        (
+            "[service.pool]\nmax_connecting = 0".to_owned(),
+            "c.toml:10:18: error:",
         ),
     ] {
         let shown = parse_str("c.toml", &service(&extra))

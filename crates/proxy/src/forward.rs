@@ -966,7 +966,7 @@ fn head_timed_out(p: &Prepared<'_>, picked: &Picked) -> AttemptEnd {
 }
 
 /// A way to the instance: for HTTP/1.1 a pooled connection that is still good, else a new one
-/// under the connect timeout (boxed: the connect and TLS handshake future is large and most
+/// under the connect timeout, paced by `max_connecting` (boxed: the connect and TLS handshake future is large and most
 /// requests never need it); for HTTP/2 a stream on one of its connections. Its failures never
 /// reached the instance.
 async fn connection(
@@ -981,21 +981,25 @@ async fn connection(
     if protocol.is_http2() {
         return Box::pin(h2_link(service, in_flight, connect_timeout)).await;
     }
-    let pooled = in_flight
-        .instance
-        .pool
-        .checkout(now_ms, service.config.pool.idle_timeout);
-    if let Some(conn) = pooled {
+    let pool = &in_flight.instance.pool;
+    let idle_timeout = service.config.pool.idle_timeout;
+    if let Some(conn) = pool.checkout(now_ms, idle_timeout) {
         return Ok(UpLink::H1(conn));
     }
-    let connect = pool::connect(
-        in_flight.instance.addr,
+    let target = pool::Target {
+        addr: in_flight.instance.addr,
+        tls: service.tls.as_ref(),
         connect_timeout,
-        service.tls.as_ref(),
-    );
-    let conn = Box::pin(connect).await?;
-    service.metrics.new_connections.increment(1);
-    Ok(UpLink::H1(conn))
+        idle_timeout,
+        max_idle: service.config.pool.max_idle_per_instance,
+        max_connecting: service.config.pool.max_connecting,
+        opened: &service.metrics.new_connections,
+    };
+    let got = Box::pin(pool.open(&target)).await?;
+    if got.waited {
+        service.metrics.connect_waits.increment(1);
+    }
+    Ok(UpLink::H1(got.conn))
 }
 
 /// A stream on one of the instance's HTTP/2 connections (`h2_up`).

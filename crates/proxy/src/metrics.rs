@@ -19,6 +19,9 @@ pub const UPSTREAM_LATENCY_SECONDS: &str = "sluice_upstream_response_latency_sec
 pub const UPSTREAM_ERRORS_TOTAL: &str = "sluice_upstream_errors_total";
 /// New TCP connections opened to instances, by `service`.
 pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "sluice_upstream_connections_total";
+/// Requests that found no idle connection to an instance while `max_connecting` connects to
+/// it were in progress, and waited for one to free, by `service`.
+pub const UPSTREAM_CONNECT_WAITS_TOTAL: &str = "sluice_upstream_connect_waits_total";
 /// Retries sent, by `service`.
 pub const RETRIES_TOTAL: &str = "sluice_retries_total";
 /// Retries refused because the service's retry budget was spent, by `service`.
@@ -112,6 +115,7 @@ pub const ALL: &[&str] = &[
     UPSTREAM_LATENCY_SECONDS,
     UPSTREAM_ERRORS_TOTAL,
     UPSTREAM_CONNECTIONS_TOTAL,
+    UPSTREAM_CONNECT_WAITS_TOTAL,
     RETRIES_TOTAL,
     RETRY_BUDGET_EXHAUSTED_TOTAL,
     EJECTIONS_TOTAL,
@@ -199,6 +203,7 @@ impl RouteMetrics {
 pub(crate) struct ServiceMetrics {
     pub(crate) upstream_latency: Histogram,
     pub(crate) new_connections: Counter,
+    pub(crate) connect_waits: Counter,
     pub(crate) retries: Counter,
     pub(crate) budget_exhausted: Counter,
     pub(crate) panic_picks: Counter,
@@ -213,6 +218,7 @@ impl ServiceMetrics {
         Self {
             upstream_latency: histogram!(UPSTREAM_LATENCY_SECONDS, "service" => s()),
             new_connections: counter!(UPSTREAM_CONNECTIONS_TOTAL, "service" => s()),
+            connect_waits: counter!(UPSTREAM_CONNECT_WAITS_TOTAL, "service" => s()),
             retries: counter!(RETRIES_TOTAL, "service" => s()),
             budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => s()),
             panic_picks: counter!(PANIC_PICKS_TOTAL, "service" => s()),

@@ -35,7 +35,7 @@ pub struct Instance {
     pub(crate) outlier: OutlierState,
     /// Active health; written by this instance's probe task.
     pub(crate) health: InstanceHealth,
-    pub(crate) pool: Pool,
+    pub(crate) pool: Arc<Pool>,
     /// HTTP/2 connections, for services that speak it (`protocol`, fixed for the instance's
     /// life: a reload that changes it makes a new instance).
     pub(crate) h2: H2Pool,
@@ -57,7 +57,7 @@ impl Instance {
             ewma: Ewma::default(),
             outlier: OutlierState::default(),
             health: InstanceHealth::default(),
-            pool: Pool::new(pool_capacity),
+            pool: Arc::new(Pool::new(pool_capacity)),
             h2: H2Pool::default(),
             protocol,
             requests: AtomicU64::new(0),

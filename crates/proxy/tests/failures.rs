@@ -93,6 +93,37 @@ async fn unreachable_instance_is_a_504_at_the_connect_timeout() {
     assert!(took < Duration::from_millis(900), "took {took:?}");
 }
 
+/// Requests that wait for a connect slot (`max_connecting`) spend their own connect timeout
+/// waiting: behind a frozen TLS instance they all end at that timeout, not one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_connect_slot_end_at_their_connect_timeout() {
+    let frozen = Blackhole::start();
+    let (_p, addr) = start(&svc(
+        &[frozen.addr()],
+        "timeouts = { connect = \"300ms\" }\nretries = { attempts = 0 }\n\
+         [service.pool]\nmax_connecting = 1\n[service.tls]\ninsecure_skip_verify = true",
+    ))
+    .await;
+    let t = Instant::now();
+    let requests: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { Client::http1().get(&format!("http://{addr}/")).await }))
+        .collect();
+    let mut waited = 0;
+    for request in requests {
+        let r = request.await.unwrap().unwrap();
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert_eq!(r.json()["error"], "connect_timeout");
+        let detail = r.json()["detail"].as_str().unwrap_or_default().to_owned();
+        waited += usize::from(detail.contains("no connection free within 300ms"));
+    }
+    let took = t.elapsed();
+    assert!(waited >= 1, "no request waited for the one connect slot");
+    assert!(
+        took < Duration::from_millis(1200),
+        "five waits of 300ms took {took:?}: they ran one after another"
+    );
+}
+
 #[tokio::test]
 async fn total_deadline_bounds_retries() {
     let (h1, h2) = (Blackhole::start(), Blackhole::start());

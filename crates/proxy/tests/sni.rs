@@ -20,18 +20,7 @@ use tokio::net::TcpStream;
 
 /// A TLS backend (no client auth): greets with `backend=NAME sni=SNI`, then echoes lines.
 async fn tls_backend(name: &'static str, cert: &CertFiles) -> SocketAddr {
-    let tls = sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
-        certs: vec![sluice_tls::CertKeyPaths {
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-        }],
-        client_ca: None,
-        client_auth: sluice_tls::ClientAuth::Off,
-        min_version: sluice_tls::MinVersion::Tls12,
-        alpn_h2: false,
-        alpn_http1: false,
-    })
-    .unwrap();
+    let tls = server_tls(cert, false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -457,3 +457,92 @@ async fn tcp_listener_originates_mutual_tls_to_its_instances() {
         .unwrap();
     assert!(buf.is_empty(), "{buf:?}");
 }
+
+/// An HTTPS instance with an accept queue of `backlog` that accepts nothing for `pause` (a
+/// stalled server), then serves "ok" on keep-alive connections. Its handle gives how many
+/// connections were waiting in the queue when it started accepting.
+async fn stalled_https_instance(
+    cert: &CertFiles,
+    backlog: u32,
+    pause: Duration,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<usize>) {
+    let tls = server_tls(cert, true);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(backlog).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (queued_tx, queued_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        tokio::time::sleep(pause).await;
+        let mut queued = Vec::new();
+        // Everything ready now was queued during the pause.
+        while let Some(Ok((tcp, _))) = futures_util::FutureExt::now_or_never(listener.accept()) {
+            queued.push(tcp);
+        }
+        let _ = queued_tx.send(queued.len());
+        let serve = move |tcp: TcpStream| {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok((stream, _)) = tls.accept(tcp, Duration::from_secs(5)).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        };
+        queued.into_iter().for_each(&serve);
+        while let Ok((tcp, _)) = listener.accept().await {
+            serve(tcp);
+        }
+    });
+    (addr, queued_rx)
+}
+
+/// Hundreds of requests want a connection to a TLS instance at once (as after a stall): at
+/// most `max_connecting` connects are in progress, so the instance's accept queue never holds
+/// more, and every request is served, most on connections the first ones give back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_opens_at_most_max_connecting_connections_at_once() {
+    const REQUESTS: usize = 300;
+    let ca = TestCa::new("Upstream CA");
+    let cert = ca.issue(&Leaf::server("backend", &["backend.test"]));
+    let (instance, queued) = stalled_https_instance(&cert, 64, Duration::from_millis(300)).await;
+    let (_p, addr) = start(&format!(
+        "{LISTENER}[[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\ninstances = [\"{instance}\"]\n\
+         retries = {{ attempts = 0 }}\ntimeouts = {{ connect = \"10s\" }}\n\
+         [service.pool]\nmax_connecting = 4\n[service.tls]\nca = {:?}\nserver_name = \"backend.test\"\n",
+        ca.ca_path
+    ))
+    .await;
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut reply = Vec::new();
+                s.read_to_end(&mut reply).await.unwrap();
+                String::from_utf8_lossy(&reply).into_owned()
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        served += 1;
+    }
+    assert_eq!(served, REQUESTS);
+    let queued = queued.await.unwrap();
+    assert!(
+        (1..=4).contains(&queued),
+        "{queued} connections were in the instance's accept queue; max_connecting is 4"
+    );
+}

@@ -778,3 +778,57 @@ async fn a_bursts_connections_are_reused_by_the_next_burst_then_let_go() {
         "connections unused past idle_timeout are not reused"
     );
 }
+
+/// A request whose connect is stuck (its SYN dropped by a full accept queue, sent again only a
+/// second later) takes a connection that comes back to the pool meanwhile, rather than
+/// waiting out the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_takes_a_connection_that_comes_back_while_its_connect_is_stuck() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let instance = listener.local_addr().unwrap();
+    let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
+    // Accepts one connection and no other: the first answer takes 500 ms, later ones none.
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        let mut tcp = tokio::io::BufReader::new(tcp);
+        for body in ["first", "again"] {
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                if tcp.read_line(&mut line).await.unwrap() == 0 {
+                    return;
+                }
+            }
+            if body == "first" {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{body}");
+            tcp.get_mut().write_all(answer.as_bytes()).await.unwrap();
+        }
+        std::future::pending::<()>().await;
+    });
+    let (_p, addr) = start(&format!(
+        "{LISTENER}[[route]]\nservice = \"s\"\n[[service]]\nname = \"s\"\ninstances = [\"{instance}\"]\n\
+         retries = {{ attempts = 0 }}\n"
+    ))
+    .await;
+    let first = tokio::task::spawn_blocking(move || get(addr, "/first"));
+    accepted.await.unwrap();
+    // Fill the accept queue (backlog 1 holds 2): the next SYN to the instance is dropped.
+    let fillers: Vec<_> = (0..10)
+        .map_while(|_| TcpStream::connect_timeout(&instance, Duration::from_millis(200)).ok())
+        .collect();
+    assert!(
+        fillers.len() < 10,
+        "the instance's accept queue never filled"
+    );
+    let second = tokio::task::spawn_blocking(move || get(addr, "/second"))
+        .await
+        .unwrap();
+    assert_eq!(body_of(&second), "again", "{second}");
+    assert_eq!(body_of(&first.await.unwrap()), "first");
+}

@@ -49,6 +49,12 @@ impl Cx<'_> {
                     p.and_then(|p| p.idle_timeout.as_ref()),
                     d::POOL_IDLE_TIMEOUT,
                 ),
+                max_connecting: self.int_in(
+                    p.and_then(|p| p.max_connecting.as_ref()),
+                    1,
+                    65_536,
+                    d::POOL_MAX_CONNECTING as i64,
+                ) as usize,
                 http2_max_connections: self.int_in(
                     p.and_then(|p| p.http2_max_connections.as_ref()),
                     1,
