@@ -624,7 +624,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// HTTP/1.1 services: connects in progress to one instance at most. A request that finds
     /// no idle connection past it waits (within the connect timeout) for a connection to come
-    /// back or a connect to finish, so a burst cannot overflow the instance's accept queue.
+    /// back or a connect to finish, so a burst's connects reach the instance paced (over TLS,
+    /// its accept queue never holds more).
     pub max_connecting: usize,
     /// HTTP/2 services: connections per instance at most. One carries as many streams as
     /// the instance allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`); another opens only when

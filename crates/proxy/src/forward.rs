@@ -966,9 +966,9 @@ fn head_timed_out(p: &Prepared<'_>, picked: &Picked) -> AttemptEnd {
 }
 
 /// A way to the instance: for HTTP/1.1 a pooled connection that is still good, else a new one
-/// under the connect timeout, paced by `max_connecting` (boxed: the connect and TLS handshake future is large and most
-/// requests never need it); for HTTP/2 a stream on one of its connections. Its failures never
-/// reached the instance.
+/// under the connect timeout, paced by `max_connecting` (boxed: the connect and TLS handshake
+/// future is large and most requests never need it); for HTTP/2 a stream on one of its
+/// connections. Its failures never reached the instance.
 async fn connection(
     service: &Service,
     in_flight: &InFlight,
