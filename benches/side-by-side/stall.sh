@@ -6,7 +6,7 @@
 # 20 connections × the proxy's concurrent streams, each wanting a connection to the backend.
 #
 #   benches/side-by-side/stall.sh [ROUNDS] [STALL_SECONDS]
-#   PROTOS="h2c h2" RATE=13000 BACKLOG=64 benches/side-by-side/stall.sh 3 3
+#   PROTOS="h2c h2" RATE=13000 SIZE=1024 BACKLOG=64 benches/side-by-side/stall.sh 3 3
 #   SLUICE_SERVICE=$'[service.pool]\nmax_connecting = 65536' benches/side-by-side/stall.sh
 #                                       # lines added to Sluice's [[service]], to compare settings
 #   SLUICE_BIN=/tmp/sluice-old CONTENDERS=sluice benches/side-by-side/stall.sh   # another build
@@ -24,6 +24,7 @@ STALL=${2:-3}
 PROTOS=${PROTOS:-h2c h2}
 CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
 RATE=${RATE:-13000}
+SIZE=${SIZE:-1024}   # response body bytes
 BACKLOG=${BACKLOG:-64}
 SLUICE_SERVICE=${SLUICE_SERVICE:-}
 cd "$(dirname "$0")/../.."
@@ -38,7 +39,7 @@ bench_workdir
 
 mkdir -p "$work/files"
 chmod 755 "$work" "$work/files"   # nginx's workers run as an unprivileged user
-head -c 1024 /dev/zero | tr '\0' 'x' > "$work/files/1024"
+head -c "$SIZE" /dev/zero | tr '\0' 'x' > "$work/files/$SIZE"
 bench_cert
 
 BACKEND=127.0.0.1:18150
@@ -90,7 +91,7 @@ family() { echo "$1" $(pgrep -P "$1" | tr '\n' ' '); }
 # stalled_run WHO PROTO → "failed opened overflows"
 stalled_run() {
   local scheme=http; [ "$2" = h2 ] && scheme=https
-  local url="$scheme://127.0.0.1:${base[$1]}${slot[$2]}/1024" out="$work/loadgen.out" lg
+  local url="$scheme://127.0.0.1:${base[$1]}${slot[$2]}/$SIZE" out="$work/loadgen.out" lg
   nstat -n >/dev/null
   taskset -c 1 target/release/loadgen --url "$url" --rate "$RATE" --connections 20 \
     --duration 10 --http2 --ca "$work/cert.pem" --server-name bench.test > "$out" &

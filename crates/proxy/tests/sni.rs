@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 /// A TLS backend (no client auth): greets with `backend=NAME sni=SNI`, then echoes lines.
 async fn tls_backend(name: &'static str, cert: &CertFiles) -> SocketAddr {
-    let tls = server_tls(cert, false);
+    let tls = cert.server_tls(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -466,7 +466,7 @@ async fn stalled_https_instance(
     backlog: u32,
     pause: Duration,
 ) -> (SocketAddr, tokio::sync::oneshot::Receiver<usize>) {
-    let tls = server_tls(cert, true);
+    let tls = cert.server_tls(true);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(backlog).unwrap();

@@ -17,18 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// A rustls backend on its own thread: after the handshake it writes one line naming itself
 /// and the SNI it saw, then closes.
 fn tls_backend(name: &'static str, cert: &CertFiles) -> SocketAddr {
-    let tls = sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
-        certs: vec![sluice_tls::CertKeyPaths {
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-        }],
-        client_ca: None,
-        client_auth: sluice_tls::ClientAuth::Off,
-        min_version: sluice_tls::MinVersion::Tls12,
-        alpn_h2: false,
-        alpn_http1: false,
-    })
-    .unwrap();
+    let tls = cert.server_tls(false);
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();

@@ -248,18 +248,7 @@ async fn urlprefix_tags_redirect_refuse_and_set_the_upstream_host() {
 
 /// An HTTPS instance (HTTP/1.1) with `cert`, answering `tls <name> host=<Host header>`.
 async fn https_backend(name: &'static str, cert: &CertFiles) -> SocketAddr {
-    let tls = sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
-        certs: vec![sluice_tls::CertKeyPaths {
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-        }],
-        client_ca: None,
-        client_auth: sluice_tls::ClientAuth::Off,
-        min_version: sluice_tls::MinVersion::Tls12,
-        alpn_h2: false,
-        alpn_http1: true,
-    })
-    .unwrap();
+    let tls = cert.server_tls(true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

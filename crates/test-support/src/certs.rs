@@ -35,6 +35,25 @@ pub struct CertFiles {
     pub der: Vec<u8>,
 }
 
+impl CertFiles {
+    /// Server-side TLS with this certificate and no client authentication, for instances a
+    /// test starts; `alpn_http1` offers `http/1.1` in ALPN.
+    pub fn server_tls(&self, alpn_http1: bool) -> sluice_tls::ServerTls {
+        sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
+            certs: vec![sluice_tls::CertKeyPaths {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            }],
+            client_ca: None,
+            client_auth: sluice_tls::ClientAuth::Off,
+            min_version: sluice_tls::MinVersion::Tls12,
+            alpn_h2: false,
+            alpn_http1,
+        })
+        .expect("the test certificate loads")
+    }
+}
+
 /// What to put in a leaf certificate.
 #[derive(Debug, Clone)]
 pub struct Leaf<'a> {

@@ -46,23 +46,3 @@ pub async fn tally(
     }
     counts
 }
-
-/// Server-side TLS with `cert` and no client authentication, for instances the tests start;
-/// `alpn_http1` offers `http/1.1` in ALPN.
-pub fn server_tls(
-    cert: &sluice_test_support::certs::CertFiles,
-    alpn_http1: bool,
-) -> sluice_tls::ServerTls {
-    sluice_tls::ServerTls::load(&sluice_tls::ServerTlsSettings {
-        certs: vec![sluice_tls::CertKeyPaths {
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-        }],
-        client_ca: None,
-        client_auth: sluice_tls::ClientAuth::Off,
-        min_version: sluice_tls::MinVersion::Tls12,
-        alpn_h2: false,
-        alpn_http1,
-    })
-    .unwrap()
-}
