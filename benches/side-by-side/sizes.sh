@@ -17,10 +17,14 @@
 #   request as its own stream at its time), for p50/p99 measured from each request's intended
 #   send time. The rate of a cell is FRACTION (default 0.5) of the lowest contender's median
 #   ceiling in the cell, measured in the first phase of the same run, so that every contender
-#   can keep up whatever the host's speed that day; RATES="size:rate ..." fixes rates instead,
-#   and RATES=none skips the phase.
-# Medians are reported, and ratios against the best peer of the cell (highest req/s, lowest CPU
-# per request, lowest p99 of nginx and haproxy).
+#   can keep up whatever the host's speed that day; RATES="size:rate proto:size:rate ..." fixes
+#   rates instead (a proto:size pair wins over its size), and RATES=none skips the phase.
+#   PHASES=latency (with RATES) skips the ceilings. WARMUP_MS (default 1000) precedes each run.
+# Medians are reported for the ceilings, and ratios against the best peer of the cell (highest
+# req/s, lowest CPU per request). Latency percentiles are pooled: every request of a
+# contender's rounds in one histogram, so that a stall of the host in one round weighs as
+# much as its requests, not as a whole round's percentile; each round's p99 is also compared
+# with each peer's p99 of the same round. The contenders' order turns with each round.
 # Pinning: proxies on CPU 0, backend and load generators on CPU 1 (on a 2-core machine).
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -32,6 +36,12 @@ CONTENDERS=${CONTENDERS:-nginx haproxy sluice}
 # them from the ceilings (FRACTION of the slowest contender's).
 RATES=${RATES:-}
 FRACTION=${FRACTION:-0.5}
+PHASES=${PHASES:-ceilings latency}
+WARMUP_MS=${WARMUP_MS:-1000}
+case " $PHASES " in
+  *" ceilings "*) ;;
+  *) [ -n "$RATES" ] && [ "$RATES" != none ] || { echo "PHASES without ceilings needs RATES" >&2; exit 1; } ;;
+esac
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
 for tool in nginx haproxy wrk h2load openssl taskset; do
@@ -127,12 +137,20 @@ url_of() {  # url_of WHO PROTO SIZE
   echo "$scheme://127.0.0.1:${base[$1]}${slot[$2]}/$3"
 }
 
+# in_turn ROUND: the contenders, the list turned by ROUND places, so that no contender always
+# runs first or last in a round.
+in_turn() {
+  local all=($CONTENDERS) i
+  for i in "${!all[@]}"; do echo "${all[$(( (i + $1) % ${#all[@]} ))]}"; done
+}
+
 results="$work/results.tsv"
 : > "$results"
-for round in $(seq 1 "$ROUNDS"); do
+[[ " $PHASES " == *" ceilings "* ]] && ceiling_rounds=$ROUNDS || ceiling_rounds=0
+for round in $(seq 1 "$ceiling_rounds"); do
   for proto in $PROTOS; do
     for size in $SIZES; do
-      for who in $CONTENDERS; do
+      for who in $(in_turn "$round"); do
         url=$(url_of "$who" "$proto" "$size")
         prior=(); [ "$proto" = h2c ] && prior=(--http2-prior-knowledge)
         [ "$proto" = h2 ] && prior=(--http2)
@@ -154,17 +172,19 @@ done
 # contender's median ceiling measured above.
 declare -A rate=()
 while read -r proto size r; do rate["$proto $size"]=$r; done < <(
-  python3 - "$results" "$FRACTION" "$RATES" <<'PY'
+  python3 - "$results" "$FRACTION" "$RATES" "$PROTOS" "$SIZES" <<'PY'
 import statistics, sys
-path, fraction, fixed = sys.argv[1:4]
-fixed = dict(pair.split(":") for pair in fixed.split()) if fixed not in ("", "none") else None
-ceilings = {}
+path, fraction, fixed, protos, sizes = sys.argv[1:6]
+fixed = dict(pair.rsplit(":", 1) for pair in fixed.split()) if fixed not in ("", "none") else None
+ceilings = {(proto, size): {} for proto in protos.split() for size in sizes.split()}
 for line in open(path):
     _, proto, size, who, rps, _ = line.rstrip("\n").split("\t")
     ceilings.setdefault((proto, size), {}).setdefault(who, []).append(float(rps))
 for (proto, size), by in ceilings.items():
     if fixed is not None:
-        r = fixed.get(size)
+        r = fixed.get(f"{proto}:{size}", fixed.get(size))
+    elif not by:
+        r = None
     else:
         low = min(statistics.median(v) for v in by.values())
         r = int(low * float(fraction)) if low > 0 else None
@@ -175,6 +195,7 @@ PY
 
 latencies="$work/latency.tsv"
 : > "$latencies"
+mkdir -p "$work/histograms"
 if [ "$RATES" != none ]; then
   for round in $(seq 1 "$ROUNDS"); do
     for proto in $PROTOS; do
@@ -182,11 +203,12 @@ if [ "$RATES" != none ]; then
         cell_rate=${rate["$proto $size"]:-}
         [ -n "$cell_rate" ] || continue
         h2=(); [ "$proto" = h2c ] || [ "$proto" = h2 ] && h2=(--http2)
-        for who in $CONTENDERS; do
+        for who in $(in_turn "$round"); do
+          histogram="$work/histograms/$proto-$size-$who-$round"
           lat=$(taskset -c 1 target/release/loadgen --url "$(url_of "$who" "$proto" "$size")" \
             --rate "$cell_rate" --connections 20 --duration "$SECS" --ca "$work/cert.pem" \
-            --server-name bench.test "${h2[@]}")
-          printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$lat" >> "$latencies"
+            --server-name bench.test --warmup-ms "$WARMUP_MS" --histogram "$histogram" "${h2[@]}")
+          printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$lat" "$histogram" >> "$latencies"
           echo "round $round $proto $size $who at $cell_rate/s: $lat" >&2
         done
       done
@@ -197,23 +219,22 @@ fi
 python3 - "$results" "$latencies" "$ROUNDS" "$SECS" <<'PY'
 import json, math, statistics, sys
 path, latency_path, rounds, secs = sys.argv[1:5]
-cells = {}
-for line in open(path):
-    _, proto, size, who, rps, cpu = line.rstrip("\n").split("\t")
-    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu), {}))
-for line in open(latency_path):
-    _, proto, size, who, lat = line.rstrip("\n").split("\t")
-    cells.setdefault((proto, int(size)), {}).setdefault(who, []).append((math.nan, math.nan, json.loads(lat)))
+order = lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])
 def human(n):
     return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
-print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the best peer of the cell "
-      "(nginx or haproxy: highest req/s, lowest CPU per request). Sluice's target: req/s ≥ 1.05×, CPU ≤ 0.9×.\n")
-print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs best peer | nginx req/s | nginx µs/req | haproxy req/s | haproxy µs/req |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-order = lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])
-for (proto, size) in sorted(cells, key=order):
-    med = {w: (statistics.median(r for r, _, l in v if not l), statistics.median(c for _, c, l in v if not l))
-           for w, v in cells[(proto, size)].items()}
+
+ceilings = {}
+for line in open(path):
+    _, proto, size, who, rps, cpu = line.rstrip("\n").split("\t")
+    ceilings.setdefault((proto, int(size)), {}).setdefault(who, []).append((float(rps), float(cpu)))
+if ceilings:
+    print(f"Medians of {rounds} interleaved rounds of {secs} s; ratios against the best peer of the cell "
+          "(nginx or haproxy: highest req/s, lowest CPU per request). Sluice's target: req/s ≥ 1.05×, CPU ≤ 0.9×.\n")
+    print("| protocol | body | Sluice req/s | vs best peer | Sluice CPU µs/req | vs best peer | nginx req/s | nginx µs/req | haproxy req/s | haproxy µs/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+for (proto, size) in sorted(ceilings, key=order):
+    med = {w: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+           for w, v in ceilings[(proto, size)].items()}
     peers = [med[w] for w in ("nginx", "haproxy") if w in med]
     s = med.get("sluice")
     if not s or not peers:
@@ -226,29 +247,56 @@ for (proto, size) in sorted(cells, key=order):
     cr = f"{s[1] / best_cpu:.2f}×" if best_cpu > 0 and not math.isnan(s[1]) else "—"
     print(f"| {proto} | {human(size)} | {s[0]:.0f} | {rr} | {s[1]:.2f} | {cr} | {nr} | {nc} | {hr} | {hc} |")
 
-latency = [(k, v) for k, v in sorted(cells.items(), key=lambda kv: order(kv[0])) if any(l for _, _, l in v.get("sluice", []))]
-if latency:
-    print("\nAt a fixed rate (loadgen, open loop, 20 connections): medians of p50 / p99 in µs, and errors; "
-          "p99 ratio against the best peer's.\n")
-    print("| protocol | body | rate/s | Sluice p50 / p99 | p99 vs best peer | nginx p50 / p99 | haproxy p50 / p99 |")
-    print("|---|---|---|---|---|---|---|")
-    for (proto, size), by in latency:
-        def cell(w):
-            runs = [l for _, _, l in by.get(w, []) if l]
-            if not runs:
-                return "—"
-            p50 = statistics.median(l["p50_us"] for l in runs)
-            p99 = statistics.median(l["p99_us"] for l in runs)
-            errors = sum(l["errors"] for l in runs)
-            behind = statistics.median(l["achieved_rate"] / l["target_rate"] for l in runs)
-            notes = ([f"{errors} errors"] if errors else []) + ([f"{behind:.0%} of the rate"] if behind < 0.95 else [])
-            return f"{p50:.0f} / {p99:.0f}" + (f" ({', '.join(notes)})" if notes else "")
-        def p99(w):
-            runs = [l["p99_us"] for _, _, l in by.get(w, []) if l]
-            return statistics.median(runs) if runs else None
-        peers = [p for p in (p99("nginx"), p99("haproxy")) if p]
-        ratio = f"{p99('sluice') / min(peers):.2f}×" if peers and p99("sluice") else "—"
-        rates = [l["target_rate"] for _, _, l in by.get("sluice", []) if l]
-        rate = f"{statistics.median(rates):.0f}" if rates else "—"
-        print(f"| {proto} | {human(size)} | {rate} | {cell('sluice')} | {ratio} | {cell('nginx')} | {cell('haproxy')} |")
+# Latency: (proto, size) → who → [(round, summary, histogram path)]
+runs = {}
+for line in open(latency_path):
+    round_, proto, size, who, summary, histogram = line.rstrip("\n").split("\t")
+    runs.setdefault((proto, int(size)), {}).setdefault(who, []).append((int(round_), json.loads(summary), histogram))
+
+def pooled(paths):
+    """p50, p99 and p99.9 in µs over every request of the runs' histograms."""
+    counts = {}
+    for p in paths:
+        for line in open(p):
+            us, n = map(int, line.split())
+            counts[us] = counts.get(us, 0) + n
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    out, seen, values = [], 0, sorted(counts)
+    wanted = [0.50, 0.99, 0.999]
+    for us in values:
+        seen += counts[us]
+        while wanted and seen >= wanted[0] * total:
+            out.append(us)
+            wanted.pop(0)
+    return out
+
+if runs:
+    print(f"\nAt a fixed rate (loadgen, open loop, 20 connections, {rounds} rounds of {secs} s each, "
+          "contenders interleaved): p50 / p99 / p99.9 in µs over every request of the rounds; "
+          "p99 ratio against the best peer's; and in how many rounds Sluice's p99 was at most nginx's, and haproxy's, of the same round "
+          "(about half of them each if the three were alike).\n")
+    print("| protocol | body | rate/s | Sluice | p99 vs best peer | rounds Sluice ≤ nginx, ≤ haproxy | nginx | haproxy |")
+    print("|---|---|---|---|---|---|---|---|")
+for (proto, size), by in sorted(runs.items(), key=lambda kv: order(kv[0])):
+    stats = {w: pooled([h for _, _, h in v]) for w, v in by.items()}
+    def cell(w):
+        if not stats.get(w):
+            return "—"
+        errors = sum(s["errors"] for _, s, _ in by[w])
+        behind = statistics.median(s["achieved_rate"] / s["target_rate"] for _, s, _ in by[w])
+        notes = ([f"{errors} errors"] if errors else []) + ([f"{behind:.0%} of the rate"] if behind < 0.95 else [])
+        return " / ".join(str(v) for v in stats[w]) + (f" ({', '.join(notes)})" if notes else "")
+    peers = [stats[w][1] for w in ("nginx", "haproxy") if stats.get(w)]
+    ratio = f"{stats['sluice'][1] / min(peers):.2f}×" if peers and stats.get("sluice") else "—"
+    per_round = {}
+    for w, v in by.items():
+        for r, s, _ in v:
+            per_round.setdefault(r, {})[w] = s["p99_us"]
+    def wins(peer):
+        paired = [(ps["sluice"], ps[peer]) for ps in per_round.values() if "sluice" in ps and peer in ps]
+        return f"{sum(a <= b for a, b in paired)}/{len(paired)}" if paired else "—"
+    rate = by.get("sluice", next(iter(by.values())))[0][1]["target_rate"]
+    print(f"| {proto} | {human(size)} | {rate} | {cell('sluice')} | {ratio} | {wins('nginx')}, {wins('haproxy')} | {cell('nginx')} | {cell('haproxy')} |")
 PY

@@ -12,6 +12,8 @@
 //!
 //! `https://` trusts only the certificates in `--ca` and checks them for `--server-name`.
 //! Prints one JSON object: requests, errors, achieved rate and latency percentiles in µs.
+//! `--histogram FILE` also writes every recorded latency bucket as a line `µs count`, so that
+//! the runs of one contender can be pooled into percentiles over all of them.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -40,9 +42,15 @@ struct Args {
     /// Keep-alive connections.
     #[arg(long, default_value_t = 50)]
     connections: u64,
-    /// Measured duration, in seconds (after a 1 s warm-up that is not recorded).
+    /// Measured duration, in seconds (after the warm-up, which is not recorded).
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Warm-up before the measured duration, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+    /// File to write the recorded latencies to, one `µs count` line per histogram bucket.
+    #[arg(long)]
+    histogram: Option<PathBuf>,
     /// Speak HTTP/2: with prior knowledge on http://, agreed by ALPN on https://.
     #[arg(long)]
     http2: bool,
@@ -97,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let lanes = Lanes::open(args.connections.max(1), &target).await?;
     let start = Instant::now() + Duration::from_millis(100);
     let run = Arc::new(Run {
-        recorded_from: start + Duration::from_secs(1),
+        recorded_from: start + Duration::from_millis(args.warmup_ms),
         record: Mutex::new(Record {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             errors: 0,
@@ -108,6 +116,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     dispatch(pace(start, interval, end), lanes, &target, &run).await;
     let record = run.record.lock().expect("record lock");
     let total = &record.latency_us;
+    if let Some(path) = &args.histogram {
+        write_histogram(path, total)?;
+    }
     println!(
         "{{\"target_rate\":{},\"requests\":{},\"errors\":{},\"achieved_rate\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
         args.rate,
@@ -121,6 +132,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         total.max(),
     );
     Ok(())
+}
+
+/// Writes `µs count` for every bucket that recorded a latency, lowest first.
+fn write_histogram(path: &std::path::Path, latency_us: &Histogram<u64>) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut lines = String::new();
+    for bucket in latency_us.iter_recorded() {
+        let _ = writeln!(
+            lines,
+            "{} {}",
+            latency_us.highest_equivalent(bucket.value_iterated_to()),
+            bucket.count_at_value()
+        );
+    }
+    std::fs::write(path, lines).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// Each request's intended time, sent when it comes, from a thread of its own: tokio's timers

@@ -19,7 +19,9 @@
 //!   replies itself; a policy that cannot answer gets `503 policy_failed` unless configured
 //!   open. Routes without one never call it.
 //! - The request path takes no lock shared between threads: snapshots are read through
-//!   `arc-swap`, instance state is atomics, idle connections sit in lock-free queues.
+//!   `arc-swap`, instance state is atomics, idle connections sit in lock-free queues. The one
+//!   exception is a request waiting for a connection while an instance's connects are all under
+//!   way (`max_connecting`): the line of such waiters is a mutex-guarded queue.
 //! - Passive health never removes more than `max_ejected_percent` of a service's instances.
 //! - Modules import downward only (layers in docs/ARCHITECTURE.md, checked by
 //!   `tests/module_layers.rs`); the wire formats themselves are `sluice-codec`'s.
