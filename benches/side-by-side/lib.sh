@@ -59,6 +59,25 @@ nginx_head() {
   printf 'worker_processes 1;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\nevents { worker_connections 4096; }\n' "$1" "$1"
 }
 
+# sluice_proxy_conf ADMIN BACKEND NAME=ADDR[+tls]...: the Sluice contender's configuration on
+# stdout: one listener per NAME=ADDR (+tls: TLS with bench_cert's certificate), each routed to
+# the one service, `backend`, whose one instance is BACKEND. Settings of that service may be
+# printed right after it.
+sluice_proxy_conf() {
+  local admin=$1 backend=$2 spec
+  shift 2
+  sluice_head "$admin"
+  for spec in "$@"; do
+    printf '[[listener]]\nname = "%s"\nbind = "%s"\n' "${spec%%=*}" "$(listener_addr "$spec")"
+    [[ $spec == *+tls ]] && printf '[listener.tls]\ncert = "%s"\nkey = "%s"\n' "$work/cert.pem" "$work/key.pem"
+  done
+  for spec in "$@"; do
+    printf '[[route]]\nlistener = "%s"\nservice = "backend"\n' "${spec%%=*}"
+  done
+  printf '[[service]]\nname = "backend"\ninstances = ["%s"]\n' "$backend"
+}
+listener_addr() { local addr=${1#*=}; echo "${addr%+tls}"; }
+
 # backend_nginx_conf DIR ADDR BODY: DIR/nginx.conf for the one-worker nginx backend answering
 # every request on ADDR with BODY and a newline, keep-alive without a request limit.
 backend_nginx_conf() {

@@ -76,42 +76,8 @@ frontend fe
 backend be
   server b1 $BACKEND
 EOF
-cat > "$work/sluice.toml" <<EOF
-$(sluice_head "127.0.0.1:18139")
-[[listener]]
-name = "h1"
-bind = "127.0.0.1:18131"
-[[listener]]
-name = "h2c"
-bind = "127.0.0.1:18132"
-[[listener]]
-name = "https"
-bind = "127.0.0.1:18133"
-[listener.tls]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-[[listener]]
-name = "h2"
-bind = "127.0.0.1:18134"
-[listener.tls]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-[[route]]
-listener = "h1"
-service = "backend"
-[[route]]
-listener = "h2c"
-service = "backend"
-[[route]]
-listener = "https"
-service = "backend"
-[[route]]
-listener = "h2"
-service = "backend"
-[[service]]
-name = "backend"
-instances = ["$BACKEND"]
-EOF
+sluice_proxy_conf 127.0.0.1:18139 "$BACKEND" h1=127.0.0.1:18131 h2c=127.0.0.1:18132 \
+  https=127.0.0.1:18133+tls h2=127.0.0.1:18134+tls > "$work/sluice.toml"
 
 start_contenders
 

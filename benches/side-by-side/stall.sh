@@ -34,7 +34,7 @@ for tool in nginx haproxy openssl taskset nstat; do
 done
 cargo build --release --locked -p sluice -p sluice-benches --bin sluice --bin loadgen >&2
 
-. benches/side-by-side/lib.sh   # bench_workdir, bench_cert, *_conf, haproxy_http_head, sluice_head
+. benches/side-by-side/lib.sh   # bench_workdir, bench_cert, *_conf, haproxy_http_head
 bench_workdir
 
 mkdir -p "$work/files"
@@ -58,28 +58,10 @@ frontend fe
 backend be
   server b1 $BACKEND
 EOF
-cat > "$work/sluice.toml" <<EOF
-$(sluice_head "127.0.0.1:18189")
-[[listener]]
-name = "h2c"
-bind = "127.0.0.1:18182"
-[[listener]]
-name = "h2"
-bind = "127.0.0.1:18184"
-[listener.tls]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-[[route]]
-listener = "h2c"
-service = "backend"
-[[route]]
-listener = "h2"
-service = "backend"
-[[service]]
-name = "backend"
-instances = ["$BACKEND"]
-$SLUICE_SERVICE
-EOF
+{
+  sluice_proxy_conf 127.0.0.1:18189 "$BACKEND" h2c=127.0.0.1:18182 h2=127.0.0.1:18184+tls
+  echo "$SLUICE_SERVICE"
+} > "$work/sluice.toml"
 
 start_contenders
 declare -A pid=([nginx]=$nginx_pid [haproxy]=$haproxy_pid [sluice]=$sluice_pid)
