@@ -20,6 +20,14 @@
 #   can keep up whatever the host's speed that day; RATES="size:rate proto:size:rate ..." fixes
 #   rates instead (a proto:size pair wins over its size), and RATES=none skips the phase.
 #   PHASES=latency (with RATES) skips the ceilings. WARMUP_MS (default 1000) precedes each run.
+# - wire (only when PHASES names it, with RATES): what each proxy does per request at the fixed
+#   rate, from the kernel's counts rather than from time, so builds compare on a noisy host:
+#   writes (sendto, sendmsg, write, writev), reads (recvfrom, recvmsg, read, readv) and epoll
+#   waits (`perf stat` on the proxy's process, which needs root), and the segments carrying
+#   data that the proxy sent to the client per segment carrying data from it (`ss -ti` on its
+#   listening port, read just before the run ends). The requests are small and sent one at a
+#   time, so on HTTP/1.x 1.00 means each answer left in one segment; HTTP/2 batches frames.
+#   `PHASES="wire" RATES="64:10000 1024:10000" SIZES="64 1024" PROTOS="h1 https" sizes.sh 3 3`
 # Medians are reported for the ceilings, and ratios against the best peer of the cell (highest
 # req/s, lowest CPU per request). Latency percentiles are pooled: every request of a
 # contender's rounds in one histogram, so that a stall of the host in one round weighs as
@@ -39,6 +47,7 @@ FRACTION=${FRACTION:-0.5}
 PHASES=${PHASES:-ceilings latency}
 WARMUP_MS=${WARMUP_MS:-1000}
 case " $PHASES " in
+  *" wire "*) command -v perf >/dev/null || { echo "missing perf: run scripts/setup.sh" >&2; exit 1; } ;;&
   *" ceilings "*) ;;
   *) [ -n "$RATES" ] && [ "$RATES" != none ] || { echo "PHASES without ceilings needs RATES" >&2; exit 1; } ;;
 esac
@@ -162,7 +171,7 @@ PY
 latencies="$work/latency.tsv"
 : > "$latencies"
 mkdir -p "$work/histograms"
-if [ "$RATES" != none ]; then
+if [ "$RATES" != none ] && [[ " $PHASES " == *" latency "* ]]; then
   for round in $(seq 1 "$ROUNDS"); do
     for proto in $PROTOS; do
       for size in $SIZES; do
@@ -182,9 +191,64 @@ if [ "$RATES" != none ]; then
   done
 fi
 
-python3 - "$results" "$latencies" "$ROUNDS" "$SECS" <<'PY'
+# wire_run WHO PROTO SIZE RATE: one fixed-rate run under `perf stat` and `ss`; prints
+# "requests writes reads epoll_waits cpu_ms segments_out segments_in".
+WIRE_EVENTS=task-clock
+for call in sendto sendmsg write writev recvfrom recvmsg read readv epoll_wait epoll_pwait; do
+  WIRE_EVENTS+=",syscalls:sys_enter_$call"
+done
+wire_run() {
+  local who=$1 proto=$2 size=$3 cell_rate=$4 port procs perf_pid load_pid h2=()
+  port=${base[$who]}${slot[$proto]}
+  procs=$(echo "${pid[$who]}" $(pgrep -P "${pid[$who]}" || true) | tr ' ' ,)
+  { [ "$proto" = h2c ] || [ "$proto" = h2 ]; } && h2=(--http2)
+  perf stat -x, -o "$work/wire.perf" -e "$WIRE_EVENTS" -p "$procs" & perf_pid=$!
+  sleep 0.3
+  taskset -c 1 target/release/loadgen --url "$(url_of "$who" "$proto" "$size")" --rate "$cell_rate" \
+    --connections 20 --duration "$SECS" --warmup-ms 0 --ca "$work/cert.pem" \
+    --server-name bench.test "${h2[@]}" > "$work/wire.json" & load_pid=$!
+  sleep "$(awk -v s="$SECS" 'BEGIN {print s - 0.5}')"
+  ss -tinH state established "( sport = :$port )" > "$work/wire.ss"
+  wait "$load_pid"
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  python3 - "$work/wire.json" "$work/wire.perf" "$work/wire.ss" <<'PY'
+import json, re, sys
+summary, perf, ss = sys.argv[1:4]
+counts = {}
+for line in open(perf):
+    fields = line.split(",")
+    if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+        counts[fields[2].removeprefix("syscalls:sys_enter_")] = float(fields[0])
+calls = lambda *names: sum(counts.get(n, 0) for n in names)
+text = open(ss).read()
+segments = lambda name: sum(int(n) for n in re.findall(rf"\b{name}:(\d+)", text))
+print(json.load(open(summary))["requests"], calls("sendto", "sendmsg", "write", "writev"),
+      calls("recvfrom", "recvmsg", "read", "readv"), calls("epoll_wait", "epoll_pwait"),
+      counts.get("task-clock", 0), segments("data_segs_out"), segments("data_segs_in"))
+PY
+}
+
+wires="$work/wire.tsv"
+: > "$wires"
+if [[ " $PHASES " == *" wire "* ]]; then
+  for round in $(seq 1 "$ROUNDS"); do
+    for proto in $PROTOS; do
+      for size in $SIZES; do
+        cell_rate=${rate["$proto $size"]:-}
+        [ -n "$cell_rate" ] || continue
+        for who in $(in_turn "$round"); do
+          counted=$(wire_run "$who" "$proto" "$size" "$cell_rate")
+          printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$counted" >> "$wires"
+          echo "round $round $proto $size $who at $cell_rate/s: $counted" >&2
+        done
+      done
+    done
+  done
+fi
+
+python3 - "$results" "$latencies" "$ROUNDS" "$SECS" "$wires" <<'PY'
 import json, math, statistics, sys
-path, latency_path, rounds, secs = sys.argv[1:5]
+path, latency_path, rounds, secs, wire_path = sys.argv[1:6]
 order = lambda k: (["h1", "h2c", "https", "h2"].index(k[0]), k[1])
 def human(n):
     return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
@@ -265,4 +329,26 @@ for (proto, size), by in sorted(runs.items(), key=lambda kv: order(kv[0])):
         return f"{sum(a <= b for a, b in paired)}/{len(paired)}" if paired else "—"
     rate = by.get("sluice", next(iter(by.values())))[0][1]["target_rate"]
     print(f"| {proto} | {human(size)} | {rate} | {cell('sluice')} | {ratio} | {wins('nginx')}, {wins('haproxy')} | {cell('nginx')} | {cell('haproxy')} |")
+
+# Wire: (proto, size) → who → [per-request figures of each round]
+wire = {}
+for line in open(wire_path):
+    _, proto, size, who, counted = line.rstrip("\n").split("\t", 4)
+    n, writes, reads, waits, cpu_ms, seg_out, seg_in = map(float, counted.split())
+    if n > 0:
+        wire.setdefault((proto, int(size)), {}).setdefault(who, []).append(
+            (writes / n, reads / n, waits / n, cpu_ms * 1000 / n, seg_out / seg_in if seg_in else math.nan))
+if wire:
+    print(f"\nPer request at a fixed rate, medians of {rounds} rounds of {secs} s: the proxy's writes / reads / "
+          "epoll waits (perf stat), its CPU µs (task-clock), and data segments to the client per data segment "
+          "from it (ss).\n")
+    print("| protocol | body | Sluice | nginx | haproxy |")
+    print("|---|---|---|---|---|")
+for (proto, size), by in sorted(wire.items(), key=lambda kv: order(kv[0])):
+    def figures(w):
+        if w not in by:
+            return "—"
+        med = [statistics.median(r[i] for r in by[w]) for i in range(5)]
+        return f"{med[0]:.2f} / {med[1]:.2f} / {med[2]:.2f}, {med[3]:.1f} µs, {med[4]:.2f} seg"
+    print(f"| {proto} | {human(size)} | {figures('sluice')} | {figures('nginx')} | {figures('haproxy')} |")
 PY

@@ -582,13 +582,20 @@ async fn write_response(
 
     let chunked = framing == WireFraming::Chunked;
     let mut complete = true;
+    // The head waits for the first bytes of a body of stated length, as nginx's
+    // `postpone_output` holds it: an instance often writes its head and its body apart, and
+    // the head sent alone costs the client a wake-up and a segment for nothing it can use.
+    // A body of unknown length may be a stream whose first bytes come late: its head goes at
+    // once.
+    let mut head_waits = !bodiless && body.size_hint().exact().is_some_and(|n| n > 0);
     loop {
         let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Pending if !conn.write.is_empty() => Poll::Ready(None),
+            Poll::Pending if !conn.write.is_empty() && !head_waits => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
             Poll::Ready(frame) => Poll::Ready(Some(frame)),
         })
         .await;
+        head_waits = false;
         let Some(frame) = next else {
             // The body waits for the instance: send what is ready meanwhile.
             sender.send(&mut conn.io, &conn.write).await?;

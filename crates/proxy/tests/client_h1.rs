@@ -128,35 +128,41 @@ fn closed_by_server(r: &mut BufReader<TcpStream>) -> bool {
     matches!(r.read_to_end(&mut rest), Ok(0))
 }
 
-/// An instance on 127.0.0.1:0 that answers every request on every connection with `reply`.
-fn scripted(reply: &'static [u8]) -> SocketAddr {
+/// An instance on 127.0.0.1:0 whose every connection `serve` answers, in a thread of its own.
+fn instance(serve: impl Fn(BufReader<TcpStream>) + Copy + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(stream);
-                loop {
-                    let mut line = String::new();
-                    // One request head (these tests send no bodies to it).
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    if r.get_mut().write_all(reply).is_err() {
-                        return;
-                    }
-                }
-            });
+            std::thread::spawn(move || serve(BufReader::new(stream)));
         }
     });
     addr
+}
+
+/// Reads one request head (these tests send no bodies to scripted instances); false at the
+/// connection's end.
+fn read_request_head(r: &mut BufReader<TcpStream>) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return false;
+        }
+        if line == "\r\n" {
+            return true;
+        }
+    }
+}
+
+/// An instance that answers every request on every connection with `reply`.
+fn scripted(reply: &'static [u8]) -> SocketAddr {
+    instance(
+        move |mut r| {
+            while read_request_head(&mut r) && r.get_mut().write_all(reply).is_ok() {}
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +425,57 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
         assert!(closed_by_server(&mut r), "{request:?}");
     }
     assert_eq!(b.hits(), 0, "nothing malformed reached the instance");
+}
+
+/// An instance that answers one request per connection with `parts`, pausing between them.
+fn scripted_in_parts(parts: &'static [&'static [u8]], pause: Duration) -> SocketAddr {
+    instance(move |mut r| {
+        if !read_request_head(&mut r) {
+            return;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
+            if r.get_mut().write_all(part).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// What the client's first read gets, for a request to an instance that writes its head and
+/// its body apart.
+async fn first_read_from(instance: SocketAddr) -> String {
+    let (_p, addr) = start(&config(instance, "")).await;
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A head goes out with the first bytes of a body of stated length, in one write (nginx's
+/// `postpone_output` holds it the same way), not alone a moment before them. A body of
+/// unknown length may be a stream that starts late (server-sent events): its head goes at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_waits_for_the_first_bytes_of_a_body_of_stated_length_only() {
+    const STATED: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"];
+    const STREAMED: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n0\r\n\r\n",
+    ];
+    let cases = [
+        (STATED, "\r\n\r\nhello", "head and body in one write"),
+        (STREAMED, "\r\n\r\n", "the head alone, before the body"),
+    ];
+    for (parts, first_read_ends, what) in cases {
+        let instance = scripted_in_parts(parts, Duration::from_millis(500));
+        let first = first_read_from(instance).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+        assert!(first.ends_with(first_read_ends), "{what}: {first:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
