@@ -40,10 +40,15 @@ enum DownInner {
     },
 }
 
+/// What [`DownBody::poll_frame`] gives: a frame, an error, or the end (`None`).
+type Polled = Option<Result<Frame<Bytes>, BoxError>>;
+
 /// The response body sent to the client.
 #[derive(Debug)]
 pub struct DownBody {
     inner: DownInner,
+    /// Polled ahead by [`DownBody::first_bytes`]; handed out by the next `poll_frame`.
+    ahead: Option<Polled>,
     bytes_out: u64,
     exchange: Option<Exchange>,
 }
@@ -52,6 +57,7 @@ impl DownBody {
     pub(crate) fn local(bytes: Bytes, exchange: Exchange) -> Self {
         Self {
             inner: DownInner::Local(Some(bytes).filter(|b| !b.is_empty())),
+            ahead: None,
             bytes_out: 0,
             exchange: Some(exchange),
         }
@@ -61,6 +67,7 @@ impl DownBody {
     pub(crate) fn bare(bytes: Bytes) -> Self {
         Self {
             inner: DownInner::Local(Some(bytes).filter(|b| !b.is_empty())),
+            ahead: None,
             bytes_out: 0,
             exchange: None,
         }
@@ -79,6 +86,7 @@ impl DownBody {
                 deadline,
                 timer: StallTimer::default(),
             },
+            ahead: None,
             bytes_out: 0,
             exchange: Some(exchange),
         }
@@ -89,6 +97,16 @@ impl DownBody {
         match &self.inner {
             DownInner::Local(_) => None,
             DownInner::Upstream { deadline, .. } => Some(*deadline),
+        }
+    }
+
+    /// Waits for the body's first frame (or its end, or its failure) and keeps it for the
+    /// next `poll_frame`, so that an answer's head can leave with its first bytes; the size
+    /// hint still counts them.
+    pub(crate) async fn first_bytes(&mut self) {
+        if self.ahead.is_none() {
+            let polled = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
+            self.ahead = Some(polled);
         }
     }
 
@@ -120,6 +138,9 @@ impl Body for DownBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(ahead) = this.ahead.take() {
+            return Poll::Ready(ahead);
+        }
         let polled = match &mut this.inner {
             DownInner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             DownInner::Upstream {
@@ -165,6 +186,9 @@ impl Body for DownBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(ahead) = &self.ahead {
+            return ahead.is_none();
+        }
         match &self.inner {
             DownInner::Local(b) => b.is_none(),
             DownInner::Upstream { inner, .. } => inner.is_end_stream(),
@@ -172,10 +196,20 @@ impl Body for DownBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        let rest = match &self.inner {
             DownInner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             DownInner::Upstream { inner, .. } => inner.size_hint(),
+        };
+        let ahead = match &self.ahead {
+            Some(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => return rest,
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
         }
+        hint
     }
 }
 
@@ -185,5 +219,26 @@ impl Drop for DownBody {
         // never polled it, which `is_end_stream` tells apart).
         let completed = self.is_end_stream();
         self.finish(completed, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// A frame polled ahead still counts in the size hint (an HTTP/2 head states
+    /// `content-length` from it) and is the next frame handed out.
+    #[tokio::test]
+    async fn a_frame_polled_ahead_is_counted_and_handed_out_next() {
+        let mut body = DownBody::bare(Bytes::from_static(b"hello"));
+        body.first_bytes().await;
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"hello")));
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
     }
 }

@@ -149,10 +149,14 @@ pub(crate) async fn unless_reset<F: Future>(stream: &StreamHandle, fut: F) -> Op
 /// Sends `answer` on the stream; resets the stream when its answer cannot be finished.
 pub(crate) async fn respond(
     stream: StreamHandle,
-    answer: H2Answer,
+    mut answer: H2Answer,
     limits: &StreamLimits,
     listener: &str,
 ) {
+    if let Err(cut) = head_waits_for_body(&mut answer.body, &stream).await {
+        answer.body.abandon(&cut);
+        return;
+    }
     let end = answer.body.is_end_stream();
     let status = answer.head.status.as_u16();
     let sent = answer.send_head(|fields| stream.send_head(status, fields, end));
@@ -176,6 +180,25 @@ pub(crate) async fn respond(
         tracing::debug!(error = %cut, "HTTP/2 response cut off");
         body.abandon(&cut);
     }
+}
+
+/// The head waits for the first bytes of a body of stated length, as on HTTP/1.x (server_h1's
+/// `write_response`): HEADERS and the first DATA then leave in one write. A body of unknown
+/// length may be a stream that starts late; its head goes at once. The client resetting the
+/// stream ends the wait.
+async fn head_waits_for_body(body: &mut DownBody, stream: &StreamHandle) -> Result<(), Cut> {
+    let stated = body.size_hint().exact().is_some_and(|n| n > 0);
+    if !stated || body.is_end_stream() {
+        return Ok(());
+    }
+    let mut first = pin!(body.first_bytes());
+    poll_fn(|cx| {
+        if first.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        stream.poll_reset(cx).map(|gone| Err(gone.into()))
+    })
+    .await
 }
 
 async fn send_body(

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -126,34 +126,6 @@ fn closed_by_server(r: &mut BufReader<TcpStream>) -> bool {
         .unwrap();
     let mut rest = Vec::new();
     matches!(r.read_to_end(&mut rest), Ok(0))
-}
-
-/// An instance on 127.0.0.1:0 whose every connection `serve` answers, in a thread of its own.
-fn instance(serve: impl Fn(BufReader<TcpStream>) + Copy + Send + 'static) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            std::thread::spawn(move || serve(BufReader::new(stream)));
-        }
-    });
-    addr
-}
-
-/// Reads one request head (these tests send no bodies to scripted instances); false at the
-/// connection's end.
-fn read_request_head(r: &mut BufReader<TcpStream>) -> bool {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return false;
-        }
-        if line == "\r\n" {
-            return true;
-        }
-    }
 }
 
 /// An instance that answers every request on every connection with `reply`.
@@ -427,23 +399,6 @@ async fn malformed_heads_get_a_precise_status_and_the_connection_closes() {
     assert_eq!(b.hits(), 0, "nothing malformed reached the instance");
 }
 
-/// An instance that answers one request per connection with `parts`, pausing between them.
-fn scripted_in_parts(parts: &'static [&'static [u8]], pause: Duration) -> SocketAddr {
-    instance(move |mut r| {
-        if !read_request_head(&mut r) {
-            return;
-        }
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(pause);
-            }
-            if r.get_mut().write_all(part).is_err() {
-                return;
-            }
-        }
-    })
-}
-
 /// What the client's first read gets, for a request to an instance that writes its head and
 /// its body apart.
 async fn first_read_from(instance: SocketAddr) -> String {
@@ -461,11 +416,6 @@ async fn first_read_from(instance: SocketAddr) -> String {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_waits_for_the_first_bytes_of_a_body_of_stated_length_only() {
-    const STATED: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"];
-    const STREAMED: &[&[u8]] = &[
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"5\r\nhello\r\n0\r\n\r\n",
-    ];
     let cases = [
         (STATED, "\r\n\r\nhello", "head and body in one write"),
         (STREAMED, "\r\n\r\n", "the head alone, before the body"),

@@ -557,6 +557,66 @@ async fn rapid_reset_ends_the_connection_with_goaway() {
     assert_eq!(r.status, 200);
 }
 
+/// Stream 1's frames read off `s` — kind, flags, and when the read that completed each one
+/// returned — until the stream ends or `within` passes.
+fn stream_frames(s: &mut TcpStream, within: Duration) -> Vec<(u8, u8, Instant)> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let (mut buf, mut frames) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 64 * 1024];
+    while start.elapsed() < within {
+        let Ok(n @ 1..) = s.read(&mut chunk) else {
+            break;
+        };
+        let at = Instant::now();
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            buf.drain(..9 + len);
+            if stream == 1 {
+                frames.push((kind, flags, at));
+                // END_STREAM on DATA (0x0) or HEADERS (0x1).
+                if kind <= 0x1 && flags & 0x1 != 0 {
+                    return frames;
+                }
+            }
+        }
+    }
+    frames
+}
+
+/// As on HTTP/1.x: an answer's HEADERS wait for the first bytes of a body of stated length
+/// and leave with its first DATA, when the instance writes its head and its body apart. The
+/// head of a body of unknown length, which may be a stream that starts late, goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_waits_for_the_first_bytes_of_a_body_of_stated_length_only() {
+    for (parts, together) in [(STATED, true), (STREAMED, false)] {
+        let instance = scripted_in_parts(parts, Duration::from_millis(500));
+        let (_p, addr) = start(&config(instance, "")).await;
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut out = preface();
+        // GET / on authority "x", END_STREAM | END_HEADERS (as in the rapid-reset test).
+        out.extend(frame(0x1, 0x5, 1, &[0x82, 0x86, 0x84, 0x41, 0x01, b'x']));
+        s.write_all(&out).unwrap();
+        let frames = stream_frames(&mut s, Duration::from_secs(5));
+        let at = |kind| frames.iter().find(|f| f.0 == kind).map(|f| f.2);
+        let (Some(head), Some(data)) = (at(0x1), at(0x0)) else {
+            panic!("HEADERS and DATA on stream 1: {frames:?}");
+        };
+        let apart = data - head;
+        assert_eq!(
+            apart < Duration::from_millis(250),
+            together,
+            "HEADERS and DATA arrived {apart:?} apart"
+        );
+    }
+}
+
 /// Whether `bytes`, read from the start of a connection, hold a GOAWAY frame with `code`.
 fn contains_goaway(bytes: &[u8], code: u32) -> bool {
     let mut at = 0;

@@ -2,7 +2,9 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
 use sluice_proxy::Proxy;
 
@@ -46,3 +48,57 @@ pub async fn tally(
     }
     counts
 }
+
+/// An instance on 127.0.0.1:0 whose every connection `serve` answers, in a thread of its own.
+pub fn instance(serve: impl Fn(BufReader<TcpStream>) + Copy + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || serve(BufReader::new(stream)));
+        }
+    });
+    addr
+}
+
+/// Reads one request head (these tests send no bodies to scripted instances); false at the
+/// connection's end.
+pub fn read_request_head(r: &mut BufReader<TcpStream>) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return false;
+        }
+        if line == "\r\n" {
+            return true;
+        }
+    }
+}
+
+/// An instance that answers one request per connection with `parts`, pausing between them.
+pub fn scripted_in_parts(parts: &'static [&'static [u8]], pause: Duration) -> SocketAddr {
+    instance(move |mut r| {
+        if !read_request_head(&mut r) {
+            return;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
+            if r.get_mut().write_all(part).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// An answer whose head and body an instance writes apart ([`scripted_in_parts`]): with a
+/// body of stated length,
+pub const STATED: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"];
+/// and with a chunked one, as a stream that starts late would be.
+pub const STREAMED: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"5\r\nhello\r\n0\r\n\r\n",
+];
