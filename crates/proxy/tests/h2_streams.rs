@@ -595,7 +595,7 @@ fn stream_frames(s: &mut TcpStream, within: Duration) -> Vec<(u8, u8, Instant)> 
 /// head of a body of unknown length, which may be a stream that starts late, goes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_waits_for_the_first_bytes_of_a_body_of_stated_length_only() {
-    for (parts, together) in [(STATED, true), (STREAMED, false)] {
+    for (parts, together) in [(STATED, true), (STATED_LARGE, true), (STREAMED, false)] {
         let instance = scripted_in_parts(parts, Duration::from_millis(500));
         let (_p, addr) = start(&config(instance, "")).await;
         let mut s = TcpStream::connect(addr).unwrap();

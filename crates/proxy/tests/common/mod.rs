@@ -97,6 +97,11 @@ pub fn scripted_in_parts(parts: &'static [&'static [u8]], pause: Duration) -> So
 /// An answer whose head and body an instance writes apart ([`scripted_in_parts`]): with a
 /// body of stated length,
 pub const STATED: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"];
+/// with a body of stated length larger than a read,
+pub const STATED_LARGE: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nContent-Length: 32768\r\n\r\n",
+    &[b'x'; 32768],
+];
 /// and with a chunked one, as a stream that starts late would be.
 pub const STREAMED: &[&[u8]] = &[
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
