@@ -6,11 +6,12 @@ set -euo pipefail
 
 # Debian packages: real peers for the tests (curl, openssl, etcd), GNU envsubst (gettext-base),
 # which the sidecar's envsubst mode is compared against, and the benchmarks' tools and
-# side-by-side contenders (nginx with its stream module, haproxy, wrk, h2load, hyperfine, valgrind,
-# iperf3, iproute2's nstat for the stall benchmark's TCP counters, and perf for the system
-# calls `sizes.sh`'s wire phase counts), pebble (the ACME test CA the certificate tests run), and chromium, the headless
-# browser the status page's tests drive. Debian's python3-grpcio is the real gRPC stack the gRPC
-# tests run (Debian's own /usr/bin/python3 imports it, whatever python3 comes first in PATH).
+# side-by-side contenders (nginx with its stream module, haproxy, wrk, h2load, hyperfine,
+# valgrind, iperf3, iproute2's nstat for the stall benchmark's TCP counters, and perf for the
+# system calls `sizes.sh`'s wire phase counts), pebble (the ACME test CA the certificate tests
+# run), and chromium, the headless browser the status page's tests drive. Debian's python3-grpcio
+# is the real gRPC stack the gRPC tests run (Debian's own /usr/bin/python3 imports it, whatever
+# python3 comes first in PATH).
 need=()
 for pair in curl:curl openssl:openssl etcd:etcd-server nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client envsubst:gettext-base hyperfine:hyperfine valgrind:valgrind iperf3:iperf3 nstat:iproute2 perf:linux-perf chromium:chromium pebble:pebble; do
   cmd=${pair%%:*} pkg=${pair#*:}

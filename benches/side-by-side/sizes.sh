@@ -168,37 +168,47 @@ for (proto, size), by in ceilings.items():
 PY
 )
 
-latencies="$work/latency.tsv"
-: > "$latencies"
-mkdir -p "$work/histograms"
-if [ "$RATES" != none ] && [[ " $PHASES " == *" latency "* ]]; then
+# at_fixed_rates FN: runs `FN ROUND PROTO SIZE WHO RATE` for every round, every cell that has a
+# rate, and every contender, in turn.
+at_fixed_rates() {
+  local round proto size who cell_rate
   for round in $(seq 1 "$ROUNDS"); do
     for proto in $PROTOS; do
       for size in $SIZES; do
         cell_rate=${rate["$proto $size"]:-}
         [ -n "$cell_rate" ] || continue
-        h2=(); [ "$proto" = h2c ] || [ "$proto" = h2 ] && h2=(--http2)
-        for who in $(in_turn "$round"); do
-          histogram="$work/histograms/$proto-$size-$who-$round"
-          lat=$(taskset -c 1 target/release/loadgen --url "$(url_of "$who" "$proto" "$size")" \
-            --rate "$cell_rate" --connections 20 --duration "$SECS" --ca "$work/cert.pem" \
-            --server-name bench.test --warmup-ms "$WARMUP_MS" --histogram "$histogram" "${h2[@]}")
-          printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$lat" "$histogram" >> "$latencies"
-          echo "round $round $proto $size $who at $cell_rate/s: $lat" >&2
-        done
+        for who in $(in_turn "$round"); do "$1" "$round" "$proto" "$size" "$who" "$cell_rate"; done
       done
     done
   done
+}
+
+latencies="$work/latency.tsv"
+: > "$latencies"
+mkdir -p "$work/histograms"
+latency_run() {  # latency_run ROUND PROTO SIZE WHO RATE
+  local histogram="$work/histograms/$2-$3-$4-$1" lat h2=()
+  { [ "$2" = h2c ] || [ "$2" = h2 ]; } && h2=(--http2)
+  lat=$(taskset -c 1 target/release/loadgen --url "$(url_of "$4" "$2" "$3")" \
+    --rate "$5" --connections 20 --duration "$SECS" --ca "$work/cert.pem" \
+    --server-name bench.test --warmup-ms "$WARMUP_MS" --histogram "$histogram" "${h2[@]}")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$lat" "$histogram" >> "$latencies"
+  echo "round $1 $2 $3 $4 at $5/s: $lat" >&2
+}
+if [ "$RATES" != none ] && [[ " $PHASES " == *" latency "* ]]; then
+  at_fixed_rates latency_run
 fi
 
-# wire_run WHO PROTO SIZE RATE: one fixed-rate run under `perf stat` and `ss`; prints
+# wire_run ROUND PROTO SIZE WHO RATE: one fixed-rate run under `perf stat` and `ss`, recorded as
 # "requests writes reads epoll_waits cpu_ms segments_out segments_in".
 WIRE_EVENTS=task-clock
 for call in sendto sendmsg write writev recvfrom recvmsg read readv epoll_wait epoll_pwait; do
   WIRE_EVENTS+=",syscalls:sys_enter_$call"
 done
+wires="$work/wire.tsv"
+: > "$wires"
 wire_run() {
-  local who=$1 proto=$2 size=$3 cell_rate=$4 port procs perf_pid load_pid h2=()
+  local round=$1 proto=$2 size=$3 who=$4 cell_rate=$5 port procs perf_pid load_pid counted h2=()
   port=${base[$who]}${slot[$proto]}
   procs=$(echo "${pid[$who]}" $(pgrep -P "${pid[$who]}" || true) | tr ' ' ,)
   { [ "$proto" = h2c ] || [ "$proto" = h2 ]; } && h2=(--http2)
@@ -211,7 +221,7 @@ wire_run() {
   ss -tinH state established "( sport = :$port )" > "$work/wire.ss"
   wait "$load_pid"
   kill -INT "$perf_pid"; wait "$perf_pid" || true
-  python3 - "$work/wire.json" "$work/wire.perf" "$work/wire.ss" <<'PY'
+  counted=$(python3 - "$work/wire.json" "$work/wire.perf" "$work/wire.ss" <<'PY'
 import json, re, sys
 summary, perf, ss = sys.argv[1:4]
 counts = {}
@@ -226,24 +236,12 @@ print(json.load(open(summary))["requests"], calls("sendto", "sendmsg", "write", 
       calls("recvfrom", "recvmsg", "read", "readv"), calls("epoll_wait", "epoll_pwait"),
       counts.get("task-clock", 0), segments("data_segs_out"), segments("data_segs_in"))
 PY
+)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$counted" >> "$wires"
+  echo "round $round $proto $size $who at $cell_rate/s: $counted" >&2
 }
-
-wires="$work/wire.tsv"
-: > "$wires"
 if [[ " $PHASES " == *" wire "* ]]; then
-  for round in $(seq 1 "$ROUNDS"); do
-    for proto in $PROTOS; do
-      for size in $SIZES; do
-        cell_rate=${rate["$proto $size"]:-}
-        [ -n "$cell_rate" ] || continue
-        for who in $(in_turn "$round"); do
-          counted=$(wire_run "$who" "$proto" "$size" "$cell_rate")
-          printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$proto" "$size" "$who" "$counted" >> "$wires"
-          echo "round $round $proto $size $who at $cell_rate/s: $counted" >&2
-        done
-      done
-    done
-  done
+  at_fixed_rates wire_run
 fi
 
 python3 - "$results" "$latencies" "$ROUNDS" "$SECS" "$wires" <<'PY'
